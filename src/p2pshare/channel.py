@@ -1,0 +1,146 @@
+"""
+L{LineChannel}: a L{LineReceiver} that speaks the wire format of
+L{p2pshare.wire}, shared by the metadata server, the peers and the control
+channel.
+
+It frames and parses and dispatches, and nothing else: C{msg_VERB} methods
+of a subclass get each L{Message}; every line that does not parse is
+answered with C{ERROR}; an over-long line is answered and the connection
+closed (L{LineReceiver} alone would drop it silently).  Replies that a
+client waits for are delivered through L{LineChannel.request}, in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from p2pshare import wire
+from p2pshare.wire import Message, WireError
+
+
+class RemoteError(Exception):
+    """
+    The other side answered a request with C{ERROR code text}.
+    """
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+
+
+class LineChannel(LineReceiver):
+    """
+    One connection speaking the p2pshare line protocol.
+
+    @cvar pushed: verbs that arrive unasked and go to C{msg_VERB} even while
+        a request waits for its reply.
+    """
+
+    log = Logger()
+    # LF ends a line; a CR before it is stripped, so CRLF and a bare LF from
+    # a plain `nc` both work.  MAX_LENGTH counts the CR, not the LF.
+    delimiter = b"\n"
+    MAX_LENGTH = wire.MAX_LINE - 1
+    pushed: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self._waiting: deque[Deferred[Message]] = deque()
+
+    # Sending.
+
+    def send(self, verb: str, *args: object, text: str | None = None, **options: object) -> None:
+        """
+        Send one message; raises L{WireError} before anything is written if
+        a field is not allowed on the wire.
+        """
+        self.sendMessage(wire.message(verb, *args, text=text, **options))
+
+    def sendMessage(self, msg: Message) -> None:
+        data = wire.encode(msg)
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def sendError(self, code: str, text: str) -> None:
+        self.sendMessage(wire.error(code, text))
+
+    def request(self, verb: str, *args: object, **options: object) -> Deferred[Message]:
+        """
+        Send a message and return a L{Deferred} that fires with the next
+        message that is not pushed, or fails with L{RemoteError} if that is
+        an C{ERROR}.  The caller bounds the wait (C{addTimeout}).
+        """
+        d: Deferred[Message] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        self.send(verb, *args, **options)
+        return d
+
+    # Receiving.
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            msg = wire.decode(line)
+        except WireError as e:
+            self.badLine(e)
+            return
+        self.messageReceived(msg)
+
+    def badLine(self, error: WireError) -> None:
+        """
+        A line did not parse: say so.  The connection stays open.
+        """
+        self.log.info(
+            "bad line from {peer}: {code} {text}",
+            peer=self._peerText(),
+            code=error.code,
+            text=error.text,
+        )
+        self.sendError(error.code, error.text)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.log.info("over-long line from {peer}, closing", peer=self._peerText())
+        self.sendError(wire.E_TOO_LONG, f"lines are at most {wire.MAX_LINE} bytes")
+        self.transport.loseConnection()
+
+    def messageReceived(self, msg: Message) -> None:
+        if self._waiting and msg.verb not in self.pushed:
+            d = self._waiting.popleft()
+            if msg.verb == "ERROR":
+                d.errback(RemoteError(msg.args[0], msg.text or ""))
+            else:
+                d.callback(msg)
+            return
+        handler = getattr(self, "msg_" + msg.verb, None)
+        if handler is None:
+            self.sendError(wire.E_UNEXPECTED, f"{msg.verb} is not expected here")
+            return
+        handler(msg)
+
+    def msg_ERROR(self, msg: Message) -> None:
+        # An ERROR nobody waits for is logged, never answered (no loops).
+        self.log.info(
+            "{peer} says ERROR {code} {text}",
+            peer=self._peerText(),
+            code=msg.args[0],
+            text=msg.text,
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(reason)
+
+    def _peerText(self) -> str:
+        try:
+            peer: Any = self.transport.getPeer()
+        except Exception:
+            return "?"
+        host = getattr(peer, "host", None)
+        return f"{host}:{peer.port}" if host is not None else str(peer)

@@ -1,0 +1,112 @@
+"""
+Small helpers shared by both roles: endpoint strings and atomic files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+
+def server_endpoint_string(description: str) -> str:
+    """
+    A listening endpoint description; a bare number C{N} means C{tcp:N}.
+    """
+    description = description.strip()
+    if description.isdigit():
+        return f"tcp:{description}"
+    return description
+
+
+def client_endpoint_string(description: str) -> str:
+    """
+    A connecting endpoint description; a bare number C{N} means
+    C{tcp:127.0.0.1:N} (a client needs a host).
+    """
+    description = description.strip()
+    if description.isdigit():
+        return f"tcp:127.0.0.1:{description}"
+    return description
+
+
+def atomic_write(path: Path | str, data: bytes) -> None:
+    """
+    Replace the file at C{path} with C{data} so that a reader sees the old
+    content or the new, never a mix: write a temporary file beside it, fsync
+    it, rename it over, and fsync the directory.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+class ListenService(Service):
+    """
+    Listen on an endpoint while running, like Twisted's
+    C{StreamServerEndpointService}, and call C{on_listening} with the bound
+    port once it is up.  A listen that fails at once raises from
+    C{startService}, so C{twistd} reports it and exits.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: Factory,
+        on_listening: Callable[[IListeningPort], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.on_listening = on_listening
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallback(self._listened)
+        failed: list[Failure] = []
+        self._listening.addErrback(failed.append)
+        if failed:
+            failed[0].raiseException()
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        if self.on_listening is not None:
+            self.on_listening(port)
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._listening is not None and not self._listening.called:
+            self._listening.cancel()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None

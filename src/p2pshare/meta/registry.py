@@ -1,0 +1,192 @@
+"""
+The metadata server's registry: which peers are in, where they listen, and
+each one's own list of neighbours.
+
+The registry lives in SQLite (a versioned schema, C{schema/v*.sql}) and is
+mirrored in memory, so reads cost nothing and every change is written
+through at once.  L{topo_text} and L{count_text} render it in the historical
+formats of C{topo.txt} and C{NumberOfServers.txt}.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class PeerRecord:
+    name: str
+    host: str
+    port: int
+    max_neighbours: int
+    joined: int
+    placed: bool = False
+    neighbours: list[str] = field(default_factory=list)
+
+
+def _schema(version: int) -> str:
+    return resources.files("p2pshare.schema").joinpath(f"v{version}.sql").read_text("utf-8")
+
+
+def open_db(path: str) -> sqlite3.Connection:
+    """
+    Open (creating if need be) the registry database at C{path}, which may
+    be C{":memory:"}.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA foreign_keys = ON")
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+    has_version = db.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name='version'"
+    ).fetchone()
+    if not has_version:
+        with db:
+            db.execute("BEGIN")
+            db.executescript(_schema(SCHEMA_VERSION).replace("BEGIN", ""))
+            db.execute("INSERT INTO version (version) VALUES (?)", (SCHEMA_VERSION,))
+    (version,) = db.execute("SELECT version FROM version").fetchone()
+    if version != SCHEMA_VERSION:
+        raise RuntimeError(
+            f"registry {path} has schema version {version}; this p2pshare "
+            f"knows version {SCHEMA_VERSION}"
+        )
+    return db
+
+
+class Registry:
+    """
+    The peers of the network, persistent.
+    """
+
+    def __init__(self, path: str = ":memory:") -> None:
+        self._db = open_db(path)
+        self._peers: dict[str, PeerRecord] = {}
+        for name, host, port, max_n, joined, placed in self._db.execute(
+            "SELECT name, host, port, max_neighbours, joined, placed "
+            "FROM peers ORDER BY joined"
+        ):
+            self._peers[name] = PeerRecord(name, host, port, max_n, joined, bool(placed))
+        for peer, neighbour in self._db.execute(
+            "SELECT peer, neighbour FROM neighbours ORDER BY peer, position"
+        ):
+            self._peers[peer].neighbours.append(neighbour)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def clear(self) -> None:
+        """
+        Forget every peer and restart the name counter (C{--reset}).
+        """
+        with self._db:
+            self._db.execute("DELETE FROM neighbours")
+            self._db.execute("DELETE FROM peers")
+            self._db.execute("DELETE FROM counters")
+        self._peers.clear()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def get(self, name: str) -> PeerRecord | None:
+        return self._peers.get(name)
+
+    def peers(self) -> list[PeerRecord]:
+        """
+        Every peer, in join order.
+        """
+        return list(self._peers.values())
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 1
+
+    def _bump(self, name: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def assign_name(self, taken: frozenset[str] = frozenset()) -> str:
+        """
+        The next free name of the form C{sN}; the count survives restarts.
+        """
+        n = self._counter("next_peer")
+        while f"s{n}" in self._peers or f"s{n}" in taken:
+            n += 1
+        self._bump("next_peer", n + 1)
+        return f"s{n}"
+
+    def add(self, name: str, host: str, port: int, max_neighbours: int) -> PeerRecord:
+        """
+        Register C{name} at C{host}:C{port}.  A peer already known keeps its
+        place in the join order and its neighbours.
+        """
+        record = self._peers.get(name)
+        if record is None:
+            joined = self._counter("next_join")
+            self._bump("next_join", joined + 1)
+            record = self._peers[name] = PeerRecord(name, host, port, max_neighbours, joined)
+        else:
+            record.host, record.port, record.max_neighbours = host, port, max_neighbours
+        self._db.execute(
+            "INSERT INTO peers (name, host, port, max_neighbours, joined, placed) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "host = excluded.host, port = excluded.port, "
+            "max_neighbours = excluded.max_neighbours",
+            (name, host, port, max_neighbours, record.joined, int(record.placed)),
+        )
+        return record
+
+    def remove(self, name: str) -> None:
+        if self._peers.pop(name, None) is not None:
+            self._db.execute("DELETE FROM peers WHERE name = ?", (name,))
+
+    def set_placed(self, name: str) -> None:
+        self._peers[name].placed = True
+        self._db.execute("UPDATE peers SET placed = 1 WHERE name = ?", (name,))
+
+    def set_neighbours(self, name: str, neighbours: list[str]) -> None:
+        """
+        Record C{name}'s own view of its neighbours, in link order.
+        """
+        record = self._peers[name]
+        record.neighbours = list(neighbours)
+        with self._db:
+            self._db.execute("DELETE FROM neighbours WHERE peer = ?", (name,))
+            self._db.executemany(
+                "INSERT INTO neighbours (peer, position, neighbour) VALUES (?, ?, ?)",
+                [(name, i, n) for i, n in enumerate(neighbours)],
+            )
+        if neighbours and not record.placed:
+            self.set_placed(name)
+
+
+def topo_text(peers: list[PeerRecord]) -> str:
+    """
+    The historical C{topo.txt}: C{NAME: NEIGHBOUR ...}, one line per peer.
+    """
+    return "".join(
+        f"{p.name}:{''.join(' ' + n for n in p.neighbours)}\n" for p in peers
+    )
+
+
+def count_text(peers: list[PeerRecord]) -> str:
+    """
+    The historical C{NumberOfServers.txt}: the number of peers and a newline.
+    """
+    return f"{len(peers)}\n"
+
+
+def topology_files(data_dir: Path) -> tuple[Path, Path]:
+    return data_dir / "topo.txt", data_dir / "NumberOfServers.txt"

@@ -1,0 +1,323 @@
+"""
+The metadata server: L{MetaProtocol} (one connection), L{MetaFactory}, and
+L{MetaServer} (the service that owns the registry, placement and the
+topology files).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2pshare import wire
+from p2pshare.channel import LineChannel
+from p2pshare.common import atomic_write
+from p2pshare.meta.registry import PeerRecord, Registry, count_text, topo_text, topology_files
+from p2pshare.wire import Message, WireError
+
+DEFAULT_MAX_NEIGHBOURS = 2
+MAX_NEIGHBOURS_LIMIT = 1000
+
+
+class MetaServer(Service):
+    """
+    The state of the network as the metadata server sees it.
+
+    A peer is I{live} while its registration connection is open.  Peers are
+    placed breadth-first: a newcomer is referred to the shallowest live peer
+    with a free neighbour slot (counting slots promised to newcomers still
+    on their way), else to the root, so a join normally costs one hop and
+    the tree stays bushy rather than growing into a line.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: Registry,
+        clock: IReactorTime,
+        data_dir: Path | None = None,
+        expect: int = 5,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.data_dir = data_dir
+        self.expect = expect
+        self.sessions: dict[str, MetaProtocol] = {}
+        self.complete = False
+        # target name -> newcomers referred there that have not arrived yet
+        self._reserved: defaultdict[str, set[str]] = defaultdict(set)
+        self._written: tuple[str, str] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.write_files()
+
+    # Registration.
+
+    def register(
+        self, proto: MetaProtocol, name: str | None, host: str, port: int, max_neighbours: int
+    ) -> PeerRecord:
+        """
+        Register a peer; raises L{WireError} C{name-taken} if another live
+        connection holds C{name}.
+        """
+        if name is None:
+            name = self.registry.assign_name(frozenset(self.sessions))
+        elif name in self.sessions:
+            raise WireError(wire.E_NAME_TAKEN, f"the name {name} is already live in this network")
+        record = self.registry.add(name, host, port, max_neighbours)
+        self.sessions[name] = proto
+        self.log.info(
+            "peer {name} registered from {host}:{port}", name=name, host=host, port=port
+        )
+        self.changed()
+        return record
+
+    def place(self, newcomer: str) -> PeerRecord | None:
+        """
+        Where should C{newcomer} join?  L{None} means: be the root.
+        """
+        self._release(newcomer)
+        live = [
+            p
+            for p in self.registry.peers()
+            if p.placed and p.name in self.sessions and p.name != newcomer
+        ]
+        if not live:
+            self.registry.set_placed(newcomer)
+            self.log.info("peer {name} is the root", name=newcomer)
+            self.changed()
+            return None
+        depth = _depths(live)
+        free = [
+            p
+            for p in live
+            if len(p.neighbours) + len(self._reserved[p.name]) < p.max_neighbours
+        ]
+        if free:
+            target = min(free, key=lambda p: (depth[p.name], p.joined))
+        else:
+            target = live[0]
+        self._reserved[target.name].add(newcomer)
+        self.log.info("referring {newcomer} to {target}", newcomer=newcomer, target=target.name)
+        return target
+
+    def report(self, name: str, neighbours: list[str]) -> None:
+        """
+        C{name} says its neighbours are now C{neighbours}, in link order.
+        """
+        self.registry.set_neighbours(name, neighbours)
+        for n in neighbours:
+            self._reserved[name].discard(n)
+        if neighbours:
+            # The newcomer has arrived; keep only the slot at the peer that
+            # accepted it until that peer reports the link itself.
+            for target, waiting in self._reserved.items():
+                if target not in neighbours:
+                    waiting.discard(name)
+        self.changed()
+
+    def disconnected(self, name: str) -> None:
+        """
+        The registration connection of C{name} closed.
+        """
+        self.sessions.pop(name, None)
+        self._release(name)
+        self._reserved.pop(name, None)
+        if not self.running:
+            # Shutting down: the registry outlives this process.
+            return
+        self.registry.remove(name)
+        self.log.info("peer {name} left", name=name)
+        self.changed()
+
+    def _release(self, newcomer: str) -> None:
+        for waiting in self._reserved.values():
+            waiting.discard(newcomer)
+
+    # The topology files and network completion.
+
+    def changed(self) -> None:
+        self.write_files()
+        self._check_complete()
+
+    def write_files(self) -> None:
+        if self.data_dir is None:
+            return
+        peers = self.registry.peers()
+        texts = (topo_text(peers), count_text(peers))
+        if texts == self._written:
+            return
+        for path, text in zip(topology_files(self.data_dir), texts):
+            atomic_write(path, text.encode("utf-8"))
+        self._written = texts
+
+    def _check_complete(self) -> None:
+        if self.complete:
+            return
+        peers = self.registry.peers()
+        live = [p for p in peers if p.placed and p.name in self.sessions]
+        if len(live) < self.expect or not _consistent(peers):
+            return
+        self.complete = True
+        self.log.info("network complete: {n} peers", n=len(live))
+        for proto in self.sessions.values():
+            proto.send("COMPLETE", len(live))
+
+
+def _depths(live: list[PeerRecord]) -> dict[str, float]:
+    """
+    Hops from the root (the earliest live peer) along the reported links;
+    peers not reached count as infinitely deep.
+    """
+    names = {p.name: p for p in live}
+    depth: dict[str, float] = {name: float("inf") for name in names}
+    root = live[0].name
+    depth[root] = 0
+    frontier = [root]
+    while frontier:
+        following = []
+        for name in frontier:
+            for n in names[name].neighbours:
+                if n in names and depth[n] == float("inf"):
+                    depth[n] = depth[name] + 1
+                    following.append(n)
+        frontier = following
+    return depth
+
+
+def _consistent(peers: list[PeerRecord]) -> bool:
+    """
+    Does every reported link appear at both of its ends?
+    """
+    by_name = {p.name: p for p in peers}
+    return all(
+        n in by_name and p.name in by_name[n].neighbours
+        for p in peers
+        for n in p.neighbours
+    )
+
+
+class MetaProtocol(LineChannel):
+    """
+    One connection to the metadata server: a peer's registration link, or
+    an observer (C{p2p topo}).  The first line must start with the C{P2P}
+    flag; anything else is answered with C{ERROR bad-flag} and the
+    connection stays open for a corrected try.
+    """
+
+    def __init__(self, server: MetaServer) -> None:
+        super().__init__()
+        self.server = server
+        self.greeted = False
+        self.name: str | None = None
+
+    def badLine(self, error: WireError) -> None:
+        if not self.greeted and error.code == wire.E_UNKNOWN_VERB:
+            error = _bad_flag()
+        super().badLine(error)
+
+    def messageReceived(self, msg: Message) -> None:
+        if not self.greeted and msg.verb != "P2P":
+            super().badLine(_bad_flag())
+            return
+        super().messageReceived(msg)
+
+    def _registered(self) -> bool:
+        if self.name is None:
+            self.sendError(wire.E_UNEXPECTED, "register first: P2P port=PORT")
+            return False
+        return True
+
+    def msg_P2P(self, msg: Message) -> None:
+        if self.greeted:
+            self.sendError(wire.E_UNEXPECTED, "this connection has already said P2P")
+            return
+        opts = msg.options
+        if "port" not in opts:
+            if opts:
+                self.sendError(wire.E_BAD_ARGS, "a peer registers with P2P port=PORT")
+                return
+            self.greeted = True
+            self.send("OK", text="observer: TOPO lists the network")
+            return
+        max_neighbours = int(opts.get("max", DEFAULT_MAX_NEIGHBOURS))
+        if not 1 <= max_neighbours <= MAX_NEIGHBOURS_LIMIT:
+            self.sendError(wire.E_BAD_ARGS, f"max is from 1 to {MAX_NEIGHBOURS_LIMIT}")
+            return
+        host = opts.get("host") or getattr(self.transport.getPeer(), "host", None)
+        if host is None or wire.HOST(host) is not None:
+            self.sendError(wire.E_BAD_ARGS, "say host=HOST: this transport has no IP address")
+            return
+        try:
+            record = self.server.register(
+                self, opts.get("name"), host, int(opts["port"]), max_neighbours
+            )
+        except WireError as e:
+            self.sendError(e.code, e.text)
+            return
+        self.greeted = True
+        self.name = record.name
+        self.send("WELCOME", record.name, record.host, record.port)
+
+    def msg_PLACE(self, msg: Message) -> None:
+        if not self._registered():
+            return
+        assert self.name is not None
+        target = self.server.place(self.name)
+        if target is None:
+            self.send("ROOT")
+        else:
+            self.send("REFER", target.name, target.host, target.port)
+
+    def msg_NEIGHBOURS(self, msg: Message) -> None:
+        if not self._registered():
+            return
+        names = list(msg.args)
+        if self.name in names or len(set(names)) != len(names):
+            self.sendError(wire.E_BAD_ARGS, "neighbours are distinct and not yourself")
+            return
+        assert self.name is not None
+        self.server.report(self.name, names)
+
+    def msg_TOPO(self, msg: Message) -> None:
+        peers = self.server.registry.peers()
+        for p in peers:
+            self.send("PEER", p.name, p.host, p.port, *p.neighbours)
+        self.send("END", len(peers))
+
+    def msg_PING(self, msg: Message) -> None:
+        self.send("PONG")
+
+    def msg_BYE(self, msg: Message) -> None:
+        self.send("OK", text="bye")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.name is not None:
+            self.server.disconnected(self.name)
+            self.name = None
+        super().connectionLost(reason)
+
+
+def _bad_flag() -> WireError:
+    return WireError(wire.E_BAD_FLAG, "the first line must start with the P2P flag, e.g. P2P port=5001")
+
+
+class MetaFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: MetaServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: object) -> MetaProtocol:
+        proto = MetaProtocol(self.server)
+        proto.factory = self
+        return proto

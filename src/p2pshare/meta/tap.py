@@ -1,0 +1,67 @@
+"""
+C{twistd p2pmeta}: options and service assembly for the metadata server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from p2pshare.common import ListenService, atomic_write, server_endpoint_string
+from p2pshare.meta.registry import Registry
+from p2pshare.meta.server import MetaFactory, MetaServer
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "The p2pshare metadata server: registers peers and keeps topo.txt."
+    optParameters = [
+        ["port", None, "tcp:5000", "Endpoint where peers register (a bare N means tcp:N)."],
+        ["data-dir", None, "./p2pmeta-data", "Registry, topo.txt and NumberOfServers.txt."],
+        ["expect", None, 5, "Planned network size: log 'network complete' at N peers.", int],
+        ["portfile", None, None, "Write the bound port number here once listening."],
+    ]
+    optFlags = [
+        ["reset", None, "Start a new network: empty the registry and the files."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["expect"] < 1:
+            raise usage.UsageError("--expect must be at least 1")
+        self["port"] = server_endpoint_string(self["port"])
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    data_dir = Path(options["data-dir"]).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(str(data_dir / "registry.sqlite"))
+    if options["reset"]:
+        registry.clear()
+    server = MetaServer(registry, reactor, data_dir=data_dir, expect=options["expect"])
+    portfile = options["portfile"]
+
+    def listening(port: IListeningPort) -> None:
+        number = getattr(port.getHost(), "port", None)
+        if portfile is not None and number is not None:
+            atomic_write(portfile, f"{number}\n".encode())
+        log.info(
+            "p2pmeta ready on {where} with {n} peer(s) in the registry",
+            where=number if number is not None else options["port"],
+            n=len(registry),
+        )
+
+    top = MultiService()
+    server.setServiceParent(top)
+    ListenService(
+        serverFromString(reactor, options["port"]), MetaFactory(server), listening
+    ).setServiceParent(top)
+    return top

@@ -1,0 +1,424 @@
+"""
+L{PeerNode}: the state and behaviour of one peer.
+
+A peer listens, registers with the metadata server, and joins the overlay
+by following a referral chain: the metadata server names a first peer to
+ask; a peer with a free neighbour slot accepts, a full one refers the
+newcomer to the neighbour that leads to the nearest free slot.  Every hop
+is bounded by a timeout and cancellable, no peer is asked twice, and the
+chain has a bounded length; a failed chain is logged and tried again, from
+the metadata server, with growing delays.
+
+To refer well, neighbours tell each other (C{FREE hops}) how far the
+nearest free slot is behind them, not counting the link they talk over: a
+distance vector with split horizon, which is exact on a tree.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from p2pshare import wire
+from p2pshare.channel import RemoteError
+from p2pshare.common import atomic_write
+from p2pshare.wire import Message
+
+if TYPE_CHECKING:
+    from p2pshare.peer.protocol import MetaClientProtocol, PeerProtocol
+
+Connect = Callable[[str, int], IStreamClientEndpoint]
+
+HOPS_CAP = 1000
+
+
+class JoinFailed(Exception):
+    """
+    A referral chain ended without a peer accepting us.
+    """
+
+
+@dataclass
+class Neighbour:
+    name: str
+    host: str
+    port: int
+    proto: PeerProtocol
+    hops: int | None = None  # what it says: hops to a free slot behind it
+    sent: int | None | str = "unsent"  # what we last told it
+
+
+class PeerNode(Service):
+    """
+    One peer of the overlay.
+
+    @ivar neighbours: by name, in the order the links were made.
+    @ivar join_hops: how many peers the last successful join asked (1 when
+        the first one accepted); 0 for the root.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        listen: IStreamServerEndpoint,
+        meta: IStreamClientEndpoint,
+        connect: Connect,
+        name: str | None = None,
+        max_neighbours: int = 2,
+        advertise: str | None = None,
+        portfile: Path | None = None,
+        hop_timeout: float = 10.0,
+        max_hops: int = 64,
+        rng: random.Random | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self._listen_endpoint = listen
+        self._meta_endpoint = meta
+        self._connect = connect
+        self.name = name
+        self.max_neighbours = max_neighbours
+        self.advertise = advertise
+        self.portfile = portfile
+        self.hop_timeout = hop_timeout
+        self.max_hops = max_hops
+        self.rng = rng or random.Random()
+        self.on_fatal = on_fatal
+        self.host: str | None = advertise
+        self.port: int | None = None
+        self.neighbours: dict[str, Neighbour] = {}
+        self.joined = False
+        self.is_root = False
+        self.join_hops = 0
+        self.network_complete = False
+        self.meta: MetaClientProtocol | None = None
+        self._meta_waiters: list[Deferred[MetaClientProtocol]] = []
+        self._listening: IListeningPort | None = None
+        self._meta_service: ClientService | None = None
+        self._joining: Deferred[None] | None = None
+        self._starting: Deferred[None] | None = None
+
+    # Life cycle.
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._startFailed)
+
+    async def _start(self) -> None:
+        from p2pshare.peer.protocol import MetaClientFactory, PeerFactory
+
+        self._listening = await self._listen_endpoint.listen(PeerFactory(self))
+        self.port = self._listening.getHost().port
+        self.log.info("peer listening on port {port}", port=self.port)
+        self._meta_service = ClientService(
+            self._meta_endpoint,
+            MetaClientFactory(self),
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+            clock=self.clock,
+        )
+        self._meta_service.startService()
+
+    def _startFailed(self, failure: Any) -> None:
+        if failure.check(CancelledError):
+            return
+        self.log.failure("peer could not start", failure)
+        self._fatal(f"could not start: {failure.getErrorMessage()}")
+
+    def _fatal(self, why: str) -> None:
+        self.log.critical("peer stops: {why}", why=why)
+        if self.on_fatal is not None:
+            self.on_fatal(why)
+
+    async def _stop(self) -> None:
+        for d in (self._starting, self._joining):
+            if d is not None and not d.called:
+                d.cancel()
+        if self._meta_service is not None:
+            await self._meta_service.stopService()
+        for n in list(self.neighbours.values()):
+            n.proto.transport.loseConnection()
+        if self._listening is not None:
+            await self._listening.stopListening()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    # The link to the metadata server.
+
+    def registration(self) -> dict[str, object]:
+        """
+        The options of our C{P2P} line.
+        """
+        return {
+            "port": self.port,
+            "name": self.name,
+            "host": self.advertise,
+            "max": self.max_neighbours,
+        }
+
+    def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
+        name, host, _ = msg.args
+        if self.name is None:
+            self.name = name
+        if self.advertise is None:
+            self.host = host
+        self.meta = proto
+        self.log.info("peer {name} registered with the metadata server", name=self.name)
+        waiters, self._meta_waiters = self._meta_waiters, []
+        for d in waiters:
+            d.callback(proto)
+        if self.joined:
+            self._report()
+        elif self._joining is None:
+            self._joining = Deferred.fromCoroutine(self._join())
+            self._joining.addErrback(self._joinAbandoned)
+
+    def meta_refused(self, error: RemoteError) -> None:
+        if error.code == wire.E_NAME_TAKEN:
+            self._fatal(error.text)
+        else:
+            self.log.error("metadata server refused us: {text}", text=error.text)
+
+    def meta_lost(self, proto: MetaClientProtocol) -> None:
+        if self.meta is proto:
+            self.meta = None
+
+    def meta_said_complete(self, peers: int) -> None:
+        self.network_complete = True
+        self.log.info("network complete: {n} peers", n=peers)
+
+    def _welcomed_meta(self) -> Deferred[MetaClientProtocol]:
+        if self.meta is not None:
+            return succeed(self.meta)
+        d: Deferred[MetaClientProtocol] = Deferred(lambda d: self._meta_waiters.remove(d))
+        self._meta_waiters.append(d)
+        return d
+
+    def _report(self) -> None:
+        if self.meta is not None:
+            self.meta.send("NEIGHBOURS", *self.neighbours)
+
+    # Joining.
+
+    async def _join(self) -> None:
+        delay = 0.5
+        attempt = 0
+        while not self.joined:
+            attempt += 1
+            try:
+                await self._join_once()
+            except CancelledError:
+                raise
+            except Exception as e:
+                self.log.warn(
+                    "peer {name} could not join (attempt {attempt}): {why}; "
+                    "trying again in {delay:.1f} s",
+                    name=self.name,
+                    attempt=attempt,
+                    why=_describe(e),
+                    delay=delay,
+                )
+                await deferLater(self.clock, delay)
+                delay = min(delay * 2, 30.0) * self.rng.uniform(0.9, 1.1)
+        self._joining = None
+
+    def _joinAbandoned(self, failure: Any) -> None:
+        self._joining = None
+        if not failure.check(CancelledError):
+            self.log.failure("joining stopped", failure)
+
+    async def _join_once(self) -> None:
+        meta = await self._welcomed_meta().addTimeout(self.hop_timeout, self.clock)
+        reply = await meta.request("PLACE").addTimeout(self.hop_timeout, self.clock)
+        if reply.verb == "ROOT":
+            self.is_root = True
+            self._joined(None, 0)
+            return
+        if reply.verb != "REFER":
+            raise JoinFailed(f"the metadata server answered {reply.verb}")
+        target = reply.args
+        visited: set[str] = set()
+        via: str | None = None
+        while True:
+            name, host, port = target[0], target[1], int(target[2])
+            if name in visited or name == self.name:
+                raise JoinFailed(f"referred back to {name}")
+            if len(visited) >= self.max_hops:
+                raise JoinFailed(f"no peer accepted us after {len(visited)} referrals")
+            visited.add(name)
+            reply, proto = await self._hello(host, port, via)
+            if reply.verb == "ACCEPT":
+                self._add_neighbour(reply.args[0], host, port, proto)
+                self._joined(reply.args[0], len(visited))
+                return
+            proto.transport.loseConnection()
+            if reply.verb != "REFER":
+                raise JoinFailed(f"{name} answered {reply.verb}")
+            via, target = name, reply.args
+
+    async def _hello(self, host: str, port: int, via: str | None) -> tuple[Message, PeerProtocol]:
+        from p2pshare.peer.protocol import PeerFactory
+
+        endpoint = self._connect(host, port)
+        proto = await endpoint.connect(PeerFactory(self)).addTimeout(self.hop_timeout, self.clock)
+        try:
+            reply = await proto.request(
+                "HELLO", self.name, self.port, host=self.advertise, via=via
+            ).addTimeout(self.hop_timeout, self.clock)
+        except BaseException:
+            proto.transport.abortConnection()
+            raise
+        return reply, proto
+
+    def _joined(self, parent: str | None, hops: int) -> None:
+        self.joined = True
+        self.join_hops = hops
+        if parent is None:
+            self.log.info("peer {name} is the root of the overlay", name=self.name)
+        else:
+            self.log.info(
+                "peer {name} joined the overlay at {parent} after {hops} hop(s)",
+                name=self.name,
+                parent=parent,
+                hops=hops,
+            )
+        if self.portfile is not None:
+            atomic_write(self.portfile, f"{self.port}\n".encode())
+        self.log.info("peer {name} ready on port {port}", name=self.name, port=self.port)
+
+    # Newcomers.
+
+    def hello(self, proto: PeerProtocol, msg: Message) -> None:
+        """
+        A newcomer asks to join through us: accept it, or refer it on.
+        """
+        name, port = msg.args[0], int(msg.args[1])
+        if not self.joined:
+            proto.sendError(wire.E_NOT_JOINED, "this peer has not joined the overlay yet")
+            proto.transport.loseConnection()
+            return
+        if name == self.name or name in self.neighbours:
+            proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
+            proto.transport.loseConnection()
+            return
+        if len(self.neighbours) < self.max_neighbours:
+            host = msg.options.get("host") or proto.transport.getPeer().host
+            proto.send("ACCEPT", self.name)
+            self._add_neighbour(name, host, port, proto)
+            self.log.info("peer {name} accepted {newcomer}", name=self.name, newcomer=name)
+            return
+        target = self._referral({name, msg.options.get("via")})
+        if target is None:
+            proto.sendError(wire.E_FULL, "this peer is full and has nobody to refer you to")
+        else:
+            self.log.info(
+                "peer {name} refers {newcomer} to {target}",
+                name=self.name,
+                newcomer=name,
+                target=target.name,
+            )
+            proto.send("REFER", target.name, target.host, target.port)
+        proto.transport.loseConnection()
+
+    def _referral(self, exclude: set[str | None]) -> Neighbour | None:
+        """
+        The neighbour that leads to the nearest free slot; ties are broken
+        at random so that no branch is always the first to fill.
+        """
+        candidates = [n for n in self.neighbours.values() if n.name not in exclude]
+        if not candidates:
+            return None
+        best = min(_rank(n.hops) for n in candidates)
+        return self.rng.choice([n for n in candidates if _rank(n.hops) == best])
+
+    # Links.
+
+    def _add_neighbour(self, name: str, host: str, port: int, proto: PeerProtocol) -> None:
+        proto.link = name
+        self.neighbours[name] = Neighbour(name, host, port, proto)
+        self._report()
+        self._advertise()
+
+    def link_lost(self, name: str, proto: PeerProtocol) -> None:
+        n = self.neighbours.get(name)
+        if n is None or n.proto is not proto:
+            return
+        del self.neighbours[name]
+        if self.running:
+            self.log.info("peer {name} lost its link to {other}", name=self.name, other=name)
+            self._report()
+            self._advertise()
+
+    def free_said(self, name: str, hops: int | None) -> None:
+        n = self.neighbours.get(name)
+        if n is not None:
+            n.hops = hops
+            self._advertise()
+
+    def hops_for(self, neighbour: str) -> int | None:
+        """
+        How far is our nearest free slot, not counting C{neighbour}'s side?
+        """
+        if len(self.neighbours) < self.max_neighbours:
+            return 0
+        behind = [
+            n.hops + 1
+            for n in self.neighbours.values()
+            if n.name != neighbour and n.hops is not None
+        ]
+        best = min(behind, default=None)
+        return best if best is not None and best < HOPS_CAP else None
+
+    def _advertise(self) -> None:
+        for n in list(self.neighbours.values()):
+            hops = self.hops_for(n.name)
+            if hops != n.sent:
+                n.sent = hops
+                n.proto.send("FREE", "none" if hops is None else hops)
+
+    # What the control channel shows.
+
+    def status(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "port": self.port,
+            "joined": self.joined,
+            "root": self.is_root,
+            "max_neighbours": self.max_neighbours,
+            "network_complete": self.network_complete,
+            "neighbours": [
+                {"name": n.name, "host": n.host, "port": n.port}
+                for n in self.neighbours.values()
+            ],
+        }
+
+    def status_json(self) -> str:
+        return json.dumps(self.status(), separators=(",", ":"))
+
+
+def _rank(hops: int | None) -> float:
+    return float("inf") if hops is None else hops
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "no answer in time"
+    if isinstance(e, RemoteError):
+        return f"refused ({e.code}: {e.text})"
+    return str(e) or type(e).__name__

@@ -1,0 +1,121 @@
+"""
+The peer's line protocols: L{PeerProtocol} on overlay links (both the
+accepting and the connecting side) and L{MetaClientProtocol} on the link to
+the metadata server.  They parse and dispatch; L{PeerNode} decides.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.python.failure import Failure
+
+from p2pshare import wire
+from p2pshare.channel import LineChannel, RemoteError
+from p2pshare.wire import Message
+
+if TYPE_CHECKING:
+    from p2pshare.peer.node import PeerNode
+
+
+class PeerProtocol(LineChannel):
+    """
+    One connection between two peers.  It starts as a newcomer's C{HELLO}
+    and becomes an overlay link (L{link} is the other peer's name) once the
+    newcomer is accepted.
+    """
+
+    pushed = frozenset({"FREE"})
+
+    def __init__(self, node: PeerNode) -> None:
+        super().__init__()
+        self.node = node
+        self.link: str | None = None
+
+    def msg_HELLO(self, msg: Message) -> None:
+        if self.link is not None:
+            self.sendError(wire.E_UNEXPECTED, "this link is already made")
+            return
+        self.node.hello(self, msg)
+
+    def msg_FREE(self, msg: Message) -> None:
+        if self.link is None:
+            self.sendError(wire.E_UNEXPECTED, "FREE is for overlay links")
+            return
+        hops = msg.args[0]
+        self.node.free_said(self.link, None if hops == "none" else int(hops))
+
+    def msg_PING(self, msg: Message) -> None:
+        self.send("PONG")
+
+    def msg_PONG(self, msg: Message) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.link is not None:
+            self.node.link_lost(self.link, self)
+        super().connectionLost(reason)
+
+
+class PeerFactory(Factory):
+    noisy = False
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+
+    def buildProtocol(self, addr: object) -> PeerProtocol:
+        proto = PeerProtocol(self.node)
+        proto.factory = self
+        return proto
+
+
+class MetaClientProtocol(LineChannel):
+    """
+    The peer's side of its registration link to the metadata server.
+    """
+
+    pushed = frozenset({"COMPLETE"})
+
+    def __init__(self, node: PeerNode) -> None:
+        super().__init__()
+        self.node = node
+
+    def connectionMade(self) -> None:
+        d = self.request("P2P", **self.node.registration())
+        d.addCallbacks(self._welcomed, self._refused)
+
+    def _welcomed(self, msg: Message) -> None:
+        if msg.verb != "WELCOME":
+            self.sendError(wire.E_UNEXPECTED, "expected WELCOME")
+            self.transport.loseConnection()
+            return
+        self.node.meta_welcomed(self, msg)
+
+    def _refused(self, failure: Failure) -> None:
+        if failure.check(RemoteError):
+            self.node.meta_refused(failure.value)
+            self.transport.loseConnection()
+        # A lost connection is retried by the ClientService.
+
+    def msg_COMPLETE(self, msg: Message) -> None:
+        self.node.meta_said_complete(int(msg.args[0]))
+
+    def msg_PONG(self, msg: Message) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.node.meta_lost(self)
+        super().connectionLost(reason)
+
+
+class MetaClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+
+    def buildProtocol(self, addr: object) -> MetaClientProtocol:
+        proto = MetaClientProtocol(self.node)
+        proto.factory = self
+        return proto

@@ -1,0 +1,84 @@
+"""
+C{twistd p2ppeer}: options and service assembly for a peer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
+from twisted.python import usage
+
+from p2pshare import wire
+from p2pshare.common import ListenService, client_endpoint_string, server_endpoint_string
+from p2pshare.peer.control import ControlFactory
+from p2pshare.peer.node import PeerNode
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "A p2pshare peer: joins the overlay and shares files."
+    optParameters = [
+        ["port", None, "tcp:5001", "Endpoint where other peers connect (a bare N means tcp:N)."],
+        ["meta", None, "tcp:127.0.0.1:5000", "The metadata server (client endpoint)."],
+        ["name", None, None, "This peer's name (default: assigned, s1, s2, ...)."],
+        ["data-dir", None, "./p2ppeer-data", "The peer's own state."],
+        ["max-neighbours", None, 2, "Neighbours to accept before referring newcomers on.", int],
+        ["control", None, None, "Control endpoint for p2p (default unix:DATA-DIR/control.sock)."],
+        ["portfile", None, None, "Write the port number here once joined."],
+        ["advertise", None, None, "Host other peers should use to reach this one."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["name"] is not None and not wire.is_name(self["name"]):
+            raise usage.UsageError(
+                "--name is 1 to 64 letters, digits or _ - . @"
+            )
+        if not 1 <= self["max-neighbours"] <= 1000:
+            raise usage.UsageError("--max-neighbours is from 1 to 1000")
+        if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
+            raise usage.UsageError("--advertise is a host name or an IP address")
+        self["port"] = server_endpoint_string(self["port"])
+        self["meta"] = client_endpoint_string(self["meta"])
+        control = self["control"]
+        if control is None:
+            sock = Path(self["data-dir"]).absolute() / "control.sock"
+            control = "unix:" + str(sock).replace(":", "\\:")
+        else:
+            control = server_endpoint_string(control)
+        if control.startswith("unix:") and ":mode=" not in control:
+            control += ":mode=600"
+        self["control"] = control
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    data_dir = Path(options["data-dir"]).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def fatal(why: str) -> None:
+        # twistd has no exit status of its own: leave with 1 after shutdown.
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if reactor.running:
+            reactor.stop()
+
+    node = PeerNode(
+        clock=reactor,
+        listen=serverFromString(reactor, options["port"]),
+        meta=clientFromString(reactor, options["meta"]),
+        connect=lambda host, port: HostnameEndpoint(reactor, host, port),
+        name=options["name"],
+        max_neighbours=options["max-neighbours"],
+        advertise=options["advertise"],
+        portfile=Path(options["portfile"]) if options["portfile"] else None,
+        on_fatal=fatal,
+    )
+    top = MultiService()
+    node.setServiceParent(top)
+    ListenService(
+        serverFromString(reactor, options["control"]), ControlFactory(node)
+    ).setServiceParent(top)
+    return top

@@ -1,0 +1,333 @@
+"""
+The p2pshare wire format: one message per line, shared by every role.
+
+This module is pure: bytes in, L{Message} out, and back.  It knows no
+reactor and no role.  The grammar (see C{docs/protocol.rst})::
+
+    line    = verb *(SP field) [SP text] CRLF      ; at most MAX_LINE bytes
+    field   = token / key "=" token
+    token   = 1*(any character but space, "=" and control characters)
+
+The verb is case-insensitive on input and upper case on output.  Each verb
+has a L{Spec} in L{SPECS}: its positional fields, the C{key=value} options
+it allows, and whether a free-text tail follows.  No field can carry CR, LF,
+NUL or any other control character, and L{encode} checks every message it
+is asked to send, so a name taken from the network can never smuggle a
+second command onto a line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+MAX_LINE = 4096
+"""The longest line, in bytes, including the CRLF that ends it."""
+
+NAME_MAX = 64
+
+
+class WireError(ValueError):
+    """
+    A line or message that breaks the grammar.
+
+    @ivar code: one of the C{E_*} codes, sent as the first field of C{ERROR}.
+    @ivar text: one sentence for a human.
+    """
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+
+
+# Error codes sent in ERROR lines.  docs/protocol.rst lists them all.
+E_BAD_FLAG = "bad-flag"
+E_BAD_LINE = "bad-line"
+E_BAD_ENCODING = "bad-encoding"
+E_TOO_LONG = "too-long"
+E_UNKNOWN_VERB = "unknown-verb"
+E_BAD_ARGS = "bad-args"
+E_UNEXPECTED = "unexpected"
+E_NAME_TAKEN = "name-taken"
+E_NOT_JOINED = "not-joined"
+E_FULL = "full"
+E_FAILED = "failed"
+
+ERROR_CODES = (
+    E_BAD_FLAG,
+    E_BAD_LINE,
+    E_BAD_ENCODING,
+    E_TOO_LONG,
+    E_UNKNOWN_VERB,
+    E_BAD_ARGS,
+    E_UNEXPECTED,
+    E_NAME_TAKEN,
+    E_NOT_JOINED,
+    E_FULL,
+    E_FAILED,
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TOKEN = re.compile(r"[^\s=\x00-\x1f\x7f-\x9f]+")
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,%d}" % NAME_MAX)
+_HOST = re.compile(r"[A-Za-z0-9.:%_-]{1,255}")
+_COUNT = re.compile(r"0|[1-9][0-9]{0,8}")
+
+
+def is_name(value: str) -> bool:
+    """
+    Is C{value} a valid peer name: letters, digits, C{_ - . @}, 1 to 64?
+    """
+    return _NAME.fullmatch(value) is not None
+
+
+def _check_name(value: str) -> str | None:
+    if is_name(value):
+        return None
+    return (
+        f"a name is 1 to {NAME_MAX} letters, digits or _ - . @"
+    )
+
+
+def _check_token(value: str) -> str | None:
+    if _TOKEN.fullmatch(value):
+        return None
+    return "a field is one or more characters without spaces, = or controls"
+
+
+def _check_host(value: str) -> str | None:
+    if _HOST.fullmatch(value):
+        return None
+    return "a host is a name or an IPv4 or IPv6 address"
+
+
+def _check_port(value: str) -> str | None:
+    if _COUNT.fullmatch(value) and 1 <= int(value) <= 65535:
+        return None
+    return "a port is a number from 1 to 65535"
+
+
+def _check_count(value: str) -> str | None:
+    if _COUNT.fullmatch(value):
+        return None
+    return "a count is a whole number without leading zeros"
+
+
+def _check_hops(value: str) -> str | None:
+    if value == "none" or _COUNT.fullmatch(value):
+        return None
+    return "hops is a whole number or 'none'"
+
+
+Check = Callable[[str], "str | None"]
+
+TOKEN: Check = _check_token
+NAME: Check = _check_name
+HOST: Check = _check_host
+PORT: Check = _check_port
+COUNT: Check = _check_count
+HOPS: Check = _check_hops
+
+
+@dataclass(frozen=True)
+class Spec:
+    """
+    The shape of one verb.
+
+    @ivar args: the required positional fields, as C{(name, check)}.
+    @ivar rest: the check for any number of further positional fields, or
+        L{None} when no more are allowed.
+    @ivar keys: the allowed C{key=value} options, as C{key: check}.
+    @ivar text: L{None} when no free-text tail is allowed, C{"optional"} or
+        C{"required"}.
+    """
+
+    args: tuple[tuple[str, Check], ...] = ()
+    rest: Check | None = None
+    keys: Mapping[str, Check] = field(default_factory=dict)
+    text: str | None = None
+
+
+SPECS: dict[str, Spec] = {
+    # Registration with the metadata server; the historical flag.
+    "P2P": Spec(keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT}),
+    "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
+    "PLACE": Spec(),
+    "ROOT": Spec(),
+    "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
+    "NEIGHBOURS": Spec(rest=NAME),
+    "COMPLETE": Spec(args=(("peers", COUNT),)),
+    "TOPO": Spec(),
+    "PEER": Spec(
+        args=(("name", NAME), ("host", HOST), ("port", PORT)), rest=NAME
+    ),
+    "END": Spec(args=(("count", COUNT),)),
+    "BYE": Spec(),
+    "PING": Spec(),
+    "PONG": Spec(),
+    # Between peers.
+    "HELLO": Spec(
+        args=(("name", NAME), ("port", PORT)),
+        keys={"host": HOST, "via": NAME},
+    ),
+    "ACCEPT": Spec(args=(("name", NAME),)),
+    "FREE": Spec(args=(("hops", HOPS),)),
+    # The local control channel.
+    "STATUS": Spec(),
+    # Replies.
+    "OK": Spec(text="optional"),
+    "ERROR": Spec(args=(("code", TOKEN),), text="required"),
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """
+    One line of the protocol, parsed.
+
+    @ivar verb: upper case, a key of L{SPECS}.
+    @ivar args: the positional fields, in order.
+    @ivar options: the C{key=value} options.
+    @ivar text: the free-text tail, or L{None}.
+    """
+
+    verb: str
+    args: tuple[str, ...] = ()
+    options: Mapping[str, str] = field(default_factory=dict)
+    text: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Message {encode(self)[:-2].decode('utf-8')!r}>"
+
+
+def message(verb: str, *args: object, text: str | None = None, **options: object) -> Message:
+    """
+    Build a message from Python values; L{None} options are left out.
+    """
+    return Message(
+        verb,
+        tuple(str(a) for a in args),
+        {k: str(v) for k, v in options.items() if v is not None},
+        text,
+    )
+
+
+def error(code: str, text: str) -> Message:
+    """
+    An C{ERROR} message; control characters in C{text} become C{?}.
+    """
+    return Message("ERROR", (code,), {}, _CONTROL.sub("?", text).strip() or code)
+
+
+def validate(msg: Message) -> None:
+    """
+    Raise L{WireError} unless C{msg} is a well-formed message.
+    """
+    spec = SPECS.get(msg.verb)
+    if spec is None:
+        raise WireError(E_UNKNOWN_VERB, f"unknown verb {_show(msg.verb)}")
+    need = len(spec.args)
+    if len(msg.args) < need or (spec.rest is None and len(msg.args) > need):
+        names = " ".join(n.upper() for n, _ in spec.args) or "no fields"
+        more = " ..." if spec.rest is not None else ""
+        raise WireError(E_BAD_ARGS, f"{msg.verb} takes {names}{more}")
+    checks = [c for _, c in spec.args] + [spec.rest] * (len(msg.args) - need)
+    for value, check in zip(msg.args, checks):
+        _apply(check, value, msg.verb)
+    for key, value in msg.options.items():
+        if key not in spec.keys:
+            raise WireError(E_BAD_ARGS, f"{msg.verb} has no option {_show(key)}")
+        _apply(spec.keys[key], value, msg.verb)
+    if msg.text is None:
+        if spec.text == "required":
+            raise WireError(E_BAD_ARGS, f"{msg.verb} needs a text")
+    else:
+        if spec.text is None:
+            raise WireError(E_BAD_ARGS, f"{msg.verb} takes no text")
+        if _CONTROL.search(msg.text):
+            raise WireError(E_BAD_LINE, "a text cannot carry control characters")
+        if not msg.text or msg.text != msg.text.strip():
+            raise WireError(E_BAD_ARGS, "a text is not empty and has no space at either end")
+
+
+def _apply(check: Check, value: str, verb: str) -> None:
+    if _CONTROL.search(value):
+        raise WireError(E_BAD_LINE, "a field cannot carry control characters")
+    problem = _check_token(value) or check(value)
+    if problem is not None:
+        raise WireError(E_BAD_ARGS, f"{verb}: {problem}, not {_show(value)}")
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """
+    Quote a piece of someone else's input for an error text.
+    """
+    shown = _CONTROL.sub("?", value)
+    if len(shown) > limit:
+        shown = shown[:limit] + "..."
+    return repr(shown)
+
+
+def encode(msg: Message) -> bytes:
+    """
+    The line for C{msg}, CRLF included.
+
+    @raise WireError: if C{msg} is not well-formed or too long.
+    """
+    validate(msg)
+    parts = [msg.verb, *msg.args]
+    parts += [f"{k}={v}" for k, v in sorted(msg.options.items())]
+    if msg.text:
+        parts.append(msg.text)
+    data = " ".join(parts).encode("utf-8") + b"\r\n"
+    if len(data) > MAX_LINE:
+        raise WireError(E_TOO_LONG, f"lines are at most {MAX_LINE} bytes")
+    return data
+
+
+def decode(line: bytes) -> Message:
+    """
+    Parse one line, without its LF (a CR before it is allowed).
+
+    @raise WireError: with the code to answer.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if len(line) + 2 > MAX_LINE:
+        raise WireError(E_TOO_LONG, f"lines are at most {MAX_LINE} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(E_BAD_ENCODING, "a line must be UTF-8 text") from None
+    if _CONTROL.search(text):
+        raise WireError(E_BAD_LINE, "a line cannot carry control characters")
+    words = text.split(None, 1)
+    if not words:
+        raise WireError(E_BAD_LINE, "empty line")
+    verb = words[0].upper()
+    spec = SPECS.get(verb)
+    if spec is None:
+        raise WireError(E_UNKNOWN_VERB, f"unknown verb {_show(words[0])}")
+    rest = words[1] if len(words) > 1 else ""
+    tail: str | None = None
+    if spec.text is not None:
+        fields = rest.split(None, len(spec.args))
+        if len(fields) > len(spec.args):
+            tail = fields.pop()
+    else:
+        fields = rest.split()
+    args: list[str] = []
+    options: dict[str, str] = {}
+    for word in fields:
+        key, eq, value = word.partition("=")
+        if not eq:
+            args.append(word)
+        elif key in options:
+            raise WireError(E_BAD_ARGS, f"option {_show(key)} given twice")
+        else:
+            options[key] = value
+    msg = Message(verb, tuple(args), options, tail)
+    validate(msg)
+    return msg
