@@ -4,8 +4,7 @@ each one's own list of neighbours.
 
 The registry lives in SQLite (a versioned schema, C{schema/v*.sql}) and is
 mirrored in memory, so reads cost nothing and every change is written
-through at once.  L{topo_text} and L{count_text} render it in the historical
-formats of C{topo.txt} and C{NumberOfServers.txt}.
+through at once.
 """
 
 from __future__ import annotations
@@ -170,22 +169,6 @@ class Registry:
             )
         if neighbours and not record.placed:
             self.set_placed(name)
-
-
-def topo_text(peers: list[PeerRecord]) -> str:
-    """
-    The historical C{topo.txt}: C{NAME: NEIGHBOUR ...}, one line per peer.
-    """
-    return "".join(
-        f"{p.name}:{''.join(' ' + n for n in p.neighbours)}\n" for p in peers
-    )
-
-
-def count_text(peers: list[PeerRecord]) -> str:
-    """
-    The historical C{NumberOfServers.txt}: the number of peers and a newline.
-    """
-    return f"{len(peers)}\n"
 
 
 def topology_files(data_dir: Path) -> tuple[Path, Path]:

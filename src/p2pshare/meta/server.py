@@ -18,7 +18,8 @@ from twisted.python.failure import Failure
 from p2pshare import wire
 from p2pshare.channel import LineChannel
 from p2pshare.common import atomic_write
-from p2pshare.meta.registry import PeerRecord, Registry, count_text, topo_text, topology_files
+from p2pshare.meta.registry import PeerRecord, Registry, topology_files
+from p2pshare.topo import count_text, topo_text
 from p2pshare.wire import Message, WireError
 
 DEFAULT_MAX_NEIGHBOURS = 2

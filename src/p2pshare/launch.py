@@ -1,0 +1,228 @@
+"""
+Start real C{twistd} processes of both roles on loopback and wait for them
+by what they log, never by sleeping.  Used by C{p2p demo} and by the
+integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class ProcessFailed(Exception):
+    pass
+
+
+class TwistdProcess(ProcessProtocol):
+    """
+    One C{twistd -n --pidfile= ROLE ...} child.  Its output is kept (and
+    copied to C{log_path}); L{wait_for} fires when a line containing some
+    text appears.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        role: str,
+        args: Sequence[str],
+        cwd: Path,
+        log_path: Path | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.role = role
+        self.args = list(args)
+        self.cwd = cwd
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self._partial = b""
+        self._waiters: list[tuple[str, Deferred[str]]] = []
+        self._enders: list[Deferred[int]] = []
+        self.exit_code: int | None = None
+        self._log = open(log_path, "ab") if log_path else None
+
+    def start(self) -> TwistdProcess:
+        argv = TWISTD + ["-n", "--pidfile=", self.role] + self.args
+        reactor: IReactorProcess = self.reactor
+        reactor.spawnProcess(self, argv[0], argv, env=dict(os.environ), path=str(self.cwd))
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.transport.pid if self.transport is not None else None
+
+    def outReceived(self, data: bytes) -> None:
+        if self._log is not None:
+            self._log.write(data)
+            self._log.flush()
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        for raw in complete:
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            for waiter in list(self._waiters):
+                text, d = waiter
+                if text in line:
+                    self._waiters.remove(waiter)
+                    d.callback(line)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._log is not None:
+            self._log.close()
+        code, sig = reason.value.exitCode, getattr(reason.value, "signal", None)
+        self.exit_code = code if code is not None else -(sig or 0)
+        waiters, self._waiters = self._waiters, []
+        for text, d in waiters:
+            d.errback(ProcessFailed(f"{self.role} exited ({self.exit_code}) before logging {text!r}"))
+        enders, self._enders = self._enders, []
+        for d in enders:
+            d.callback(self.exit_code)
+
+    @property
+    def running(self) -> bool:
+        return self.exit_code is None
+
+    def when_ended(self, timeout: float) -> Deferred[int]:
+        """
+        Fire with the exit code once the process has ended (at most
+        C{timeout} seconds from now).
+        """
+        d: Deferred[int] = Deferred(lambda d: self._enders.remove(d))
+        if self.exit_code is not None:
+            d.callback(self.exit_code)
+            return d
+        self._enders.append(d)
+        return d.addTimeout(timeout, self.reactor)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float, since: int = 0) -> Deferred[str]:
+        """
+        Fire with the first line (from line C{since} on) containing C{text};
+        fail after C{timeout} seconds or if the process ends first.
+        """
+        for line in self.lines[since:]:
+            if text in line:
+                d: Deferred[str] = Deferred()
+                d.callback(line)
+                return d
+        if self.exit_code is not None:
+            raise ProcessFailed(f"{self.role} has exited ({self.exit_code})")
+        d = Deferred(lambda d: self._waiters.remove((text, d)))
+        self._waiters.append((text, d))
+        clock: IReactorTime = self.reactor
+        return d.addTimeout(timeout, clock)
+
+    def signal(self, sig: int) -> None:
+        try:
+            self.transport.signalProcess(sig)
+        except ProcessExitedAlready:
+            pass
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        """
+        SIGTERM, and SIGKILL if it has not ended within C{timeout} seconds.
+        """
+        if self.exit_code is None:
+            self.signal(signal.SIGTERM)
+            try:
+                return await self.when_ended(timeout)
+            except TimeoutError:
+                self.signal(signal.SIGKILL)
+        return await self.when_ended(timeout)
+
+
+def read_port(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+class LocalNetwork:
+    """
+    A metadata server and peers as real processes under C{root}, all on
+    127.0.0.1 with ports chosen by the system.
+    """
+
+    def __init__(self, reactor: Any, root: Path, timeout: float = 30.0) -> None:
+        self.reactor = reactor
+        self.root = root
+        self.timeout = timeout
+        self.meta: TwistdProcess | None = None
+        self.meta_port: int | None = None
+        self.peers: dict[str, TwistdProcess] = {}
+        self._count = 0
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.root / "meta"
+
+    async def start_meta(self, expect: int = 5, *extra: str) -> TwistdProcess:
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        portfile = self.meta_dir / "port"
+        portfile.unlink(missing_ok=True)
+        proc = TwistdProcess(
+            self.reactor,
+            "p2pmeta",
+            [
+                "--port", "tcp:0:interface=127.0.0.1",
+                "--data-dir", str(self.meta_dir),
+                "--portfile", str(portfile),
+                "--expect", str(expect),
+                *extra,
+            ],
+            self.root,
+            self.root / "meta.log",
+        ).start()
+        self.meta = proc
+        await proc.wait_for("p2pmeta ready", self.timeout)
+        self.meta_port = read_port(portfile)
+        return proc
+
+    async def start_peer(self, *extra: str, wait: bool = True) -> tuple[str, TwistdProcess]:
+        """
+        Start a peer in its own directory; with C{wait}, return once it has
+        joined.  The key is the directory name (C{p1}, C{p2}, ...).
+        """
+        self._count += 1
+        key = f"p{self._count}"
+        data = self.root / key
+        data.mkdir(parents=True, exist_ok=True)
+        proc = TwistdProcess(
+            self.reactor,
+            "p2ppeer",
+            [
+                "--port", "tcp:0:interface=127.0.0.1",
+                "--meta", f"tcp:127.0.0.1:{self.meta_port}",
+                "--data-dir", str(data),
+                "--portfile", str(data / "port"),
+                *extra,
+            ],
+            self.root,
+            self.root / f"{key}.log",
+        ).start()
+        self.peers[key] = proc
+        if wait:
+            await proc.wait_for(" ready on port ", self.timeout)
+        return key, proc
+
+    def control(self, key: str) -> str:
+        return "unix:" + str(self.root / key / "control.sock")
+
+    async def stop_all(self) -> None:
+        procs = list(self.peers.values()) + ([self.meta] if self.meta else [])
+        await gatherResults(
+            [Deferred.fromCoroutine(p.stop()) for p in procs], consumeErrors=True
+        )
