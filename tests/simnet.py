@@ -1,0 +1,178 @@
+"""
+A whole network in one process: fake endpoints joined by
+L{twisted.test.iosim} transports and pumped with one L{Clock}.
+
+Each role gets endpoints from a L{SimNet} instead of the reactor's, and the
+real protocol code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from p2pshare.meta.registry import Registry
+from p2pshare.meta.server import MetaFactory, MetaServer
+from p2pshare.peer.node import PeerNode
+from p2pshare.topo import parse_topo
+
+
+class _Port:
+    def __init__(self, net: SimNet, address: IPv4Address) -> None:
+        self.net = net
+        self.address = address
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+    def stopListening(self) -> Any:
+        self.net.listeners.pop((self.address.host, self.address.port), None)
+        return succeed(None)
+
+
+class ServerEndpoint:
+    def __init__(self, net: SimNet, host: str, port: int) -> None:
+        self.net, self.host, self.port = net, host, port
+
+    def listen(self, factory: Any) -> Any:
+        port = self.port or self.net.free_port()
+        self.net.listeners[(self.host, port)] = factory
+        return succeed(_Port(self.net, IPv4Address("TCP", self.host, port)))
+
+
+class ClientEndpoint:
+    def __init__(self, net: SimNet, source: str, host: str, port: int) -> None:
+        self.net, self.source, self.host, self.port = net, source, host, port
+
+    def connect(self, factory: Any) -> Any:
+        listener = self.net.listeners.get((self.host, self.port))
+        if listener is None or self.host in self.net.down:
+            return fail(ConnectionRefusedError(f"{self.host}:{self.port}"))
+        server_addr = IPv4Address("TCP", self.host, self.port)
+        client_addr = IPv4Address("TCP", self.source, self.net.free_port())
+        server = listener.buildProtocol(client_addr)
+        client = factory.buildProtocol(server_addr)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, True, server_addr, client_addr),
+            client,
+            iosim.FakeTransport(client, False, client_addr, server_addr),
+            greet=False,
+            clock=self.net.clock,
+        )
+        self.net.pumps.append(pump)
+        return succeed(client)
+
+
+class SimNet:
+    """
+    Hosts 127.0.1.x talking through in-memory pipes.
+    """
+
+    def __init__(self, tmp: Path, seed: int = 0) -> None:
+        self.clock = Clock()
+        self.tmp = tmp
+        self.rng = random.Random(seed)
+        self.listeners: dict[tuple[str, int], Any] = {}
+        self.pumps: list[iosim.IOPump] = []
+        self.down: set[str] = set()
+        self._port = 40000
+        self.meta: MetaServer | None = None
+        self.peers: list[PeerNode] = []
+
+    def free_port(self) -> int:
+        self._port += 1
+        return self._port
+
+    def start_meta(self, expect: int = 5, host: str = "127.0.0.1", port: int = 5000) -> MetaServer:
+        data = self.tmp / "meta"
+        data.mkdir(exist_ok=True)
+        self.meta = MetaServer(Registry(":memory:"), self.clock, data_dir=data, expect=expect)
+        self.meta.startService()
+        ServerEndpoint(self, host, port).listen(MetaFactory(self.meta))
+        self.meta_address = (host, port)
+        return self.meta
+
+    def make_peer(self, max_neighbours: int = 2, name: str | None = None) -> PeerNode:
+        host = f"127.0.1.{len(self.peers) + 1}" if len(self.peers) < 250 else f"127.0.2.{len(self.peers) - 249}"
+        node = PeerNode(
+            clock=self.clock,
+            listen=ServerEndpoint(self, host, 6000),
+            meta=ClientEndpoint(self, host, *self.meta_address),
+            connect=lambda h, p: ClientEndpoint(self, host, h, p),
+            name=name,
+            max_neighbours=max_neighbours,
+            rng=random.Random(self.rng.random()),
+        )
+        self.peers.append(node)
+        return node
+
+    def flush(self, limit: int = 100_000) -> None:
+        """
+        Move bytes until no connection has anything left to say.
+        """
+        for _ in range(limit):
+            moved = False
+            for pump in list(self.pumps):
+                if pump.pump():
+                    moved = True
+                elif pump.clientIO.disconnected and pump.serverIO.disconnected:
+                    self.pumps.remove(pump)
+            if not moved:
+                return
+        raise AssertionError("the network never went quiet")
+
+    def settle(self, seconds: float = 60.0, step: float = 0.5) -> None:
+        """
+        Pump and advance the clock for up to C{seconds} of simulated time,
+        stopping early once everything is quiet and every peer has joined.
+        """
+        elapsed = 0.0
+        while True:
+            self.flush()
+            if all(p.joined for p in self.peers) and not self.clock.getDelayedCalls():
+                return
+            if elapsed >= seconds:
+                return
+            self.clock.advance(step)
+            elapsed += step
+
+    # What the tests check.
+
+    def views(self) -> dict[str, list[str]]:
+        return {p.name: list(p.neighbours) for p in self.peers if p.name is not None}
+
+    def topo_file(self) -> dict[str, list[str]]:
+        assert self.meta is not None and self.meta.data_dir is not None
+        text = (self.meta.data_dir / "topo.txt").read_text()
+        return {e.name: e.neighbours for e in parse_topo(text)}
+
+
+def assert_tree(views: dict[str, list[str]], limits: dict[str, int]) -> None:
+    """
+    C{views} (name -> neighbours) is one tree: symmetric, connected,
+    acyclic, and nobody above its limit.
+    """
+    edges = set()
+    for name, neighbours in views.items():
+        assert len(neighbours) <= limits[name], f"{name} has {len(neighbours)} neighbours"
+        assert len(set(neighbours)) == len(neighbours), f"{name} lists a neighbour twice"
+        for n in neighbours:
+            assert n in views, f"{name} names unknown neighbour {n}"
+            assert name in views[n], f"{name}-{n} is not symmetric"
+            edges.add(frozenset((name, n)))
+    assert len(edges) == len(views) - 1, f"{len(edges)} links for {len(views)} peers: not a tree"
+    start = next(iter(views))
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        frontier = [n for name in frontier for n in views[name] if n not in seen]
+        seen.update(frontier)
+    assert seen == set(views), f"not connected: {sorted(set(views) - seen)[:5]} unreachable"

@@ -1,0 +1,106 @@
+"""
+Whole networks in one process (iosim pumps, one Clock): concurrent joins
+always form a tree, and the metadata server's topo.txt matches the peers'
+own views.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simnet import SimNet, assert_tree
+
+
+@pytest.mark.parametrize("max_neighbours", [2, 4])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_200_concurrent_joins_form_a_tree(tmp_path, max_neighbours, seed):
+    net = SimNet(tmp_path, seed=seed)
+    meta = net.start_meta(expect=200)
+    peers = [net.make_peer(max_neighbours) for _ in range(200)]
+    net.rng.shuffle(peers)
+    for p in peers:  # all at once, in random order
+        p.startService()
+    net.settle(seconds=120)
+
+    assert all(p.joined for p in peers)
+    views = net.views()
+    assert len(views) == 200
+    assert_tree(views, {p.name: max_neighbours for p in peers})
+    assert net.topo_file() == views
+    assert (meta.data_dir / "NumberOfServers.txt").read_text() == "200\n"
+    assert meta.complete
+    assert all(p.network_complete for p in peers)
+    assert sum(p.is_root for p in peers) == 1
+
+
+def _depths(views, root):
+    depth = {root: 0}
+    frontier = [root]
+    while frontier:
+        following = []
+        for name in frontier:
+            for n in views[name]:
+                if n not in depth:
+                    depth[n] = depth[name] + 1
+                    following.append(n)
+        frontier = following
+    return depth
+
+
+def _shallowest_possible(peers, limit):
+    """
+    The depth of a tree of C{peers} filled level by level: the root has
+    C{limit} children, every other peer C{limit - 1}.
+    """
+    depth, level, total = 0, 1, 1
+    while total < peers:
+        level = level * (limit if depth == 0 else limit - 1)
+        total += level
+        depth += 1
+    return depth
+
+
+@pytest.mark.parametrize("max_neighbours", [2, 3, 4])
+def test_sequential_joins_cost_one_hop_and_fill_breadth_first(tmp_path, max_neighbours):
+    net = SimNet(tmp_path)
+    net.start_meta(expect=40)
+    for _ in range(40):
+        node = net.make_peer(max_neighbours)
+        node.startService()
+        net.settle()
+        assert node.joined
+    assert [p.join_hops for p in net.peers] == [0] + [1] * 39
+    views = net.views()
+    assert_tree(views, {p.name: max_neighbours for p in net.peers})
+    # The metadata server places each newcomer at the shallowest free slot,
+    # so the tree is as shallow as the neighbour limit allows (with 2, that
+    # is two chains hanging from the root: no tree of degree 2 is bushier).
+    depth = _depths(views, net.peers[0].name)
+    assert max(depth.values()) == _shallowest_possible(40, max_neighbours)
+
+
+def test_stale_placement_is_corrected_by_the_referral_chain(tmp_path):
+    """
+    The metadata server refers a newcomer to a peer it believes has a free
+    slot; that peer is in fact full (its report has not arrived), so the
+    newcomer follows the peer's referral instead.
+    """
+    net = SimNet(tmp_path)
+    meta = net.start_meta(expect=3)
+    a, b = net.make_peer(1), net.make_peer(2)
+    a.startService()
+    net.settle()
+    b.startService()
+    net.settle()
+    assert a.neighbours.keys() == {b.name}
+    # Make the metadata server believe the root has room again.
+    meta.registry.set_neighbours(a.name, [])
+    c = net.make_peer(2)
+    c.startService()
+    net.settle()
+    assert c.joined
+    assert c.join_hops == 2  # a referred it on to b
+    assert list(b.neighbours) == [a.name, c.name]
+    assert_tree(net.views(), {a.name: 1, b.name: 2, c.name: 2})
+    topo = net.topo_file()
+    assert topo[b.name] == [a.name, c.name] and topo[c.name] == [b.name]
