@@ -220,16 +220,12 @@ class MetaProtocol(LineChannel):
         self.greeted = False
         self.name: str | None = None
 
-    def badLine(self, error: WireError) -> None:
-        if not self.greeted and error.code == wire.E_UNKNOWN_VERB:
-            error = _bad_flag()
-        super().badLine(error)
-
-    def messageReceived(self, msg: Message) -> None:
-        if not self.greeted and msg.verb != "P2P":
-            super().badLine(_bad_flag())
+    def lineReceived(self, line: bytes) -> None:
+        words = line.split(None, 1)
+        if not self.greeted and (not words or words[0].upper() != b"P2P"):
+            self.badLine(_bad_flag())
             return
-        super().messageReceived(msg)
+        super().lineReceived(line)
 
     def _registered(self) -> bool:
         if self.name is None:

@@ -1,0 +1,230 @@
+"""
+Byte-exact conversations with the metadata server and with a peer, on
+StringTransport: registration, the wrong flag and the retry, referral,
+accept, and the error replies.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from p2pshare.meta.registry import Registry
+from p2pshare.meta.server import MetaFactory, MetaServer
+from p2pshare.peer.control import ControlFactory
+from p2pshare.peer.node import PeerNode
+from p2pshare.peer.protocol import PeerFactory
+
+
+class Conn:
+    """
+    One connection to a protocol, from host C{host}.
+    """
+
+    def __init__(self, factory, host="127.0.0.9", port=40000):
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        self.proto = factory.buildProtocol(self.transport.getPeer())
+        self.proto.makeConnection(self.transport)
+
+    def say(self, data: bytes) -> bytes:
+        self.transport.clear()
+        self.proto.dataReceived(data)
+        return self.transport.value()
+
+
+@pytest.fixture
+def meta(tmp_path):
+    server = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, expect=3)
+    server.startService()
+    yield server
+    server.stopService()
+
+
+def test_registration_wrong_flag_and_retry(meta, tmp_path):
+    c = Conn(MetaFactory(meta), host="127.0.0.7")
+    assert c.say(b"HELLO there\r\n") == (
+        b"ERROR bad-flag the first line must start with the P2P flag, e.g. P2P port=5001\r\n"
+    )
+    assert c.say(b"PLACE\r\n").startswith(b"ERROR bad-flag ")
+    assert not c.transport.disconnecting
+    assert c.say(b"p2p port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
+    assert c.say(b"PLACE\r\n") == b"ROOT\r\n"
+    assert (tmp_path / "topo.txt").read_text() == "s1:\n"
+    assert (tmp_path / "NumberOfServers.txt").read_text() == "1\n"
+
+
+def test_referral_and_reports_make_topo_txt(meta, tmp_path):
+    a = Conn(MetaFactory(meta), host="127.0.0.7")
+    a.say(b"P2P port=6001\r\n")
+    a.say(b"PLACE\r\n")
+    b = Conn(MetaFactory(meta), host="127.0.0.8")
+    assert b.say(b"P2P port=6002 name=bee max=4 host=10.9.8.7\r\n") == b"WELCOME bee 10.9.8.7 6002\r\n"
+    assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
+    assert b.say(b"NEIGHBOURS s1\r\n") == b""
+    assert a.say(b"NEIGHBOURS bee\r\n") == b""
+    assert (tmp_path / "topo.txt").read_text() == "s1: bee\nbee: s1\n"
+    assert (tmp_path / "NumberOfServers.txt").read_text() == "2\n"
+    # s1 has one slot left: a third newcomer goes there, a fourth to bee,
+    # because a referral keeps its slot until the newcomer arrives.
+    c = Conn(MetaFactory(meta))
+    c.say(b"P2P port=6003\r\n")
+    assert c.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
+    d = Conn(MetaFactory(meta))
+    d.say(b"P2P port=6004\r\n")
+    assert d.say(b"PLACE\r\n") == b"REFER bee 10.9.8.7 6002\r\n"
+
+
+def test_network_complete_is_logged_and_told(meta):
+    conns = []
+    for i, host in enumerate(["127.0.0.1", "127.0.0.2", "127.0.0.3"]):
+        c = Conn(MetaFactory(meta), host=host)
+        c.say(b"P2P port=600%d\r\n" % i)
+        conns.append(c)
+    conns[0].say(b"PLACE\r\n")
+    conns[1].say(b"PLACE\r\n")
+    conns[2].say(b"PLACE\r\n")
+    conns[1].say(b"NEIGHBOURS s1\r\n")
+    conns[2].say(b"NEIGHBOURS s1\r\n")
+    assert not meta.complete
+    assert conns[0].say(b"NEIGHBOURS s2 s3\r\n") == b"COMPLETE 3\r\n"
+    assert conns[1].transport.value() == b"COMPLETE 3\r\n"
+    assert meta.complete
+
+
+def test_live_duplicate_name_is_refused_and_the_connection_can_retry(meta):
+    a = Conn(MetaFactory(meta))
+    a.say(b"P2P port=6001 name=alice\r\n")
+    b = Conn(MetaFactory(meta))
+    assert b.say(b"P2P port=6002 name=alice\r\n") == (
+        b"ERROR name-taken the name alice is already live in this network\r\n"
+    )
+    assert b.say(b"P2P port=6002 name=bob\r\n") == b"WELCOME bob 127.0.0.9 6002\r\n"
+    # Once alice's connection is gone, her name is free again.
+    a.proto.connectionLost(None)
+    c = Conn(MetaFactory(meta))
+    assert c.say(b"P2P port=6003 name=alice\r\n") == b"WELCOME alice 127.0.0.9 6003\r\n"
+
+
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        (b"FROB\r\n", b"ERROR unknown-verb unknown verb 'FROB'\r\n"),
+        (b"PLACE 1\r\n", b"ERROR bad-args PLACE takes no fields\r\n"),
+        (b"\xff\xfe\xfd\r\n", b"ERROR bad-encoding a line must be UTF-8 text\r\n"),
+        (b"ACCEPT s1\r\n", b"ERROR unexpected ACCEPT is not expected here\r\n"),
+        (b"NEIGHBOURS s1 s1\r\n", b"ERROR bad-args neighbours are distinct and not yourself\r\n"),
+        (b"P2P port=7\r\n", b"ERROR unexpected this connection has already said P2P\r\n"),
+        (b"P2P port=7 max=0\r\n", b"ERROR unexpected this connection has already said P2P\r\n"),
+    ],
+)
+def test_error_replies_after_registration(meta, line, reply):
+    c = Conn(MetaFactory(meta))
+    c.say(b"P2P port=6001\r\n")
+    assert c.say(line) == reply
+    assert not c.transport.disconnecting
+    assert c.say(b"PING\r\n") == b"PONG\r\n"
+
+
+def test_bad_registrations(meta):
+    c = Conn(MetaFactory(meta))
+    assert c.say(b"P2P port=6001 max=0\r\n") == b"ERROR bad-args max is from 1 to 1000\r\n"
+    assert c.say(b"P2P name=x\r\n") == b"ERROR bad-args a peer registers with P2P port=PORT\r\n"
+    assert c.say(b"P2P port=0\r\n").startswith(b"ERROR bad-args P2P: a port is a number")
+    assert c.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+    assert c.say(b"PLACE\r\n") == b"ERROR unexpected register first: P2P port=PORT\r\n"
+
+
+def test_over_long_line_and_observer_topology(meta):
+    a = Conn(MetaFactory(meta), host="127.0.0.5")
+    a.say(b"P2P port=6001\r\n")
+    a.say(b"PLACE\r\n")
+    bad = Conn(MetaFactory(meta))
+    assert bad.say(b"P2P port=1" + b"0" * 100_000 + b"\r\n") == (
+        b"ERROR too-long lines are at most 4096 bytes\r\n"
+    )
+    assert bad.transport.disconnecting
+    o = Conn(MetaFactory(meta))
+    o.say(b"P2P\n")
+    assert o.say(b"TOPO\n") == b"PEER s1 127.0.0.5 6001\r\nEND 1\r\n"
+
+
+# A peer.
+
+
+def joined_peer(name="s1", max_neighbours=1):
+    node = PeerNode(
+        clock=Clock(), listen=None, meta=None, connect=None, name=name,
+        max_neighbours=max_neighbours,
+    )
+    node.port = 7001
+    node.joined = True
+    return node
+
+
+def test_peer_accepts_then_refers_to_its_neighbour():
+    node = joined_peer(max_neighbours=1)
+    first = Conn(PeerFactory(node), host="127.0.0.2")
+    assert first.say(b"HELLO s2 7002\r\n") == b"ACCEPT s1\r\nFREE none\r\n"
+    assert list(node.neighbours) == ["s2"]
+    assert not first.transport.disconnecting
+    second = Conn(PeerFactory(node), host="127.0.0.3")
+    assert second.say(b"HELLO s3 7003 via=s0\r\n") == b"REFER s2 127.0.0.2 7002\r\n"
+    assert second.transport.disconnecting
+    # An advertised host wins over the address seen.
+    node2 = joined_peer(max_neighbours=1)
+    c = Conn(PeerFactory(node2), host="127.0.0.2")
+    c.say(b"HELLO s2 7002 host=peer-two.lan\r\n")
+    assert node2.neighbours["s2"].host == "peer-two.lan"
+
+
+def test_peer_refers_toward_the_nearest_free_slot():
+    node = joined_peer(max_neighbours=2)
+    a = Conn(PeerFactory(node), host="127.0.0.2")
+    b = Conn(PeerFactory(node), host="127.0.0.3")
+    assert a.say(b"HELLO a 7002\r\n") == b"ACCEPT s1\r\nFREE 0\r\n"
+    a.transport.clear()
+    assert b.say(b"HELLO b 7003\r\n") == b"ACCEPT s1\r\nFREE none\r\n"
+    b.transport.clear()
+    # Now full: each neighbour learns what lies behind us, not counting itself.
+    assert a.transport.value() == b"FREE none\r\n"
+    a.say(b"FREE 3\r\n")
+    assert b.transport.value() == b"FREE 4\r\n"
+    b.say(b"FREE 1\r\n")
+    for _ in range(5):
+        c = Conn(PeerFactory(node))
+        assert c.say(b"HELLO c 7004\r\n") == b"REFER b 127.0.0.3 7003\r\n"
+    # ... but never back to where the newcomer came from.
+    c = Conn(PeerFactory(node))
+    assert c.say(b"HELLO c 7004 via=b\r\n") == b"REFER a 127.0.0.2 7002\r\n"
+
+
+def test_peer_errors():
+    node = joined_peer(max_neighbours=1)
+    c = Conn(PeerFactory(node))
+    assert c.say(b"FREE 1\r\n") == b"ERROR unexpected FREE is for overlay links\r\n"
+    assert c.say(b"HELLO s1 7001\r\n") == b"ERROR name-taken s1 is already here\r\n"
+    assert c.transport.disconnecting
+    lonely = joined_peer()
+    lonely.joined = False
+    c = Conn(PeerFactory(lonely))
+    assert c.say(b"HELLO s2 7002\r\n") == (
+        b"ERROR not-joined this peer has not joined the overlay yet\r\n"
+    )
+    full = joined_peer(max_neighbours=1)
+    Conn(PeerFactory(full)).say(b"HELLO s2 7002\r\n")
+    c = Conn(PeerFactory(full))
+    assert c.say(b"HELLO s3 7003 via=s2\r\n") == (
+        b"ERROR full this peer is full and has nobody to refer you to\r\n"
+    )
+
+
+def test_control_status():
+    node = joined_peer(max_neighbours=2)
+    Conn(PeerFactory(node), host="127.0.0.2").say(b"HELLO s2 7002\r\n")
+    c = Conn(ControlFactory(node))
+    reply = c.say(b"STATUS\r\n")
+    assert reply.startswith(b"OK {") and reply.endswith(b"}\r\n")
+    assert b'"neighbours":[{"name":"s2","host":"127.0.0.2","port":7002}]' in reply
+    assert c.say(b"FROB\r\n") == b"ERROR unknown-verb unknown verb 'FROB'\r\n"
