@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.load_profile("default")
@@ -51,5 +51,7 @@ def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
         texts = []
         for event in failures:
             failure = event.get("log_failure")
-            texts.append(failure.getTraceback() if failure is not None else str(event))
+            texts.append(formatEvent(event))
+            if failure is not None:
+                texts.append(failure.getTraceback())
         pytest.fail("failures were logged during the test:\n" + "\n".join(texts))

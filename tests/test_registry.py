@@ -1,0 +1,99 @@
+"""
+The registry and the topology files: formats, persistence, reset.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from twisted.internet.task import Clock
+
+from p2pshare.common import atomic_write
+from p2pshare.meta.registry import SCHEMA_VERSION, Registry
+from p2pshare.meta.server import MetaServer
+from p2pshare.topo import parse_topo, topo_text
+
+
+def test_topo_text_is_the_historical_format():
+    reg = Registry()
+    for name, port in [("s1", 1), ("s2", 2), ("s3", 3)]:
+        reg.add(name, "127.0.0.1", port, 2)
+    reg.set_neighbours("s1", ["s2", "s3"])
+    reg.set_neighbours("s2", ["s1"])
+    reg.set_neighbours("s3", ["s1"])
+    assert topo_text(reg.peers()) == "s1: s2 s3\ns2: s1\ns3: s1\n"
+    assert topo_text([]) == ""
+    assert [(e.name, e.neighbours) for e in parse_topo("s1: s2 s3\ns2: s1\n")] == [
+        ("s1", ["s2", "s3"]),
+        ("s2", ["s1"]),
+    ]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_topo("s1: s2\nnonsense\n")
+
+
+def test_registry_survives_reopening_and_reset_empties_it(tmp_path):
+    path = str(tmp_path / "registry.sqlite")
+    reg = Registry(path)
+    assert reg.assign_name() == "s1"
+    reg.add("s1", "127.0.0.1", 6001, 2)
+    assert reg.assign_name() == "s2"
+    reg.add("s2", "127.0.0.2", 6002, 4)
+    reg.set_neighbours("s1", ["s2"])
+    reg.set_neighbours("s2", ["s1"])
+    reg.close()
+
+    again = Registry(path)
+    assert [(p.name, p.host, p.port, p.max_neighbours, p.placed, p.neighbours) for p in again.peers()] == [
+        ("s1", "127.0.0.1", 6001, 2, True, ["s2"]),
+        ("s2", "127.0.0.2", 6002, 4, True, ["s1"]),
+    ]
+    assert again.assign_name() == "s3"  # names keep counting up
+    again.clear()
+    assert again.peers() == []
+    assert again.assign_name() == "s1"
+    again.close()
+    assert Registry(path).peers() == []
+
+
+def test_assigned_names_skip_names_in_use():
+    reg = Registry()
+    reg.add("s1", "h", 1, 2)
+    assert reg.assign_name(frozenset({"s2"})) == "s3"
+
+
+def test_removing_a_peer_removes_its_line(tmp_path):
+    reg = Registry(str(tmp_path / "r.sqlite"))
+    reg.add("a", "h", 1, 2)
+    reg.add("b", "h", 2, 2)
+    reg.set_neighbours("a", ["b"])
+    reg.remove("a")
+    reg.close()
+    assert [p.name for p in Registry(str(tmp_path / "r.sqlite")).peers()] == ["b"]
+
+
+def test_an_unknown_schema_version_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    Registry(str(path)).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE version SET version = ?", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        Registry(str(path))
+
+
+def test_files_are_written_at_start_and_on_change(tmp_path):
+    server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=5)
+    server.startService()
+    assert (tmp_path / "topo.txt").read_bytes() == b""
+    assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"0\n"
+    server.stopService()
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "f.txt"
+    atomic_write(target, b"one\n")
+    atomic_write(target, b"two\n")
+    assert target.read_bytes() == b"two\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
