@@ -18,6 +18,9 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+# twistd stopped by SIGTERM shuts down cleanly, then ends by that signal.
+CLEAN_EXITS = (0, -signal.SIGTERM)
+
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
@@ -170,6 +173,10 @@ class LocalNetwork:
         return self.root / "meta"
 
     async def start_meta(self, expect: int = 5, *extra: str) -> TwistdProcess:
+        """
+        Start the metadata server; a restart listens on the same port again,
+        where the peers look for it.
+        """
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         portfile = self.meta_dir / "port"
         portfile.unlink(missing_ok=True)
@@ -177,7 +184,7 @@ class LocalNetwork:
             self.reactor,
             "p2pmeta",
             [
-                "--port", "tcp:0:interface=127.0.0.1",
+                "--port", f"tcp:{self.meta_port or 0}:interface=127.0.0.1",
                 "--data-dir", str(self.meta_dir),
                 "--portfile", str(portfile),
                 "--expect", str(expect),

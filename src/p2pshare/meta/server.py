@@ -55,6 +55,7 @@ class MetaServer(Service):
         # target name -> newcomers referred there that have not arrived yet
         self._reserved: defaultdict[str, set[str]] = defaultdict(set)
         self._written: tuple[str, str] | None = None
+        self._settled = ""
 
     def startService(self) -> None:
         super().startService()
@@ -147,7 +148,28 @@ class MetaServer(Service):
 
     def changed(self) -> None:
         self.write_files()
+        self._check_settled()
         self._check_complete()
+
+    def _check_settled(self) -> None:
+        """
+        Log once for each new topology in which every peer is placed and
+        the reported links form one tree (what operators and tests wait
+        for, rather than polling topo.txt).
+        """
+        peers = self.registry.peers()
+        links = sum(len(p.neighbours) for p in peers)
+        if not (
+            peers
+            and all(p.placed for p in peers)
+            and links == 2 * (len(peers) - 1)
+            and _consistent(peers)
+        ):
+            return
+        text = topo_text(peers)
+        if text != self._settled:
+            self._settled = text
+            self.log.info("topology settled: {n} peers in one tree", n=len(peers))
 
     def write_files(self) -> None:
         if self.data_dir is None:
