@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from simnet import SimNet, assert_tree
+from p2pshare.simnet import SimNet, assert_tree
 
 
 @pytest.mark.parametrize("max_neighbours", [2, 4])
