@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -218,6 +219,24 @@ def test_peer_errors():
     assert c.say(b"HELLO s3 7003 via=s2\r\n") == (
         b"ERROR full this peer is full and has nobody to refer you to\r\n"
     )
+
+
+def test_a_hello_waits_while_the_peer_is_still_joining():
+    """
+    The metadata server may send a newcomer to a peer that is itself still
+    joining; that peer answers once it is in.
+    """
+    node = joined_peer(name="s5", max_neighbours=2)
+    node.joined = False
+    node._joining = Deferred()  # a join in progress
+    c = Conn(PeerFactory(node))
+    assert c.say(b"HELLO s6 7006\r\n") == b""
+    gone = Conn(PeerFactory(node))
+    gone.say(b"HELLO s7 7007\r\n")
+    gone.proto.connectionLost(None)
+    node._joined("s1", 1)
+    assert c.transport.value() == b"ACCEPT s5\r\nFREE 0\r\n"
+    assert list(node.neighbours) == ["s6"]
 
 
 def test_control_status():

@@ -133,6 +133,7 @@ class LineChannel(LineReceiver):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
         waiting, self._waiting = self._waiting, deque()
         for d in waiting:
             d.errback(reason)

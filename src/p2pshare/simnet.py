@@ -59,16 +59,33 @@ class ClientEndpoint:
         client_addr = IPv4Address("TCP", self.source, self.net.free_port())
         server = listener.buildProtocol(client_addr)
         client = factory.buildProtocol(server_addr)
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, True, server_addr, client_addr),
-            client,
-            iosim.FakeTransport(client, False, client_addr, server_addr),
-            greet=False,
-            clock=self.net.clock,
-        )
-        self.net.pumps.append(pump)
+        server_io = _Transport(self.net, server, True, server_addr, client_addr)
+        client_io = _Transport(self.net, client, False, client_addr, server_addr)
+        pump = iosim.IOPump(client, server, client_io, server_io, False, self.net.clock)
+        server_io.pump = client_io.pump = pump
+        server.makeConnection(server_io)
+        client.makeConnection(client_io)
         return succeed(client)
+
+
+class _Transport(iosim.FakeTransport):
+    """
+    An iosim transport that tells its network when it has something to
+    deliver, so that a flush pumps only the busy connections.
+    """
+
+    def __init__(self, net: SimNet, *args: Any) -> None:
+        super().__init__(*args)
+        self.net = net
+        self.pump: iosim.IOPump | None = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.net.active[self.pump] = None
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self.net.active[self.pump] = None
 
 
 class SimNet:
@@ -81,7 +98,8 @@ class SimNet:
         self.tmp = tmp
         self.rng = random.Random(seed)
         self.listeners: dict[tuple[str, int], Any] = {}
-        self.pumps: list[iosim.IOPump] = []
+        # Connections with bytes or a close to deliver, in order.
+        self.active: dict[iosim.IOPump, None] = {}
         self.down: set[str] = set()
         self._port = 40000
         self.meta: MetaServer | None = None
@@ -116,19 +134,17 @@ class SimNet:
         self.peers.append(node)
         return node
 
-    def flush(self, limit: int = 100_000) -> None:
+    def flush(self, limit: int = 10_000_000) -> None:
         """
         Move bytes until no connection has anything left to say.
         """
         for _ in range(limit):
-            moved = False
-            for pump in list(self.pumps):
-                if pump.pump():
-                    moved = True
-                elif pump.clientIO.disconnected and pump.serverIO.disconnected:
-                    self.pumps.remove(pump)
-            if not moved:
+            if not self.active:
                 return
+            pump = next(iter(self.active))
+            del self.active[pump]
+            if pump.pump():
+                self.active[pump] = None
         raise AssertionError("the network never went quiet")
 
     def settle(self, seconds: float = 60.0, step: float = 0.5) -> None:

@@ -85,28 +85,51 @@ class MetaServer(Service):
     def place(self, newcomer: str) -> PeerRecord | None:
         """
         Where should C{newcomer} join?  L{None} means: be the root.
+
+        Newcomers already referred somewhere and still on their way count
+        as peers-to-be one level below their target: when many join at
+        once, a newcomer may be referred to one of them, which answers as
+        soon as it has joined itself.  So concurrent joins cost one hop too.
         """
         self._release(newcomer)
-        live = [
+        placed = [
             p
             for p in self.registry.peers()
             if p.placed and p.name in self.sessions and p.name != newcomer
         ]
-        if not live:
+        if not placed:
             self.registry.set_placed(newcomer)
             self.log.info("peer {name} is the root", name=newcomer)
             self.changed()
             return None
-        depth = _depths(live)
-        free = [
-            p
-            for p in live
-            if len(p.neighbours) + len(self._reserved[p.name]) < p.max_neighbours
-        ]
+        depth = _depths(placed)
+        slots = {
+            p.name: p.max_neighbours - len(p.neighbours) - len(self._reserved[p.name])
+            for p in placed
+        }
+        candidates = {p.name: p for p in placed}
+        on_the_way = [(t, n) for t, waiting in self._reserved.items() for n in waiting]
+        grew = True
+        while grew:
+            grew = False
+            for target, name in on_the_way:
+                record = self.registry.get(name)
+                if (
+                    name not in candidates
+                    and target in candidates
+                    and name in self.sessions
+                    and record is not None
+                    and not record.placed
+                ):
+                    depth[name] = depth[target] + 1
+                    slots[name] = record.max_neighbours - 1 - len(self._reserved[name])
+                    candidates[name] = record
+                    grew = True
+        free = [p for p in candidates.values() if slots[p.name] > 0]
         if free:
             target = min(free, key=lambda p: (depth[p.name], p.joined))
         else:
-            target = live[0]
+            target = placed[0]
         self._reserved[target.name].add(newcomer)
         self.log.info("referring {newcomer} to {target}", newcomer=newcomer, target=target.name)
         return target

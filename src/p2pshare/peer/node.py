@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 Connect = Callable[[str, int], IStreamClientEndpoint]
 
 HOPS_CAP = 1000
+MAX_HELD = 64  # newcomers that may wait for us to finish joining
 
 
 class JoinFailed(Exception):
@@ -110,6 +111,7 @@ class PeerNode(Service):
         self._meta_service: ClientService | None = None
         self._joining: Deferred[None] | None = None
         self._starting: Deferred[None] | None = None
+        self._held: list[tuple[PeerProtocol, Message]] = []
 
     # Life cycle.
 
@@ -300,6 +302,10 @@ class PeerNode(Service):
         if self.portfile is not None:
             atomic_write(self.portfile, f"{self.port}\n".encode())
         self.log.info("peer {name} ready on port {port}", name=self.name, port=self.port)
+        held, self._held = self._held, []
+        for proto, msg in held:
+            if proto.connected:
+                self.hello(proto, msg)
 
     # Newcomers.
 
@@ -309,8 +315,13 @@ class PeerNode(Service):
         """
         name, port = msg.args[0], int(msg.args[1])
         if not self.joined:
-            proto.sendError(wire.E_NOT_JOINED, "this peer has not joined the overlay yet")
-            proto.transport.loseConnection()
+            if self._joining is None or len(self._held) >= MAX_HELD:
+                proto.sendError(wire.E_NOT_JOINED, "this peer has not joined the overlay yet")
+                proto.transport.loseConnection()
+            else:
+                # The metadata server sent this newcomer ahead of us: answer
+                # once we are in (the newcomer's own timeout bounds the wait).
+                self._held.append((proto, msg))
             return
         if name == self.name or name in self.neighbours:
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
