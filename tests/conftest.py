@@ -16,12 +16,6 @@ settings.register_profile("default", deadline=None, max_examples=200)
 settings.load_profile("default")
 
 
-def pytest_configure(config: Any) -> None:
-    config.addinivalue_line(
-        "markers", "allow_logged_failures: the test expects failures to be logged"
-    )
-
-
 @pytest.fixture
 def reactor() -> Any:
     from twisted.internet import reactor as global_reactor
@@ -47,7 +41,7 @@ def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
         gc.collect()
     finally:
         globalLogPublisher.removeObserver(observe)
-    if failures and request.node.get_closest_marker("allow_logged_failures") is None:
+    if failures:
         texts = []
         for event in failures:
             failure = event.get("log_failure")

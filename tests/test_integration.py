@@ -242,3 +242,16 @@ def test_p2p_errors_and_usage(tmp_path):
     assert p2p("frobnicate").returncode == 2
     assert p2p("topo", "--meta", "x", "--data-dir", "y").returncode == 2
     assert p2p().returncode == 2
+
+
+def test_p2p_demo_forms_a_tree_of_five_and_stops_cleanly():
+    out = subprocess.run([*P2P, "demo"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    topo_block = text.split("topo.txt says:\n", 1)[1].split("NumberOfServers.txt", 1)[0]
+    topo = {e.name: e.neighbours for e in parse_topo(topo_block)}
+    assert sorted(topo) == ["s1", "s2", "s3", "s4", "s5"]
+    assert_tree(topo, {name: 2 for name in topo})
+    assert "NumberOfServers.txt says: 5\n" in text
+    assert "as a tree:\ns1\n" in text
+    assert text.endswith("all processes stopped\n")

@@ -108,3 +108,84 @@ def test_stale_placement_is_corrected_by_the_referral_chain(tmp_path):
     assert_tree(net.views(), {a.name: 1, b.name: 2, c.name: 2})
     topo = net.topo_file()
     assert topo[b.name] == [a.name, c.name] and topo[c.name] == [b.name]
+
+
+class Silent:
+    """
+    A listener that accepts connections and never says a word.
+    """
+
+    def __init__(self):
+        self.protocols = []
+
+    def buildProtocol(self, addr):
+        from twisted.internet.protocol import Protocol
+
+        proto = Protocol()
+        self.protocols.append(proto)
+        return proto
+
+
+def silent_root(net):
+    """
+    Register a 'peer' whose port accepts and stays silent, and make it the
+    root; return its registration connection and its listener.
+    """
+    from p2pshare.channel import LineChannel
+    from p2pshare.simnet import ClientEndpoint, ServerEndpoint
+
+    class Registration(LineChannel):
+        def msg_WELCOME(self, msg):
+            pass
+
+        def msg_ROOT(self, msg):
+            pass
+
+    silent = Silent()
+    ServerEndpoint(net, "127.0.9.9", 6000).listen(silent)
+    registration = Registration()
+    ClientEndpoint(net, "127.0.9.9", *net.meta_address).connect(
+        type("F", (), {"buildProtocol": lambda self, addr: registration})()
+    )
+    registration.sendLine(b"P2P port=6000 name=mute")
+    registration.sendLine(b"PLACE")
+    net.flush()
+    return registration, silent
+
+
+def test_a_silent_peer_costs_one_hop_timeout_then_the_join_is_retried(tmp_path):
+    net = SimNet(tmp_path)
+    meta = net.start_meta(expect=2)
+    registration, silent = silent_root(net)
+    node = net.make_peer()
+    node.startService()
+    net.flush()
+    assert not node.joined and len(silent.protocols) == 1
+    net.clock.advance(node.hop_timeout)
+    net.flush()
+    # The hop timed out: its connection is aborted, and the failure logged.
+    assert silent.protocols[0].transport.disconnecting
+    assert not node.joined
+    # While the silent root stays, every retry fails the same way; once it
+    # is gone, the next retry makes the newcomer the root.
+    registration.transport.loseConnection()
+    net.flush()
+    assert "mute" not in meta.registry
+    net.settle(seconds=120)
+    assert node.joined and node.is_root
+    assert net.topo_file() == {node.name: []}
+
+
+def test_stopping_a_peer_cancels_its_join(tmp_path):
+    net = SimNet(tmp_path)
+    net.start_meta(expect=2)
+    _, silent = silent_root(net)
+    node = net.make_peer()
+    node.startService()
+    net.flush()
+    assert node._joining is not None and not node._joining.called
+    node.stopService()
+    net.flush()
+    assert node._joining is None or node._joining.called
+    assert silent.protocols[0].transport.disconnecting
+    assert not net.clock.getDelayedCalls()

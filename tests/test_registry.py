@@ -97,3 +97,18 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write(target, b"two\n")
     assert target.read_bytes() == b"two\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_tree_text_draws_the_topology():
+    from p2pshare.topo import tree_text
+
+    entries = parse_topo("s1: s2 s3\ns2: s1 s4\ns3: s1 s5\ns4: s2\ns5: s3\n")
+    assert tree_text(entries) == (
+        "s1\n"
+        "├── s2\n"
+        "│   └── s4\n"
+        "└── s3\n"
+        "    └── s5\n"
+    )
+    # A peer the root does not reach is drawn as a tree of its own.
+    assert tree_text(parse_topo("a: b\nb: a\nc:\n")) == "a\n└── b\nc\n"

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 
 from p2pshare.launch import LocalNetwork
+from p2pshare.topo import parse_topo, tree_text
 
 
 def say(text: str) -> None:
@@ -45,11 +46,18 @@ async def _demo(net: LocalNetwork, peers: int) -> int:
     started = await gatherResults(
         [Deferred.fromCoroutine(net.start_peer()) for _ in range(peers)]
     )
+    joins = []
     for _, proc in started:
-        joined = [line for line in proc.lines if "joined the overlay" in line or "is the root" in line]
-        say("  " + joined[-1].split("] ", 1)[-1] if joined else "  a peer joined")
+        for line in proc.lines:
+            if "joined the overlay" in line or "is the root" in line:
+                joins.append(line.split("] ", 1)[-1])
+    for line in sorted(joins, key=lambda j: int(j.split()[1][1:])):
+        say("  " + line)
     await meta.wait_for("network complete", net.timeout)
+    topo = (net.meta_dir / "topo.txt").read_text()
     say("network complete; topo.txt says:")
-    say((net.meta_dir / "topo.txt").read_text().rstrip("\n"))
+    say(topo.rstrip("\n"))
     say(f"NumberOfServers.txt says: {(net.meta_dir / 'NumberOfServers.txt').read_text().strip()}")
+    say("as a tree:")
+    say(tree_text(parse_topo(topo)).rstrip("\n"))
     return 0

@@ -87,6 +87,10 @@ class _Transport(iosim.FakeTransport):
         super().loseConnection()
         self.net.active[self.pump] = None
 
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        self.net.active[self.pump] = None
+
 
 class SimNet:
     """

@@ -48,3 +48,31 @@ def parse_topo(text: str) -> list[TopoEntry]:
             raise ValueError(f"line {number} of topo.txt is not 'NAME: NEIGHBOUR ...'")
         entries.append(TopoEntry(name.strip(), rest.split()))
     return entries
+
+
+def tree_text(peers: Sequence[HasNeighbours]) -> str:
+    """
+    The topology drawn as an indented tree from the first peer (the root);
+    peers it does not reach are listed after it.
+    """
+    views = {p.name: p.neighbours for p in peers}
+    seen: set[str] = set()
+    lines: list[str] = []
+
+    def draw(name: str, prefix: str, last: bool, top: bool) -> None:
+        seen.add(name)
+        if top:
+            lines.append(name)
+            inner = ""
+        else:
+            lines.append(prefix + ("└── " if last else "├── ") + name)
+            inner = prefix + ("    " if last else "│   ")
+        children = [n for n in views[name] if n not in seen and n in views]
+        for i, child in enumerate(children):
+            if child not in seen:  # a cycle in a broken topology ends here
+                draw(child, inner, i == len(children) - 1, False)
+
+    for p in peers:
+        if p.name not in seen:
+            draw(p.name, "", True, True)
+    return "".join(line + "\n" for line in lines)
