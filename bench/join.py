@@ -28,7 +28,6 @@ from pathlib import Path
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, react
 from twisted.test import iosim
 
@@ -60,7 +59,7 @@ def in_process(n: int, max_neighbours: int, concurrent: bool) -> dict[str, float
             net.settle()
     elapsed = time.perf_counter() - started
     assert all(p.joined for p in net.peers), "not every peer joined"
-    assert_tree(net.views(), {p.name: max_neighbours for p in net.peers})
+    assert_tree(net.views(), {p.peer_name: max_neighbours for p in net.peers})
     hops = [p.join_hops for p in net.peers if not p.is_root]
     return {
         "joins_per_s": n / elapsed,

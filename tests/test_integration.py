@@ -18,8 +18,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
 from p2pshare.launch import CLEAN_EXITS, LocalNetwork
-from p2pshare.topo import parse_topo
 from p2pshare.simnet import assert_tree
+from p2pshare.topo import parse_topo
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
 

@@ -25,7 +25,7 @@ def test_200_concurrent_joins_form_a_tree(tmp_path, max_neighbours, seed):
     assert all(p.joined for p in peers)
     views = net.views()
     assert len(views) == 200
-    assert_tree(views, {p.name: max_neighbours for p in peers})
+    assert_tree(views, {p.peer_name: max_neighbours for p in peers})
     assert net.topo_file() == views
     assert (meta.data_dir / "NumberOfServers.txt").read_text() == "200\n"
     assert meta.complete
@@ -75,11 +75,11 @@ def test_sequential_joins_cost_one_hop_and_fill_breadth_first(tmp_path, max_neig
         assert node.joined
     assert [p.join_hops for p in net.peers] == [0] + [1] * 39
     views = net.views()
-    assert_tree(views, {p.name: max_neighbours for p in net.peers})
+    assert_tree(views, {p.peer_name: max_neighbours for p in net.peers})
     # The metadata server places each newcomer at the shallowest free slot,
     # so the tree is as shallow as the neighbour limit allows (with 2, that
     # is two chains hanging from the root: no tree of degree 2 is bushier).
-    depth = _depths(views, net.peers[0].name)
+    depth = _depths(views, net.peers[0].peer_name)
     assert max(depth.values()) == _shallowest_possible(40, max_neighbours)
 
 
@@ -96,18 +96,18 @@ def test_stale_placement_is_corrected_by_the_referral_chain(tmp_path):
     net.settle()
     b.startService()
     net.settle()
-    assert a.neighbours.keys() == {b.name}
+    assert a.neighbours.keys() == {b.peer_name}
     # Make the metadata server believe the root has room again.
-    meta.registry.set_neighbours(a.name, [])
+    meta.registry.set_neighbours(a.peer_name, [])
     c = net.make_peer(2)
     c.startService()
     net.settle()
     assert c.joined
     assert c.join_hops == 2  # a referred it on to b
-    assert list(b.neighbours) == [a.name, c.name]
-    assert_tree(net.views(), {a.name: 1, b.name: 2, c.name: 2})
+    assert list(b.neighbours) == [a.peer_name, c.peer_name]
+    assert_tree(net.views(), {a.peer_name: 1, b.peer_name: 2, c.peer_name: 2})
     topo = net.topo_file()
-    assert topo[b.name] == [a.name, c.name] and topo[c.name] == [b.name]
+    assert topo[b.peer_name] == [a.peer_name, c.peer_name] and topo[c.peer_name] == [b.peer_name]
 
 
 class Silent:
@@ -173,7 +173,7 @@ def test_a_silent_peer_costs_one_hop_timeout_then_the_join_is_retried(tmp_path):
     assert "mute" not in meta.registry
     net.settle(seconds=120)
     assert node.joined and node.is_root
-    assert net.topo_file() == {node.name: []}
+    assert net.topo_file() == {node.peer_name: []}
 
 
 def test_stopping_a_peer_cancels_its_join(tmp_path):

@@ -188,7 +188,7 @@ def test_the_same_messages_however_the_stream_is_split(items, cuts):
             continue
         expected.append(item)
     points = sorted({c % (len(stream) + 1) for c in cuts})
-    chunks = [stream[a:b] for a, b in zip([0] + points, points + [len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0] + points, points + [len(stream)], strict=True)]
     proto = Recorder()
     proto.makeConnection(StringTransport())
     for chunk in chunks:

@@ -63,6 +63,30 @@ class LineChannel(LineReceiver):
         """
         self.sendMessage(wire.message(verb, *args, text=text, **options))
 
+    def close(self) -> None:
+        """
+        Close after what was written has been sent.
+        """
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """
+        Close at once (a peer that does not answer may never read).
+        """
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def peerHost(self) -> str | None:
+        """
+        The IP address of the other side, or L{None} on a non-IP transport.
+        """
+        if self.transport is None:
+            return None
+        host = getattr(self.transport.getPeer(), "host", None)
+        return host if isinstance(host, str) else None
+
     def sendMessage(self, msg: Message) -> None:
         data = wire.encode(msg)
         if self.transport is not None:
@@ -71,7 +95,9 @@ class LineChannel(LineReceiver):
     def sendError(self, code: str, text: str) -> None:
         self.sendMessage(wire.error(code, text))
 
-    def request(self, verb: str, *args: object, **options: object) -> Deferred[Message]:
+    def request(
+        self, verb: str, *args: object, text: str | None = None, **options: object
+    ) -> Deferred[Message]:
         """
         Send a message and return a L{Deferred} that fires with the next
         message that is not pushed, or fails with L{RemoteError} if that is
@@ -79,7 +105,7 @@ class LineChannel(LineReceiver):
         """
         d: Deferred[Message] = Deferred(lambda d: self._waiting.remove(d))
         self._waiting.append(d)
-        self.send(verb, *args, **options)
+        self.send(verb, *args, text=text, **options)
         return d
 
     # Receiving.
@@ -107,7 +133,7 @@ class LineChannel(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("over-long line from {peer}, closing", peer=self._peerText())
         self.sendError(wire.E_TOO_LONG, f"lines are at most {wire.MAX_LINE} bytes")
-        self.transport.loseConnection()
+        self.close()
 
     def messageReceived(self, msg: Message) -> None:
         if self._waiting and msg.verb not in self.pushed:
@@ -139,9 +165,8 @@ class LineChannel(LineReceiver):
             d.errback(reason)
 
     def _peerText(self) -> str:
-        try:
-            peer: Any = self.transport.getPeer()
-        except Exception:
+        if self.transport is None:
             return "?"
+        peer: Any = self.transport.getPeer()
         host = getattr(peer, "host", None)
         return f"{host}:{peer.port}" if host is not None else str(peer)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.error import ConnectError, ConnectionLost, ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 
 from p2pshare.channel import RemoteError
 from p2pshare.topo import TopoEntry, parse_topo, topo_text
@@ -40,9 +41,9 @@ async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
         try:
             entries = parse_topo(path.read_text("utf-8"))
         except FileNotFoundError:
-            raise Failed(f"{path} does not exist: is {args.data_dir} a p2pmeta data dir?")
+            raise Failed(f"{path} does not exist: is {args.data_dir} a p2pmeta data dir?") from None
         except ValueError as e:
-            raise Failed(str(e))
+            raise Failed(str(e)) from None
     else:
         entries = await _talk(args.meta, "the metadata server", meta_topology(reactor, args.meta))
     sys.stdout.write(_topo_output(entries))
@@ -76,15 +77,15 @@ async def _talk(where: str, what: str, work: Awaitable[Any]) -> Any:
     try:
         return await work
     except (ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
-        raise Failed(f"cannot reach {what} at {where}: is it running? ({_reason(e)})")
+        raise Failed(f"cannot reach {what} at {where}: is it running? ({_reason(e)})") from None
     except TimeoutError:
-        raise Failed(f"{what} at {where} did not answer in time")
+        raise Failed(f"{what} at {where} did not answer in time") from None
     except (ConnectionLost, ConnectionDone):
-        raise Failed(f"{what} at {where} closed the connection")
+        raise Failed(f"{what} at {where} closed the connection") from None
     except RemoteError as e:
-        raise Failed(f"{what} says: {e.text}")
+        raise Failed(f"{what} says: {e.text}") from None
     except ValueError as e:
-        raise Failed(f"{where} is not a usable endpoint: {e}")
+        raise Failed(f"{where} is not a usable endpoint: {e}") from None
 
 
 def _reason(e: BaseException) -> str:

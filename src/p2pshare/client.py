@@ -45,7 +45,7 @@ async def control_request(reactor: Any, description: str, verb: str) -> Any:
         reply = await proto.request(verb).addTimeout(TIMEOUT, reactor)
         return json.loads(reply.text or "null")
     finally:
-        proto.transport.loseConnection()
+        proto.close()
 
 
 async def meta_topology(reactor: Any, description: str) -> list[TopoEntry]:
@@ -58,4 +58,4 @@ async def meta_topology(reactor: Any, description: str) -> list[TopoEntry]:
         await proto.request("TOPO").addTimeout(TIMEOUT, reactor)
         return proto.entries
     finally:
-        proto.transport.loseConnection()
+        proto.close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.error import ProcessExitedAlready
@@ -91,8 +92,8 @@ class TwistdProcess(ProcessProtocol):
         for text, d in waiters:
             d.errback(ProcessFailed(f"{self.role} exited ({self.exit_code}) before logging {text!r}"))
         enders, self._enders = self._enders, []
-        for d in enders:
-            d.callback(self.exit_code)
+        for ended in enders:
+            ended.callback(self.exit_code)
 
     @property
     def running(self) -> bool:
@@ -103,12 +104,12 @@ class TwistdProcess(ProcessProtocol):
         Fire with the exit code once the process has ended (at most
         C{timeout} seconds from now).
         """
-        d: Deferred[int] = Deferred(lambda d: self._enders.remove(d))
+        ended: Deferred[int] = Deferred(lambda d: self._enders.remove(d))
         if self.exit_code is not None:
-            d.callback(self.exit_code)
-            return d
-        self._enders.append(d)
-        return d.addTimeout(timeout, self.reactor)
+            ended.callback(self.exit_code)
+            return ended
+        self._enders.append(ended)
+        return ended.addTimeout(timeout, self.reactor)
 
     def output(self) -> str:
         return "\n".join(self.lines)
@@ -120,17 +121,19 @@ class TwistdProcess(ProcessProtocol):
         """
         for line in self.lines[since:]:
             if text in line:
-                d: Deferred[str] = Deferred()
-                d.callback(line)
-                return d
+                found: Deferred[str] = Deferred()
+                found.callback(line)
+                return found
         if self.exit_code is not None:
             raise ProcessFailed(f"{self.role} has exited ({self.exit_code})")
-        d = Deferred(lambda d: self._waiters.remove((text, d)))
+        d: Deferred[str] = Deferred(lambda d: self._waiters.remove((text, d)))
         self._waiters.append((text, d))
         clock: IReactorTime = self.reactor
         return d.addTimeout(timeout, clock)
 
     def signal(self, sig: int) -> None:
+        if self.transport is None:
+            return
         try:
             self.transport.signalProcess(sig)
         except ProcessExitedAlready:

@@ -15,8 +15,10 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.task import Clock
 from twisted.test import iosim
+from zope.interface import implementer
 
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
@@ -37,6 +39,7 @@ class _Port:
         return succeed(None)
 
 
+@implementer(IStreamServerEndpoint)
 class ServerEndpoint:
     def __init__(self, net: SimNet, host: str, port: int) -> None:
         self.net, self.host, self.port = net, host, port
@@ -47,6 +50,7 @@ class ServerEndpoint:
         return succeed(_Port(self.net, IPv4Address("TCP", self.host, port)))
 
 
+@implementer(IStreamClientEndpoint)
 class ClientEndpoint:
     def __init__(self, net: SimNet, source: str, host: str, port: int) -> None:
         self.net, self.source, self.host, self.port = net, source, host, port
@@ -79,17 +83,21 @@ class _Transport(iosim.FakeTransport):
         self.net = net
         self.pump: iosim.IOPump | None = None
 
+    def _busy(self) -> None:
+        if self.pump is not None:
+            self.net.active[self.pump] = None
+
     def write(self, data: bytes) -> None:
         super().write(data)
-        self.net.active[self.pump] = None
+        self._busy()
 
     def loseConnection(self) -> None:
         super().loseConnection()
-        self.net.active[self.pump] = None
+        self._busy()
 
     def abortConnection(self) -> None:
         super().abortConnection()
-        self.net.active[self.pump] = None
+        self._busy()
 
 
 class SimNet:
@@ -169,7 +177,11 @@ class SimNet:
     # What the tests check.
 
     def views(self) -> dict[str, list[str]]:
-        return {p.name: list(p.neighbours) for p in self.peers if p.name is not None}
+        views = {}
+        for p in self.peers:
+            if p.peer_name is not None:
+                views[p.peer_name] = list(p.neighbours)
+        return views
 
     def topo_file(self) -> dict[str, list[str]]:
         assert self.meta is not None and self.meta.data_dir is not None

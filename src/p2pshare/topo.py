@@ -10,8 +10,9 @@ number of peers and a newline.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 
 class HasNeighbours(Protocol):

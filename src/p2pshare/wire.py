@@ -19,8 +19,8 @@ second command onto a line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 MAX_LINE = 4096
 """The longest line, in bytes, including the CRLF that ends it."""
@@ -71,7 +71,7 @@ ERROR_CODES = (
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TOKEN = re.compile(r"[^\s=\x00-\x1f\x7f-\x9f]+")
-_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,%d}" % NAME_MAX)
+_NAME = re.compile(rf"[A-Za-z0-9_.@-]{{1,{NAME_MAX}}}")
 _HOST = re.compile(r"[A-Za-z0-9.:%_-]{1,255}")
 _COUNT = re.compile(r"0|[1-9][0-9]{0,8}")
 
@@ -233,8 +233,10 @@ def validate(msg: Message) -> None:
         names = " ".join(n.upper() for n, _ in spec.args) or "no fields"
         more = " ..." if spec.rest is not None else ""
         raise WireError(E_BAD_ARGS, f"{msg.verb} takes {names}{more}")
-    checks = [c for _, c in spec.args] + [spec.rest] * (len(msg.args) - need)
-    for value, check in zip(msg.args, checks):
+    checks = [c for _, c in spec.args]
+    if spec.rest is not None:
+        checks += [spec.rest] * (len(msg.args) - need)
+    for value, check in zip(msg.args, checks, strict=True):
         _apply(check, value, msg.verb)
     for key, value in msg.options.items():
         if key not in spec.keys:

@@ -112,16 +112,16 @@ class MetaServer(Service):
         grew = True
         while grew:
             grew = False
-            for target, name in on_the_way:
+            for goal, name in on_the_way:
                 record = self.registry.get(name)
                 if (
                     name not in candidates
-                    and target in candidates
+                    and goal in candidates
                     and name in self.sessions
                     and record is not None
                     and not record.placed
                 ):
-                    depth[name] = depth[target] + 1
+                    depth[name] = depth[goal] + 1
                     slots[name] = record.max_neighbours - 1 - len(self._reserved[name])
                     candidates[name] = record
                     grew = True
@@ -201,7 +201,7 @@ class MetaServer(Service):
         texts = (topo_text(peers), count_text(peers))
         if texts == self._written:
             return
-        for path, text in zip(topology_files(self.data_dir), texts):
+        for path, text in zip(topology_files(self.data_dir), texts, strict=True):
             atomic_write(path, text.encode("utf-8"))
         self._written = texts
 
@@ -294,7 +294,7 @@ class MetaProtocol(LineChannel):
         if not 1 <= max_neighbours <= MAX_NEIGHBOURS_LIMIT:
             self.sendError(wire.E_BAD_ARGS, f"max is from 1 to {MAX_NEIGHBOURS_LIMIT}")
             return
-        host = opts.get("host") or getattr(self.transport.getPeer(), "host", None)
+        host = opts.get("host") or self.peerHost()
         if host is None or wire.HOST(host) is not None:
             self.sendError(wire.E_BAD_ARGS, "say host=HOST: this transport has no IP address")
             return
@@ -340,7 +340,7 @@ class MetaProtocol(LineChannel):
 
     def msg_BYE(self, msg: Message) -> None:
         self.send("OK", text="bye")
-        self.transport.loseConnection()
+        self.close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.name is not None:

@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -90,7 +96,8 @@ class PeerNode(Service):
         self._listen_endpoint = listen
         self._meta_endpoint = meta
         self._connect = connect
-        self.name = name
+        # Not Service.name: that names a child within its parent service.
+        self.peer_name: str | None = name
         self.max_neighbours = max_neighbours
         self.advertise = advertise
         self.portfile = portfile
@@ -124,7 +131,8 @@ class PeerNode(Service):
         from p2pshare.peer.protocol import MetaClientFactory, PeerFactory
 
         self._listening = await self._listen_endpoint.listen(PeerFactory(self))
-        self.port = self._listening.getHost().port
+        address: Any = self._listening.getHost()
+        self.port = address.port
         self.log.info("peer listening on port {port}", port=self.port)
         self._meta_service = ClientService(
             self._meta_endpoint,
@@ -150,11 +158,15 @@ class PeerNode(Service):
             if d is not None and not d.called:
                 d.cancel()
         if self._meta_service is not None:
-            await self._meta_service.stopService()
+            stopping: Any = self._meta_service.stopService()
+            if stopping is not None:
+                await stopping
         for n in list(self.neighbours.values()):
-            n.proto.transport.loseConnection()
+            n.proto.close()
         if self._listening is not None:
-            await self._listening.stopListening()
+            stopped: Any = self._listening.stopListening()
+            if stopped is not None:
+                await stopped
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -162,25 +174,25 @@ class PeerNode(Service):
 
     # The link to the metadata server.
 
-    def registration(self) -> dict[str, object]:
+    def registration(self) -> dict[str, Any]:
         """
         The options of our C{P2P} line.
         """
         return {
             "port": self.port,
-            "name": self.name,
+            "name": self.peer_name,
             "host": self.advertise,
             "max": self.max_neighbours,
         }
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args
-        if self.name is None:
-            self.name = name
+        if self.peer_name is None:
+            self.peer_name = name
         if self.advertise is None:
             self.host = host
         self.meta = proto
-        self.log.info("peer {name} registered with the metadata server", name=self.name)
+        self.log.info("peer {name} registered with the metadata server", name=self.peer_name)
         waiters, self._meta_waiters = self._meta_waiters, []
         for d in waiters:
             d.callback(proto)
@@ -230,7 +242,7 @@ class PeerNode(Service):
                 self.log.warn(
                     "peer {name} could not join (attempt {attempt}): {why}; "
                     "trying again in {delay:.1f} s",
-                    name=self.name,
+                    name=self.peer_name,
                     attempt=attempt,
                     why=_describe(e),
                     delay=delay,
@@ -258,7 +270,7 @@ class PeerNode(Service):
         via: str | None = None
         while True:
             name, host, port = target[0], target[1], int(target[2])
-            if name in visited or name == self.name:
+            if name in visited or name == self.peer_name:
                 raise JoinFailed(f"referred back to {name}")
             if len(visited) >= self.max_hops:
                 raise JoinFailed(f"no peer accepted us after {len(visited)} referrals")
@@ -268,22 +280,25 @@ class PeerNode(Service):
                 self._add_neighbour(reply.args[0], host, port, proto)
                 self._joined(reply.args[0], len(visited))
                 return
-            proto.transport.loseConnection()
+            proto.close()
             if reply.verb != "REFER":
                 raise JoinFailed(f"{name} answered {reply.verb}")
             via, target = name, reply.args
 
     async def _hello(self, host: str, port: int, via: str | None) -> tuple[Message, PeerProtocol]:
-        from p2pshare.peer.protocol import PeerFactory
+        from p2pshare.peer.protocol import PeerFactory, PeerProtocol
 
         endpoint = self._connect(host, port)
-        proto = await endpoint.connect(PeerFactory(self)).addTimeout(self.hop_timeout, self.clock)
+        proto = cast(
+            PeerProtocol,
+            await endpoint.connect(PeerFactory(self)).addTimeout(self.hop_timeout, self.clock),
+        )
         try:
             reply = await proto.request(
-                "HELLO", self.name, self.port, host=self.advertise, via=via
+                "HELLO", self.peer_name, self.port, host=self.advertise, via=via
             ).addTimeout(self.hop_timeout, self.clock)
         except BaseException:
-            proto.transport.abortConnection()
+            proto.abort()
             raise
         return reply, proto
 
@@ -291,17 +306,17 @@ class PeerNode(Service):
         self.joined = True
         self.join_hops = hops
         if parent is None:
-            self.log.info("peer {name} is the root of the overlay", name=self.name)
+            self.log.info("peer {name} is the root of the overlay", name=self.peer_name)
         else:
             self.log.info(
                 "peer {name} joined the overlay at {parent} after {hops} hop(s)",
-                name=self.name,
+                name=self.peer_name,
                 parent=parent,
                 hops=hops,
             )
         if self.portfile is not None:
             atomic_write(self.portfile, f"{self.port}\n".encode())
-        self.log.info("peer {name} ready on port {port}", name=self.name, port=self.port)
+        self.log.info("peer {name} ready on port {port}", name=self.peer_name, port=self.port)
         held, self._held = self._held, []
         for proto, msg in held:
             if proto.connected:
@@ -317,21 +332,21 @@ class PeerNode(Service):
         if not self.joined:
             if self._joining is None or len(self._held) >= MAX_HELD:
                 proto.sendError(wire.E_NOT_JOINED, "this peer has not joined the overlay yet")
-                proto.transport.loseConnection()
+                proto.close()
             else:
                 # The metadata server sent this newcomer ahead of us: answer
                 # once we are in (the newcomer's own timeout bounds the wait).
                 self._held.append((proto, msg))
             return
-        if name == self.name or name in self.neighbours:
+        if name == self.peer_name or name in self.neighbours:
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
-            proto.transport.loseConnection()
+            proto.close()
             return
         if len(self.neighbours) < self.max_neighbours:
-            host = msg.options.get("host") or proto.transport.getPeer().host
-            proto.send("ACCEPT", self.name)
+            host = msg.options.get("host") or proto.peerHost() or "?"
+            proto.send("ACCEPT", self.peer_name)
             self._add_neighbour(name, host, port, proto)
-            self.log.info("peer {name} accepted {newcomer}", name=self.name, newcomer=name)
+            self.log.info("peer {name} accepted {newcomer}", name=self.peer_name, newcomer=name)
             return
         target = self._referral({name, msg.options.get("via")})
         if target is None:
@@ -339,12 +354,12 @@ class PeerNode(Service):
         else:
             self.log.info(
                 "peer {name} refers {newcomer} to {target}",
-                name=self.name,
+                name=self.peer_name,
                 newcomer=name,
                 target=target.name,
             )
             proto.send("REFER", target.name, target.host, target.port)
-        proto.transport.loseConnection()
+        proto.close()
 
     def _referral(self, exclude: set[str | None]) -> Neighbour | None:
         """
@@ -371,7 +386,7 @@ class PeerNode(Service):
             return
         del self.neighbours[name]
         if self.running:
-            self.log.info("peer {name} lost its link to {other}", name=self.name, other=name)
+            self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
             self._report()
             self._advertise()
 
@@ -406,7 +421,7 @@ class PeerNode(Service):
 
     def status(self) -> dict[str, object]:
         return {
-            "name": self.name,
+            "name": self.peer_name,
             "host": self.host,
             "port": self.port,
             "joined": self.joined,

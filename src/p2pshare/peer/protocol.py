@@ -88,14 +88,14 @@ class MetaClientProtocol(LineChannel):
     def _welcomed(self, msg: Message) -> None:
         if msg.verb != "WELCOME":
             self.sendError(wire.E_UNEXPECTED, "expected WELCOME")
-            self.transport.loseConnection()
+            self.close()
             return
         self.node.meta_welcomed(self, msg)
 
     def _refused(self, failure: Failure) -> None:
         if failure.check(RemoteError):
             self.node.meta_refused(failure.value)
-            self.transport.loseConnection()
+            self.close()
         # A lost connection is retried by the ClientService.
 
     def msg_COMPLETE(self, msg: Message) -> None:
