@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/python
+	$(BIN)/pip install --quiet ".[test,lint]"
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
 
 bench: install
 	$(BIN)/python bench/join.py
