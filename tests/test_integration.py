@@ -58,6 +58,17 @@ def start(net: LocalNetwork, n: int) -> Deferred:
     return gatherResults([Deferred.fromCoroutine(net.start_peer()) for _ in range(n)])
 
 
+async def formed(net: LocalNetwork, n: int):
+    """
+    A metadata server and C{n} peers started at once, once the network is
+    complete; returns the metadata server's process.
+    """
+    meta = await net.start_meta(expect=n)
+    await start(net, n)
+    await meta.wait_for("network complete", 30)
+    return meta
+
+
 def read_topo(net: LocalNetwork) -> dict[str, list[str]]:
     return {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
 
@@ -71,9 +82,7 @@ def net(reactor, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_eight_peers_at_once_form_a_tree_and_bad_input_harms_nothing(net):
-    meta = await net.start_meta(expect=8)
-    await start(net, 8)
-    await meta.wait_for("network complete", 30)
+    meta = await formed(net, 8)
 
     topo = read_topo(net)
     assert len(topo) == 8
@@ -154,9 +163,7 @@ async def test_peer_bad_input_gets_errors(net):
 
 @pytest_twisted.ensureDeferred
 async def test_restart_keeps_the_registry_and_reset_empties_it(net):
-    meta = await net.start_meta(expect=3)
-    await start(net, 3)
-    await meta.wait_for("network complete", 30)
+    meta = await formed(net, 3)
     before = read_topo(net)
     assert sorted(before) == ["s1", "s2", "s3"]
 
@@ -197,9 +204,7 @@ async def test_a_live_name_is_refused_with_a_clear_error(net):
 
 @pytest_twisted.ensureDeferred
 async def test_p2p_topo_and_status(net, tmp_path):
-    meta = await net.start_meta(expect=3)
-    await start(net, 3)
-    await meta.wait_for("network complete", 30)
+    meta = await formed(net, 3)
     expected = (net.meta_dir / "topo.txt").read_text()
 
     out = await in_thread(p2p, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}")

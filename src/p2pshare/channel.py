@@ -13,16 +13,35 @@ client waits for are delivered through L{LineChannel.request}, in order.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from p2pshare import wire
 from p2pshare.wire import Message, WireError
+
+
+class ChannelFactory(Factory):
+    """
+    Builds C{self.protocol(owner)} for each connection: the owner is the
+    service that decides (L{MetaServer}, L{PeerNode}).
+    """
+
+    noisy = False
+    protocol: Callable[[Any], LineChannel]  # type: ignore[assignment]
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: object) -> LineChannel:
+        proto = self.protocol(self.owner)
+        proto.factory = self
+        return proto
 
 
 class RemoteError(Exception):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pshare import wire
-from p2pshare.channel import LineChannel
+from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.common import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
 from p2pshare.topo import count_text, topo_text
@@ -353,13 +353,5 @@ def _bad_flag() -> WireError:
     return WireError(wire.E_BAD_FLAG, "the first line must start with the P2P flag, e.g. P2P port=5001")
 
 
-class MetaFactory(Factory):
-    noisy = False
-
-    def __init__(self, server: MetaServer) -> None:
-        self.server = server
-
-    def buildProtocol(self, addr: object) -> MetaProtocol:
-        proto = MetaProtocol(self.server)
-        proto.factory = self
-        return proto
+class MetaFactory(ChannelFactory):
+    protocol = MetaProtocol

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet.protocol import Factory
-
-from p2pshare.channel import LineChannel
+from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.wire import Message
 
 if TYPE_CHECKING:
@@ -28,13 +26,5 @@ class ControlProtocol(LineChannel):
         self.send("PONG")
 
 
-class ControlFactory(Factory):
-    noisy = False
-
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
-
-    def buildProtocol(self, addr: object) -> ControlProtocol:
-        proto = ControlProtocol(self.node)
-        proto.factory = self
-        return proto
+class ControlFactory(ChannelFactory):
+    protocol = ControlProtocol

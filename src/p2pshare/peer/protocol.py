@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from p2pshare import wire
-from p2pshare.channel import LineChannel, RemoteError
+from p2pshare.channel import ChannelFactory, LineChannel, RemoteError
 from p2pshare.wire import Message
 
 if TYPE_CHECKING:
@@ -58,17 +58,8 @@ class PeerProtocol(LineChannel):
         super().connectionLost(reason)
 
 
-class PeerFactory(Factory):
-    noisy = False
-
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
-
-    def buildProtocol(self, addr: object) -> PeerProtocol:
-        proto = PeerProtocol(self.node)
-        proto.factory = self
-        return proto
-
+class PeerFactory(ChannelFactory):
+    protocol = PeerProtocol
 
 class MetaClientProtocol(LineChannel):
     """
@@ -109,13 +100,5 @@ class MetaClientProtocol(LineChannel):
         super().connectionLost(reason)
 
 
-class MetaClientFactory(Factory):
-    noisy = False
-
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
-
-    def buildProtocol(self, addr: object) -> MetaClientProtocol:
-        proto = MetaClientProtocol(self.node)
-        proto.factory = self
-        return proto
+class MetaClientFactory(ChannelFactory):
+    protocol = MetaClientProtocol
