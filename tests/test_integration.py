@@ -204,7 +204,7 @@ async def test_a_live_name_is_refused_with_a_clear_error(net):
 
 @pytest_twisted.ensureDeferred
 async def test_p2p_topo_and_status(net, tmp_path):
-    meta = await formed(net, 3)
+    await formed(net, 3)
     expected = (net.meta_dir / "topo.txt").read_text()
 
     out = await in_thread(p2p, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}")

@@ -83,24 +83,12 @@ def is_name(value: str) -> bool:
     return _NAME.fullmatch(value) is not None
 
 
-def _check_name(value: str) -> str | None:
-    if is_name(value):
-        return None
-    return (
-        f"a name is 1 to {NAME_MAX} letters, digits or _ - . @"
-    )
+Check = Callable[[str], "str | None"]
+"""A field check: L{None} when the value is fine, else what is wrong."""
 
 
-def _check_token(value: str) -> str | None:
-    if _TOKEN.fullmatch(value):
-        return None
-    return "a field is one or more characters without spaces, = or controls"
-
-
-def _check_host(value: str) -> str | None:
-    if _HOST.fullmatch(value):
-        return None
-    return "a host is a name or an IPv4 or IPv6 address"
+def _matching(pattern: re.Pattern[str], problem: str) -> Check:
+    return lambda value: None if pattern.fullmatch(value) else problem
 
 
 def _check_port(value: str) -> str | None:
@@ -109,25 +97,17 @@ def _check_port(value: str) -> str | None:
     return "a port is a number from 1 to 65535"
 
 
-def _check_count(value: str) -> str | None:
-    if _COUNT.fullmatch(value):
-        return None
-    return "a count is a whole number without leading zeros"
-
-
 def _check_hops(value: str) -> str | None:
     if value == "none" or _COUNT.fullmatch(value):
         return None
     return "hops is a whole number or 'none'"
 
 
-Check = Callable[[str], "str | None"]
-
-TOKEN: Check = _check_token
-NAME: Check = _check_name
-HOST: Check = _check_host
+TOKEN = _matching(_TOKEN, "a field is one or more characters without spaces, = or controls")
+NAME = _matching(_NAME, f"a name is 1 to {NAME_MAX} letters, digits or _ - . @")
+HOST = _matching(_HOST, "a host is a name or an IPv4 or IPv6 address")
+COUNT = _matching(_COUNT, "a count is a whole number without leading zeros")
 PORT: Check = _check_port
-COUNT: Check = _check_count
 HOPS: Check = _check_hops
 
 
@@ -257,7 +237,7 @@ def validate(msg: Message) -> None:
 def _apply(check: Check, value: str, verb: str) -> None:
     if _CONTROL.search(value):
         raise WireError(E_BAD_LINE, "a field cannot carry control characters")
-    problem = _check_token(value) or check(value)
+    problem = TOKEN(value) or check(value)
     if problem is not None:
         raise WireError(E_BAD_ARGS, f"{verb}: {problem}, not {_show(value)}")
 
