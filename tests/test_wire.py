@@ -28,8 +28,17 @@ texts = (
     .map(str.strip)
     .filter(bool)
 )
+file_names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40)
+sizes = st.integers(0, 10**18 - 1)
+matches = st.builds(
+    wire.Match, file_names, sizes, st.from_regex(r"[0-9a-f]{64}", fullmatch=True), names, hosts,
+    st.integers(1, 65535), st.integers(0, 1000),
+)
 KINDS = {wire.NAME: names, wire.HOST: hosts, wire.PORT: ports, wire.COUNT: counts,
-         wire.HOPS: hops, wire.TOKEN: tokens}
+         wire.HOPS: hops, wire.TOKEN: tokens, wire.SIZE: sizes.map(str),
+         wire.FILE: file_names.map(wire.quote_name),
+         wire.PATH: file_names.map(lambda n: wire.quote_path("/" + n)),
+         wire.MATCH: matches.map(wire.Match.field)}
 
 
 @st.composite
@@ -209,3 +218,21 @@ def test_an_over_long_line_is_answered_then_closed():
     proto.dataReceived(b"x" * 5000)
     assert transport.value() == b"ERROR too-long lines are at most 4096 bytes\r\n"
     assert transport.disconnecting
+
+
+@given(matches)
+def test_a_match_round_trips_through_its_field(m):
+    assert wire.Match.parse(m.field()) == m
+
+
+@given(file_names)
+def test_any_file_name_travels_in_one_field(name):
+    field = wire.quote_name(name)
+    assert wire.FILE(field) is None
+    assert wire.unquote_name(field) == name
+    assert " " not in field and "=" not in field and "/" not in field
+
+
+@pytest.mark.parametrize("field", ["%00x", "%0d%0aPLACE", "%ff%fe", "a/b", "a=b"])
+def test_file_fields_that_decode_to_trouble_are_refused(field):
+    assert wire.FILE(field) is not None

@@ -113,6 +113,8 @@ class SimNet:
         # Connections with bytes or a close to deliver, in order.
         self.active: dict[iosim.IOPump, None] = {}
         self.down: set[str] = set()
+        self.frozen: set[str] = set()
+        self.parked: dict[iosim.IOPump, None] = {}
         self._port = 40000
         self.meta: MetaServer | None = None
         self.peers: list[PeerNode] = []
@@ -132,7 +134,9 @@ class SimNet:
         self.meta_address = (host, port)
         return self.meta
 
-    def make_peer(self, max_neighbours: int = 2, name: str | None = None) -> PeerNode:
+    def make_peer(
+        self, max_neighbours: int = 2, name: str | None = None, shared: bool = True
+    ) -> PeerNode:
         host = f"127.0.1.{len(self.peers) + 1}" if len(self.peers) < 250 else f"127.0.2.{len(self.peers) - 249}"
         node = PeerNode(
             clock=self.clock,
@@ -142,9 +146,32 @@ class SimNet:
             name=name,
             max_neighbours=max_neighbours,
             rng=random.Random(self.rng.random()),
+            shared=self.share_dir(len(self.peers)) if shared and self.tmp else None,
         )
         self.peers.append(node)
         return node
+
+    def share_dir(self, index: int) -> Path:
+        assert self.tmp is not None
+        path = self.tmp / "peers" / str(index) / "shared"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def freeze(self, host: str) -> None:
+        """
+        C{host} goes silent: nothing it sends or is sent is delivered, and
+        its connections stay open (a hung process, not a crash).
+        """
+        self.frozen.add(host)
+
+    def thaw(self, host: str) -> None:
+        self.frozen.discard(host)
+        self.active.update(self.parked)
+        self.parked.clear()
+
+    def _is_frozen(self, pump: iosim.IOPump) -> bool:
+        ends = (pump.clientIO.hostAddress, pump.serverIO.hostAddress)
+        return any(getattr(a, "host", None) in self.frozen for a in ends)
 
     def flush(self, limit: int = 10_000_000) -> None:
         """
@@ -155,7 +182,9 @@ class SimNet:
                 return
             pump = next(iter(self.active))
             del self.active[pump]
-            if pump.pump():
+            if self._is_frozen(pump):
+                self.parked[pump] = None
+            elif pump.pump():
                 self.active[pump] = None
         raise AssertionError("the network never went quiet")
 
@@ -167,7 +196,7 @@ class SimNet:
         elapsed = 0.0
         while True:
             self.flush()
-            if all(p.joined for p in self.peers) and not self.clock.getDelayedCalls():
+            if all(p.joined for p in self.peers):
                 return
             if elapsed >= seconds:
                 return

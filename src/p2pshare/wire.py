@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 MAX_LINE = 4096
 """The longest line, in bytes, including the CRLF that ends it."""
@@ -74,6 +75,7 @@ _TOKEN = re.compile(r"[^\s=\x00-\x1f\x7f-\x9f]+")
 _NAME = re.compile(rf"[A-Za-z0-9_.@-]{{1,{NAME_MAX}}}")
 _HOST = re.compile(r"[A-Za-z0-9.:%_-]{1,255}")
 _COUNT = re.compile(r"0|[1-9][0-9]{0,8}")
+_SIZE = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 def is_name(value: str) -> bool:
@@ -107,8 +109,101 @@ TOKEN = _matching(_TOKEN, "a field is one or more characters without spaces, = o
 NAME = _matching(_NAME, f"a name is 1 to {NAME_MAX} letters, digits or _ - . @")
 HOST = _matching(_HOST, "a host is a name or an IPv4 or IPv6 address")
 COUNT = _matching(_COUNT, "a count is a whole number without leading zeros")
+SIZE = _matching(_SIZE, "a size is a whole number of bytes without leading zeros")
 PORT: Check = _check_port
 HOPS: Check = _check_hops
+
+# File names and paths travel percent-encoded (UTF-8), so that spaces, "="
+# and anything else a file system allows fit in one field; the glob
+# characters stay readable.
+_NAME_SAFE = "!$&'()*+,;:@[]?"
+_QUOTED = re.compile(r"[A-Za-z0-9_.~!$&'()*+,;:@\[\]?%-]{1,1000}")
+_QUOTED_PATH = re.compile(r"[A-Za-z0-9_.~!$&'()*+,;:@\[\]?%/-]{1,2000}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def quote_name(name: str) -> str:
+    """
+    A file name (or pattern) as a field: percent-encoded UTF-8.
+    """
+    return quote(name, safe=_NAME_SAFE, errors="strict")
+
+
+def quote_path(path: str) -> str:
+    return quote(path, safe=_NAME_SAFE + "/", errors="strict")
+
+
+def unquote_name(field: str) -> str:
+    """
+    The file name in a field; raises L{WireError} if it does not decode to
+    text without control characters.
+    """
+    try:
+        name = unquote(field, errors="strict")
+    except UnicodeDecodeError:
+        raise WireError(E_BAD_ARGS, "a file name must be UTF-8") from None
+    if not name or _CONTROL.search(name):
+        raise WireError(E_BAD_ARGS, "a file name cannot be empty or carry control characters")
+    return name
+
+
+def _check_quoted(pattern: re.Pattern[str], what: str) -> Check:
+    def check(value: str) -> str | None:
+        if not pattern.fullmatch(value):
+            return f"{what} is percent-encoded"
+        try:
+            unquote_name(value)
+        except WireError as e:
+            return e.text
+        return None
+
+    return check
+
+
+FILE = _check_quoted(_QUOTED, "a file name")
+PATH = _check_quoted(_QUOTED_PATH, "a path")
+
+
+@dataclass(frozen=True)
+class Match:
+    """
+    One search result: a file, who holds it, and how far away.
+    """
+
+    name: str
+    size: int
+    sha256: str
+    holder: str
+    host: str
+    port: int
+    hops: int
+
+    def field(self) -> str:
+        return "/".join(
+            [str(self.hops), self.holder, self.host, str(self.port), str(self.size),
+             self.sha256, quote_name(self.name)]
+        )
+
+    @classmethod
+    def parse(cls, field: str) -> Match:
+        problem = _check_match(field)
+        if problem is not None:
+            raise WireError(E_BAD_ARGS, problem)
+        hops, holder, host, port, size, sha, name = field.split("/")
+        return cls(unquote_name(name), int(size), sha, holder, host, int(port), int(hops))
+
+
+def _check_match(value: str) -> str | None:
+    parts = value.split("/")
+    if len(parts) != 7:
+        return "a match is HOPS/HOLDER/HOST/PORT/SIZE/SHA256/NAME"
+    hops, holder, host, port, size, sha, name = parts
+    if not _SHA256.fullmatch(sha):
+        return "a match's SHA-256 is 64 lower-case hex digits"
+    return COUNT(hops) or NAME(holder) or HOST(host) or PORT(port) or SIZE(size) or FILE(name)
+
+
+MATCH: Check = _check_match
 
 
 @dataclass(frozen=True)
@@ -154,8 +249,16 @@ SPECS: dict[str, Spec] = {
     ),
     "ACCEPT": Spec(args=(("name", NAME),)),
     "FREE": Spec(args=(("hops", HOPS),)),
+    # Searching: a convergecast over the overlay tree.
+    "SEARCH": Spec(
+        args=(("id", NAME), ("ttl", COUNT), ("hops", COUNT), ("wait", COUNT), ("pattern", FILE))
+    ),
+    "RESULTS": Spec(args=(("id", NAME),), rest=MATCH, keys={"more": COUNT}),
     # The local control channel.
     "STATUS": Spec(),
+    "FIND": Spec(args=(("pattern", FILE),)),
+    "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT}),
+    "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE))),
     # Replies.
     "OK": Spec(text="optional"),
     "ERROR": Spec(args=(("code", TOKEN),), text="required"),

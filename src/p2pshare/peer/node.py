@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +33,34 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from p2pshare import wire
 from p2pshare.channel import RemoteError
 from p2pshare.common import atomic_write
-from p2pshare.wire import Message
+from p2pshare.peer.search import SearchEngine
+from p2pshare.peer.share import ShareIndex
+from p2pshare.wire import Match, Message
 
 if TYPE_CHECKING:
     from p2pshare.peer.protocol import MetaClientProtocol, PeerProtocol
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
+RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
+
+
+def _run_here(f: Callable[[], Any]) -> Deferred[Any]:
+    """
+    Run blocking work at once, in this thread (tests and simulations).
+    """
+    try:
+        return succeed(f())
+    except Exception:
+        from twisted.internet.defer import fail
+
+        return fail()
 
 HOPS_CAP = 1000
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
@@ -91,6 +108,9 @@ class PeerNode(Service):
         max_hops: int = 64,
         rng: random.Random | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        shared: Path | None = None,
+        run_blocking: RunBlocking | None = None,
+        rescan_interval: float = 2.0,
     ) -> None:
         self.clock = clock
         self._listen_endpoint = listen
@@ -119,11 +139,22 @@ class PeerNode(Service):
         self._joining: Deferred[None] | None = None
         self._starting: Deferred[None] | None = None
         self._held: list[tuple[PeerProtocol, Message]] = []
+        self.share = ShareIndex(shared) if shared is not None else None
+        self.run_blocking: RunBlocking = run_blocking or _run_here
+        self.rescan_interval = rescan_interval
+        self._rescan: LoopingCall | None = None
+        self._refresh_waiters: list[Deferred[None]] = []
+        self.search = SearchEngine(self)
+        self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
 
     # Life cycle.
 
     def startService(self) -> None:
         super().startService()
+        if self.share is not None:
+            self._rescan = LoopingCall(self.refresh_share)
+            self._rescan.clock = self.clock
+            self._rescan.start(self.rescan_interval, now=True)
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._startFailed)
 
@@ -154,6 +185,8 @@ class PeerNode(Service):
             self.on_fatal(why)
 
     async def _stop(self) -> None:
+        if self._rescan is not None and self._rescan.running:
+            self._rescan.stop()
         for d in (self._starting, self._joining):
             if d is not None and not d.called:
                 d.cancel()
@@ -385,6 +418,7 @@ class PeerNode(Service):
         if n is None or n.proto is not proto:
             return
         del self.neighbours[name]
+        self.search.link_lost(name)
         if self.running:
             self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
             self._report()
@@ -416,6 +450,39 @@ class PeerNode(Service):
             if hops != n.sent:
                 n.sent = hops
                 n.proto.send("FREE", "none" if hops is None else hops)
+
+    # The shared files.
+
+    def refresh_share(self) -> Deferred[None]:
+        """
+        Rescan the shared directory (hashing new files through
+        C{run_blocking}, a thread in a real peer); a scan already running is
+        waited for rather than doubled.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self.share is None:
+            waiter.callback(None)
+            return waiter
+        self._refresh_waiters.append(waiter)
+        if len(self._refresh_waiters) == 1:
+            self.run_blocking(self.share.refresh).addBoth(self._refreshed)
+        return waiter
+
+    def _refreshed(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("could not scan the shared directory", result, LogLevel.warn)
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def local_matches(self, pattern: str, hops: int) -> list[Match]:
+        if self.share is None or self.peer_name is None or self.port is None:
+            return []
+        host = self.host or "127.0.0.1"
+        return [
+            Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops)
+            for f in self.share.search(pattern)
+        ]
 
     # What the control channel shows.
 

@@ -26,7 +26,7 @@ class PeerProtocol(LineChannel):
     newcomer is accepted.
     """
 
-    pushed = frozenset({"FREE"})
+    pushed = frozenset({"FREE", "SEARCH", "RESULTS"})
 
     def __init__(self, node: PeerNode) -> None:
         super().__init__()
@@ -46,11 +46,27 @@ class PeerProtocol(LineChannel):
         hops = msg.args[0]
         self.node.free_said(self.link, None if hops == "none" else int(hops))
 
+    def msg_SEARCH(self, msg: Message) -> None:
+        if self.link is None:
+            self.sendError(wire.E_UNEXPECTED, "SEARCH is for overlay links")
+            return
+        self.node.search.received(self, msg)
+
+    def msg_RESULTS(self, msg: Message) -> None:
+        if self.link is None:
+            self.sendError(wire.E_UNEXPECTED, "RESULTS is for overlay links")
+            return
+        self.node.search.results(self, msg)
+
     def msg_PING(self, msg: Message) -> None:
         self.send("PONG")
 
     def msg_PONG(self, msg: Message) -> None:
         pass
+
+    def sendMessage(self, msg: Message) -> None:
+        super().sendMessage(msg)
+        self.node.messages[msg.verb] += 1
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.link is not None:

@@ -1,0 +1,198 @@
+"""
+Searching the whole overlay: a convergecast over the tree.
+
+A search has a unique id.  The peer that starts it sends C{SEARCH} to every
+neighbour; each peer adds its own matches, forwards the search to every
+neighbour but the one it came from, and answers upstream once, with every
+match of its whole subtree (C{RESULTS}, split over several lines only when
+they do not fit in one), as soon as all its branches have answered or its
+deadline has passed.  So a search costs 2(N-1) messages on a tree of N
+peers, every peer handles it once, and the starter gets every match or a
+definitive empty answer.
+
+Deadlines nest: C{SEARCH} carries how long the sender will wait (C{wait},
+in ms); a peer answers C{margin} before that and gives its own branches
+C{2 * margin} less, so a dead or silent branch costs at most the time the
+starter chose, and the answer still has everything the living branches
+found.  A link that drops counts as an empty answer at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from p2pshare import wire
+from p2pshare.wire import Match, Message
+
+if TYPE_CHECKING:
+    from p2pshare.peer.node import PeerNode
+    from p2pshare.peer.protocol import PeerProtocol
+
+DEFAULT_TIMEOUT = 10.0
+MARGIN = 0.05  # seconds each level answers before its upstream gives up
+DEFAULT_TTL = 255
+SEEN_FOR = 600.0  # how long a search id is remembered
+
+
+@dataclass
+class Search:
+    id: str
+    pattern: str
+    upstream: PeerProtocol | None
+    waiting: set[str] = field(default_factory=set)
+    matches: list[Match] = field(default_factory=list)
+    timer: IDelayedCall | None = None
+    done: Deferred[list[Match]] | None = None
+
+
+class SearchEngine:
+    """
+    The searches passing through one peer.
+
+    @ivar handled: how many times each search id was handled here (always
+        once, unless something is wrong).
+    """
+
+    log = Logger()
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+        self.pending: dict[str, Search] = {}
+        self.seen: dict[str, float] = {}
+        self.handled: dict[str, int] = {}
+
+    def start(
+        self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None
+    ) -> Deferred[list[Match]]:
+        """
+        Search the whole network; fires with every match, nearest first.
+        """
+        search_id = search_id or uuid.uuid4().hex
+        done: Deferred[list[Match]] = Deferred()
+        self._handle(search_id, DEFAULT_TTL, 0, int(timeout * 1000), pattern, None, done)
+        self.log.info(
+            "search {id} for {pattern!r} started", id=search_id[:8], pattern=pattern
+        )
+        return done
+
+    def received(self, proto: PeerProtocol, msg: Message) -> None:
+        search_id, ttl, hops, wait, pattern = msg.args
+        if search_id in self.seen:
+            # Cannot happen on a tree; answer at once so nobody waits.
+            self.handled[search_id] = self.handled.get(search_id, 0) + 1
+            proto.send("RESULTS", search_id)
+            return
+        self._handle(
+            search_id, int(ttl), int(hops), int(wait), wire.unquote_name(pattern), proto, None
+        )
+
+    def _handle(
+        self,
+        search_id: str,
+        ttl: int,
+        hops: int,
+        wait_ms: int,
+        pattern: str,
+        upstream: PeerProtocol | None,
+        done: Deferred[list[Match]] | None,
+    ) -> None:
+        now = self.node.clock.seconds()
+        self._forget_before(now - SEEN_FOR)
+        self.seen[search_id] = now
+        self.handled[search_id] = self.handled.get(search_id, 0) + 1
+        search = Search(search_id, pattern, upstream, done=done)
+        search.matches = self.node.local_matches(pattern, hops)
+        margin_ms = int(MARGIN * 1000)
+        child_wait = wait_ms - 2 * margin_ms
+        if ttl > 0 and child_wait > margin_ms:
+            came_from = upstream.link if upstream is not None else None
+            for n in list(self.node.neighbours.values()):
+                if n.name != came_from:
+                    n.proto.send(
+                        "SEARCH", search_id, ttl - 1, hops + 1, child_wait,
+                        wire.quote_name(pattern),
+                    )
+                    search.waiting.add(n.name)
+        if not search.waiting:
+            self._finish(search)
+            return
+        self.pending[search_id] = search
+        deadline = max(wait_ms - margin_ms, 0) / 1000
+        search.timer = self.node.clock.callLater(deadline, self._expired, search)
+
+    def results(self, proto: PeerProtocol, msg: Message) -> None:
+        search = self.pending.get(msg.args[0])
+        if search is None or proto.link not in search.waiting:
+            return  # late, after our deadline: already answered without it
+        search.matches.extend(Match.parse(f) for f in msg.args[1:])
+        if "more" not in msg.options:
+            search.waiting.discard(proto.link)
+            if not search.waiting:
+                self._finish(search)
+
+    def link_lost(self, name: str) -> None:
+        for search in list(self.pending.values()):
+            if name in search.waiting:
+                search.waiting.discard(name)
+                if not search.waiting:
+                    self._finish(search)
+
+    def _expired(self, search: Search) -> None:
+        search.timer = None
+        self.log.info(
+            "search {id}: no answer in time from {peers}",
+            id=search.id[:8],
+            peers=" ".join(sorted(search.waiting)),
+        )
+        self._finish(search)
+
+    def _finish(self, search: Search) -> None:
+        self.pending.pop(search.id, None)
+        if search.timer is not None and search.timer.active():
+            search.timer.cancel()
+        search.timer = None
+        if search.done is not None:
+            matches = sorted(search.matches, key=lambda m: (m.hops, m.name, m.holder))
+            search.done.callback(matches)
+            return
+        upstream = search.upstream
+        if upstream is None or not upstream.connected:
+            return
+        for line in results_lines(search.id, search.matches):
+            upstream.sendMessage(line)
+
+    def _forget_before(self, oldest: float) -> None:
+        while self.seen:
+            first = next(iter(self.seen))
+            if self.seen[first] >= oldest:
+                return
+            del self.seen[first]
+            self.handled.pop(first, None)
+
+
+def results_lines(search_id: str, matches: list[Match]) -> list[Message]:
+    """
+    C{RESULTS} messages carrying C{matches}: as few lines as fit, every one
+    but the last marked C{more=1}.
+    """
+    room = wire.MAX_LINE - len(f"RESULTS {search_id} more=1\r\n")
+    lines: list[list[str]] = [[]]
+    used = 0
+    for m in matches:
+        f = m.field()
+        if lines[-1] and used + 1 + len(f) > room:
+            lines.append([])
+            used = 0
+        lines[-1].append(f)
+        used += 1 + len(f)
+    messages = []
+    for i, fields in enumerate(lines):
+        more: dict[str, str] = {"more": "1"} if i < len(lines) - 1 else {}
+        messages.append(Message("RESULTS", (search_id, *fields), more))
+    return messages

@@ -1,0 +1,125 @@
+"""
+The files a peer offers: L{ShareIndex} over its C{--shared} directory.
+
+Only regular files directly inside the directory are shared: no dotfiles
+(downloads in progress are dotfiles), no directories, and no symlink whose
+target lies outside the directory.  Each file's size and SHA-256 are
+computed once and kept while its size, mtime and inode stay the same, so a
+rescan costs one C{stat} per file; files added, changed or removed are
+noticed at the next scan, without a restart.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+NAME_MAX = 255
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]|[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    name: str
+    size: int
+    sha256: str
+    stamp: tuple[int, int, int]  # size, mtime_ns, inode: when to hash again
+
+
+def is_shareable_name(name: str) -> bool:
+    """
+    Can a file of this name be shared and asked for over the network?
+    """
+    return (
+        0 < len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
+        and not name.startswith(".")
+        and _BAD_NAME.search(name) is None
+    )
+
+
+def is_pattern(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def matches(pattern: str, name: str) -> bool:
+    """
+    A pattern without C{* ? [} is an exact name; with them, a shell glob.
+    """
+    if is_pattern(pattern):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern
+
+
+def sha256_of(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ShareIndex:
+    """
+    The shared directory, indexed.  L{refresh} does blocking I/O (it hashes
+    new files): run it in a thread.  Readers on the reactor thread see the
+    old index or the new one, never a mix.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.files: dict[str, SharedFile] = {}
+
+    def refresh(self) -> dict[str, SharedFile]:
+        try:
+            real_dir = os.path.realpath(self.directory)
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            self.files = {}
+            return self.files
+        old = self.files
+        new: dict[str, SharedFile] = {}
+        for entry in entries:
+            if not is_shareable_name(entry.name):
+                continue
+            path = self.resolve(entry.name, real_dir)
+            if path is None:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+            known = old.get(entry.name)
+            if known is not None and known.stamp == stamp:
+                new[entry.name] = known
+                continue
+            try:
+                digest = sha256_of(path)
+            except OSError:
+                continue
+            new[entry.name] = SharedFile(entry.name, st.st_size, digest, stamp)
+        self.files = new
+        return new
+
+    def resolve(self, name: str, real_dir: str | None = None) -> str | None:
+        """
+        The real path of shared file C{name}, or L{None} if it is not a
+        regular file inside the share (a symlink out, a directory, gone).
+        """
+        if not is_shareable_name(name):
+            return None
+        real_dir = real_dir or os.path.realpath(self.directory)
+        path = os.path.realpath(os.path.join(real_dir, name))
+        if os.path.dirname(path) != real_dir or os.path.basename(path).startswith("."):
+            return None
+        if not os.path.isfile(path):
+            return None
+        return path
+
+    def search(self, pattern: str) -> list[SharedFile]:
+        return [f for name, f in sorted(self.files.items()) if matches(pattern, name)]
