@@ -75,7 +75,7 @@ class LineChannel(LineReceiver):
 
     # Sending.
 
-    def send(self, verb: str, *args: object, text: str | None = None, **options: object) -> None:
+    def send(self, verb: str, *args: object, text: str | None = None, **options: Any) -> None:
         """
         Send one message; raises L{WireError} before anything is written if
         a field is not allowed on the wire.
@@ -115,7 +115,7 @@ class LineChannel(LineReceiver):
         self.sendMessage(wire.error(code, text))
 
     def request(
-        self, verb: str, *args: object, text: str | None = None, **options: object
+        self, verb: str, *args: object, text: str | None = None, **options: Any
     ) -> Deferred[Message]:
         """
         Send a message and return a L{Deferred} that fires with the next

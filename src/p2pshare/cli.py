@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 
+from p2pshare import wire
 from p2pshare.channel import RemoteError
 from p2pshare.topo import TopoEntry, parse_topo, topo_text
 
@@ -67,6 +69,100 @@ async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
+    from p2pshare.client import control_request
+
+    matches = await _talk(
+        args.peer, "the peer",
+        control_request(reactor, args.peer, "FIND", wire.quote_name(args.pattern), timeout=30),
+    )
+    if not matches:
+        print("not found")
+        return 1
+    for m in matches:
+        print(f"{m['name']}\t{m['size']}\t{m['sha256']}\t{m['holder']}")
+    return 0
+
+
+async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
+    from p2pshare.client import control_request
+
+    options: dict[str, Any] = {}
+    if args.output is not None:
+        directory = Path(args.output).absolute()
+        if not directory.is_dir():
+            raise Failed(f"{args.output} is not a directory")
+        options["dir"] = wire.quote_path(str(directory))
+    if args.force:
+        options["force"] = 1
+    bar = ProgressBar(sys.stderr)
+    result = await _talk(
+        args.peer, "the peer",
+        control_request(
+            reactor, args.peer, "FETCH", wire.quote_name(args.name),
+            on_progress=bar.update, **options,
+        ),
+    )
+    bar.close()
+    if result["already"]:
+        print(f"already here, identical (sha256 {result['sha256']})", file=sys.stderr)
+    else:
+        print(
+            f"verified {result['size']} bytes from {result['holder']}, sha256 {result['sha256']}",
+            file=sys.stderr,
+        )
+    print(result["path"])
+    return 0
+
+
+class ProgressBar:
+    """
+    Bytes, rate and time left: a bar redrawn in place on a terminal, a
+    plain line every 10% otherwise.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.first: int | None = None
+        self.shown = -1
+        self.drawn = False
+
+    def update(self, done: int, total: int) -> None:
+        if self.first is None:
+            self.first = done  # a resumed download starts part-way
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (done - self.first) / elapsed
+        share = done / total if total else 1.0
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        figures = (
+            f"{_size(done)}/{_size(total)} {share:4.0%} {_size(rate)}/s"
+            f" ETA {'--' if eta == float('inf') else f'{eta:.0f}s'}"
+        )
+        if self.tty:
+            filled = int(share * 30)
+            self.stream.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {figures}  ")
+            self.stream.flush()
+            self.drawn = True
+        elif int(share * 10) > self.shown:
+            self.shown = int(share * 10)
+            print(f"progress: {figures}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 async def cmd_demo(reactor: Any, args: argparse.Namespace) -> int:
     from p2pshare.demo import run_demo
 
@@ -102,6 +198,18 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--meta", default=None, help=f"metadata server endpoint (default {DEFAULT_META})")
     source.add_argument("--data-dir", default=None, help="read topo.txt from a p2pmeta data dir")
     topo.set_defaults(run=cmd_topo)
+
+    search = sub.add_parser("search", help="every match in the whole network")
+    search.add_argument("pattern", help="an exact file name, or a glob with * ? [")
+    search.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    search.set_defaults(run=cmd_search)
+
+    get = sub.add_parser("get", help="find, download, verify and keep a file")
+    get.add_argument("name", help="the exact file name")
+    get.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    get.add_argument("-o", "--output", default=None, help="directory to keep it in (default: the peer's downloads)")
+    get.add_argument("--force", action="store_true", help="replace an existing different file")
+    get.set_defaults(run=cmd_get)
 
     status = sub.add_parser("status", help="a peer's name and neighbours")
     status.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")

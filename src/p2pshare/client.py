@@ -6,6 +6,7 @@ channel and the metadata server's observer session.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -19,31 +20,49 @@ TIMEOUT = 10.0
 
 
 class _Client(LineChannel):
-    pushed = frozenset({"PEER"})
+    pushed = frozenset({"PEER", "PROGRESS"})
 
-    def __init__(self) -> None:
+    def __init__(self, on_progress: Callable[[int, int], None] | None = None) -> None:
         super().__init__()
         self.entries: list[TopoEntry] = []
+        self.on_progress = on_progress
+
+    def msg_PROGRESS(self, msg: Message) -> None:
+        if self.on_progress is not None:
+            self.on_progress(int(msg.args[0]), int(msg.args[1]))
 
     def msg_PEER(self, msg: Message) -> None:
         name, host, port, *neighbours = msg.args
         self.entries.append(TopoEntry(name, neighbours, host, int(port)))
 
 
-async def _connect(reactor: Any, description: str) -> _Client:
+async def _connect(
+    reactor: Any, description: str, on_progress: Callable[[int, int], None] | None = None
+) -> _Client:
     endpoint = clientFromString(reactor, client_endpoint_string(description))
-    return await connectProtocol(endpoint, _Client()).addTimeout(TIMEOUT, reactor)
+    return await connectProtocol(endpoint, _Client(on_progress)).addTimeout(TIMEOUT, reactor)
 
 
-async def control_request(reactor: Any, description: str, verb: str) -> Any:
+async def control_request(
+    reactor: Any,
+    description: str,
+    verb: str,
+    *args: object,
+    timeout: float = TIMEOUT,
+    on_progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> Any:
     """
     Send C{verb} to a peer's control channel; return the decoded JSON of
-    its C{OK} reply.
+    its C{OK} reply.  C{timeout} bounds the wait for the reply; while
+    C{PROGRESS} lines keep coming (a download), the wait is not over.
     """
-    proto = await _connect(reactor, description)
+    proto = await _connect(reactor, description, on_progress)
     try:
-        reply = await proto.request(verb).addTimeout(TIMEOUT, reactor)
-        return json.loads(reply.text or "null")
+        reply = proto.request(verb, *args, **options)
+        if on_progress is None:
+            reply.addTimeout(timeout, reactor)
+        return json.loads((await reply).text or "null")
     finally:
         proto.close()
 

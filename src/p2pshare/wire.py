@@ -55,6 +55,8 @@ E_NAME_TAKEN = "name-taken"
 E_NOT_JOINED = "not-joined"
 E_FULL = "full"
 E_FAILED = "failed"
+E_NOT_FOUND = "not-found"
+E_EXISTS = "exists"
 
 ERROR_CODES = (
     E_BAD_FLAG,
@@ -68,6 +70,8 @@ ERROR_CODES = (
     E_NOT_JOINED,
     E_FULL,
     E_FAILED,
+    E_NOT_FOUND,
+    E_EXISTS,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -1,17 +1,29 @@
 """
 The peer's local control channel, which the C{p2p} command speaks: the
-same line format, one request and one C{OK <json>} or C{ERROR} reply.
+same line format, one request and one C{OK <json>} or C{ERROR} reply
+(C{FETCH} sends C{PROGRESS done total} lines before it).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
+
+from p2pshare import wire
 from p2pshare.channel import ChannelFactory, LineChannel
+from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Message
 
 if TYPE_CHECKING:
     from p2pshare.peer.node import PeerNode
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 class ControlProtocol(LineChannel):
@@ -24,6 +36,45 @@ class ControlProtocol(LineChannel):
 
     def msg_PING(self, msg: Message) -> None:
         self.send("PONG")
+
+    def msg_FIND(self, msg: Message) -> None:
+        pattern = wire.unquote_name(msg.args[0])
+
+        def found(matches: list[wire.Match]) -> None:
+            if self.connected:
+                self.send("OK", text=_json([asdict(m) for m in matches]))
+
+        self.node.search.start(pattern).addCallback(found).addErrback(self._failed)
+
+    def msg_FETCH(self, msg: Message) -> None:
+        name = wire.unquote_name(msg.args[0])
+        directory = msg.options.get("dir")
+        path = Path(wire.unquote_name(directory)) if directory else None
+        if path is not None and not (path.is_absolute() and path.is_dir()):
+            self.sendError(wire.E_BAD_ARGS, f"{path} is not a directory")
+            return
+
+        def progress(done: int, total: int) -> None:
+            if self.connected:
+                self.send("PROGRESS", done, total)
+
+        def fetched(result: Any) -> None:
+            if self.connected:
+                self.send("OK", text=_json({**asdict(result), "path": str(result.path)}))
+
+        d = Deferred.fromCoroutine(
+            self.node.fetch(name, path, msg.options.get("force") == "1", progress)
+        )
+        d.addCallback(fetched).addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        if failure.check(FetchError):
+            code, text = failure.value.code, failure.value.text
+        else:
+            self.log.failure("control request failed", failure)
+            code, text = wire.E_FAILED, failure.getErrorMessage() or "the request failed"
+        if self.connected:
+            self.sendError(code, text)
 
 
 class ControlFactory(ChannelFactory):

@@ -36,12 +36,15 @@ from twisted.internet.interfaces import (
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.web.iweb import IAgent
 
 from p2pshare import wire
 from p2pshare.channel import RemoteError
 from p2pshare.common import atomic_write
-from p2pshare.peer.search import SearchEngine
-from p2pshare.peer.share import ShareIndex
+from p2pshare.peer.http import make_site
+from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
+from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
+from p2pshare.peer.transfer import Downloader, Fetched, FetchError, Progress
 from p2pshare.wire import Match, Message
 
 if TYPE_CHECKING:
@@ -109,6 +112,8 @@ class PeerNode(Service):
         rng: random.Random | None = None,
         on_fatal: Callable[[str], None] | None = None,
         shared: Path | None = None,
+        downloads: Path | None = None,
+        agent: IAgent | None = None,
         run_blocking: RunBlocking | None = None,
         rescan_interval: float = 2.0,
     ) -> None:
@@ -140,11 +145,17 @@ class PeerNode(Service):
         self._starting: Deferred[None] | None = None
         self._held: list[tuple[PeerProtocol, Message]] = []
         self.share = ShareIndex(shared) if shared is not None else None
+        self.downloads = downloads or shared
         self.run_blocking: RunBlocking = run_blocking or _run_here
         self.rescan_interval = rescan_interval
         self._rescan: LoopingCall | None = None
         self._refresh_waiters: list[Deferred[None]] = []
+        self._announced: dict[str, SharedFile] = {}
         self.search = SearchEngine(self)
+        self.site = make_site(self, clock)
+        self.downloader = (
+            Downloader(agent, clock, self.run_blocking) if agent is not None else None
+        )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
 
     # Life cycle.
@@ -159,9 +170,10 @@ class PeerNode(Service):
         self._starting.addErrback(self._startFailed)
 
     async def _start(self) -> None:
-        from p2pshare.peer.protocol import MetaClientFactory, PeerFactory
+        from p2pshare.peer.http import SniffingFactory
+        from p2pshare.peer.protocol import MetaClientFactory
 
-        self._listening = await self._listen_endpoint.listen(PeerFactory(self))
+        self._listening = await self._listen_endpoint.listen(SniffingFactory(self))
         address: Any = self._listening.getHost()
         self.port = address.port
         self.log.info("peer listening on port {port}", port=self.port)
@@ -471,6 +483,16 @@ class PeerNode(Service):
     def _refreshed(self, result: object) -> None:
         if isinstance(result, Failure):
             self.log.failure("could not scan the shared directory", result, LogLevel.warn)
+        elif self.share is not None:
+            before, self._announced = self._announced, dict(self.share.files)
+            for name in sorted(self._announced.keys() - before.keys()):
+                f = self._announced[name]
+                self.log.info(
+                    "sharing {file} ({size} bytes, sha256 {sha})",
+                    file=name, size=f.size, sha=f.sha256,
+                )
+            for name in sorted(before.keys() - self._announced.keys()):
+                self.log.info("no longer sharing {file}", file=name)
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -483,6 +505,31 @@ class PeerNode(Service):
             Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops)
             for f in self.share.search(pattern)
         ]
+
+    async def fetch(
+        self,
+        name: str,
+        directory: Path | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Fetched:
+        """
+        Find C{name} in the network and download it (into the downloads
+        directory unless told otherwise); it is then shared onward.
+        """
+        directory = directory or self.downloads
+        if self.downloader is None or directory is None:
+            raise FetchError(wire.E_FAILED, "this peer does not download files")
+        if is_pattern(name):
+            raise FetchError(wire.E_BAD_ARGS, "get takes one exact file name, not a pattern")
+        matches = [m for m in await self.search.start(name, timeout) if m.holder != self.peer_name]
+        if not matches:
+            raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
+        fetched = await self.downloader.fetch(matches, directory, force, progress)
+        if directory == self.downloads:
+            await self.refresh_share()
+        return fetched
 
     # What the control channel shows.
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from p2pshare import wire
 from p2pshare.common import ListenService, client_endpoint_string, server_endpoint_string
@@ -29,6 +31,8 @@ class Options(usage.Options):
         ["control", None, None, "Control endpoint for p2p (default unix:DATA-DIR/control.sock)."],
         ["portfile", None, None, "Write the port number here once joined."],
         ["advertise", None, None, "Host other peers should use to reach this one."],
+        ["shared", None, None, "Files this peer offers (default DATA-DIR/shared)."],
+        ["downloads", None, None, "Where downloads land (default: the shared directory)."],
     ]
 
     def postOptions(self) -> None:
@@ -51,6 +55,11 @@ class Options(usage.Options):
         if control.startswith("unix:") and ":mode=" not in control:
             control += ":mode=600"
         self["control"] = control
+        data_dir = Path(self["data-dir"]).absolute()
+        self["shared"] = Path(self["shared"]).absolute() if self["shared"] else data_dir / "shared"
+        self["downloads"] = (
+            Path(self["downloads"]).absolute() if self["downloads"] else self["shared"]
+        )
 
 
 def makeService(options: Options) -> IService:
@@ -58,6 +67,8 @@ def makeService(options: Options) -> IService:
 
     data_dir = Path(options["data-dir"]).absolute()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for directory in (options["shared"], options["downloads"]):
+        directory.mkdir(parents=True, exist_ok=True)
 
     def fatal(why: str) -> None:
         # twistd has no exit status of its own: leave with 1 after shutdown.
@@ -75,6 +86,10 @@ def makeService(options: Options) -> IService:
         advertise=options["advertise"],
         portfile=Path(options["portfile"]) if options["portfile"] else None,
         on_fatal=fatal,
+        shared=options["shared"],
+        downloads=options["downloads"],
+        run_blocking=deferToThread,
+        agent=Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False)),
     )
     top = MultiService()
     node.setServiceParent(top)

@@ -1,0 +1,112 @@
+"""
+Real processes: a file at one end of the tree is found and fetched,
+verified, from the other end; curl reads the same bytes from the holder's
+port, ranges included, and cannot step outside the share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from p2pshare.launch import LocalNetwork
+from p2pshare.topo import parse_topo
+
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+CURL = shutil.which("curl")
+
+
+def far_apart(topo: dict[str, list[str]]) -> tuple[str, str]:
+    """
+    Two peers at the greatest distance in the tree.
+    """
+    def farthest(start: str) -> str:
+        dist = {start: 0}
+        frontier = [start]
+        while frontier:
+            frontier = [n for f in frontier for n in topo[f] if n not in dist and not dist.update({n: dist[f] + 1})]
+        return max(dist, key=lambda k: (dist[k], k))
+
+    a = farthest(next(iter(topo)))
+    return a, farthest(a)
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    assert CURL is not None
+    return subprocess.run([CURL, "-s", *args], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def net(reactor, tmp_path):
+    network = LocalNetwork(reactor, tmp_path)
+    yield network
+    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed on this machine")
+@pytest_twisted.ensureDeferred
+async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
+    meta = await net.start_meta(expect=6)
+    keys = {}
+    for _ in range(6):
+        key, proc = await net.start_peer()
+    await meta.wait_for("topology settled: 6 peers", 30)
+    topo = {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
+    for key in net.peers:
+        status = run(*P2P, "status", "--peer", net.control(key))
+        keys[status.stdout.split()[1]] = key
+    holder, requester = (keys[n] for n in far_apart(topo))
+    data = os.urandom(20 * 1000 * 1000)
+    (net.root / holder / "shared" / "random.bin").write_bytes(data)
+    (net.root / holder / "shared" / ".secret").write_bytes(b"hidden")
+    os.symlink("/etc/hostname", net.root / holder / "shared" / "outside")
+    (tmp_path / "elsewhere.txt").write_bytes(b"not shared")
+    sha = hashlib.sha256(data).hexdigest()
+
+    # The holder notices the new file by itself; a search then finds it.
+    await net.peers[holder].wait_for("sharing random.bin", 30)
+    found = await deferToThread(run, *P2P, "search", "random.bin", "--peer", net.control(requester))
+    assert found.returncode == 0, found.stderr
+    name, size, digest, holder_name = found.stdout.strip().split("\t")
+    assert (name, size, digest) == ("random.bin", str(len(data)), sha)
+    assert keys[holder_name] == holder
+    nothing = await deferToThread(run, *P2P, "search", "no-such-*", "--peer", net.control(requester))
+    assert (nothing.returncode, nothing.stdout) == (1, "not found\n")
+
+    out = await deferToThread(run, *P2P, "get", "random.bin", "--peer", net.control(requester))
+    assert out.returncode == 0, out.stderr
+    target = net.root / requester / "shared" / "random.bin"
+    assert out.stdout == f"{target}\n"
+    assert target.read_bytes() == data
+    assert f"sha256 {sha}" in out.stderr
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    # Again: already here, nothing to do.
+    out = await deferToThread(run, *P2P, "get", "random.bin", "--peer", net.control(requester))
+    assert out.returncode == 0 and "already here" in out.stderr
+
+    port = int((net.root / holder / "port").read_text())
+    base = f"http://127.0.0.1:{port}/files/"
+    whole = await deferToThread(curl, base + "random.bin")
+    assert whole.stdout == data
+    ranged = await deferToThread(curl, "-r", "1000-1999", "-w", "%{http_code}", "-o", str(tmp_path / "r"), base + "random.bin")
+    assert ranged.stdout == b"206"
+    assert (tmp_path / "r").read_bytes() == data[1000:2000]
+    for path in ["../meta/topo.txt", "%2e%2e/meta/topo.txt", "%2E%2E%2Fmeta%2Ftopo.txt",
+                 ".secret", "outside", "..%2f..%2felsewhere.txt", "/etc/passwd", "random.bin/x"]:
+        r = await deferToThread(curl, "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", base + path)
+        assert r.stdout.startswith(b"4"), (path, r.stdout)
+    # Nothing was harmed: the holder still serves.
+    head = await deferToThread(curl, "-I", base + "random.bin")
+    assert b"200 OK" in head.stdout and f'etag: "{sha}"'.encode() in head.stdout.lower()
