@@ -135,7 +135,7 @@ class _Slice:
 
 
 class _BigFileSender(FileSender):
-    CHUNK_SIZE = 2**16
+    CHUNK_SIZE = 2**20  # 1 MiB reads: 64 KiB ones serve a third slower
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str:
