@@ -110,3 +110,75 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     # Nothing was harmed: the holder still serves.
     head = await deferToThread(curl, "-I", base + "random.bin")
     assert b"200 OK" in head.stdout and f'etag: "{sha}"'.encode() in head.stdout.lower()
+
+
+async def tree_of(net, n):
+    meta = await net.start_meta(expect=n)
+    for _ in range(n):
+        await net.start_peer()
+    await meta.wait_for(f"topology settled: {n} peers", 30)
+    topo = {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
+    keys = {}
+    for key in net.peers:
+        status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
+        keys[status.stdout.split()[1]] = key
+    return topo, keys
+
+
+def distances(topo, start):
+    dist = {start: 0}
+    frontier = [start]
+    while frontier:
+        following = []
+        for f in frontier:
+            for n in topo[f]:
+                if n not in dist:
+                    dist[n] = dist[f] + 1
+                    following.append(n)
+        frontier = following
+    return dist
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_killed_halfway_never_leaves_a_partial_file(net):
+    topo, keys = await tree_of(net, 4)
+    requester = next(n for n in topo if max(distances(topo, n).values()) >= 2)
+    dist = distances(topo, requester)
+    near = next(n for n in topo if dist[n] == 1)
+    far = next(n for n in topo if dist[n] >= 2)
+    data = os.urandom(150 * 1000 * 1000)
+    for holder in (near, far):
+        (net.root / keys[holder] / "shared" / "big.bin").write_bytes(data)
+    for holder in (near, far):
+        await net.peers[keys[holder]].wait_for("sharing big.bin", 60)
+
+    get = net.p2p("get", "big.bin", "--peer", net.control(keys[requester]))
+    await get.wait_for("progress:", 60)
+    net.peers[keys[near]].signal(9)  # the nearest holder, the one in use, dies
+    code = await get.when_ended(120)
+    target = net.root / keys[requester] / "shared" / "big.bin"
+    if code == 0:
+        assert target.read_bytes() == data
+    else:
+        assert code == 1
+        assert "p2p get: " in get.output() and "Traceback" not in get.output()
+        assert not target.exists()
+    names = [p.name for p in target.parent.iterdir()]
+    assert [n for n in names if not n.startswith(".")] == (["big.bin"] if code == 0 else [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_downloads_from_one_holder_while_searching(net):
+    topo, keys = await tree_of(net, 4)
+    holder, first, second, searcher = sorted(topo)
+    data = os.urandom(40 * 1000 * 1000)
+    (net.root / keys[holder] / "shared" / "shared.bin").write_bytes(data)
+    await net.peers[keys[holder]].wait_for("sharing shared.bin", 60)
+    gets = [net.p2p("get", "shared.bin", "--peer", net.control(keys[k])) for k in (first, second)]
+    searches = [net.p2p("search", "*.bin", "--peer", net.control(keys[searcher])) for _ in range(3)]
+    for proc in gets + searches:
+        assert await proc.when_ended(120) == 0, proc.output()
+    for k in (first, second):
+        assert (net.root / keys[k] / "shared" / "shared.bin").read_bytes() == data
+    for proc in searches:
+        assert f"shared.bin\t{len(data)}\t" in proc.output()

@@ -29,24 +29,23 @@ class ProcessFailed(Exception):
     pass
 
 
-class TwistdProcess(ProcessProtocol):
+class ChildProcess(ProcessProtocol):
     """
-    One C{twistd -n --pidfile= ROLE ...} child.  Its output is kept (and
-    copied to C{log_path}); L{wait_for} fires when a line containing some
-    text appears.
+    A child process whose output (stdout and stderr) is kept, and copied to
+    C{log_path}; L{wait_for} fires when a line containing some text appears.
     """
 
     def __init__(
         self,
         reactor: Any,
         role: str,
-        args: Sequence[str],
+        argv: Sequence[str],
         cwd: Path,
         log_path: Path | None = None,
     ) -> None:
         self.reactor = reactor
         self.role = role
-        self.args = list(args)
+        self.argv = list(argv)
         self.cwd = cwd
         self.log_path = log_path
         self.lines: list[str] = []
@@ -56,10 +55,11 @@ class TwistdProcess(ProcessProtocol):
         self.exit_code: int | None = None
         self._log = open(log_path, "ab") if log_path else None
 
-    def start(self) -> TwistdProcess:
-        argv = TWISTD + ["-n", "--pidfile=", self.role] + self.args
+    def start(self) -> ChildProcess:
         reactor: IReactorProcess = self.reactor
-        reactor.spawnProcess(self, argv[0], argv, env=dict(os.environ), path=str(self.cwd))
+        reactor.spawnProcess(
+            self, self.argv[0], self.argv, env=dict(os.environ), path=str(self.cwd)
+        )
         return self
 
     @property
@@ -152,6 +152,18 @@ class TwistdProcess(ProcessProtocol):
         return await self.when_ended(timeout)
 
 
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+
+
+def twistd(
+    reactor: Any, role: str, args: Sequence[str], cwd: Path, log_path: Path | None = None
+) -> ChildProcess:
+    """
+    A C{twistd -n --pidfile= ROLE ...} child (not started yet).
+    """
+    return ChildProcess(reactor, role, TWISTD + ["-n", "--pidfile=", role, *args], cwd, log_path)
+
+
 def read_port(path: Path) -> int:
     return int(path.read_text().strip())
 
@@ -166,16 +178,16 @@ class LocalNetwork:
         self.reactor = reactor
         self.root = root
         self.timeout = timeout
-        self.meta: TwistdProcess | None = None
+        self.meta: ChildProcess | None = None
         self.meta_port: int | None = None
-        self.peers: dict[str, TwistdProcess] = {}
+        self.peers: dict[str, ChildProcess] = {}
         self._count = 0
 
     @property
     def meta_dir(self) -> Path:
         return self.root / "meta"
 
-    async def start_meta(self, expect: int = 5, *extra: str) -> TwistdProcess:
+    async def start_meta(self, expect: int = 5, *extra: str) -> ChildProcess:
         """
         Start the metadata server; a restart listens on the same port again,
         where the peers look for it.
@@ -183,7 +195,7 @@ class LocalNetwork:
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         portfile = self.meta_dir / "port"
         portfile.unlink(missing_ok=True)
-        proc = TwistdProcess(
+        proc = twistd(
             self.reactor,
             "p2pmeta",
             [
@@ -201,7 +213,7 @@ class LocalNetwork:
         self.meta_port = read_port(portfile)
         return proc
 
-    async def start_peer(self, *extra: str, wait: bool = True) -> tuple[str, TwistdProcess]:
+    async def start_peer(self, *extra: str, wait: bool = True) -> tuple[str, ChildProcess]:
         """
         Start a peer in its own directory; with C{wait}, return once it has
         joined.  The key is the directory name (C{p1}, C{p2}, ...).
@@ -210,7 +222,7 @@ class LocalNetwork:
         key = f"p{self._count}"
         data = self.root / key
         data.mkdir(parents=True, exist_ok=True)
-        proc = TwistdProcess(
+        proc = twistd(
             self.reactor,
             "p2ppeer",
             [
@@ -227,6 +239,15 @@ class LocalNetwork:
         if wait:
             await proc.wait_for(" ready on port ", self.timeout)
         return key, proc
+
+    def p2p(self, *args: str) -> ChildProcess:
+        """
+        Start the C{p2p} command; its output can be waited for.
+        """
+        self._count += 1
+        return ChildProcess(
+            self.reactor, "p2p", P2P + list(args), self.root, self.root / f"p2p-{self._count}.log"
+        ).start()
 
     def control(self, key: str) -> str:
         return "unix:" + str(self.root / key / "control.sock")

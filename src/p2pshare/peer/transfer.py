@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
@@ -187,11 +187,11 @@ class Downloader:
                     offset, hasher = await self._get(holder, part, offset, hasher, size, report)
                 except HolderFailed as e:
                     problems.append(f"{holder.holder}: {e}")
+                    offset = part.stat().st_size if part.exists() else 0
                     self.log.info(
-                        "download of {name} from {holder} stopped at {offset} bytes: {why}",
+                        "download of {name} from {holder} stopped with {offset} bytes in: {why}",
                         name=name, holder=holder.holder, offset=offset, why=e,
                     )
-                    offset = part.stat().st_size if part.exists() else 0
                     continue
             if offset == size and hasher.hexdigest() == sha:
                 await self.run_blocking(_keep, part, target, force)
@@ -260,5 +260,7 @@ class Downloader:
 
 
 def _why(e: BaseException) -> str:
+    if isinstance(e, (ResponseFailed, PotentialDataLoss)):
+        return "the holder closed the connection early"
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
