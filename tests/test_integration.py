@@ -259,4 +259,9 @@ def test_p2p_demo_forms_a_tree_of_five_and_stops_cleanly():
     assert_tree(topo, {name: 2 for name in topo})
     assert "NumberOfServers.txt says: 5\n" in text
     assert "as a tree:\ns1\n" in text
+    # A file placed at one end is found and fetched, verified, at the other.
+    assert "$ p2p search demo.bin" in text and "\n  demo.bin\t20000000\t" in text
+    assert "  verified 20000000 bytes from " in text
+    assert "identical to the original" in text
+    assert "$ p2p search no-such-file.txt\n  not found\n" in text
     assert text.endswith("all processes stopped\n")

@@ -18,25 +18,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from p2pshare.launch import LocalNetwork
-from p2pshare.topo import parse_topo
+from p2pshare.topo import distances, far_apart, parse_topo
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
 CURL = shutil.which("curl")
-
-
-def far_apart(topo: dict[str, list[str]]) -> tuple[str, str]:
-    """
-    Two peers at the greatest distance in the tree.
-    """
-    def farthest(start: str) -> str:
-        dist = {start: 0}
-        frontier = [start]
-        while frontier:
-            frontier = [n for f in frontier for n in topo[f] if n not in dist and not dist.update({n: dist[f] + 1})]
-        return max(dist, key=lambda k: (dist[k], k))
-
-    a = farthest(next(iter(topo)))
-    return a, farthest(a)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +52,7 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     for key in net.peers:
         status = run(*P2P, "status", "--peer", net.control(key))
         keys[status.stdout.split()[1]] = key
-    holder, requester = (keys[n] for n in far_apart(topo))
+    holder, requester = (keys[n] for n in far_apart(topo)[:2])
     data = os.urandom(20 * 1000 * 1000)
     (net.root / holder / "shared" / "random.bin").write_bytes(data)
     (net.root / holder / "shared" / ".secret").write_bytes(b"hidden")
@@ -123,20 +108,6 @@ async def tree_of(net, n):
         status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
         keys[status.stdout.split()[1]] = key
     return topo, keys
-
-
-def distances(topo, start):
-    dist = {start: 0}
-    frontier = [start]
-    while frontier:
-        following = []
-        for f in frontier:
-            for n in topo[f]:
-                if n not in dist:
-                    dist[n] = dist[f] + 1
-                    following.append(n)
-        frontier = following
-    return dist
 
 
 @pytest_twisted.ensureDeferred

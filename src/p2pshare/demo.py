@@ -3,19 +3,26 @@ C{p2p demo}: a real local network, as C{make demo} shows it.
 
 A metadata server and N peers start as real C{twistd} processes on free
 loopback ports in a temporary directory; the demo waits for the network
-to form, prints C{topo.txt}, and stops everything cleanly.
+to form and prints C{topo.txt}; then it places a file on one end of the tree,
+finds it and fetches it, verified, from the other end, searches for a file
+nobody has, and stops everything cleanly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
+from p2pshare.client import control_request
 from p2pshare.launch import LocalNetwork
-from p2pshare.topo import parse_topo, tree_text
+from p2pshare.topo import TopoEntry, far_apart, parse_topo, tree_text
+
+DEMO_SIZE = 20_000_000
 
 
 def say(text: str) -> None:
@@ -60,4 +67,45 @@ async def _demo(net: LocalNetwork, peers: int) -> int:
     say(f"NumberOfServers.txt says: {(net.meta_dir / 'NumberOfServers.txt').read_text().strip()}")
     say("as a tree:")
     say(tree_text(parse_topo(topo)).rstrip("\n"))
+    return await _share_a_file(net, parse_topo(topo))
+
+
+async def _share_a_file(net: LocalNetwork, entries: list[TopoEntry]) -> int:
+    """
+    Put a file on one end of the tree, find it and fetch it, verified, from
+    the other end; then look for something nobody has.
+    """
+    keys = {}
+    for key in net.peers:
+        status = await control_request(net.reactor, net.control(key), "STATUS")
+        keys[status["name"]] = key
+    views = {e.name: e.neighbours for e in entries}
+    holder, requester, hops = far_apart(views)
+    data = os.urandom(DEMO_SIZE)
+    sha = hashlib.sha256(data).hexdigest()
+    say(f"\nplacing demo.bin ({DEMO_SIZE // 1_000_000} MB, sha256 {sha[:16]}...) on {holder}")
+    (net.root / keys[holder] / "shared" / "demo.bin").write_bytes(data)
+    await net.peers[keys[holder]].wait_for("sharing demo.bin", net.timeout)
+
+    say(f"$ p2p search demo.bin        (on {requester}, {hops} hops from {holder})")
+    search = net.p2p("search", "demo.bin", "--peer", net.control(keys[requester]), on_line=_show)
+    if await search.when_ended(net.timeout) != 0:
+        return 1
+    say(f"$ p2p get demo.bin           (on {requester})")
+    get = net.p2p("get", "demo.bin", "--peer", net.control(keys[requester]), on_line=_show)
+    if await get.when_ended(net.timeout) != 0:
+        return 1
+    copy = net.root / keys[requester] / "shared" / "demo.bin"
+    if copy.read_bytes() != data:
+        say("the copy differs from the original!")
+        return 1
+    say(f"the copy on {requester} is identical to the original on {holder}")
+    say("$ p2p search no-such-file.txt")
+    missing = net.p2p("search", "no-such-file.txt", "--peer", net.control(keys[requester]), on_line=_show)
+    if await missing.when_ended(net.timeout) != 1:
+        return 1
     return 0
+
+
+def _show(line: str) -> None:
+    say("  " + line)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,10 @@ class ChildProcess(ProcessProtocol):
         argv: Sequence[str],
         cwd: Path,
         log_path: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.on_line = on_line
         self.role = role
         self.argv = list(argv)
         self.cwd = cwd
@@ -75,6 +77,8 @@ class ChildProcess(ProcessProtocol):
         for raw in complete:
             line = raw.decode("utf-8", "replace")
             self.lines.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
             for waiter in list(self._waiters):
                 text, d = waiter
                 if text in line:
@@ -240,14 +244,13 @@ class LocalNetwork:
             await proc.wait_for(" ready on port ", self.timeout)
         return key, proc
 
-    def p2p(self, *args: str) -> ChildProcess:
+    def p2p(self, *args: str, on_line: Callable[[str], None] | None = None) -> ChildProcess:
         """
         Start the C{p2p} command; its output can be waited for.
         """
         self._count += 1
-        return ChildProcess(
-            self.reactor, "p2p", P2P + list(args), self.root, self.root / f"p2p-{self._count}.log"
-        ).start()
+        log = self.root / f"p2p-{self._count}.log"
+        return ChildProcess(self.reactor, "p2p", P2P + list(args), self.root, log, on_line).start()
 
     def control(self, key: str) -> str:
         return "unix:" + str(self.root / key / "control.sock")

@@ -10,7 +10,7 @@ number of peers and a newline.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -77,3 +77,34 @@ def tree_text(peers: Sequence[HasNeighbours]) -> str:
         if p.name not in seen:
             draw(p.name, "", True, True)
     return "".join(line + "\n" for line in lines)
+
+
+def distances(views: Mapping[str, Sequence[str]], start: str) -> dict[str, int]:
+    """
+    Hops from C{start} to every peer it reaches.
+    """
+    dist = {start: 0}
+    frontier = [start]
+    while frontier:
+        following = []
+        for name in frontier:
+            for n in views.get(name, ()):
+                if n not in dist:
+                    dist[n] = dist[name] + 1
+                    following.append(n)
+        frontier = following
+    return dist
+
+
+def far_apart(views: Mapping[str, Sequence[str]]) -> tuple[str, str, int]:
+    """
+    Two peers as far apart as any in the tree, and their distance.
+    """
+    def farthest(start: str) -> tuple[str, int]:
+        dist = distances(views, start)
+        name = max(sorted(dist), key=lambda n: dist[n])
+        return name, dist[name]
+
+    a, _ = farthest(next(iter(views)))
+    b, hops = farthest(a)
+    return a, b, hops
