@@ -26,7 +26,7 @@ lint: $(BIN)/python
 	$(BIN)/mypy src
 
 bench: install
-	$(BIN)/python bench/join.py
+	cd bench && ../$(BIN)/python join.py && ../$(BIN)/python search.py && ../$(BIN)/python transfer.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

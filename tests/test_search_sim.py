@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pshare.peer.search import MARGIN, results_lines
+from p2pshare.peer.search import DEFAULT_TTL, margin_for, results_lines
 from p2pshare.simnet import SimNet
 
 
@@ -96,7 +96,7 @@ def test_a_silent_branch_delays_the_answer_by_at_most_the_timeout(tmp_path):
     origin.search.start("*.txt", 2.0, "dead").addCallback(result.append)
     net.flush()
     assert not result
-    net.clock.advance(2.0 - MARGIN - 0.001)
+    net.clock.advance(2.0 - margin_for(2000, DEFAULT_TTL) / 1000 - 0.001)
     net.flush()
     assert not result
     net.clock.advance(0.002)

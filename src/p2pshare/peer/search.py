@@ -11,10 +11,13 @@ peers, every peer handles it once, and the starter gets every match or a
 definitive empty answer.
 
 Deadlines nest: C{SEARCH} carries how long the sender will wait (C{wait},
-in ms); a peer answers C{margin} before that and gives its own branches
-C{2 * margin} less, so a dead or silent branch costs at most the time the
-starter chose, and the answer still has everything the living branches
-found.  A link that drops counts as an empty answer at once.
+in ms); a peer answers a margin before that and gives its own branches two
+margins less, so a dead or silent branch costs at most the time the starter
+chose, and the answer still has everything the living branches found.  The
+margin spreads the time left over the hops the search may still travel
+(its TTL), within bounds, so deep trees (with two neighbours each, a tree is
+two long chains) are searched to the end.  A link that drops counts as an
+empty answer at once.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ if TYPE_CHECKING:
     from p2pshare.peer.protocol import PeerProtocol
 
 DEFAULT_TIMEOUT = 10.0
-MARGIN = 0.05  # seconds each level answers before its upstream gives up
-DEFAULT_TTL = 255
+DEFAULT_TTL = 1000
+MIN_MARGIN_MS = 2
+MAX_MARGIN_MS = 250
 SEEN_FOR = 600.0  # how long a search id is remembered
 
 
@@ -108,7 +112,7 @@ class SearchEngine:
         self.handled[search_id] = self.handled.get(search_id, 0) + 1
         search = Search(search_id, pattern, upstream, done=done)
         search.matches = self.node.local_matches(pattern, hops)
-        margin_ms = int(MARGIN * 1000)
+        margin_ms = margin_for(wait_ms, ttl)
         child_wait = wait_ms - 2 * margin_ms
         if ttl > 0 and child_wait > margin_ms:
             came_from = upstream.link if upstream is not None else None
@@ -174,6 +178,14 @@ class SearchEngine:
                 return
             del self.seen[first]
             self.handled.pop(first, None)
+
+
+def margin_for(wait_ms: int, ttl: int) -> int:
+    """
+    How long before its upstream's deadline a peer answers: the time left
+    shared out over the hops still allowed, within bounds.
+    """
+    return max(MIN_MARGIN_MS, min(MAX_MARGIN_MS, wait_ms // (2 * (ttl + 1))))
 
 
 def results_lines(search_id: str, matches: list[Match]) -> list[Message]:

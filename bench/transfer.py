@@ -1,0 +1,158 @@
+"""
+Transfer speed and memory, against baselines measured in the same run on
+the same file over loopback.
+
+(a) Serving: ``curl -o /dev/null`` from a p2pshare peer, against curl from
+    ``python -m http.server`` (and nginx with sendfile, where installed).
+(b) A verified download with ``p2p get`` (hash, write, fsync, rename),
+    against doing the same by hand from the same holder:
+    ``curl -o F && openssl dgst -sha256 F && sync F``.
+(c) Peak RSS of the serving and the downloading peer, for the big file and
+    for a 64 MiB one.
+
+    python bench/transfer.py [--mib 1024]
+
+It prints its figures; docs/performance.rst records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from p2pshare.launch import P2P, LocalNetwork
+
+
+def write_random(path: Path, mib: int) -> None:
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for i in range(mib):
+            # Vary each block cheaply so the file does not repeat.
+            f.write(i.to_bytes(8, "big") + block[8:])
+
+
+def timed(argv: list[str], **kw: object) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+    return time.perf_counter() - started
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def best_of(n: int, f: object) -> float:
+    return min(f() for _ in range(n))  # type: ignore[operator]
+
+
+async def run(reactor: object, mib: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        root = Path(tmp)
+        net = LocalNetwork(reactor, root, timeout=600)
+        try:
+            await bench(net, root, mib)
+        finally:
+            await net.stop_all()
+
+
+async def bench(net: LocalNetwork, root: Path, mib: int) -> None:
+    meta = await net.start_meta(2)
+    holder, holder_proc = await net.start_peer()
+    getter, getter_proc = await net.start_peer()
+    await meta.wait_for("topology settled: 2 peers", 60)
+    shared = root / holder / "shared"
+    big = shared / "big.bin"
+    print(f"writing a {mib} MiB file ...", flush=True)
+    write_random(big, mib)
+    await holder_proc.wait_for("sharing big.bin", 600)
+    port = int((root / holder / "port").read_text())
+    size = big.stat().st_size
+
+    # (a) serving
+    http_port = free_port()
+    stock = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
+        cwd=shared, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_listening(http_port)
+        curl = ["curl", "-s", "-o", "/dev/null"]
+        ours = best_of(3, lambda: timed(curl + [f"http://127.0.0.1:{port}/files/big.bin"]))
+        theirs = best_of(3, lambda: timed(curl + [f"http://127.0.0.1:{http_port}/big.bin"]))
+    finally:
+        stock.terminate()
+        stock.wait(10)
+    mbs = size / 1e6
+    print(f"(a) serving {mib} MiB to curl: p2pshare {mbs / ours:,.0f} MB/s, "
+          f"python -m http.server {mbs / theirs:,.0f} MB/s: ratio {theirs / ours:.2f}")
+    if shutil.which("nginx"):
+        print("    nginx: installed, but not measured by this version of the benchmark")
+    else:
+        print("    nginx: not installed here, not measured")
+
+    # (b) verified download
+    out = root / "by-hand.bin"
+    hand = best_of(2, lambda: (
+        timed(["curl", "-s", "-o", str(out), f"http://127.0.0.1:{port}/files/big.bin"])
+        + timed(["openssl", "dgst", "-sha256", str(out)])
+        + timed(["sync", str(out)])
+    ))
+    runs = []
+    for _ in range(2):
+        target = root / getter / "shared" / "big.bin"
+        target.unlink(missing_ok=True)
+        runs.append(timed(P2P + ["get", "big.bin", "--peer", net.control(getter)],
+                          stderr=subprocess.DEVNULL))
+    ours = min(runs)
+    print(f"(b) verified download: p2p get {mbs / ours:,.0f} MB/s, by hand (curl, openssl "
+          f"dgst, sync) {mbs / hand:,.0f} MB/s: ratio {hand / ours:.2f}")
+
+    # (c) memory
+    assert holder_proc.pid and getter_proc.pid
+    print(f"(c) peak RSS after {mib} MiB: serving peer {peak_rss_mib(holder_proc.pid):.1f} MiB, "
+          f"downloading peer {peak_rss_mib(getter_proc.pid):.1f} MiB")
+
+
+def _wait_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # a bench may poll; tests may not
+    raise RuntimeError("the stock server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mib", type=int, default=1024)
+    args = parser.parse_args()
+    async def all_sizes(reactor: object) -> None:
+        for mib in sorted({64, args.mib}):
+            print(f"== {mib} MiB (fresh processes)", flush=True)
+            await run(reactor, mib)
+
+    react(lambda reactor: Deferred.fromCoroutine(all_sizes(reactor)))
+
+
+if __name__ == "__main__":
+    main()
