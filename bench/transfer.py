@@ -34,11 +34,17 @@ from p2pshare.launch import P2P, LocalNetwork
 
 
 def write_random(path: Path, mib: int) -> None:
+    """
+    Write beside the share and move it in whole, so the peer never indexes
+    a half-written file.
+    """
     block = os.urandom(1 << 20)
-    with open(path, "wb") as f:
+    hidden = path.with_name("." + path.name + ".tmp")
+    with open(hidden, "wb") as f:
         for i in range(mib):
             # Vary each block cheaply so the file does not repeat.
             f.write(i.to_bytes(8, "big") + block[8:])
+    os.replace(hidden, path)
 
 
 def timed(argv: list[str], **kw: object) -> float:
@@ -95,7 +101,7 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> None:
     )
     try:
         _wait_listening(http_port)
-        curl = ["curl", "-s", "-o", "/dev/null"]
+        curl = ["curl", "-sf", "-o", "/dev/null"]
         ours = best_of(3, lambda: timed(curl + [f"http://127.0.0.1:{port}/files/big.bin"]))
         theirs = best_of(3, lambda: timed(curl + [f"http://127.0.0.1:{http_port}/big.bin"]))
     finally:
@@ -112,7 +118,7 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> None:
     # (b) verified download
     out = root / "by-hand.bin"
     hand = best_of(2, lambda: (
-        timed(["curl", "-s", "-o", str(out), f"http://127.0.0.1:{port}/files/big.bin"])
+        timed(["curl", "-sf", "-o", str(out), f"http://127.0.0.1:{port}/files/big.bin"])
         + timed(["openssl", "dgst", "-sha256", str(out)])
         + timed(["sync", str(out)])
     ))

@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
+from p2pshare.common import atomic_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.topo import distances, far_apart, parse_topo
 
@@ -54,7 +55,7 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
         keys[status.stdout.split()[1]] = key
     holder, requester = (keys[n] for n in far_apart(topo)[:2])
     data = os.urandom(20 * 1000 * 1000)
-    (net.root / holder / "shared" / "random.bin").write_bytes(data)
+    atomic_write(net.root / holder / "shared" / "random.bin", data)
     (net.root / holder / "shared" / ".secret").write_bytes(b"hidden")
     os.symlink("/etc/hostname", net.root / holder / "shared" / "outside")
     (tmp_path / "elsewhere.txt").write_bytes(b"not shared")
@@ -119,7 +120,7 @@ async def test_a_holder_killed_halfway_never_leaves_a_partial_file(net):
     far = next(n for n in topo if dist[n] >= 2)
     data = os.urandom(150 * 1000 * 1000)
     for holder in (near, far):
-        (net.root / keys[holder] / "shared" / "big.bin").write_bytes(data)
+        atomic_write(net.root / keys[holder] / "shared" / "big.bin", data)
     for holder in (near, far):
         await net.peers[keys[holder]].wait_for("sharing big.bin", 60)
 
@@ -143,7 +144,7 @@ async def test_two_downloads_from_one_holder_while_searching(net):
     topo, keys = await tree_of(net, 4)
     holder, first, second, searcher = sorted(topo)
     data = os.urandom(40 * 1000 * 1000)
-    (net.root / keys[holder] / "shared" / "shared.bin").write_bytes(data)
+    atomic_write(net.root / keys[holder] / "shared" / "shared.bin", data)
     await net.peers[keys[holder]].wait_for("sharing shared.bin", 60)
     gets = [net.p2p("get", "shared.bin", "--peer", net.control(keys[k])) for k in (first, second)]
     searches = [net.p2p("search", "*.bin", "--peer", net.control(keys[searcher])) for _ in range(3)]

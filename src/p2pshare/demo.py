@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 
 from p2pshare.client import control_request
+from p2pshare.common import atomic_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.topo import TopoEntry, far_apart, parse_topo, tree_text
 
@@ -84,7 +85,7 @@ async def _share_a_file(net: LocalNetwork, entries: list[TopoEntry]) -> int:
     data = os.urandom(DEMO_SIZE)
     sha = hashlib.sha256(data).hexdigest()
     say(f"\nplacing demo.bin ({DEMO_SIZE // 1_000_000} MB, sha256 {sha[:16]}...) on {holder}")
-    (net.root / keys[holder] / "shared" / "demo.bin").write_bytes(data)
+    atomic_write(net.root / keys[holder] / "shared" / "demo.bin", data)
     await net.peers[keys[holder]].wait_for("sharing demo.bin", net.timeout)
 
     say(f"$ p2p search demo.bin        (on {requester}, {hops} hops from {holder})")

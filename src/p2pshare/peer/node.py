@@ -485,12 +485,12 @@ class PeerNode(Service):
             self.log.failure("could not scan the shared directory", result, LogLevel.warn)
         elif self.share is not None:
             before, self._announced = self._announced, dict(self.share.files)
-            for name in sorted(self._announced.keys() - before.keys()):
-                f = self._announced[name]
-                self.log.info(
-                    "sharing {file} ({size} bytes, sha256 {sha})",
-                    file=name, size=f.size, sha=f.sha256,
-                )
+            for name, f in sorted(self._announced.items()):
+                if name not in before or before[name].sha256 != f.sha256:
+                    self.log.info(
+                        "sharing {file} ({size} bytes, sha256 {sha})",
+                        file=name, size=f.size, sha=f.sha256,
+                    )
             for name in sorted(before.keys() - self._announced.keys()):
                 self.log.info("no longer sharing {file}", file=name)
         waiters, self._refresh_waiters = self._refresh_waiters, []

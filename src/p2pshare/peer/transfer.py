@@ -116,6 +116,7 @@ class _Receiver(Protocol):
         self.on_bytes = on_bytes
         self.done: Deferred[BaseException] = Deferred()
         self._idle: IDelayedCall | None = None
+        self.failed: OSError | None = None
 
     def connectionMade(self) -> None:
         self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stalled)
@@ -126,7 +127,16 @@ class _Receiver(Protocol):
         transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        self.f.write(data)
+        # Hashing here, on the reactor thread, costs less than it seems:
+        # writing to the page cache is slower than SHA-256 (see
+        # docs/performance.rst), and a thread for both doubled the memory.
+        try:
+            self.f.write(data)
+        except OSError as e:
+            self.failed = e
+            transport: Any = self.transport
+            transport.stopProducing()
+            return
         self.hasher.update(data)
         self.on_bytes(len(data))
         if self._idle is not None and self._idle.active():
@@ -135,7 +145,8 @@ class _Receiver(Protocol):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
-        self.done.callback(reason.value)  # the reason, as a value: not an error here
+        # The reason, as a value: not an error here.
+        self.done.callback(self.failed or reason.value)
 
 
 class Downloader:
@@ -250,10 +261,17 @@ class Downloader:
                 report(received[0], size)
 
         mode = "ab" if offset else "wb"
-        with open(part, mode) as f:
+        try:
+            f = open(part, mode)  # noqa: SIM115
+        except OSError as e:
+            response.deliverBody(Protocol())
+            raise FetchError(wire.E_FAILED, f"cannot write {part}: {e.strerror or e}") from None
+        with f:
             receiver = _Receiver(f, hasher, self.clock, on_bytes)
             response.deliverBody(receiver)
             reason = await receiver.done
+        if isinstance(reason, OSError):
+            raise FetchError(wire.E_FAILED, f"cannot write {part}: {reason.strerror or reason}")
         if not isinstance(reason, ResponseDone) or received[0] < size:
             raise HolderFailed(f"the transfer broke off ({_why(reason)})")
         return received[0], hasher
