@@ -220,7 +220,8 @@ async def test_p2p_topo_and_status(net, tmp_path):
     assert lines[0] == "name: s1"
     assert lines[2] == "state: root"
     assert lines[3] == "neighbours (2 of at most 2):"
-    assert sorted(line.split()[0] for line in lines[4:]) == ["s2", "s3"]
+    assert sorted(line.split()[0] for line in lines[4:6]) == ["s2", "s3"]
+    assert lines[6:] == ["shared files (0):"]
     # The default --peer is ./p2ppeer-data/control.sock.
     (tmp_path / "here").mkdir()
     out = await in_thread(p2p, "status", cwd=tmp_path / "here")

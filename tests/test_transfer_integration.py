@@ -78,6 +78,9 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     assert target.read_bytes() == data
     assert f"sha256 {sha}" in out.stderr
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    # It is shared onward at once.
+    status = await deferToThread(run, *P2P, "status", "--peer", net.control(requester))
+    assert f"  random.bin  20.0 MB  sha256 {sha[:16]}..." in status.stdout.splitlines()
     # Again: already here, nothing to do.
     out = await deferToThread(run, *P2P, "get", "random.bin", "--peer", net.control(requester))
     assert out.returncode == 0 and "already here" in out.stderr

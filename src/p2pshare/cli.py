@@ -65,6 +65,9 @@ async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
         f"neighbours ({len(neighbours)} of at most {status['max_neighbours']}):",
     ]
     lines += [f"  {n['name']} at {n['host']}:{n['port']}" for n in neighbours] or ["  (none)"]
+    shared = status["shared"]
+    lines.append(f"shared files ({len(shared)}):")
+    lines += [f"  {f['name']}  {_size(f['size'])}  sha256 {f['sha256'][:16]}..." for f in shared]
     print("\n".join(lines))
     return 0
 
@@ -211,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("--force", action="store_true", help="replace an existing different file")
     get.set_defaults(run=cmd_get)
 
-    status = sub.add_parser("status", help="a peer's name and neighbours")
+    status = sub.add_parser("status", help="a peer's name, neighbours and shared files")
     status.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
     status.set_defaults(run=cmd_status)
 

@@ -546,6 +546,10 @@ class PeerNode(Service):
                 {"name": n.name, "host": n.host, "port": n.port}
                 for n in self.neighbours.values()
             ],
+            "shared": [
+                {"name": f.name, "size": f.size, "sha256": f.sha256}
+                for f in (self.share.files.values() if self.share is not None else [])
+            ],
         }
 
     def status_json(self) -> str:
