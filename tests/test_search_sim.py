@@ -140,3 +140,27 @@ def test_new_and_removed_files_are_noticed_without_a_restart(tmp_path):
 
 def _host_of(net, node):
     return node._listening.getHost().host
+
+
+def test_many_searches_at_once_from_every_peer(tmp_path):
+    net = network(tmp_path, 30, 3)
+    holders = net.rng.sample(net.peers, 5)
+    for i, p in enumerate(holders):
+        put(net, p, f"file-{i}.dat", b"%d" % i)
+    results = {}
+    for i, origin in enumerate(net.peers):
+        for k, pattern in enumerate(("file-*.dat", f"file-{i % 5}.dat", "absent")):
+            origin.search.start(pattern, 10.0, f"s{i}-{k}").addCallback(
+                lambda found, key=(i, pattern): results.__setitem__(key, found)
+            )
+    net.flush()
+    assert len(results) == 30 * 3
+    for (i, pattern), found in results.items():
+        if pattern == "absent":
+            assert found == []
+        elif pattern == "file-*.dat":
+            assert sorted(m.name for m in found) == [f"file-{j}.dat" for j in range(5)]
+        else:
+            assert [m.holder for m in found] == [holders[i % 5].peer_name]
+    for p in net.peers:
+        assert set(p.search.handled.values()) == {1}

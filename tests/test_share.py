@@ -1,0 +1,93 @@
+"""
+The shared index and the command's progress display, as units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+from p2pshare.cli import ProgressBar
+from p2pshare.peer.share import ShareIndex, is_shareable_name, matches
+
+
+def test_only_regular_files_directly_inside_and_no_dotfiles(tmp_path):
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.txt").write_bytes(b"aaa")
+    (share / ".hidden").write_bytes(b"h")
+    (share / ".b.txt.part").write_bytes(b"partial")
+    (share / "dir").mkdir()
+    (share / "dir" / "inner.txt").write_bytes(b"i")
+    (tmp_path / "outside.txt").write_bytes(b"o")
+    os.symlink(tmp_path / "outside.txt", share / "link-out.txt")
+    os.symlink(share / "a.txt", share / "link-in.txt")
+    os.symlink(share / ".hidden", share / "link-to-dotfile")
+    os.symlink(tmp_path / "missing", share / "dangling")
+    index = ShareIndex(share)
+    files = index.refresh()
+    assert sorted(files) == ["a.txt", "link-in.txt"]
+    assert files["a.txt"].size == 3
+    assert files["a.txt"].sha256 == hashlib.sha256(b"aaa").hexdigest()
+    assert index.resolve("../outside.txt") is None
+    assert index.resolve("link-out.txt") is None
+    assert index.resolve("dir") is None
+
+
+def test_changes_are_noticed_and_unchanged_files_are_not_hashed_again(tmp_path, monkeypatch):
+    (tmp_path / "a").write_bytes(b"one")
+    index = ShareIndex(tmp_path)
+    index.refresh()
+    first = index.files["a"]
+    import p2pshare.peer.share as share_module
+
+    hashed = []
+    real = share_module.sha256_of
+    monkeypatch.setattr(share_module, "sha256_of", lambda p: hashed.append(p) or real(p))
+    index.refresh()
+    assert index.files["a"] is first and hashed == []
+    (tmp_path / "a").write_bytes(b"other content")
+    (tmp_path / "b").write_bytes(b"new")
+    index.refresh()
+    assert index.files["a"].sha256 == hashlib.sha256(b"other content").hexdigest()
+    assert sorted(index.files) == ["a", "b"] and len(hashed) == 2
+    (tmp_path / "b").unlink()
+    index.refresh()
+    assert sorted(index.files) == ["a"]
+
+
+def test_names_and_patterns():
+    assert is_shareable_name("report 2026 (final).pdf")
+    assert is_shareable_name("ünïcödé.txt")
+    for bad in ["", ".dot", "a/b", "a\nb", "a\x00b", "x" * 256]:
+        assert not is_shareable_name(bad)
+    assert matches("a.txt", "a.txt") and not matches("a.txt", "A.txt")
+    assert matches("*.txt", "a.txt") and matches("file-?.dat", "file-1.dat")
+    assert matches("[ab].txt", "b.txt") and not matches("[ab].txt", "c.txt")
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
+    tty = Terminal()
+    bar = ProgressBar(tty)
+    for done in (0, 5_000_000, 10_000_000):
+        bar.update(done, 10_000_000)
+    bar.close()
+    out = tty.getvalue()
+    assert out.startswith("\r[") and out.endswith("\n")
+    assert "\r[" + "#" * 30 + "] 10.0 MB/10.0 MB 100%" in out
+    assert "B/s ETA" in out
+
+    plain = io.StringIO()
+    bar = ProgressBar(plain)
+    for done in range(0, 10_000_001, 500_000):
+        bar.update(done, 10_000_000)
+    bar.close()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 11 and "\r" not in plain.getvalue()
+    assert lines[-1].startswith("progress: 10.0 MB/10.0 MB 100%")
