@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -70,8 +71,11 @@ class LineChannel(LineReceiver):
     MAX_LENGTH = wire.MAX_LINE - 1
     pushed: frozenset[str] = frozenset()
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime | None = None) -> None:
         self._waiting: deque[Deferred[Message]] = deque()
+        # When this side last heard and said anything (for heartbeats).
+        self.clock = clock
+        self.heard_at = self.said_at = clock.seconds() if clock is not None else 0.0
 
     # Sending.
 
@@ -110,6 +114,8 @@ class LineChannel(LineReceiver):
         data = wire.encode(msg)
         if self.transport is not None:
             self.transport.write(data)
+            if self.clock is not None:
+                self.said_at = self.clock.seconds()
 
     def sendError(self, code: str, text: str) -> None:
         self.sendMessage(wire.error(code, text))
@@ -130,6 +136,8 @@ class LineChannel(LineReceiver):
     # Receiving.
 
     def lineReceived(self, line: bytes) -> None:
+        if self.clock is not None:
+            self.heard_at = self.clock.seconds()
         try:
             msg = wire.decode(line)
         except WireError as e:

@@ -166,6 +166,14 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+async def cmd_stop(reactor: Any, args: argparse.Namespace) -> int:
+    from p2pshare.client import control_request
+
+    result = await _talk(args.peer, "the peer", control_request(reactor, args.peer, "STOP"))
+    print(f"{result['name']} is leaving the network")
+    return 0
+
+
 async def cmd_demo(reactor: Any, args: argparse.Namespace) -> int:
     from p2pshare.demo import run_demo
 
@@ -217,6 +225,10 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a peer's name, neighbours and shared files")
     status.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
     status.set_defaults(run=cmd_status)
+
+    stop = sub.add_parser("stop", help="the peer leaves the network gracefully and exits")
+    stop.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    stop.set_defaults(run=cmd_stop)
 
     demo = sub.add_parser("demo", help="run a local demonstration network")
     demo.add_argument("--peers", type=int, default=5, help="how many peers (default 5)")

@@ -231,9 +231,11 @@ class Spec:
 
 SPECS: dict[str, Spec] = {
     # Registration with the metadata server; the historical flag.
-    "P2P": Spec(keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT}),
+    "P2P": Spec(
+        keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT, "beat": COUNT}
+    ),
     "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
-    "PLACE": Spec(),
+    "PLACE": Spec(keys={"rejoin": COUNT}),
     "ROOT": Spec(),
     "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
     "NEIGHBOURS": Spec(rest=NAME),
@@ -260,6 +262,7 @@ SPECS: dict[str, Spec] = {
     "RESULTS": Spec(args=(("id", NAME),), rest=MATCH, keys={"more": COUNT}),
     # The local control channel.
     "STATUS": Spec(),
+    "STOP": Spec(),
     "FIND": Spec(args=(("pattern", FILE),)),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT}),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE))),

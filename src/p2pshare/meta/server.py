@@ -12,6 +12,7 @@ from pathlib import Path
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -56,10 +57,31 @@ class MetaServer(Service):
         self._reserved: defaultdict[str, set[str]] = defaultdict(set)
         self._written: tuple[str, str] | None = None
         self._settled = ""
+        self._watch: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
         self.write_files()
+        self._watch = LoopingCall(self._check_sessions)
+        self._watch.clock = self.clock
+        self._watch.start(1.0, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+
+    def _check_sessions(self) -> None:
+        """
+        Drop peers that promised a heartbeat (P2P beat=N) and have been
+        silent for three of them: hung, or their host is gone.
+        """
+        now = self.clock.seconds()
+        for name, proto in list(self.sessions.items()):
+            if proto.beat and now - proto.heard_at > 3 * proto.beat + 1:
+                self.log.info("peer {name} has been silent for {s:.0f} s; dropping it",
+                              name=name, s=now - proto.heard_at)
+                proto.abort()
 
     # Registration.
 
@@ -82,7 +104,7 @@ class MetaServer(Service):
         self.changed()
         return record
 
-    def place(self, newcomer: str) -> PeerRecord | None:
+    def place(self, newcomer: str, rejoin: bool = False) -> PeerRecord | None:
         """
         Where should C{newcomer} join?  L{None} means: be the root.
 
@@ -92,10 +114,12 @@ class MetaServer(Service):
         soon as it has joined itself.  So concurrent joins cost one hop too.
         """
         self._release(newcomer)
+        # A peer rejoining brings its subtree: it must not land inside it.
+        own = self._component(newcomer) if rejoin else {newcomer}
         placed = [
             p
             for p in self.registry.peers()
-            if p.placed and p.name in self.sessions and p.name != newcomer
+            if p.placed and p.name in self.sessions and p.name not in own
         ]
         if not placed:
             self.registry.set_placed(newcomer)
@@ -133,6 +157,23 @@ class MetaServer(Service):
         self._reserved[target.name].add(newcomer)
         self.log.info("referring {newcomer} to {target}", newcomer=newcomer, target=target.name)
         return target
+
+    def _component(self, name: str) -> set[str]:
+        """
+        The live peers reachable from C{name} over reported links.
+        """
+        seen = {name}
+        frontier = [name]
+        while frontier:
+            following = []
+            for n in frontier:
+                record = self.registry.get(n)
+                for m in record.neighbours if record is not None else []:
+                    if m not in seen and m in self.sessions:
+                        seen.add(m)
+                        following.append(m)
+            frontier = following
+        return seen
 
     def report(self, name: str, neighbours: list[str]) -> None:
         """
@@ -260,10 +301,11 @@ class MetaProtocol(LineChannel):
     """
 
     def __init__(self, server: MetaServer) -> None:
-        super().__init__()
+        super().__init__(server.clock)
         self.server = server
         self.greeted = False
         self.name: str | None = None
+        self.beat = 0
 
     def lineReceived(self, line: bytes) -> None:
         words = line.split(None, 1)
@@ -307,13 +349,14 @@ class MetaProtocol(LineChannel):
             return
         self.greeted = True
         self.name = record.name
+        self.beat = int(opts.get("beat", 0))
         self.send("WELCOME", record.name, record.host, record.port)
 
     def msg_PLACE(self, msg: Message) -> None:
         if not self._registered():
             return
         assert self.name is not None
-        target = self.server.place(self.name)
+        target = self.server.place(self.name, rejoin=msg.options.get("rejoin") == "1")
         if target is None:
             self.send("ROOT")
         else:

@@ -37,6 +37,10 @@ class ControlProtocol(LineChannel):
     def msg_PING(self, msg: Message) -> None:
         self.send("PONG")
 
+    def msg_STOP(self, msg: Message) -> None:
+        self.send("OK", text=_json({"name": self.node.peer_name}))
+        self.node.clock.callLater(0, self.node.stop_requested)
+
     def msg_FIND(self, msg: Message) -> None:
         pattern = wire.unquote_name(msg.args[0])
 

@@ -116,6 +116,8 @@ class PeerNode(Service):
         agent: IAgent | None = None,
         run_blocking: RunBlocking | None = None,
         rescan_interval: float = 2.0,
+        heartbeat: float = 5.0,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.clock = clock
         self._listen_endpoint = listen
@@ -135,6 +137,13 @@ class PeerNode(Service):
         self.neighbours: dict[str, Neighbour] = {}
         self.joined = False
         self.is_root = False
+        # The neighbour we joined through (None for the root); losing it
+        # leaves us, with our subtree, to find a new place.
+        self.uplink: str | None = None
+        self.orphaned = False
+        self.heartbeat = heartbeat
+        self.on_stop = on_stop
+        self._beating: LoopingCall | None = None
         self.join_hops = 0
         self.network_complete = False
         self.meta: MetaClientProtocol | None = None
@@ -166,6 +175,9 @@ class PeerNode(Service):
             self._rescan = LoopingCall(self.refresh_share)
             self._rescan.clock = self.clock
             self._rescan.start(self.rescan_interval, now=True)
+        self._beating = LoopingCall(self._beat)
+        self._beating.clock = self.clock
+        self._beating.start(self.heartbeat, now=False)
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._startFailed)
 
@@ -197,8 +209,9 @@ class PeerNode(Service):
             self.on_fatal(why)
 
     async def _stop(self) -> None:
-        if self._rescan is not None and self._rescan.running:
-            self._rescan.stop()
+        for loop in (self._rescan, self._beating):
+            if loop is not None and loop.running:
+                loop.stop()
         for d in (self._starting, self._joining):
             if d is not None and not d.called:
                 d.cancel()
@@ -228,6 +241,7 @@ class PeerNode(Service):
             "name": self.peer_name,
             "host": self.advertise,
             "max": self.max_neighbours,
+            "beat": max(1, round(self.heartbeat)),
         }
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
@@ -243,7 +257,13 @@ class PeerNode(Service):
             d.callback(proto)
         if self.joined:
             self._report()
-        elif self._joining is None:
+        self._find_place()
+
+    def _find_place(self) -> None:
+        """
+        Join, or rejoin after losing our parent, unless already at it.
+        """
+        if (not self.joined or self.orphaned) and self._joining is None and self.running:
             self._joining = Deferred.fromCoroutine(self._join())
             self._joining.addErrback(self._joinAbandoned)
 
@@ -277,7 +297,7 @@ class PeerNode(Service):
     async def _join(self) -> None:
         delay = 0.5
         attempt = 0
-        while not self.joined:
+        while not self.joined or self.orphaned:
             attempt += 1
             try:
                 await self._join_once()
@@ -303,7 +323,8 @@ class PeerNode(Service):
 
     async def _join_once(self) -> None:
         meta = await self._welcomed_meta().addTimeout(self.hop_timeout, self.clock)
-        reply = await meta.request("PLACE").addTimeout(self.hop_timeout, self.clock)
+        rejoin = 1 if self.joined else None
+        reply = await meta.request("PLACE", rejoin=rejoin).addTimeout(self.hop_timeout, self.clock)
         if reply.verb == "ROOT":
             self.is_root = True
             self._joined(None, 0)
@@ -321,6 +342,9 @@ class PeerNode(Service):
                 raise JoinFailed(f"no peer accepted us after {len(visited)} referrals")
             visited.add(name)
             reply, proto = await self._hello(host, port, via)
+            if reply.verb == "ACCEPT" and reply.args[0] in self.neighbours:
+                proto.close()  # stale knowledge led us into our own subtree
+                raise JoinFailed(f"{reply.args[0]} is already our neighbour")
             if reply.verb == "ACCEPT":
                 self._add_neighbour(reply.args[0], host, port, proto)
                 self._joined(reply.args[0], len(visited))
@@ -348,8 +372,18 @@ class PeerNode(Service):
         return reply, proto
 
     def _joined(self, parent: str | None, hops: int) -> None:
+        rejoined = self.joined
         self.joined = True
+        self.orphaned = False
+        self.uplink = parent
         self.join_hops = hops
+        if rejoined:
+            self.log.info(
+                "peer {name} reattached its subtree at {parent}",
+                name=self.peer_name, parent=parent or "(root)",
+            )
+            self._report()
+            return
         if parent is None:
             self.log.info("peer {name} is the root of the overlay", name=self.peer_name)
         else:
@@ -431,10 +465,46 @@ class PeerNode(Service):
             return
         del self.neighbours[name]
         self.search.link_lost(name)
-        if self.running:
-            self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
-            self._report()
-            self._advertise()
+        if not self.running:
+            return
+        self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
+        self._report()
+        self._advertise()
+        if name == self.uplink and self.joined:
+            self.uplink = None
+            self.orphaned = True
+            self.log.info(
+                "peer {name} lost its parent {other}; finding a new place for its subtree",
+                name=self.peer_name, other=name,
+            )
+            self._find_place()
+
+    # Liveness.
+
+    def _beat(self) -> None:
+        """
+        Every heartbeat: say PING on links that have been quiet for a beat,
+        and abort links (and the metadata link) silent for three.
+        """
+        now = self.clock.seconds()
+        protos: list[Any] = [n.proto for n in self.neighbours.values()]
+        if self.meta is not None:
+            protos.append(self.meta)
+        for proto in protos:
+            if now - proto.heard_at > 3 * self.heartbeat:
+                self.log.info(
+                    "peer {name}: {other} has been silent for {s:.0f} s; dropping the link",
+                    name=self.peer_name, other=proto.link or "the metadata server",
+                    s=now - proto.heard_at,
+                )
+                proto.abort()
+            elif now - proto.said_at >= self.heartbeat:
+                proto.send("PING")
+
+    def stop_requested(self) -> None:
+        self.log.info("peer {name} was asked to leave the network", name=self.peer_name)
+        if self.on_stop is not None:
+            self.on_stop()
 
     def free_said(self, name: str, hops: int | None) -> None:
         n = self.neighbours.get(name)
@@ -540,6 +610,7 @@ class PeerNode(Service):
             "port": self.port,
             "joined": self.joined,
             "root": self.is_root,
+            "parent": self.uplink,
             "max_neighbours": self.max_neighbours,
             "network_complete": self.network_complete,
             "neighbours": [

@@ -29,7 +29,7 @@ class PeerProtocol(LineChannel):
     pushed = frozenset({"FREE", "SEARCH", "RESULTS"})
 
     def __init__(self, node: PeerNode) -> None:
-        super().__init__()
+        super().__init__(node.clock)
         self.node = node
         self.link: str | None = None
 
@@ -82,10 +82,11 @@ class MetaClientProtocol(LineChannel):
     The peer's side of its registration link to the metadata server.
     """
 
-    pushed = frozenset({"COMPLETE"})
+    pushed = frozenset({"COMPLETE", "PONG"})
+    link = None
 
     def __init__(self, node: PeerNode) -> None:
-        super().__init__()
+        super().__init__(node.clock)
         self.node = node
 
     def connectionMade(self) -> None:

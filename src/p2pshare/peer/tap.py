@@ -33,6 +33,7 @@ class Options(usage.Options):
         ["advertise", None, None, "Host other peers should use to reach this one."],
         ["shared", None, None, "Files this peer offers (default DATA-DIR/shared)."],
         ["downloads", None, None, "Where downloads land (default: the shared directory)."],
+        ["heartbeat", None, 5.0, "Seconds between heartbeats; 3 silent ones mean dead.", float],
     ]
 
     def postOptions(self) -> None:
@@ -40,6 +41,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--name is 1 to 64 letters, digits or _ - . @"
             )
+        if not 0.1 <= self["heartbeat"] <= 3600:
+            raise usage.UsageError("--heartbeat is from 0.1 to 3600 seconds")
         if not 1 <= self["max-neighbours"] <= 1000:
             raise usage.UsageError("--max-neighbours is from 1 to 1000")
         if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
@@ -89,6 +92,8 @@ def makeService(options: Options) -> IService:
         shared=options["shared"],
         downloads=options["downloads"],
         run_blocking=deferToThread,
+        heartbeat=options["heartbeat"],
+        on_stop=reactor.stop,
         agent=Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False)),
     )
     top = MultiService()
