@@ -183,6 +183,13 @@ class SimNet:
             pump = next(iter(self.active))
             del self.active[pump]
             if self._is_frozen(pump):
+                # Nothing crosses, but a side that closes its own end
+                # (a heartbeat giving up) learns of it at once, as with
+                # a real socket.
+                for io in (pump.clientIO, pump.serverIO):
+                    if io.disconnecting and not io.disconnected:
+                        io.disconnected = True
+                        io.reportDisconnect()
                 self.parked[pump] = None
             elif pump.pump():
                 self.active[pump] = None

@@ -238,7 +238,7 @@ SPECS: dict[str, Spec] = {
     "PLACE": Spec(keys={"rejoin": COUNT}),
     "ROOT": Spec(),
     "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
-    "NEIGHBOURS": Spec(rest=NAME),
+    "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT}),
     "COMPLETE": Spec(args=(("peers", COUNT),)),
     "TOPO": Spec(),
     "PEER": Spec(

@@ -26,6 +26,11 @@ class PeerRecord:
     joined: int
     placed: bool = False
     neighbours: list[str] = field(default_factory=list)
+    # What the peer last said of its place (not stored: peers say it again
+    # when they re-register): the neighbour it hangs from, or that it is
+    # the root.  A placed peer with neither has lost its parent.
+    uplink: str | None = None
+    is_root: bool = False
 
 
 def _schema(version: int) -> str:

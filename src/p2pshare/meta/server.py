@@ -114,15 +114,25 @@ class MetaServer(Service):
         soon as it has joined itself.  So concurrent joins cost one hop too.
         """
         self._release(newcomer)
-        # A peer rejoining brings its subtree: it must not land inside it.
-        own = self._component(newcomer) if rejoin else {newcomer}
+        # A peer rejoining brings its subtree: it must not land inside it,
+        # nor inside another subtree that is itself looking for a place.
+        excluded = {newcomer}
+        if rejoin:
+            excluded |= self._component(newcomer)
+            for p in self.registry.peers():
+                lost = p.uplink not in self.sessions if p.uplink else not p.is_root
+                if p.name in self.sessions and p.placed and lost:
+                    excluded |= self._component(p.name)
         placed = [
             p
             for p in self.registry.peers()
-            if p.placed and p.name in self.sessions and p.name not in own
+            if p.placed and p.name in self.sessions and p.name not in excluded
         ]
         if not placed:
             self.registry.set_placed(newcomer)
+            record = self.registry.get(newcomer)
+            if record is not None:
+                record.is_root, record.uplink = True, None
             self.log.info("peer {name} is the root", name=newcomer)
             self.changed()
             return None
@@ -175,11 +185,17 @@ class MetaServer(Service):
             frontier = following
         return seen
 
-    def report(self, name: str, neighbours: list[str]) -> None:
+    def report(
+        self, name: str, neighbours: list[str], uplink: str | None = None, is_root: bool = False
+    ) -> None:
         """
-        C{name} says its neighbours are now C{neighbours}, in link order.
+        C{name} says its neighbours are now C{neighbours}, in link order,
+        and where it hangs from.
         """
         self.registry.set_neighbours(name, neighbours)
+        record = self.registry.get(name)
+        if record is not None:
+            record.uplink, record.is_root = uplink, is_root
         for n in neighbours:
             self._reserved[name].discard(n)
         if neighbours:
@@ -370,7 +386,9 @@ class MetaProtocol(LineChannel):
             self.sendError(wire.E_BAD_ARGS, "neighbours are distinct and not yourself")
             return
         assert self.name is not None
-        self.server.report(self.name, names)
+        self.server.report(
+            self.name, names, msg.options.get("up"), msg.options.get("root") == "1"
+        )
 
     def msg_TOPO(self, msg: Message) -> None:
         peers = self.server.registry.peers()

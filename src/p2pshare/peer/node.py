@@ -290,7 +290,10 @@ class PeerNode(Service):
 
     def _report(self) -> None:
         if self.meta is not None:
-            self.meta.send("NEIGHBOURS", *self.neighbours)
+            self.meta.send(
+                "NEIGHBOURS", *self.neighbours,
+                up=self.uplink, root=1 if self.is_root and not self.uplink else None,
+            )
 
     # Joining.
 
@@ -346,6 +349,7 @@ class PeerNode(Service):
                 proto.close()  # stale knowledge led us into our own subtree
                 raise JoinFailed(f"{reply.args[0]} is already our neighbour")
             if reply.verb == "ACCEPT":
+                self.uplink = reply.args[0]
                 self._add_neighbour(reply.args[0], host, port, proto)
                 self._joined(reply.args[0], len(visited))
                 return
@@ -376,13 +380,14 @@ class PeerNode(Service):
         self.joined = True
         self.orphaned = False
         self.uplink = parent
+        self.is_root = parent is None
         self.join_hops = hops
+        self._report()
         if rejoined:
             self.log.info(
                 "peer {name} reattached its subtree at {parent}",
                 name=self.peer_name, parent=parent or "(root)",
             )
-            self._report()
             return
         if parent is None:
             self.log.info("peer {name} is the root of the overlay", name=self.peer_name)
@@ -421,7 +426,7 @@ class PeerNode(Service):
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
             proto.close()
             return
-        if len(self.neighbours) < self.max_neighbours:
+        if len(self.neighbours) < self._room():
             host = msg.options.get("host") or proto.peerHost() or "?"
             proto.send("ACCEPT", self.peer_name)
             self._add_neighbour(name, host, port, proto)
@@ -439,6 +444,13 @@ class PeerNode(Service):
             )
             proto.send("REFER", target.name, target.host, target.port)
         proto.close()
+
+    def _room(self) -> int:
+        """
+        How many neighbours we take; a peer looking for a new parent keeps
+        a slot for it.
+        """
+        return self.max_neighbours - (1 if self.orphaned else 0)
 
     def _referral(self, exclude: set[str | None]) -> Neighbour | None:
         """
@@ -516,7 +528,7 @@ class PeerNode(Service):
         """
         How far is our nearest free slot, not counting C{neighbour}'s side?
         """
-        if len(self.neighbours) < self.max_neighbours:
+        if len(self.neighbours) < self._room():
             return 0
         behind = [
             n.hops + 1
