@@ -1,0 +1,108 @@
+"""
+Real processes: peers killed with SIGKILL (in the middle of the tree, the
+root, two neighbours at once); the rest form one tree again within the
+heartbeat bound plus 5 s, and every file they hold can still be found and
+fetched.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from p2pshare.common import atomic_write
+from p2pshare.launch import LocalNetwork
+from p2pshare.simnet import assert_tree
+from p2pshare.topo import parse_topo
+
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+BEAT = 1.0
+BOUND = 3 * BEAT + 5  # three silent beats, plus the 5 s the issue allows
+
+
+def run(*argv):
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+
+
+def topo(net):
+    return {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
+
+
+async def names(net):
+    out = {}
+    for key, proc in net.peers.items():
+        if proc.running:
+            status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
+            out[status.stdout.split()[1]] = key
+    return out
+
+
+async def settled(net, meta, n, since):
+    await meta.wait_for(f"topology settled: {n} peers", BOUND, since)
+    views = topo(net)
+    assert len(views) == n
+    assert_tree(views, {name: 2 for name in views})
+    return views
+
+
+async def check_files(net, keys):
+    """
+    Every live peer holds a file; each is found from one peer and fetched.
+    """
+    searcher = sorted(keys)[0]
+    out = await deferToThread(run, *P2P, "search", "held-by-*", "--peer", net.control(keys[searcher]))
+    assert out.returncode == 0, out.stderr
+    found = {(line.split("\t")[0], line.split("\t")[3]) for line in out.stdout.splitlines()}
+    # Every live peer's own file, from that peer (copies fetched earlier
+    # are shared onward too), and nothing from a dead peer.
+    assert {(f"held-by-{n}", n) for n in keys} <= found, out.stdout
+    assert {holder for _, holder in found} <= set(keys)
+    target = sorted(keys)[-1]
+    get = await deferToThread(run, *P2P, "get", f"held-by-{searcher}", "--peer", net.control(keys[target]))
+    assert get.returncode == 0, get.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigkill_in_the_middle_of_the_root_and_of_two_neighbours(reactor, tmp_path):
+    net = LocalNetwork(reactor, tmp_path)
+    try:
+        meta = await net.start_meta(10)
+        for _ in range(10):
+            await net.start_peer("--heartbeat", str(BEAT))
+        views = await settled(net, meta, 10, 0)
+        keys = await names(net)
+        for name, key in keys.items():
+            atomic_write(net.root / key / "shared" / f"held-by-{name}", name.encode())
+        for key in keys.values():
+            await net.peers[key].wait_for("sharing held-by-", 30)
+
+        # A peer in the middle of the tree.
+        middle = next(n for n in views if len(views[n]) == 2 and n != "s1")
+        since = len(meta.lines)
+        net.peers[keys.pop(middle)].signal(signal.SIGKILL)
+        views = await settled(net, meta, 9, since)
+        await check_files(net, keys)
+
+        # The root.
+        root = next(iter(views))
+        since = len(meta.lines)
+        net.peers[keys.pop(root)].signal(signal.SIGKILL)
+        views = await settled(net, meta, 8, since)
+        await check_files(net, keys)
+
+        # Two neighbours at once.
+        a = next(n for n in views if len(views[n]) == 2)
+        b = views[a][0]
+        since = len(meta.lines)
+        net.peers[keys.pop(a)].signal(signal.SIGKILL)
+        net.peers[keys.pop(b)].signal(signal.SIGKILL)
+        await settled(net, meta, 6, since)
+        await check_files(net, keys)
+        assert (net.meta_dir / "NumberOfServers.txt").read_text() == "6\n"
+    finally:
+        await net.stop_all()
