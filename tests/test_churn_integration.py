@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest_twisted
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from p2pshare.common import atomic_write
@@ -104,5 +103,52 @@ async def test_sigkill_in_the_middle_of_the_root_and_of_two_neighbours(reactor, 
         await settled(net, meta, 6, since)
         await check_files(net, keys)
         assert (net.meta_dir / "NumberOfServers.txt").read_text() == "6\n"
+    finally:
+        await net.stop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_server_killed_and_restarted_while_a_transfer_runs(reactor, tmp_path):
+    net = LocalNetwork(reactor, tmp_path)
+    try:
+        meta = await net.start_meta(5)
+        for _ in range(5):
+            await net.start_peer("--heartbeat", str(BEAT))
+        views = await settled(net, meta, 5, 0)
+        keys = await names(net)
+        leaves = sorted(n for n in views if len(views[n]) == 1)
+        doomed, holder = leaves[0], leaves[1]
+        getter = next(n for n in sorted(views) if n not in (doomed, holder))
+        data = b"".join(i.to_bytes(4, "big") * 256 for i in range(150_000))  # 150 MiB-ish
+        atomic_write(net.root / keys[holder] / "shared" / "big.bin", data)
+        await net.peers[keys[holder]].wait_for("sharing big.bin", 60)
+
+        get = net.p2p("get", "big.bin", "--peer", net.control(keys[getter]))
+        await get.wait_for("progress:", 60)
+        meta.signal(signal.SIGKILL)
+        await meta.when_ended(10)
+        # While it is down, a peer dies for good, and the overlay still
+        # searches.
+        net.peers[keys.pop(doomed)].signal(signal.SIGKILL)
+        found = await deferToThread(run, *P2P, "search", "big.bin", "--peer", net.control(keys[getter]))
+        assert found.returncode == 0 and found.stdout.startswith(f"big.bin\t{len(data)}\t")
+
+        meta = await net.start_meta(5)
+        assert "with 5 peer(s) in the registry" in meta.lines[-1]
+        # The live peers are back in topo.txt within a heartbeat or so.
+        await meta.wait_for("topology settled: 4 peers", BEAT + 3)
+        assert doomed not in topo(net)
+        assert (net.meta_dir / "NumberOfServers.txt").read_text() == "4\n"
+        # A newcomer joins the restarted server's network, and the one that
+        # never came back is dropped from the registry.
+        since = len(meta.lines)
+        await net.start_peer("--heartbeat", str(BEAT))
+        await settled(net, meta, 5, since)
+        await meta.wait_for(f"peer {doomed} did not come back after the restart", 20)
+        assert (net.meta_dir / "NumberOfServers.txt").read_text() == "5\n"
+        assert doomed not in topo(net)
+
+        assert await get.when_ended(120) == 0, get.output()
+        assert (net.root / keys[getter] / "shared" / "big.bin").read_bytes() == data
     finally:
         await net.stop_all()

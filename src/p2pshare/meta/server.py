@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -46,6 +46,7 @@ class MetaServer(Service):
         clock: IReactorTime,
         data_dir: Path | None = None,
         expect: int = 5,
+        grace: float = 15.0,
     ) -> None:
         self.registry = registry
         self.clock = clock
@@ -58,9 +59,18 @@ class MetaServer(Service):
         self._written: tuple[str, str] | None = None
         self._settled = ""
         self._watch: LoopingCall | None = None
+        # After a restart, the peers in the registry are unverified until
+        # they register again; those that do not within the grace period
+        # are dropped.
+        self.grace = grace
+        self.unverified: set[str] = set()
+        self._dropping: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
+        self.unverified = {p.name for p in self.registry.peers()}
+        if self.unverified:
+            self._dropping = self.clock.callLater(self.grace, self._drop_unverified)
         self.write_files()
         self._watch = LoopingCall(self._check_sessions)
         self._watch.clock = self.clock
@@ -68,8 +78,25 @@ class MetaServer(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self._dropping is not None and self._dropping.active():
+            self._dropping.cancel()
         if self._watch is not None and self._watch.running:
             self._watch.stop()
+
+    def verified(self) -> list[PeerRecord]:
+        """
+        The peers known to be in the network (all, except after a restart
+        those that have not registered again yet), in join order.
+        """
+        return [p for p in self.registry.peers() if p.name not in self.unverified]
+
+    def _drop_unverified(self) -> None:
+        self._dropping = None
+        for name in sorted(self.unverified):
+            self.log.info("peer {name} did not come back after the restart; dropped", name=name)
+            self.registry.remove(name)
+        self.unverified.clear()
+        self.changed()
 
     def _check_sessions(self) -> None:
         """
@@ -98,6 +125,7 @@ class MetaServer(Service):
             raise WireError(wire.E_NAME_TAKEN, f"the name {name} is already live in this network")
         record = self.registry.add(name, host, port, max_neighbours)
         self.sessions[name] = proto
+        self.unverified.discard(name)
         self.log.info(
             "peer {name} registered from {host}:{port}", name=name, host=host, port=port
         )
@@ -128,6 +156,12 @@ class MetaServer(Service):
             for p in self.registry.peers()
             if p.placed and p.name in self.sessions and p.name not in excluded
         ]
+        if not placed and any(self.registry.get(n) for n in self.unverified):
+            raise WireError(
+                wire.E_FAILED,
+                "the network is re-forming after a restart of the metadata server; "
+                "try again in a moment",
+            )
         if not placed:
             self.registry.set_placed(newcomer)
             record = self.registry.get(newcomer)
@@ -237,7 +271,7 @@ class MetaServer(Service):
         the reported links form one tree (what operators and tests wait
         for, rather than polling topo.txt).
         """
-        peers = self.registry.peers()
+        peers = self.verified()
         links = sum(len(p.neighbours) for p in peers)
         if not (
             peers
@@ -254,7 +288,7 @@ class MetaServer(Service):
     def write_files(self) -> None:
         if self.data_dir is None:
             return
-        peers = self.registry.peers()
+        peers = self.verified()
         texts = (topo_text(peers), count_text(peers))
         if texts == self._written:
             return
@@ -265,7 +299,7 @@ class MetaServer(Service):
     def _check_complete(self) -> None:
         if self.complete:
             return
-        peers = self.registry.peers()
+        peers = self.verified()
         live = [p for p in peers if p.placed and p.name in self.sessions]
         if len(live) < self.expect or not _consistent(peers):
             return
@@ -372,7 +406,11 @@ class MetaProtocol(LineChannel):
         if not self._registered():
             return
         assert self.name is not None
-        target = self.server.place(self.name, rejoin=msg.options.get("rejoin") == "1")
+        try:
+            target = self.server.place(self.name, rejoin=msg.options.get("rejoin") == "1")
+        except WireError as e:
+            self.sendError(e.code, e.text)
+            return
         if target is None:
             self.send("ROOT")
         else:
@@ -391,7 +429,7 @@ class MetaProtocol(LineChannel):
         )
 
     def msg_TOPO(self, msg: Message) -> None:
-        peers = self.server.registry.peers()
+        peers = self.server.verified()
         for p in peers:
             self.send("PEER", p.name, p.host, p.port, *p.neighbours)
         self.send("END", len(peers))

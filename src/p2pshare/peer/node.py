@@ -192,7 +192,8 @@ class PeerNode(Service):
         self._meta_service = ClientService(
             self._meta_endpoint,
             MetaClientFactory(self),
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+            # Back within a heartbeat of the metadata server's return.
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=max(0.5, self.heartbeat - 1)),
             clock=self.clock,
         )
         self._meta_service.startService()
