@@ -152,3 +152,35 @@ async def test_metadata_server_killed_and_restarted_while_a_transfer_runs(reacto
         assert (net.root / keys[getter] / "shared" / "big.bin").read_bytes() == data
     finally:
         await net.stop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_peer_takes_its_name_back_and_nobody_else_can(reactor, tmp_path):
+    net = LocalNetwork(reactor, tmp_path)
+    try:
+        meta = await net.start_meta(3)
+        for _ in range(3):
+            await net.start_peer("--heartbeat", "5")
+        await settled(net, meta, 3, 0)
+        keys = await names(net)
+        name = sorted(keys)[-1]
+        key = keys[name]
+        net.peers[key].signal(signal.SIGKILL)
+        await net.peers[key].when_ended(10)
+        # Someone else asking for the vanished peer's name is refused ...
+        _, thief = await net.start_peer("--name", name, wait=False)
+        await thief.wait_for(f"the name {name} belongs to a peer that vanished recently", 30)
+        assert await thief.when_ended(30) == 1
+        # ... while the peer itself, restarted with its data dir, gets it back.
+        since = len(meta.lines)
+        _, again = await net.start_peer("--heartbeat", "5", key=key)
+        assert (await names(net))[name] == key
+        await settled(net, meta, 3, since)
+        # A graceful stop frees the name at once.
+        out = await deferToThread(run, *P2P, "stop", "--peer", net.control(key))
+        assert (out.returncode, out.stdout) == (0, f"{name} is leaving the network\n")
+        await again.when_ended(30)
+        await meta.wait_for(f"peer {name} says goodbye", 10, since)
+        await net.start_peer("--name", name)
+    finally:
+        await net.stop_all()

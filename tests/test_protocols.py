@@ -102,10 +102,44 @@ def test_live_duplicate_name_is_refused_and_the_connection_can_retry(meta):
         b"ERROR name-taken the name alice is already live in this network\r\n"
     )
     assert b.say(b"P2P port=6002 name=bob\r\n") == b"WELCOME bob 127.0.0.9 6002\r\n"
-    # Once alice's connection is gone, her name is free again.
-    a.proto.connectionLost(None)
+    # Once alice has said goodbye, her name is free again.
+    assert a.say(b"BYE\r\n") == b"OK bye\r\n"
     c = Conn(MetaFactory(meta))
     assert c.say(b"P2P port=6003 name=alice\r\n") == b"WELCOME alice 127.0.0.9 6003\r\n"
+
+
+TOKEN_A = b"a" * 32
+TOKEN_B = b"b" * 32
+
+
+def test_a_name_belongs_to_its_token(meta):
+    old = Conn(MetaFactory(meta))
+    old.say(b"P2P port=6001 name=alice beat=5 token=" + TOKEN_A + b"\r\n")
+    thief = Conn(MetaFactory(meta))
+    assert thief.say(b"P2P port=6009 name=alice token=" + TOKEN_B + b"\r\n") == (
+        b"ERROR name-taken the name alice is already live in this network\r\n"
+    )
+    # Alice restarted before her old connection was known to be dead: she
+    # takes her name back at once, and the old connection is dropped.
+    new = Conn(MetaFactory(meta))
+    assert new.say(b"P2P port=6002 name=alice token=" + TOKEN_A + b"\r\n") == (
+        b"WELCOME alice 127.0.0.9 6002\r\n"
+    )
+    assert old.transport.disconnecting
+    old.proto.connectionLost(None)
+    assert meta.sessions["alice"] is new.proto
+    # Alice crashes: her name is held for her for three heartbeats.
+    new.proto.connectionLost(None)
+    assert "alice" not in meta.registry
+    assert thief.say(b"P2P port=6009 name=alice token=" + TOKEN_B + b"\r\n") == (
+        b"ERROR name-taken the name alice belongs to a peer that vanished recently; "
+        b"it is held for its owner a while\r\n"
+    )
+    back = Conn(MetaFactory(meta))
+    assert back.say(b"P2P port=6002 name=alice token=" + TOKEN_A + b"\r\n").startswith(b"WELCOME")
+    back.proto.connectionLost(None)
+    meta.clock.advance(3 * 5 + 1)
+    assert thief.say(b"P2P port=6009 name=alice token=" + TOKEN_B + b"\r\n").startswith(b"WELCOME")
 
 
 @pytest.mark.parametrize(

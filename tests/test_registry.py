@@ -112,3 +112,22 @@ def test_tree_text_draws_the_topology():
     )
     # A peer the root does not reach is drawn as a tree of its own.
     assert tree_text(parse_topo("a: b\nb: a\nc:\n")) == "a\n└── b\nc\n"
+
+
+def test_a_version_1_registry_is_upgraded_in_place(tmp_path):
+    from importlib import resources
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(resources.files("p2pshare.schema").joinpath("v1.sql").read_text())
+    db.execute("INSERT INTO version VALUES (1)")
+    db.execute("INSERT INTO peers (name, host, port, max_neighbours, joined, placed) "
+               "VALUES ('s1', '127.0.0.1', 5001, 2, 1, 1)")
+    db.commit()
+    db.close()
+    reg = Registry(str(path))
+    assert [(p.name, p.token_hash) for p in reg.peers()] == [("s1", None)]
+    reg.add("s1", "127.0.0.1", 5001, 2, "f" * 64)
+    reg.close()
+    assert Registry(str(path)).get("s1").token_hash == "f" * 64
+    assert sqlite3.connect(path).execute("SELECT version FROM version").fetchone() == (SCHEMA_VERSION,)

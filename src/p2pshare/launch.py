@@ -217,13 +217,17 @@ class LocalNetwork:
         self.meta_port = read_port(portfile)
         return proc
 
-    async def start_peer(self, *extra: str, wait: bool = True) -> tuple[str, ChildProcess]:
+    async def start_peer(
+        self, *extra: str, wait: bool = True, key: str | None = None
+    ) -> tuple[str, ChildProcess]:
         """
-        Start a peer in its own directory; with C{wait}, return once it has
-        joined.  The key is the directory name (C{p1}, C{p2}, ...).
+        Start a peer in its own directory (C{key} to restart one in its old
+        one); with C{wait}, return once it has joined.  The key is the
+        directory name (C{p1}, C{p2}, ...).
         """
-        self._count += 1
-        key = f"p{self._count}"
+        if key is None:
+            self._count += 1
+            key = f"p{self._count}"
         data = self.root / key
         data.mkdir(parents=True, exist_ok=True)
         proc = twistd(

@@ -208,6 +208,7 @@ def _check_match(value: str) -> str | None:
 
 
 MATCH: Check = _check_match
+TOKEN_HEX = _matching(re.compile(r"[0-9a-f]{32,128}"), "a token is 32 to 128 hex digits")
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ class Spec:
 SPECS: dict[str, Spec] = {
     # Registration with the metadata server; the historical flag.
     "P2P": Spec(
-        keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT, "beat": COUNT}
+        keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT, "beat": COUNT,
+              "token": TOKEN_HEX}
     ),
     "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
     "PLACE": Spec(keys={"rejoin": COUNT}),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -31,10 +31,11 @@ class PeerRecord:
     # the root.  A placed peer with neither has lost its parent.
     uplink: str | None = None
     is_root: bool = False
+    token_hash: str | None = None
 
 
-def _schema(version: int) -> str:
-    return resources.files("p2pshare.schema").joinpath(f"v{version}.sql").read_text("utf-8")
+def _sql(name: str) -> str:
+    return resources.files("p2pshare.schema").joinpath(name).read_text("utf-8")
 
 
 def open_db(path: str) -> sqlite3.Connection:
@@ -51,11 +52,14 @@ def open_db(path: str) -> sqlite3.Connection:
         "SELECT name FROM sqlite_master WHERE type='table' AND name='version'"
     ).fetchone()
     if not has_version:
-        with db:
-            db.execute("BEGIN")
-            db.executescript(_schema(SCHEMA_VERSION).replace("BEGIN", ""))
-            db.execute("INSERT INTO version (version) VALUES (?)", (SCHEMA_VERSION,))
+        db.executescript("BEGIN;" + _sql("v1.sql") + "INSERT INTO version VALUES (1); COMMIT;")
     (version,) = db.execute("SELECT version FROM version").fetchone()
+    while version < SCHEMA_VERSION:
+        version += 1
+        db.executescript(
+            "BEGIN;" + _sql(f"upgrade-to-v{version}.sql")
+            + f"UPDATE version SET version = {version}; COMMIT;"
+        )
     if version != SCHEMA_VERSION:
         raise RuntimeError(
             f"registry {path} has schema version {version}; this p2pshare "
@@ -72,11 +76,13 @@ class Registry:
     def __init__(self, path: str = ":memory:") -> None:
         self._db = open_db(path)
         self._peers: dict[str, PeerRecord] = {}
-        for name, host, port, max_n, joined, placed in self._db.execute(
-            "SELECT name, host, port, max_neighbours, joined, placed "
+        for name, host, port, max_n, joined, placed, token_hash in self._db.execute(
+            "SELECT name, host, port, max_neighbours, joined, placed, token_hash "
             "FROM peers ORDER BY joined"
         ):
-            self._peers[name] = PeerRecord(name, host, port, max_n, joined, bool(placed))
+            self._peers[name] = PeerRecord(
+                name, host, port, max_n, joined, bool(placed), token_hash=token_hash
+            )
         for peer, neighbour in self._db.execute(
             "SELECT peer, neighbour FROM neighbours ORDER BY peer, position"
         ):
@@ -131,7 +137,9 @@ class Registry:
         self._bump("next_peer", n + 1)
         return f"s{n}"
 
-    def add(self, name: str, host: str, port: int, max_neighbours: int) -> PeerRecord:
+    def add(
+        self, name: str, host: str, port: int, max_neighbours: int, token_hash: str | None = None
+    ) -> PeerRecord:
         """
         Register C{name} at C{host}:C{port}.  A peer already known keeps its
         place in the join order and its neighbours.
@@ -143,12 +151,13 @@ class Registry:
             record = self._peers[name] = PeerRecord(name, host, port, max_neighbours, joined)
         else:
             record.host, record.port, record.max_neighbours = host, port, max_neighbours
+        record.token_hash = token_hash
         self._db.execute(
-            "INSERT INTO peers (name, host, port, max_neighbours, joined, placed) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "INSERT INTO peers (name, host, port, max_neighbours, joined, placed, token_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
             "host = excluded.host, port = excluded.port, "
-            "max_neighbours = excluded.max_neighbours",
-            (name, host, port, max_neighbours, record.joined, int(record.placed)),
+            "max_neighbours = excluded.max_neighbours, token_hash = excluded.token_hash",
+            (name, host, port, max_neighbours, record.joined, int(record.placed), token_hash),
         )
         return record
 

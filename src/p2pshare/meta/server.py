@@ -6,6 +6,7 @@ topology files).
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class MetaServer(Service):
         self.grace = grace
         self.unverified: set[str] = set()
         self._dropping: IDelayedCall | None = None
+        # Names of peers that vanished without a goodbye: name -> (the
+        # owner's token hash, until when it is held).
+        self._held_names: dict[str, tuple[str | None, float]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -104,6 +108,9 @@ class MetaServer(Service):
         silent for three of them: hung, or their host is gone.
         """
         now = self.clock.seconds()
+        for name, (_, until) in list(self._held_names.items()):
+            if now >= until:
+                del self._held_names[name]
         for name, proto in list(self.sessions.items()):
             if proto.beat and now - proto.heard_at > 3 * proto.beat + 1:
                 self.log.info("peer {name} has been silent for {s:.0f} s; dropping it",
@@ -113,17 +120,34 @@ class MetaServer(Service):
     # Registration.
 
     def register(
-        self, proto: MetaProtocol, name: str | None, host: str, port: int, max_neighbours: int
+        self,
+        proto: MetaProtocol,
+        name: str | None,
+        host: str,
+        port: int,
+        max_neighbours: int,
+        token: str | None = None,
     ) -> PeerRecord:
         """
-        Register a peer; raises L{WireError} C{name-taken} if another live
-        connection holds C{name}.
+        Register a peer.  A name is owned by whoever holds its token: the
+        owner takes it back at once (a restarted peer whose old connection
+        is not yet known to be dead), anyone else is refused (C{name-taken})
+        while the name is live, unverified after a restart, or held for a
+        peer that vanished without saying goodbye.
         """
+        token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None
         if name is None:
-            name = self.registry.assign_name(frozenset(self.sessions))
-        elif name in self.sessions:
-            raise WireError(wire.E_NAME_TAKEN, f"the name {name} is already live in this network")
-        record = self.registry.add(name, host, port, max_neighbours)
+            taken = frozenset(self.sessions) | frozenset(self._held_names)
+            name = self.registry.assign_name(taken)
+        else:
+            self._check_owner(name, token_hash)
+        old = self.sessions.pop(name, None)
+        if old is not None:
+            self.log.info("peer {name} came back; its old connection is dropped", name=name)
+            old.name = None  # its close must not remove the peer again
+            old.abort()
+        self._held_names.pop(name, None)
+        record = self.registry.add(name, host, port, max_neighbours, token_hash)
         self.sessions[name] = proto
         self.unverified.discard(name)
         self.log.info(
@@ -240,11 +264,34 @@ class MetaServer(Service):
                     waiting.discard(name)
         self.changed()
 
-    def disconnected(self, name: str) -> None:
+    def _check_owner(self, name: str, token_hash: str | None) -> None:
+        record = self.registry.get(name)
+        owner = record.token_hash if record is not None else None
+        held = self._held_names.get(name)
+        if held is not None:
+            owner = held[0]
+        claimed = name in self.sessions or name in self.unverified or held is not None
+        if not claimed or (owner is not None and owner == token_hash):
+            return
+        if name in self.sessions:
+            why = "is already live in this network"
+        elif name in self.unverified:
+            why = "belongs to a peer that has not come back since the restart yet"
+        else:
+            why = "belongs to a peer that vanished recently; it is held for its owner a while"
+        raise WireError(wire.E_NAME_TAKEN, f"the name {name} {why}")
+
+    def disconnected(self, name: str, graceful: bool = False) -> None:
         """
-        The registration connection of C{name} closed.
+        The registration connection of C{name} closed.  Unless the peer said
+        goodbye, its name stays held for its owner for three heartbeats.
         """
-        self.sessions.pop(name, None)
+        proto = self.sessions.pop(name, None)
+        if not graceful and self.running:
+            record = self.registry.get(name)
+            beat = proto.beat if proto is not None and proto.beat else 5
+            if record is not None:
+                self._held_names[name] = (record.token_hash, self.clock.seconds() + 3 * beat)
         self._release(name)
         self._reserved.pop(name, None)
         if not self.running:
@@ -392,7 +439,7 @@ class MetaProtocol(LineChannel):
             return
         try:
             record = self.server.register(
-                self, opts.get("name"), host, int(opts["port"]), max_neighbours
+                self, opts.get("name"), host, int(opts["port"]), max_neighbours, opts.get("token")
             )
         except WireError as e:
             self.sendError(e.code, e.text)
@@ -438,6 +485,10 @@ class MetaProtocol(LineChannel):
         self.send("PONG")
 
     def msg_BYE(self, msg: Message) -> None:
+        if self.name is not None:
+            self.server.log.info("peer {name} says goodbye", name=self.name)
+            self.server.disconnected(self.name, graceful=True)
+            self.name = None
         self.send("OK", text="bye")
         self.close()
 

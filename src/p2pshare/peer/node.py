@@ -17,7 +17,9 @@ distance vector with split horizon, which is exact on a tree.
 from __future__ import annotations
 
 import json
+import os
 import random
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +120,7 @@ class PeerNode(Service):
         rescan_interval: float = 2.0,
         heartbeat: float = 5.0,
         on_stop: Callable[[], None] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.clock = clock
         self._listen_endpoint = listen
@@ -143,6 +146,10 @@ class PeerNode(Service):
         self.orphaned = False
         self.heartbeat = heartbeat
         self.on_stop = on_stop
+        # The name and the secret that proves it is ours live in the data
+        # dir, so a restarted peer takes its name back at once.
+        self.state_dir = state_dir
+        self.token: str | None = None
         self._beating: LoopingCall | None = None
         self.join_hops = 0
         self.network_complete = False
@@ -181,10 +188,27 @@ class PeerNode(Service):
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._startFailed)
 
+    def _load_identity(self) -> None:
+        if self.state_dir is None:
+            return
+        token_file = self.state_dir / "token"
+        if not token_file.exists():
+            atomic_write(token_file, secrets.token_hex(16).encode() + b"\n")
+        os.chmod(token_file, 0o600)
+        self.token = token_file.read_text().strip()
+        name_file = self.state_dir / "name"
+        if self.peer_name is None and name_file.exists():
+            self.peer_name = name_file.read_text().strip() or None
+
+    def _save_name(self) -> None:
+        if self.state_dir is not None and self.peer_name is not None:
+            atomic_write(self.state_dir / "name", f"{self.peer_name}\n".encode())
+
     async def _start(self) -> None:
         from p2pshare.peer.http import SniffingFactory
         from p2pshare.peer.protocol import MetaClientFactory
 
+        self._load_identity()
         self._listening = await self._listen_endpoint.listen(SniffingFactory(self))
         address: Any = self._listening.getHost()
         self.port = address.port
@@ -216,6 +240,10 @@ class PeerNode(Service):
         for d in (self._starting, self._joining):
             if d is not None and not d.called:
                 d.cancel()
+        if self.meta is not None:
+            # A goodbye, so that the metadata server frees our name at once
+            # and the topology follows without waiting for a heartbeat.
+            self.meta.send("BYE")
         if self._meta_service is not None:
             stopping: Any = self._meta_service.stopService()
             if stopping is not None:
@@ -243,12 +271,14 @@ class PeerNode(Service):
             "host": self.advertise,
             "max": self.max_neighbours,
             "beat": max(1, round(self.heartbeat)),
+            "token": self.token,
         }
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args
         if self.peer_name is None:
             self.peer_name = name
+            self._save_name()
         if self.advertise is None:
             self.host = host
         self.meta = proto

@@ -93,6 +93,7 @@ def makeService(options: Options) -> IService:
         downloads=options["downloads"],
         run_blocking=deferToThread,
         heartbeat=options["heartbeat"],
+        state_dir=data_dir,
         on_stop=reactor.stop,
         agent=Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False)),
     )

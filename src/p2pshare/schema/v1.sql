@@ -1,4 +1,5 @@
--- The metadata server's registry, schema version 1.
+-- The metadata server's registry, schema version 1 (upgrade-to-v*.sql
+-- files bring it up to date).
 CREATE TABLE version (version INTEGER NOT NULL);
 
 -- Counters that survive restarts (the next assigned peer number).
