@@ -14,9 +14,10 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionAborted, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
@@ -57,7 +58,7 @@ class ClientEndpoint:
 
     def connect(self, factory: Any) -> Any:
         listener = self.net.listeners.get((self.host, self.port))
-        if listener is None or self.host in self.net.down:
+        if listener is None or {self.host, self.source} & self.net.down:
             return fail(ConnectionRefusedError(f"{self.host}:{self.port}"))
         server_addr = IPv4Address("TCP", self.host, self.port)
         client_addr = IPv4Address("TCP", self.source, self.net.free_port())
@@ -67,6 +68,7 @@ class ClientEndpoint:
         client_io = _Transport(self.net, client, False, client_addr, server_addr)
         pump = iosim.IOPump(client, server, client_io, server_io, False, self.net.clock)
         server_io.pump = client_io.pump = pump
+        self.net.pumps.append(pump)
         server.makeConnection(server_io)
         client.makeConnection(client_io)
         return succeed(client)
@@ -115,6 +117,8 @@ class SimNet:
         self.down: set[str] = set()
         self.frozen: set[str] = set()
         self.parked: dict[iosim.IOPump, None] = {}
+        self.pumps: list[iosim.IOPump] = []  # every connection made
+        self._closed_here: set[Any] = set()  # ends closed while frozen
         self._port = 40000
         self.meta: MetaServer | None = None
         self.peers: list[PeerNode] = []
@@ -147,6 +151,7 @@ class SimNet:
             max_neighbours=max_neighbours,
             rng=random.Random(self.rng.random()),
             shared=self.share_dir(len(self.peers)) if shared and self.tmp else None,
+            state_dir=self.share_dir(len(self.peers)).parent if self.tmp else None,
         )
         self.peers.append(node)
         return node
@@ -157,6 +162,29 @@ class SimNet:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def crash(self, node: PeerNode) -> None:
+        """
+        The peer's process dies: its connections are reset (both ends learn
+        at once, as the kernel tells them), it says no goodbye, and it does
+        nothing more.
+        """
+        node.running = False
+        for loop in (node._beating, node._rescan):
+            if loop is not None and loop.running:
+                loop.stop()
+        if node._meta_service is not None:
+            node._meta_service.stopService()
+        host = getattr(node._listening.getHost(), "host", None) if node._listening else None
+        if host is None:
+            return
+        self.down.add(host)
+        self.pumps = [p for p in self.pumps if not (p.clientIO.disconnected and p.serverIO.disconnected)]
+        for pump in self.pumps:
+            ends = (pump.clientIO.hostAddress, pump.serverIO.hostAddress)
+            if any(getattr(a, "host", None) == host for a in ends):
+                pump.clientIO.abortConnection()
+                self.active[pump] = None
+
     def freeze(self, host: str) -> None:
         """
         C{host} goes silent: nothing it sends or is sent is delivered, and
@@ -165,9 +193,22 @@ class SimNet:
         self.frozen.add(host)
 
     def thaw(self, host: str) -> None:
+        """
+        C{host} answers again.  A connection closed at one end meanwhile
+        is gone: the other end now learns it (as from a reset).
+        """
         self.frozen.discard(host)
-        self.active.update(self.parked)
-        self.parked.clear()
+        parked, self.parked = self.parked, {}
+        for pump in parked:
+            ends = (pump.clientIO, pump.serverIO)
+            if not any(io in self._closed_here for io in ends):
+                self.active[pump] = None
+                continue
+            for io in ends:
+                io.disconnecting = io.disconnected = True
+                if io not in self._closed_here:
+                    self._closed_here.add(io)
+                    io.protocol.connectionLost(Failure(ConnectionLost()))
 
     def _is_frozen(self, pump: iosim.IOPump) -> bool:
         ends = (pump.clientIO.hostAddress, pump.serverIO.hostAddress)
@@ -187,9 +228,9 @@ class SimNet:
                 # (a heartbeat giving up) learns of it at once, as with
                 # a real socket.
                 for io in (pump.clientIO, pump.serverIO):
-                    if io.disconnecting and not io.disconnected:
-                        io.disconnected = True
-                        io.reportDisconnect()
+                    if io.disconnecting and io not in self._closed_here:
+                        self._closed_here.add(io)
+                        io.protocol.connectionLost(Failure(ConnectionAborted()))
                 self.parked[pump] = None
             elif pump.pump():
                 self.active[pump] = None

@@ -239,6 +239,7 @@ SPECS: dict[str, Spec] = {
     "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
     "PLACE": Spec(keys={"rejoin": COUNT}),
     "ROOT": Spec(),
+    "REJOIN": Spec(),
     "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
     "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT}),
     "COMPLETE": Spec(args=(("peers", COUNT),)),

@@ -69,6 +69,9 @@ class MetaServer(Service):
         # Names of peers that vanished without a goodbye: name -> (the
         # owner's token hash, until when it is held).
         self._held_names: dict[str, tuple[str | None, float]] = {}
+        # The root of the tree; another peer that says it is a root (it was
+        # cut off while the rest chose a new one) is told to rejoin.
+        self.root: str | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -191,6 +194,7 @@ class MetaServer(Service):
             record = self.registry.get(newcomer)
             if record is not None:
                 record.is_root, record.uplink = True, None
+            self.root = newcomer
             self.log.info("peer {name} is the root", name=newcomer)
             self.changed()
             return None
@@ -254,6 +258,15 @@ class MetaServer(Service):
         record = self.registry.get(name)
         if record is not None:
             record.uplink, record.is_root = uplink, is_root
+        if is_root:
+            if self.root is None or self.root not in self.sessions:
+                self.root = name
+            elif self.root != name:
+                self.log.info("peer {name} says it is a root, but {root} is: it must rejoin",
+                              name=name, root=self.root)
+                if record is not None:
+                    record.is_root = False
+                self.sessions[name].send("REJOIN")
         for n in neighbours:
             self._reserved[name].discard(n)
         if neighbours:
@@ -287,6 +300,8 @@ class MetaServer(Service):
         goodbye, its name stays held for its owner for three heartbeats.
         """
         proto = self.sessions.pop(name, None)
+        if name == self.root:
+            self.root = None
         if not graceful and self.running:
             record = self.registry.get(name)
             beat = proto.beat if proto is not None and proto.beat else 5

@@ -308,6 +308,19 @@ class PeerNode(Service):
         if self.meta is proto:
             self.meta = None
 
+    def meta_says_rejoin(self) -> None:
+        """
+        We thought we were the root, but the network chose another while
+        we were cut off: find a place for our subtree.
+        """
+        if not self.joined or self.uplink is not None:
+            return
+        self.log.info("peer {name} is no longer the root; rejoining", name=self.peer_name)
+        self.is_root = False
+        self.orphaned = True
+        self._report()
+        self._find_place()
+
     def meta_said_complete(self, peers: int) -> None:
         self.network_complete = True
         self.log.info("network complete: {n} peers", n=peers)
@@ -511,11 +524,13 @@ class PeerNode(Service):
         if not self.running:
             return
         self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
-        self._report()
-        self._advertise()
-        if name == self.uplink and self.joined:
+        lost_parent = name == self.uplink and self.joined
+        if lost_parent:
             self.uplink = None
             self.orphaned = True
+        self._report()
+        self._advertise()
+        if lost_parent:
             self.log.info(
                 "peer {name} lost its parent {other}; finding a new place for its subtree",
                 name=self.peer_name, other=name,

@@ -82,7 +82,7 @@ class MetaClientProtocol(LineChannel):
     The peer's side of its registration link to the metadata server.
     """
 
-    pushed = frozenset({"COMPLETE", "PONG"})
+    pushed = frozenset({"COMPLETE", "PONG", "REJOIN"})
     link = None
 
     def __init__(self, node: PeerNode) -> None:
@@ -105,6 +105,9 @@ class MetaClientProtocol(LineChannel):
             self.node.meta_refused(failure.value)
             self.close()
         # A lost connection is retried by the ClientService.
+
+    def msg_REJOIN(self, msg: Message) -> None:
+        self.node.meta_says_rejoin()
 
     def msg_COMPLETE(self, msg: Message) -> None:
         self.node.meta_said_complete(int(msg.args[0]))
