@@ -184,3 +184,35 @@ async def test_a_restarted_peer_takes_its_name_back_and_nobody_else_can(reactor,
         await net.start_peer("--name", name)
     finally:
         await net.stop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_resumes_when_its_only_holder_comes_back(reactor, tmp_path):
+    net = LocalNetwork(reactor, tmp_path)
+    try:
+        meta = await net.start_meta(3)
+        for _ in range(3):
+            await net.start_peer("--heartbeat", str(BEAT))
+        views = await settled(net, meta, 3, 0)
+        keys = await names(net)
+        holder, getter = sorted(n for n in views if len(views[n]) == 1)
+        data = b"".join(i.to_bytes(4, "big") * 256 for i in range(200_000))
+        atomic_write(net.root / keys[holder] / "shared" / "big.bin", data)
+        await net.peers[keys[holder]].wait_for("sharing big.bin", 60)
+
+        get = net.p2p("get", "big.bin", "--peer", net.control(keys[getter]))
+        await get.wait_for("progress:", 60)
+        net.peers[keys[holder]].signal(signal.SIGKILL)
+        await net.peers[keys[holder]].when_ended(10)
+        getter_log = net.peers[keys[getter]]
+        await getter_log.wait_for("searching again in", 60)
+        # The holder comes back (at another port), under its own name.
+        await net.start_peer("--heartbeat", str(BEAT), key=keys[holder])
+        assert await get.when_ended(120) == 0, get.output()
+        assert (net.root / keys[getter] / "shared" / "big.bin").read_bytes() == data
+        kept = [int(line.split("stopped with ")[1].split()[0])
+                for line in getter_log.lines if "stopped with" in line]
+        assert kept and kept[0] > 0, "the transfer was not interrupted with a prefix to keep"
+        assert "verified" in get.output()
+    finally:
+        await net.stop_all()

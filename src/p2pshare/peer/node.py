@@ -69,6 +69,7 @@ def _run_here(f: Callable[[], Any]) -> Deferred[Any]:
 
 HOPS_CAP = 1000
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
+FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
 
 
 class JoinFailed(Exception):
@@ -651,10 +652,22 @@ class PeerNode(Service):
             raise FetchError(wire.E_FAILED, "this peer does not download files")
         if is_pattern(name):
             raise FetchError(wire.E_BAD_ARGS, "get takes one exact file name, not a pattern")
-        matches = [m for m in await self.search.start(name, timeout) if m.holder != self.peer_name]
-        if not matches:
-            raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
-        fetched = await self.downloader.fetch(matches, directory, force, progress)
+        # If every holder fails, search again after a pause: a holder that
+        # left may be back (perhaps at another address), and the download
+        # resumes from what it has.
+        for pause in FETCH_PAUSES:
+            found = await self.search.start(name, timeout)
+            matches = [m for m in found if m.holder != self.peer_name]
+            if not matches:
+                raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
+            try:
+                fetched = await self.downloader.fetch(matches, directory, force, progress)
+                break
+            except FetchError as e:
+                if e.code != wire.E_FAILED or pause is None:
+                    raise
+                self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
+                await deferLater(self.clock, pause)
         if directory == self.downloads:
             await self.refresh_share()
         return fetched
