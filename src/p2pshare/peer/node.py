@@ -542,14 +542,18 @@ class PeerNode(Service):
 
     def _beat(self) -> None:
         """
-        Every heartbeat: say PING on links that have been quiet for a beat,
-        and abort links (and the metadata link) silent for three.
+        Every heartbeat: abort links (and the metadata link) silent for
+        three beats, and say PING where we have been quiet for one.  Only
+        the child side of a link (and every peer to the metadata server)
+        pings; the PONG keeps the other direction alive, so a link costs
+        one PING and one PONG per idle beat.
         """
         now = self.clock.seconds()
         protos: list[Any] = [n.proto for n in self.neighbours.values()]
         if self.meta is not None:
             protos.append(self.meta)
         for proto in protos:
+            pings = proto.link is None or proto.link == self.uplink
             if now - proto.heard_at > 3 * self.heartbeat:
                 self.log.info(
                     "peer {name}: {other} has been silent for {s:.0f} s; dropping the link",
@@ -557,7 +561,7 @@ class PeerNode(Service):
                     s=now - proto.heard_at,
                 )
                 proto.abort()
-            elif now - proto.said_at >= self.heartbeat:
+            elif pings and now - proto.said_at >= self.heartbeat:
                 proto.send("PING")
 
     def stop_requested(self) -> None:
