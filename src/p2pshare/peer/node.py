@@ -250,6 +250,7 @@ class PeerNode(Service):
             if stopping is not None:
                 await stopping
         for n in list(self.neighbours.values()):
+            n.proto.send("BYE")  # a goodbye: no need to wait for a heartbeat
             n.proto.close()
         if self._listening is not None:
             stopped: Any = self._listening.stopListening()

@@ -64,6 +64,9 @@ class PeerProtocol(LineChannel):
     def msg_PONG(self, msg: Message) -> None:
         pass
 
+    def msg_BYE(self, msg: Message) -> None:
+        self.close()  # the other peer leaves; connectionLost does the rest
+
     def sendMessage(self, msg: Message) -> None:
         super().sendMessage(msg)
         self.node.messages[msg.verb] += 1
