@@ -236,6 +236,11 @@ def test_p2p_errors_and_usage(tmp_path):
     (empty / "topo.txt").write_text("")
     out = p2p("topo", "--data-dir", str(empty))
     assert (out.returncode, out.stdout) == (0, "empty network\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "topo.txt").write_text("s1: s2 s3\ns2: s1 s4\ns3: s1\ns4: s2\n")
+    out = p2p("topo", "--tree", "--data-dir", str(tree))
+    assert (out.returncode, out.stdout) == (0, "s1\n├── s2\n│   └── s4\n└── s3\n")
     out = p2p("topo", "--data-dir", str(tmp_path / "missing"))
     assert out.returncode == 1 and "does not exist" in out.stderr
     # A port nobody listens on.

@@ -19,7 +19,7 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 
 from p2pshare import wire
 from p2pshare.channel import RemoteError
-from p2pshare.topo import TopoEntry, parse_topo, topo_text
+from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 
 DEFAULT_META = "tcp:127.0.0.1:5000"
 DEFAULT_PEER = "unix:./p2ppeer-data/control.sock"
@@ -48,7 +48,10 @@ async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
             raise Failed(str(e)) from None
     else:
         entries = await _talk(args.meta, "the metadata server", meta_topology(reactor, args.meta))
-    sys.stdout.write(_topo_output(entries))
+    if args.tree and entries:
+        sys.stdout.write(tree_text(entries))
+    else:
+        sys.stdout.write(_topo_output(entries))
     return 0
 
 
@@ -208,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     source = topo.add_mutually_exclusive_group()
     source.add_argument("--meta", default=None, help=f"metadata server endpoint (default {DEFAULT_META})")
     source.add_argument("--data-dir", default=None, help="read topo.txt from a p2pmeta data dir")
+    topo.add_argument("--tree", action="store_true", help="draw it as an indented tree")
     topo.set_defaults(run=cmd_topo)
 
     search = sub.add_parser("search", help="every match in the whole network")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -24,6 +23,16 @@ def server_endpoint_string(description: str) -> str:
     description = description.strip()
     if description.isdigit():
         return f"tcp:{description}"
+    return description
+
+
+def loopback_by_default(description: str) -> str:
+    """
+    A TCP listening endpoint without an interface listens on loopback only:
+    operator pages and consoles are not for other hosts unless asked.
+    """
+    if description.split(":", 1)[0] in ("tcp", "tcp6") and "interface=" not in description:
+        return description + (":interface=::1" if description.startswith("tcp6") else ":interface=127.0.0.1")
     return description
 
 
@@ -78,7 +87,7 @@ class ListenService(Service):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory: Factory,
+        factory: IProtocolFactory,
         on_listening: Callable[[IListeningPort], None] | None = None,
     ) -> None:
         self.endpoint = endpoint

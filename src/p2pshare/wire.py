@@ -241,7 +241,7 @@ SPECS: dict[str, Spec] = {
     "ROOT": Spec(),
     "REJOIN": Spec(),
     "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
-    "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT}),
+    "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT, "files": COUNT}),
     "COMPLETE": Spec(args=(("peers", COUNT),)),
     "TOPO": Spec(),
     "PEER": Spec(

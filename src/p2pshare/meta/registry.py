@@ -31,6 +31,7 @@ class PeerRecord:
     # the root.  A placed peer with neither has lost its parent.
     uplink: str | None = None
     is_root: bool = False
+    shared_files: int = 0
     token_hash: str | None = None
 
 

@@ -7,7 +7,7 @@ topology files).
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 
 from twisted.application.service import Service
@@ -72,6 +72,8 @@ class MetaServer(Service):
         # The root of the tree; another peer that says it is a root (it was
         # cut off while the rest chose a new one) is told to rejoin.
         self.root: str | None = None
+        # Recent joins and leaves, for the web page.
+        self.events: deque[tuple[float, str, str]] = deque(maxlen=50)
 
     def startService(self) -> None:
         super().startService()
@@ -153,6 +155,7 @@ class MetaServer(Service):
         record = self.registry.add(name, host, port, max_neighbours, token_hash)
         self.sessions[name] = proto
         self.unverified.discard(name)
+        self.events.append((self.clock.seconds(), "join", name))
         self.log.info(
             "peer {name} registered from {host}:{port}", name=name, host=host, port=port
         )
@@ -248,7 +251,12 @@ class MetaServer(Service):
         return seen
 
     def report(
-        self, name: str, neighbours: list[str], uplink: str | None = None, is_root: bool = False
+        self,
+        name: str,
+        neighbours: list[str],
+        uplink: str | None = None,
+        is_root: bool = False,
+        shared_files: int = 0,
     ) -> None:
         """
         C{name} says its neighbours are now C{neighbours}, in link order,
@@ -258,6 +266,7 @@ class MetaServer(Service):
         record = self.registry.get(name)
         if record is not None:
             record.uplink, record.is_root = uplink, is_root
+            record.shared_files = shared_files
         if is_root:
             if self.root is None or self.root not in self.sessions:
                 self.root = name
@@ -313,6 +322,7 @@ class MetaServer(Service):
             # Shutting down: the registry outlives this process.
             return
         self.registry.remove(name)
+        self.events.append((self.clock.seconds(), "leave", name))
         self.log.info("peer {name} left", name=name)
         self.changed()
 
@@ -487,7 +497,8 @@ class MetaProtocol(LineChannel):
             return
         assert self.name is not None
         self.server.report(
-            self.name, names, msg.options.get("up"), msg.options.get("root") == "1"
+            self.name, names, msg.options.get("up"), msg.options.get("root") == "1",
+            int(msg.options.get("files", 0)),
         )
 
     def msg_TOPO(self, msg: Message) -> None:

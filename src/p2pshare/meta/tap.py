@@ -12,9 +12,15 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
-from p2pshare.common import ListenService, atomic_write, server_endpoint_string
+from p2pshare.common import (
+    ListenService,
+    atomic_write,
+    loopback_by_default,
+    server_endpoint_string,
+)
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
+from p2pshare.meta.web import make_site
 
 log = Logger()
 
@@ -27,6 +33,7 @@ class Options(usage.Options):
         ["data-dir", None, "./p2pmeta-data", "Registry, topo.txt and NumberOfServers.txt."],
         ["expect", None, 5, "Planned network size: log 'network complete' at N peers.", int],
         ["portfile", None, None, "Write the bound port number here once listening."],
+        ["web", None, None, "Serve the topology page here (loopback unless an interface is given)."],
     ]
     optFlags = [
         ["reset", None, "Start a new network: empty the registry and the files."],
@@ -36,6 +43,8 @@ class Options(usage.Options):
         if self["expect"] < 1:
             raise usage.UsageError("--expect must be at least 1")
         self["port"] = server_endpoint_string(self["port"])
+        if self["web"] is not None:
+            self["web"] = loopback_by_default(server_endpoint_string(self["web"]))
 
 
 def makeService(options: Options) -> IService:
@@ -64,4 +73,13 @@ def makeService(options: Options) -> IService:
     ListenService(
         serverFromString(reactor, options["port"]), MetaFactory(server), listening
     ).setServiceParent(top)
+    if options["web"] is not None:
+
+        def web_listening(port: IListeningPort) -> None:
+            number = getattr(port.getHost(), "port", None)
+            log.info("p2pmeta web page on port {port}", port=number)
+
+        ListenService(
+            serverFromString(reactor, options["web"]), make_site(server, reactor), web_listening
+        ).setServiceParent(top)
     return top

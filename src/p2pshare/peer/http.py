@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import FileSender
-from twisted.web.resource import ErrorPage, NoResource, Resource
+from twisted.web.pages import errorPage, notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 if TYPE_CHECKING:
@@ -95,18 +96,18 @@ class FilesResource(Resource):
         super().__init__()
         self.node = node
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         share = self.node.share
         if request.postpath or share is None:
-            return NoResource("No such file.")
+            return notFound("No such file", "This peer shares no such file.")
         if path == b"":
             return self
         try:
             name = path.decode("utf-8")
         except UnicodeDecodeError:
-            return ErrorPage(400, "Bad file name", "A file name is UTF-8.")
+            return errorPage(400, "Bad file name", "A file name is UTF-8.")
         if name not in share.files:
-            return NoResource("No such file.")
+            return notFound("No such file", "This peer shares no such file.")
         return SharedFileResource(share, name)
 
     def render_GET(self, request: Request) -> bytes:

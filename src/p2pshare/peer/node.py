@@ -339,6 +339,7 @@ class PeerNode(Service):
             self.meta.send(
                 "NEIGHBOURS", *self.neighbours,
                 up=self.uplink, root=1 if self.is_root and not self.uplink else None,
+                files=len(self.share.files) if self.share is not None else 0,
             )
 
     # Joining.
@@ -619,6 +620,8 @@ class PeerNode(Service):
             self.log.failure("could not scan the shared directory", result, LogLevel.warn)
         elif self.share is not None:
             before, self._announced = self._announced, dict(self.share.files)
+            if before.keys() != self._announced.keys():
+                self._report()  # the web page shows how many files each peer shares
             for name, f in sorted(self._announced.items()):
                 if name not in before or before[name].sha256 != f.sha256:
                     self.log.info(

@@ -1,0 +1,118 @@
+"""
+The metadata server's read-only web side (C{--web}): a page that draws the
+live tree, C{/topology.json} (its data) and C{/topo.txt}.
+
+The page is one HTML file with a small script of its own (no framework, no
+download at run time): it polls C{/topology.json} every second and draws the
+tree as SVG, root at the top.  Every string that comes from a peer is put
+into the page with C{textContent} / C{setAttribute}, never as markup, and
+the JSON is served as C{application/json}, so a peer or file named
+C{<script>} shows as text.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from p2pshare.topo import topo_text
+
+if TYPE_CHECKING:
+    from p2pshare.meta.server import MetaServer
+
+
+def topology(server: MetaServer) -> dict[str, Any]:
+    """
+    The network as C{/topology.json} shows it (see docs/operations.rst).
+    """
+    peers = server.verified()
+    names = {p.name for p in peers}
+    links = sorted(
+        {tuple(sorted((p.name, n))) for p in peers for n in p.neighbours if n in names}
+    )
+    return {
+        "peers": [
+            {
+                "name": p.name,
+                "host": p.host,
+                "port": p.port,
+                "neighbours": list(p.neighbours),
+                "neighbour_count": len(p.neighbours),
+                "max_neighbours": p.max_neighbours,
+                "shared_files": p.shared_files,
+                "root": p.is_root and not p.uplink,
+                "parent": p.uplink,
+                "live": p.name in server.sessions,
+            }
+            for p in peers
+        ],
+        "links": [list(link) for link in links],
+        "count": len(peers),
+        "expect": server.expect,
+        "complete": server.complete,
+        "events": [
+            {"time": t, "event": kind, "peer": name} for t, kind, name in server.events
+        ],
+    }
+
+
+class _Page(Resource):
+    isLeaf = True
+
+    def __init__(self, server: MetaServer) -> None:
+        super().__init__()
+        self.meta = server
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", b"default-src 'self' 'unsafe-inline'")
+        return resources.files("p2pshare.meta").joinpath("page.html").read_bytes()
+
+
+class _Json(Resource):
+    isLeaf = True
+
+    def __init__(self, server: MetaServer) -> None:
+        super().__init__()
+        self.meta = server
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(topology(self.meta), indent=1).encode("utf-8")
+
+
+class _TopoTxt(Resource):
+    isLeaf = True
+
+    def __init__(self, server: MetaServer) -> None:
+        super().__init__()
+        self.meta = server
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return topo_text(self.meta.verified()).encode("utf-8")
+
+
+class _Root(Resource):
+    def __init__(self, server: MetaServer) -> None:
+        super().__init__()
+        self.page = _Page(server)
+        self.putChild(b"topology.json", _Json(server))
+        self.putChild(b"topo.txt", _TopoTxt(server))
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"" and not request.postpath:
+            return self.page
+        return super().getChild(path, request)
+
+
+def make_site(server: MetaServer, reactor: Any) -> Site:
+    site = Site(_Root(server), reactor=reactor)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

@@ -1,0 +1,109 @@
+"""
+The metadata server's web side, in this process on 127.0.0.1: the
+documented shape of /topology.json, /topo.txt, the page itself, read-only,
+loopback by default.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+from p2pshare.common import loopback_by_default
+from p2pshare.meta.registry import Registry
+from p2pshare.meta.server import MetaServer
+from p2pshare.meta.tap import Options
+from p2pshare.meta.web import make_site
+
+# The documented shape (docs/operations.rst): key -> type.
+PEER_SHAPE = {
+    "name": str, "host": str, "port": int, "neighbours": list, "neighbour_count": int,
+    "max_neighbours": int, "shared_files": int, "root": bool, "parent": (str, type(None)),
+    "live": bool,
+}
+TOP_SHAPE = {"peers": list, "links": list, "count": int, "expect": int, "complete": bool,
+             "events": list}
+EVENT_SHAPE = {"time": (int, float), "event": str, "peer": str}
+
+
+def check_shape(value, shape):
+    assert set(value) == set(shape), sorted(set(value) ^ set(shape))
+    for key, kind in shape.items():
+        assert isinstance(value[key], kind), (key, value[key])
+
+
+def server_with(names_and_links, tmp_path):
+    server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=3)
+    server.startService()
+    for i, (name, neighbours) in enumerate(names_and_links):
+        server.registry.add(name, f"127.0.0.{i + 1}", 6000 + i, 2)
+        server.registry.set_neighbours(name, neighbours)
+    first = server.registry.get(names_and_links[0][0])
+    first.is_root = True
+    server.events.append((1700000000.0, "join", names_and_links[0][0]))
+    return server
+
+
+@pytest.fixture
+def serve(reactor):
+    ports = []
+
+    def start(server):
+        port = reactor.listenTCP(0, make_site(server, reactor), interface="127.0.0.1")
+        ports.append(port)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+async def get(reactor, url, method=b"GET"):
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    response = await agent.request(method, url.encode())
+    return response, await readBody(response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_topology_json_has_the_documented_shape(reactor, serve, tmp_path):
+    server = server_with([("s1", ["s2", "s3"]), ("s2", ["s1"]), ("s3", ["s1"])], tmp_path)
+    base = serve(server)
+    response, body = await get(reactor, base + "/topology.json")
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+    data = json.loads(body)
+    check_shape(data, TOP_SHAPE)
+    for peer in data["peers"]:
+        check_shape(peer, PEER_SHAPE)
+    for event in data["events"]:
+        check_shape(event, EVENT_SHAPE)
+    assert [p["name"] for p in data["peers"]] == ["s1", "s2", "s3"]
+    assert data["links"] == [["s1", "s2"], ["s1", "s3"]]
+    assert (data["count"], data["expect"], data["complete"]) == (3, 3, False)
+    assert [p["root"] for p in data["peers"]] == [True, False, False]
+
+    response, body = await get(reactor, base + "/topo.txt")
+    assert body == b"s1: s2 s3\ns2: s1\ns3: s1\n"
+    response, body = await get(reactor, base + "/")
+    assert response.code == 200 and b"<svg id=\"tree\"" in body
+    # Read-only.
+    response, _ = await get(reactor, base + "/topology.json", b"POST")
+    assert response.code == 405
+    response, _ = await get(reactor, base + "/nothing-here")
+    assert response.code == 404
+    server.stopService()
+
+
+def test_the_web_side_listens_on_loopback_unless_told_otherwise():
+    o = Options()
+    o.parseOptions(["--web", "8080"])
+    assert o["web"] == "tcp:8080:interface=127.0.0.1"
+    o = Options()
+    o.parseOptions(["--web", "tcp:8080:interface=0.0.0.0"])
+    assert o["web"] == "tcp:8080:interface=0.0.0.0"
+    assert loopback_by_default("unix:/tmp/x") == "unix:/tmp/x"
+    assert loopback_by_default("tcp6:8080") == "tcp6:8080:interface=::1"
