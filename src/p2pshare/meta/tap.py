@@ -18,6 +18,7 @@ from p2pshare.common import (
     loopback_by_default,
     server_endpoint_string,
 )
+from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
@@ -34,6 +35,7 @@ class Options(usage.Options):
         ["expect", None, 5, "Planned network size: log 'network complete' at N peers.", int],
         ["portfile", None, None, "Write the bound port number here once listening."],
         ["web", None, None, "Serve the topology page here (loopback unless an interface is given)."],
+        ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
     ]
     optFlags = [
         ["reset", None, "Start a new network: empty the registry and the files."],
@@ -43,8 +45,9 @@ class Options(usage.Options):
         if self["expect"] < 1:
             raise usage.UsageError("--expect must be at least 1")
         self["port"] = server_endpoint_string(self["port"])
-        if self["web"] is not None:
-            self["web"] = loopback_by_default(server_endpoint_string(self["web"]))
+        for key in ("web", "manhole"):
+            if self[key] is not None:
+                self[key] = loopback_by_default(server_endpoint_string(self[key]))
 
 
 def makeService(options: Options) -> IService:
@@ -82,4 +85,7 @@ def makeService(options: Options) -> IService:
         ListenService(
             serverFromString(reactor, options["web"]), make_site(server, reactor), web_listening
         ).setServiceParent(top)
+    if options["manhole"] is not None:
+        namespace = {"service": top, "server": server, "registry": registry}
+        manhole_service(options["manhole"], data_dir, namespace).setServiceParent(top)
     return top

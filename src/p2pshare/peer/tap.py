@@ -14,7 +14,13 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from p2pshare import wire
-from p2pshare.common import ListenService, client_endpoint_string, server_endpoint_string
+from p2pshare.common import (
+    ListenService,
+    client_endpoint_string,
+    loopback_by_default,
+    server_endpoint_string,
+)
+from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
 
@@ -34,6 +40,7 @@ class Options(usage.Options):
         ["shared", None, None, "Files this peer offers (default DATA-DIR/shared)."],
         ["downloads", None, None, "Where downloads land (default: the shared directory)."],
         ["heartbeat", None, 5.0, "Seconds between heartbeats; 3 silent ones mean dead.", float],
+        ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
     ]
 
     def postOptions(self) -> None:
@@ -58,6 +65,8 @@ class Options(usage.Options):
         if control.startswith("unix:") and ":mode=" not in control:
             control += ":mode=600"
         self["control"] = control
+        if self["manhole"] is not None:
+            self["manhole"] = loopback_by_default(server_endpoint_string(self["manhole"]))
         data_dir = Path(self["data-dir"]).absolute()
         self["shared"] = Path(self["shared"]).absolute() if self["shared"] else data_dir / "shared"
         self["downloads"] = (
@@ -102,4 +111,7 @@ def makeService(options: Options) -> IService:
     ListenService(
         serverFromString(reactor, options["control"]), ControlFactory(node)
     ).setServiceParent(top)
+    if options["manhole"] is not None:
+        namespace = {"service": top, "peer": node}
+        manhole_service(options["manhole"], data_dir, namespace).setServiceParent(top)
     return top
