@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.conch.ssh import channel, connection, session, transport, userauth
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.protocol import ClientFactory
 
 from p2pshare.launch import LocalNetwork
@@ -151,9 +152,9 @@ async def test_manholes_of_both_roles_show_live_state(reactor, tmp_path):
         )
 
         # Wrong credentials are refused.
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             await open_shell(reactor, peer_port, user, password + "x")
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             await open_shell(reactor, meta_port, "root", password)
     finally:
         for shell in shells:
