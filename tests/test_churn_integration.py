@@ -206,6 +206,9 @@ async def test_a_download_resumes_when_its_only_holder_comes_back(reactor, tmp_p
         await net.peers[keys[holder]].when_ended(10)
         getter_log = net.peers[keys[getter]]
         await getter_log.wait_for("searching again in", 60)
+        # Meanwhile the peer shows the download in progress.
+        status = await deferToThread(run, *P2P, "status", "--peer", net.control(keys[getter]))
+        assert "downloading big.bin: " in status.stdout, status.stdout
         # The holder comes back (at another port), under its own name.
         await net.start_peer("--heartbeat", str(BEAT), key=keys[holder])
         assert await get.when_ended(120) == 0, get.output()

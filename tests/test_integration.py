@@ -271,3 +271,27 @@ def test_p2p_demo_forms_a_tree_of_five_and_stops_cleanly():
     assert "identical to the original" in text
     assert "$ p2p search no-such-file.txt\n  not found\n" in text
     assert text.endswith("all processes stopped\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_as_json_lines_with_twistd_logger(reactor, tmp_path, net):
+    from p2pshare.launch import TWISTD, ChildProcess
+
+    (tmp_path / "jmeta").mkdir()
+    meta = ChildProcess(reactor, "p2pmeta", TWISTD + [
+        "--logger", "p2pshare.logs.json_lines", "-n", "--pidfile=", "p2pmeta",
+        "--port", "tcp:0:interface=127.0.0.1", "--portfile", str(tmp_path / "jmeta" / "port"),
+        "--data-dir", str(tmp_path / "jmeta"), "--expect", "1",
+    ], tmp_path, tmp_path / "jmeta.log").start()
+    try:
+        await meta.wait_for("p2pmeta ready", 30)
+        net.meta_port = int((tmp_path / "jmeta" / "port").read_text())
+        await net.start_peer()
+        line = await meta.wait_for("registered from", 30)
+        event = json.loads(line)
+        assert event["log_namespace"] == "p2pshare.meta.server.MetaServer"
+        assert event["log_format"] == "peer {name} registered from {host}:{port}"
+        assert (event["name"], event["host"]) == ("s1", "127.0.0.1")
+        assert all(json.loads(text) for text in meta.lines if text.strip())
+    finally:
+        await meta.stop()

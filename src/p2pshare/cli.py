@@ -71,6 +71,9 @@ async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
     shared = status["shared"]
     lines.append(f"shared files ({len(shared)}):")
     lines += [f"  {f['name']}  {_size(f['size'])}  sha256 {f['sha256'][:16]}..." for f in shared]
+    for t in status["transfers"]:
+        share = f"{t['done'] / t['total']:.0%}" if t["total"] else "starting"
+        lines.append(f"downloading {t['name']}: {_size(t['done'])} of {_size(t['total'])} ({share})")
     print("\n".join(lines))
     return 0
 

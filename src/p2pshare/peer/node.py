@@ -174,6 +174,7 @@ class PeerNode(Service):
             Downloader(agent, clock, self.run_blocking) if agent is not None else None
         )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
+        self.transfers: dict[str, tuple[int, int]] = {}  # downloads running: done, total
 
     # Life cycle.
 
@@ -656,6 +657,21 @@ class PeerNode(Service):
         directory unless told otherwise); it is then shared onward.
         """
         directory = directory or self.downloads
+        self.transfers[name] = (0, 0)
+
+        def track(done: int, total: int) -> None:
+            self.transfers[name] = (done, total)
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            return await self._fetch(name, directory, force, track, timeout)
+        finally:
+            self.transfers.pop(name, None)
+
+    async def _fetch(
+        self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float
+    ) -> Fetched:
         if self.downloader is None or directory is None:
             raise FetchError(wire.E_FAILED, "this peer does not download files")
         if is_pattern(name):
@@ -699,6 +715,10 @@ class PeerNode(Service):
             "shared": [
                 {"name": f.name, "size": f.size, "sha256": f.sha256}
                 for f in (self.share.files.values() if self.share is not None else [])
+            ],
+            "transfers": [
+                {"name": name, "done": done, "total": total}
+                for name, (done, total) in sorted(self.transfers.items())
             ],
         }
 
