@@ -1,0 +1,113 @@
+"""
+Fuzzing each role's listening side with arbitrary and near-valid input,
+split at random points and interleaved with the passing of time: nothing
+raises, every answer is a well-formed line (or HTTP on the peer's port),
+buffers stay bounded, and other connections are unaffected.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from p2pshare import wire
+from p2pshare.meta.registry import Registry
+from p2pshare.meta.server import MetaFactory, MetaServer
+from p2pshare.peer.control import ControlFactory
+from p2pshare.peer.http import SniffingFactory
+from p2pshare.peer.node import PeerNode
+
+VERBS = sorted(wire.SPECS)
+words = st.one_of(
+    st.sampled_from(VERBS + [v.lower() for v in VERBS] + ["GET", "HEAD", "POST"]),
+    st.from_regex(r"[A-Za-z0-9=._/%:-]{0,12}", fullmatch=True),
+    st.sampled_from(["port=5001", "name=s1", "max=0", "token=" + "a" * 32, "rejoin=1",
+                     "more=1", "*.txt", "../../etc/passwd", "%00", "\x00", "\r", "é"]),
+)
+near_valid_lines = st.lists(words, min_size=0, max_size=8).map(
+    lambda ws: (" ".join(ws)).encode("utf-8", "surrogateescape") + b"\r\n"
+)
+chunks = st.lists(
+    st.one_of(near_valid_lines, st.binary(max_size=200), st.just(b"x" * 5000)),
+    max_size=15,
+)
+steps = st.lists(st.tuples(chunks, st.sampled_from([0, 0.5, 5.0, 20.0])), max_size=4)
+
+
+def connect(factory, host="127.0.0.9"):
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    proto = factory.buildProtocol(transport.getPeer())
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def well_formed(output: bytes) -> None:
+    for line in output.split(b"\r\n")[:-1]:
+        wire.decode(line)  # raises if the server ever sent a malformed line
+
+
+def feed(proto, transport, data: bytes, clock: Clock, seconds: float) -> None:
+    for i in range(0, len(data), 37):
+        if transport.disconnecting:
+            return
+        proto.dataReceived(data[i : i + 37])
+    clock.advance(seconds)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_fuzzing_the_metadata_server(steps_):
+    clock = Clock()
+    server = MetaServer(Registry(), clock, data_dir=None, expect=2)
+    server.startService()
+    factory = MetaFactory(server)
+    bystander, bystander_transport = connect(factory, "127.0.0.2")
+    bystander.dataReceived(b"P2P port=6001 name=bystander\r\n")
+    for data, seconds in steps_:
+        proto, transport = connect(factory)
+        feed(proto, transport, b"".join(data), clock, seconds)
+        well_formed(transport.value())
+        assert len(proto._buffer) <= proto.MAX_LENGTH + 1
+        proto.connectionLost(None)
+    # The bystander was never disturbed.
+    bystander_transport.clear()
+    bystander.dataReceived(b"PING\r\n")
+    assert bystander_transport.value() == b"PONG\r\n"
+    assert server.sessions["bystander"] is bystander
+    server.stopService()
+
+
+def a_peer(clock):
+    node = PeerNode(clock=clock, listen=None, meta=None, connect=None, name="s1",
+                    max_neighbours=2)
+    node.port = 7001
+    node.joined = True
+    return node
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_fuzzing_a_peer_port_and_control_channel(steps_):
+    clock = Clock()
+    node = a_peer(clock)
+    for factory in (SniffingFactory(node), ControlFactory(node)):
+        for data, seconds in steps_:
+            proto, transport = connect(factory)
+            payload = b"".join(data)
+            feed(proto, transport, payload, clock, seconds)
+            out = transport.value()
+            if not out.startswith(b"HTTP/"):
+                well_formed(out)
+            real = transport.protocol if hasattr(transport, "protocol") else proto
+            buffered = getattr(real, "_buffer", b"")
+            assert len(buffered) <= 4096 + 1 or out.startswith(b"HTTP/")
+            real.connectionLost(None)
+    # Still a working peer: a newcomer is accepted.
+    proto, transport = connect(SniffingFactory(node), "127.0.0.3")
+    proto.dataReceived(b"HELLO fresh 7009\r\n")
+    assert transport.value().startswith(b"ACCEPT s1\r\n") or transport.value().startswith(
+        b"REFER "
+    )
