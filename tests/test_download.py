@@ -202,3 +202,21 @@ async def test_an_existing_file_is_never_silently_replaced(holders, downloader, 
 )
 def test_parse_range(header, size, expected):
     assert parse_range(header, size) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders, downloader, tmp_path, reactor):
+    from p2pshare.peer.http import UploadSlots
+
+    busy_share = share_with(tmp_path, "busy", DATA)
+    busy = holders(FilesResource(SimpleNamespace(share=busy_share, upload_slots=UploadSlots(0))))
+    honest = holders(FilesResource(SimpleNamespace(share=share_with(tmp_path, "honest", DATA),
+                                                   upload_slots=UploadSlots(1))))
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    response = await agent.request(b"GET", f"http://127.0.0.1:{busy}/files/file.bin".encode())
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b"retry-after") == [b"5"]
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = await fetch(downloader, [match(busy, "busy", 1), match(honest, "honest", 2)], out)
+    assert fetched.holder == "honest" and (out / "file.bin").read_bytes() == DATA

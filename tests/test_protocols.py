@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from p2pshare import wire
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
@@ -281,3 +282,45 @@ def test_control_status():
     assert reply.startswith(b"OK {") and reply.endswith(b"}\r\n")
     assert b'"neighbours":[{"name":"s2","host":"127.0.0.2","port":7002}]' in reply
     assert c.say(b"FROB\r\n") == b"ERROR unknown-verb unknown verb 'FROB'\r\n"
+
+
+def linked_peer():
+    """
+    A joined peer with one neighbour, s2, on the returned connection.
+    """
+    node = joined_peer(max_neighbours=2)
+    link = Conn(PeerFactory(node), host="127.0.0.2")
+    link.say(b"HELLO s2 7002\r\n")
+    link.transport.clear()
+    return node, link
+
+
+def test_a_neighbour_flooding_searches_is_throttled():
+    from p2pshare.peer.search import SEARCH_BURST
+
+    node, link = linked_peer()
+    flood = b"".join(b"SEARCH id%d 5 1 1000 x.txt\r\n" % i for i in range(int(SEARCH_BURST) + 50))
+    out = link.say(flood)
+    # Each search is answered (there is nobody else to ask), and those over
+    # the allowance are not even looked at.
+    assert out.count(b"RESULTS ") == SEARCH_BURST + 50
+    assert node.search.throttled == 50
+    assert len(node.search.handled) == SEARCH_BURST
+    # Time refills the allowance.
+    node.clock.advance(1.0)
+    link.say(b"SEARCH later 5 1 1000 x.txt\r\n")
+    assert "later" in node.search.handled
+
+
+def test_ttl_and_wait_are_clamped():
+    from p2pshare.peer.search import DEFAULT_TTL, MAX_WAIT_MS
+
+    node, link = linked_peer()
+    other = Conn(PeerFactory(node), host="127.0.0.3")
+    other.say(b"HELLO s3 7003\r\n")
+    other.transport.clear()
+    link.say(b"SEARCH big 999999999 1 999999999 x.txt\r\n")
+    forwarded = wire.decode(other.transport.value().split(b"\r\n")[0])
+    assert forwarded.verb == "SEARCH"
+    assert int(forwarded.args[1]) == DEFAULT_TTL - 1
+    assert int(forwarded.args[3]) < MAX_WAIT_MS

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from p2pshare.peer.node import PeerNode
     from p2pshare.peer.share import ShareIndex
 
+IDLE_TIMEOUT = 60  # seconds an HTTP connection may stay idle
+MAX_UPLOADS = 16  # files served at once; more get 503 and a Retry-After
 HTTP_METHODS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH",
                 b"CONNECT"}
 _RANGE = re.compile(rb"bytes=(\d*)-(\d*)")
@@ -79,7 +81,7 @@ class SniffingFactory(Factory):
 def make_site(node: PeerNode, reactor: Any) -> Site:
     root = Resource()
     root.putChild(b"files", FilesResource(node))
-    site = Site(root, reactor=reactor)
+    site = Site(root, reactor=reactor, timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     site.noisy = False
     return site
@@ -108,13 +110,32 @@ class FilesResource(Resource):
             return errorPage(400, "Bad file name", "A file name is UTF-8.")
         if name not in share.files:
             return notFound("No such file", "This peer shares no such file.")
-        return SharedFileResource(share, name)
+        return SharedFileResource(share, name, self.node)
 
     def render_GET(self, request: Request) -> bytes:
         share = self.node.share
         files = share.files.values() if share is not None else []
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return "".join(f"{f.name}\t{f.size}\t{f.sha256}\n" for f in files).encode("utf-8")
+
+
+class UploadSlots:
+    """
+    How many files a peer serves at once; beyond that, 503.
+    """
+
+    def __init__(self, limit: int = MAX_UPLOADS) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def give(self) -> None:
+        self.used -= 1
 
 
 class _Slice:
@@ -170,10 +191,11 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str
 class SharedFileResource(Resource):
     isLeaf = True
 
-    def __init__(self, share: ShareIndex, name: str) -> None:
+    def __init__(self, share: ShareIndex, name: str, node: Any = None) -> None:
         super().__init__()
         self.share = share
         self.name = name
+        self.node = node
 
     def render_HEAD(self, request: Request) -> bytes | int:
         return self.render_GET(request)
@@ -218,11 +240,19 @@ class SharedFileResource(Resource):
         if request.method == b"HEAD" or length == 0:
             f.close()
             return b""
+        slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
+        if slots is not None and not slots.take():
+            f.close()
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", b"5")
+            return b""
         sender = _BigFileSender()
         sending = sender.beginFileTransfer(_Slice(f, start, length), request)
 
         def finished(result: object) -> None:
             f.close()
+            if slots is not None:
+                slots.give()
             if not request.finished and not getattr(request, "_disconnected", False):
                 request.finish()
 

@@ -43,7 +43,7 @@ from twisted.web.iweb import IAgent
 from p2pshare import wire
 from p2pshare.channel import RemoteError
 from p2pshare.common import atomic_write
-from p2pshare.peer.http import make_site
+from p2pshare.peer.http import UploadSlots, make_site
 from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
 from p2pshare.peer.transfer import Downloader, Fetched, FetchError, Progress
@@ -175,6 +175,7 @@ class PeerNode(Service):
         )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self.transfers: dict[str, tuple[int, int]] = {}  # downloads running: done, total
+        self.upload_slots = UploadSlots()
 
     # Life cycle.
 

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from p2pshare import wire
 from p2pshare.channel import ChannelFactory, LineChannel, RemoteError
+from p2pshare.peer.search import TokenBucket
 from p2pshare.wire import Message
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class PeerProtocol(LineChannel):
         super().__init__(node.clock)
         self.node = node
         self.link: str | None = None
+        self.search_allowance = TokenBucket()
 
     def msg_HELLO(self, msg: Message) -> None:
         if self.link is not None:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TTL = 1000
+MAX_WAIT_MS = 60_000
+SEARCH_RATE = 20.0  # searches a neighbour may start per second, sustained
+SEARCH_BURST = 100.0
 MIN_MARGIN_MS = 2
 MAX_MARGIN_MS = 250
 SEEN_FOR = 600.0  # how long a search id is remembered
@@ -70,6 +73,7 @@ class SearchEngine:
         self.pending: dict[str, Search] = {}
         self.seen: dict[str, float] = {}
         self.handled: dict[str, int] = {}
+        self.throttled = 0  # searches refused over a neighbour's allowance
 
     def start(
         self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None
@@ -92,8 +96,20 @@ class SearchEngine:
             self.handled[search_id] = self.handled.get(search_id, 0) + 1
             proto.send("RESULTS", search_id)
             return
+        if int(hops) <= 1 and not proto.search_allowance.take(self.node.clock.seconds()):
+            # The neighbour started this search itself, over its allowance:
+            # an empty answer at once, and nobody else is bothered.
+            self.throttled += 1
+            proto.send("RESULTS", search_id)
+            return
         self._handle(
-            search_id, int(ttl), int(hops), int(wait), wire.unquote_name(pattern), proto, None
+            search_id,
+            min(int(ttl), DEFAULT_TTL),  # clamped: nobody searches further than we would
+            int(hops),
+            min(int(wait), MAX_WAIT_MS),
+            wire.unquote_name(pattern),
+            proto,
+            None,
         )
 
     def _handle(
@@ -178,6 +194,27 @@ class SearchEngine:
                 return
             del self.seen[first]
             self.handled.pop(first, None)
+
+
+class TokenBucket:
+    """
+    C{rate} tokens a second, at most C{burst} saved up.
+    """
+
+    def __init__(self, rate: float = SEARCH_RATE, burst: float = SEARCH_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
 def margin_for(wait_ms: int, ttl: int) -> int:
