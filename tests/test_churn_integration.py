@@ -41,6 +41,17 @@ async def names(net):
     return out
 
 
+async def started(net, n):
+    """
+    A metadata server and C{n} peers (heartbeat BEAT) in one tree.
+    """
+    meta = await net.start_meta(n)
+    for _ in range(n):
+        await net.start_peer("--heartbeat", str(BEAT))
+    views = await settled(net, meta, n, 0)
+    return meta, views, await names(net)
+
+
 async def settled(net, meta, n, since):
     await meta.wait_for(f"topology settled: {n} peers", BOUND, since)
     views = topo(net)
@@ -70,11 +81,7 @@ async def check_files(net, keys):
 async def test_sigkill_in_the_middle_of_the_root_and_of_two_neighbours(reactor, tmp_path):
     net = LocalNetwork(reactor, tmp_path)
     try:
-        meta = await net.start_meta(10)
-        for _ in range(10):
-            await net.start_peer("--heartbeat", str(BEAT))
-        views = await settled(net, meta, 10, 0)
-        keys = await names(net)
+        meta, views, keys = await started(net, 10)
         for name, key in keys.items():
             atomic_write(net.root / key / "shared" / f"held-by-{name}", name.encode())
         for key in keys.values():
@@ -111,11 +118,7 @@ async def test_sigkill_in_the_middle_of_the_root_and_of_two_neighbours(reactor, 
 async def test_metadata_server_killed_and_restarted_while_a_transfer_runs(reactor, tmp_path):
     net = LocalNetwork(reactor, tmp_path)
     try:
-        meta = await net.start_meta(5)
-        for _ in range(5):
-            await net.start_peer("--heartbeat", str(BEAT))
-        views = await settled(net, meta, 5, 0)
-        keys = await names(net)
+        meta, views, keys = await started(net, 5)
         leaves = sorted(n for n in views if len(views[n]) == 1)
         doomed, holder = leaves[0], leaves[1]
         getter = next(n for n in sorted(views) if n not in (doomed, holder))
@@ -190,11 +193,7 @@ async def test_a_restarted_peer_takes_its_name_back_and_nobody_else_can(reactor,
 async def test_a_download_resumes_when_its_only_holder_comes_back(reactor, tmp_path):
     net = LocalNetwork(reactor, tmp_path)
     try:
-        meta = await net.start_meta(3)
-        for _ in range(3):
-            await net.start_peer("--heartbeat", str(BEAT))
-        views = await settled(net, meta, 3, 0)
-        keys = await names(net)
+        meta, views, keys = await started(net, 3)
         holder, getter = sorted(n for n in views if len(views[n]) == 1)
         data = b"".join(i.to_bytes(4, "big") * 256 for i in range(200_000))
         atomic_write(net.root / keys[holder] / "shared" / "big.bin", data)

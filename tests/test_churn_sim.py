@@ -11,13 +11,7 @@ from p2pshare.simnet import SimNet, assert_tree
 
 
 def network(tmp_path, n, max_neighbours=2, seed=5):
-    net = SimNet(tmp_path, seed=seed)
-    net.start_meta(expect=n)
-    for _ in range(n):
-        net.make_peer(max_neighbours).startService()
-    net.settle(seconds=120)
-    assert all(p.joined for p in net.peers)
-    return net
+    return SimNet.grown(tmp_path, n, max_neighbours, seed)
 
 
 def live(net, hung=()):

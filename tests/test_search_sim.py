@@ -12,14 +12,8 @@ from p2pshare.peer.search import DEFAULT_TTL, margin_for, results_lines
 from p2pshare.simnet import SimNet
 
 
-def network(tmp_path, n, max_neighbours, seed=3):
-    net = SimNet(tmp_path, seed=seed)
-    net.start_meta(expect=n)
-    for _ in range(n):
-        net.make_peer(max_neighbours).startService()
-    net.settle(seconds=120)
-    assert all(p.joined for p in net.peers)
-    return net
+def network(tmp_path, n, max_neighbours=2, seed=3):
+    return SimNet.grown(tmp_path, n, max_neighbours, seed)
 
 
 def put(net, peer, name, data: bytes):

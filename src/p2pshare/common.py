@@ -67,7 +67,14 @@ def atomic_write(path: Path | str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """
+    Make a rename or link in C{directory} durable.
+    """
+    dirfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dirfd)
     finally:

@@ -251,6 +251,19 @@ class SimNet:
             self.clock.advance(step)
             elapsed += step
 
+    @classmethod
+    def grown(cls, tmp: Path, n: int, max_neighbours: int = 2, seed: int = 0) -> SimNet:
+        """
+        A network of C{n} peers that have all joined.
+        """
+        net = cls(tmp, seed=seed)
+        net.start_meta(expect=n)
+        for _ in range(n):
+            net.make_peer(max_neighbours).startService()
+        net.settle(seconds=120)
+        assert all(p.joined for p in net.peers), "not every peer joined"
+        return net
+
     # What the tests check.
 
     def views(self) -> dict[str, list[str]]:

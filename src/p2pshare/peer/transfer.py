@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
+from p2pshare.common import fsync_directory
 from p2pshare.peer.share import CHUNK, is_shareable_name, sha256_of
 from p2pshare.wire import Match
 
@@ -94,11 +95,7 @@ def _keep(part: Path, target: Path, replace: bool) -> None:
     else:
         os.link(part, target)  # fails if target exists: nothing is overwritten
         os.unlink(part)
-    dirfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    fsync_directory(target.parent)
 
 
 class _Receiver(Protocol):
