@@ -107,3 +107,33 @@ def test_the_web_side_listens_on_loopback_unless_told_otherwise():
     assert o["web"] == "tcp:8080:interface=0.0.0.0"
     assert loopback_by_default("unix:/tmp/x") == "unix:/tmp/x"
     assert loopback_by_default("tcp6:8080") == "tcp6:8080:interface=::1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_control_reply_that_stalls_is_given_up(reactor, tmp_path):
+    """
+    p2p waits for a download as long as progress keeps coming, and no
+    longer than its timeout once it stops.
+    """
+    from twisted.internet.defer import TimeoutError
+    from twisted.internet.protocol import Factory
+
+    from p2pshare.channel import LineChannel
+    from p2pshare.client import control_request
+
+    class Stalls(LineChannel):
+        def msg_FETCH(self, msg):
+            self.send("PROGRESS", 1, 10)  # and then nothing more
+
+    path = tmp_path / "c.sock"
+    port = reactor.listenUNIX(str(path), Factory.forProtocol(Stalls))
+    seen = []
+    try:
+        started = reactor.seconds()
+        with pytest.raises(TimeoutError):
+            await control_request(reactor, f"unix:{path}", "FETCH", "x", timeout=0.5,
+                                  on_progress=lambda d, t: seen.append((d, t)))
+        assert seen == [(1, 10)]
+        assert 0.4 < reactor.seconds() - started < 5
+    finally:
+        await port.stopListening()

@@ -109,7 +109,7 @@ async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
         args.peer, "the peer",
         control_request(
             reactor, args.peer, "FETCH", wire.quote_name(args.name),
-            on_progress=bar.update, **options,
+            on_progress=bar.update, timeout=120, **options,
         ),
     )
     bar.close()

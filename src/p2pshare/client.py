@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.endpoints import clientFromString, connectProtocol
 
 from p2pshare.channel import LineChannel
@@ -54,15 +55,29 @@ async def control_request(
 ) -> Any:
     """
     Send C{verb} to a peer's control channel; return the decoded JSON of
-    its C{OK} reply.  C{timeout} bounds the wait for the reply; while
-    C{PROGRESS} lines keep coming (a download), the wait is not over.
+    its C{OK} reply.  C{timeout} bounds the wait for the reply, counted
+    afresh at every C{PROGRESS} line (a long download is not cut short
+    while it moves; one that stalls is).
     """
-    proto = await _connect(reactor, description, on_progress)
+    idle: list[Any] = []
+
+    def progressed(done: int, total: int) -> None:
+        if idle and idle[0].active():
+            idle[0].reset(timeout)
+        if on_progress is not None:
+            on_progress(done, total)
+
+    proto = await _connect(reactor, description, progressed)
     try:
         reply = proto.request(verb, *args, **options)
-        if on_progress is None:
-            reply.addTimeout(timeout, reactor)
-        return json.loads((await reply).text or "null")
+        idle.append(reactor.callLater(timeout, reply.cancel))
+        try:
+            return json.loads((await reply).text or "null")
+        except CancelledError:
+            raise TimeoutError(timeout, "no reply") from None
+        finally:
+            if idle[0].active():
+                idle[0].cancel()
     finally:
         proto.close()
 

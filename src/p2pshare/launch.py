@@ -186,6 +186,7 @@ class LocalNetwork:
         self.meta_port: int | None = None
         self.peers: dict[str, ChildProcess] = {}
         self._count = 0
+        self._commands = 0
 
     @property
     def meta_dir(self) -> Path:
@@ -252,8 +253,8 @@ class LocalNetwork:
         """
         Start the C{p2p} command; its output can be waited for.
         """
-        self._count += 1
-        log = self.root / f"p2p-{self._count}.log"
+        self._commands += 1
+        log = self.root / f"p2p-{self._commands}.log"
         return ChildProcess(self.reactor, "p2p", P2P + list(args), self.root, log, on_line).start()
 
     def control(self, key: str) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTime,
@@ -63,8 +63,6 @@ def _run_here(f: Callable[[], Any]) -> Deferred[Any]:
     try:
         return succeed(f())
     except Exception:
-        from twisted.internet.defer import fail
-
         return fail()
 
 HOPS_CAP = 1000
