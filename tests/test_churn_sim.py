@@ -106,3 +106,20 @@ def test_a_hung_peer_is_noticed_by_heartbeat_and_dropped(tmp_path):
     assert hung.peer_name not in net.topo_file()
     assert len(net.topo_file()) == 9
     assert took >= 3 * 5  # not before three beats were missed
+
+
+def test_an_orphan_reattaches_to_its_grandparent_while_the_metadata_server_is_away(tmp_path):
+    net = network(tmp_path, 9, 2)
+    victim = middle(net)
+    orphan = next(p for p in net.peers if p.uplink == victim.peer_name)
+    grandparent = victim.uplink
+    assert orphan.grandparent is not None and orphan.grandparent[0] == grandparent
+    net.freeze(net.meta_address[0])  # the metadata server hangs
+    net.crash(victim)
+    for _ in range(20):
+        net.flush()
+        net.clock.advance(0.5)
+    assert orphan.uplink == grandparent and not orphan.orphaned
+    peers = live(net)
+    assert_tree({p.peer_name: list(p.neighbours) for p in peers},
+                {p.peer_name: p.max_neighbours for p in peers})

@@ -202,7 +202,7 @@ def joined_peer(name="s1", max_neighbours=1):
 def test_peer_accepts_then_refers_to_its_neighbour():
     node = joined_peer(max_neighbours=1)
     first = Conn(PeerFactory(node), host="127.0.0.2")
-    assert first.say(b"HELLO s2 7002\r\n") == b"ACCEPT s1\r\nFREE none\r\n"
+    assert first.say(b"HELLO s2 7002\r\n") == b"ACCEPT s1\r\nUP\r\nFREE none\r\n"
     assert list(node.neighbours) == ["s2"]
     assert not first.transport.disconnecting
     second = Conn(PeerFactory(node), host="127.0.0.3")
@@ -219,9 +219,9 @@ def test_peer_refers_toward_the_nearest_free_slot():
     node = joined_peer(max_neighbours=2)
     a = Conn(PeerFactory(node), host="127.0.0.2")
     b = Conn(PeerFactory(node), host="127.0.0.3")
-    assert a.say(b"HELLO a 7002\r\n") == b"ACCEPT s1\r\nFREE 0\r\n"
+    assert a.say(b"HELLO a 7002\r\n") == b"ACCEPT s1\r\nUP\r\nFREE 0\r\n"
     a.transport.clear()
-    assert b.say(b"HELLO b 7003\r\n") == b"ACCEPT s1\r\nFREE none\r\n"
+    assert b.say(b"HELLO b 7003\r\n") == b"ACCEPT s1\r\nUP\r\nFREE none\r\n"
     b.transport.clear()
     # Now full: each neighbour learns what lies behind us, not counting itself.
     assert a.transport.value() == b"FREE none\r\n"
@@ -270,7 +270,7 @@ def test_a_hello_waits_while_the_peer_is_still_joining():
     gone.say(b"HELLO s7 7007\r\n")
     gone.proto.connectionLost(None)
     node._joined("s1", 1)
-    assert c.transport.value() == b"ACCEPT s5\r\nFREE 0\r\n"
+    assert c.transport.value() == b"ACCEPT s5\r\nUP\r\nFREE 0\r\n"
     assert list(node.neighbours) == ["s6"]
 
 
@@ -324,3 +324,20 @@ def test_ttl_and_wait_are_clamped():
     assert forwarded.verb == "SEARCH"
     assert int(forwarded.args[1]) == DEFAULT_TTL - 1
     assert int(forwarded.args[3]) < MAX_WAIT_MS
+
+
+def test_a_child_learns_its_grandparent():
+    node = joined_peer(name="s2", max_neighbours=3)
+    node.uplink = "s1"
+    up = Conn(PeerFactory(node), host="127.0.0.1")
+    up.proto.link = "s1"
+    from p2pshare.peer.node import Neighbour
+
+    node.neighbours["s1"] = Neighbour("s1", "10.0.0.1", 7001, up.proto)
+    child = Conn(PeerFactory(node), host="127.0.0.3")
+    assert child.say(b"HELLO s3 7003\r\n").startswith(b"ACCEPT s2\r\nUP s1 10.0.0.1 7001\r\n")
+    # And the child side keeps what its parent says.
+    node.up_said("s1", ("s0", "10.0.0.9", "7000"))
+    assert node.grandparent == ("s0", "10.0.0.9", "7000")
+    node.up_said("s1", ())
+    assert node.grandparent is None

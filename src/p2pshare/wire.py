@@ -258,6 +258,8 @@ SPECS: dict[str, Spec] = {
     ),
     "ACCEPT": Spec(args=(("name", NAME),)),
     "FREE": Spec(args=(("hops", HOPS),)),
+    # Parent to child: where the parent hangs from (nothing: it is the root).
+    "UP": Spec(rest=TOKEN),
     # Searching: a convergecast over the overlay tree.
     "SEARCH": Spec(
         args=(("id", NAME), ("ttl", COUNT), ("hops", COUNT), ("wait", COUNT), ("pattern", FILE))

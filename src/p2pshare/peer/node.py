@@ -143,6 +143,8 @@ class PeerNode(Service):
         # leaves us, with our subtree, to find a new place.
         self.uplink: str | None = None
         self.orphaned = False
+        # Our parent's parent, as (name, host, port), while we know it.
+        self.grandparent: tuple[str, ...] | None = None
         self.heartbeat = heartbeat
         self.on_stop = on_stop
         # The name and the secret that proves it is ours live in the data
@@ -372,16 +374,25 @@ class PeerNode(Service):
             self.log.failure("joining stopped", failure)
 
     async def _join_once(self) -> None:
-        meta = await self._welcomed_meta().addTimeout(self.hop_timeout, self.clock)
-        rejoin = 1 if self.joined else None
-        reply = await meta.request("PLACE", rejoin=rejoin).addTimeout(self.hop_timeout, self.clock)
-        if reply.verb == "ROOT":
-            self.is_root = True
-            self._joined(None, 0)
-            return
-        if reply.verb != "REFER":
-            raise JoinFailed(f"the metadata server answered {reply.verb}")
-        target = reply.args
+        grandparent, self.grandparent = self.grandparent, None
+        if self.orphaned and grandparent is not None:
+            # First the nearest live ancestor we know: it has just lost a
+            # child, so it likely has room, and this works while the
+            # metadata server is away.  Our subtree cannot contain it.
+            target: tuple[str, ...] = grandparent
+        else:
+            meta = await self._welcomed_meta().addTimeout(self.hop_timeout, self.clock)
+            rejoin = 1 if self.joined else None
+            reply = await meta.request("PLACE", rejoin=rejoin).addTimeout(
+                self.hop_timeout, self.clock
+            )
+            if reply.verb == "ROOT":
+                self.is_root = True
+                self._joined(None, 0)
+                return
+            if reply.verb != "REFER":
+                raise JoinFailed(f"the metadata server answered {reply.verb}")
+            target = reply.args
         visited: set[str] = set()
         via: str | None = None
         while True:
@@ -429,6 +440,9 @@ class PeerNode(Service):
         self.uplink = parent
         self.is_root = parent is None
         self.join_hops = hops
+        for n in self.neighbours.values():
+            if n.name != parent:
+                self._tell_up(n.proto)  # our children's grandparent changed
         self._report()
         if rejoined:
             self.log.info(
@@ -515,8 +529,29 @@ class PeerNode(Service):
     def _add_neighbour(self, name: str, host: str, port: int, proto: PeerProtocol) -> None:
         proto.link = name
         self.neighbours[name] = Neighbour(name, host, port, proto)
+        if name != self.uplink:
+            self._tell_up(proto)  # a child learns its grandparent
         self._report()
         self._advertise()
+
+    def _tell_up(self, proto: PeerProtocol) -> None:
+        up = self.neighbours.get(self.uplink) if self.uplink else None
+        if up is None:
+            proto.send("UP")
+        else:
+            proto.send("UP", up.name, up.host, up.port)
+
+    def up_said(self, name: str, fields: tuple[str, ...]) -> None:
+        """
+        Our parent says where it hangs from.
+        """
+        if name != self.uplink:
+            return
+        if len(fields) == 3 and wire.NAME(fields[0]) is None and wire.HOST(fields[1]) is None \
+                and wire.PORT(fields[2]) is None:
+            self.grandparent = fields
+        else:
+            self.grandparent = None
 
     def link_lost(self, name: str, proto: PeerProtocol) -> None:
         n = self.neighbours.get(name)

@@ -27,7 +27,7 @@ class PeerProtocol(LineChannel):
     newcomer is accepted.
     """
 
-    pushed = frozenset({"FREE", "SEARCH", "RESULTS"})
+    pushed = frozenset({"FREE", "SEARCH", "RESULTS", "UP"})
 
     def __init__(self, node: PeerNode) -> None:
         super().__init__(node.clock)
@@ -65,6 +65,10 @@ class PeerProtocol(LineChannel):
 
     def msg_PONG(self, msg: Message) -> None:
         pass
+
+    def msg_UP(self, msg: Message) -> None:
+        if self.link is not None:
+            self.node.up_said(self.link, msg.args)
 
     def msg_BYE(self, msg: Message) -> None:
         self.close()  # the other peer leaves; connectionLost does the rest
