@@ -8,10 +8,18 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,6 +53,18 @@ def client_endpoint_string(description: str) -> str:
     if description.isdigit():
         return f"tcp:127.0.0.1:{description}"
     return description
+
+
+def tcp_client_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """
+    A TCP client endpoint: straight to an IP address (no resolver thread
+    involved), through the resolver for a host name.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=10)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=10)
+    return HostnameEndpoint(reactor, host, port, timeout=10)
 
 
 def atomic_write(path: Path | str, data: bytes) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.common import (
@@ -19,6 +22,7 @@ from p2pshare.common import (
     client_endpoint_string,
     loopback_by_default,
     server_endpoint_string,
+    tcp_client_endpoint,
 )
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
@@ -74,6 +78,20 @@ class Options(usage.Options):
         )
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    Where downloads connect: holders are named by address, so no resolver.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host = uri.host.decode("ascii").strip("[]")
+        return tcp_client_endpoint(self.reactor, host, uri.port)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -92,7 +110,7 @@ def makeService(options: Options) -> IService:
         clock=reactor,
         listen=serverFromString(reactor, options["port"]),
         meta=clientFromString(reactor, options["meta"]),
-        connect=lambda host, port: HostnameEndpoint(reactor, host, port),
+        connect=lambda host, port: tcp_client_endpoint(reactor, host, port),
         name=options["name"],
         max_neighbours=options["max-neighbours"],
         advertise=options["advertise"],
@@ -104,7 +122,9 @@ def makeService(options: Options) -> IService:
         heartbeat=options["heartbeat"],
         state_dir=data_dir,
         on_stop=reactor.stop,
-        agent=Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False)),
+        agent=Agent.usingEndpointFactory(
+            reactor, _Endpoints(reactor), pool=HTTPConnectionPool(reactor, persistent=False)
+        ),
     )
     top = MultiService()
     node.setServiceParent(top)
