@@ -39,12 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="p2p-churn-") as tmp:
-        net = SimNet(Path(tmp), seed=42)
-        net.start_meta(expect=args.peers)
-        for _ in range(args.peers):
-            node = net.make_peer(3)
-            node.startService()
-        net.settle(seconds=300)
+        net = SimNet.grown(Path(tmp), args.peers, 3, seed=42, seconds=300)
         hung: set = set()
         repairs: list[float] = []
         searches = correct = 0

@@ -26,13 +26,7 @@ from p2pshare.topo import far_apart
 
 
 def build(n: int, max_neighbours: int, tmp: Path) -> SimNet:
-    net = SimNet(tmp, seed=11)
-    net.start_meta(expect=n)
-    for _ in range(n):
-        net.make_peer(max_neighbours).startService()
-    net.settle(seconds=600)
-    assert all(p.joined for p in net.peers), "not every peer joined"
-    return net
+    return SimNet.grown(tmp, n, max_neighbours, seed=11, seconds=600)
 
 
 def search(net: SimNet, origin: object, pattern: str) -> tuple[float, int, list[object]]:

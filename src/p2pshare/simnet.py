@@ -252,15 +252,18 @@ class SimNet:
             elapsed += step
 
     @classmethod
-    def grown(cls, tmp: Path, n: int, max_neighbours: int = 2, seed: int = 0) -> SimNet:
+    def grown(
+        cls, tmp: Path | None, n: int, max_neighbours: int = 2, seed: int = 0,
+        seconds: float = 120.0,
+    ) -> SimNet:
         """
-        A network of C{n} peers that have all joined.
+        A network of C{n} peers, started at once, that have all joined.
         """
         net = cls(tmp, seed=seed)
         net.start_meta(expect=n)
         for _ in range(n):
             net.make_peer(max_neighbours).startService()
-        net.settle(seconds=120)
+        net.settle(seconds=seconds)
         assert all(p.joined for p in net.peers), "not every peer joined"
         return net
 
