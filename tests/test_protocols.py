@@ -341,3 +341,23 @@ def test_a_child_learns_its_grandparent():
     assert node.grandparent == ("s0", "10.0.0.9", "7000")
     node.up_said("s1", ())
     assert node.grandparent is None
+
+
+def test_connections_are_capped_per_host_and_in_total(meta):
+    from p2pshare.common import LimitedFactory
+
+    limited = LimitedFactory(MetaFactory(meta), total=3, per_host=2)
+    first = Conn(limited, host="127.0.0.7")
+    second = Conn(limited, host="127.0.0.7")
+    third = Conn(limited, host="127.0.0.7")
+    assert third.transport.value() == b"ERROR busy too many connections from your host\r\n"
+    assert third.transport.disconnecting
+    other = Conn(limited, host="127.0.0.8")
+    assert other.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+    fourth = Conn(limited, host="127.0.0.9")
+    assert fourth.transport.value().startswith(b"ERROR busy this peer has too many connections")
+    # The capped ones still work, and a closed connection frees its place.
+    assert first.say(b"P2P port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
+    second.proto.connectionLost(None)
+    again = Conn(limited, host="127.0.0.7")
+    assert again.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"

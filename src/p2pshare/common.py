@@ -20,7 +20,9 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 
@@ -146,3 +148,55 @@ class ListenService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class _Busy(Protocol):
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(f"ERROR busy {self.why}\r\n".encode())
+        self.transport.loseConnection()
+
+
+class LimitedFactory(WrappingFactory):
+    """
+    Caps the connections a listening factory serves, in total and per
+    remote host (Twisted's C{LimitConnectionsByPeer} fails on IPv4
+    addresses, so the count is kept here); a connection over a cap is told
+    C{ERROR busy ...} and closed at once, and nobody else notices.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, total: int = 1000, per_host: int = 200) -> None:
+        super().__init__(wrapped)
+        self.total = total
+        self.per_host = per_host
+        self.by_host: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = str(getattr(addr, "host", "local"))
+        if len(self.protocols) >= self.total:
+            return _Busy("this peer has too many connections; try again later")
+        if self.by_host.get(host, 0) >= self.per_host:
+            return _Busy("too many connections from your host")
+        proto: Any = super().buildProtocol(addr)
+        if proto is not None:
+            proto._limited_host = host
+        return proto
+
+    def registerProtocol(self, p: Any) -> None:
+        super().registerProtocol(p)
+        host = getattr(p, "_limited_host", "local")
+        self.by_host[host] = self.by_host.get(host, 0) + 1
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        host = getattr(p, "_limited_host", "local")
+        left = self.by_host.get(host, 1) - 1
+        if left:
+            self.by_host[host] = left
+        else:
+            self.by_host.pop(host, None)

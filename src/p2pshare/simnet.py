@@ -200,15 +200,23 @@ class SimNet:
         self.frozen.discard(host)
         parked, self.parked = self.parked, {}
         for pump in parked:
-            ends = (pump.clientIO, pump.serverIO)
-            if not any(io in self._closed_here for io in ends):
+            if not self._finish_closed(pump):
                 self.active[pump] = None
-                continue
-            for io in ends:
-                io.disconnecting = io.disconnected = True
-                if io not in self._closed_here:
-                    self._closed_here.add(io)
-                    io.protocol.connectionLost(Failure(ConnectionLost()))
+
+    def _finish_closed(self, pump: iosim.IOPump) -> bool:
+        """
+        If one end of C{pump} was closed while frozen, the connection is
+        gone: tell the other end (as a reset would) and never pump it again.
+        """
+        ends = (pump.clientIO, pump.serverIO)
+        if not any(io in self._closed_here for io in ends):
+            return False
+        for io in ends:
+            io.disconnecting = io.disconnected = True
+            if io not in self._closed_here:
+                self._closed_here.add(io)
+                io.protocol.connectionLost(Failure(ConnectionLost()))
+        return True
 
     def _is_frozen(self, pump: iosim.IOPump) -> bool:
         ends = (pump.clientIO.hostAddress, pump.serverIO.hostAddress)
@@ -232,6 +240,8 @@ class SimNet:
                         self._closed_here.add(io)
                         io.protocol.connectionLost(Failure(ConnectionAborted()))
                 self.parked[pump] = None
+            elif self._finish_closed(pump):
+                continue
             elif pump.pump():
                 self.active[pump] = None
         raise AssertionError("the network never went quiet")

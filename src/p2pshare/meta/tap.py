@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from p2pshare.common import (
+    LimitedFactory,
     ListenService,
     atomic_write,
     loopback_by_default,
@@ -74,7 +75,7 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     server.setServiceParent(top)
     ListenService(
-        serverFromString(reactor, options["port"]), MetaFactory(server), listening
+        serverFromString(reactor, options["port"]), LimitedFactory(MetaFactory(server)), listening
     ).setServiceParent(top)
     if options["web"] is not None:
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import FileSender
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -62,7 +63,10 @@ class Sniffer(Protocol):
             from p2pshare.peer.protocol import PeerProtocol
 
             proto = PeerProtocol(self.node)
-        transport.protocol = proto
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = proto  # counted by a LimitedFactory
+        else:
+            transport.protocol = proto
         proto.makeConnection(transport)
         buffered, self._buffer = self._buffer, b""
         proto.dataReceived(buffered)

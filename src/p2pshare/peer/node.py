@@ -42,7 +42,7 @@ from twisted.web.iweb import IAgent
 
 from p2pshare import wire
 from p2pshare.channel import RemoteError
-from p2pshare.common import atomic_write
+from p2pshare.common import LimitedFactory, atomic_write
 from p2pshare.peer.http import UploadSlots, make_site
 from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
@@ -212,7 +212,7 @@ class PeerNode(Service):
         from p2pshare.peer.protocol import MetaClientFactory
 
         self._load_identity()
-        self._listening = await self._listen_endpoint.listen(SniffingFactory(self))
+        self._listening = await self._listen_endpoint.listen(LimitedFactory(SniffingFactory(self)))
         address: Any = self._listening.getHost()
         self.port = address.port
         self.log.info("peer listening on port {port}", port=self.port)
