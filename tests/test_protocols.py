@@ -361,3 +361,33 @@ def test_connections_are_capped_per_host_and_in_total(meta):
     second.proto.connectionLost(None)
     again = Conn(limited, host="127.0.0.7")
     assert again.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+
+
+def test_a_host_that_keeps_breaking_the_protocol_cools_off(meta):
+    from p2pshare.common import LimitedFactory
+
+    limited = LimitedFactory(MetaFactory(meta), clock=meta.clock, cooling_off=60)
+    rude = Conn(limited, host="127.0.0.66")
+    rude.say(b"P2P\r\n")
+    out = rude.say(b"FROB\r\n" * 10)
+    assert out.count(b"ERROR unknown-verb") == 10
+    assert out.endswith(b"ERROR cooling-off 10 bad lines; your host is refused for a while\r\n")
+    assert rude.transport.disconnecting
+    again = Conn(limited, host="127.0.0.66")
+    assert again.transport.value() == b"ERROR busy your host misbehaved; refused for 60 s more\r\n"
+    polite = Conn(limited, host="127.0.0.67")
+    assert polite.say(b"P2P\r\n").startswith(b"OK")
+    meta.clock.advance(61)
+    back = Conn(limited, host="127.0.0.66")
+    assert back.say(b"P2P\r\n").startswith(b"OK")
+
+
+def test_a_neighbour_that_floods_searches_is_cut_off():
+    from p2pshare.peer.search import FLOOD_LIMIT, SEARCH_BURST
+
+    node, link = linked_peer()
+    flood = b"".join(b"SEARCH f%d 5 1 1000 x.txt\r\n" % i
+                     for i in range(int(SEARCH_BURST) + FLOOD_LIMIT + 5))
+    out = link.say(flood)
+    assert b"ERROR cooling-off " in out
+    assert link.transport.disconnecting

@@ -24,7 +24,10 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from p2pshare import wire
+from p2pshare.common import LimitedFactory
 from p2pshare.wire import Message, WireError
+
+MAX_BAD_LINES = 10  # bad lines on one connection before it is cut
 
 
 class ChannelFactory(Factory):
@@ -75,6 +78,7 @@ class LineChannel(LineReceiver):
         self._waiting: deque[Deferred[Message]] = deque()
         # When this side last heard and said anything (for heartbeats).
         self.clock = clock
+        self.bad_lines = 0
         self.heard_at = self.said_at = clock.seconds() if clock is not None else 0.0
 
     # Sending.
@@ -156,6 +160,24 @@ class LineChannel(LineReceiver):
             text=error.text,
         )
         self.sendError(error.code, error.text)
+        self.bad_lines += 1
+        if self.bad_lines >= MAX_BAD_LINES:
+            self.misbehaved(f"{self.bad_lines} bad lines")
+
+    def misbehaved(self, why: str) -> None:
+        """
+        The other side keeps breaking the rules: close, and if the port
+        counts connections, refuse its host for a cooling-off period.
+        """
+        limits = getattr(self.transport, "factory", None)
+        if isinstance(limits, LimitedFactory):
+            limits.cool_off(self._peerHost())
+        self.log.info("closing {peer}: {why}", peer=self._peerText(), why=why)
+        self.sendError(wire.E_COOLING_OFF, f"{why}; your host is refused for a while")
+        self.close()
+
+    def _peerHost(self) -> str:
+        return self.peerHost() or "local"
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("over-long line from {peer}, closing", peer=self._peerText())

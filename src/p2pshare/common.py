@@ -170,14 +170,37 @@ class LimitedFactory(WrappingFactory):
 
     noisy = False
 
-    def __init__(self, wrapped: Any, total: int = 1000, per_host: int = 200) -> None:
+    def __init__(
+        self,
+        wrapped: Any,
+        total: int = 1000,
+        per_host: int = 200,
+        clock: Any = None,
+        cooling_off: float = 60.0,
+    ) -> None:
         super().__init__(wrapped)
         self.total = total
         self.per_host = per_host
         self.by_host: dict[str, int] = {}
+        self.clock = clock
+        self.cooling_off = cooling_off
+        self.cooling: dict[str, float] = {}  # host -> refused until
+
+    def cool_off(self, host: str) -> None:
+        """
+        Refuse C{host} for the cooling-off period (it misbehaved).
+        """
+        if self.clock is not None:
+            self.cooling[host] = self.clock.seconds() + self.cooling_off
 
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", "local"))
+        until = self.cooling.get(host)
+        if until is not None and self.clock is not None:
+            left = until - self.clock.seconds()
+            if left > 0:
+                return _Busy(f"your host misbehaved; refused for {left:.0f} s more")
+            del self.cooling[host]
         if len(self.protocols) >= self.total:
             return _Busy("this peer has too many connections; try again later")
         if self.by_host.get(host, 0) >= self.per_host:

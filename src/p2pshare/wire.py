@@ -57,6 +57,8 @@ E_FULL = "full"
 E_FAILED = "failed"
 E_NOT_FOUND = "not-found"
 E_EXISTS = "exists"
+E_BUSY = "busy"
+E_COOLING_OFF = "cooling-off"
 
 ERROR_CODES = (
     E_BAD_FLAG,
@@ -72,6 +74,8 @@ ERROR_CODES = (
     E_FAILED,
     E_NOT_FOUND,
     E_EXISTS,
+    E_BUSY,
+    E_COOLING_OFF,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

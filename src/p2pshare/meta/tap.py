@@ -75,7 +75,7 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     server.setServiceParent(top)
     ListenService(
-        serverFromString(reactor, options["port"]), LimitedFactory(MetaFactory(server)), listening
+        serverFromString(reactor, options["port"]), LimitedFactory(MetaFactory(server), clock=reactor), listening
     ).setServiceParent(top)
     if options["web"] is not None:
 

@@ -212,7 +212,7 @@ class PeerNode(Service):
         from p2pshare.peer.protocol import MetaClientFactory
 
         self._load_identity()
-        self._listening = await self._listen_endpoint.listen(LimitedFactory(SniffingFactory(self)))
+        self._listening = await self._listen_endpoint.listen(LimitedFactory(SniffingFactory(self), clock=self.clock))
         address: Any = self._listening.getHost()
         self.port = address.port
         self.log.info("peer listening on port {port}", port=self.port)

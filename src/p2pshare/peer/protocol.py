@@ -34,6 +34,7 @@ class PeerProtocol(LineChannel):
         self.node = node
         self.link: str | None = None
         self.search_allowance = TokenBucket()
+        self.searches_refused = 0
 
     def msg_HELLO(self, msg: Message) -> None:
         if self.link is not None:

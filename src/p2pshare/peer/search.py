@@ -42,6 +42,7 @@ DEFAULT_TTL = 1000
 MAX_WAIT_MS = 60_000
 SEARCH_RATE = 20.0  # searches a neighbour may start per second, sustained
 SEARCH_BURST = 100.0
+FLOOD_LIMIT = 200  # searches refused on one link before it is cut
 MIN_MARGIN_MS = 2
 MAX_MARGIN_MS = 250
 SEEN_FOR = 600.0  # how long a search id is remembered
@@ -101,6 +102,9 @@ class SearchEngine:
             # an empty answer at once, and nobody else is bothered.
             self.throttled += 1
             proto.send("RESULTS", search_id)
+            proto.searches_refused += 1
+            if proto.searches_refused > FLOOD_LIMIT:
+                proto.misbehaved(f"{proto.searches_refused} searches over its allowance")
             return
         self._handle(
             search_id,
