@@ -129,7 +129,8 @@ async def test_wrong_bytes_are_detected_and_fetched_from_an_honest_holder(holder
     real = liar_share.files["file.bin"]
     # It claims the honest hash (and so the ETag) but serves zeros.
     liar_share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp)
-    liar = holders(FilesResource(SimpleNamespace(share=liar_share)))
+    liar_files = Recorded(FilesResource(SimpleNamespace(share=liar_share)))
+    liar = holders(liar_files)
     honest = holders(FilesResource(SimpleNamespace(share=share_with(tmp_path, "honest", DATA))))
     out = tmp_path / "out"
     out.mkdir()
@@ -137,6 +138,12 @@ async def test_wrong_bytes_are_detected_and_fetched_from_an_honest_holder(holder
     assert fetched.holder == "honest"
     assert hashlib.sha256((out / "file.bin").read_bytes()).hexdigest() == SHA
     assert os.listdir(out) == ["file.bin"]
+    # The liar is passed over for the cooling-off period, though nearest.
+    assert "liar" in downloader.distrusted and len(liar_files.ranges) == 1
+    (out / "file.bin").unlink()
+    fetched = await fetch(downloader, [match(liar, "liar", 1), match(honest, "honest", 3)], out)
+    assert fetched.holder == "honest"
+    assert len(liar_files.ranges) == 1  # not asked again
 
 
 @pytest_twisted.ensureDeferred

@@ -40,6 +40,7 @@ RunBlocking = Callable[..., Deferred[Any]]
 HEADER_TIMEOUT = 30.0
 IDLE_TIMEOUT = 30.0
 ROUNDS = 3  # times through the list of holders before giving up
+DISTRUST_FOR = 600.0  # seconds a holder that served corrupt data is passed over
 
 
 class FetchError(Exception):
@@ -153,6 +154,9 @@ class Downloader:
         self.agent = agent
         self.clock = clock
         self.run_blocking = run_blocking
+        # Holders that served data failing its SHA-256: name -> until when
+        # they are passed over (while any other holder is left).
+        self.distrusted: dict[str, float] = {}
 
     async def fetch(
         self,
@@ -170,8 +174,12 @@ class Downloader:
         name, size, sha = matches[0].name, matches[0].size, matches[0].sha256
         if not is_shareable_name(name):
             raise FetchError(wire.E_BAD_ARGS, f"{name!r} is not a file name this peer keeps")
-        # Holders of another version of the same name are not mixed in.
+        # Holders of another version of the same name are not mixed in,
+        # and holders caught serving corrupt data are passed over a while.
         holders = [m for m in matches if (m.sha256, m.size) == (sha, size)]
+        now = self.clock.seconds()
+        trusted = [m for m in holders if self.distrusted.get(m.holder, 0) <= now]
+        holders = trusted or holders
         target = directory / name
         if target.exists():
             if not target.is_file():
@@ -209,6 +217,7 @@ class Downloader:
                 )
                 return Fetched(target, size, sha, holder.holder)
             problems.append(f"{holder.holder}: the data did not match its SHA-256")
+            self.distrusted[holder.holder] = self.clock.seconds() + DISTRUST_FOR
             self.log.warn(
                 "download of {name} from {holder} failed verification; discarded",
                 name=name, holder=holder.holder,
