@@ -171,13 +171,10 @@ class LineChannel(LineReceiver):
         """
         limits = getattr(self.transport, "factory", None)
         if isinstance(limits, LimitedFactory):
-            limits.cool_off(self._peerHost())
+            limits.cool_off(self.peerHost() or "local")
         self.log.info("closing {peer}: {why}", peer=self._peerText(), why=why)
         self.sendError(wire.E_COOLING_OFF, f"{why}; your host is refused for a while")
         self.close()
-
-    def _peerHost(self) -> str:
-        return self.peerHost() or "local"
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("over-long line from {peer}, closing", peer=self._peerText())
@@ -197,6 +194,12 @@ class LineChannel(LineReceiver):
             self.sendError(wire.E_UNEXPECTED, f"{msg.verb} is not expected here")
             return
         handler(msg)
+
+    def msg_PING(self, msg: Message) -> None:
+        self.send("PONG")  # every role answers a liveness probe
+
+    def msg_PONG(self, msg: Message) -> None:
+        pass  # hearing it is the point (heard_at)
 
     def msg_ERROR(self, msg: Message) -> None:
         # An ERROR nobody waits for is logged, never answered (no loops).

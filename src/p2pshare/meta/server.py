@@ -333,17 +333,18 @@ class MetaServer(Service):
     # The topology files and network completion.
 
     def changed(self) -> None:
-        self.write_files()
-        self._check_settled()
-        self._check_complete()
+        peers = self.verified()
+        text = topo_text(peers)
+        self.write_files(peers, text)
+        self._check_settled(peers, text)
+        self._check_complete(peers)
 
-    def _check_settled(self) -> None:
+    def _check_settled(self, peers: list[PeerRecord], text: str) -> None:
         """
         Log once for each new topology in which every peer is placed and
         the reported links form one tree (what operators and tests wait
         for, rather than polling topo.txt).
         """
-        peers = self.verified()
         links = sum(len(p.neighbours) for p in peers)
         if not (
             peers
@@ -352,26 +353,25 @@ class MetaServer(Service):
             and _consistent(peers)
         ):
             return
-        text = topo_text(peers)
         if text != self._settled:
             self._settled = text
             self.log.info("topology settled: {n} peers in one tree", n=len(peers))
 
-    def write_files(self) -> None:
+    def write_files(self, peers: list[PeerRecord] | None = None, text: str | None = None) -> None:
         if self.data_dir is None:
             return
-        peers = self.verified()
-        texts = (topo_text(peers), count_text(peers))
+        if peers is None:
+            peers = self.verified()
+        texts = (text if text is not None else topo_text(peers), count_text(peers))
         if texts == self._written:
             return
         for path, text in zip(topology_files(self.data_dir), texts, strict=True):
             atomic_write(path, text.encode("utf-8"))
         self._written = texts
 
-    def _check_complete(self) -> None:
+    def _check_complete(self, peers: list[PeerRecord]) -> None:
         if self.complete:
             return
-        peers = self.verified()
         live = [p for p in peers if p.placed and p.name in self.sessions]
         if len(live) < self.expect or not _consistent(peers):
             return
@@ -506,9 +506,6 @@ class MetaProtocol(LineChannel):
         for p in peers:
             self.send("PEER", p.name, p.host, p.port, *p.neighbours)
         self.send("END", len(peers))
-
-    def msg_PING(self, msg: Message) -> None:
-        self.send("PONG")
 
     def msg_BYE(self, msg: Message) -> None:
         if self.name is not None:

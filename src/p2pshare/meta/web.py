@@ -13,6 +13,7 @@ C{<script>} shows as text.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -60,50 +61,43 @@ def topology(server: MetaServer) -> dict[str, Any]:
     }
 
 
-class _Page(Resource):
+class _Rendered(Resource):
+    """
+    A read-only leaf: fixed headers, and a body made afresh for each GET.
+    """
+
     isLeaf = True
 
-    def __init__(self, server: MetaServer) -> None:
+    def __init__(self, headers: dict[bytes, bytes], body: Callable[[], bytes]) -> None:
         super().__init__()
-        self.meta = server
+        self.headers = headers
+        self.body = body
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-security-policy", b"default-src 'self' 'unsafe-inline'")
-        return resources.files("p2pshare.meta").joinpath("page.html").read_bytes()
-
-
-class _Json(Resource):
-    isLeaf = True
-
-    def __init__(self, server: MetaServer) -> None:
-        super().__init__()
-        self.meta = server
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(topology(self.meta), indent=1).encode("utf-8")
-
-
-class _TopoTxt(Resource):
-    isLeaf = True
-
-    def __init__(self, server: MetaServer) -> None:
-        super().__init__()
-        self.meta = server
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return topo_text(self.meta.verified()).encode("utf-8")
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return self.body()
 
 
 class _Root(Resource):
     def __init__(self, server: MetaServer) -> None:
         super().__init__()
-        self.page = _Page(server)
-        self.putChild(b"topology.json", _Json(server))
-        self.putChild(b"topo.txt", _TopoTxt(server))
+        page = resources.files("p2pshare.meta").joinpath("page.html").read_bytes()
+        self.page = _Rendered(
+            {
+                b"content-type": b"text/html; charset=utf-8",
+                b"content-security-policy": b"default-src 'self' 'unsafe-inline'",
+            },
+            lambda: page,
+        )
+        self.putChild(b"topology.json", _Rendered(
+            {b"content-type": b"application/json", b"cache-control": b"no-store"},
+            lambda: json.dumps(topology(server), indent=1).encode("utf-8"),
+        ))
+        self.putChild(b"topo.txt", _Rendered(
+            {b"content-type": b"text/plain; charset=utf-8"},
+            lambda: topo_text(server.verified()).encode("utf-8"),
+        ))
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"" and not request.postpath:

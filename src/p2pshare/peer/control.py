@@ -32,10 +32,7 @@ class ControlProtocol(LineChannel):
         self.node = node
 
     def msg_STATUS(self, msg: Message) -> None:
-        self.send("OK", text=self.node.status_json())
-
-    def msg_PING(self, msg: Message) -> None:
-        self.send("PONG")
+        self.send("OK", text=_json(self.node.status()))
 
     def msg_STOP(self, msg: Message) -> None:
         self.send("OK", text=_json({"name": self.node.peer_name}))

@@ -16,7 +16,6 @@ distance vector with split horizon, which is exact on a tree.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import secrets
@@ -756,8 +755,6 @@ class PeerNode(Service):
             ],
         }
 
-    def status_json(self) -> str:
-        return json.dumps(self.status(), separators=(",", ":"))
 
 
 def _rank(hops: int | None) -> float:

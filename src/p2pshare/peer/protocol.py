@@ -61,12 +61,6 @@ class PeerProtocol(LineChannel):
             return
         self.node.search.results(self, msg)
 
-    def msg_PING(self, msg: Message) -> None:
-        self.send("PONG")
-
-    def msg_PONG(self, msg: Message) -> None:
-        pass
-
     def msg_UP(self, msg: Message) -> None:
         if self.link is not None:
             self.node.up_said(self.link, msg.args)
@@ -121,9 +115,6 @@ class MetaClientProtocol(LineChannel):
 
     def msg_COMPLETE(self, msg: Message) -> None:
         self.node.meta_said_complete(int(msg.args[0]))
-
-    def msg_PONG(self, msg: Message) -> None:
-        pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.node.meta_lost(self)
