@@ -53,7 +53,9 @@ def feed(proto, transport, data: bytes, clock: Clock, seconds: float) -> None:
     for i in range(0, len(data), 37):
         if transport.disconnecting:
             return
-        proto.dataReceived(data[i : i + 37])
+        # After the sniffer hands over, bytes go where the transport would
+        # deliver them: to the protocol it chose.
+        getattr(transport, "protocol", proto).dataReceived(data[i : i + 37])
     clock.advance(seconds)
 
 

@@ -8,6 +8,11 @@ of a subclass get each L{Message}; every line that does not parse is
 answered with C{ERROR}; an over-long line is answered and the connection
 closed (L{LineReceiver} alone would drop it silently).  Replies that a
 client waits for are delivered through L{LineChannel.request}, in order.
+
+In a private network (a L{Secret}), every connection starts with the
+challenge-response of L{p2pshare.admission}; until both sides have proved
+they hold the secret, nothing else is read or said, and a side that fails
+is told C{ERROR} and cut off.  C{linkMade} is where a role starts talking.
 """
 
 from __future__ import annotations
@@ -17,34 +22,40 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from p2pshare import wire
+from p2pshare.admission import Secret, new_nonce
 from p2pshare.common import LimitedFactory
 from p2pshare.wire import Message, WireError
 
 MAX_BAD_LINES = 10  # bad lines on one connection before it is cut
+ADMISSION_TIMEOUT = 10.0  # seconds to prove membership of a private network
 
 
 class ChannelFactory(Factory):
     """
     Builds C{self.protocol(owner)} for each connection: the owner is the
-    service that decides (L{MetaServer}, L{PeerNode}).
+    service that decides (L{MetaServer}, L{PeerNode}).  A factory that
+    connects says whom it means to reach (C{expect}: role and name), which
+    a private network's handshake checks.
     """
 
     noisy = False
     protocol: Callable[[Any], LineChannel]  # type: ignore[assignment]
 
-    def __init__(self, owner: Any) -> None:
+    def __init__(self, owner: Any, expect: tuple[str, str] | None = None) -> None:
         self.owner = owner
+        self.expect = expect
 
     def buildProtocol(self, addr: object) -> LineChannel:
         proto = self.protocol(self.owner)
         proto.factory = self
+        proto.expect = self.expect
         return proto
 
 
@@ -65,6 +76,9 @@ class LineChannel(LineReceiver):
 
     @cvar pushed: verbs that arrive unasked and go to C{msg_VERB} even while
         a request waits for its reply.
+    @ivar secret: the network secret, or L{None} in an open network.
+    @ivar expect: on a side that connected, the role and name it meant to
+        reach; L{None} on a side that accepted.
     """
 
     log = Logger()
@@ -73,9 +87,16 @@ class LineChannel(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = wire.MAX_LINE - 1
     pushed: frozenset[str] = frozenset()
+    secret: Secret | None = None
+    expect: tuple[str, str] | None = None
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self._waiting: deque[Deferred[Message]] = deque()
+        self._admitted = False
+        self._admission_waiters: list[Deferred[LineChannel]] = []
+        self._admission_timer: IDelayedCall | None = None
+        self._initiator: tuple[str, str, str] | None = None  # role, name, nonce
+        self._responder: tuple[str, str, str] | None = None
         # When this side last heard and said anything (for heartbeats).
         self.clock = clock
         self.bad_lines = 0
@@ -137,6 +158,126 @@ class LineChannel(LineReceiver):
         self.send(verb, *args, text=text, **options)
         return d
 
+    # Admission.
+
+    def identity(self) -> tuple[str, str]:
+        """
+        This side's role and name, as the handshake states them.
+        """
+        return ("client", "-")
+
+    @property
+    def admitted(self) -> bool:
+        return self._admitted or self.secret is None
+
+    def linkMade(self) -> None:
+        """
+        The connection is made and, in a private network, both sides have
+        proved they are members: a role starts talking here.
+        """
+
+    def whenAdmitted(self) -> Deferred[LineChannel]:
+        """
+        A L{Deferred} that fires with this channel once admitted, or fails
+        with L{RemoteError} (refused) or the reason the connection was lost.
+        """
+        d: Deferred[LineChannel] = Deferred()
+        if self.admitted:
+            d.callback(self)
+        else:
+            self._admission_waiters.append(d)
+        return d
+
+    def connectionMade(self) -> None:
+        if self.secret is None:
+            self._admit()
+            return
+        if self.clock is not None:
+            self._admission_timer = self.clock.callLater(ADMISSION_TIMEOUT, self._admissionTimedOut)
+        if self.expect is not None:
+            self._initiator = (*self.identity(), new_nonce())
+            self.send("AUTH", *self._initiator)
+
+    def _admission(self, msg: Message) -> None:
+        secret = self.secret
+        assert secret is not None
+        if msg.verb == "ERROR":
+            self._refusedBy(msg.args[0], msg.text or "")
+        elif self.expect is None:
+            # We accepted: hear the claim, challenge it, check the proof,
+            # and only then prove ourselves.
+            if msg.verb == "AUTH" and self._initiator is None:
+                role, name, nonce = msg.args
+                self._initiator = (role, name, nonce)
+                self._responder = (*self.identity(), new_nonce())
+                self.send("CHALLENGE", self._responder[2])
+            elif msg.verb == "PROOF" and self._initiator and self._responder:
+                if secret.check_proof(msg.args[0], "initiator", self._initiator, self._responder):
+                    self.send("PROOF", secret.proof("responder", self._initiator, self._responder))
+                    self._admit()
+                else:
+                    self._refuse(
+                        wire.E_AUTH_FAILED,
+                        "that proof does not fit: a wrong network secret, a replayed "
+                        "exchange, or meant for another peer",
+                    )
+            else:
+                self._refuse(
+                    wire.E_AUTH_REQUIRED, "this network is private: AUTH with its secret first"
+                )
+        elif msg.verb == "CHALLENGE" and self._initiator and self._responder is None:
+            self._responder = (*self.expect, msg.args[0])
+            self.send("PROOF", secret.proof("initiator", self._initiator, self._responder))
+        elif msg.verb == "PROOF" and self._initiator and self._responder:
+            if secret.check_proof(msg.args[0], "responder", self._initiator, self._responder):
+                self._admit()
+            else:
+                self._refuse(
+                    wire.E_AUTH_FAILED,
+                    f"{self.expect[1]} did not prove it holds this network's secret",
+                )
+        else:
+            self._refuse(wire.E_AUTH_REQUIRED, "expected the private network's CHALLENGE")
+
+    def _admit(self) -> None:
+        self._admitted = True
+        if self._admission_timer is not None and self._admission_timer.active():
+            self._admission_timer.cancel()
+        if self.secret is not None:
+            self.log.debug("{peer} proved it holds the network secret", peer=self._peerText())
+        self.linkMade()
+        waiters, self._admission_waiters = self._admission_waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _refuse(self, code: str, text: str) -> None:
+        """
+        The other side did not prove membership: say so, log it, cut.
+        """
+        self.log.warn("refused {peer}: {text}", peer=self._peerText(), text=text)
+        self.sendError(code, text)
+        self._notAdmitted(RemoteError(code, text))
+
+    def _refusedBy(self, code: str, text: str) -> None:
+        self.log.warn(
+            "{peer} refused us: {code} {text}", peer=self._peerText(), code=code, text=text
+        )
+        self._notAdmitted(RemoteError(code, text))
+
+    def _admissionTimedOut(self) -> None:
+        self.log.warn("{peer} did not finish the handshake in time", peer=self._peerText())
+        self._notAdmitted(RemoteError(wire.E_AUTH_REQUIRED, "the handshake took too long"))
+        self.abort()
+
+    def _notAdmitted(self, error: Exception) -> None:
+        waiters, self._admission_waiters = self._admission_waiters, []
+        for d in waiters:
+            d.errback(error)
+        self.close()
+
+    def msg_AUTH(self, msg: Message) -> None:
+        self.sendError(wire.E_UNEXPECTED, "this network is open: it has no secret")
+
     # Receiving.
 
     def lineReceived(self, line: bytes) -> None:
@@ -145,7 +286,13 @@ class LineChannel(LineReceiver):
         try:
             msg = wire.decode(line)
         except WireError as e:
-            self.badLine(e)
+            if not self.admitted:
+                self._refuse(wire.E_AUTH_REQUIRED, "this network is private: AUTH with its secret first")
+            else:
+                self.badLine(e)
+            return
+        if not self.admitted:
+            self._admission(msg)
             return
         self.messageReceived(msg)
 
@@ -212,9 +359,14 @@ class LineChannel(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
+        if self._admission_timer is not None and self._admission_timer.active():
+            self._admission_timer.cancel()
         waiting, self._waiting = self._waiting, deque()
         for d in waiting:
             d.errback(reason)
+        admitting, self._admission_waiters = self._admission_waiters, []
+        for d2 in admitting:
+            d2.errback(reason)
 
     def _peerText(self) -> str:
         if self.transport is None:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
+from p2pshare.admission import Secret
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.node import PeerNode
@@ -107,8 +108,9 @@ class SimNet:
     Hosts 127.0.1.x talking through in-memory pipes.
     """
 
-    def __init__(self, tmp: Path | None, seed: int = 0) -> None:
+    def __init__(self, tmp: Path | None, seed: int = 0, secret: Secret | None = None) -> None:
         self.clock = Clock()
+        self.secret = secret  # the network's, given to the meta and to peers by default
         self.tmp = tmp
         self.rng = random.Random(seed)
         self.listeners: dict[tuple[str, int], Any] = {}
@@ -132,15 +134,25 @@ class SimNet:
         if self.tmp is not None:
             data = self.tmp / "meta"
             data.mkdir(exist_ok=True)
-        self.meta = MetaServer(Registry(":memory:"), self.clock, data_dir=data, expect=expect)
+        self.meta = MetaServer(
+            Registry(":memory:"), self.clock, data_dir=data, expect=expect, secret=self.secret
+        )
         self.meta.startService()
         ServerEndpoint(self, host, port).listen(MetaFactory(self.meta))
         self.meta_address = (host, port)
         return self.meta
 
     def make_peer(
-        self, max_neighbours: int = 2, name: str | None = None, shared: bool = True
+        self,
+        max_neighbours: int = 2,
+        name: str | None = None,
+        shared: bool = True,
+        stranger: bool = False,
+        own_secret: Secret | None = None,
     ) -> PeerNode:
+        """
+        A peer holding the network's secret, or (C{stranger}) C{own_secret}.
+        """
         host = f"127.0.1.{len(self.peers) + 1}" if len(self.peers) < 250 else f"127.0.2.{len(self.peers) - 249}"
         node = PeerNode(
             clock=self.clock,
@@ -152,6 +164,7 @@ class SimNet:
             rng=random.Random(self.rng.random()),
             shared=self.share_dir(len(self.peers)) if shared and self.tmp else None,
             state_dir=self.share_dir(len(self.peers)).parent if self.tmp else None,
+            secret=own_secret if stranger else self.secret,
         )
         self.peers.append(node)
         return node

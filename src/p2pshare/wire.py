@@ -59,6 +59,8 @@ E_NOT_FOUND = "not-found"
 E_EXISTS = "exists"
 E_BUSY = "busy"
 E_COOLING_OFF = "cooling-off"
+E_AUTH_REQUIRED = "auth-required"
+E_AUTH_FAILED = "auth-failed"
 
 ERROR_CODES = (
     E_BAD_FLAG,
@@ -76,6 +78,8 @@ ERROR_CODES = (
     E_EXISTS,
     E_BUSY,
     E_COOLING_OFF,
+    E_AUTH_REQUIRED,
+    E_AUTH_FAILED,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -213,6 +217,8 @@ def _check_match(value: str) -> str | None:
 
 MATCH: Check = _check_match
 TOKEN_HEX = _matching(re.compile(r"[0-9a-f]{32,128}"), "a token is 32 to 128 hex digits")
+ROLES = ("meta", "peer", "client")
+ROLE = _matching(re.compile("|".join(ROLES)), "a role is meta, peer or client")
 
 
 @dataclass(frozen=True)
@@ -240,6 +246,11 @@ SPECS: dict[str, Spec] = {
         keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT, "beat": COUNT,
               "token": TOKEN_HEX}
     ),
+    # Admission to a private network (before anything else; see
+    # p2pshare.admission).
+    "AUTH": Spec(args=(("role", ROLE), ("name", NAME), ("nonce", TOKEN_HEX))),
+    "CHALLENGE": Spec(args=(("nonce", TOKEN_HEX),)),
+    "PROOF": Spec(args=(("mac", TOKEN_HEX),)),
     "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
     "PLACE": Spec(keys={"rejoin": COUNT}),
     "ROOT": Spec(),

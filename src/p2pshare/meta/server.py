@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pshare import wire
+from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.common import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
@@ -48,9 +49,11 @@ class MetaServer(Service):
         data_dir: Path | None = None,
         expect: int = 5,
         grace: float = 15.0,
+        secret: Secret | None = None,
     ) -> None:
         self.registry = registry
         self.clock = clock
+        self.secret = secret
         self.data_dir = data_dir
         self.expect = expect
         self.sessions: dict[str, MetaProtocol] = {}
@@ -425,13 +428,19 @@ class MetaProtocol(LineChannel):
     def __init__(self, server: MetaServer) -> None:
         super().__init__(server.clock)
         self.server = server
+        self.secret = server.secret
         self.greeted = False
         self.name: str | None = None
         self.beat = 0
 
+    def identity(self) -> tuple[str, str]:
+        return META_IDENTITY
+
     def lineReceived(self, line: bytes) -> None:
         words = line.split(None, 1)
-        if not self.greeted and (not words or words[0].upper() != b"P2P"):
+        # In a private network the handshake comes first, then the flag.
+        first = words[0].upper() if words else b""
+        if self.admitted and not self.greeted and first not in (b"P2P", b"AUTH"):
             self.badLine(_bad_flag())
             return
         super().lineReceived(line)

@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
+from p2pshare.admission import SecretError, describe, load_secret
 from p2pshare.common import (
     LimitedFactory,
     ListenService,
@@ -37,6 +38,7 @@ class Options(usage.Options):
         ["portfile", None, None, "Write the bound port number here once listening."],
         ["web", None, None, "Serve the topology page here (loopback unless an interface is given)."],
         ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
+        ["secret-file", None, None, "The network secret: admit only peers that hold it."],
     ]
     optFlags = [
         ["reset", None, "Start a new network: empty the registry and the files."],
@@ -49,6 +51,10 @@ class Options(usage.Options):
         for key in ("web", "manhole"):
             if self[key] is not None:
                 self[key] = loopback_by_default(server_endpoint_string(self[key]))
+        try:
+            self["secret"] = load_secret(self["secret-file"])
+        except SecretError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
@@ -59,7 +65,10 @@ def makeService(options: Options) -> IService:
     registry = Registry(str(data_dir / "registry.sqlite"))
     if options["reset"]:
         registry.clear()
-    server = MetaServer(registry, reactor, data_dir=data_dir, expect=options["expect"])
+    server = MetaServer(
+        registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"]
+    )
+    log.info("p2pmeta: {admission}", admission=describe(options["secret"], options["secret-file"]))
     portfile = options["portfile"]
 
     def listening(port: IListeningPort) -> None:

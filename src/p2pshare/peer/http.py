@@ -103,6 +103,9 @@ class FilesResource(Resource):
         self.node = node
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         share = self.node.share
         if request.postpath or share is None:
             return notFound("No such file", "This peer shares no such file.")
@@ -116,7 +119,27 @@ class FilesResource(Resource):
             return notFound("No such file", "This peer shares no such file.")
         return SharedFileResource(share, name, self.node)
 
+    def _refused(self, request: Request) -> IResource | None:
+        """
+        In a private network, a 403 unless the URL is signed with its
+        secret (docs/security.rst); L{None} when the request may go on.
+        """
+        secret = self.node.secret
+        if secret is None:
+            return None
+        args: dict[bytes, list[bytes]] = request.args or {}
+        expires = (args.get(b"expires") or [b""])[0].decode("ascii", "replace")
+        sig = (args.get(b"sig") or [b""])[0].decode("ascii", "replace")
+        path = (request.path or b"").decode("ascii", "replace")
+        problem = secret.check_path(path, expires, sig, self.node.clock.seconds())
+        if problem is None:
+            return None
+        return errorPage(403, "Forbidden", problem)
+
     def render_GET(self, request: Request) -> bytes:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused.render(request)
         share = self.node.share
         files = share.files.values() if share is not None else []
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

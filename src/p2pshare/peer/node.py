@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
+from p2pshare.admission import Secret
 from p2pshare.channel import RemoteError
 from p2pshare.common import LimitedFactory, atomic_write
 from p2pshare.peer.http import UploadSlots, make_site
@@ -119,8 +120,10 @@ class PeerNode(Service):
         heartbeat: float = 5.0,
         on_stop: Callable[[], None] | None = None,
         state_dir: Path | None = None,
+        secret: Secret | None = None,
     ) -> None:
         self.clock = clock
+        self.secret = secret
         self._listen_endpoint = listen
         self._meta_endpoint = meta
         self._connect = connect
@@ -170,7 +173,7 @@ class PeerNode(Service):
         self.search = SearchEngine(self)
         self.site = make_site(self, clock)
         self.downloader = (
-            Downloader(agent, clock, self.run_blocking) if agent is not None else None
+            Downloader(agent, clock, self.run_blocking, secret) if agent is not None else None
         )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self.transfers: dict[str, tuple[int, int]] = {}  # downloads running: done, total
@@ -401,7 +404,7 @@ class PeerNode(Service):
             if len(visited) >= self.max_hops:
                 raise JoinFailed(f"no peer accepted us after {len(visited)} referrals")
             visited.add(name)
-            reply, proto = await self._hello(host, port, via)
+            reply, proto = await self._hello(name, host, port, via)
             if reply.verb == "ACCEPT" and reply.args[0] in self.neighbours:
                 proto.close()  # stale knowledge led us into our own subtree
                 raise JoinFailed(f"{reply.args[0]} is already our neighbour")
@@ -415,15 +418,20 @@ class PeerNode(Service):
                 raise JoinFailed(f"{name} answered {reply.verb}")
             via, target = name, reply.args
 
-    async def _hello(self, host: str, port: int, via: str | None) -> tuple[Message, PeerProtocol]:
+    async def _hello(
+        self, name: str, host: str, port: int, via: str | None
+    ) -> tuple[Message, PeerProtocol]:
         from p2pshare.peer.protocol import PeerFactory, PeerProtocol
 
         endpoint = self._connect(host, port)
         proto = cast(
             PeerProtocol,
-            await endpoint.connect(PeerFactory(self)).addTimeout(self.hop_timeout, self.clock),
+            await endpoint.connect(PeerFactory(self, ("peer", name))).addTimeout(
+                self.hop_timeout, self.clock
+            ),
         )
         try:
+            await proto.whenAdmitted().addTimeout(self.hop_timeout, self.clock)
             reply = await proto.request(
                 "HELLO", self.peer_name, self.port, host=self.advertise, via=via
             ).addTimeout(self.hop_timeout, self.clock)

@@ -12,6 +12,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from p2pshare import wire
+from p2pshare.admission import META_IDENTITY
 from p2pshare.channel import ChannelFactory, LineChannel, RemoteError
 from p2pshare.peer.search import TokenBucket
 from p2pshare.wire import Message
@@ -32,9 +33,13 @@ class PeerProtocol(LineChannel):
     def __init__(self, node: PeerNode) -> None:
         super().__init__(node.clock)
         self.node = node
+        self.secret = node.secret
         self.link: str | None = None
         self.search_allowance = TokenBucket()
         self.searches_refused = 0
+
+    def identity(self) -> tuple[str, str]:
+        return ("peer", self.node.peer_name or "-")
 
     def msg_HELLO(self, msg: Message) -> None:
         if self.link is not None:
@@ -92,8 +97,12 @@ class MetaClientProtocol(LineChannel):
     def __init__(self, node: PeerNode) -> None:
         super().__init__(node.clock)
         self.node = node
+        self.secret = node.secret
 
-    def connectionMade(self) -> None:
+    def identity(self) -> tuple[str, str]:
+        return ("peer", self.node.peer_name or "-")
+
+    def linkMade(self) -> None:
         d = self.request("P2P", **self.node.registration())
         d.addCallbacks(self._welcomed, self._refused)
 
@@ -123,3 +132,6 @@ class MetaClientProtocol(LineChannel):
 
 class MetaClientFactory(ChannelFactory):
     protocol = MetaClientProtocol
+
+    def __init__(self, node: PeerNode) -> None:
+        super().__init__(node, expect=META_IDENTITY)

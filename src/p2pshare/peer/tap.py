@@ -11,12 +11,14 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from p2pshare import wire
+from p2pshare.admission import SecretError, describe, load_secret
 from p2pshare.common import (
     ListenService,
     client_endpoint_string,
@@ -27,6 +29,8 @@ from p2pshare.common import (
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -45,6 +49,7 @@ class Options(usage.Options):
         ["downloads", None, None, "Where downloads land (default: the shared directory)."],
         ["heartbeat", None, 5.0, "Seconds between heartbeats; 3 silent ones mean dead.", float],
         ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
+        ["secret-file", None, None, "The network secret: admit only peers that hold it."],
     ]
 
     def postOptions(self) -> None:
@@ -71,6 +76,10 @@ class Options(usage.Options):
         self["control"] = control
         if self["manhole"] is not None:
             self["manhole"] = loopback_by_default(server_endpoint_string(self["manhole"]))
+        try:
+            self["secret"] = load_secret(self["secret-file"])
+        except SecretError as e:
+            raise usage.UsageError(str(e)) from None
         data_dir = Path(self["data-dir"]).absolute()
         self["shared"] = Path(self["shared"]).absolute() if self["shared"] else data_dir / "shared"
         self["downloads"] = (
@@ -121,11 +130,13 @@ def makeService(options: Options) -> IService:
         run_blocking=deferToThread,
         heartbeat=options["heartbeat"],
         state_dir=data_dir,
+        secret=options["secret"],
         on_stop=reactor.stop,
         agent=Agent.usingEndpointFactory(
             reactor, _Endpoints(reactor), pool=HTTPConnectionPool(reactor, persistent=False)
         ),
     )
+    log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = MultiService()
     node.setServiceParent(top)
     ListenService(

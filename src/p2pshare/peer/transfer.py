@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
+from p2pshare.admission import Secret
 from p2pshare.common import fsync_directory
 from p2pshare.peer.share import CHUNK, is_shareable_name, sha256_of
 from p2pshare.wire import Match
@@ -65,9 +66,18 @@ class Fetched:
     already: bool = False
 
 
-def url_for(m: Match) -> bytes:
+def url_for(
+    m: Match, secret: Secret | None = None, now: float = 0.0, scheme: str = "http"
+) -> bytes:
+    """
+    Where C{m} is served; in a private network, a URL signed with the
+    network secret (the holder answers 403 to anything else).
+    """
     host = f"[{m.host}]" if ":" in m.host else m.host
-    return f"http://{host}:{m.port}/files/{wire.quote_name(m.name)}".encode("ascii")
+    path = f"/files/{wire.quote_name(m.name)}"
+    if secret is not None:
+        path = secret.sign_path(path, now)
+    return f"{scheme}://{host}:{m.port}{path}".encode("ascii")
 
 
 def _prefix_state(part: Path, size: int) -> tuple[int, Any]:
@@ -150,10 +160,19 @@ class _Receiver(Protocol):
 class Downloader:
     log = Logger()
 
-    def __init__(self, agent: IAgent, clock: IReactorTime, run_blocking: RunBlocking) -> None:
+    def __init__(
+        self,
+        agent: IAgent,
+        clock: IReactorTime,
+        run_blocking: RunBlocking,
+        secret: Secret | None = None,
+        scheme: str = "http",
+    ) -> None:
         self.agent = agent
         self.clock = clock
         self.run_blocking = run_blocking
+        self.secret = secret
+        self.scheme = scheme
         # Holders that served data failing its SHA-256: name -> until when
         # they are passed over (while any other holder is left).
         self.distrusted: dict[str, float] = {}
@@ -237,7 +256,8 @@ class Downloader:
         if offset:
             headers.addRawHeader(b"range", f"bytes={offset}-".encode())
         try:
-            response = await self.agent.request(b"GET", url_for(m), headers).addTimeout(
+            url = url_for(m, self.secret, self.clock.seconds(), self.scheme)
+            response = await self.agent.request(b"GET", url, headers).addTimeout(
                 HEADER_TIMEOUT, self.clock
             )
         except Exception as e:
