@@ -13,12 +13,22 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 
 from p2pshare import wire
+from p2pshare.admission import (
+    URL_LIFETIME,
+    Secret,
+    SecretError,
+    load_secret,
+    new_secret_text,
+)
 from p2pshare.channel import RemoteError
+from p2pshare.common import private_write
+from p2pshare.tls import DEFAULT_HOSTS
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 
 DEFAULT_META = "tcp:127.0.0.1:5000"
@@ -47,7 +57,10 @@ async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
         except ValueError as e:
             raise Failed(str(e)) from None
     else:
-        entries = await _talk(args.meta, "the metadata server", meta_topology(reactor, args.meta))
+        secret = _secret(args.secret_file)
+        entries = await _talk(
+            args.meta, "the metadata server", meta_topology(reactor, args.meta, secret)
+        )
     if args.tree and entries:
         sys.stdout.write(tree_text(entries))
     else:
@@ -183,7 +196,53 @@ async def cmd_stop(reactor: Any, args: argparse.Namespace) -> int:
 async def cmd_demo(reactor: Any, args: argparse.Namespace) -> int:
     from p2pshare.demo import run_demo
 
-    return await run_demo(reactor, peers=args.peers)
+    return await run_demo(reactor, peers=args.peers, private=args.private, tls=args.tls)
+
+
+async def cmd_secret(reactor: Any, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        private_write(path, new_secret_text().encode(), exclusive=True)
+    except FileExistsError:
+        raise Failed(f"{path} exists: a network keeps its secret (remove it first to change it)") from None
+    except OSError as e:
+        raise Failed(f"cannot write {path}: {e.strerror}") from None
+    print(f"wrote a new network secret to {path} (mode 0600): give it to every member, privately")
+    return 0
+
+
+async def cmd_url(reactor: Any, args: argparse.Namespace) -> int:
+    secret = _secret(args.secret_file)
+    assert secret is not None
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.path.startswith("/files/"):
+        raise Failed("give a file's URL, like http://HOST:PORT/files/NAME")
+    signed = secret.sign_path(parts.path, time.time(), args.lifetime)
+    print(f"{parts.scheme}://{parts.netloc}{signed}")
+    return 0
+
+
+async def cmd_certs(reactor: Any, args: argparse.Namespace) -> int:
+    from p2pshare.tls import make_certs
+
+    directory = Path(args.dir)
+    bad = [n for n in args.names if not wire.is_name(n)]
+    if bad:
+        raise Failed(f"{bad[0]!r} is not a name: letters, digits or _ - . @")
+    written = make_certs(directory, args.names, [*DEFAULT_HOSTS, *args.host])
+    for path in written:
+        if path.name == "ca.pem":
+            print(f"made a new network CA: {path} (trustRoots={path.parent}; ca.key stays with you)")
+        elif path.name != "ca.key":
+            print(f"wrote {path} (certificate and key, mode 0600)")
+    return 0
+
+
+def _secret(path: str | None) -> Secret | None:
+    try:
+        return load_secret(path)
+    except SecretError as e:
+        raise Failed(str(e)) from None
 
 
 async def _talk(where: str, what: str, work: Awaitable[Any]) -> Any:
@@ -215,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--meta", default=None, help=f"metadata server endpoint (default {DEFAULT_META})")
     source.add_argument("--data-dir", default=None, help="read topo.txt from a p2pmeta data dir")
     topo.add_argument("--tree", action="store_true", help="draw it as an indented tree")
+    topo.add_argument("--secret-file", default=None, help="the network secret (private networks)")
     topo.set_defaults(run=cmd_topo)
 
     search = sub.add_parser("search", help="every match in the whole network")
@@ -239,7 +299,28 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a local demonstration network")
     demo.add_argument("--peers", type=int, default=5, help="how many peers (default 5)")
+    demo.add_argument("--private", action="store_true", help="a private network: a shared secret")
+    demo.add_argument("--tls", action="store_true", help="every link encrypted with a private CA")
     demo.set_defaults(run=cmd_demo)
+
+    secret = sub.add_parser("secret", help="write a new network secret to FILE (for --secret-file)")
+    secret.add_argument("file", help="where to write it (must not exist)")
+    secret.set_defaults(run=cmd_secret)
+
+    certs = sub.add_parser("certs", help="make a network CA (once) and a certificate per role")
+    certs.add_argument("dir", help="where the CA and certificates live")
+    certs.add_argument("names", nargs="+", help="one certificate per name (e.g. meta s1 s2)")
+    certs.add_argument("--host", action="append", default=[],
+                       help="an address or host name the roles are reached at (repeatable; "
+                            f"{', '.join(DEFAULT_HOSTS)} always)")
+    certs.set_defaults(run=cmd_certs)
+
+    url = sub.add_parser("url", help="sign a file's URL so that curl may fetch it from a private network")
+    url.add_argument("url", help="http://HOST:PORT/files/NAME (NAME percent-encoded)")
+    url.add_argument("--secret-file", required=True, help="the network secret")
+    url.add_argument("--lifetime", type=int, default=URL_LIFETIME,
+                     help=f"seconds the signature holds (default {URL_LIFETIME})")
+    url.set_defaults(run=cmd_url)
     return p
 
 

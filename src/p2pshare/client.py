@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.endpoints import clientFromString, connectProtocol
 
+from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import LineChannel
 from p2pshare.common import client_endpoint_string
 from p2pshare.topo import TopoEntry
@@ -38,10 +39,18 @@ class _Client(LineChannel):
 
 
 async def _connect(
-    reactor: Any, description: str, on_progress: Callable[[int, int], None] | None = None
+    reactor: Any,
+    description: str,
+    on_progress: Callable[[int, int], None] | None = None,
+    secret: Secret | None = None,
+    expect: tuple[str, str] | None = None,
 ) -> _Client:
     endpoint = clientFromString(reactor, client_endpoint_string(description))
-    return await connectProtocol(endpoint, _Client(on_progress)).addTimeout(TIMEOUT, reactor)
+    proto = _Client(on_progress)
+    proto.secret, proto.expect = secret, expect
+    await connectProtocol(endpoint, proto).addTimeout(TIMEOUT, reactor)
+    await proto.whenAdmitted().addTimeout(TIMEOUT, reactor)
+    return proto
 
 
 async def control_request(
@@ -82,11 +91,14 @@ async def control_request(
         proto.close()
 
 
-async def meta_topology(reactor: Any, description: str) -> list[TopoEntry]:
+async def meta_topology(
+    reactor: Any, description: str, secret: Secret | None = None
+) -> list[TopoEntry]:
     """
-    Ask a metadata server for every peer and its neighbours.
+    Ask a metadata server for every peer and its neighbours (proving
+    membership first in a private network).
     """
-    proto = await _connect(reactor, description)
+    proto = await _connect(reactor, description, secret=secret, expect=META_IDENTITY)
     try:
         await proto.request("P2P").addTimeout(TIMEOUT, reactor)
         await proto.request("TOPO").addTimeout(TIMEOUT, reactor)

@@ -92,6 +92,17 @@ def atomic_write(path: Path | str, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
+def private_write(path: Path, data: bytes, exclusive: bool = False) -> None:
+    """
+    Write a file only its owner may read (keys, secrets); with
+    C{exclusive}, refuse (L{FileExistsError}) to replace one.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def fsync_directory(directory: Path) -> None:
     """
     Make a rename or link in C{directory} durable.

@@ -18,9 +18,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
+from p2pshare.admission import new_secret_text
 from p2pshare.client import control_request
-from p2pshare.common import atomic_write
+from p2pshare.common import atomic_write, private_write
 from p2pshare.launch import LocalNetwork
+from p2pshare.tls import DEFAULT_HOSTS, make_certs
 from p2pshare.topo import TopoEntry, far_apart, parse_topo, tree_text
 
 DEMO_SIZE = 20_000_000
@@ -30,9 +32,19 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def run_demo(reactor: Any, peers: int = 5) -> int:
+async def run_demo(reactor: Any, peers: int = 5, private: bool = False, tls: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix="p2p-demo-") as tmp:
-        net = LocalNetwork(reactor, Path(tmp))
+        root = Path(tmp)
+        secret_file = certs = None
+        if private:
+            secret_file = root / "network.secret"
+            private_write(secret_file, new_secret_text().encode())
+            say(f"a private network: every role holds the secret in {secret_file}")
+        if tls:
+            certs = root / "certs"
+            make_certs(certs, ["meta", *(f"p{i}" for i in range(1, peers + 1))], list(DEFAULT_HOSTS))
+            say(f"an encrypted network: a private CA and a certificate per role in {certs}")
+        net = LocalNetwork(reactor, root, secret_file=secret_file, certs=certs)
         try:
             return await _demo(net, peers)
         except Exception as e:
@@ -52,7 +64,7 @@ async def _demo(net: LocalNetwork, peers: int) -> int:
     meta = await net.start_meta(expect=peers)
     say(f"metadata server listening on 127.0.0.1:{net.meta_port}")
     started = await gatherResults(
-        [Deferred.fromCoroutine(net.start_peer()) for _ in range(peers)]
+        [Deferred.fromCoroutine(net.start_peer()) for _ in range(peers)], consumeErrors=True
     )
     joins = []
     for _, proc in started:

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from p2pshare.tls import DEFAULT_HOSTS, make_certs
+
 # twistd stopped by SIGTERM shuts down cleanly, then ends by that signal.
 CLEAN_EXITS = (0, -signal.SIGTERM)
 
@@ -178,10 +180,24 @@ class LocalNetwork:
     127.0.0.1 with ports chosen by the system.
     """
 
-    def __init__(self, reactor: Any, root: Path, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        root: Path,
+        timeout: float = 30.0,
+        secret_file: Path | None = None,
+        certs: Path | None = None,
+    ) -> None:
+        """
+        @param secret_file: a private network: every role gets this secret.
+        @param certs: an encrypted network: a directory where C{p2p certs}
+            made (or this makes) the CA and a certificate per role.
+        """
         self.reactor = reactor
         self.root = root
         self.timeout = timeout
+        self.secret_file = secret_file
+        self.certs = certs
         self.meta: ChildProcess | None = None
         self.meta_port: int | None = None
         self.peers: dict[str, ChildProcess] = {}
@@ -204,7 +220,8 @@ class LocalNetwork:
             self.reactor,
             "p2pmeta",
             [
-                "--port", f"tcp:{self.meta_port or 0}:interface=127.0.0.1",
+                "--port", self._listen(self.meta_port or 0, "meta", self.certs),
+                *self._secret(),
                 "--data-dir", str(self.meta_dir),
                 "--portfile", str(portfile),
                 "--expect", str(expect),
@@ -218,6 +235,28 @@ class LocalNetwork:
         self.meta_port = read_port(portfile)
         return proc
 
+    def _secret(self) -> list[str]:
+        return ["--secret-file", str(self.secret_file)] if self.secret_file else []
+
+    def _listen(self, port: int, name: str, certs: Path | None) -> str:
+        if certs is None:
+            return f"tcp:{port}:interface=127.0.0.1"
+        if not (certs / f"{name}.pem").exists():
+            make_certs(certs, [name], list(DEFAULT_HOSTS))
+        return (
+            f"ssl:{port}:interface=127.0.0.1:privateKey={certs / name}.pem"
+            f":trustRoots={certs / 'trust'}"
+        )
+
+    def _meta(self, name: str, certs: Path | None) -> str:
+        if certs is None:
+            return f"tcp:127.0.0.1:{self.meta_port}"
+        own = f"{certs / name}.pem"
+        return (
+            f"tls:127.0.0.1:{self.meta_port}:trustRoots={certs / 'trust'}"
+            f":certificate={own}:privateKey={own}"
+        )
+
     async def start_peer(
         self, *extra: str, wait: bool = True, key: str | None = None
     ) -> tuple[str, ChildProcess]:
@@ -226,6 +265,7 @@ class LocalNetwork:
         one); with C{wait}, return once it has joined.  The key is the
         directory name (C{p1}, C{p2}, ...).
         """
+        certs = self.certs
         if key is None:
             self._count += 1
             key = f"p{self._count}"
@@ -235,8 +275,9 @@ class LocalNetwork:
             self.reactor,
             "p2ppeer",
             [
-                "--port", "tcp:0:interface=127.0.0.1",
-                "--meta", f"tcp:127.0.0.1:{self.meta_port}",
+                "--port", self._listen(0, key, certs),
+                "--meta", self._meta(key, certs),
+                *self._secret(),
                 "--data-dir", str(data),
                 "--portfile", str(data / "port"),
                 *extra,

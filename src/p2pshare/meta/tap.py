@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
@@ -24,6 +23,7 @@ from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
+from p2pshare.tls import TLSConfigError, peer_tls, server_endpoint
 
 log = Logger()
 
@@ -53,7 +53,8 @@ class Options(usage.Options):
                 self[key] = loopback_by_default(server_endpoint_string(self[key]))
         try:
             self["secret"] = load_secret(self["secret-file"])
-        except SecretError as e:
+            peer_tls(self["port"])  # an ssl: port must name its CA and be readable
+        except (SecretError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
 
@@ -84,7 +85,7 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     server.setServiceParent(top)
     ListenService(
-        serverFromString(reactor, options["port"]), LimitedFactory(MetaFactory(server), clock=reactor), listening
+        server_endpoint(reactor, options["port"]), LimitedFactory(MetaFactory(server), clock=reactor), listening
     ).setServiceParent(top)
     if options["web"] is not None:
 
@@ -93,7 +94,7 @@ def makeService(options: Options) -> IService:
             log.info("p2pmeta web page on port {port}", port=number)
 
         ListenService(
-            serverFromString(reactor, options["web"]), make_site(server, reactor), web_listening
+            server_endpoint(reactor, options["web"]), make_site(server, reactor), web_listening
         ).setServiceParent(top)
     if options["manhole"] is not None:
         namespace = {"service": top, "server": server, "registry": registry}

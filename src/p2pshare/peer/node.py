@@ -121,6 +121,7 @@ class PeerNode(Service):
         on_stop: Callable[[], None] | None = None,
         state_dir: Path | None = None,
         secret: Secret | None = None,
+        url_scheme: str = "http",
     ) -> None:
         self.clock = clock
         self.secret = secret
@@ -173,7 +174,9 @@ class PeerNode(Service):
         self.search = SearchEngine(self)
         self.site = make_site(self, clock)
         self.downloader = (
-            Downloader(agent, clock, self.run_blocking, secret) if agent is not None else None
+            Downloader(agent, clock, self.run_blocking, secret, url_scheme)
+            if agent is not None
+            else None
         )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self.transfers: dict[str, tuple[int, int]] = {}  # downloads running: done, total

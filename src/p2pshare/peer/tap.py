@@ -29,6 +29,7 @@ from p2pshare.common import (
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
+from p2pshare.tls import PeerTLS, TLSConfigError, peer_tls, server_endpoint
 
 log = Logger()
 
@@ -78,7 +79,8 @@ class Options(usage.Options):
             self["manhole"] = loopback_by_default(server_endpoint_string(self["manhole"]))
         try:
             self["secret"] = load_secret(self["secret-file"])
-        except SecretError as e:
+            self["tls"] = peer_tls(self["port"])
+        except (SecretError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
         data_dir = Path(self["data-dir"]).absolute()
         self["shared"] = Path(self["shared"]).absolute() if self["shared"] else data_dir / "shared"
@@ -93,12 +95,21 @@ class _Endpoints:
     Where downloads connect: holders are named by address, so no resolver.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, tls: PeerTLS | None) -> None:
         self.reactor = reactor
+        self.tls = tls
 
     def endpointForURI(self, uri: Any) -> Any:
-        host = uri.host.decode("ascii").strip("[]")
-        return tcp_client_endpoint(self.reactor, host, uri.port)
+        return connect_to(self.reactor, self.tls, uri.host.decode("ascii").strip("[]"), uri.port)
+
+
+def connect_to(reactor: Any, tls: PeerTLS | None, host: str, port: int) -> Any:
+    """
+    How a peer reaches another: TCP, inside TLS with our certificate when
+    our own port is TLS (then the whole network is).
+    """
+    endpoint = tcp_client_endpoint(reactor, host, port)
+    return tls.client(endpoint) if tls is not None else endpoint
 
 
 def makeService(options: Options) -> IService:
@@ -115,11 +126,12 @@ def makeService(options: Options) -> IService:
         if reactor.running:
             reactor.stop()
 
+    tls = options["tls"]
     node = PeerNode(
         clock=reactor,
-        listen=serverFromString(reactor, options["port"]),
+        listen=server_endpoint(reactor, options["port"]),
         meta=clientFromString(reactor, options["meta"]),
-        connect=lambda host, port: tcp_client_endpoint(reactor, host, port),
+        connect=lambda host, port: connect_to(reactor, tls, host, port),
         name=options["name"],
         max_neighbours=options["max-neighbours"],
         advertise=options["advertise"],
@@ -133,8 +145,9 @@ def makeService(options: Options) -> IService:
         secret=options["secret"],
         on_stop=reactor.stop,
         agent=Agent.usingEndpointFactory(
-            reactor, _Endpoints(reactor), pool=HTTPConnectionPool(reactor, persistent=False)
+            reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
         ),
+        url_scheme="https" if tls is not None else "http",
     )
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = MultiService()

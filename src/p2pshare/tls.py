@@ -1,0 +1,247 @@
+"""
+Encryption with a network's own certificate authority.
+
+C{p2p certs DIR NAME...} makes the CA and one certificate per role
+(L{make_certs}, with the C{cryptography} package).  A role then listens on
+an C{ssl:} endpoint and connects with C{tls:} endpoints, as Twisted spells
+them, plus one key of ours on C{ssl:}: C{trustRoots=DIR} (the directory of
+CA certificates, as C{tls:} spells it) makes the listening side ask every
+client for a certificate signed by one of them::
+
+    ssl:5001:privateKey=certs/s1.pem:trustRoots=certs/trust
+    tls:meta.example:5000:trustRoots=certs/trust:certificate=certs/s1.pem:privateKey=certs/s1.pem
+
+A peer listening like that also uses that certificate and CA for the
+connections it opens to other peers and for downloads (L{PeerTLS}); the
+metadata server is reached through the C{tls:} endpoint given to
+C{--meta}, which checks the server's certificate against C{trustRoots}
+and the host name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from OpenSSL.crypto import FILETYPE_PEM
+from twisted.internet import ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+
+from p2pshare.common import private_write
+
+CERT_DAYS = 825
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class TLSConfigError(ValueError):
+    """
+    A TLS endpoint or certificate file that cannot be used; one sentence.
+    """
+
+
+def split_description(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    An endpoint description's positional fields and C{key=value} options,
+    with C{\\:} standing for a colon inside a field.
+    """
+    fields, current, escaped = [], [], False
+    for ch in description:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current))
+    args, options = [], {}
+    for f in fields:
+        key, eq, value = f.partition("=")
+        if eq:
+            options[key] = value
+        else:
+            args.append(f)
+    return args, options
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise TLSConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
+
+
+@dataclass
+class PeerTLS:
+    """
+    A role's own certificate and its network's CA: what it presents and
+    what it accepts, on every TLS connection it opens or accepts.
+    """
+
+    certificate: ssl.PrivateCertificate
+    authorities: list[ssl.Certificate]
+
+    @classmethod
+    def load(cls, key_path: str, cert_path: str, trust_dir: str) -> PeerTLS:
+        try:
+            cert = ssl.Certificate.loadPEM(_read(cert_path, "certificate"))
+            key = ssl.KeyPair.load(_read(key_path, "private key"), FILETYPE_PEM)
+            cas = [
+                ssl.Certificate.loadPEM(_read(str(p), "CA certificate"))
+                for p in sorted(Path(trust_dir).glob("*.pem"))
+            ]
+        except TLSConfigError:
+            raise
+        except Exception as e:
+            raise TLSConfigError(f"unusable certificate or key: {e}") from None
+        if not cas:
+            raise TLSConfigError(f"no CA certificate (*.pem) in {trust_dir}")
+        return cls(ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key), cas)
+
+    def options(self) -> ssl.CertificateOptions:
+        """
+        Context options for either side: present our certificate, require
+        the other side's, and accept only those our CA signed.
+        """
+        return ssl.CertificateOptions(
+            privateKey=self.certificate.privateKey.original,
+            certificate=self.certificate.original,
+            trustRoot=ssl.trustRootFromCertificates(self.authorities),
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+
+    def client(self, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+        """
+        C{endpoint} wrapped in TLS with our certificate.  Peers are checked
+        against the CA, not a host name: they are reached at whatever
+        address they have (the secret handshake binds names).
+        """
+        return wrapClientTLS(self.options(), endpoint)  # type: ignore[arg-type]
+
+
+def peer_tls(description: str) -> PeerTLS | None:
+    """
+    The TLS identity in a listening description (C{ssl:...}), or L{None}
+    for a plain one.
+    """
+    if not description.startswith("ssl:"):
+        return None
+    _, options = split_description(description)
+    key = options.get("privateKey", "server.pem")
+    cert = options.get("certKey", key)
+    trust = options.get("trustRoots")
+    if trust is None:
+        raise TLSConfigError(
+            "an ssl: endpoint here needs trustRoots=DIR (the network's CA, from p2p certs)"
+        )
+    return PeerTLS.load(key, cert, trust)
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    L{serverFromString}, except that C{ssl:} takes C{trustRoots=DIR}: then
+    a client must present a certificate signed by a CA in that directory.
+    """
+    if not description.startswith("ssl:") or "trustRoots=" not in description:
+        return serverFromString(reactor, description)
+    args, options = split_description(description)
+    tls = peer_tls(description)
+    assert tls is not None
+    try:
+        port = int(options.get("port") or args[1])
+    except (IndexError, ValueError):
+        raise TLSConfigError(f"no port in {description!r}") from None
+    return SSL4ServerEndpoint(
+        reactor,
+        port,
+        tls.options(),
+        backlog=int(options.get("backlog", 50)),
+        interface=options.get("interface", ""),
+    )
+
+
+# Making a network's certificates.
+
+
+def make_certs(directory: Path, names: list[str], hosts: list[str]) -> list[Path]:
+    """
+    Write the network's CA in C{directory} (C{trust/ca.pem}, the directory
+    to name in C{trustRoots=}, and C{ca.key}; both kept if they exist) and
+    one C{NAME.pem} (certificate and key, mode 0600) per name, valid for
+    C{hosts}.  Returns the files written.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_pem, ca_key_path = directory / "trust" / "ca.pem", directory / "ca.key"
+    written = []
+    if ca_pem.exists() and ca_key_path.exists():
+        ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pshare network CA")])
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        private_write(ca_key_path, _key_pem(ca_key))
+        ca_pem.parent.mkdir(exist_ok=True)
+        ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        written += [ca_pem, ca_key_path]
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    for name in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), *sans]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        path = directory / f"{name}.pem"
+        private_write(path, cert.public_bytes(serialization.Encoding.PEM) + _key_pem(key))
+        written.append(path)
+    return written
+
+
+def _key_pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
