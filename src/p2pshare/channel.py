@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from p2pshare import wire
 from p2pshare.admission import Secret, new_nonce
 from p2pshare.common import LimitedFactory
+from p2pshare.tls import tls_failure
 from p2pshare.wire import Message, WireError
 
 MAX_BAD_LINES = 10  # bad lines on one connection before it is cut
@@ -358,7 +359,10 @@ class LineChannel(LineReceiver):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.connected = False
+        was_connected, self.connected = self.connected, False
+        failed = tls_failure(reason)
+        if failed is not None and was_connected:
+            self.log.warn("TLS with {peer} failed: {why}", peer=self._peerText(), why=failed)
         if self._admission_timer is not None and self._admission_timer.active():
             self._admission_timer.cancel()
         waiting, self._waiting = self._waiting, deque()

@@ -126,6 +126,22 @@ class PeerTLS:
         return wrapClientTLS(self.options(), endpoint)  # type: ignore[arg-type]
 
 
+def tls_failure(reason: Any) -> str | None:
+    """
+    What went wrong, in a few words, if a connection was lost to a failed
+    TLS handshake (a certificate from another CA, plain TCP); else L{None}.
+    """
+    from OpenSSL.SSL import Error
+
+    if reason is None or not hasattr(reason, "check") or not reason.check(Error):
+        return None
+    details = reason.value.args[0] if reason.value.args else []
+    try:
+        return "; ".join(str(d[2]) for d in details) or "TLS error"
+    except (TypeError, IndexError):
+        return str(reason.value)
+
+
 def peer_tls(description: str) -> PeerTLS | None:
     """
     The TLS identity in a listening description (C{ssl:...}), or L{None}

@@ -21,12 +21,16 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from p2pshare.tls import tls_failure
 
 if TYPE_CHECKING:
     from p2pshare.peer.node import PeerNode
@@ -44,6 +48,8 @@ class Sniffer(Protocol):
     The first protocol on every accepted connection: it waits for the first
     word, then becomes HTTP (C{GET}, C{HEAD}, ...) or the line protocol.
     """
+
+    log = Logger()
 
     def __init__(self, node: PeerNode) -> None:
         self.node = node
@@ -70,6 +76,15 @@ class Sniffer(Protocol):
         proto.makeConnection(transport)
         buffered, self._buffer = self._buffer, b""
         proto.dataReceived(buffered)
+
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Lost before the first word: a TLS handshake that failed (another
+        # CA's certificate, plain TCP on a TLS port) is worth a log line.
+        failed = tls_failure(reason)
+        if failed is not None:
+            peer = getattr(self.transport.getPeer(), "host", "?") if self.transport else "?"
+            self.log.warn("TLS with {peer} failed: {why}", peer=peer, why=failed)
 
 
 class SniffingFactory(Factory):

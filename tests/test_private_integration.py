@@ -1,0 +1,259 @@
+"""
+Real processes in private and encrypted networks.
+
+With C{--secret-file}: members join, search and download; a peer with no
+secret or a wrong one is refused by the metadata server and by every peer
+it tries, learning nothing; curl without a signed URL gets 403 everywhere
+and with one (C{p2p url}) gets the file; a recorded exchange replayed is
+refused.  With TLS endpoints and a CA from C{p2p certs}: the same join,
+search and verified download, while a peer whose certificate another CA
+signed is refused, and plain TCP gets nothing readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from p2pshare import wire
+from p2pshare.admission import META_IDENTITY, Secret
+from p2pshare.common import atomic_write
+from p2pshare.launch import LocalNetwork
+from p2pshare.simnet import assert_tree
+from p2pshare.topo import parse_topo
+
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+CURL = shutil.which("curl")
+DATA = os.urandom(300_000)
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+
+
+class LineClient:
+    """
+    A plain socket speaking lines, as nc would.
+    """
+
+    def __init__(self, port: int, wrap=None) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = wrap(raw) if wrap else raw
+        self.file = self.sock.makefile("rb")
+
+    def say(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def hear(self) -> bytes:
+        return self.file.readline()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def handshake(port: int, secret: Secret, responder: tuple[str, str]) -> tuple[LineClient, list[str], bytes]:
+    """
+    Prove membership the way a peer does; return the client, the lines we
+    said, and the answer to our proof.
+    """
+    c = LineClient(port)
+    nonce = os.urandom(16).hex()
+    said = [f"AUTH peer - {nonce}"]
+    c.say(said[0])
+    challenge = wire.decode(c.hear().rstrip(b"\r\n"))
+    assert challenge.verb == "CHALLENGE"
+    proof = secret.proof("initiator", ("peer", "-", nonce), (*responder, challenge.args[0]))
+    said.append(f"PROOF {proof}")
+    c.say(said[1])
+    return c, said, c.hear()
+
+
+async def members(net: LocalNetwork, n: int) -> dict[str, str]:
+    """
+    A metadata server and C{n} peers; returns name -> key once settled.
+    """
+    meta = await net.start_meta(n)
+    for _ in range(n):
+        await net.start_peer()
+    await meta.wait_for(f"topology settled: {n} peers", 30)
+    topo = {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
+    assert_tree(topo, {name: 2 for name in topo})
+    names = {}
+    for key in net.peers:
+        status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
+        assert status.returncode == 0, status.stderr
+        names[status.stdout.split()[1]] = key
+    return names
+
+
+async def fetch_across(net: LocalNetwork, names: dict[str, str]) -> None:
+    holder, requester = names["s3"], names["s2"]
+    atomic_write(net.root / holder / "shared" / "notes.bin", DATA)
+    await net.peers[holder].wait_for("sharing notes.bin", 30)
+    found = await deferToThread(run, *P2P, "search", "notes.*", "--peer", net.control(requester))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == f"notes.bin\t{len(DATA)}\t{hashlib.sha256(DATA).hexdigest()}\ts3\n"
+    got = await deferToThread(run, *P2P, "get", "notes.bin", "--peer", net.control(requester))
+    assert got.returncode == 0, got.stderr
+    assert (net.root / requester / "shared" / "notes.bin").read_bytes() == DATA
+
+
+@pytest.fixture
+def stop_later(reactor):
+    nets: list[LocalNetwork] = []
+    yield nets.append
+    for n in nets:
+        pytest_twisted.blockon(Deferred.fromCoroutine(n.stop_all()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_private_network_admits_members_only(reactor, tmp_path, stop_later):
+    secret_file = tmp_path / "network.secret"
+    made = run(*P2P, "secret", str(secret_file))
+    assert made.returncode == 0 and oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert run(*P2P, "secret", str(secret_file)).returncode == 1  # never replaced
+    secret = Secret.from_file(secret_file)
+    net = LocalNetwork(reactor, tmp_path / "net", secret_file=secret_file)
+    stop_later(net)
+    (tmp_path / "net").mkdir()
+    names = await members(net, 3)
+    assert "this network is private" in "".join(net.meta.lines)
+    await fetch_across(net, names)
+    ports = {name: int((net.root / key / "port").read_text()) for name, key in names.items()}
+
+    # Outsiders: no secret, then a wrong one.  Refused at the metadata
+    # server (which logs it); they never join.
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("not the network's secret at all\n")
+    for i, extra in enumerate([[], ["--secret-file", str(wrong)]]):
+        outside = LocalNetwork(reactor, tmp_path / f"out{i}")
+        (tmp_path / f"out{i}").mkdir()
+        outside.meta_port = net.meta_port
+        stop_later(outside)
+        since = len(net.meta.lines)
+        _, proc = await outside.start_peer(*extra, wait=False)
+        await proc.wait_for("refused us", 30)
+        await net.meta.wait_for("refused 127.0.0.1", 30, since)
+        assert proc.running and not any(" ready on port " in line for line in proc.lines)
+    assert "OPEN" in "".join(proc.lines) or "private" in "".join(proc.lines)
+    topo = (net.meta_dir / "topo.txt").read_text()
+    assert sorted(e.name for e in parse_topo(topo)) == ["s1", "s2", "s3"]
+
+    # Directly at every peer: a HELLO without proof, and a wrong proof.
+    other = Secret.from_file(wrong)
+    for name, port in ports.items():
+        c = LineClient(port)
+        c.say("HELLO intruder 7000")
+        assert c.hear().startswith(b"ERROR auth-required ")
+        assert c.hear() == b""  # and the connection is closed
+        c.close()
+        c, _, answer = handshake(port, other, ("peer", name))
+        assert answer.startswith(b"ERROR auth-failed ")
+        c.close()
+        # A member who meant to reach this peer is let in.
+        c, _, answer = handshake(port, secret, ("peer", name))
+        assert answer.startswith(b"PROOF ")
+        c.say("PING")
+        assert c.hear() == b"PONG\r\n"
+        c.close()
+
+    # A recorded exchange, replayed, does not fit the fresh challenge.
+    c, said, answer = handshake(net.meta_port, secret, META_IDENTITY)
+    assert answer.startswith(b"PROOF ")
+    c.close()
+    replay = LineClient(net.meta_port)
+    replay.say(said[0])
+    assert replay.hear().startswith(b"CHALLENGE ")
+    replay.say(said[1])
+    assert replay.hear().startswith(b"ERROR auth-failed ")
+    replay.close()
+
+    # The HTTP side: 403 without proof, the file with a signed URL.
+    if CURL is not None:
+        for name, port in ports.items():
+            for path in ("/files/notes.bin", "/files/", "/files/notes.bin?expires=99999999999&sig=00"):
+                out = run(CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
+                assert out.stdout == "403", (name, path, out)
+        url = run(*P2P, "url", f"http://127.0.0.1:{ports['s3']}/files/notes.bin", "--secret-file", str(secret_file))
+        assert url.returncode == 0, url.stderr
+        body = subprocess.run([CURL, "-sf", url.stdout.strip()], capture_output=True, timeout=60)
+        assert body.returncode == 0 and body.stdout == DATA
+
+    # p2p topo needs the secret too.
+    assert run(*P2P, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}").returncode == 1
+    out = run(*P2P, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}", "--secret-file", str(secret_file))
+    assert (out.returncode, out.stdout) == (0, topo)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_encrypted_network_with_its_own_ca(reactor, tmp_path, stop_later):
+    certs = tmp_path / "certs"
+    made = run(*P2P, "certs", str(certs), "meta", "p1", "p2", "p3")
+    assert made.returncode == 0, made.stderr
+    assert (certs / "trust" / "ca.pem").exists()
+    assert oct((certs / "p1.pem").stat().st_mode & 0o777) == "0o600"
+    net = LocalNetwork(reactor, tmp_path / "net", certs=certs)
+    (tmp_path / "net").mkdir()
+    stop_later(net)
+    names = await members(net, 3)
+    await fetch_across(net, names)
+    port = int((net.root / names["s1"] / "port").read_text())
+
+    # Plain TCP gets no line protocol out of a TLS port.
+    c = LineClient(port)
+    c.say("PING")
+    assert not c.hear().startswith(b"PONG")
+    c.close()
+
+    # A client with a certificate from another CA is refused by a peer...
+    foreign = tmp_path / "foreign"
+    assert run(*P2P, "certs", str(foreign), "p1").returncode == 0
+    context = ssl.create_default_context(cafile=str(certs / "trust" / "ca.pem"))
+    context.check_hostname = False
+    context.load_cert_chain(str(foreign / "p1.pem"))
+
+    def foreign_ping() -> bytes:
+        try:
+            c = LineClient(port, lambda s: context.wrap_socket(s))
+            c.say("PING")
+            return c.hear()
+        except (ssl.SSLError, ConnectionError):
+            return b""
+
+    assert await deferToThread(foreign_ping) == b""
+    # ... while our own CA's certificate is let in.
+    own = ssl.create_default_context(cafile=str(certs / "trust" / "ca.pem"))
+    own.check_hostname = False
+    own.load_cert_chain(str(certs / "p2.pem"))
+
+    def member_ping() -> bytes:
+        c = LineClient(port, lambda s: own.wrap_socket(s))
+        c.say("PING")
+        answer = c.hear()
+        c.close()
+        return answer
+
+    assert await deferToThread(member_ping) == b"PONG\r\n"
+
+    # ... and a whole peer with a foreign certificate never joins.
+    outside = LocalNetwork(reactor, tmp_path / "out", certs=foreign)
+    (tmp_path / "out").mkdir()
+    outside.meta_port = net.meta_port
+    stop_later(outside)
+    since = len(net.meta.lines)
+    _, proc = await outside.start_peer(wait=False)
+    await proc.wait_for("certificate verify failed", 30)
+    await net.meta.wait_for("TLS with 127.0.0.1", 30, since)
+    assert not any(" ready on port " in line for line in proc.lines)
+    assert sorted(e.name for e in parse_topo((net.meta_dir / "topo.txt").read_text())) == ["s1", "s2", "s3"]
