@@ -374,7 +374,7 @@ def test_a_host_that_keeps_breaking_the_protocol_cools_off(meta):
     assert out.endswith(b"ERROR cooling-off 10 bad lines; your host is refused for a while\r\n")
     assert rude.transport.disconnecting
     again = Conn(limited, host="127.0.0.66")
-    assert again.transport.value() == b"ERROR busy your host misbehaved; refused for 60 s more\r\n"
+    assert again.transport.value() == b"ERROR cooling-off your host misbehaved; refused for 60 s more\r\n"
     polite = Conn(limited, host="127.0.0.67")
     assert polite.say(b"P2P\r\n").startswith(b"OK")
     meta.clock.advance(61)
@@ -389,5 +389,17 @@ def test_a_neighbour_that_floods_searches_is_cut_off():
     flood = b"".join(b"SEARCH f%d 5 1 1000 x.txt\r\n" % i
                      for i in range(int(SEARCH_BURST) + FLOOD_LIMIT + 5))
     out = link.say(flood)
+    assert b"ERROR cooling-off " in out
+    assert link.transport.disconnecting
+
+
+def test_a_neighbour_that_claims_its_searches_come_from_further_away_is_bounded_too():
+    from p2pshare.peer.search import FLOOD_LIMIT, FORWARD_BURST
+
+    node, link = linked_peer()
+    flood = b"".join(b"SEARCH far%d 5 7 1000 x.txt\r\n" % i
+                     for i in range(int(FORWARD_BURST) + FLOOD_LIMIT + 5))
+    out = link.say(flood)
+    assert len(node.search.handled) == FORWARD_BURST
     assert b"ERROR cooling-off " in out
     assert link.transport.disconnecting

@@ -162,12 +162,13 @@ class ListenService(Service):
 
 
 class _Busy(Protocol):
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, code: str = "busy") -> None:
         self.why = why
+        self.code = code
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.write(f"ERROR busy {self.why}\r\n".encode())
+        self.transport.write(f"ERROR {self.code} {self.why}\r\n".encode())
         self.transport.loseConnection()
 
 
@@ -210,7 +211,7 @@ class LimitedFactory(WrappingFactory):
         if until is not None and self.clock is not None:
             left = until - self.clock.seconds()
             if left > 0:
-                return _Busy(f"your host misbehaved; refused for {left:.0f} s more")
+                return _Busy(f"your host misbehaved; refused for {left:.0f} s more", "cooling-off")
             del self.cooling[host]
         if len(self.protocols) >= self.total:
             return _Busy("this peer has too many connections; try again later")

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY
 from p2pshare.channel import ChannelFactory, LineChannel, RemoteError
-from p2pshare.peer.search import TokenBucket
+from p2pshare.peer.search import FORWARD_BURST, FORWARD_RATE, TokenBucket
 from p2pshare.wire import Message
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class PeerProtocol(LineChannel):
         self.secret = node.secret
         self.link: str | None = None
         self.search_allowance = TokenBucket()
+        self.forward_allowance = TokenBucket(FORWARD_RATE, FORWARD_BURST)
         self.searches_refused = 0
 
     def identity(self) -> tuple[str, str]:

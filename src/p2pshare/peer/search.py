@@ -42,6 +42,10 @@ DEFAULT_TTL = 1000
 MAX_WAIT_MS = 60_000
 SEARCH_RATE = 20.0  # searches a neighbour may start per second, sustained
 SEARCH_BURST = 100.0
+# Searches a neighbour passes on from further away: its whole subtree's,
+# so more; but a neighbour lying about hops is still bounded.
+FORWARD_RATE = 10 * SEARCH_RATE
+FORWARD_BURST = 10 * SEARCH_BURST
 FLOOD_LIMIT = 200  # searches refused on one link before it is cut
 MIN_MARGIN_MS = 2
 MAX_MARGIN_MS = 250
@@ -97,9 +101,11 @@ class SearchEngine:
             self.handled[search_id] = self.handled.get(search_id, 0) + 1
             proto.send("RESULTS", search_id)
             return
-        if int(hops) <= 1 and not proto.search_allowance.take(self.node.clock.seconds()):
-            # The neighbour started this search itself, over its allowance:
-            # an empty answer at once, and nobody else is bothered.
+        bucket = proto.search_allowance if int(hops) <= 1 else proto.forward_allowance
+        if not bucket.take(self.node.clock.seconds()):
+            # Over the neighbour's allowance (for searches it started, or
+            # for those it passes on): an empty answer at once, and nobody
+            # else is bothered.
             self.throttled += 1
             proto.send("RESULTS", search_id)
             proto.searches_refused += 1
