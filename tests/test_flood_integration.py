@@ -67,7 +67,7 @@ def flood(port: int) -> dict[str, object]:
         heard: list[bytes] = []
         s.sendall(b"HELLO flooder 7999\r\n")
         heard.append(reader.readline())
-        listener = threading.Thread(target=lambda: heard.extend(reader))
+        listener = threading.Thread(target=heard.extend, args=(reader,))
         listener.start()
         try:
             while sent < FLOOD:
