@@ -403,3 +403,16 @@ def test_a_neighbour_that_claims_its_searches_come_from_further_away_is_bounded_
     assert len(node.search.handled) == FORWARD_BURST
     assert b"ERROR cooling-off " in out
     assert link.transport.disconnecting
+
+
+def test_results_kept_per_search_are_bounded():
+    from p2pshare.peer.search import MAX_RESULTS
+
+    node, link = linked_peer()
+    found = []
+    node.search.start("*.txt", 5.0, "big").addCallback(found.extend)
+    match = wire.Match("a.txt", 1, "0" * 64, "s2", "127.0.0.2", 7002, 1).field()
+    line = b"RESULTS big more=1 " + b" ".join([match.encode()] * 25) + b"\r\n"
+    link.say(line * (MAX_RESULTS // 25 + 100))  # 2,500 matches too many
+    link.say(b"RESULTS big\r\n")
+    assert len(found) == MAX_RESULTS

@@ -94,6 +94,7 @@ class LineChannel(LineReceiver):
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self._waiting: deque[Deferred[Message]] = deque()
         self._admitted = False
+        self._registered = False  # as a producer on our transport
         self._admission_waiters: list[Deferred[LineChannel]] = []
         self._admission_timer: IDelayedCall | None = None
         self._initiator: tuple[str, str, str] | None = None  # role, name, nonce
@@ -117,6 +118,11 @@ class LineChannel(LineReceiver):
         Close after what was written has been sent.
         """
         if self.transport is not None:
+            # A paused producer would keep a closing transport open once its
+            # buffer drained (it resumes us instead of closing): unregister.
+            if self._registered:
+                self._registered = False
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def abort(self) -> None:
@@ -190,6 +196,13 @@ class LineChannel(LineReceiver):
         return d
 
     def connectionMade(self) -> None:
+        # Back-pressure: when what we write piles up because the other side
+        # does not read it, the transport pauses us (LineReceiver is a
+        # producer), which stops reading from that side until it drains.
+        # Nobody can make us buffer without bound by not listening.
+        if getattr(self.transport, "producer", None) is None and self.transport is not None:
+            self.transport.registerProducer(self, True)
+            self._registered = True
         if self.secret is None:
             self._admit()
             return

@@ -47,6 +47,7 @@ SEARCH_BURST = 100.0
 FORWARD_RATE = 10 * SEARCH_RATE
 FORWARD_BURST = 10 * SEARCH_BURST
 FLOOD_LIMIT = 200  # searches refused on one link before it is cut
+MAX_RESULTS = 10_000  # matches one search keeps; more are dropped
 MIN_MARGIN_MS = 2
 MAX_MARGIN_MS = 250
 SEEN_FOR = 600.0  # how long a search id is remembered
@@ -137,7 +138,7 @@ class SearchEngine:
         self.seen[search_id] = now
         self.handled[search_id] = self.handled.get(search_id, 0) + 1
         search = Search(search_id, pattern, upstream, done=done)
-        search.matches = self.node.local_matches(pattern, hops)
+        search.matches = self.node.local_matches(pattern, hops)[:MAX_RESULTS]
         margin_ms = margin_for(wait_ms, ttl)
         child_wait = wait_ms - 2 * margin_ms
         if ttl > 0 and child_wait > margin_ms:
@@ -160,7 +161,9 @@ class SearchEngine:
         search = self.pending.get(msg.args[0])
         if search is None or proto.link not in search.waiting:
             return  # late, after our deadline: already answered without it
-        search.matches.extend(Match.parse(f) for f in msg.args[1:])
+        room = MAX_RESULTS - len(search.matches)
+        if room > 0:
+            search.matches.extend(Match.parse(f) for f in msg.args[1 : 1 + room])
         if "more" not in msg.options:
             search.waiting.discard(proto.link)
             if not search.waiting:
