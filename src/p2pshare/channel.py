@@ -94,7 +94,7 @@ class LineChannel(LineReceiver):
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self._waiting: deque[Deferred[Message]] = deque()
         self._admitted = False
-        self._registered = False  # as a producer on our transport
+        self._producing = False  # registered as a producer on our transport
         self._admission_waiters: list[Deferred[LineChannel]] = []
         self._admission_timer: IDelayedCall | None = None
         self._initiator: tuple[str, str, str] | None = None  # role, name, nonce
@@ -120,10 +120,11 @@ class LineChannel(LineReceiver):
         if self.transport is not None:
             # A paused producer would keep a closing transport open once its
             # buffer drained (it resumes us instead of closing): unregister.
-            if self._registered:
-                self._registered = False
-                self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            transport: Any = self.transport
+            if self._producing:
+                self._producing = False
+                transport.unregisterProducer()
+            transport.loseConnection()
 
     def abort(self) -> None:
         """
@@ -195,14 +196,26 @@ class LineChannel(LineReceiver):
             self._admission_waiters.append(d)
         return d
 
+    def _watchBackPressure(self) -> None:
+        """
+        When what we write piles up because the other side does not read
+        it, the transport pauses us (L{LineReceiver} is a producer), which
+        stops reading from that side until it drains: nobody can make us
+        buffer without bound by not listening.  Done once the first line
+        has arrived, not at connection: a TLS transport pauses its producer
+        while its handshake is unfinished, and a paused reader would never
+        finish it.
+        """
+        transport: Any = self.transport
+        if (
+            transport is not None
+            and not getattr(transport, "disconnecting", False)
+            and getattr(transport, "producer", None) is None
+        ):
+            transport.registerProducer(self, True)
+            self._producing = True
+
     def connectionMade(self) -> None:
-        # Back-pressure: when what we write piles up because the other side
-        # does not read it, the transport pauses us (LineReceiver is a
-        # producer), which stops reading from that side until it drains.
-        # Nobody can make us buffer without bound by not listening.
-        if getattr(self.transport, "producer", None) is None and self.transport is not None:
-            self.transport.registerProducer(self, True)
-            self._registered = True
         if self.secret is None:
             self._admit()
             return
@@ -295,6 +308,8 @@ class LineChannel(LineReceiver):
     # Receiving.
 
     def lineReceived(self, line: bytes) -> None:
+        if not self._producing:
+            self._watchBackPressure()
         if self.clock is not None:
             self.heard_at = self.clock.seconds()
         try:
