@@ -10,6 +10,9 @@ Part 2, real processes: a metadata server and P peers (default 50) as
 twistd processes on 127.0.0.1, all started at once.  Baseline in the same
 run: P bare Python processes that import Twisted and exit.
 
+Both parts also join a private network (--secret-file: a challenge-response
+on every connection) and compare its join rate with the open network's.
+
     python bench/join.py [--peers 500] [--processes 50]
 
 It prints its figures; docs/performance.rst records them.
@@ -31,6 +34,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, react
 from twisted.test import iosim
 
+from p2pshare.admission import Secret, new_secret_text
 from p2pshare.channel import LineChannel
 from p2pshare.launch import LocalNetwork
 from p2pshare.simnet import SimNet, assert_tree
@@ -43,8 +47,10 @@ def rss_mib_of(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def in_process(n: int, max_neighbours: int, concurrent: bool) -> dict[str, float]:
-    net = SimNet(None, seed=7)
+def in_process(
+    n: int, max_neighbours: int, concurrent: bool, secret: Secret | None = None
+) -> dict[str, float]:
+    net = SimNet(None, seed=7, secret=secret)
     net.start_meta(expect=n)
     rss_before = rss_mib_of()
     started = time.perf_counter()
@@ -95,9 +101,13 @@ def bare_exchanges(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def real_processes(reactor: object, count: int) -> dict[str, float]:
+async def real_processes(reactor: object, count: int, private: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
-        net = LocalNetwork(reactor, Path(tmp), timeout=120)
+        secret_file = None
+        if private:
+            secret_file = Path(tmp) / "network.secret"
+            secret_file.write_text(new_secret_text())
+        net = LocalNetwork(reactor, Path(tmp), timeout=120, secret_file=secret_file)
         try:
             meta = await net.start_meta(count)
             started = time.perf_counter()
@@ -153,6 +163,13 @@ def main() -> None:
                 f"hops mean {r['mean_hops']:.3f} max {r['max_hops']}, "
                 f"RSS growth {r['rss_growth_mib']:.1f} MiB"
             )
+    open_net = in_process(args.peers, 2, True)
+    private = in_process(args.peers, 2, True, Secret(new_secret_text().encode()))
+    print(
+        f"max-neighbours 2, all at once, private network: {private['joins_per_s']:8,.0f} joins/s, "
+        f"open {open_net['joins_per_s']:,.0f}: ratio {private['joins_per_s'] / open_net['joins_per_s']:.2f} "
+        f"(target 0.8)"
+    )
     print(f"process RSS after all runs: {rss_mib_of():.1f} MiB, "
           f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
 
@@ -166,6 +183,11 @@ def main() -> None:
             f"{r['joins_per_s']:.1f} joins/s ({r['joins_per_s'] / base:.2f} of baseline), "
             f"hops mean {r['mean_hops']:.3f} max {r['max_hops']}, "
             f"metadata server RSS {r['meta_rss_mib']:.1f} MiB"
+        )
+        p = await real_processes(reactor, args.processes, private=True)
+        print(
+            f"private network: {p['joins_per_s']:.1f} joins/s, hops mean {p['mean_hops']:.3f}: "
+            f"ratio to open {p['joins_per_s'] / r['joins_per_s']:.2f} (target 0.8)"
         )
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

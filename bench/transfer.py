@@ -9,6 +9,8 @@ the same file over loopback.
     ``curl -o F && openssl dgst -sha256 F && sync F``.
 (c) Peak RSS of the serving and the downloading peer, for the big file and
     for a 64 MiB one.
+(d) The verified download of (b) over TLS (a CA from p2p certs, fresh
+    processes), against (b)'s plain TCP.
 
     python bench/transfer.py [--mib 1024]
 
@@ -73,25 +75,62 @@ def best_of(n: int, f: object) -> float:
 async def run(reactor: object, mib: int) -> None:
     with tempfile.TemporaryDirectory(prefix="p2p-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
         root = Path(tmp)
-        net = LocalNetwork(reactor, root, timeout=600)
+        net = LocalNetwork(reactor, root / "plain", timeout=600)
+        (root / "plain").mkdir()
         try:
-            await bench(net, root, mib)
+            plain = await bench(net, root / "plain", mib)
         finally:
             await net.stop_all()
+        secure = LocalNetwork(reactor, root / "tls", timeout=600, certs=root / "certs")
+        (root / "tls").mkdir()
+        try:
+            tls = await verified_download(secure, root / "tls", mib)
+        finally:
+            await secure.stop_all()
+        print(f"(d) verified download over TLS: {mib * 1.048576 / tls:,.0f} MB/s, plain TCP "
+              f"{mib * 1.048576 / plain:,.0f} MB/s: ratio {plain / tls:.2f} (target 0.6)")
 
 
-async def bench(net: LocalNetwork, root: Path, mib: int) -> None:
+async def two_peers(net: LocalNetwork, root: Path, mib: int) -> tuple[str, str, int]:
+    """
+    A metadata server, a holder sharing big.bin of C{mib} MiB, a getter.
+    """
     meta = await net.start_meta(2)
     holder, holder_proc = await net.start_peer()
-    getter, getter_proc = await net.start_peer()
+    getter, _ = await net.start_peer()
     await meta.wait_for("topology settled: 2 peers", 60)
-    shared = root / holder / "shared"
-    big = shared / "big.bin"
     print(f"writing a {mib} MiB file ...", flush=True)
-    write_random(big, mib)
+    write_random(root / holder / "shared" / "big.bin", mib)
     await holder_proc.wait_for("sharing big.bin", 600)
-    port = int((root / holder / "port").read_text())
-    size = big.stat().st_size
+    return holder, getter, int((root / holder / "port").read_text())
+
+
+async def verified_download(net: LocalNetwork, root: Path, mib: int) -> float:
+    """
+    The best of two C{p2p get} runs of big.bin, in seconds.
+    """
+    _, getter, _ = await two_peers(net, root, mib)
+    return get_big(net, root, getter)
+
+
+def get_big(net: LocalNetwork, root: Path, getter: str) -> float:
+    runs = []
+    for _ in range(2):
+        target = root / getter / "shared" / "big.bin"
+        target.unlink(missing_ok=True)
+        runs.append(timed(P2P + ["get", "big.bin", "--peer", net.control(getter)],
+                          stderr=subprocess.DEVNULL))
+    return min(runs)
+
+
+async def bench(net: LocalNetwork, root: Path, mib: int) -> float:
+    """
+    (a) to (c); returns the plain verified download's time.
+    """
+    holder, getter, port = await two_peers(net, root, mib)
+    holder_proc, getter_proc = net.peers[holder], net.peers[getter]
+    shared = root / holder / "shared"
+    size = (shared / "big.bin").stat().st_size
 
     # (a) serving
     http_port = free_port()
@@ -122,13 +161,7 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> None:
         + timed(["openssl", "dgst", "-sha256", str(out)])
         + timed(["sync", str(out)])
     ))
-    runs = []
-    for _ in range(2):
-        target = root / getter / "shared" / "big.bin"
-        target.unlink(missing_ok=True)
-        runs.append(timed(P2P + ["get", "big.bin", "--peer", net.control(getter)],
-                          stderr=subprocess.DEVNULL))
-    ours = min(runs)
+    ours = get_big(net, root, getter)
     print(f"(b) verified download: p2p get {mbs / ours:,.0f} MB/s, by hand (curl, openssl "
           f"dgst, sync) {mbs / hand:,.0f} MB/s: ratio {hand / ours:.2f}")
 
@@ -136,6 +169,7 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> None:
     assert holder_proc.pid and getter_proc.pid
     print(f"(c) peak RSS after {mib} MiB: serving peer {peak_rss_mib(holder_proc.pid):.1f} MiB, "
           f"downloading peer {peak_rss_mib(getter_proc.pid):.1f} MiB")
+    return ours
 
 
 def _wait_listening(port: int) -> None:
