@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from p2pshare import wire
+from p2pshare.admission import Secret
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
@@ -59,19 +60,53 @@ def feed(proto, transport, data: bytes, clock: Clock, seconds: float) -> None:
     clock.advance(seconds)
 
 
+SECRET = Secret(b"s" * 32)
+
+
+def admitted(proto, transport) -> None:
+    """
+    Prove membership of the private network on a fresh connection.
+    """
+    nonce = "ab" * 16
+    proto.dataReceived(f"AUTH peer - {nonce}\r\n".encode())
+    challenge = wire.decode(transport.value().split(b"\r\n")[0])
+    mine, theirs = ("peer", "-", nonce), ("meta", "meta", challenge.args[0])
+    proto.dataReceived(f"PROOF {SECRET.proof('initiator', mine, theirs)}\r\n".encode())
+    assert transport.value().split(b"\r\n")[1].startswith(b"PROOF ")
+    transport.clear()
+
+
 @settings(max_examples=150, deadline=None)
 @given(steps)
 def test_fuzzing_the_metadata_server(steps_):
+    fuzz_meta(None, steps_)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_fuzzing_a_private_metadata_server(steps_):
+    fuzz_meta(SECRET, steps_)
+
+
+def fuzz_meta(secret, steps_):
     clock = Clock()
-    server = MetaServer(Registry(), clock, data_dir=None, expect=2)
+    server = MetaServer(Registry(), clock, data_dir=None, expect=2, secret=secret)
     server.startService()
     factory = MetaFactory(server)
     bystander, bystander_transport = connect(factory, "127.0.0.2")
+    if secret is not None:
+        admitted(bystander, bystander_transport)
     bystander.dataReceived(b"P2P port=6001 name=bystander\r\n")
     for data, seconds in steps_:
         proto, transport = connect(factory)
         feed(proto, transport, b"".join(data), clock, seconds)
         well_formed(transport.value())
+        if secret is not None:
+            # A stranger hears nothing about the network: only challenges
+            # and errors, never a name or a topology.
+            for line in transport.value().split(b"\r\n")[:-1]:
+                assert line.split()[0] in (b"CHALLENGE", b"ERROR"), line
+            assert b"bystander" not in transport.value()
         assert len(proto._buffer) <= proto.MAX_LENGTH + 1
         proto.connectionLost(None)
     # The bystander was never disturbed.
