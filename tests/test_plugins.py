@@ -49,6 +49,8 @@ def test_peer_options_defaults_and_values(tmp_path):
     assert o["port"] == "tcp:5001"
     assert o["meta"] == "tcp:127.0.0.1:5000"
     assert o["max-neighbours"] == 2
+    assert o["max-uploads"] == 16
+    assert o["secret"] is None and o["tls"] is None  # an open, plain network
     assert o["name"] is None and o["advertise"] is None
     assert o["control"].startswith("unix:") and o["control"].endswith("p2ppeer-data/control.sock:mode=600")
     o = PeerOptions()
@@ -71,8 +73,18 @@ def test_peer_options_defaults_and_values(tmp_path):
         ["--max-neighbours", "0"],
         ["--max-neighbours", "two"],
         ["--advertise", "a b"],
+        ["--max-uploads", "0"],
+        ["--secret-file", "/nonexistent/secret"],
+        ["--port", "ssl:0:privateKey=/nonexistent.pem"],  # no trustRoots
+        ["--port", "ssl:0:privateKey=/nonexistent.pem:trustRoots=/nonexistent"],
     ],
 )
 def test_peer_options_refuse_bad_values(argv):
     with pytest.raises(usage.UsageError):
         PeerOptions().parseOptions(argv)
+
+
+def test_a_short_secret_is_refused_with_a_clear_error(tmp_path):
+    (tmp_path / "s").write_text("tiny\n")
+    with pytest.raises(usage.UsageError, match="at least 16 bytes"):
+        MetaOptions().parseOptions(["--secret-file", str(tmp_path / "s")])

@@ -43,7 +43,7 @@ from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.channel import RemoteError
 from p2pshare.common import LimitedFactory, atomic_write
-from p2pshare.peer.http import UploadSlots, make_site
+from p2pshare.peer.http import MAX_UPLOADS, UploadSlots, make_site
 from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
 from p2pshare.peer.transfer import Downloader, Fetched, FetchError, Progress
@@ -122,6 +122,7 @@ class PeerNode(Service):
         state_dir: Path | None = None,
         secret: Secret | None = None,
         url_scheme: str = "http",
+        max_uploads: int = MAX_UPLOADS,
     ) -> None:
         self.clock = clock
         self.secret = secret
@@ -180,7 +181,7 @@ class PeerNode(Service):
         )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self.transfers: dict[str, tuple[int, int]] = {}  # downloads running: done, total
-        self.upload_slots = UploadSlots()
+        self.upload_slots = UploadSlots(max_uploads)
 
     # Life cycle.
 

@@ -51,6 +51,7 @@ class Options(usage.Options):
         ["heartbeat", None, 5.0, "Seconds between heartbeats; 3 silent ones mean dead.", float],
         ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
         ["secret-file", None, None, "The network secret: admit only peers that hold it."],
+        ["max-uploads", None, 16, "Files served at once; more requests get 503.", int],
     ]
 
     def postOptions(self) -> None:
@@ -62,6 +63,8 @@ class Options(usage.Options):
             raise usage.UsageError("--heartbeat is from 0.1 to 3600 seconds")
         if not 1 <= self["max-neighbours"] <= 1000:
             raise usage.UsageError("--max-neighbours is from 1 to 1000")
+        if not 1 <= self["max-uploads"] <= 10000:
+            raise usage.UsageError("--max-uploads is from 1 to 10000")
         if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
             raise usage.UsageError("--advertise is a host name or an IP address")
         self["port"] = server_endpoint_string(self["port"])
@@ -148,6 +151,7 @@ def makeService(options: Options) -> IService:
             reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
         ),
         url_scheme="https" if tls is not None else "http",
+        max_uploads=options["max-uploads"],
     )
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = MultiService()
