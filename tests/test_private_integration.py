@@ -247,6 +247,18 @@ async def test_an_encrypted_network_with_its_own_ca(reactor, tmp_path, stop_late
 
     assert await deferToThread(member_ping) == b"PONG\r\n"
 
+    # curl (which offers ALPN) fetches with a member certificate, and gets
+    # nothing without one.
+    if CURL is not None:
+        holder_port = int((net.root / names["s3"] / "port").read_text())
+        url = f"https://127.0.0.1:{holder_port}/files/notes.bin"
+        ca = str(certs / "trust" / "ca.pem")
+        body = subprocess.run([CURL, "-sf", "--cacert", ca, "--cert", str(certs / "p1.pem"), url],
+                              capture_output=True, timeout=60)
+        assert body.returncode == 0 and body.stdout == DATA, body.stderr
+        refused = subprocess.run([CURL, "-sf", "--cacert", ca, url], capture_output=True, timeout=60)
+        assert refused.returncode != 0 and refused.stdout == b""
+
     # ... and a whole peer with a foreign certificate never joins.
     outside = LocalNetwork(reactor, tmp_path / "out", certs=foreign)
     (tmp_path / "out").mkdir()

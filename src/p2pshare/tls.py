@@ -115,6 +115,10 @@ class PeerTLS:
             certificate=self.certificate.original,
             trustRoot=ssl.trustRootFromCertificates(self.authorities),
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            # Without a protocol list, a client offering ALPN (curl offers
+            # h2 and http/1.1) is refused with an internal error.  The port
+            # speaks HTTP/1.1 and the line protocol, which offers nothing.
+            acceptableProtocols=[b"http/1.1"],
         )
 
     def client(self, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
