@@ -32,15 +32,6 @@ def topo(net):
     return {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
 
 
-async def names(net):
-    out = {}
-    for key, proc in net.peers.items():
-        if proc.running:
-            status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
-            out[status.stdout.split()[1]] = key
-    return out
-
-
 async def started(net, n):
     """
     A metadata server and C{n} peers (heartbeat BEAT) in one tree.
@@ -49,7 +40,7 @@ async def started(net, n):
     for _ in range(n):
         await net.start_peer("--heartbeat", str(BEAT))
     views = await settled(net, meta, n, 0)
-    return meta, views, await names(net)
+    return meta, views, await net.names()
 
 
 async def settled(net, meta, n, since):
@@ -165,7 +156,7 @@ async def test_a_restarted_peer_takes_its_name_back_and_nobody_else_can(reactor,
         for _ in range(3):
             await net.start_peer("--heartbeat", "5")
         await settled(net, meta, 3, 0)
-        keys = await names(net)
+        keys = await net.names()
         name = sorted(keys)[-1]
         key = keys[name]
         net.peers[key].signal(signal.SIGKILL)
@@ -177,7 +168,7 @@ async def test_a_restarted_peer_takes_its_name_back_and_nobody_else_can(reactor,
         # ... while the peer itself, restarted with its data dir, gets it back.
         since = len(meta.lines)
         _, again = await net.start_peer("--heartbeat", "5", key=key)
-        assert (await names(net))[name] == key
+        assert (await net.names())[name] == key
         await settled(net, meta, 3, since)
         # A graceful stop frees the name at once.
         out = await deferToThread(run, *P2P, "stop", "--peer", net.control(key))

@@ -100,14 +100,9 @@ def flood(port: int) -> dict[str, object]:
 async def test_a_flood_of_searches_is_throttled_then_cut_and_others_go_on(reactor, tmp_path):
     net = LocalNetwork(reactor, tmp_path)
     try:
-        meta = await net.start_meta(4)
-        for _ in range(4):
-            await net.start_peer()
-        await meta.wait_for("topology settled: 4 peers", 30)
+        await net.start_network(4)
         topo = {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
-        names = {}
-        for key in net.peers:
-            names[json.loads(await deferToThread(status, net.control(key)))["name"]] = key
+        names = await net.names()
         for name, key in names.items():
             atomic_write(net.root / key / "shared" / f"held-by-{name}", name.encode())
             await net.peers[key].wait_for("sharing held-by-", 30)
@@ -174,15 +169,6 @@ async def test_a_flood_of_searches_is_throttled_then_cut_and_others_go_on(reacto
     finally:
         await net.stop_all()
 
-
-def status(control: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(control.removeprefix("unix:"))
-        s.sendall(b"STATUS\r\n")
-        line = s.makefile("rb").readline()
-    assert line.startswith(b"OK "), line
-    return line[3:].decode()
 
 
 if __name__ == "__main__":

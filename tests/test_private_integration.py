@@ -83,18 +83,10 @@ async def members(net: LocalNetwork, n: int) -> dict[str, str]:
     """
     A metadata server and C{n} peers; returns name -> key once settled.
     """
-    meta = await net.start_meta(n)
-    for _ in range(n):
-        await net.start_peer()
-    await meta.wait_for(f"topology settled: {n} peers", 30)
+    await net.start_network(n)
     topo = {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
     assert_tree(topo, {name: 2 for name in topo})
-    names = {}
-    for key in net.peers:
-        status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
-        assert status.returncode == 0, status.stderr
-        names[status.stdout.split()[1]] = key
-    return names
+    return await net.names()
 
 
 async def fetch_across(net: LocalNetwork, names: dict[str, str]) -> None:

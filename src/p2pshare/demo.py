@@ -19,7 +19,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 
 from p2pshare.admission import new_secret_text
-from p2pshare.client import control_request
 from p2pshare.common import atomic_write, private_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.tls import DEFAULT_HOSTS, make_certs
@@ -88,10 +87,7 @@ async def _share_a_file(net: LocalNetwork, entries: list[TopoEntry]) -> int:
     Put a file on one end of the tree, find it and fetch it, verified, from
     the other end; then look for something nobody has.
     """
-    keys = {}
-    for key in net.peers:
-        status = await control_request(net.reactor, net.control(key), "STATUS")
-        keys[status["name"]] = key
+    keys = await net.names()
     views = {e.name: e.neighbours for e in entries}
     holder, requester, hops = far_apart(views)
     data = os.urandom(DEMO_SIZE)

@@ -290,6 +290,30 @@ class LocalNetwork:
             await proc.wait_for(" ready on port ", self.timeout)
         return key, proc
 
+    async def start_network(self, n: int, *peer_args: str) -> ChildProcess:
+        """
+        A metadata server and C{n} peers started one after another, once
+        the metadata server has seen them settle into one tree.
+        """
+        meta = await self.start_meta(n)
+        for _ in range(n):
+            await self.start_peer(*peer_args)
+        await meta.wait_for(f"topology settled: {n} peers", self.timeout)
+        return meta
+
+    async def names(self) -> dict[str, str]:
+        """
+        Each running peer's name, to its key, as the peers say themselves.
+        """
+        from p2pshare.client import control_request
+
+        found = {}
+        for key, proc in self.peers.items():
+            if proc.running:
+                status = await control_request(self.reactor, self.control(key), "STATUS")
+                found[status["name"]] = key
+        return found
+
     def p2p(self, *args: str, on_line: Callable[[str], None] | None = None) -> ChildProcess:
         """
         Start the C{p2p} command; its output can be waited for.
