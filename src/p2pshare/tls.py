@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from OpenSSL.crypto import FILETYPE_PEM
+from OpenSSL.SSL import Error
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
@@ -135,8 +136,6 @@ def tls_failure(reason: Any) -> str | None:
     What went wrong, in a few words, if a connection was lost to a failed
     TLS handshake (a certificate from another CA, plain TCP); else L{None}.
     """
-    from OpenSSL.SSL import Error
-
     if reason is None or not hasattr(reason, "check") or not reason.check(Error):
         return None
     details = reason.value.args[0] if reason.value.args else []
@@ -164,15 +163,18 @@ def peer_tls(description: str) -> PeerTLS | None:
     return PeerTLS.load(key, cert, trust)
 
 
-def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+def server_endpoint(
+    reactor: Any, description: str, tls: PeerTLS | None = None
+) -> IStreamServerEndpoint:
     """
     L{serverFromString}, except that C{ssl:} takes C{trustRoots=DIR}: then
     a client must present a certificate signed by a CA in that directory.
+    C{tls} is that description's identity when the caller has loaded it.
     """
     if not description.startswith("ssl:") or "trustRoots=" not in description:
         return serverFromString(reactor, description)
     args, options = split_description(description)
-    tls = peer_tls(description)
+    tls = tls or peer_tls(description)
     assert tls is not None
     try:
         port = int(options.get("port") or args[1])

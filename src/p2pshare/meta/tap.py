@@ -53,7 +53,7 @@ class Options(usage.Options):
                 self[key] = loopback_by_default(server_endpoint_string(self[key]))
         try:
             self["secret"] = load_secret(self["secret-file"])
-            peer_tls(self["port"])  # an ssl: port must name its CA and be readable
+            self["tls"] = peer_tls(self["port"])  # an ssl: port names a readable CA
         except (SecretError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -85,7 +85,7 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     server.setServiceParent(top)
     ListenService(
-        server_endpoint(reactor, options["port"]), LimitedFactory(MetaFactory(server), clock=reactor), listening
+        server_endpoint(reactor, options["port"], options["tls"]), LimitedFactory(MetaFactory(server), clock=reactor), listening
     ).setServiceParent(top)
     if options["web"] is not None:
 

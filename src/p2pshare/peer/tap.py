@@ -132,7 +132,7 @@ def makeService(options: Options) -> IService:
     tls = options["tls"]
     node = PeerNode(
         clock=reactor,
-        listen=server_endpoint(reactor, options["port"]),
+        listen=server_endpoint(reactor, options["port"], tls),
         meta=clientFromString(reactor, options["meta"]),
         connect=lambda host, port: connect_to(reactor, tls, host, port),
         name=options["name"],
