@@ -44,10 +44,14 @@ def find(control: str, pattern: str) -> tuple[float, list[str]]:
         s.connect(control.removeprefix("unix:"))
         started = time.monotonic()
         s.sendall(f"FIND {pattern}\r\n".encode())
-        line = s.makefile("rb").readline()
+        reader = s.makefile("rb")
+        holders = []
+        while (line := reader.readline()).startswith(b"ITEM matches "):
+            holders.append(json.loads(line[len(b"ITEM matches "):])["holder"])
         took = time.monotonic() - started
     assert line.startswith(b"OK "), line
-    return took, sorted(m["holder"] for m in json.loads(line[3:]))
+    assert json.loads(line[3:])["count"] == len(holders)
+    return took, sorted(holders)
 
 
 def flood(port: int) -> dict[str, object]:

@@ -134,11 +134,13 @@ def p2p_status_json(net: LocalNetwork, key: str) -> dict:
         s.settimeout(10)
         s.connect(str(path))
         s.sendall(b"STATUS\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            data += s.recv(65536)
-    assert data.startswith(b"OK ")
-    return json.loads(data[3:])
+        lines = s.makefile("rb")
+        status: dict = {}
+        while (line := lines.readline()).startswith(b"ITEM "):
+            _, name, entry = line.decode().split(" ", 2)
+            status.setdefault(name, []).append(json.loads(entry))
+    assert line.startswith(b"OK ")
+    return {**json.loads(line[3:]), **status}
 
 
 @pytest_twisted.ensureDeferred

@@ -315,7 +315,9 @@ class LineChannel(LineReceiver):
         try:
             msg = wire.decode(line)
         except WireError as e:
-            if not self.admitted:
+            if e.code == wire.E_TOO_LONG:
+                self.lineLengthExceeded(line)  # a bare LF ended it just past the limit
+            elif not self.admitted:
                 self._refuse(wire.E_AUTH_REQUIRED, "this network is private: AUTH with its secret first")
             else:
                 self.badLine(e)

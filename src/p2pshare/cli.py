@@ -94,10 +94,11 @@ async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
 async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
     from p2pshare.client import control_request
 
-    matches = await _talk(
+    found = await _talk(
         args.peer, "the peer",
         control_request(reactor, args.peer, "FIND", wire.quote_name(args.pattern), timeout=30),
     )
+    matches = found["matches"]
     if not matches:
         print("not found")
         return 1

@@ -22,12 +22,17 @@ TIMEOUT = 10.0
 
 
 class _Client(LineChannel):
-    pushed = frozenset({"PEER", "PROGRESS"})
+    pushed = frozenset({"PEER", "PROGRESS", "ITEM"})
 
     def __init__(self, on_progress: Callable[[int, int], None] | None = None) -> None:
         super().__init__()
         self.entries: list[TopoEntry] = []
+        self.items: dict[str, list[Any]] = {}
         self.on_progress = on_progress
+        self._continued = False  # the last PEER line said more=1
+
+    def msg_ITEM(self, msg: Message) -> None:
+        self.items.setdefault(msg.args[0], []).append(json.loads(msg.text or "null"))
 
     def msg_PROGRESS(self, msg: Message) -> None:
         if self.on_progress is not None:
@@ -35,7 +40,11 @@ class _Client(LineChannel):
 
     def msg_PEER(self, msg: Message) -> None:
         name, host, port, *neighbours = msg.args
-        self.entries.append(TopoEntry(name, neighbours, host, int(port)))
+        if self._continued and self.entries and self.entries[-1].name == name:
+            self.entries[-1].neighbours.extend(neighbours)
+        else:
+            self.entries.append(TopoEntry(name, neighbours, host, int(port)))
+        self._continued = "more" in msg.options
 
 
 async def _connect(
@@ -64,7 +73,8 @@ async def control_request(
 ) -> Any:
     """
     Send C{verb} to a peer's control channel; return the decoded JSON of
-    its C{OK} reply.  C{timeout} bounds the wait for the reply, counted
+    its C{OK} reply, with each list sent before it as C{ITEM} lines under
+    its name.  C{timeout} bounds the wait for the reply, counted
     afresh at every C{PROGRESS} line (a long download is not cut short
     while it moves; one that stalls is).
     """
@@ -81,7 +91,10 @@ async def control_request(
         reply = proto.request(verb, *args, **options)
         idle.append(reactor.callLater(timeout, reply.cancel))
         try:
-            return json.loads((await reply).text or "null")
+            result = json.loads((await reply).text or "null")
+            if isinstance(result, dict):
+                result.update(proto.items)
+            return result
         except CancelledError:
             raise TimeoutError(timeout, "no reply") from None
         finally:

@@ -256,11 +256,13 @@ SPECS: dict[str, Spec] = {
     "ROOT": Spec(),
     "REJOIN": Spec(),
     "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
-    "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT, "files": COUNT}),
+    # A list too long for one line continues on the next: every line but
+    # the last says more=1 (NEIGHBOURS, PEER, RESULTS).
+    "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT, "files": COUNT, "more": COUNT}),
     "COMPLETE": Spec(args=(("peers", COUNT),)),
     "TOPO": Spec(),
     "PEER": Spec(
-        args=(("name", NAME), ("host", HOST), ("port", PORT)), rest=NAME
+        args=(("name", NAME), ("host", HOST), ("port", PORT)), rest=NAME, keys={"more": COUNT}
     ),
     "END": Spec(args=(("count", COUNT),)),
     "BYE": Spec(),
@@ -286,6 +288,9 @@ SPECS: dict[str, Spec] = {
     "FIND": Spec(args=(("pattern", FILE),)),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT}),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE))),
+    # One entry of a reply's list (a shared file, a match, a neighbour), as
+    # JSON: a reply of any size is ITEM lines, then OK.
+    "ITEM": Spec(args=(("list", NAME),), text="required"),
     # Replies.
     "OK": Spec(text="optional"),
     "ERROR": Spec(args=(("code", TOKEN),), text="required"),
@@ -397,6 +402,32 @@ def encode(msg: Message) -> bytes:
     if len(data) > MAX_LINE:
         raise WireError(E_TOO_LONG, f"lines are at most {MAX_LINE} bytes")
     return data
+
+
+def split_list(
+    verb: str, head: tuple[object, ...], items: list[str], **options: object
+) -> list[Message]:
+    """
+    C{verb} with the fixed fields C{head} and then C{items}, on as many
+    lines as it takes: every line but the last says C{more=1}, and each
+    holds as many items as fit in L{MAX_LINE}.
+    """
+    fixed = [str(h) for h in head]
+    opts = {k: str(v) for k, v in options.items() if v is not None}
+    base = len(encode(Message(verb, tuple(fixed), {**opts, "more": "1"})))
+    lines: list[list[str]] = [[]]
+    used = base
+    for item in items:
+        cost = 1 + len(item.encode("utf-8"))
+        if lines[-1] and used + cost > MAX_LINE:
+            lines.append([])
+            used = base
+        lines[-1].append(item)
+        used += cost
+    return [
+        Message(verb, (*fixed, *chunk), {**opts, "more": "1"} if i < len(lines) - 1 else opts)
+        for i, chunk in enumerate(lines)
+    ]
 
 
 def decode(line: bytes) -> Message:

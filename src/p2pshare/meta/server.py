@@ -22,7 +22,7 @@ from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.common import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
-from p2pshare.topo import count_text, topo_text
+from p2pshare.topo import TopoEntry, count_text, topo_text
 from p2pshare.wire import Message, WireError
 
 DEFAULT_MAX_NEIGHBOURS = 2
@@ -94,6 +94,25 @@ class MetaServer(Service):
             self._dropping.cancel()
         if self._watch is not None and self._watch.running:
             self._watch.stop()
+
+    def topology(self) -> list[TopoEntry]:
+        """
+        The network as C{topo.txt} shows it: the verified peers in join
+        order, each with the links that both of its ends report (a name
+        that is not a live peer, or a link only one side claims, is not
+        shown).
+        """
+        peers = self.verified()
+        by_name = {p.name: set(p.neighbours) for p in peers}
+        return [
+            TopoEntry(
+                p.name,
+                [n for n in p.neighbours if p.name in by_name.get(n, ())],
+                p.host,
+                p.port,
+            )
+            for p in peers
+        ]
 
     def verified(self) -> list[PeerRecord]:
         """
@@ -337,7 +356,7 @@ class MetaServer(Service):
 
     def changed(self) -> None:
         peers = self.verified()
-        text = topo_text(peers)
+        text = topo_text(self.topology())
         self.write_files(peers, text)
         self._check_settled(peers, text)
         self._check_complete(peers)
@@ -365,7 +384,7 @@ class MetaServer(Service):
             return
         if peers is None:
             peers = self.verified()
-        texts = (text if text is not None else topo_text(peers), count_text(peers))
+        texts = (text if text is not None else topo_text(self.topology()), count_text(peers))
         if texts == self._written:
             return
         for path, text in zip(topology_files(self.data_dir), texts, strict=True):
@@ -432,6 +451,7 @@ class MetaProtocol(LineChannel):
         self.greeted = False
         self.name: str | None = None
         self.beat = 0
+        self._neighbours: list[str] = []  # a NEIGHBOURS report arriving over lines
 
     def identity(self) -> tuple[str, str]:
         return META_IDENTITY
@@ -500,20 +520,29 @@ class MetaProtocol(LineChannel):
     def msg_NEIGHBOURS(self, msg: Message) -> None:
         if not self._registered():
             return
-        names = list(msg.args)
+        assert self.name is not None
+        names, self._neighbours = self._neighbours + list(msg.args), []
+        record = self.server.registry.get(self.name)
+        limit = record.max_neighbours if record is not None else MAX_NEIGHBOURS_LIMIT
+        if len(names) > limit:
+            self.sendError(wire.E_BAD_ARGS, f"you registered with max={limit} neighbours")
+            return
+        if "more" in msg.options:
+            self._neighbours = names  # the list goes on in the next line
+            return
         if self.name in names or len(set(names)) != len(names):
             self.sendError(wire.E_BAD_ARGS, "neighbours are distinct and not yourself")
             return
-        assert self.name is not None
         self.server.report(
             self.name, names, msg.options.get("up"), msg.options.get("root") == "1",
             int(msg.options.get("files", 0)),
         )
 
     def msg_TOPO(self, msg: Message) -> None:
-        peers = self.server.verified()
+        peers = self.server.topology()
         for p in peers:
-            self.send("PEER", p.name, p.host, p.port, *p.neighbours)
+            for line in wire.split_list("PEER", (p.name, p.host, p.port), p.neighbours):
+                self.sendMessage(line)
         self.send("END", len(peers))
 
     def msg_BYE(self, msg: Message) -> None:

@@ -31,18 +31,16 @@ def topology(server: MetaServer) -> dict[str, Any]:
     The network as C{/topology.json} shows it (see docs/operations.rst).
     """
     peers = server.verified()
-    names = {p.name for p in peers}
-    links = sorted(
-        {tuple(sorted((p.name, n))) for p in peers for n in p.neighbours if n in names}
-    )
+    shown = {e.name: e.neighbours for e in server.topology()}  # links both ends report
+    links = sorted({tuple(sorted((name, n))) for name, ns in shown.items() for n in ns})
     return {
         "peers": [
             {
                 "name": p.name,
                 "host": p.host,
                 "port": p.port,
-                "neighbours": list(p.neighbours),
-                "neighbour_count": len(p.neighbours),
+                "neighbours": shown[p.name],
+                "neighbour_count": len(shown[p.name]),
                 "max_neighbours": p.max_neighbours,
                 "shared_files": p.shared_files,
                 "root": p.is_root and not p.uplink,
@@ -96,7 +94,7 @@ class _Root(Resource):
         ))
         self.putChild(b"topo.txt", _Rendered(
             {b"content-type": b"text/plain; charset=utf-8"},
-            lambda: topo_text(server.verified()).encode("utf-8"),
+            lambda: topo_text(server.topology()).encode("utf-8"),
         ))
 
     def getChild(self, path: bytes, request: Request) -> Resource:

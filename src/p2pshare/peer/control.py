@@ -1,13 +1,17 @@
 """
 The peer's local control channel, which the C{p2p} command speaks: the
-same line format, one request and one C{OK <json>} or C{ERROR} reply
-(C{FETCH} sends C{PROGRESS done total} lines before it).
+same line format, one request and one C{OK <json>} or C{ERROR} reply.
+Lists of any length come before the C{OK} as C{ITEM LIST <json>} lines,
+one entry each (a shared file, a match, a neighbour), so that no line
+outgrows the wire's limit however large the share or the search;
+C{FETCH} sends C{PROGRESS done total} lines while it runs.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +35,22 @@ class ControlProtocol(LineChannel):
         super().__init__()
         self.node = node
 
+    def reply(self, summary: dict[str, Any], **lists: Iterable[Any]) -> None:
+        """
+        Send each entry of each list as an C{ITEM} line, then C{OK summary}
+        (which names each list, empty: the client fills it in).
+        """
+        if not self.connected:
+            return
+        for name, entries in lists.items():
+            for entry in entries:
+                self.send("ITEM", name, text=_json(entry))
+        self.send("OK", text=_json({**summary, **{name: [] for name in lists}}))
+
     def msg_STATUS(self, msg: Message) -> None:
-        self.send("OK", text=_json(self.node.status()))
+        status = self.node.status()
+        lists = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
+        self.reply(status, **lists)
 
     def msg_STOP(self, msg: Message) -> None:
         self.send("OK", text=_json({"name": self.node.peer_name}))
@@ -42,8 +60,7 @@ class ControlProtocol(LineChannel):
         pattern = wire.unquote_name(msg.args[0])
 
         def found(matches: list[wire.Match]) -> None:
-            if self.connected:
-                self.send("OK", text=_json([asdict(m) for m in matches]))
+            self.reply({"count": len(matches)}, matches=(asdict(m) for m in matches))
 
         self.node.search.start(pattern).addCallback(found).addErrback(self._failed)
 

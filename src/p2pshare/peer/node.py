@@ -344,11 +344,12 @@ class PeerNode(Service):
 
     def _report(self) -> None:
         if self.meta is not None:
-            self.meta.send(
-                "NEIGHBOURS", *self.neighbours,
+            for line in wire.split_list(
+                "NEIGHBOURS", (), list(self.neighbours),
                 up=self.uplink, root=1 if self.is_root and not self.uplink else None,
                 files=len(self.share.files) if self.share is not None else 0,
-            )
+            ):
+                self.meta.sendMessage(line)
 
     # Joining.
 

@@ -243,18 +243,4 @@ def results_lines(search_id: str, matches: list[Match]) -> list[Message]:
     C{RESULTS} messages carrying C{matches}: as few lines as fit, every one
     but the last marked C{more=1}.
     """
-    room = wire.MAX_LINE - len(f"RESULTS {search_id} more=1\r\n")
-    lines: list[list[str]] = [[]]
-    used = 0
-    for m in matches:
-        f = m.field()
-        if lines[-1] and used + 1 + len(f) > room:
-            lines.append([])
-            used = 0
-        lines[-1].append(f)
-        used += 1 + len(f)
-    messages = []
-    for i, fields in enumerate(lines):
-        more: dict[str, str] = {"more": "1"} if i < len(lines) - 1 else {}
-        messages.append(Message("RESULTS", (search_id, *fields), more))
-    return messages
+    return wire.split_list("RESULTS", (search_id,), [m.field() for m in matches])
