@@ -109,8 +109,8 @@ def visible(directory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_holder_that_breaks_off_is_resumed_elsewhere_with_a_range(holders, downloader, tmp_path):
-    honest = Recorded(FilesResource(SimpleNamespace(secret=None, share=share_with(tmp_path, "honest", DATA))))
+async def test_a_holder_that_breaks_off_is_resumed_elsewhere_with_a_range(holders, downloader, tmp_path, reactor):
+    honest = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
     broken = Resource()
     broken.putChild(b"file.bin", BreaksOff())
     near, far = holders(broken), holders(honest)
@@ -124,14 +124,14 @@ async def test_a_holder_that_breaks_off_is_resumed_elsewhere_with_a_range(holder
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_bytes_are_detected_and_fetched_from_an_honest_holder(holders, downloader, tmp_path):
+async def test_wrong_bytes_are_detected_and_fetched_from_an_honest_holder(holders, downloader, tmp_path, reactor):
     liar_share = share_with(tmp_path, "liar", bytes(len(DATA)))
     real = liar_share.files["file.bin"]
     # It claims the honest hash (and so the ETag) but serves zeros.
     liar_share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp)
-    liar_files = Recorded(FilesResource(SimpleNamespace(secret=None, share=liar_share)))
+    liar_files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=liar_share)))
     liar = holders(liar_files)
-    honest = holders(FilesResource(SimpleNamespace(secret=None, share=share_with(tmp_path, "honest", DATA))))
+    honest = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
     out = tmp_path / "out"
     out.mkdir()
     fetched = await fetch(downloader, [match(liar, "liar", 1), match(honest, "honest", 3)], out)
@@ -147,7 +147,7 @@ async def test_wrong_bytes_are_detected_and_fetched_from_an_honest_holder(holder
 
 
 @pytest_twisted.ensureDeferred
-async def test_when_every_holder_fails_there_is_a_clear_error_and_no_file(holders, downloader, tmp_path):
+async def test_when_every_holder_fails_there_is_a_clear_error_and_no_file(holders, downloader, tmp_path, reactor):
     broken = Resource()
     broken.putChild(b"file.bin", BreaksOff())
     port = holders(broken)
@@ -163,8 +163,8 @@ async def test_when_every_holder_fails_there_is_a_clear_error_and_no_file(holder
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_interrupted_download_resumes_from_its_prefix(holders, downloader, tmp_path):
-    honest = Recorded(FilesResource(SimpleNamespace(secret=None, share=share_with(tmp_path, "honest", DATA))))
+async def test_an_interrupted_download_resumes_from_its_prefix(holders, downloader, tmp_path, reactor):
+    honest = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
     port = holders(honest)
     out = tmp_path / "out"
     out.mkdir()
@@ -175,8 +175,8 @@ async def test_an_interrupted_download_resumes_from_its_prefix(holders, download
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_existing_file_is_never_silently_replaced(holders, downloader, tmp_path):
-    port = holders(FilesResource(SimpleNamespace(secret=None, share=share_with(tmp_path, "honest", DATA))))
+async def test_an_existing_file_is_never_silently_replaced(holders, downloader, tmp_path, reactor):
+    port = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
     out = tmp_path / "out"
     out.mkdir()
     (out / "file.bin").write_bytes(b"mine")
@@ -205,6 +205,11 @@ async def test_an_existing_file_is_never_silently_replaced(holders, downloader, 
         (b"bytes=" + b"0-1," * 200 + b"3-4", 10, None),
         (b"items=0-1", 10, None),
         (b"bytes=5-2", 10, None),
+        (b"bytes=" + b"9" * 5000 + b"-", 10, "unsatisfiable"),
+        (b"bytes=0-" + b"9" * 5000, 10, "unsatisfiable"),
+        (b"bytes=-" + b"9" * 5000, 10, "unsatisfiable"),
+        (b"bytes=-5", 0, "unsatisfiable"),
+        (b"bytes=0-", 0, "unsatisfiable"),
     ],
 )
 def test_parse_range(header, size, expected):
@@ -216,8 +221,8 @@ async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders
     from p2pshare.peer.http import UploadSlots
 
     busy_share = share_with(tmp_path, "busy", DATA)
-    busy = holders(FilesResource(SimpleNamespace(secret=None, share=busy_share, upload_slots=UploadSlots(0))))
-    honest = holders(FilesResource(SimpleNamespace(secret=None, share=share_with(tmp_path, "honest", DATA),
+    busy = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=busy_share, upload_slots=UploadSlots(0))))
+    honest = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA),
                                                    upload_slots=UploadSlots(1))))
     agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
     response = await agent.request(b"GET", f"http://127.0.0.1:{busy}/files/file.bin".encode())

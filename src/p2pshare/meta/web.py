@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from p2pshare.httpserver import strict_site
 from p2pshare.topo import topo_text
 
 if TYPE_CHECKING:
@@ -104,7 +105,4 @@ class _Root(Resource):
 
 
 def make_site(server: MetaServer, reactor: Any) -> Site:
-    site = Site(_Root(server), reactor=reactor)
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    return strict_site(_Root(server), reactor)

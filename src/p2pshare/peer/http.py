@@ -24,46 +24,64 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
-from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from p2pshare import wire
+from p2pshare.httpserver import http_date, parse_http_date, strict_site
 from p2pshare.tls import tls_failure
 
 if TYPE_CHECKING:
     from p2pshare.peer.node import PeerNode
     from p2pshare.peer.share import ShareIndex
 
-IDLE_TIMEOUT = 60  # seconds an HTTP connection may stay idle
 MAX_UPLOADS = 16  # files served at once; more get 503 and a Retry-After
-HTTP_METHODS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH",
-                b"CONNECT"}
+FIRST_LINE_TIMEOUT = 30  # seconds to finish the first line, whatever the protocol
+STALL_TIMEOUT = 60  # seconds a response may wait for a client that does not read
+MAX_DIGITS = 18  # longer numbers in a Range header are absurd: 416
 _RANGE = re.compile(rb"bytes=(\d*)-(\d*)")
+# An HTTP request line: method, target, version (RFC 9112 section 3).
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d\.\d\r?")
 
 
-class Sniffer(Protocol):
+class Sniffer(Protocol, TimeoutMixin):
     """
     The first protocol on every accepted connection: it waits for the first
-    word, then becomes HTTP (C{GET}, C{HEAD}, ...) or the line protocol.
+    line, then becomes HTTP (a request line: C{METHOD TARGET HTTP/1.1},
+    whatever the method) or the line protocol.  Deciding on the whole line
+    means an HTTP client with an odd method gets an HTTP answer (C{501}),
+    never a run of C{ERROR} lines.  The first line must be complete within
+    L{FIRST_LINE_TIMEOUT} seconds.
     """
 
     log = Logger()
+    engaged = False  # nothing useful said yet: evicted first when full
 
     def __init__(self, node: PeerNode) -> None:
         self.node = node
         self._buffer = b""
 
+    def connectionMade(self) -> None:
+        self.setTimeout(FIRST_LINE_TIMEOUT)
+
+    def timeoutConnection(self) -> None:
+        transport: Any = self.transport
+        self.log.info("closing {peer}: no first line in time", peer=_peer(transport))
+        transport.abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
-        word, space, _ = self._buffer.partition(b" ")
-        if not space and b"\n" not in self._buffer and len(self._buffer) < 8:
+        line, newline, _ = self._buffer.partition(b"\n")
+        if not newline and len(self._buffer) < wire.MAX_LINE:
             return  # not enough to tell yet
+        self.setTimeout(None)
         transport: Any = self.transport
         addr = transport.getPeer()
         proto: Any
-        if word in HTTP_METHODS:
+        if newline and _REQUEST_LINE.fullmatch(line):
             proto = self.node.site.buildProtocol(addr)
         else:
             from p2pshare.peer.protocol import PeerProtocol
@@ -77,14 +95,17 @@ class Sniffer(Protocol):
         buffered, self._buffer = self._buffer, b""
         proto.dataReceived(buffered)
 
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # Lost before the first word: a TLS handshake that failed (another
+        self.setTimeout(None)
+        # Lost before the first line: a TLS handshake that failed (another
         # CA's certificate, plain TCP on a TLS port) is worth a log line.
         failed = tls_failure(reason)
         if failed is not None:
-            peer = getattr(self.transport.getPeer(), "host", "?") if self.transport else "?"
-            self.log.warn("TLS with {peer} failed: {why}", peer=peer, why=failed)
+            self.log.warn("TLS with {peer} failed: {why}", peer=_peer(self.transport), why=failed)
+
+
+def _peer(transport: Any) -> str:
+    return str(getattr(transport.getPeer(), "host", "?")) if transport is not None else "?"
 
 
 class SniffingFactory(Factory):
@@ -100,10 +121,7 @@ class SniffingFactory(Factory):
 def make_site(node: PeerNode, reactor: Any) -> Site:
     root = Resource()
     root.putChild(b"files", FilesResource(node))
-    site = Site(root, reactor=reactor, timeout=IDLE_TIMEOUT)
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    return strict_site(root, reactor)
 
 
 class FilesResource(Resource):
@@ -182,31 +200,64 @@ class UploadSlots:
 
 class _Slice:
     """
-    A file read from C{start} for C{length} bytes, for L{FileSender}.
+    A file read from C{start} for C{length} bytes, for L{FileSender}; it
+    stops (C{broken}) as soon as the file is found changed or shorter
+    than promised, so that the response is cut off rather than finished
+    with other bytes or too few.
     """
 
-    def __init__(self, f: BinaryIO, start: int, length: int) -> None:
+    def __init__(self, f: BinaryIO, start: int, length: int, stamp: tuple[int, int, int]) -> None:
         self.f = f
         self.remaining = length
+        self.stamp = stamp
+        self.broken: str | None = None
         f.seek(start)
 
     def read(self, n: int) -> bytes:
-        if self.remaining <= 0:
+        if self.remaining <= 0 or self.broken:
+            return b""
+        st = os.fstat(self.f.fileno())
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != self.stamp:
+            self.broken = "the file changed while it was being served"
             return b""
         data = self.f.read(min(n, self.remaining))
+        if not data:
+            self.broken = "the file became shorter while it was being served"
         self.remaining -= len(data)
         return data
 
 
 class _BigFileSender(FileSender):
-    CHUNK_SIZE = 2**20  # 1 MiB reads: 64 KiB ones serve a third slower
+    """
+    1 MiB reads (64 KiB ones serve a third slower), and a client that
+    reads nothing for L{STALL_TIMEOUT} seconds is cut off.
+    """
+
+    CHUNK_SIZE = 2**20
+
+    def __init__(self, clock: Any, on_stall: Any) -> None:
+        self._stall = clock.callLater(STALL_TIMEOUT, on_stall)
+
+    def resumeProducing(self) -> None:
+        if self._stall.active():
+            self._stall.reset(STALL_TIMEOUT)
+        super().resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.done()
+        super().stopProducing()
+
+    def done(self) -> None:
+        if self._stall.active():
+            self._stall.cancel()
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str:
     """
     The byte range C{(first, last)} that a C{Range} header asks for, L{None}
     to send the whole file (no header, one we do not serve, several ranges),
-    or C{"unsatisfiable"}.
+    or C{"unsatisfiable"} (also for numbers too long to mean anything, and
+    any range of an empty file).
     """
     if header is None:
         return None
@@ -216,24 +267,81 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str
     first, last = m.group(1), m.group(2)
     if not first and not last:
         return None
+    if len(first) > MAX_DIGITS or len(last) > MAX_DIGITS or size == 0:
+        return "unsatisfiable"
     if not first:  # the last N bytes
         n = int(last)
         if n == 0:
             return "unsatisfiable"
         return (max(size - n, 0), size - 1)
     start = int(first)
-    end = int(last) if last else size - 1
+    if last and start > int(last):
+        return None  # invalid: ignored, as RFC 9110 says
     if start >= size:
         return "unsatisfiable"
-    if start > end:
-        return None  # invalid: ignored, as RFC 9110 says
+    end = int(last) if last else size - 1
     return (start, min(end, size - 1))
+
+
+def _etags(header: bytes) -> list[bytes]:
+    """
+    The entity-tags of an C{If-Match} / C{If-None-Match} list (C{*} too).
+    """
+    return [tag.strip() for tag in header.split(b",") if tag.strip()]
+
+
+def _weak_match(tags: list[bytes], etag: bytes) -> bool:
+    return any(t == b"*" or t.removeprefix(b"W/") == etag for t in tags)
+
+
+def _strong_match(tags: list[bytes], etag: bytes) -> bool:
+    return any(t == b"*" or t == etag for t in tags)
+
+
+def preconditions(request: Request, etag: bytes, mtime: int) -> int | None:
+    """
+    RFC 9110 section 13.2.2, for a file that exists: the status to answer
+    instead of the file (C{412}, C{304}), or L{None} to go on.
+    """
+    if_match = request.getHeader(b"if-match")
+    if if_match is not None:
+        if not _strong_match(_etags(if_match), etag):
+            return 412
+    else:
+        since = parse_http_date(request.getHeader(b"if-unmodified-since"))
+        if since is not None and mtime > since:
+            return 412
+    if_none_match = request.getHeader(b"if-none-match")
+    if if_none_match is not None:
+        if _weak_match(_etags(if_none_match), etag):
+            return 304
+    else:
+        since = parse_http_date(request.getHeader(b"if-modified-since"))
+        if since is not None and mtime <= since:
+            return 304
+    return None
+
+
+def range_applies(request: Request, etag: bytes, mtime: int) -> bool:
+    """
+    C{If-Range}: honour the C{Range} only for the version it names (a
+    strong entity-tag, or exactly our C{Last-Modified}); otherwise the
+    whole file is sent, so a resumed download never mixes two versions.
+    """
+    if_range = request.getHeader(b"if-range")
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith((b'"', b"W/")):
+        return if_range == etag
+    return parse_http_date(if_range) == mtime
 
 
 class SharedFileResource(Resource):
     isLeaf = True
+    log = Logger()
 
-    def __init__(self, share: ShareIndex, name: str, node: Any = None) -> None:
+    def __init__(self, share: ShareIndex, name: str, node: Any) -> None:
         super().__init__()
         self.share = share
         self.name = name
@@ -260,10 +368,20 @@ class SharedFileResource(Resource):
             request.setHeader(b"retry-after", b"2")
             return b"The file changed; it is being hashed again.\n"
         size = st.st_size
+        etag = f'"{shared.sha256}"'.encode()
+        mtime = st.st_mtime_ns // 10**9
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"last-modified", http_date(mtime))
         request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"etag", f'"{shared.sha256}"'.encode())
+        status = preconditions(request, etag, mtime)
+        if status is not None:
+            f.close()
+            request.setResponseCode(status)
+            return b"" if status == 304 else b"The file is not the version asked for.\n"
         request.setHeader(b"content-type", b"application/octet-stream")
         wanted = parse_range(request.getHeader(b"range"), size)
+        if not range_applies(request, etag, mtime):
+            wanted = None
         if wanted == "unsatisfiable":
             f.close()
             request.setResponseCode(416)
@@ -274,28 +392,43 @@ class SharedFileResource(Resource):
         else:
             assert isinstance(wanted, tuple)
             start, length = wanted[0], wanted[1] - wanted[0] + 1
-            request.setResponseCode(206)
-            request.setHeader(
-                b"content-range", f"bytes {wanted[0]}-{wanted[1]}/{size}".encode()
-            )
-        request.setHeader(b"content-length", str(length).encode())
-        if request.method == b"HEAD" or length == 0:
-            f.close()
-            return b""
+        streaming = request.method == b"GET" and length > 0
         slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
-        if slots is not None and not slots.take():
+        if streaming and slots is not None and not slots.take():
             f.close()
             request.setResponseCode(503)
             request.setHeader(b"retry-after", b"5")
+            return b"This peer is serving as many files as it may; try again soon.\n"
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", f"bytes {start}-{start + length - 1}/{size}".encode())
+        request.setHeader(b"content-length", str(length).encode())
+        if not streaming:
+            f.close()
             return b""
-        sender = _BigFileSender()
-        sending = sender.beginFileTransfer(_Slice(f, start, length), request)
+        return self._send(request, f, _Slice(f, start, length, shared.stamp), slots)
+
+    def _send(
+        self, request: Request, f: BinaryIO, body: _Slice, slots: UploadSlots | None
+    ) -> int:
+        transport: Any = request.channel.transport if request.channel is not None else None
+
+        def cut_off() -> None:
+            if transport is not None:
+                transport.abortConnection()
+
+        sender = _BigFileSender(self.node.clock, cut_off)
+        sending = sender.beginFileTransfer(body, request)
 
         def finished(result: object) -> None:
+            sender.done()
             f.close()
             if slots is not None:
                 slots.give()
-            if not request.finished and not getattr(request, "_disconnected", False):
+            if body.broken:
+                self.log.warn("stopped serving {name}: {why}", name=self.name, why=body.broken)
+                cut_off()  # the client sees the transfer break, at once
+            elif not request.finished and not getattr(request, "_disconnected", False):
                 request.finish()
 
         def gone(failure: object) -> None:

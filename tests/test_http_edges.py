@@ -1,0 +1,241 @@
+"""
+The HTTP side of a peer's port, byte by byte over real loopback sockets:
+validators (ETag, Last-Modified) and every conditional header, methods
+(405 / 501, never the line protocol's ERROR lines), absurd ranges, the
+503's headers, a file that shrinks or changes while it is served, and a
+request head dripped a byte at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from p2pshare.common import LimitedFactory
+from p2pshare.httpserver import http_date
+from p2pshare.peer.http import SniffingFactory, UploadSlots, make_site
+from p2pshare.peer.share import ShareIndex
+
+DATA = os.urandom(256 * 1024)
+
+
+@pytest.fixture
+def peer_port(reactor, tmp_path):
+    """
+    A peer's port (sniffer, HTTP and the per-host caps) serving one file,
+    with no overlay behind it.
+    """
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "file.bin").write_bytes(DATA)
+    (shared / "empty").write_bytes(b"")
+    share = ShareIndex(shared)
+    share.refresh()
+    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4))
+    node.site = make_site(node, reactor)
+    port = reactor.listenTCP(0, LimitedFactory(SniffingFactory(node), clock=reactor), interface="127.0.0.1")
+    yield SimpleNamespace(port=port.getHost().port, node=node, share=share, path=shared / "file.bin")
+    pytest_twisted.blockon(port.stopListening())
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """
+    Send C{data} and read until the server closes.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+def head_of(response: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+async def get(port: int, *headers: str, method: str = "GET", target: str = "/files/file.bin"):
+    request = f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    request += "".join(h + "\r\n" for h in headers) + "\r\n"
+    return head_of(await deferToThread(exchange, port, request.encode()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_validators_and_conditional_requests(peer_port):
+    shared = peer_port.share.files["file.bin"]
+    etag = f'"{shared.sha256}"'
+    mtime = shared.stamp[1] // 10**9
+    lm = http_date(mtime).decode()
+
+    status, h, body = await get(peer_port.port)
+    assert status == 200 and body == DATA
+    assert h[b"etag"] == etag.encode() and h[b"last-modified"] == lm.encode()
+
+    # If-None-Match / If-Modified-Since: 304, validators kept, no body.
+    for header in (f"If-None-Match: {etag}", f"If-None-Match: W/{etag}", "If-None-Match: *",
+                   f'If-None-Match: "other", {etag}', f"If-Modified-Since: {lm}"):
+        status, h, body = await get(peer_port.port, header)
+        assert (status, body) == (304, b""), header
+        assert h[b"etag"] == etag.encode()
+    status, _, body = await get(peer_port.port, 'If-None-Match: "other"')
+    assert (status, body) == (200, DATA)
+    status, _, body = await get(peer_port.port, f"If-Modified-Since: {http_date(mtime - 10).decode()}")
+    assert (status, body) == (200, DATA)
+    # If-None-Match wins over If-Modified-Since.
+    status, _, _ = await get(peer_port.port, 'If-None-Match: "other"', f"If-Modified-Since: {lm}")
+    assert status == 200
+
+    # If-Match: 412 unless the strong tag (or *) matches.
+    for header in ('If-Match: "other"', f"If-Match: W/{etag}"):
+        status, _, _ = await get(peer_port.port, header)
+        assert status == 412, header
+    for header in (f"If-Match: {etag}", "If-Match: *"):
+        status, _, body = await get(peer_port.port, header)
+        assert (status, body) == (200, DATA), header
+    status, _, _ = await get(peer_port.port, f"If-Unmodified-Since: {http_date(mtime - 10).decode()}")
+    assert status == 412
+
+    # If-Range: the range for this version only; the whole file otherwise.
+    status, h, body = await get(peer_port.port, "Range: bytes=100-", f"If-Range: {etag}")
+    assert status == 206 and body == DATA[100:]
+    assert h[b"content-range"] == f"bytes 100-{len(DATA) - 1}/{len(DATA)}".encode()
+    status, _, body = await get(peer_port.port, "Range: bytes=100-", f"If-Range: {lm}")
+    assert status == 206 and body == DATA[100:]
+    for stale in ('"0000"', f"W/{etag}", http_date(mtime - 10).decode()):
+        status, h, body = await get(peer_port.port, "Range: bytes=100-", f"If-Range: {stale}")
+        assert (status, body) == (200, DATA), stale
+        assert b"content-range" not in h
+
+
+@pytest_twisted.ensureDeferred
+async def test_methods_and_ranges(peer_port):
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"):
+        status, h, _ = await get(peer_port.port, method=method)
+        assert status == 405 and h[b"allow"] == b"GET, HEAD", method
+    for method in ("PROPFIND", "get", "FROB"):
+        status, _, body = await get(peer_port.port, method=method)
+        assert status == 501, method
+        assert b"ERROR" not in body
+    status, h, body = await get(peer_port.port, method="HEAD")
+    assert (status, body) == (200, b"") and h[b"content-length"] == str(len(DATA)).encode()
+
+    for digits in ("9" * 5000 + "-", "0-" + "9" * 5000, "-" + "9" * 5000, f"{len(DATA)}-"):
+        status, h, body = await get(peer_port.port, f"Range: bytes={digits}")
+        assert status == 416, digits[:20]
+        assert h[b"content-range"] == f"bytes */{len(DATA)}".encode()
+    status, h, _ = await get(peer_port.port, "Range: bytes=-5", target="/files/empty")
+    assert status == 416 and h[b"content-range"] == b"bytes */0"
+    status, h, body = await get(peer_port.port, "Range: bytes=-5")
+    assert status == 206 and body == DATA[-5:]
+
+    # A full peer answers 503 with Retry-After and no Content-Range.
+    peer_port.node.upload_slots.used = peer_port.node.upload_slots.limit
+    status, h, _ = await get(peer_port.port, "Range: bytes=0-9")
+    assert status == 503 and h[b"retry-after"] == b"5" and b"content-range" not in h
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_methods_do_not_put_the_host_in_cooling_off(peer_port):
+    for _ in range(15):
+        status, _, _ = await get(peer_port.port, method="PROPFIND")
+        assert status == 501
+    status, _, body = await get(peer_port.port)
+    assert (status, body) == (200, DATA)
+
+
+def read_truncated(port: int, change) -> tuple[int, bytes, float]:
+    """
+    GET the file, call C{change} after the first bytes arrive, and read
+    until the server closes: (declared length, bytes read, seconds).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /files/file.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = s.recv(4096)
+        change()
+        started = time.monotonic()
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+                time.sleep(0.001)  # a slow reader, so the server is still sending
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - started
+    status, h, body = head_of(got)
+    assert status == 200
+    return int(h[b"content-length"]), body, took
+
+
+@pytest.mark.parametrize("how", ["shrink", "rewrite"])
+@pytest_twisted.ensureDeferred
+async def test_a_file_changed_while_served_ends_the_response_at_once(peer_port, how):
+    big = os.urandom(64 * 1024 * 1024)
+    peer_port.path.write_bytes(big)
+    peer_port.share.refresh()
+
+    def change():
+        if how == "shrink":
+            os.truncate(peer_port.path, 1000)
+        else:
+            with open(peer_port.path, "r+b") as f:
+                f.write(b"x" * 10)
+
+    declared, body, took = await deferToThread(read_truncated, peer_port.port, change)
+    assert declared == len(big)
+    assert len(body) < len(big)
+    assert big.startswith(body[: 1 << 20]) or how == "shrink"
+    assert took < 10  # not the 30 to 60 s of an idle timeout
+
+
+def drip(port: int, first: bytes, dripped: bytes) -> tuple[bytes, float]:
+    """
+    Send C{first} at once, then C{dripped} a byte every half second, until
+    the server closes: (what it said, seconds from the start).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        started = time.monotonic()
+        s.sendall(first)
+        try:
+            for byte in dripped:
+                s.sendall(bytes([byte]))
+                time.sleep(0.5)  # the drip itself: a byte every half second
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            rest = s.recv(65536)
+        except ConnectionResetError:
+            rest = b""
+        return rest, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dripped_request_is_cut_off_at_its_deadline(peer_port, monkeypatch):
+    from p2pshare import httpserver
+    from p2pshare.peer import http
+
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 3)
+    monkeypatch.setattr(http, "FIRST_LINE_TIMEOUT", 3)
+    peer_port.node.site = httpserver.strict_site(peer_port.node.site.resource, peer_port.node.site.reactor)
+    # The headers dripped after a prompt request line: the head deadline.
+    rest, took = await deferToThread(
+        drip, peer_port.port, b"GET /files/file.bin HTTP/1.1\r\n", b"Host: x\r\nX-Slow: " + b"a" * 100
+    )
+    assert rest == b""
+    assert 2.5 < took < 6
+    # The first line dripped: the first-line deadline, whatever the protocol.
+    rest, took = await deferToThread(drip, peer_port.port, b"", b"GET /files/file.bin HTTP/1.1\r\n")
+    assert rest == b""
+    assert 2.5 < took < 6
