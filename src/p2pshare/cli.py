@@ -27,6 +27,7 @@ from p2pshare.admission import (
     new_secret_text,
 )
 from p2pshare.channel import RemoteError
+from p2pshare.common import human_size as _size
 from p2pshare.common import private_write
 from p2pshare.tls import DEFAULT_HOSTS
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
@@ -176,14 +177,6 @@ class ProgressBar:
         if self.drawn:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 async def cmd_stop(reactor: Any, args: argparse.Namespace) -> int:

@@ -69,6 +69,17 @@ def tcp_client_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndp
     return HostnameEndpoint(reactor, host, port, timeout=10)
 
 
+def human_size(n: float) -> str:
+    """
+    A size for people: C{512 B}, C{1.2 GB} (powers of 1000, as disks say).
+    """
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def atomic_write(path: Path | str, data: bytes) -> None:
     """
     Replace the file at C{path} with C{data} so that a reader sees the old

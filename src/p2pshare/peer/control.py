@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from p2pshare import wire
 from p2pshare.channel import ChannelFactory, LineChannel
@@ -34,6 +36,7 @@ class ControlProtocol(LineChannel):
     def __init__(self, node: PeerNode) -> None:
         super().__init__()
         self.node = node
+        self._running: set[Deferred[Any]] = set()  # requests to cancel if we are left
 
     def reply(self, summary: dict[str, Any], **lists: Iterable[Any]) -> None:
         """
@@ -83,9 +86,24 @@ class ControlProtocol(LineChannel):
         d = Deferred.fromCoroutine(
             self.node.fetch(name, path, msg.options.get("force") == "1", progress)
         )
-        d.addCallback(fetched).addErrback(self._failed)
+        self._running.add(d)
+        d.addBoth(self._done, d).addCallback(fetched).addErrback(self._failed)
+
+    def _done(self, result: Any, d: Deferred[Any]) -> Any:
+        self._running.discard(d)
+        return result
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # The command went away (Ctrl-C, killed): what it asked for stops.
+        running, self._running = self._running, set()
+        for d in running:
+            d.cancel()
+        super().connectionLost(reason)
 
     def _failed(self, failure: Any) -> None:
+        if failure.check(CancelledError):
+            self.log.info("a download was stopped: the command that asked for it went away")
+            return
         if failure.check(FetchError):
             code, text = failure.value.code, failure.value.text
         else:

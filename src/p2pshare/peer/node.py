@@ -46,7 +46,7 @@ from p2pshare.common import LimitedFactory, atomic_write
 from p2pshare.peer.http import MAX_UPLOADS, UploadSlots, make_site
 from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
-from p2pshare.peer.transfer import Downloader, Fetched, FetchError, Progress
+from p2pshare.peer.transfer import Downloader, Fetched, FetchError, LocalFault, Progress
 from p2pshare.wire import Match, Message
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class PeerNode(Service):
             else None
         )
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
-        self.transfers: dict[str, tuple[int, int]] = {}  # downloads running: done, total
+        self.transfers: dict[object, tuple[str, int, int]] = {}  # running: name, done, total
         self.upload_slots = UploadSlots(max_uploads)
 
     # Life cycle.
@@ -703,17 +703,18 @@ class PeerNode(Service):
         directory unless told otherwise); it is then shared onward.
         """
         directory = directory or self.downloads
-        self.transfers[name] = (0, 0)
+        key = object()  # two downloads of one name (into two folders) are two
+        self.transfers[key] = (name, 0, 0)
 
         def track(done: int, total: int) -> None:
-            self.transfers[name] = (done, total)
+            self.transfers[key] = (name, done, total)
             if progress is not None:
                 progress(done, total)
 
         try:
             return await self._fetch(name, directory, force, track, timeout)
         finally:
-            self.transfers.pop(name, None)
+            del self.transfers[key]
 
     async def _fetch(
         self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float
@@ -733,6 +734,8 @@ class PeerNode(Service):
             try:
                 fetched = await self.downloader.fetch(matches, directory, force, progress)
                 break
+            except LocalFault:
+                raise  # no holder can help with a fault of this machine
             except FetchError as e:
                 if e.code != wire.E_FAILED or pause is None:
                     raise
@@ -764,7 +767,7 @@ class PeerNode(Service):
             ],
             "transfers": [
                 {"name": name, "done": done, "total": total}
-                for name, (done, total) in sorted(self.transfers.items())
+                for name, done, total in sorted(self.transfers.values())
             ],
         }
 
