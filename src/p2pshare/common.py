@@ -23,7 +23,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
-from twisted.python.failure import Failure
 
 
 def server_endpoint_string(description: str) -> str:
@@ -129,8 +128,8 @@ class ListenService(Service):
     """
     Listen on an endpoint while running, like Twisted's
     C{StreamServerEndpointService}, and call C{on_listening} with the bound
-    port once it is up.  A listen that fails at once raises from
-    C{startService}, so C{twistd} reports it and exits.
+    port once it is up.  A listen that fails at once raises
+    L{p2pshare.startup.StartupError} from C{startService}, naming C{what}.
     """
 
     log = Logger()
@@ -140,21 +139,24 @@ class ListenService(Service):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
         on_listening: Callable[[IListeningPort], None] | None = None,
+        what: str = "an endpoint",
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.on_listening = on_listening
+        self.what = what
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
+        from p2pshare.startup import listen_now
+
+        self._listening = listen_now(self.endpoint, self.factory, self.what)
         super().startService()
-        self._listening = self.endpoint.listen(self.factory)
         self._listening.addCallback(self._listened)
-        failed: list[Failure] = []
-        self._listening.addErrback(failed.append)
-        if failed:
-            failed[0].raiseException()
+        self._listening.addErrback(
+            lambda f: self.log.failure("could not listen on {what}", f, what=self.what)
+        )
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port

@@ -73,14 +73,17 @@ class StrictChannel(http.HTTPChannel):
         return bool(self.requests)
 
 
+class StrictSite(Site):
+    protocol = StrictChannel  # type: ignore[assignment]  # HTTP/1.1 only: no ALPN h2
+    requestFactory = StrictRequest
+
+
 def strict_site(root: Any, reactor: Any) -> Site:
     """
     A L{Site} for C{root} with the rules above, quiet, and without
     tracebacks in error pages.
     """
-    site = Site(root, reactor=reactor, timeout=HEAD_TIMEOUT)
-    site.requestFactory = StrictRequest
-    site.protocol = StrictChannel
+    site = StrictSite(root, reactor=reactor, timeout=HEAD_TIMEOUT)
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -5,7 +5,8 @@ namespace.
 
 Credentials: on first start the role writes C{DATA-DIR/manhole.passwd}
 (mode 0600) with the user C{admin} and a random password, and logs where
-it is; the SSH host key is kept beside it.  The endpoint listens on
+it is; the SSH host key is kept beside it (mode 0600) and its
+fingerprint logged at every start.  The endpoint listens on
 loopback unless an interface is given explicitly.
 """
 
@@ -16,11 +17,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.application.service import IService
 from twisted.conch import manhole_tap
+from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
-from p2pshare.common import atomic_write
+from p2pshare.common import atomic_write, private_write
+from p2pshare.startup import StartupError
 
 log = Logger()
 USER = "admin"
@@ -41,8 +46,38 @@ def credentials(data_dir: Path) -> tuple[str, str]:
     return user, password
 
 
+def host_key(data_dir: Path) -> str:
+    """
+    Make the manhole's SSH host key on first use (mode 0600; Twisted's own
+    would be world-readable), keep an existing one private, and return its
+    SHA-256 fingerprint, for users to check when they first connect.
+    """
+    path = data_dir / HOST_KEY
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        try:
+            private_write(path, pem, exclusive=True)
+        except FileExistsError:
+            pass  # made meanwhile by another start: use that one
+    os.chmod(path, 0o600)
+    try:
+        fingerprint = keys.Key.fromFile(str(path)).fingerprint(keys.FingerprintFormats.SHA256_BASE64)
+    except (keys.BadKeyError, ValueError, OSError):
+        raise StartupError(f"the manhole host key {path} cannot be read; remove it to make a new one") from None
+    return str(fingerprint)
+
+
 def manhole_service(endpoint: str, data_dir: Path, namespace: dict[str, Any]) -> IService:
     credentials(data_dir)
+    log.info(
+        "manhole SSH host key {path}, fingerprint {fingerprint}",
+        path=str(data_dir / HOST_KEY), fingerprint=host_key(data_dir),
+    )
     log.info(
         "manhole on {endpoint}; log in as {user} with the password in {path}",
         endpoint=endpoint, user=USER, path=str(data_dir / PASSWD),

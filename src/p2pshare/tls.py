@@ -79,6 +79,15 @@ def _read(path: str, what: str) -> bytes:
         raise TLSConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
 
 
+def _certificate(path: str, what: str) -> ssl.Certificate:
+    try:
+        return ssl.Certificate.loadPEM(_read(path, what))
+    except TLSConfigError:
+        raise
+    except Exception:
+        raise TLSConfigError(f"{path} holds no PEM {what}") from None
+
+
 @dataclass
 class PeerTLS:
     """
@@ -91,20 +100,22 @@ class PeerTLS:
 
     @classmethod
     def load(cls, key_path: str, cert_path: str, trust_dir: str) -> PeerTLS:
+        cert = _certificate(cert_path, "certificate")
         try:
-            cert = ssl.Certificate.loadPEM(_read(cert_path, "certificate"))
             key = ssl.KeyPair.load(_read(key_path, "private key"), FILETYPE_PEM)
-            cas = [
-                ssl.Certificate.loadPEM(_read(str(p), "CA certificate"))
-                for p in sorted(Path(trust_dir).glob("*.pem"))
-            ]
         except TLSConfigError:
             raise
-        except Exception as e:
-            raise TLSConfigError(f"unusable certificate or key: {e}") from None
+        except Exception:
+            raise TLSConfigError(f"{key_path} holds no PEM private key") from None
+        cas = [_certificate(str(p), "CA certificate") for p in sorted(Path(trust_dir).glob("*.pem"))]
         if not cas:
             raise TLSConfigError(f"no CA certificate (*.pem) in {trust_dir}")
-        return cls(ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key), cas)
+        try:
+            return cls(ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key), cas)
+        except Exception:
+            raise TLSConfigError(
+                f"the private key in {key_path} does not belong to the certificate in {cert_path}"
+            ) from None
 
     def options(self) -> ssl.CertificateOptions:
         """
@@ -187,6 +198,26 @@ def server_endpoint(
         backlog=int(options.get("backlog", 50)),
         interface=options.get("interface", ""),
     )
+
+
+def endpoint(
+    reactor: Any, flag: str, description: str, tls: PeerTLS | None = None
+) -> IStreamServerEndpoint:
+    """
+    L{server_endpoint}, or L{StartupError} in one sentence naming the
+    option (C{--port}) whose description cannot be used.
+    """
+    from p2pshare.startup import StartupError
+
+    try:
+        return server_endpoint(reactor, description, tls)
+    except TLSConfigError as e:
+        raise StartupError(f"{flag} {description}: {e}") from None
+    except Exception as e:
+        why = str(e).strip().rstrip(".") or type(e).__name__
+        if isinstance(e, Error):
+            why = "its certificate or key files cannot be used"
+        raise StartupError(f"{flag} {description} is not a usable endpoint: {why}") from None
 
 
 # Making a network's certificates.

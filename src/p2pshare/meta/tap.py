@@ -4,9 +4,13 @@ C{twistd p2pmeta}: options and service assembly for the metadata server.
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
@@ -23,12 +27,14 @@ from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
-from p2pshare.tls import TLSConfigError, peer_tls, server_endpoint
+from p2pshare.startup import RoleOptions, RoleService, StartupError, cannot_start, prepare_data_dir
+from p2pshare.tls import TLSConfigError, endpoint, peer_tls
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    role = "p2pmeta"
     synopsis = "[options]"
     longdesc = "The p2pshare metadata server: registers peers and keeps topo.txt."
     optParameters = [
@@ -61,11 +67,42 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    data_dir = Path(options["data-dir"]).absolute()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(str(data_dir / "registry.sqlite"))
-    if options["reset"]:
+    try:
+        return _assemble(options, reactor)
+    except StartupError as e:
+        cannot_start("p2pmeta", e)
+
+
+def open_registry(path: Path, reset: bool) -> Registry:
+    """
+    The registry at C{path}.  One that cannot be read is refused (the
+    network it holds may still be wanted), unless C{reset} asks for a new
+    network: then it is moved aside, and the log says where.
+    """
+    try:
+        registry = Registry(str(path))
+    except (sqlite3.DatabaseError, RuntimeError) as e:
+        if not reset:
+            raise StartupError(
+                f"the registry {path} cannot be read ({e}); move it aside, "
+                f"or start a new network with --reset"
+            ) from None
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        log.warn("the registry {path} could not be read ({why}); moved to {aside}",
+                 path=str(path), why=str(e), aside=str(aside))
+        registry = Registry(str(path))
+    if reset:
         registry.clear()
+    return registry
+
+
+def _assemble(options: Options, reactor: Any) -> IService:
+    data_dir = Path(options["data-dir"]).absolute()
+    lock = prepare_data_dir(data_dir, "p2pmeta")
+    registry = open_registry(data_dir / "registry.sqlite", options["reset"])
     server = MetaServer(
         registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"]
     )
@@ -82,10 +119,14 @@ def makeService(options: Options) -> IService:
             n=len(registry),
         )
 
-    top = MultiService()
+    top = RoleService("p2pmeta")
+    top.data_dir_lock = lock  # type: ignore[attr-defined]
     server.setServiceParent(top)
     ListenService(
-        server_endpoint(reactor, options["port"], options["tls"]), LimitedFactory(MetaFactory(server), clock=reactor), listening
+        endpoint(reactor, "--port", options["port"], options["tls"]),
+        LimitedFactory(MetaFactory(server), clock=reactor),
+        listening,
+        what=f"--port {options['port']}",
     ).setServiceParent(top)
     if options["web"] is not None:
 
@@ -94,7 +135,10 @@ def makeService(options: Options) -> IService:
             log.info("p2pmeta web page on port {port}", port=number)
 
         ListenService(
-            server_endpoint(reactor, options["web"]), make_site(server, reactor), web_listening
+            endpoint(reactor, "--web", options["web"]),
+            make_site(server, reactor),
+            web_listening,
+            what=f"--web {options['web']}",
         ).setServiceParent(top)
     if options["manhole"] is not None:
         namespace = {"service": top, "server": server, "registry": registry}

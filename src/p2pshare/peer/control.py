@@ -10,8 +10,8 @@ C{FETCH} sends C{PROGRESS done total} lines while it runs.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,7 @@ class ControlProtocol(LineChannel):
 
     def msg_STATUS(self, msg: Message) -> None:
         status = self.node.status()
-        lists = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
+        lists: dict[str, Any] = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
         self.reply(status, **lists)
 
     def msg_STOP(self, msg: Message) -> None:

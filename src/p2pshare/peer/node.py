@@ -47,6 +47,7 @@ from p2pshare.peer.http import MAX_UPLOADS, UploadSlots, make_site
 from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
 from p2pshare.peer.transfer import Downloader, Fetched, FetchError, LocalFault, Progress
+from p2pshare.startup import listen_now, listen_problem
 from p2pshare.wire import Match, Message
 
 if TYPE_CHECKING:
@@ -123,8 +124,10 @@ class PeerNode(Service):
         secret: Secret | None = None,
         url_scheme: str = "http",
         max_uploads: int = MAX_UPLOADS,
+        listen_description: str = "its port",
     ) -> None:
         self.clock = clock
+        self.listen_description = listen_description
         self.secret = secret
         self._listen_endpoint = listen
         self._meta_endpoint = meta
@@ -186,6 +189,7 @@ class PeerNode(Service):
     # Life cycle.
 
     def startService(self) -> None:
+        listening = self._listen()  # first: if it fails, nothing else has started
         super().startService()
         if self.share is not None:
             self._rescan = LoopingCall(self.refresh_share)
@@ -194,8 +198,19 @@ class PeerNode(Service):
         self._beating = LoopingCall(self._beat)
         self._beating.clock = self.clock
         self._beating.start(self.heartbeat, now=False)
-        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting = Deferred.fromCoroutine(self._start(listening))
         self._starting.addErrback(self._startFailed)
+
+    def _listen(self) -> Deferred[IListeningPort]:
+        """
+        Listen on our port; a port that cannot be had (in use, a bad path)
+        raises L{StartupError} at once, so the peer never starts half-way.
+        """
+        from p2pshare.peer.http import SniffingFactory
+
+        self._load_identity()
+        factory = LimitedFactory(SniffingFactory(self), clock=self.clock)
+        return listen_now(self._listen_endpoint, factory, self.listen_description)
 
     def _load_identity(self) -> None:
         if self.state_dir is None:
@@ -213,12 +228,10 @@ class PeerNode(Service):
         if self.state_dir is not None and self.peer_name is not None:
             atomic_write(self.state_dir / "name", f"{self.peer_name}\n".encode())
 
-    async def _start(self) -> None:
-        from p2pshare.peer.http import SniffingFactory
+    async def _start(self, listening: Deferred[IListeningPort]) -> None:
         from p2pshare.peer.protocol import MetaClientFactory
 
-        self._load_identity()
-        self._listening = await self._listen_endpoint.listen(LimitedFactory(SniffingFactory(self), clock=self.clock))
+        self._listening = await listening
         address: Any = self._listening.getHost()
         self.port = address.port
         self.log.info("peer listening on port {port}", port=self.port)
@@ -234,8 +247,7 @@ class PeerNode(Service):
     def _startFailed(self, failure: Any) -> None:
         if failure.check(CancelledError):
             return
-        self.log.failure("peer could not start", failure)
-        self._fatal(f"could not start: {failure.getErrorMessage()}")
+        self._fatal(f"could not start: {listen_problem(failure.value)}")
 
     def _fatal(self, why: str) -> None:
         self.log.critical("peer stops: {why}", why=why)

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.application.service import IService
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
@@ -29,12 +29,14 @@ from p2pshare.common import (
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
-from p2pshare.tls import PeerTLS, TLSConfigError, peer_tls, server_endpoint
+from p2pshare.startup import RoleOptions, RoleService, StartupError, cannot_start, prepare_data_dir
+from p2pshare.tls import PeerTLS, TLSConfigError, endpoint, peer_tls
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    role = "p2ppeer"
     synopsis = "[options]"
     longdesc = "A p2pshare peer: joins the overlay and shares files."
     optParameters = [
@@ -118,22 +120,40 @@ def connect_to(reactor: Any, tls: PeerTLS | None, host: str, port: int) -> Any:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    try:
+        return _assemble(options, reactor)
+    except StartupError as e:
+        cannot_start("p2ppeer", e)
+
+
+def _assemble(options: Options, reactor: Any) -> IService:
     data_dir = Path(options["data-dir"]).absolute()
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for directory in (options["shared"], options["downloads"]):
-        directory.mkdir(parents=True, exist_ok=True)
+    lock = prepare_data_dir(data_dir, "p2ppeer")
+    for flag in ("shared", "downloads"):
+        try:
+            options[flag].mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"cannot make --{flag} {options[flag]}: {(e.strerror or str(e)).lower()}") from None
 
     def fatal(why: str) -> None:
-        # twistd has no exit status of its own: leave with 1 after shutdown.
+        # twistd has no exit status of its own: leave with 1 after shutdown,
+        # whether or not the reactor runs yet.
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if reactor.running:
             reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
+    try:
+        meta = clientFromString(reactor, options["meta"])
+    except Exception as e:
+        raise StartupError(f"--meta {options['meta']} is not a usable endpoint: {e}") from None
     tls = options["tls"]
     node = PeerNode(
         clock=reactor,
-        listen=server_endpoint(reactor, options["port"], tls),
-        meta=clientFromString(reactor, options["meta"]),
+        listen=endpoint(reactor, "--port", options["port"], tls),
+        listen_description=f"--port {options['port']}",
+        meta=meta,
         connect=lambda host, port: connect_to(reactor, tls, host, port),
         name=options["name"],
         max_neighbours=options["max-neighbours"],
@@ -154,11 +174,16 @@ def makeService(options: Options) -> IService:
         max_uploads=options["max-uploads"],
     )
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
-    top = MultiService()
-    node.setServiceParent(top)
+    top = RoleService("p2ppeer")
+    top.data_dir_lock = lock  # type: ignore[attr-defined]
+    # The control socket first: a second peer on this data dir is told so
+    # before it touches the network.
     ListenService(
-        serverFromString(reactor, options["control"]), ControlFactory(node)
+        endpoint(reactor, "--control", options["control"]),
+        ControlFactory(node),
+        what=f"--control {options['control']}",
     ).setServiceParent(top)
+    node.setServiceParent(top)
     if options["manhole"] is not None:
         namespace = {"service": top, "peer": node}
         manhole_service(options["manhole"], data_dir, namespace).setServiceParent(top)

@@ -113,7 +113,7 @@ def local_fault(e: OSError, directory: Path, needed: int) -> LocalFault:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return LocalFault(f"no space left on {directory}: {human_size(needed)} needed")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return LocalFault(f"cannot write into {directory}: {e.strerror.lower()}")
+        return LocalFault(f"cannot write into {directory}: {(e.strerror or str(e)).lower()}")
     return LocalFault(f"cannot write into {directory}: {(e.strerror or str(e)).lower()}")
 
 
