@@ -13,7 +13,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.conch.ssh import channel, connection, session, transport, userauth
+from twisted.conch.ssh import channel, connection, keys, session, transport, userauth
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.protocol import ClientFactory
@@ -139,10 +139,18 @@ async def test_manholes_of_both_roles_show_live_state(reactor, tmp_path):
         await meta.wait_for("topology settled: 2 peers", 30)
 
         user, password = read_credentials(net.meta_dir / "manhole.passwd")
-        shell = await open_shell(reactor, meta_port, user, password)
+        # The host key is private, its fingerprint logged, and it is the key
+        # the manhole presents.
+        key_file = net.meta_dir / "manhole_host_key"
+        assert os.stat(key_file).st_mode & 0o777 == 0o600
+        host_key = keys.Key.fromFile(str(key_file))
+        fingerprint = host_key.fingerprint(keys.FingerprintFormats.SHA256_BASE64)
+        assert any(f"fingerprint {fingerprint}" in line for line in meta.lines)
+        shell = await open_shell(reactor, meta_port, user, password, host_key.public().blob())
         shells.append(shell)
         assert await evaluate(reactor, shell, "sorted(p.name for p in registry.peers())") == "['s1', 's2']"
 
+        assert os.stat(net.root / key / "manhole_host_key").st_mode & 0o777 == 0o600
         user, password = read_credentials(net.root / key / "manhole.passwd")
         shell = await open_shell(reactor, peer_port, user, password)
         shells.append(shell)
