@@ -351,6 +351,9 @@ def test_connections_are_capped_per_host_and_in_total(meta):
     limited = LimitedFactory(MetaFactory(meta), total=3, per_host=2)
     first = Conn(limited, host="127.0.0.7")
     second = Conn(limited, host="127.0.0.7")
+    # Connections in use (they have said something) are not evicted.
+    assert first.say(b"P2P port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
+    assert second.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
     third = Conn(limited, host="127.0.0.7")
     assert third.transport.value() == b"ERROR busy too many connections from your host\r\n"
     assert third.transport.disconnecting
@@ -359,10 +362,34 @@ def test_connections_are_capped_per_host_and_in_total(meta):
     fourth = Conn(limited, host="127.0.0.9")
     assert fourth.transport.value().startswith(b"ERROR busy this peer has too many connections")
     # The capped ones still work, and a closed connection frees its place.
-    assert first.say(b"P2P port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
+    assert first.say(b"PING\r\n") == b"PONG\r\n"
     second.proto.connectionLost(None)
     again = Conn(limited, host="127.0.0.7")
     assert again.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+
+
+def test_silent_connections_make_room_for_those_that_talk(meta):
+    from p2pshare.common import LimitedFactory
+
+    limited = LimitedFactory(MetaFactory(meta), total=4, per_host=2)
+    silent = [Conn(limited, host="127.0.0.7") for _ in range(2)]
+    # At the per-host cap, the oldest silent one goes; the newcomer is served.
+    honest = Conn(limited, host="127.0.0.7")
+    assert silent[0].transport.disconnecting and not silent[1].transport.disconnecting
+    assert honest.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+    # Now the only silent one left is evicted next, never the one in use.
+    again = Conn(limited, host="127.0.0.7")
+    assert silent[1].transport.disconnecting and not honest.transport.disconnecting
+    assert again.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+    assert Conn(limited, host="127.0.0.7").transport.value().startswith(b"ERROR busy")
+    # The total cap makes room the same way, from any host.
+    others = [Conn(limited, host=f"127.0.1.{i}") for i in range(2)]
+    late = Conn(limited, host="127.0.2.1")
+    assert others[0].transport.disconnecting
+    assert late.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+    # A silent connection is aborted at the first-line deadline.
+    meta.clock.advance(30)
+    assert others[1].transport.disconnecting
 
 
 def test_a_host_that_keeps_breaking_the_protocol_cools_off(meta):

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from p2pshare import wire
@@ -36,6 +37,8 @@ from p2pshare.wire import Message, WireError
 
 MAX_BAD_LINES = 10  # bad lines on one connection before it is cut
 ADMISSION_TIMEOUT = 10.0  # seconds to prove membership of a private network
+FIRST_LINE_TIMEOUT = 30.0  # seconds an accepted connection has to say its first line
+IDLE_TIMEOUT = 30.0  # seconds it may then stay silent (unless a heartbeat watches it)
 
 
 class ChannelFactory(Factory):
@@ -71,9 +74,15 @@ class RemoteError(Exception):
         self.text = text
 
 
-class LineChannel(LineReceiver):
+class LineChannel(LineReceiver, TimeoutMixin):
     """
     One connection speaking the p2pshare line protocol.
+
+    A connection we accepted must complete its first line within
+    L{FIRST_LINE_TIMEOUT} seconds and may then stay silent for
+    L{idle_deadline} seconds (restarted by every well-formed line, never
+    by bytes alone); then it is aborted.  Roles whose links a heartbeat
+    watches turn the idle deadline off.
 
     @cvar pushed: verbs that arrive unasked and go to C{msg_VERB} even while
         a request waits for its reply.
@@ -90,6 +99,7 @@ class LineChannel(LineReceiver):
     pushed: frozenset[str] = frozenset()
     secret: Secret | None = None
     expect: tuple[str, str] | None = None
+    engaged = False  # has said something well-formed (idle ones are evicted first)
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self._waiting: deque[Deferred[Message]] = deque()
@@ -215,7 +225,30 @@ class LineChannel(LineReceiver):
             transport.registerProducer(self, True)
             self._producing = True
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        assert self.clock is not None
+        return self.clock.callLater(period, func)
+
+    def idle_deadline(self) -> float | None:
+        """
+        How long this connection may stay silent now (L{None}: for ever,
+        something else watches it).
+        """
+        return IDLE_TIMEOUT
+
+    def timeoutConnection(self) -> None:
+        self.log.info("closing {peer}: silent for too long", peer=self._peerText())
+        self.abort()  # loseConnection can hang on a peer that does not read
+
+    def _watched(self) -> bool:
+        """
+        Do deadlines apply: a connection we accepted, with a clock.
+        """
+        return self.expect is None and self.clock is not None
+
     def connectionMade(self) -> None:
+        if self._watched():
+            self.setTimeout(FIRST_LINE_TIMEOUT)
         if self.secret is None:
             self._admit()
             return
@@ -325,7 +358,10 @@ class LineChannel(LineReceiver):
         if not self.admitted:
             self._admission(msg)
             return
+        self.engaged = True
         self.messageReceived(msg)
+        if self._watched() and self.connected:
+            self.setTimeout(self.idle_deadline())
 
     def badLine(self, error: WireError) -> None:
         """
@@ -389,6 +425,7 @@ class LineChannel(LineReceiver):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
         was_connected, self.connected = self.connected, False
         failed = tls_failure(reason)
         if failed is not None and was_connected:

@@ -189,11 +189,14 @@ class LimitedFactory(WrappingFactory):
     """
     Caps the connections a listening factory serves, in total and per
     remote host (Twisted's C{LimitConnectionsByPeer} fails on IPv4
-    addresses, so the count is kept here); a connection over a cap is told
+    addresses, so the count is kept here).  At a cap, the oldest connection
+    that has said nothing useful yet (its protocol's C{engaged} is false)
+    is closed to make room; when every one is in use, the newcomer is told
     C{ERROR busy ...} and closed at once, and nobody else notices.
     """
 
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
@@ -226,14 +229,32 @@ class LimitedFactory(WrappingFactory):
             if left > 0:
                 return _Busy(f"your host misbehaved; refused for {left:.0f} s more", "cooling-off")
             del self.cooling[host]
-        if len(self.protocols) >= self.total:
+        if len(self.protocols) >= self.total and not self._evict_idle(None):
             return _Busy("this peer has too many connections; try again later")
-        if self.by_host.get(host, 0) >= self.per_host:
+        if self.by_host.get(host, 0) >= self.per_host and not self._evict_idle(host):
             return _Busy("too many connections from your host")
         proto: Any = super().buildProtocol(addr)
         if proto is not None:
             proto._limited_host = host
         return proto
+
+    def _evict_idle(self, host: str | None) -> bool:
+        """
+        Make room by closing the oldest connection (from C{host}, or from
+        anywhere) that has not said anything useful yet; so silent sockets
+        never keep an honest client out.  False if every one is in use.
+        """
+        for p in self.protocols:
+            if getattr(p.wrappedProtocol, "engaged", True):
+                continue
+            if host is not None and getattr(p, "_limited_host", "local") != host:
+                continue
+            self.log.info("closing an idle connection from {host} to make room",
+                          host=getattr(p, "_limited_host", "?"))
+            self.unregisterProtocol(p)  # counted out now; its close comes later
+            p.transport.abortConnection()
+            return True
+        return False
 
     def registerProtocol(self, p: Any) -> None:
         super().registerProtocol(p)
@@ -241,6 +262,8 @@ class LimitedFactory(WrappingFactory):
         self.by_host[host] = self.by_host.get(host, 0) + 1
 
     def unregisterProtocol(self, p: Any) -> None:
+        if p not in self.protocols:
+            return  # evicted: counted out already
         super().unregisterProtocol(p)
         host = getattr(p, "_limited_host", "local")
         left = self.by_host.get(host, 1) - 1

@@ -456,6 +456,10 @@ class MetaProtocol(LineChannel):
     def identity(self) -> tuple[str, str]:
         return META_IDENTITY
 
+    def idle_deadline(self) -> float | None:
+        # A registered peer that promised heartbeats is watched by them.
+        return None if self.name is not None and self.beat else super().idle_deadline()
+
     def lineReceived(self, line: bytes) -> None:
         words = line.split(None, 1)
         # In a private network the handshake comes first, then the flag.

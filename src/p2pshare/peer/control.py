@@ -34,9 +34,12 @@ def _json(value: Any) -> str:
 
 class ControlProtocol(LineChannel):
     def __init__(self, node: PeerNode) -> None:
-        super().__init__()
+        super().__init__(node.clock)
         self.node = node
         self._running: set[Deferred[Any]] = set()  # requests to cancel if we are left
+
+    def idle_deadline(self) -> float | None:
+        return None  # a local command may wait for a long download
 
     def reply(self, summary: dict[str, Any], **lists: Iterable[Any]) -> None:
         """

@@ -42,6 +42,9 @@ class PeerProtocol(LineChannel):
     def identity(self) -> tuple[str, str]:
         return ("peer", self.node.peer_name or "-")
 
+    def idle_deadline(self) -> float | None:
+        return None if self.link is not None else super().idle_deadline()  # links: heartbeats
+
     def msg_HELLO(self, msg: Message) -> None:
         if self.link is not None:
             self.sendError(wire.E_UNEXPECTED, "this link is already made")
