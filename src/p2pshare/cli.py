@@ -2,35 +2,44 @@
 The C{p2p} command.
 
 Exit status: 0 success, 1 the operation failed or found nothing, 2 bad
-usage.  Errors are one sentence on stderr, never a traceback.
+usage, 130 interrupted (Ctrl-C).  Errors are one sentence on stderr, never
+a traceback, also when the reader of our output goes away (C{| head -1}).
+Ctrl-C closes the connection to the peer, which stops what it was asked
+to do (a download keeps what it has, and the same command resumes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 
-from p2pshare import wire
+from p2pshare import __version__, wire
 from p2pshare.admission import (
     URL_LIFETIME,
+    URL_LIFETIME_MAX,
     Secret,
     SecretError,
     load_secret,
     new_secret_text,
 )
 from p2pshare.channel import RemoteError
+from p2pshare.client import NotAControlChannel
 from p2pshare.common import human_size as _size
 from p2pshare.common import private_write
+from p2pshare.peer.share import is_pattern
 from p2pshare.tls import DEFAULT_HOSTS
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
+from p2pshare.wire import WireError
 
 DEFAULT_META = "tcp:127.0.0.1:5000"
 DEFAULT_PEER = "unix:./p2ppeer-data/control.sock"
@@ -248,10 +257,15 @@ async def _talk(where: str, what: str, work: Awaitable[Any]) -> Any:
         raise Failed(f"{what} at {where} did not answer in time") from None
     except (ConnectionLost, ConnectionDone):
         raise Failed(f"{what} at {where} closed the connection") from None
+    except NotAControlChannel as e:
+        raise Failed(f"{where} is {e.what}, not {e.wanted}{e.hint}") from None
     except RemoteError as e:
         raise Failed(f"{what} says: {e.text}") from None
     except ValueError as e:
-        raise Failed(f"{where} is not a usable endpoint: {e}") from None
+        hint = ""
+        if ":" not in where:
+            hint = f" (a unix socket is given as unix:{where})"
+        raise Failed(f"{where} is not a usable endpoint: {_reason(e)}{hint}") from None
 
 
 def _reason(e: BaseException) -> str:
@@ -259,8 +273,17 @@ def _reason(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """
+        A usage error: one sentence and status 2 (not argparse's usage dump).
+        """
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2p", description="Use a p2pshare network.")
+    p = _Parser(prog="p2p", description="Use a p2pshare network.")
+    p.add_argument("--version", action="version", version=f"p2p (p2pshare) {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     topo = sub.add_parser("topo", help="print the topology in the topo.txt format")
@@ -318,21 +341,92 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = {
+    "get": "interrupted; the peer stopped the download and keeps what it has: "
+           "the same command resumes it",
+}
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """
+    What argparse cannot check: a usage error exits 2 with one sentence.
+    """
+    for field in ("name", "pattern"):
+        value = getattr(args, field, None)
+        if value is None:
+            continue
+        try:
+            wire.unquote_name(wire.quote_name(value))
+        except (WireError, UnicodeError):
+            p.error(f"the {field} cannot be empty or hold control characters")
+        if field == "name" and is_pattern(value):
+            p.error("get takes one exact file name, not a pattern (search finds patterns)")
+    for field in ("peer", "meta"):
+        value = getattr(args, field, None)
+        if value is not None and not value.strip():
+            p.error(f"--{field} cannot be empty")
+    if args.command == "demo" and not 1 <= args.peers <= 50:
+        p.error("--peers is from 1 to 50")
+    if args.command == "url" and not 1 <= args.lifetime <= URL_LIFETIME_MAX:
+        p.error(f"--lifetime is from 1 to {URL_LIFETIME_MAX} seconds")
+
+
+def _peer_endpoint(value: str) -> str:
+    """
+    C{--peer} as given, or C{unix:PATH} when it names an existing socket
+    without saying C{unix:} (what people type first).
+    """
+    if value.startswith(("/", ".")) or (":" not in value and not value.isdigit()):
+        path = Path(value)
+        if path.is_socket():
+            return "unix:" + str(path).replace(":", "\\:")
+    return value
+
+
+def _silence_stdout() -> None:
+    """
+    Our reader went away: nothing more can be said there, and Python must
+    not complain when it flushes at exit.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if getattr(args, "meta", "") is None and getattr(args, "data_dir", None) is None:
         args.meta = DEFAULT_META
-    if args.command == "demo" and not 1 <= args.peers <= 50:
-        parser().error("--peers is from 1 to 50")
-    run: Callable[[Any, argparse.Namespace], Awaitable[int]] = args.run
+    check_args(p, args)
+    if getattr(args, "peer", None) is not None:
+        args.peer = _peer_endpoint(args.peer)
+    run: Callable[[Any, argparse.Namespace], Coroutine[Any, Any, int]] = args.run
 
     from twisted.internet import task
 
     async def body(reactor: Any) -> None:
+        work: Deferred[int] = Deferred.fromCoroutine(run(reactor, args))
+        interrupted: list[bool] = []
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if interrupted:  # a second Ctrl-C: leave now
+                os._exit(130)
+            interrupted.append(True)
+            reactor.callFromThread(work.cancel)
+
+        reactor.callWhenRunning(signal.signal, signal.SIGINT, on_sigint)
         try:
-            code = await run(reactor, args)
+            code = await work
+        except CancelledError:
+            if not interrupted:
+                raise
+            print(f"p2p {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+            code = 130
         except Failed as e:
             print(f"p2p {args.command}: {e}", file=sys.stderr)
+            code = 1
+        except BrokenPipeError:
+            _silence_stdout()
             code = 1
         except Exception as e:  # one sentence, never a traceback
             print(f"p2p {args.command}: failed: {_reason(e)}", file=sys.stderr)
@@ -340,4 +434,12 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             raise SystemExit(code)
 
-    task.react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
+    except SystemExit as e:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            raise SystemExit(e.code or 1) from None
+        raise

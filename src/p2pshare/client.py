@@ -6,19 +6,38 @@ channel and the metadata server's observer session.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.endpoints import clientFromString, connectProtocol
 
+from p2pshare import wire
 from p2pshare.admission import META_IDENTITY, Secret
-from p2pshare.channel import LineChannel
+from p2pshare.channel import LineChannel, RemoteError
 from p2pshare.common import client_endpoint_string
 from p2pshare.topo import TopoEntry
-from p2pshare.wire import Message
+from p2pshare.wire import Message, WireError
 
 TIMEOUT = 10.0
+
+
+class NotAControlChannel(Exception):
+    """
+    The other side does not speak the control protocol: C{what} it seems
+    to be instead, and a C{hint} for the user.
+    """
+
+    wanted = "a peer's control socket"
+
+    def __init__(self, what: str, hint: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+
+
+CONTROL_HINT = ": give --peer unix:DATA-DIR/control.sock"
 
 
 class _Client(LineChannel):
@@ -30,6 +49,17 @@ class _Client(LineChannel):
         self.items: dict[str, list[Any]] = {}
         self.on_progress = on_progress
         self._continued = False  # the last PEER line said more=1
+
+    def badLine(self, error: WireError) -> None:
+        # Something that is not our protocol at all (an HTTP server's
+        # answer, say): whoever waits for a reply learns so at once.
+        self._mismatch(NotAControlChannel("something else (it does not speak p2pshare)", CONTROL_HINT))
+
+    def _mismatch(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(error)
+        self.abort()
 
     def msg_ITEM(self, msg: Message) -> None:
         self.items.setdefault(msg.args[0], []).append(json.loads(msg.text or "null"))
@@ -87,21 +117,43 @@ async def control_request(
             on_progress(done, total)
 
     proto = await _connect(reactor, description, progressed)
+    timed_out: list[bool] = []
+
+    def too_late() -> None:
+        timed_out.append(True)
+        reply.cancel()
+
     try:
         reply = proto.request(verb, *args, **options)
-        idle.append(reactor.callLater(timeout, reply.cancel))
+        idle.append(reactor.callLater(timeout, too_late))
         try:
-            result = json.loads((await reply).text or "null")
-            if isinstance(result, dict):
-                result.update(proto.items)
-            return result
+            answer = await reply
         except CancelledError:
-            raise TimeoutError(timeout, "no reply") from None
+            if timed_out:
+                raise TimeoutError(timeout, "no reply") from None
+            raise  # cancelled by our caller (Ctrl-C)
+        except RemoteError as e:
+            raise _not_control(e) or e from None
         finally:
             if idle[0].active():
                 idle[0].cancel()
+        result = json.loads(answer.text or "null")
+        if isinstance(result, dict):
+            result.update(proto.items)
+        return result
     finally:
         proto.close()
+
+
+def _not_control(e: RemoteError) -> NotAControlChannel | None:
+    """
+    A refusal that shows we reached another kind of port.
+    """
+    if e.code == wire.E_BAD_FLAG:
+        return NotAControlChannel("a metadata server's port", CONTROL_HINT)
+    if e.code in (wire.E_UNEXPECTED, wire.E_UNKNOWN_VERB) and "not expected here" in e.text:
+        return NotAControlChannel("a peer's overlay port", CONTROL_HINT)
+    return None
 
 
 async def meta_topology(

@@ -124,7 +124,7 @@ class PartFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # as any new file: the umask decides
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -222,8 +222,9 @@ class _Receiver(Protocol):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
-        # The reason, as a value: not an error here.
-        self.done.callback(self.failed or reason.value)
+        # The reason, as a value: not an error here (unless cancelled).
+        if not self.done.called:
+            self.done.callback(self.failed or reason.value)
 
 
 class Downloader:
