@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -40,6 +41,8 @@ from p2pshare.peer.share import is_pattern
 from p2pshare.tls import DEFAULT_HOSTS
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 from p2pshare.wire import WireError
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 DEFAULT_META = "tcp:127.0.0.1:5000"
 DEFAULT_PEER = "unix:./p2ppeer-data/control.sock"
@@ -278,7 +281,14 @@ class _Parser(argparse.ArgumentParser):
         """
         A usage error: one sentence and status 2 (not argparse's usage dump).
         """
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """
+    A message that quotes what the user typed, kept to one line.
+    """
+    return CONTROL.sub("?", text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -423,13 +433,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"p2p {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
             code = 130
         except Failed as e:
-            print(f"p2p {args.command}: {e}", file=sys.stderr)
+            print(f"p2p {args.command}: {one_line(str(e))}", file=sys.stderr)
             code = 1
         except BrokenPipeError:
             _silence_stdout()
             code = 1
         except Exception as e:  # one sentence, never a traceback
-            print(f"p2p {args.command}: failed: {_reason(e)}", file=sys.stderr)
+            print(f"p2p {args.command}: failed: {one_line(_reason(e))}", file=sys.stderr)
             code = 1
         if code:
             raise SystemExit(code)

@@ -1,0 +1,124 @@
+"""
+The p2p command's contract, as a user meets it: exit status 0, 1 or 2
+(130 for Ctrl-C), errors in one sentence on stderr, never a traceback,
+whatever the arguments, also when the reader of its output goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+COMMANDS = ["topo", "search", "get", "status", "stop", "secret", "certs", "url", "demo", "frob", ""]
+OPTIONS = ["--peer", "--meta", "--data-dir", "--tree", "--secret-file", "--force", "-o", "--output",
+           "--lifetime", "--host", "--peers", "--private", "--tls", "--version", "-h", "--help", "--"]
+VALUES = st.one_of(
+    st.sampled_from([
+        "", " ", "x", "*", "a*b", "../..", "/", ".", "unix:", "unix:/nonexistent/sock", "tcp:",
+        "tcp:127.0.0.1:1", "5000", "0", "-1", "99999999999999999999", "http://127.0.0.1:1/files/a",
+        "http://x/files/", "ssl:0", "sha256:" + "0" * 64, "\u00e9t\u00e9", "a" * 5000, "\t", "s1",
+    ]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+            max_size=20),
+)
+ARGV = st.tuples(
+    st.sampled_from(COMMANDS),
+    st.lists(st.one_of(st.sampled_from(OPTIONS), VALUES), max_size=5),
+)
+
+
+def p2p(argv: list[str], cwd, **kwargs) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run(P2P + argv, cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env=env, **kwargs)
+
+
+def one_sentence(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) <= 1, stderr
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=ARGV)
+def test_any_argv_gets_a_status_and_at_most_one_sentence(tmp_path, argv):
+    command, rest = argv
+    if command == "demo" and not ({"-h", "--help", "--version"} & set(rest)):
+        rest = ["--peers", "0", *rest]  # a demo would start a network: only its usage errors
+    out = p2p([command, *rest] if command else rest, tmp_path)
+    assert out.returncode in (0, 1, 2), (argv, out.returncode, out.stderr)
+    if "-h" in rest or "--help" in rest or (not command and not rest):
+        return  # help and usage text are several lines by nature
+    one_sentence(out.stderr)
+    if out.returncode:
+        assert out.stderr.startswith("p2p"), out.stderr
+
+
+def test_usage_errors_and_version(tmp_path):
+    for argv, says in [
+        (["get", ""], "p2p: the name cannot be empty or hold control characters (see p2p --help)"),
+        (["get", "a*"], "p2p: get takes one exact file name, not a pattern"),
+        (["search", "a\tb"], "p2p: the pattern cannot be empty or hold control characters"),
+        (["url", "http://x/files/a", "--secret-file", "s", "--lifetime", "86401"],
+         "p2p: --lifetime is from 1 to 86400 seconds"),
+        (["status", "--peer", ""], "p2p: --peer cannot be empty"),
+        (["frob"], "p2p: argument COMMAND: invalid choice"),
+    ]:
+        out = p2p(argv, tmp_path)
+        assert out.returncode == 2, (argv, out.stderr)
+        assert out.stderr.startswith(says), (argv, out.stderr)
+        one_sentence(out.stderr)
+    out = p2p(["--version"], tmp_path)
+    assert (out.returncode, out.stdout.startswith("p2p (p2pshare) ")) == (0, True)
+
+
+def test_a_peer_that_is_not_there_and_a_wrong_kind_of_socket(tmp_path):
+    out = p2p(["status", "--peer", "unix:" + str(tmp_path / "none.sock")], tmp_path)
+    assert out.returncode == 1 and "is it running?" in out.stderr
+    one_sentence(out.stderr)
+    out = p2p(["status", "--peer", "./p2ppeer-data/control.sock"], tmp_path)
+    assert out.returncode == 1
+    assert "(a unix socket is given as unix:./p2ppeer-data/control.sock)" in out.stderr
+    one_sentence(out.stderr)
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    # `p2p --help | head -0`, and a command whose output nobody reads.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        out = subprocess.run(P2P + ["secret", str(tmp_path / "s")], stdout=writer,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert out.returncode == 1 and out.stderr == ""
+    assert (tmp_path / "s").exists()
+
+
+def test_ctrl_c_is_130_with_one_sentence(tmp_path):
+    # A command that waits (a peer port that accepts and never answers).
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(
+            P2P + ["status", "--peer", f"tcp:127.0.0.1:{port}"], cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        conn, _ = server.accept()  # it has connected and now waits for a reply
+        with conn:
+            conn.settimeout(10)
+            assert conn.recv(100) == b"STATUS\r\n"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert conn.recv(100) == b""  # it hung up
+    assert proc.returncode == 130
+    assert err == "p2p status: interrupted\n"
