@@ -235,3 +235,89 @@ async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders
     out.mkdir()
     fetched = await fetch(downloader, [match(busy, "busy", 1), match(honest, "honest", 2)], out)
     assert fetched.holder == "honest" and (out / "file.bin").read_bytes() == DATA
+
+
+class _FullDisk:
+    """
+    A part file's writer that fails with ENOSPC once C{room} bytes are in.
+    """
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        import errno
+
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
+    from p2pshare.peer import transfer
+
+    real_init = transfer.PartFile.__init__
+
+    def full_after_a_megabyte(self, path):
+        real_init(self, path)
+        self.f = _FullDisk(self.f, 1 << 20)
+
+    monkeypatch.setattr(transfer.PartFile, "__init__", full_after_a_megabyte)
+    first = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "a", DATA))))
+    second = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "b", DATA))))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(transfer.LocalFault) as e:
+        await fetch(downloader, [match(holders(first), "a", 1), match(holders(second), "b", 2)], out)
+    assert e.value.text == f"no space left on {out}: 3.1 MB needed"
+    assert len(first.ranges) == 1 and second.ranges == []  # no other holder is tried
+    assert os.listdir(out) == []  # the part is gone: it only took space
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_it_may_not_write_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
+    import errno
+
+    from p2pshare.peer import transfer
+
+    def read_only(self, path):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(transfer.PartFile, "__init__", read_only)
+    files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "a", DATA))))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(transfer.LocalFault) as e:
+        await fetch(downloader, [match(holders(files), "a", 1)], out)
+    assert e.value.text == f"cannot write into {out}: read-only file system"
+    assert files.ranges == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_download_of_one_target_waits_for_the_first(holders, downloader, tmp_path, reactor):
+    files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "a", DATA))))
+    port = holders(files)
+    out = tmp_path / "out"
+    out.mkdir()
+    first = fetch(downloader, [match(port, "a", 1)], out)
+    second = fetch(downloader, [match(port, "a", 1)], out)
+    one, two = await first, await second
+    assert (one.already, two.already) == (False, True)
+    assert len(files.ranges) == 1
+    assert os.listdir(out) == ["file.bin"]
+
+
+def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
+    from p2pshare.peer.transfer import PartFile
+
+    path = tmp_path / ".f.part"
+    held = PartFile(path)
+    with pytest.raises(BlockingIOError):
+        PartFile(path)
+    held.close()
+    PartFile(path).close()

@@ -428,6 +428,8 @@ class SharedFileResource(Resource):
             if body.broken:
                 self.log.warn("stopped serving {name}: {why}", name=self.name, why=body.broken)
                 cut_off()  # the client sees the transfer break, at once
+            elif isinstance(result, Failure):
+                pass  # stopped because the connection is going: nothing to finish
             elif not request.finished and not getattr(request, "_disconnected", False):
                 request.finish()
 
