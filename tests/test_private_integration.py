@@ -33,7 +33,7 @@ from p2pshare.simnet import assert_tree
 from p2pshare.topo import parse_topo
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
-CURL = shutil.which("curl")
+CURL = shutil.which("curl") or "curl"  # .ci/run installs it; missing, the test fails
 DATA = os.urandom(300_000)
 
 
@@ -173,15 +173,14 @@ async def test_a_private_network_admits_members_only(reactor, tmp_path, stop_lat
     replay.close()
 
     # The HTTP side: 403 without proof, the file with a signed URL.
-    if CURL is not None:
-        for name, port in ports.items():
-            for path in ("/files/notes.bin", "/files/", "/files/notes.bin?expires=99999999999&sig=00"):
-                out = run(CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
-                assert out.stdout == "403", (name, path, out)
-        url = run(*P2P, "url", f"http://127.0.0.1:{ports['s3']}/files/notes.bin", "--secret-file", str(secret_file))
-        assert url.returncode == 0, url.stderr
-        body = subprocess.run([CURL, "-sf", url.stdout.strip()], capture_output=True, timeout=60)
-        assert body.returncode == 0 and body.stdout == DATA
+    for name, port in ports.items():
+        for path in ("/files/notes.bin", "/files/", "/files/notes.bin?expires=99999999999&sig=00"):
+            out = run(CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
+            assert out.stdout == "403", (name, path, out)
+    url = run(*P2P, "url", f"http://127.0.0.1:{ports['s3']}/files/notes.bin", "--secret-file", str(secret_file))
+    assert url.returncode == 0, url.stderr
+    body = subprocess.run([CURL, "-sf", url.stdout.strip()], capture_output=True, timeout=60)
+    assert body.returncode == 0 and body.stdout == DATA
 
     # p2p topo needs the secret too.
     assert run(*P2P, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}").returncode == 1
@@ -241,15 +240,14 @@ async def test_an_encrypted_network_with_its_own_ca(reactor, tmp_path, stop_late
 
     # curl (which offers ALPN) fetches with a member certificate, and gets
     # nothing without one.
-    if CURL is not None:
-        holder_port = int((net.root / names["s3"] / "port").read_text())
-        url = f"https://127.0.0.1:{holder_port}/files/notes.bin"
-        ca = str(certs / "trust" / "ca.pem")
-        body = subprocess.run([CURL, "-sf", "--cacert", ca, "--cert", str(certs / "p1.pem"), url],
-                              capture_output=True, timeout=60)
-        assert body.returncode == 0 and body.stdout == DATA, body.stderr
-        refused = subprocess.run([CURL, "-sf", "--cacert", ca, url], capture_output=True, timeout=60)
-        assert refused.returncode != 0 and refused.stdout == b""
+    holder_port = int((net.root / names["s3"] / "port").read_text())
+    url = f"https://127.0.0.1:{holder_port}/files/notes.bin"
+    ca = str(certs / "trust" / "ca.pem")
+    body = subprocess.run([CURL, "-sf", "--cacert", ca, "--cert", str(certs / "p1.pem"), url],
+                          capture_output=True, timeout=60)
+    assert body.returncode == 0 and body.stdout == DATA, body.stderr
+    refused = subprocess.run([CURL, "-sf", "--cacert", ca, url], capture_output=True, timeout=60)
+    assert refused.returncode != 0 and refused.stdout == b""
 
     # ... and a whole peer with a foreign certificate never joins.
     outside = LocalNetwork(reactor, tmp_path / "out", certs=foreign)
