@@ -321,3 +321,32 @@ def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
         PartFile(path)
     held.close()
     PartFile(path).close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_of_255_bytes_downloads(holders, downloader, tmp_path, reactor):
+    name = "é" * 127 + "x"  # 255 bytes of UTF-8: the longest name a file system takes
+    d = tmp_path / "long"
+    d.mkdir()
+    (d / name).write_bytes(DATA)
+    share = ShareIndex(d)
+    share.refresh()
+    port = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
+    out = tmp_path / "out"
+    out.mkdir()
+    m = wire.Match(name, len(DATA), SHA, "h", "127.0.0.1", port, 1)
+    fetched = await fetch(downloader, [m], out)
+    assert fetched.path == out / name and (out / name).read_bytes() == DATA
+    assert len(part_path(out, name, SHA).name.encode()) <= 255
+
+
+def test_only_the_same_names_other_versions_are_forgotten(tmp_path):
+    from p2pshare.peer.transfer import _forget_other_versions
+
+    mine = part_path(tmp_path, "a", "1" * 64)
+    old = part_path(tmp_path, "a", "2" * 64)
+    other_name = part_path(tmp_path, "a.b", "3" * 64)
+    for p in (mine, old, other_name):
+        p.write_bytes(b"x")
+    _forget_other_versions(tmp_path, "a", mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_name.name])

@@ -137,3 +137,17 @@ async def test_a_control_reply_that_stalls_is_given_up(reactor, tmp_path):
         assert 0.4 < reactor.seconds() - started < 5
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_port_answers_other_methods_with_405_or_501(reactor, serve, tmp_path):
+    server = server_with([("s1", [])], tmp_path)
+    base = serve(server)
+    for method, code in [(b"POST", 405), (b"DELETE", 405), (b"OPTIONS", 405),
+                         (b"PROPFIND", 501), (b"get", 501)]:
+        response, _ = await get(reactor, base + "/topology.json", method)
+        assert response.code == code, method
+        if code == 405:
+            assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
+    response, _ = await get(reactor, base + "/topology.json", b"HEAD")
+    assert response.code == 200

@@ -222,6 +222,22 @@ def test_an_over_long_line_is_answered_then_closed():
     assert transport.disconnecting
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_line_just_over_the_limit_is_answered_then_closed(ending):
+    # 4094 bytes before the line's end are the most (4096 with a CRLF); 4095
+    # and a bare LF was once read as a bad line and left open.
+    for body, closed in [(b"PING " + b"x" * 4089, False), (b"PING " + b"x" * 4090, True)]:
+        proto = Recorder()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(body + ending)
+        if closed:
+            assert transport.value() == b"ERROR too-long lines are at most 4096 bytes\r\n"
+        else:
+            assert b"too-long" not in transport.value()
+        assert transport.disconnecting == closed
+
+
 @given(matches)
 def test_a_match_round_trips_through_its_field(m):
     assert wire.Match.parse(m.field()) == m

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,9 +102,15 @@ def url_for(
 
 def part_path(directory: Path, name: str, sha256: str) -> Path:
     """
-    The hidden file a download of version C{sha256} of C{name} grows in.
+    The hidden file a download of version C{sha256} of C{name} grows in
+    (a long name is cut so that the part's name fits in 255 bytes).
     """
-    return directory / f".{name}.{sha256[:16]}.part"
+    return directory / f".{_part_stem(name)}.{sha256[:16]}.part"
+
+
+def _part_stem(name: str) -> str:
+    room = 255 - len(".") - len(".0123456789abcdef.part")
+    return name.encode("utf-8")[:room].decode("utf-8", "ignore")
 
 
 def local_fault(e: OSError, directory: Path, needed: int) -> LocalFault:
@@ -156,9 +163,11 @@ def _forget_other_versions(directory: Path, name: str, keep: Path) -> None:
     """
     Remove the parts of other versions of C{name} that no download holds.
     """
-    for other in directory.glob(f".{_glob_escape(name)}.*.part"):
-        if other == keep:
-            continue
+    stem = _part_stem(name)
+    mine = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{16}}\.part")
+    for other in directory.glob(f".{_glob_escape(stem)}.*.part"):
+        if other == keep or not mine.fullmatch(other.name):
+            continue  # ours, or another name's (".a.b.SHA.part" is not a part of "a")
         try:
             stale = PartFile(other)
         except (BlockingIOError, OSError):
@@ -316,6 +325,13 @@ class Downloader:
             raise
         except LocalFault:
             part.discard()  # free what it took; the fault is ours
+            raise
+        except FetchError as e:
+            kept = part.size()
+            part.close()  # kept, for the next try to resume
+            if e.code == wire.E_FAILED and kept:
+                e.text += f"; the {human_size(kept)} that arrived are kept: the same command resumes"
+                e.args = (e.text,)
             raise
         except BaseException:
             part.close()  # kept, for the next try to resume
