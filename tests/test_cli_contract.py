@@ -69,6 +69,8 @@ def test_usage_errors_and_version(tmp_path):
          "p2p: --lifetime is from 1 to 86400 seconds"),
         (["status", "--peer", ""], "p2p: --peer cannot be empty"),
         (["frob"], "p2p: argument COMMAND: invalid choice"),
+        (["get", "\u00e9" * 400], "p2p: the name is too long (800 bytes)"),
+        (["search", "x" * 1001], "p2p: the pattern is too long (1001 bytes)"),
     ]:
         out = p2p(argv, tmp_path)
         assert out.returncode == 2, (argv, out.stderr)

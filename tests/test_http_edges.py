@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -37,7 +38,8 @@ def peer_port(reactor, tmp_path):
     (shared / "empty").write_bytes(b"")
     share = ShareIndex(shared)
     share.refresh()
-    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4))
+    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
+                           messages=Counter())
     node.site = make_site(node, reactor)
     port = reactor.listenTCP(0, LimitedFactory(SniffingFactory(node), clock=reactor), interface="127.0.0.1")
     yield SimpleNamespace(port=port.getHost().port, node=node, share=share, path=shared / "file.bin")
@@ -239,3 +241,14 @@ async def test_a_dripped_request_is_cut_off_at_its_deadline(peer_port, monkeypat
     rest, took = await deferToThread(drip, peer_port.port, b"", b"GET /files/file.bin HTTP/1.1\r\n")
     assert rest == b""
     assert 2.5 < took < 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_line_too_long_is_answered_in_http(peer_port):
+    status, _, _ = await get(peer_port.port, target="/files/" + "a" * 20000)
+    assert status == 414
+    status, _, _ = await get(peer_port.port, "X-Long: " + "a" * 20000)
+    assert status == 431
+    # And a long line that is not HTTP is the line protocol's business.
+    out = await deferToThread(exchange, peer_port.port, b"HELLO " + b"x" * 5000 + b"\r\n")
+    assert out == b"ERROR too-long lines are at most 4096 bytes\r\n"

@@ -369,6 +369,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             wire.unquote_name(wire.quote_name(value))
         except (WireError, UnicodeError):
             p.error(f"the {field} cannot be empty or hold control characters")
+        if wire.FILE(wire.quote_name(value)) is not None:
+            p.error(f"the {field} is too long ({len(value.encode())} bytes)")
         if field == "name" and is_pattern(value):
             p.error("get takes one exact file name, not a pattern (search finds patterns)")
     for field in ("peer", "meta"):

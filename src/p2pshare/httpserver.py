@@ -59,6 +59,13 @@ class StrictChannel(http.HTTPChannel):
         # HTTPChannel.dataReceived calls resetTimeout() first; we do not.
         LineReceiver.dataReceived(self, data)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # Twisted's HTTPChannel would drop the connection without a word.
+        status = b"431 Request Header Fields Too Large" if self.requests else b"414 URI Too Long"
+        transport: Any = self.transport
+        transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        transport.loseConnection()
+
     def timeoutConnection(self) -> None:
         # Abort: a client that does not read would keep a lost connection.
         transport: Any = self.transport

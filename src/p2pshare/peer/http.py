@@ -45,6 +45,7 @@ MAX_DIGITS = 18  # longer numbers in a Range header are absurd: 416
 _RANGE = re.compile(rb"bytes=(\d*)-(\d*)")
 # An HTTP request line: method, target, version (RFC 9112 section 3).
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d\.\d\r?")
+_REQUEST_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ /")
 
 
 class Sniffer(Protocol, TimeoutMixin):
@@ -81,7 +82,11 @@ class Sniffer(Protocol, TimeoutMixin):
         transport: Any = self.transport
         addr = transport.getPeer()
         proto: Any
-        if newline and _REQUEST_LINE.fullmatch(line):
+        if (newline and _REQUEST_LINE.fullmatch(line)) or (
+            not newline and _REQUEST_START.match(line)
+        ):
+            # A request line, or a long one that starts like one (HTTP
+            # answers it: 400 when it is too long, never ERROR lines).
             proto = self.node.site.buildProtocol(addr)
         else:
             from p2pshare.peer.protocol import PeerProtocol
