@@ -128,6 +128,15 @@ async def test_bad_tls_files_end_either_role(reactor, tmp_path):
     mixed = f"ssl:0:privateKey={certs / 's1.pem'}:certKey={certs / 'meta.pem'}:trustRoots={trust}"
     said = await fails(reactor, tmp_path, "p2pmeta", "--port", mixed, "--data-dir", str(tmp_path / "m"))
     assert "does not belong to the certificate" in said
+    # The peer's link to the metadata server, with bad files.
+    for meta, why in [
+        (f"tls:127.0.0.1:1:trustRoots={trust}:certificate={garbage}:privateKey={garbage}",
+         "its certificate or key files hold no usable PEM data"),
+        (f"tls:127.0.0.1:1:trustRoots={tmp_path / 'nowhere'}", "its trustRoots directory cannot be read"),
+    ]:
+        said = await fails(reactor, tmp_path, "p2ppeer", "--port", "0", "--meta", meta,
+                           "--data-dir", str(tmp_path / "p"))
+        assert said.endswith(f"--meta {meta} is not a usable endpoint: {why}"), said
 
 
 def read_only_dir(path: Path) -> None:

@@ -214,10 +214,25 @@ def endpoint(
     except TLSConfigError as e:
         raise StartupError(f"{flag} {description}: {e}") from None
     except Exception as e:
-        why = str(e).strip().rstrip(".") or type(e).__name__
-        if isinstance(e, Error):
-            why = "its certificate or key files cannot be used"
-        raise StartupError(f"{flag} {description} is not a usable endpoint: {why}") from None
+        raise StartupError(f"{flag} {description} is not a usable endpoint: {endpoint_problem(e)}") from None
+
+
+def endpoint_problem(e: BaseException) -> str:
+    """
+    Why an endpoint description could not be used, in a few words (never
+    OpenSSL's error tuples).
+    """
+    from OpenSSL.crypto import Error as CryptoError
+    from twisted.python.filepath import UnlistableError
+
+    if isinstance(e, (Error, CryptoError)):
+        return "its certificate or key files hold no usable PEM data"
+    if isinstance(e, UnlistableError):
+        return "its trustRoots directory cannot be read"
+    if isinstance(e, OSError) and e.strerror:
+        name = f" {e.filename}" if e.filename else ""
+        return f"{e.strerror.lower()}{name and ':' + name}"
+    return str(e).strip().rstrip(".") or type(e).__name__
 
 
 # Making a network's certificates.

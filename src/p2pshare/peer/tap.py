@@ -30,7 +30,7 @@ from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
 from p2pshare.startup import RoleOptions, RoleService, StartupError, cannot_start, prepare_data_dir
-from p2pshare.tls import PeerTLS, TLSConfigError, endpoint, peer_tls
+from p2pshare.tls import PeerTLS, TLSConfigError, endpoint, endpoint_problem, peer_tls
 
 log = Logger()
 
@@ -147,7 +147,9 @@ def _assemble(options: Options, reactor: Any) -> IService:
     try:
         meta = clientFromString(reactor, options["meta"])
     except Exception as e:
-        raise StartupError(f"--meta {options['meta']} is not a usable endpoint: {e}") from None
+        raise StartupError(
+            f"--meta {options['meta']} is not a usable endpoint: {endpoint_problem(e)}"
+        ) from None
     tls = options["tls"]
     node = PeerNode(
         clock=reactor,
