@@ -62,6 +62,11 @@ async def test_a_busy_port_ends_either_role(reactor, tmp_path, busy_port):
     said = await fails(reactor, tmp_path, "p2ppeer", "--port", f"tcp:{busy_port}:interface=127.0.0.1",
                        "--data-dir", str(tmp_path / "p"))
     assert said.endswith("address already in use")
+    # A start-up that fails half-way: the role's port is free, the manhole's is not.
+    said = await fails(reactor, tmp_path, "p2pmeta", "--port", "0", "--manhole", str(busy_port),
+                       "--data-dir", str(tmp_path / "m2"))
+    assert said.endswith(f"cannot listen on --manhole tcp:{busy_port}:interface=127.0.0.1: "
+                         "address already in use")
 
 
 @pytest_twisted.ensureDeferred

@@ -19,13 +19,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.application.service import IService
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
 from twisted.conch import manhole_tap
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
 from p2pshare.common import atomic_write, private_write
-from p2pshare.startup import StartupError
+from p2pshare.startup import StartupError, listen_problem
 
 log = Logger()
 USER = "admin"
@@ -82,15 +83,41 @@ def manhole_service(endpoint: str, data_dir: Path, namespace: dict[str, Any]) ->
         "manhole on {endpoint}; log in as {user} with the password in {path}",
         endpoint=endpoint, user=USER, path=str(data_dir / PASSWD),
     )
-    service: IService = manhole_tap.makeService(
-        {
-            "namespace": namespace,
-            "passwd": str(data_dir / PASSWD),
-            "sshPort": endpoint,
-            "telnetPort": None,
-            "sshKeyDir": str(data_dir),
-            "sshKeyName": HOST_KEY,
-            "sshKeySize": 2048,
-        }
-    )
-    return service
+    try:
+        service = manhole_tap.makeService(
+            {
+                "namespace": namespace,
+                "passwd": str(data_dir / PASSWD),
+                "sshPort": endpoint,
+                "telnetPort": None,
+                "sshKeyDir": str(data_dir),
+                "sshKeyName": HOST_KEY,
+                "sshKeySize": 2048,
+            }
+        )
+    except Exception as e:
+        raise StartupError(f"--manhole {endpoint} is not a usable endpoint: {e}") from None
+    for child in service:
+        if isinstance(child, StreamServerEndpointService):
+            child._raiseSynchronously = True  # a busy port stops the role, not just the manhole
+    return _Manhole(endpoint, service)
+
+
+class _Manhole(MultiService):
+    """
+    The manhole's services, started with the role: a port that cannot be
+    had is a L{StartupError} (Twisted would log it and go on without).
+    """
+
+    def __init__(self, endpoint: str, service: IService) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError:
+            raise
+        except Exception as e:
+            raise StartupError(f"cannot listen on --manhole {self.endpoint}: {listen_problem(e)}") from None
