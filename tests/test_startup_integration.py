@@ -76,6 +76,11 @@ async def test_bad_endpoints_end_the_peer(reactor, tmp_path):
     assert said.endswith("cannot listen on --port unix:/nonexistent/dir/peer.sock: no such file or directory")
     said = await fails(reactor, tmp_path, "p2ppeer", "--port", "frob:1", "--data-dir", str(tmp_path / "p"))
     assert said == "p2ppeer cannot start: --port frob:1 is not a usable endpoint: Unknown endpoint type: 'frob'"
+    for role in ("p2pmeta", "p2ppeer"):
+        said = await fails(reactor, tmp_path, role, "--port", "0", "--portfile", "/nonexistent/port",
+                           "--data-dir", str(tmp_path / role))
+        assert said.endswith(f"{role} cannot start: --portfile /nonexistent/port: the folder "
+                             "/nonexistent does not exist")
     said = await fails(reactor, tmp_path, "p2ppeer", "--heartbeat", "0")
     assert said == "twistd p2ppeer: --heartbeat is from 0.1 to 3600 seconds (see twistd p2ppeer --help)"
 

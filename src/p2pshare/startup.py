@@ -166,6 +166,20 @@ class DataDirLock:
         self.fd = fd  # kept open: the lock lives as long as the process
 
 
+def check_writable(path: Path | None, flag: str) -> None:
+    """
+    A file the role will write later (C{--portfile}): its folder must be
+    there and writable now, not when the role is half-way up.
+    """
+    if path is None:
+        return
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise StartupError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise StartupError(f"{flag} {path}: cannot write in {folder}")
+
+
 def prepare_data_dir(directory: Path, role: str) -> DataDirLock:
     """
     Make C{directory} (owner only), check that it can be written, and lock

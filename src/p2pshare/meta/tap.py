@@ -27,7 +27,14 @@ from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
-from p2pshare.startup import RoleOptions, RoleService, StartupError, cannot_start, prepare_data_dir
+from p2pshare.startup import (
+    RoleOptions,
+    RoleService,
+    StartupError,
+    cannot_start,
+    check_writable,
+    prepare_data_dir,
+)
 from p2pshare.tls import TLSConfigError, endpoint, peer_tls
 
 log = Logger()
@@ -102,6 +109,7 @@ def open_registry(path: Path, reset: bool) -> Registry:
 def _assemble(options: Options, reactor: Any) -> IService:
     data_dir = Path(options["data-dir"]).absolute()
     lock = prepare_data_dir(data_dir, "p2pmeta")
+    check_writable(Path(options["portfile"]) if options["portfile"] else None, "--portfile")
     registry = open_registry(data_dir / "registry.sqlite", options["reset"])
     server = MetaServer(
         registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"]

@@ -29,7 +29,14 @@ from p2pshare.common import (
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
-from p2pshare.startup import RoleOptions, RoleService, StartupError, cannot_start, prepare_data_dir
+from p2pshare.startup import (
+    RoleOptions,
+    RoleService,
+    StartupError,
+    cannot_start,
+    check_writable,
+    prepare_data_dir,
+)
 from p2pshare.tls import PeerTLS, TLSConfigError, endpoint, endpoint_problem, peer_tls
 
 log = Logger()
@@ -129,6 +136,7 @@ def makeService(options: Options) -> IService:
 def _assemble(options: Options, reactor: Any) -> IService:
     data_dir = Path(options["data-dir"]).absolute()
     lock = prepare_data_dir(data_dir, "p2ppeer")
+    check_writable(Path(options["portfile"]) if options["portfile"] else None, "--portfile")
     for flag in ("shared", "downloads"):
         try:
             options[flag].mkdir(parents=True, exist_ok=True)
