@@ -274,6 +274,16 @@ def test_a_hello_waits_while_the_peer_is_still_joining():
     assert list(node.neighbours) == ["s6"]
 
 
+def test_stop_asked_three_times_stops_once():
+    node = joined_peer()
+    stops = []
+    node.on_stop = lambda: stops.append(1)
+    c = Conn(ControlFactory(node))
+    assert c.say(b"STOP\r\nSTOP\r\nSTOP\r\n") == b'OK {"name":"s1"}\r\n' * 3
+    node.clock.advance(0)
+    assert stops == [1]
+
+
 def test_control_status():
     node = joined_peer(max_neighbours=2)
     Conn(PeerFactory(node), host="127.0.0.2").say(b"HELLO s2 7002\r\n")

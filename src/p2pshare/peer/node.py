@@ -185,6 +185,7 @@ class PeerNode(Service):
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self.transfers: dict[object, tuple[str, int, int]] = {}  # running: name, done, total
         self.upload_slots = UploadSlots(max_uploads)
+        self._stopping = False  # asked to leave (STOP)
 
     # Life cycle.
 
@@ -626,6 +627,9 @@ class PeerNode(Service):
                 proto.send("PING")
 
     def stop_requested(self) -> None:
+        if self._stopping:
+            return  # asked twice (two `p2p stop` at once): it is leaving already
+        self._stopping = True
         self.log.info("peer {name} was asked to leave the network", name=self.peer_name)
         if self.on_stop is not None:
             self.on_stop()
