@@ -145,6 +145,6 @@ def test_fuzzing_a_peer_port_and_control_channel(steps_):
     # Still a working peer: a newcomer is accepted.
     proto, transport = connect(SniffingFactory(node), "127.0.0.3")
     proto.dataReceived(b"HELLO fresh 7009\r\n")
-    assert transport.value().startswith(b"ACCEPT s1\r\n") or transport.value().startswith(
+    assert transport.value().startswith(b"ACCEPT s1 beat=5000\r\n") or transport.value().startswith(
         b"REFER "
     )

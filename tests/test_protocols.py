@@ -149,7 +149,7 @@ def test_a_name_belongs_to_its_token(meta):
         (b"FROB\r\n", b"ERROR unknown-verb unknown verb 'FROB'\r\n"),
         (b"PLACE 1\r\n", b"ERROR bad-args PLACE takes no fields\r\n"),
         (b"\xff\xfe\xfd\r\n", b"ERROR bad-encoding a line must be UTF-8 text\r\n"),
-        (b"ACCEPT s1\r\n", b"ERROR unexpected ACCEPT is not expected here\r\n"),
+        (b"ACCEPT s1 beat=5000\r\n", b"ERROR unexpected ACCEPT is not expected here\r\n"),
         (b"NEIGHBOURS s1 s1\r\n", b"ERROR bad-args neighbours are distinct and not yourself\r\n"),
         (b"P2P port=7\r\n", b"ERROR unexpected this connection has already said P2P\r\n"),
         (b"P2P port=7 max=0\r\n", b"ERROR unexpected this connection has already said P2P\r\n"),
@@ -202,7 +202,7 @@ def joined_peer(name="s1", max_neighbours=1):
 def test_peer_accepts_then_refers_to_its_neighbour():
     node = joined_peer(max_neighbours=1)
     first = Conn(PeerFactory(node), host="127.0.0.2")
-    assert first.say(b"HELLO s2 7002\r\n") == b"ACCEPT s1\r\nUP\r\nFREE none\r\n"
+    assert first.say(b"HELLO s2 7002\r\n") == b"ACCEPT s1 beat=5000\r\nUP\r\nFREE none\r\n"
     assert list(node.neighbours) == ["s2"]
     assert not first.transport.disconnecting
     second = Conn(PeerFactory(node), host="127.0.0.3")
@@ -219,9 +219,9 @@ def test_peer_refers_toward_the_nearest_free_slot():
     node = joined_peer(max_neighbours=2)
     a = Conn(PeerFactory(node), host="127.0.0.2")
     b = Conn(PeerFactory(node), host="127.0.0.3")
-    assert a.say(b"HELLO a 7002\r\n") == b"ACCEPT s1\r\nUP\r\nFREE 0\r\n"
+    assert a.say(b"HELLO a 7002\r\n") == b"ACCEPT s1 beat=5000\r\nUP\r\nFREE 0\r\n"
     a.transport.clear()
-    assert b.say(b"HELLO b 7003\r\n") == b"ACCEPT s1\r\nUP\r\nFREE none\r\n"
+    assert b.say(b"HELLO b 7003\r\n") == b"ACCEPT s1 beat=5000\r\nUP\r\nFREE none\r\n"
     b.transport.clear()
     # Now full: each neighbour learns what lies behind us, not counting itself.
     assert a.transport.value() == b"FREE none\r\n"
@@ -270,7 +270,7 @@ def test_a_hello_waits_while_the_peer_is_still_joining():
     gone.say(b"HELLO s7 7007\r\n")
     gone.proto.connectionLost(None)
     node._joined("s1", 1)
-    assert c.transport.value() == b"ACCEPT s5\r\nUP\r\nFREE 0\r\n"
+    assert c.transport.value() == b"ACCEPT s5 beat=5000\r\nUP\r\nFREE 0\r\n"
     assert list(node.neighbours) == ["s6"]
 
 
@@ -347,7 +347,7 @@ def test_a_child_learns_its_grandparent():
 
     node.neighbours["s1"] = Neighbour("s1", "10.0.0.1", 7001, up.proto)
     child = Conn(PeerFactory(node), host="127.0.0.3")
-    assert child.say(b"HELLO s3 7003\r\n").startswith(b"ACCEPT s2\r\nUP s1 10.0.0.1 7001\r\n")
+    assert child.say(b"HELLO s3 7003\r\n").startswith(b"ACCEPT s2 beat=5000\r\nUP s1 10.0.0.1 7001\r\n")
     # And the child side keeps what its parent says.
     node.up_said("s1", ("s0", "10.0.0.9", "7000"))
     assert node.grandparent == ("s0", "10.0.0.9", "7000")

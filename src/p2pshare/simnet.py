@@ -149,6 +149,7 @@ class SimNet:
         shared: bool = True,
         stranger: bool = False,
         own_secret: Secret | None = None,
+        heartbeat: float = 5.0,
     ) -> PeerNode:
         """
         A peer holding the network's secret, or (C{stranger}) C{own_secret}.
@@ -165,6 +166,7 @@ class SimNet:
             shared=self.share_dir(len(self.peers)) if shared and self.tmp else None,
             state_dir=self.share_dir(len(self.peers)).parent if self.tmp else None,
             secret=own_secret if stranger else self.secret,
+            heartbeat=heartbeat,
         )
         self.peers.append(node)
         return node
@@ -273,6 +275,24 @@ class SimNet:
                 return
             self.clock.advance(step)
             elapsed += step
+
+    def idle(self, seconds: float) -> None:
+        """
+        Let C{seconds} of simulated time pass, delivering every message as
+        soon as it is sent, from one pending call to the next.
+        """
+        end = self.clock.seconds() + seconds
+        while True:
+            self.flush()
+            calls = self.clock.getDelayedCalls()
+            if not calls:
+                self.clock.advance(end - self.clock.seconds())
+                return
+            at = calls[0].getTime()  # a Clock keeps its calls in time order
+            if at > end:
+                self.clock.advance(end - self.clock.seconds())
+                return
+            self.clock.advance(at - self.clock.seconds())
 
     @classmethod
     def grown(

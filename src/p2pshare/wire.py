@@ -269,11 +269,12 @@ SPECS: dict[str, Spec] = {
     "PING": Spec(),
     "PONG": Spec(),
     # Between peers.
+    # beat=MS: the sender's heartbeat; a link beats at the larger of two.
     "HELLO": Spec(
         args=(("name", NAME), ("port", PORT)),
-        keys={"host": HOST, "via": NAME},
+        keys={"host": HOST, "via": NAME, "beat": COUNT},
     ),
-    "ACCEPT": Spec(args=(("name", NAME),)),
+    "ACCEPT": Spec(args=(("name", NAME),), keys={"beat": COUNT}),
     "FREE": Spec(args=(("hops", HOPS),)),
     # Parent to child: where the parent hangs from (nothing: it is the root).
     "UP": Spec(rest=TOKEN),

@@ -63,6 +63,7 @@ class MetaServer(Service):
         self._written: tuple[str, str] | None = None
         self._settled = ""
         self._watch: LoopingCall | None = None
+        self._checked_at = 0.0  # when the sessions were last checked
         # After a restart, the peers in the registry are unverified until
         # they register again; those that do not within the grace period
         # are dropped.
@@ -84,6 +85,7 @@ class MetaServer(Service):
         if self.unverified:
             self._dropping = self.clock.callLater(self.grace, self._drop_unverified)
         self.write_files()
+        self._checked_at = self.clock.seconds()
         self._watch = LoopingCall(self._check_sessions)
         self._watch.clock = self.clock
         self._watch.start(1.0, now=False)
@@ -135,9 +137,12 @@ class MetaServer(Service):
         silent for three of them: hung, or their host is gone.
         """
         now = self.clock.seconds()
+        late, self._checked_at = now - self._checked_at > 3.0, now
         for name, (_, until) in list(self._held_names.items()):
             if now >= until:
                 del self._held_names[name]
+        if late:
+            return  # this process was stalled: the silence is ours, not theirs
         for name, proto in list(self.sessions.items()):
             if proto.beat and now - proto.heard_at > 3 * proto.beat + 1:
                 self.log.info("peer {name} has been silent for {s:.0f} s; dropping it",

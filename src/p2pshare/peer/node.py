@@ -186,6 +186,8 @@ class PeerNode(Service):
         self.transfers: dict[object, tuple[str, int, int]] = {}  # running: name, done, total
         self.upload_slots = UploadSlots(max_uploads)
         self._stopping = False  # asked to leave (STOP)
+        self._last_beat = 0.0  # when _beat last ran
+        self.links_dropped = 0  # links given up as silent
 
     # Life cycle.
 
@@ -196,6 +198,7 @@ class PeerNode(Service):
             self._rescan = LoopingCall(self.refresh_share)
             self._rescan.clock = self.clock
             self._rescan.start(self.rescan_interval, now=True)
+        self._last_beat = self.clock.seconds()
         self._beating = LoopingCall(self._beat)
         self._beating.clock = self.clock
         self._beating.start(self.heartbeat, now=False)
@@ -428,7 +431,7 @@ class PeerNode(Service):
                 raise JoinFailed(f"{reply.args[0]} is already our neighbour")
             if reply.verb == "ACCEPT":
                 self.uplink = reply.args[0]
-                self._add_neighbour(reply.args[0], host, port, proto)
+                self._add_neighbour(reply.args[0], host, port, proto, reply.options.get("beat"))
                 self._joined(reply.args[0], len(visited))
                 return
             proto.close()
@@ -451,7 +454,8 @@ class PeerNode(Service):
         try:
             await proto.whenAdmitted().addTimeout(self.hop_timeout, self.clock)
             reply = await proto.request(
-                "HELLO", self.peer_name, self.port, host=self.advertise, via=via
+                "HELLO", self.peer_name, self.port, host=self.advertise, via=via,
+                beat=self._beat_ms(),
             ).addTimeout(self.hop_timeout, self.clock)
         except BaseException:
             proto.abort()
@@ -514,8 +518,8 @@ class PeerNode(Service):
             return
         if len(self.neighbours) < self._room():
             host = msg.options.get("host") or proto.peerHost() or "?"
-            proto.send("ACCEPT", self.peer_name)
-            self._add_neighbour(name, host, port, proto)
+            proto.send("ACCEPT", self.peer_name, beat=self._beat_ms())
+            self._add_neighbour(name, host, port, proto, msg.options.get("beat"))
             self.log.info("peer {name} accepted {newcomer}", name=self.peer_name, newcomer=name)
             return
         target = self._referral({name, msg.options.get("via")})
@@ -551,8 +555,19 @@ class PeerNode(Service):
 
     # Links.
 
-    def _add_neighbour(self, name: str, host: str, port: int, proto: PeerProtocol) -> None:
+    def _beat_ms(self) -> int:
+        return max(1, round(self.heartbeat * 1000))
+
+    def _add_neighbour(
+        self, name: str, host: str, port: int, proto: PeerProtocol, beat_ms: str | None = None
+    ) -> None:
+        """
+        A link is made.  Both ends judge it by one heartbeat, the larger of
+        their two (C{beat_ms}: the other's, from C{HELLO} or C{ACCEPT}),
+        so peers with different C{--heartbeat} never think each other dead.
+        """
         proto.link = name
+        proto.beat = max(self.heartbeat, int(beat_ms) / 1000 if beat_ms else 0.0)
         self.neighbours[name] = Neighbour(name, host, port, proto)
         if name != self.uplink:
             self._tell_up(proto)  # a child learns its grandparent
@@ -605,25 +620,32 @@ class PeerNode(Service):
     def _beat(self) -> None:
         """
         Every heartbeat: abort links (and the metadata link) silent for
-        three beats, and say PING where we have been quiet for one.  Only
-        the child side of a link (and every peer to the metadata server)
-        pings; the PONG keeps the other direction alive, so a link costs
-        one PING and one PONG per idle beat.
+        three of their beats, and say PING where we have been quiet for
+        half of one.  A link's beat is the one both ends agreed on (the
+        larger of theirs).  Only the child side of a link (and every peer
+        to the metadata server) pings; the PONG keeps the other direction
+        alive, so an idle link costs a PING and a PONG about once a beat.
+        Silence is not judged on a tick that came late (this process was
+        busy, or suspended): everyone's clock jumped, not only the other's.
         """
         now = self.clock.seconds()
+        late = now - self._last_beat > 2 * self.heartbeat
+        self._last_beat = now
         protos: list[Any] = [n.proto for n in self.neighbours.values()]
         if self.meta is not None:
             protos.append(self.meta)
         for proto in protos:
+            beat = getattr(proto, "beat", None) or self.heartbeat
             pings = proto.link is None or proto.link == self.uplink
-            if now - proto.heard_at > 3 * self.heartbeat:
+            if now - proto.heard_at > 3 * beat and not late:
                 self.log.info(
                     "peer {name}: {other} has been silent for {s:.0f} s; dropping the link",
                     name=self.peer_name, other=proto.link or "the metadata server",
                     s=now - proto.heard_at,
                 )
+                self.links_dropped += 1
                 proto.abort()
-            elif pings and now - proto.said_at >= self.heartbeat:
+            elif pings and now - proto.said_at >= beat / 2:
                 proto.send("PING")
 
     def stop_requested(self) -> None:

@@ -35,6 +35,7 @@ class PeerProtocol(LineChannel):
         self.node = node
         self.secret = node.secret
         self.link: str | None = None
+        self.beat: float | None = None  # the link's agreed heartbeat, once it is a link
         self.search_allowance = TokenBucket()
         self.forward_allowance = TokenBucket(FORWARD_RATE, FORWARD_BURST)
         self.searches_refused = 0
