@@ -201,3 +201,26 @@ def test_stopping_a_peer_cancels_its_join(tmp_path):
         if "MetaServer" not in repr(c) and not isinstance(getattr(c.func, "__self__", None), MetaProtocol)
     ]
     assert left == []
+
+
+def test_stopping_every_role_leaves_no_timer_no_connection_and_closes_the_registry(tmp_path):
+    import sqlite3
+
+    net = SimNet.grown(tmp_path, 5)
+    # A search in flight, waiting on a peer that does not answer.
+    net.freeze("127.0.1.5")
+    found = net.peers[0].search.start("*")
+    net.flush()
+    assert not found.called
+    for p in net.peers:
+        p.stopService()
+    net.thaw("127.0.1.5")
+    net.flush()
+    assert found.called  # it ended with what it had
+    stopped = net.meta.stopService()
+    net.flush()
+    assert stopped.called
+    assert net.clock.getDelayedCalls() == []
+    assert all(p.clientIO.disconnected and p.serverIO.disconnected for p in net.pumps)
+    with pytest.raises(sqlite3.ProgrammingError):
+        net.meta.registry._db.execute("SELECT 1")

@@ -11,6 +11,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
@@ -90,12 +91,18 @@ class MetaServer(Service):
         self._watch.clock = self.clock
         self._watch.start(1.0, now=False)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every timer and close the registry (what it holds was written
+        through at each change).
+        """
         super().stopService()
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()
         if self._watch is not None and self._watch.running:
             self._watch.stop()
+        self.registry.close()
+        return succeed(None)
 
     def topology(self) -> list[TopoEntry]:
         """

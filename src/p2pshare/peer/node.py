@@ -262,6 +262,7 @@ class PeerNode(Service):
         for loop in (self._rescan, self._beating):
             if loop is not None and loop.running:
                 loop.stop()
+        self.search.stop()
         for d in (self._starting, self._joining):
             if d is not None and not d.called:
                 d.cancel()

@@ -110,6 +110,7 @@ class MetaClientProtocol(LineChannel):
     def linkMade(self) -> None:
         d = self.request("P2P", **self.node.registration())
         d.addCallbacks(self._welcomed, self._refused)
+        d.addErrback(lambda f: self.log.failure("registering with the metadata server failed", f))
 
     def _welcomed(self, msg: Message) -> None:
         if msg.verb != "WELCOME":

@@ -176,6 +176,14 @@ class SearchEngine:
                 if not search.waiting:
                     self._finish(search)
 
+    def stop(self) -> None:
+        """
+        The peer stops: every search still waiting ends now, with what it
+        has, and no deadline is left behind.
+        """
+        for search in list(self.pending.values()):
+            self._finish(search)
+
     def _expired(self, search: Search) -> None:
         search.timer = None
         self.log.info(
