@@ -17,6 +17,7 @@ from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.http import SniffingFactory
 from p2pshare.peer.node import PeerNode
+from p2pshare.peer.protocol import PeerFactory
 from p2pshare.simnet import SimNet, assert_tree
 
 KEY = Secret(b"k" * 32)
@@ -146,16 +147,16 @@ def test_a_handshake_that_stalls_is_cut(tmp_path):
 def test_a_peer_port_asks_for_proof_too():
     node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None, name="s1", secret=KEY)
     node.port, node.joined = 7001, True
-    stranger = Conn(SniffingFactory(node))
+    stranger = Conn(SniffingFactory(node.site, PeerFactory(node)))
     [reply] = stranger.say(b"HELLO fresh 7009\r\n")
     assert (reply.verb, reply.args[0]) == ("ERROR", wire.E_AUTH_REQUIRED)
     # A member who meant to reach s1 is accepted; one who meant another
     # peer (a stale address) is not.
-    member = Conn(SniffingFactory(node))
+    member = Conn(SniffingFactory(node.site, PeerFactory(node)))
     replies, *_ = prove(member, KEY, ("peer", "s1"), name="s2")
     assert replies[0].verb == "PROOF"
     assert member.say(b"HELLO s2 7009\r\n")[0].verb == "ACCEPT"
-    lost = Conn(SniffingFactory(node))
+    lost = Conn(SniffingFactory(node.site, PeerFactory(node)))
     replies, *_ = prove(lost, KEY, ("peer", "s9"), name="s3")
     assert replies[0].args[0] == wire.E_AUTH_FAILED
 

@@ -20,6 +20,7 @@ from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.http import SniffingFactory
 from p2pshare.peer.node import PeerNode
+from p2pshare.peer.protocol import PeerFactory
 
 VERBS = sorted(wire.SPECS)
 words = st.one_of(
@@ -130,7 +131,7 @@ def a_peer(clock):
 def test_fuzzing_a_peer_port_and_control_channel(steps_):
     clock = Clock()
     node = a_peer(clock)
-    for factory in (SniffingFactory(node), ControlFactory(node)):
+    for factory in (SniffingFactory(node.site, PeerFactory(node)), ControlFactory(node)):
         for data, seconds in steps_:
             proto, transport = connect(factory)
             payload = b"".join(data)
@@ -143,7 +144,7 @@ def test_fuzzing_a_peer_port_and_control_channel(steps_):
             assert len(buffered) <= 4096 + 1 or out.startswith(b"HTTP/")
             real.connectionLost(None)
     # Still a working peer: a newcomer is accepted.
-    proto, transport = connect(SniffingFactory(node), "127.0.0.3")
+    proto, transport = connect(SniffingFactory(node.site, PeerFactory(node)), "127.0.0.3")
     proto.dataReceived(b"HELLO fresh 7009\r\n")
     assert transport.value().startswith(b"ACCEPT s1 beat=5000\r\n") or transport.value().startswith(
         b"REFER "

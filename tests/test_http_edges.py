@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 from p2pshare.common import LimitedFactory
 from p2pshare.httpserver import http_date
 from p2pshare.peer.http import SniffingFactory, UploadSlots, make_site
+from p2pshare.peer.protocol import PeerFactory
 from p2pshare.peer.share import ShareIndex
 
 DATA = os.urandom(256 * 1024)
@@ -41,8 +42,10 @@ def peer_port(reactor, tmp_path):
     node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
                            messages=Counter())
     node.site = make_site(node, reactor)
-    port = reactor.listenTCP(0, LimitedFactory(SniffingFactory(node), clock=reactor), interface="127.0.0.1")
-    yield SimpleNamespace(port=port.getHost().port, node=node, share=share, path=shared / "file.bin")
+    sniffing = SniffingFactory(node.site, PeerFactory(node))
+    port = reactor.listenTCP(0, LimitedFactory(sniffing, clock=reactor), interface="127.0.0.1")
+    yield SimpleNamespace(port=port.getHost().port, node=node, share=share, path=shared / "file.bin",
+                          sniffing=sniffing)
     pytest_twisted.blockon(port.stopListening())
 
 
@@ -230,7 +233,8 @@ async def test_a_dripped_request_is_cut_off_at_its_deadline(peer_port, monkeypat
 
     monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 3)
     monkeypatch.setattr(http, "FIRST_LINE_TIMEOUT", 3)
-    peer_port.node.site = httpserver.strict_site(peer_port.node.site.resource, peer_port.node.site.reactor)
+    site = peer_port.sniffing.site
+    peer_port.sniffing.site = httpserver.strict_site(site.resource, site.reactor)
     # The headers dripped after a prompt request line: the head deadline.
     rest, took = await deferToThread(
         drip, peer_port.port, b"GET /files/file.bin HTTP/1.1\r\n", b"Host: x\r\nX-Slow: " + b"a" * 100

@@ -21,6 +21,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -32,10 +33,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from p2pshare import wire
 from p2pshare.httpserver import http_date, parse_http_date, strict_site
+from p2pshare.peer.interfaces import IFileHost
 from p2pshare.tls import tls_failure
 
 if TYPE_CHECKING:
-    from p2pshare.peer.node import PeerNode
     from p2pshare.peer.share import ShareIndex
 
 MAX_UPLOADS = 16  # files served at once; more get 503 and a Retry-After
@@ -61,8 +62,9 @@ class Sniffer(Protocol, TimeoutMixin):
     log = Logger()
     engaged = False  # nothing useful said yet: evicted first when full
 
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
+    def __init__(self, site: Site, lines: IProtocolFactory) -> None:
+        self.site = site
+        self.lines = lines
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -87,11 +89,9 @@ class Sniffer(Protocol, TimeoutMixin):
         ):
             # A request line, or a long one that starts like one (HTTP
             # answers it: 400 when it is too long, never ERROR lines).
-            proto = self.node.site.buildProtocol(addr)
+            proto = self.site.buildProtocol(addr)
         else:
-            from p2pshare.peer.protocol import PeerProtocol
-
-            proto = PeerProtocol(self.node)
+            proto = self.lines.buildProtocol(addr)
         if isinstance(transport, ProtocolWrapper):
             transport.wrappedProtocol = proto  # counted by a LimitedFactory
         else:
@@ -114,16 +114,21 @@ def _peer(transport: Any) -> str:
 
 
 class SniffingFactory(Factory):
+    """
+    A peer's port: HTTP for C{site}, the line protocol from C{lines}.
+    """
+
     noisy = False
 
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
+    def __init__(self, site: Site, lines: IProtocolFactory) -> None:
+        self.site = site
+        self.lines = lines
 
     def buildProtocol(self, addr: object) -> Sniffer:
-        return Sniffer(self.node)
+        return Sniffer(self.site, self.lines)
 
 
-def make_site(node: PeerNode, reactor: Any) -> Site:
+def make_site(node: IFileHost, reactor: Any) -> Site:
     root = Resource()
     root.putChild(b"files", FilesResource(node))
     return strict_site(root, reactor)
@@ -136,7 +141,7 @@ class FilesResource(Resource):
 
     isLeaf = False
 
-    def __init__(self, node: PeerNode) -> None:
+    def __init__(self, node: IFileHost) -> None:
         super().__init__()
         self.node = node
 

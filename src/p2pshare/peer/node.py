@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -38,20 +38,25 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.channel import RemoteError
 from p2pshare.common import LimitedFactory, atomic_write
-from p2pshare.peer.http import MAX_UPLOADS, UploadSlots, make_site
+from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, UploadSlots, make_site
+from p2pshare.peer.interfaces import IFileHost, IOverlay, ISearchHost
+from p2pshare.peer.protocol import (
+    MetaClientFactory,
+    MetaClientProtocol,
+    PeerFactory,
+    PeerProtocol,
+)
 from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
 from p2pshare.peer.transfer import Downloader, Fetched, FetchError, LocalFault, Progress
 from p2pshare.startup import listen_now, listen_problem
 from p2pshare.wire import Match, Message
-
-if TYPE_CHECKING:
-    from p2pshare.peer.protocol import MetaClientProtocol, PeerProtocol
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
@@ -87,6 +92,7 @@ class Neighbour:
     sent: int | None | str = "unsent"  # what we last told it
 
 
+@implementer(IOverlay, ISearchHost, IFileHost)
 class PeerNode(Service):
     """
     One peer of the overlay.
@@ -210,10 +216,8 @@ class PeerNode(Service):
         Listen on our port; a port that cannot be had (in use, a bad path)
         raises L{StartupError} at once, so the peer never starts half-way.
         """
-        from p2pshare.peer.http import SniffingFactory
-
         self._load_identity()
-        factory = LimitedFactory(SniffingFactory(self), clock=self.clock)
+        factory = LimitedFactory(SniffingFactory(self.site, PeerFactory(self)), clock=self.clock)
         return listen_now(self._listen_endpoint, factory, self.listen_description)
 
     def _load_identity(self) -> None:
@@ -233,8 +237,6 @@ class PeerNode(Service):
             atomic_write(self.state_dir / "name", f"{self.peer_name}\n".encode())
 
     async def _start(self, listening: Deferred[IListeningPort]) -> None:
-        from p2pshare.peer.protocol import MetaClientFactory
-
         self._listening = await listening
         address: Any = self._listening.getHost()
         self.port = address.port
@@ -443,8 +445,6 @@ class PeerNode(Service):
     async def _hello(
         self, name: str, host: str, port: int, via: str | None
     ) -> tuple[Message, PeerProtocol]:
-        from p2pshare.peer.protocol import PeerFactory, PeerProtocol
-
         endpoint = self._connect(host, port)
         proto = cast(
             PeerProtocol,

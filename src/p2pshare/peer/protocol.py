@@ -6,21 +6,19 @@ the metadata server.  They parse and dispatch; L{PeerNode} decides.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY
 from p2pshare.channel import ChannelFactory, LineChannel, RemoteError
+from p2pshare.peer.interfaces import ILink, IOverlay
 from p2pshare.peer.search import FORWARD_BURST, FORWARD_RATE, TokenBucket
 from p2pshare.wire import Message
 
-if TYPE_CHECKING:
-    from p2pshare.peer.node import PeerNode
 
-
+@implementer(ILink)
 class PeerProtocol(LineChannel):
     """
     One connection between two peers.  It starts as a newcomer's C{HELLO}
@@ -30,7 +28,7 @@ class PeerProtocol(LineChannel):
 
     pushed = frozenset({"FREE", "SEARCH", "RESULTS", "UP"})
 
-    def __init__(self, node: PeerNode) -> None:
+    def __init__(self, node: IOverlay) -> None:
         super().__init__(node.clock)
         self.node = node
         self.secret = node.secret
@@ -99,7 +97,7 @@ class MetaClientProtocol(LineChannel):
     pushed = frozenset({"COMPLETE", "PONG", "REJOIN"})
     link = None
 
-    def __init__(self, node: PeerNode) -> None:
+    def __init__(self, node: IOverlay) -> None:
         super().__init__(node.clock)
         self.node = node
         self.secret = node.secret
@@ -139,5 +137,5 @@ class MetaClientProtocol(LineChannel):
 class MetaClientFactory(ChannelFactory):
     protocol = MetaClientProtocol
 
-    def __init__(self, node: PeerNode) -> None:
+    def __init__(self, node: IOverlay) -> None:
         super().__init__(node, expect=META_IDENTITY)

@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from p2pshare import wire
+from p2pshare.peer.interfaces import ILink, ISearch, ISearchHost
 from p2pshare.wire import Match, Message
-
-if TYPE_CHECKING:
-    from p2pshare.peer.node import PeerNode
-    from p2pshare.peer.protocol import PeerProtocol
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TTL = 1000
@@ -57,13 +54,14 @@ SEEN_FOR = 600.0  # how long a search id is remembered
 class Search:
     id: str
     pattern: str
-    upstream: PeerProtocol | None
+    upstream: ILink | None
     waiting: set[str] = field(default_factory=set)
     matches: list[Match] = field(default_factory=list)
     timer: IDelayedCall | None = None
     done: Deferred[list[Match]] | None = None
 
 
+@implementer(ISearch)
 class SearchEngine:
     """
     The searches passing through one peer.
@@ -74,7 +72,7 @@ class SearchEngine:
 
     log = Logger()
 
-    def __init__(self, node: PeerNode) -> None:
+    def __init__(self, node: ISearchHost) -> None:
         self.node = node
         self.pending: dict[str, Search] = {}
         self.seen: dict[str, float] = {}
@@ -95,7 +93,7 @@ class SearchEngine:
         )
         return done
 
-    def received(self, proto: PeerProtocol, msg: Message) -> None:
+    def received(self, proto: ILink, msg: Message) -> None:
         search_id, ttl, hops, wait, pattern = msg.args
         if search_id in self.seen:
             # Cannot happen on a tree; answer at once so nobody waits.
@@ -130,7 +128,7 @@ class SearchEngine:
         hops: int,
         wait_ms: int,
         pattern: str,
-        upstream: PeerProtocol | None,
+        upstream: ILink | None,
         done: Deferred[list[Match]] | None,
     ) -> None:
         now = self.node.clock.seconds()
@@ -157,7 +155,7 @@ class SearchEngine:
         deadline = max(wait_ms - margin_ms, 0) / 1000
         search.timer = self.node.clock.callLater(deadline, self._expired, search)
 
-    def results(self, proto: PeerProtocol, msg: Message) -> None:
+    def results(self, proto: ILink, msg: Message) -> None:
         search = self.pending.get(msg.args[0])
         if search is None or proto.link not in search.waiting:
             return  # late, after our deadline: already answered without it

@@ -1,0 +1,163 @@
+"""
+How the parts of a peer meet: each part depends on one of these
+interfaces, never on another part's module, so that C{peer/} has no import
+circle and each part can be tested against a fake.
+
+    node.py (PeerNode) ---- provides IOverlay, ISearchHost, IFileHost
+    protocol.py ----------- PeerProtocol provides ILink; uses IOverlay
+    search.py ------------- SearchEngine provides ISearch; uses ISearchHost, ILink
+    http.py --------------- uses IFileHost
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+class ILink(Interface):
+    """
+    One connection to another peer (an overlay link once C{link} is set),
+    as the search engine and the node use it.
+    """
+
+    link = Attribute("the other peer's name once this is an overlay link, else None")
+    connected = Attribute("whether the connection is open")
+    search_allowance = Attribute("a TokenBucket for the searches the other peer starts")
+    forward_allowance = Attribute("a TokenBucket for the searches it passes on")
+    searches_refused = Attribute("how many of its searches were over its allowance")
+
+    def send(verb: str, *args: object, text: str | None = None, **options: Any) -> None:
+        """
+        Send one message.
+        """
+
+    def sendMessage(msg: Any) -> None:
+        """
+        Send one parsed message.
+        """
+
+    def misbehaved(why: str) -> None:
+        """
+        Close this connection and cool its host off.
+        """
+
+
+class ISearch(Interface):
+    """
+    The searches passing through one peer.
+    """
+
+    def start(pattern: str, timeout: float = ..., search_id: str | None = None) -> Any:
+        """
+        Search the whole network; a Deferred that fires with every match.
+        """
+
+    def received(proto: ILink, msg: Any) -> None:
+        """
+        A neighbour asks us to search our side of the tree.
+        """
+
+    def results(proto: ILink, msg: Any) -> None:
+        """
+        A neighbour answers a search we forwarded.
+        """
+
+    def link_lost(name: str) -> None:
+        """
+        A link went away: searches waiting on it stop waiting.
+        """
+
+    def stop() -> None:
+        """
+        End every pending search now.
+        """
+
+
+class ISearchHost(Interface):
+    """
+    The peer as its search engine sees it.
+    """
+
+    clock = Attribute("an IReactorTime")
+    neighbours = Attribute("the overlay links, by name: objects with .name and .proto (ILink)")
+
+    def local_matches(pattern: str, hops: int) -> list[Any]:
+        """
+        This peer's own files matching C{pattern}, as Matches.
+        """
+
+
+class IOverlay(Interface):
+    """
+    The peer as its line protocols (overlay links, the link to the
+    metadata server) see it: they parse, it decides.
+    """
+
+    clock = Attribute("an IReactorTime")
+    secret = Attribute("the network's Secret, or None in an open network")
+    peer_name = Attribute("this peer's name, once known")
+    messages = Attribute("a Counter of the overlay messages sent, by verb")
+    search = Attribute("the ISearch of this peer")
+
+    def hello(proto: Any, msg: Any) -> None:
+        """
+        A newcomer asks to join through us.
+        """
+
+    def free_said(name: str, hops: int | None) -> None:
+        """
+        A neighbour says how far the nearest free slot behind it is.
+        """
+
+    def up_said(name: str, fields: tuple[str, ...]) -> None:
+        """
+        Our parent says where it hangs from.
+        """
+
+    def link_lost(name: str, proto: Any) -> None:
+        """
+        An overlay link closed.
+        """
+
+    def registration() -> dict[str, Any]:
+        """
+        The options of our registration line.
+        """
+
+    def meta_welcomed(proto: Any, msg: Any) -> None:
+        """
+        The metadata server registered us.
+        """
+
+    def meta_refused(error: Any) -> None:
+        """
+        The metadata server refused our registration.
+        """
+
+    def meta_says_rejoin() -> None:
+        """
+        The metadata server says another peer is the root.
+        """
+
+    def meta_said_complete(peers: int) -> None:
+        """
+        The network reached its expected size.
+        """
+
+    def meta_lost(proto: Any) -> None:
+        """
+        The link to the metadata server closed.
+        """
+
+
+class IFileHost(Interface):
+    """
+    The peer as its HTTP side sees it.
+    """
+
+    clock = Attribute("an IReactorTime")
+    secret = Attribute("the network's Secret, or None in an open network")
+    share = Attribute("the ShareIndex of the shared folder, or None")
+    upload_slots = Attribute("the UploadSlots that bound files served at once (optional)")
