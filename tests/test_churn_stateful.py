@@ -92,12 +92,21 @@ class Network(RuleBasedStateMachine):
         """
         node = data.draw(st.sampled_from(self.live()))
         host = node._listening.getHost().host
+        before = {p.peer_name: list(p.neighbours) for p in self.live()}
+        dropped = sum(p.links_dropped for p in self.net.peers)
         self.net.freeze(host)
         for _ in range(int(seconds * 2)):
             self.net.flush()
             self.net.clock.advance(0.5)
+        now_dropped = sum(p.links_dropped for p in self.net.peers)
+        if seconds < node.heartbeat:
+            assert now_dropped == dropped  # shorter than a beat: nobody noticed
+        elif before[node.peer_name]:
+            assert now_dropped > dropped  # three beats of silence: declared dead
         self.net.thaw(host)
         self.settle()
+        if seconds < node.heartbeat:
+            assert {p.peer_name: list(p.neighbours) for p in self.live()} == before
 
     @rule(seconds=st.sampled_from([1.0, 7.0, 30.0]))
     def advance_time(self, seconds):

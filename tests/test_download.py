@@ -350,3 +350,36 @@ def test_only_the_same_names_other_versions_are_forgotten(tmp_path):
         p.write_bytes(b"x")
     _forget_other_versions(tmp_path, "a", mine)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_name.name])
+
+
+class Stalls(Resource):
+    """
+    Promises the whole file, sends a first part, then says nothing more
+    while keeping the connection open.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-length", str(len(DATA)).encode())
+        request.write(DATA[:1000])
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_that_stalls_is_left_at_the_idle_deadline(holders, downloader, tmp_path, reactor, monkeypatch):
+    import time
+
+    from p2pshare.peer import transfer
+
+    monkeypatch.setattr(transfer, "IDLE_TIMEOUT", 0.5)
+    stalled = Resource()
+    stalled.putChild(b"file.bin", Stalls())
+    honest = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "h", DATA))))
+    out = tmp_path / "out"
+    out.mkdir()
+    started = time.monotonic()
+    fetched = await fetch(downloader, [match(holders(stalled), "slow", 1), match(holders(honest), "h", 2)], out)
+    assert fetched.holder == "h" and (out / "file.bin").read_bytes() == DATA
+    assert honest.ranges == [b"bytes=1000-"]  # it went on from what the stalled one sent
+    assert time.monotonic() - started < 5

@@ -256,3 +256,16 @@ async def test_a_request_line_too_long_is_answered_in_http(peer_port):
     # And a long line that is not HTTP is the line protocol's business.
     out = await deferToThread(exchange, peer_port.port, b"HELLO " + b"x" * 5000 + b"\r\n")
     assert out == b"ERROR too-long lines are at most 4096 bytes\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_changed_since_it_was_hashed_gets_503_until_hashed_again(peer_port):
+    with open(peer_port.path, "r+b") as f:
+        f.write(b"changed")  # same size, new content: the index's hash is stale
+    status, h, body = await get(peer_port.port, "Range: bytes=0-9")
+    assert status == 503 and h[b"retry-after"] == b"2"
+    assert b"content-range" not in h and b"etag" not in h
+    peer_port.share.refresh()
+    status, h, body = await get(peer_port.port)
+    assert status == 200 and body.startswith(b"changed")
+    assert h[b"etag"] == f'"{peer_port.share.files["file.bin"].sha256}"'.encode()

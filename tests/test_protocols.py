@@ -17,7 +17,7 @@ from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode
-from p2pshare.peer.protocol import PeerFactory
+from p2pshare.peer.protocol import MetaClientFactory, PeerFactory
 
 
 class Conn:
@@ -353,6 +353,55 @@ def test_a_child_learns_its_grandparent():
     assert node.grandparent == ("s0", "10.0.0.9", "7000")
     node.up_said("s1", ())
     assert node.grandparent is None
+
+
+def test_a_slot_promised_to_a_newcomer_that_vanishes_is_released(meta):
+    a = Conn(MetaFactory(meta), host="127.0.0.7")
+    a.say(b"P2P port=6001\r\n")
+    a.say(b"PLACE\r\n")
+    b = Conn(MetaFactory(meta), host="127.0.0.8")
+    b.say(b"P2P port=6002\r\n")
+    assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
+    b.say(b"NEIGHBOURS s1\r\n")
+    a.say(b"NEIGHBOURS s2\r\n")
+    # s1's last slot is promised to s3 ...
+    c = Conn(MetaFactory(meta), host="127.0.0.9")
+    c.say(b"P2P port=6003\r\n")
+    assert c.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
+    # ... which vanishes mid-join: the slot is free again for s4, who would
+    # otherwise have been sent one level down, to s2.
+    c.proto.connectionLost(None)
+    d = Conn(MetaFactory(meta), host="127.0.0.10")
+    d.say(b"P2P port=6004\r\n")
+    assert d.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
+    e = Conn(MetaFactory(meta), host="127.0.0.11")
+    e.say(b"P2P port=6005\r\n")
+    assert e.say(b"PLACE\r\n") == b"REFER s2 127.0.0.8 6002\r\n"
+
+
+def test_a_second_root_is_told_to_rejoin(meta):
+    a = Conn(MetaFactory(meta), host="127.0.0.7")
+    a.say(b"P2P port=6001\r\n")
+    assert a.say(b"PLACE\r\n") == b"ROOT\r\n"
+    assert a.say(b"NEIGHBOURS root=1\r\n") == b""
+    # s2 was cut off and, alone, made itself a root: it must rejoin.
+    b = Conn(MetaFactory(meta), host="127.0.0.8")
+    b.say(b"P2P port=6002\r\n")
+    assert b.say(b"NEIGHBOURS root=1\r\n") == b"REJOIN\r\n"
+    assert a.say(b"NEIGHBOURS root=1\r\n") == b""  # the real root is left alone
+
+
+def test_a_peer_told_to_rejoin_looks_for_a_place_for_its_subtree():
+    node = joined_peer(max_neighbours=2)
+    node.is_root = True
+    node.startService = lambda: None
+    node.running = True
+    meta = Conn(MetaClientFactory(node), host="127.0.0.1")
+    node.meta = meta.proto
+    sent = meta.say(b"REJOIN\r\n")
+    assert node.orphaned and not node.is_root
+    assert sent.startswith(b"NEIGHBOURS files=0\r\n")  # it reports it has no parent now
+    assert sent.endswith(b"PLACE rejoin=1\r\n")  # and asks where to go, with its subtree
 
 
 def test_connections_are_capped_per_host_and_in_total(meta):

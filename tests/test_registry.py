@@ -84,10 +84,23 @@ def test_an_unknown_schema_version_is_refused(tmp_path):
 
 
 def test_files_are_written_at_start_and_on_change(tmp_path):
+    from types import SimpleNamespace
+
     server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=5)
     server.startService()
     assert (tmp_path / "topo.txt").read_bytes() == b""
     assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"0\n"
+    session = SimpleNamespace(beat=5, abort=lambda: None)
+    server.register(session, "s1", "127.0.0.1", 6001, 2)
+    server.register(session, "s2", "127.0.0.1", 6002, 2)
+    assert (tmp_path / "topo.txt").read_bytes() == b"s1:\ns2:\n"
+    assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"2\n"
+    server.report("s1", ["s2"])
+    server.report("s2", ["s1"])
+    assert (tmp_path / "topo.txt").read_bytes() == b"s1: s2\ns2: s1\n"
+    server.disconnected("s2", graceful=True)
+    assert (tmp_path / "topo.txt").read_bytes() == b"s1:\n"
+    assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"1\n"
     server.stopService()
 
 

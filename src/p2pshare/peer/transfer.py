@@ -140,6 +140,7 @@ class PartFile:
         self.f: BinaryIO = os.fdopen(fd, "r+b")
 
     def size(self) -> int:
+        self.f.flush()  # what was written, not only what reached the file
         return os.fstat(self.f.fileno()).st_size
 
     def restart_at(self, offset: int) -> None:
