@@ -25,7 +25,7 @@ from p2pshare.admission import Secret
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.node import PeerNode
-from p2pshare.topo import parse_topo
+from p2pshare.topo import distances, parse_topo
 
 
 class _Port:
@@ -339,10 +339,5 @@ def assert_tree(views: dict[str, list[str]], limits: dict[str, int]) -> None:
             assert name in views[n], f"{name}-{n} is not symmetric"
             edges.add(frozenset((name, n)))
     assert len(edges) == len(views) - 1, f"{len(edges)} links for {len(views)} peers: not a tree"
-    start = next(iter(views))
-    seen = {start}
-    frontier = [start]
-    while frontier:
-        frontier = [n for name in frontier for n in views[name] if n not in seen]
-        seen.update(frontier)
+    seen = set(distances(views, next(iter(views))))
     assert seen == set(views), f"not connected: {sorted(set(views) - seen)[:5]} unreachable"

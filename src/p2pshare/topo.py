@@ -10,7 +10,7 @@ number of peers and a newline.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,21 +79,30 @@ def tree_text(peers: Sequence[HasNeighbours]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def distances(views: Mapping[str, Sequence[str]], start: str) -> dict[str, int]:
+def walk(start: str, neighbours: Callable[[str], Iterable[str]]) -> dict[str, int]:
     """
-    Hops from C{start} to every peer it reaches.
+    Breadth-first from C{start}: the hops to every peer it reaches, where
+    C{neighbours(name)} are the peers one hop from C{name}.  The one walk
+    over the tree that the metadata server, the tools and the tests share.
     """
     dist = {start: 0}
     frontier = [start]
     while frontier:
         following = []
         for name in frontier:
-            for n in views.get(name, ()):
+            for n in neighbours(name):
                 if n not in dist:
                     dist[n] = dist[name] + 1
                     following.append(n)
         frontier = following
     return dist
+
+
+def distances(views: Mapping[str, Sequence[str]], start: str) -> dict[str, int]:
+    """
+    Hops from C{start} to every peer it reaches in C{views}.
+    """
+    return walk(start, lambda name: views.get(name, ()))
 
 
 def far_apart(views: Mapping[str, Sequence[str]]) -> tuple[str, str, int]:

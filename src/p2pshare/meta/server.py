@@ -23,7 +23,7 @@ from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.common import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
-from p2pshare.topo import TopoEntry, count_text, topo_text
+from p2pshare.topo import TopoEntry, count_text, topo_text, walk
 from p2pshare.wire import Message, WireError
 
 DEFAULT_MAX_NEIGHBOURS = 2
@@ -271,18 +271,11 @@ class MetaServer(Service):
         """
         The live peers reachable from C{name} over reported links.
         """
-        seen = {name}
-        frontier = [name]
-        while frontier:
-            following = []
-            for n in frontier:
-                record = self.registry.get(n)
-                for m in record.neighbours if record is not None else []:
-                    if m not in seen and m in self.sessions:
-                        seen.add(m)
-                        following.append(m)
-            frontier = following
-        return seen
+        def live_neighbours(n: str) -> list[str]:
+            record = self.registry.get(n)
+            return [m for m in record.neighbours if m in self.sessions] if record else []
+
+        return set(walk(name, live_neighbours))
 
     def report(
         self,
@@ -422,17 +415,7 @@ def _depths(live: list[PeerRecord]) -> dict[str, float]:
     """
     names = {p.name: p for p in live}
     depth: dict[str, float] = {name: float("inf") for name in names}
-    root = live[0].name
-    depth[root] = 0
-    frontier = [root]
-    while frontier:
-        following = []
-        for name in frontier:
-            for n in names[name].neighbours:
-                if n in names and depth[n] == float("inf"):
-                    depth[n] = depth[name] + 1
-                    following.append(n)
-        frontier = following
+    depth.update(walk(live[0].name, lambda n: [m for m in names[n].neighbours if m in names]))
     return depth
 
 

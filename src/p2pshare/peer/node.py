@@ -59,17 +59,19 @@ from p2pshare.startup import listen_now, listen_problem
 from p2pshare.wire import Match, Message
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
-RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
+RunBlocking = Callable[..., Deferred[Any]]
 
 
-def _run_here(f: Callable[[], Any]) -> Deferred[Any]:
+def _run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """
-    Run blocking work at once, in this thread (tests and simulations).
+    Run blocking work at once, in this thread (tests and simulations); the
+    same signature as C{deferToThread}, which a real peer uses.
     """
     try:
-        return succeed(f())
+        return succeed(f(*args))
     except Exception:
         return fail()
+
 
 HOPS_CAP = 1000
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
