@@ -99,7 +99,7 @@ def test_a_hung_peer_is_noticed_by_heartbeat_and_dropped(tmp_path):
     net = network(tmp_path, 10)
     hung = middle(net)
     net.freeze(hung._listening.getHost().host)
-    hung._beating.stop()  # a hung process does nothing at all
+    hung._beating.stopService()  # a hung process does nothing at all
     took = heal(net, seconds=60, hung=[hung])
     # Three silent beats (5 s each), then a beat to notice.
     assert took <= 3 * 5 + 5 + 1

@@ -183,10 +183,10 @@ class SimNet:
         at once, as the kernel tells them), it says no goodbye, and it does
         nothing more.
         """
+        for timer in list(node):  # the peer's periodic jobs end with it
+            if timer.running:
+                timer.stopService()
         node.running = False
-        for loop in (node._beating, node._rescan):
-            if loop is not None and loop.running:
-                loop.stop()
         if node._meta_service is not None:
             node._meta_service.stopService()
         host = getattr(node._listening.getHost(), "host", None) if node._listening else None

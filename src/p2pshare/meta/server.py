@@ -10,11 +10,11 @@ import hashlib
 from collections import defaultdict, deque
 from pathlib import Path
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -30,7 +30,7 @@ DEFAULT_MAX_NEIGHBOURS = 2
 MAX_NEIGHBOURS_LIMIT = 1000
 
 
-class MetaServer(Service):
+class MetaServer(MultiService):
     """
     The state of the network as the metadata server sees it.
 
@@ -52,6 +52,7 @@ class MetaServer(Service):
         grace: float = 15.0,
         secret: Secret | None = None,
     ) -> None:
+        super().__init__()
         self.registry = registry
         self.clock = clock
         self.secret = secret
@@ -63,7 +64,10 @@ class MetaServer(Service):
         self._reserved: defaultdict[str, set[str]] = defaultdict(set)
         self._written: tuple[str, str] | None = None
         self._settled = ""
-        self._watch: LoopingCall | None = None
+        # The periodic job is a child service, started and stopped with us.
+        watch = TimerService(1.0, self._check_sessions)
+        watch.clock = clock
+        watch.setServiceParent(self)
         self._checked_at = 0.0  # when the sessions were last checked
         # After a restart, the peers in the registry are unverified until
         # they register again; those that do not within the grace period
@@ -87,22 +91,17 @@ class MetaServer(Service):
             self._dropping = self.clock.callLater(self.grace, self._drop_unverified)
         self.write_files()
         self._checked_at = self.clock.seconds()
-        self._watch = LoopingCall(self._check_sessions)
-        self._watch.clock = self.clock
-        self._watch.start(1.0, now=False)
 
     def stopService(self) -> Deferred[None]:
         """
         Stop every timer and close the registry (what it holds was written
         through at each change).
         """
-        super().stopService()
+        timers = super().stopService()  # the children: every periodic job
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()
-        if self._watch is not None and self._watch.running:
-            self._watch.stop()
         self.registry.close()
-        return succeed(None)
+        return timers.addCallback(lambda _: None)
 
     def topology(self) -> list[TopoEntry]:
         """

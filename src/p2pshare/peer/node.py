@@ -25,16 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.application.internet import ClientService, TimerService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
@@ -95,7 +102,7 @@ class Neighbour:
 
 
 @implementer(IOverlay, ISearchHost, IFileHost)
-class PeerNode(Service):
+class PeerNode(MultiService):
     """
     One peer of the overlay.
 
@@ -134,6 +141,7 @@ class PeerNode(Service):
         max_uploads: int = MAX_UPLOADS,
         listen_description: str = "its port",
     ) -> None:
+        super().__init__()
         self.clock = clock
         self.listen_description = listen_description
         self.secret = secret
@@ -166,7 +174,10 @@ class PeerNode(Service):
         # dir, so a restarted peer takes its name back at once.
         self.state_dir = state_dir
         self.token: str | None = None
-        self._beating: LoopingCall | None = None
+        # The periodic jobs are child services, started and stopped with us.
+        self._beating = TimerService(heartbeat, self._beat)
+        self._beating.clock = clock
+        self._beating.setServiceParent(self)
         self.join_hops = 0
         self.network_complete = False
         self.meta: MetaClientProtocol | None = None
@@ -180,7 +191,10 @@ class PeerNode(Service):
         self.downloads = downloads or shared
         self.run_blocking: RunBlocking = run_blocking or _run_here
         self.rescan_interval = rescan_interval
-        self._rescan: LoopingCall | None = None
+        if self.share is not None:
+            rescan = TimerService(rescan_interval, self.refresh_share)
+            rescan.clock = clock
+            rescan.setServiceParent(self)
         self._refresh_waiters: list[Deferred[None]] = []
         self._announced: dict[str, SharedFile] = {}
         self.search = SearchEngine(self)
@@ -201,15 +215,8 @@ class PeerNode(Service):
 
     def startService(self) -> None:
         listening = self._listen()  # first: if it fails, nothing else has started
-        super().startService()
-        if self.share is not None:
-            self._rescan = LoopingCall(self.refresh_share)
-            self._rescan.clock = self.clock
-            self._rescan.start(self.rescan_interval, now=True)
         self._last_beat = self.clock.seconds()
-        self._beating = LoopingCall(self._beat)
-        self._beating.clock = self.clock
-        self._beating.start(self.heartbeat, now=False)
+        super().startService()  # and the timers, our children
         self._starting = Deferred.fromCoroutine(self._start(listening))
         self._starting.addErrback(self._startFailed)
 
@@ -263,9 +270,6 @@ class PeerNode(Service):
             self.on_fatal(why)
 
     async def _stop(self) -> None:
-        for loop in (self._rescan, self._beating):
-            if loop is not None and loop.running:
-                loop.stop()
         self.search.stop()
         for d in (self._starting, self._joining):
             if d is not None and not d.called:
@@ -287,8 +291,10 @@ class PeerNode(Service):
                 await stopped
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return Deferred.fromCoroutine(self._stop())
+        timers = super().stopService()  # the children: every periodic job
+        leaving = Deferred.fromCoroutine(self._stop())
+        both = gatherResults([timers, leaving], consumeErrors=True)
+        return both.addCallback(lambda _: None)
 
     # The link to the metadata server.
 
