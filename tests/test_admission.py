@@ -146,7 +146,7 @@ def test_a_handshake_that_stalls_is_cut(tmp_path):
 
 def test_a_peer_port_asks_for_proof_too():
     node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None, name="s1", secret=KEY)
-    node.port, node.joined = 7001, True
+    node.port, node.membership.state = 7001, "root"
     stranger = Conn(SniffingFactory(node.site, PeerFactory(node)))
     [reply] = stranger.say(b"HELLO fresh 7009\r\n")
     assert (reply.verb, reply.args[0]) == ("ERROR", wire.E_AUTH_REQUIRED)

@@ -137,6 +137,20 @@ class Network(RuleBasedStateMachine):
             self.check_search()
 
     @invariant()
+    def every_peer_in_a_listed_state(self):
+        from p2pshare.peer import membership
+
+        for p in self.net.peers:
+            state = p.membership.state
+            assert state in membership.STATES
+            if state not in (membership.STOPPED, membership.NEW):  # a stopped one keeps its last parent
+                assert (p.uplink is not None) == (state == membership.CHILD), (p.peer_name, state, p.uplink)
+        # Settled: every live peer has its place, one of them the root.
+        live = [p.membership.state for p in self.live()]
+        assert set(live) <= {membership.ROOT, membership.CHILD}
+        assert not live or live.count(membership.ROOT) == 1
+
+    @invariant()
     def no_search_handled_twice(self):
         for p in self.net.peers:
             assert set(p.search.handled.values()) <= {1}, p.search.handled

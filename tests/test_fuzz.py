@@ -122,7 +122,7 @@ def a_peer(clock):
     node = PeerNode(clock=clock, listen=None, meta=None, connect=None, name="s1",
                     max_neighbours=2)
     node.port = 7001
-    node.joined = True
+    node.membership.state = "root"
     return node
 
 

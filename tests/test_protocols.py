@@ -195,7 +195,7 @@ def joined_peer(name="s1", max_neighbours=1):
         max_neighbours=max_neighbours,
     )
     node.port = 7001
-    node.joined = True
+    node.membership.state = "root"
     return node
 
 
@@ -243,7 +243,7 @@ def test_peer_errors():
     assert c.say(b"HELLO s1 7001\r\n") == b"ERROR name-taken s1 is already here\r\n"
     assert c.transport.disconnecting
     lonely = joined_peer()
-    lonely.joined = False
+    lonely.membership.state = "joining"
     c = Conn(PeerFactory(lonely))
     assert c.say(b"HELLO s2 7002\r\n") == (
         b"ERROR not-joined this peer has not joined the overlay yet\r\n"
@@ -262,7 +262,7 @@ def test_a_hello_waits_while_the_peer_is_still_joining():
     joining; that peer answers once it is in.
     """
     node = joined_peer(name="s5", max_neighbours=2)
-    node.joined = False
+    node.membership.state = "joining"
     node._joining = Deferred()  # a join in progress
     c = Conn(PeerFactory(node))
     assert c.say(b"HELLO s6 7006\r\n") == b""
@@ -340,7 +340,7 @@ def test_ttl_and_wait_are_clamped():
 
 def test_a_child_learns_its_grandparent():
     node = joined_peer(name="s2", max_neighbours=3)
-    node.uplink = "s1"
+    node.membership.state, node.uplink = "child", "s1"
     up = Conn(PeerFactory(node), host="127.0.0.1")
     up.proto.link = "s1"
     from p2pshare.peer.node import Neighbour
@@ -393,7 +393,7 @@ def test_a_second_root_is_told_to_rejoin(meta):
 
 def test_a_peer_told_to_rejoin_looks_for_a_place_for_its_subtree():
     node = joined_peer(max_neighbours=2)
-    node.is_root = True
+    node.membership.state = "root"
     node.startService = lambda: None
     node.running = True
     meta = Conn(MetaClientFactory(node), host="127.0.0.1")

@@ -51,8 +51,10 @@ from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.channel import RemoteError
 from p2pshare.common import LimitedFactory, atomic_write
+from p2pshare.peer import membership
 from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, UploadSlots, make_site
 from p2pshare.peer.interfaces import IFileHost, IOverlay, ISearchHost
+from p2pshare.peer.membership import Membership
 from p2pshare.peer.protocol import (
     MetaClientFactory,
     MetaClientProtocol,
@@ -160,12 +162,11 @@ class PeerNode(MultiService):
         self.host: str | None = advertise
         self.port: int | None = None
         self.neighbours: dict[str, Neighbour] = {}
-        self.joined = False
-        self.is_root = False
+        # Where we are in the overlay: one state machine (membership.py).
+        self.membership = Membership(lambda: self.peer_name or "peer")
         # The neighbour we joined through (None for the root); losing it
         # leaves us, with our subtree, to find a new place.
         self.uplink: str | None = None
-        self.orphaned = False
         # Our parent's parent, as (name, host, port), while we know it.
         self.grandparent: tuple[str, ...] | None = None
         self.heartbeat = heartbeat
@@ -211,11 +212,29 @@ class PeerNode(MultiService):
         self._last_beat = 0.0  # when _beat last ran
         self.links_dropped = 0  # links given up as silent
 
+    # Where we are, as the rest of the peer reads it.
+
+    @property
+    def joined(self) -> bool:
+        """
+        In the overlay (an orphan, looking for a new parent, still is).
+        """
+        return self.membership.joined
+
+    @property
+    def is_root(self) -> bool:
+        return self.membership.state == membership.ROOT
+
+    @property
+    def orphaned(self) -> bool:
+        return self.membership.state == membership.ORPHANED
+
     # Life cycle.
 
     def startService(self) -> None:
         listening = self._listen()  # first: if it fails, nothing else has started
         self._last_beat = self.clock.seconds()
+        self.membership.fire("start")
         super().startService()  # and the timers, our children
         self._starting = Deferred.fromCoroutine(self._start(listening))
         self._starting.addErrback(self._startFailed)
@@ -270,6 +289,7 @@ class PeerNode(MultiService):
             self.on_fatal(why)
 
     async def _stop(self) -> None:
+        self.membership.fire("stop")
         self.search.stop()
         for d in (self._starting, self._joining):
             if d is not None and not d.called:
@@ -325,13 +345,14 @@ class PeerNode(MultiService):
             d.callback(proto)
         if self.joined:
             self._report()
+        self.membership.fire("welcomed")
         self._find_place()
 
     def _find_place(self) -> None:
         """
         Join, or rejoin after losing our parent, unless already at it.
         """
-        if (not self.joined or self.orphaned) and self._joining is None and self.running:
+        if self.membership.seeking and self._joining is None and self.running:
             self._joining = Deferred.fromCoroutine(self._join())
             self._joining.addErrback(self._joinAbandoned)
 
@@ -350,11 +371,9 @@ class PeerNode(MultiService):
         We thought we were the root, but the network chose another while
         we were cut off: find a place for our subtree.
         """
-        if not self.joined or self.uplink is not None:
-            return
+        if not self.membership.fire("told_to_rejoin"):
+            return  # not the root (any more): nothing to rejoin
         self.log.info("peer {name} is no longer the root; rejoining", name=self.peer_name)
-        self.is_root = False
-        self.orphaned = True
         self._report()
         self._find_place()
 
@@ -383,13 +402,14 @@ class PeerNode(MultiService):
     async def _join(self) -> None:
         delay = 0.5
         attempt = 0
-        while not self.joined or self.orphaned:
+        while self.membership.seeking:
             attempt += 1
             try:
                 await self._join_once()
             except CancelledError:
                 raise
             except Exception as e:
+                self.membership.fire("refused")
                 self.log.warn(
                     "peer {name} could not join (attempt {attempt}): {why}; "
                     "trying again in {delay:.1f} s",
@@ -421,7 +441,6 @@ class PeerNode(MultiService):
                 self.hop_timeout, self.clock
             )
             if reply.verb == "ROOT":
-                self.is_root = True
                 self._joined(None, 0)
                 return
             if reply.verb != "REFER":
@@ -473,10 +492,9 @@ class PeerNode(MultiService):
 
     def _joined(self, parent: str | None, hops: int) -> None:
         rejoined = self.joined
-        self.joined = True
-        self.orphaned = False
+        if not self.membership.fire("placed_root" if parent is None else "accepted"):
+            return
         self.uplink = parent
-        self.is_root = parent is None
         self.join_hops = hops
         for n in self.neighbours.values():
             if n.name != parent:
@@ -614,7 +632,7 @@ class PeerNode(MultiService):
         lost_parent = name == self.uplink and self.joined
         if lost_parent:
             self.uplink = None
-            self.orphaned = True
+            self.membership.fire("parent_lost")
         self._report()
         self._advertise()
         if lost_parent:
@@ -799,6 +817,7 @@ class PeerNode(MultiService):
             "name": self.peer_name,
             "host": self.host,
             "port": self.port,
+            "state": self.membership.state,
             "joined": self.joined,
             "root": self.is_root,
             "parent": self.uplink,
