@@ -15,13 +15,12 @@ fit the state is logged and changes nothing, never silently ignored.
                          ┌──────────────────────────┘  └──────────┐
                          ▼                                        ▼
                        root ──── told_to_rejoin ──► orphaned ◄── child
-                         ▲                          │  │  ▲  parent_lost
-                         └─────── placed_root ──────┘  │  │
-                                         accepted ─────┘  │ (to child)
-                                                          │ refused, welcomed
+                         ▲                          │  │     parent_lost
+                         └─────── placed_root ──────┘  │
+                                  accepted (to child) ─┘
         any state but stopped ── stop ──► stopped
 
-The peer's join (a chain of Deferreds following referrals) runs while the
+(``docs/design.rst`` draws the same.)  The peer's join (a chain of Deferreds following referrals) runs while the
 state is C{joining} or C{orphaned}; C{orphaned} keeps the subtree, a free
 slot for its new parent, and tries its grandparent first.
 """
