@@ -20,9 +20,10 @@ fit the state is logged and changes nothing, never silently ignored.
                                   accepted (to child) ─┘
         any state but stopped ── stop ──► stopped
 
-(``docs/design.rst`` draws the same.)  The peer's join (a chain of Deferreds following referrals) runs while the
-state is C{joining} or C{orphaned}; C{orphaned} keeps the subtree, a free
-slot for its new parent, and tries its grandparent first.
+(``docs/design.rst`` draws the same.)  The peer's join (a chain of
+Deferreds following referrals) runs while the state is C{joining} or
+C{orphaned}; C{orphaned} keeps the subtree, a free slot for its new
+parent, and tries its grandparent first.
 """
 
 from __future__ import annotations
