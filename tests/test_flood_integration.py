@@ -151,7 +151,7 @@ async def test_a_flood_of_searches_is_throttled_then_cut_and_others_go_on(reacto
 
         # Throttled, then cut: the flooder had its allowance answered,
         # then empty answers at once, then the door.
-        assert heard[0] == f"ACCEPT {victim}\r\n".encode()
+        assert heard[0] == f"ACCEPT {victim} beat=5000\r\n".encode()  # its heartbeat, for the link
         results = [line for line in heard if line.startswith(b"RESULTS ")]
         assert SEARCH_BURST <= len(results) < FLOOD
         assert heard[-1].startswith(b"ERROR cooling-off "), heard[-3:]
