@@ -135,8 +135,8 @@ def test_more_neighbours_than_registered_for_is_refused(tmp_path):
 def peer_sharing(tmp_path, count: int, length: int = 70) -> PeerNode:
     node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None, name="s1")
     node.port, node.membership.state = 7001, "root"
-    node.share = ShareIndex(tmp_path)
-    node.share.files = {
+    node.files.share = ShareIndex(tmp_path)
+    node.files.share.files = {
         name: SharedFile(name, i, f"{i:064x}", (i, 0, 0))
         for i in range(count)
         for name in [f"{i:06d}-" + "x" * (length - 7)]

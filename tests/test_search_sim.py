@@ -121,12 +121,12 @@ def test_new_and_removed_files_are_noticed_without_a_restart(tmp_path):
     found, _ = run_search(net, a, "late.txt", "before")
     assert found == []
     (c.share.directory / "late.txt").write_bytes(b"hello")
-    net.clock.advance(c.rescan_interval)
+    net.clock.advance(c.files.rescan_interval)
     net.flush()
     found, _ = run_search(net, a, "late.txt", "after")
     assert [m.holder for m in found] == [c.peer_name]
     (c.share.directory / "late.txt").unlink()
-    net.clock.advance(c.rescan_interval)
+    net.clock.advance(c.files.rescan_interval)
     net.flush()
     found, _ = run_search(net, a, "late.txt", "gone")
     assert found == []

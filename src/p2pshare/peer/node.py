@@ -42,8 +42,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
+from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
@@ -52,8 +51,9 @@ from p2pshare.admission import Secret
 from p2pshare.channel import RemoteError
 from p2pshare.common import LimitedFactory, atomic_write
 from p2pshare.peer import membership
+from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, UploadSlots, make_site
-from p2pshare.peer.interfaces import IFileHost, IOverlay, ISearchHost
+from p2pshare.peer.interfaces import IOverlay, ISearchHost
 from p2pshare.peer.membership import Membership
 from p2pshare.peer.protocol import (
     MetaClientFactory,
@@ -61,9 +61,9 @@ from p2pshare.peer.protocol import (
     PeerFactory,
     PeerProtocol,
 )
-from p2pshare.peer.search import DEFAULT_TIMEOUT, SearchEngine
-from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
-from p2pshare.peer.transfer import Downloader, Fetched, FetchError, LocalFault, Progress
+from p2pshare.peer.search import SearchEngine
+from p2pshare.peer.share import ShareIndex
+from p2pshare.peer.transfer import Downloader, Fetched
 from p2pshare.startup import listen_now, listen_problem
 from p2pshare.wire import Match, Message
 
@@ -84,7 +84,6 @@ def _run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
 
 HOPS_CAP = 1000
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
-FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
 
 
 class JoinFailed(Exception):
@@ -103,7 +102,7 @@ class Neighbour:
     sent: int | None | str = "unsent"  # what we last told it
 
 
-@implementer(IOverlay, ISearchHost, IFileHost)
+@implementer(IOverlay, ISearchHost)
 class PeerNode(MultiService):
     """
     One peer of the overlay.
@@ -188,26 +187,29 @@ class PeerNode(MultiService):
         self._joining: Deferred[None] | None = None
         self._starting: Deferred[None] | None = None
         self._held: list[tuple[PeerProtocol, Message]] = []
-        self.share = ShareIndex(shared) if shared is not None else None
-        self.downloads = downloads or shared
         self.run_blocking: RunBlocking = run_blocking or _run_here
-        self.rescan_interval = rescan_interval
-        if self.share is not None:
-            rescan = TimerService(rescan_interval, self.refresh_share)
-            rescan.clock = clock
-            rescan.setServiceParent(self)
-        self._refresh_waiters: list[Deferred[None]] = []
-        self._announced: dict[str, SharedFile] = {}
         self.search = SearchEngine(self)
-        self.site = make_site(self, clock)
-        self.downloader = (
-            Downloader(agent, clock, self.run_blocking, secret, url_scheme)
-            if agent is not None
-            else None
+        # What we share and fetch: a child service of its own.
+        self.files = PeerFiles(
+            clock=clock,
+            run_blocking=self.run_blocking,
+            find=lambda pattern, timeout: self.search.start(pattern, timeout),
+            me=lambda: self.peer_name,
+            on_files_changed=self._report,
+            shared=shared,
+            downloads=downloads,
+            downloader=(
+                Downloader(agent, clock, self.run_blocking, secret, url_scheme)
+                if agent is not None
+                else None
+            ),
+            secret=secret,
+            rescan_interval=rescan_interval,
+            max_uploads=max_uploads,
         )
+        self.files.setServiceParent(self)
+        self.site = make_site(self.files, clock)
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
-        self.transfers: dict[object, tuple[str, int, int]] = {}  # running: name, done, total
-        self.upload_slots = UploadSlots(max_uploads)
         self._stopping = False  # asked to leave (STOP)
         self._last_beat = 0.0  # when _beat last ran
         self.links_dropped = 0  # links given up as silent
@@ -393,7 +395,7 @@ class PeerNode(MultiService):
             for line in wire.split_list(
                 "NEIGHBOURS", (), list(self.neighbours),
                 up=self.uplink, root=1 if self.is_root and not self.uplink else None,
-                files=len(self.share.files) if self.share is not None else 0,
+                files=self.files.count(),
             ):
                 self.meta.sendMessage(line)
 
@@ -710,41 +712,33 @@ class PeerNode(MultiService):
                 n.sent = hops
                 n.proto.send("FREE", "none" if hops is None else hops)
 
-    # The shared files.
+    # The shared files (files.py), as the rest of the peer reads them.
+
+    @property
+    def share(self) -> ShareIndex | None:
+        return self.files.share
+
+    @property
+    def downloads(self) -> Path | None:
+        return self.files.downloads
+
+    @property
+    def downloader(self) -> Downloader | None:
+        return self.files.downloader
+
+    @property
+    def upload_slots(self) -> UploadSlots:
+        return self.files.upload_slots
+
+    @property
+    def transfers(self) -> dict[object, tuple[str, int, int]]:
+        return self.files.transfers
 
     def refresh_share(self) -> Deferred[None]:
-        """
-        Rescan the shared directory (hashing new files through
-        C{run_blocking}, a thread in a real peer); a scan already running is
-        waited for rather than doubled.
-        """
-        waiter: Deferred[None] = Deferred()
-        if self.share is None:
-            waiter.callback(None)
-            return waiter
-        self._refresh_waiters.append(waiter)
-        if len(self._refresh_waiters) == 1:
-            self.run_blocking(self.share.refresh).addBoth(self._refreshed)
-        return waiter
+        return self.files.refresh()
 
-    def _refreshed(self, result: object) -> None:
-        if isinstance(result, Failure):
-            self.log.failure("could not scan the shared directory", result, LogLevel.warn)
-        elif self.share is not None:
-            before, self._announced = self._announced, dict(self.share.files)
-            if before.keys() != self._announced.keys():
-                self._report()  # the web page shows how many files each peer shares
-            for name, f in sorted(self._announced.items()):
-                if name not in before or before[name].sha256 != f.sha256:
-                    self.log.info(
-                        "sharing {file} ({size} bytes, sha256 {sha})",
-                        file=name, size=f.size, sha=f.sha256,
-                    )
-            for name in sorted(before.keys() - self._announced.keys()):
-                self.log.info("no longer sharing {file}", file=name)
-        waiters, self._refresh_waiters = self._refresh_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+    async def fetch(self, name: str, *args: Any, **kwargs: Any) -> Fetched:
+        return await self.files.fetch(name, *args, **kwargs)
 
     def local_matches(self, pattern: str, hops: int) -> list[Match]:
         if self.share is None or self.peer_name is None or self.port is None:
@@ -754,61 +748,6 @@ class PeerNode(MultiService):
             Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops)
             for f in self.share.search(pattern)
         ]
-
-    async def fetch(
-        self,
-        name: str,
-        directory: Path | None = None,
-        force: bool = False,
-        progress: Progress | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> Fetched:
-        """
-        Find C{name} in the network and download it (into the downloads
-        directory unless told otherwise); it is then shared onward.
-        """
-        directory = directory or self.downloads
-        key = object()  # two downloads of one name (into two folders) are two
-        self.transfers[key] = (name, 0, 0)
-
-        def track(done: int, total: int) -> None:
-            self.transfers[key] = (name, done, total)
-            if progress is not None:
-                progress(done, total)
-
-        try:
-            return await self._fetch(name, directory, force, track, timeout)
-        finally:
-            del self.transfers[key]
-
-    async def _fetch(
-        self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float
-    ) -> Fetched:
-        if self.downloader is None or directory is None:
-            raise FetchError(wire.E_FAILED, "this peer does not download files")
-        if is_pattern(name):
-            raise FetchError(wire.E_BAD_ARGS, "get takes one exact file name, not a pattern")
-        # If every holder fails, search again after a pause: a holder that
-        # left may be back (perhaps at another address), and the download
-        # resumes from what it has.
-        for pause in FETCH_PAUSES:
-            found = await self.search.start(name, timeout)
-            matches = [m for m in found if m.holder != self.peer_name]
-            if not matches:
-                raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
-            try:
-                fetched = await self.downloader.fetch(matches, directory, force, progress)
-                break
-            except LocalFault:
-                raise  # no holder can help with a fault of this machine
-            except FetchError as e:
-                if e.code != wire.E_FAILED or pause is None:
-                    raise
-                self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
-                await deferLater(self.clock, pause)
-        if directory == self.downloads:
-            await self.refresh_share()
-        return fetched
 
     # What the control channel shows.
 

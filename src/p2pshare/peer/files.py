@@ -1,0 +1,178 @@
+"""
+L{PeerFiles}: what a peer shares and what it fetches.
+
+The shared folder's index (rescanned by a L{TimerService} child, hashing in
+a thread), the downloads and the transfers in progress, and the upload
+slots that bound how many files are served at once.  It knows the rest of
+the peer only through the callables it is given: how to search the
+network, the peer's own name, and whom to tell when the set of shared
+files changes.  It is also what the HTTP side serves from (L{IFileHost}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from p2pshare import wire
+from p2pshare.admission import Secret
+from p2pshare.peer.http import MAX_UPLOADS, UploadSlots
+from p2pshare.peer.interfaces import IFileHost
+from p2pshare.peer.search import DEFAULT_TIMEOUT
+from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
+from p2pshare.peer.transfer import Downloader, Fetched, FetchError, LocalFault, Progress
+from p2pshare.wire import Match
+
+FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
+RunBlocking = Callable[..., Deferred[Any]]
+Find = Callable[[str, float], Deferred[list[Match]]]
+
+
+@implementer(IFileHost)
+class PeerFiles(MultiService):
+    """
+    @ivar transfers: downloads running, as (name, bytes done, total).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        run_blocking: RunBlocking,
+        find: Find,
+        me: Callable[[], str | None],
+        on_files_changed: Callable[[], None],
+        shared: Path | None = None,
+        downloads: Path | None = None,
+        downloader: Downloader | None = None,
+        secret: Secret | None = None,
+        rescan_interval: float = 2.0,
+        max_uploads: int = MAX_UPLOADS,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.secret = secret
+        self.run_blocking = run_blocking
+        self._find = find
+        self._me = me
+        self._files_changed = on_files_changed
+        self.share = ShareIndex(shared) if shared is not None else None
+        self.downloads = downloads or shared
+        self.downloader = downloader
+        self.upload_slots = UploadSlots(max_uploads)
+        self.transfers: dict[object, tuple[str, int, int]] = {}
+        self.rescan_interval = rescan_interval
+        self._refresh_waiters: list[Deferred[None]] = []
+        self._announced: dict[str, SharedFile] = {}
+        if self.share is not None:
+            rescan = TimerService(rescan_interval, self.refresh)
+            rescan.clock = clock
+            rescan.setServiceParent(self)
+
+    # The shared folder.
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Rescan the shared directory (hashing new files through
+        C{run_blocking}, a thread in a real peer); a scan already running is
+        waited for rather than doubled.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self.share is None:
+            waiter.callback(None)
+            return waiter
+        self._refresh_waiters.append(waiter)
+        if len(self._refresh_waiters) == 1:
+            self.run_blocking(self.share.refresh).addBoth(self._refreshed)
+        return waiter
+
+    def _refreshed(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("could not scan the shared directory", result, LogLevel.warn)
+        elif self.share is not None:
+            before, self._announced = self._announced, dict(self.share.files)
+            if before.keys() != self._announced.keys():
+                self._files_changed()  # the web page shows how many files each peer shares
+            for name, f in sorted(self._announced.items()):
+                if name not in before or before[name].sha256 != f.sha256:
+                    self.log.info(
+                        "sharing {file} ({size} bytes, sha256 {sha})",
+                        file=name, size=f.size, sha=f.sha256,
+                    )
+            for name in sorted(before.keys() - self._announced.keys()):
+                self.log.info("no longer sharing {file}", file=name)
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def count(self) -> int:
+        return len(self.share.files) if self.share is not None else 0
+
+    # Fetching.
+
+    async def fetch(
+        self,
+        name: str,
+        directory: Path | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Fetched:
+        """
+        Find C{name} in the network and download it (into the downloads
+        directory unless told otherwise); it is then shared onward.
+        """
+        directory = directory or self.downloads
+        key = object()  # two downloads of one name (into two folders) are two
+        self.transfers[key] = (name, 0, 0)
+
+        def track(done: int, total: int) -> None:
+            self.transfers[key] = (name, done, total)
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            return await self._fetch(name, directory, force, track, timeout)
+        finally:
+            del self.transfers[key]
+
+    async def _fetch(
+        self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float
+    ) -> Fetched:
+        if self.downloader is None or directory is None:
+            raise FetchError(wire.E_FAILED, "this peer does not download files")
+        if is_pattern(name):
+            raise FetchError(wire.E_BAD_ARGS, "get takes one exact file name, not a pattern")
+        # If every holder fails, search again after a pause: a holder that
+        # left may be back (perhaps at another address), and the download
+        # resumes from what it has.
+        for pause in FETCH_PAUSES:
+            found = await self._find(name, timeout)
+            matches = [m for m in found if m.holder != self._me()]
+            if not matches:
+                raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
+            try:
+                fetched = await self.downloader.fetch(matches, directory, force, progress)
+                break
+            except LocalFault:
+                raise  # no holder can help with a fault of this machine
+            except FetchError as e:
+                if e.code != wire.E_FAILED or pause is None:
+                    raise
+                self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
+                await deferLater(self.clock, pause)
+        if directory == self.downloads:
+            await self.refresh()
+        return fetched
