@@ -103,14 +103,15 @@ class MetaServer(MultiService):
         self.registry.close()
         return timers.addCallback(lambda _: None)
 
-    def topology(self) -> list[TopoEntry]:
+    def topology(self, peers: list[PeerRecord] | None = None) -> list[TopoEntry]:
         """
         The network as C{topo.txt} shows it: the verified peers in join
         order, each with the links that both of its ends report (a name
         that is not a live peer, or a link only one side claims, is not
         shown).
         """
-        peers = self.verified()
+        if peers is None:
+            peers = self.verified()
         by_name = {p.name: set(p.neighbours) for p in peers}
         return [
             TopoEntry(
@@ -360,7 +361,7 @@ class MetaServer(MultiService):
 
     def changed(self) -> None:
         peers = self.verified()
-        text = topo_text(self.topology())
+        text = topo_text(self.topology(peers))
         self.write_files(peers, text)
         self._check_settled(peers, text)
         self._check_complete(peers)
@@ -388,7 +389,7 @@ class MetaServer(MultiService):
             return
         if peers is None:
             peers = self.verified()
-        texts = (text if text is not None else topo_text(self.topology()), count_text(peers))
+        texts = (text if text is not None else topo_text(self.topology(peers)), count_text(peers))
         if texts == self._written:
             return
         for path, text in zip(topology_files(self.data_dir), texts, strict=True):

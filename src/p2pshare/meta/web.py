@@ -32,7 +32,7 @@ def topology(server: MetaServer) -> dict[str, Any]:
     The network as C{/topology.json} shows it (see docs/operations.rst).
     """
     peers = server.verified()
-    shown = {e.name: e.neighbours for e in server.topology()}  # links both ends report
+    shown = {e.name: e.neighbours for e in server.topology(peers)}  # links both ends report
     links = sorted({tuple(sorted((name, n))) for name, ns in shown.items() for n in ns})
     return {
         "peers": [
