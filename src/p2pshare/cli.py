@@ -34,7 +34,7 @@ from p2pshare.admission import (
     new_secret_text,
 )
 from p2pshare.channel import RemoteError
-from p2pshare.client import NotAControlChannel
+from p2pshare.client import NotAControlChannel, control_request, meta_topology
 from p2pshare.common import human_size as _size
 from p2pshare.common import private_write
 from p2pshare.peer.share import is_pattern
@@ -59,8 +59,6 @@ def _topo_output(entries: list[TopoEntry]) -> str:
 
 
 async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
-    from p2pshare.client import meta_topology
-
     if args.data_dir is not None:
         path = Path(args.data_dir) / "topo.txt"
         try:
@@ -82,8 +80,6 @@ async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
-    from p2pshare.client import control_request
-
     status = await _talk(args.peer, "the peer", control_request(reactor, args.peer, "STATUS"))
     neighbours = status["neighbours"]
     role = "root" if status["root"] else ("joined" if status["joined"] else "joining")
@@ -105,8 +101,6 @@ async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
-    from p2pshare.client import control_request
-
     found = await _talk(
         args.peer, "the peer",
         control_request(reactor, args.peer, "FIND", wire.quote_name(args.pattern), timeout=30),
@@ -121,8 +115,6 @@ async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
-    from p2pshare.client import control_request
-
     options: dict[str, Any] = {}
     if args.output is not None:
         directory = Path(args.output).absolute()
@@ -192,8 +184,6 @@ class ProgressBar:
 
 
 async def cmd_stop(reactor: Any, args: argparse.Namespace) -> int:
-    from p2pshare.client import control_request
-
     result = await _talk(args.peer, "the peer", control_request(reactor, args.peer, "STOP"))
     print(f"{result['name']} is leaving the network")
     return 0
