@@ -6,6 +6,10 @@ unhandled error in a Deferred (pytest-twisted has no such check of its own).
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,3 +53,51 @@ def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
             if failure is not None:
                 texts.append(failure.getTraceback())
         pytest.fail("failures were logged during the test:\n" + "\n".join(texts))
+
+
+# Long watches of real processes (tests/idle_watch.py) start when the
+# session does and are judged by their test, which runs last: their wall
+# time passes while the rest of the suite runs.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "idle_watch(seconds): the test judges a tests/idle_watch.py run started with the session"
+    )
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    watched = [item for item in items if item.get_closest_marker("idle_watch") is not None]
+    if not watched or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item not in watched] + watched
+    marker = watched[0].get_closest_marker("idle_watch")
+    assert marker is not None
+    workdir = Path(str(config._tmp_path_factory.mktemp("idle-watch")))  # type: ignore[attr-defined]
+    report = workdir / "report.json"
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "idle_watch.py"), str(report),
+         str(workdir / "net"), str(marker.kwargs["seconds"])],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    config._idle_watch = (process, report)  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    watch = getattr(config, "_idle_watch", None)
+    if watch is not None and watch[0].poll() is None:
+        watch[0].terminate()  # the session ended early (-x, Ctrl-C): stop its network too
+        try:
+            watch[0].wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            watch[0].kill()
+
+
+@pytest.fixture
+def idle_watch(request: pytest.FixtureRequest) -> Any:
+    watch = getattr(request.config, "_idle_watch", None)
+    assert watch is not None, "the idle watch was not started (collected without its marker?)"
+    return watch

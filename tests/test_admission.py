@@ -16,7 +16,7 @@ from p2pshare.admission import META_IDENTITY, Secret, SecretError
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.http import SniffingFactory
-from p2pshare.peer.node import PeerNode
+from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.protocol import PeerFactory
 from p2pshare.simnet import SimNet, assert_tree
 
@@ -145,7 +145,8 @@ def test_a_handshake_that_stalls_is_cut(tmp_path):
 
 
 def test_a_peer_port_asks_for_proof_too():
-    node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None, name="s1", secret=KEY)
+    node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None,
+                    settings=PeerSettings(name="s1"), secret=KEY)
     node.port, node.membership.state = 7001, "root"
     stranger = Conn(SniffingFactory(node.site, PeerFactory(node)))
     [reply] = stranger.say(b"HELLO fresh 7009\r\n")

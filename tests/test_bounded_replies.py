@@ -19,7 +19,7 @@ from p2pshare import wire
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
-from p2pshare.peer.node import PeerNode
+from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.share import SharedFile, ShareIndex
 from p2pshare.topo import parse_topo
 
@@ -133,7 +133,8 @@ def test_more_neighbours_than_registered_for_is_refused(tmp_path):
 
 
 def peer_sharing(tmp_path, count: int, length: int = 70) -> PeerNode:
-    node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None, name="s1")
+    node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None,
+                    settings=PeerSettings(name="s1"))
     node.port, node.membership.state = 7001, "root"
     node.files.share = ShareIndex(tmp_path)
     node.files.share.files = {

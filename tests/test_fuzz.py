@@ -19,7 +19,7 @@ from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.http import SniffingFactory
-from p2pshare.peer.node import PeerNode
+from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.protocol import PeerFactory
 
 VERBS = sorted(wire.SPECS)
@@ -119,8 +119,8 @@ def fuzz_meta(secret, steps_):
 
 
 def a_peer(clock):
-    node = PeerNode(clock=clock, listen=None, meta=None, connect=None, name="s1",
-                    max_neighbours=2)
+    node = PeerNode(clock=clock, listen=None, meta=None, connect=None,
+                    settings=PeerSettings(name="s1", max_neighbours=2))
     node.port = 7001
     node.membership.state = "root"
     return node

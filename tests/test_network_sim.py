@@ -186,10 +186,10 @@ def test_stopping_a_peer_cancels_its_join(tmp_path):
     node = net.make_peer()
     node.startService()
     net.flush()
-    assert node._joining is not None and not node._joining.called
+    assert node.joining.pending is not None and not node.joining.pending.called
     node.stopService()
     net.flush()
-    assert node._joining is None or node._joining.called
+    assert node.joining.pending is None or node.joining.pending.called
     assert silent.protocols[0].transport.disconnecting
     # Nothing of the peer's is left scheduled (the metadata server's
     # watch over its sessions, and its connections' idle deadlines, are

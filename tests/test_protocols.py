@@ -16,7 +16,7 @@ from p2pshare import wire
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.peer.control import ControlFactory
-from p2pshare.peer.node import PeerNode
+from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.protocol import MetaClientFactory, PeerFactory
 
 
@@ -191,8 +191,8 @@ def test_over_long_line_and_observer_topology(meta):
 
 def joined_peer(name="s1", max_neighbours=1):
     node = PeerNode(
-        clock=Clock(), listen=None, meta=None, connect=None, name=name,
-        max_neighbours=max_neighbours,
+        clock=Clock(), listen=None, meta=None, connect=None,
+        settings=PeerSettings(name=name, max_neighbours=max_neighbours),
     )
     node.port = 7001
     node.membership.state = "root"
@@ -263,7 +263,7 @@ def test_a_hello_waits_while_the_peer_is_still_joining():
     """
     node = joined_peer(name="s5", max_neighbours=2)
     node.membership.state = "joining"
-    node._joining = Deferred()  # a join in progress
+    node.joining.pending = Deferred()  # a join in progress
     c = Conn(PeerFactory(node))
     assert c.say(b"HELLO s6 7006\r\n") == b""
     gone = Conn(PeerFactory(node))
@@ -343,7 +343,7 @@ def test_a_child_learns_its_grandparent():
     node.membership.state, node.uplink = "child", "s1"
     up = Conn(PeerFactory(node), host="127.0.0.1")
     up.proto.link = "s1"
-    from p2pshare.peer.node import Neighbour
+    from p2pshare.peer.links import Neighbour
 
     node.neighbours["s1"] = Neighbour("s1", "10.0.0.1", 7001, up.proto)
     child = Conn(PeerFactory(node), host="127.0.0.3")

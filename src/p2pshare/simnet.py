@@ -24,7 +24,7 @@ from zope.interface import implementer
 from p2pshare.admission import Secret
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
-from p2pshare.peer.node import PeerNode
+from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.topo import distances, parse_topo
 
 
@@ -160,13 +160,15 @@ class SimNet:
             listen=ServerEndpoint(self, host, 6000),
             meta=ClientEndpoint(self, host, *self.meta_address),
             connect=lambda h, p: ClientEndpoint(self, host, h, p),
-            name=name,
-            max_neighbours=max_neighbours,
+            settings=PeerSettings(
+                name=name,
+                max_neighbours=max_neighbours,
+                shared=self.share_dir(len(self.peers)) if shared and self.tmp else None,
+                state_dir=self.share_dir(len(self.peers)).parent if self.tmp else None,
+                heartbeat=heartbeat,
+            ),
             rng=random.Random(self.rng.random()),
-            shared=self.share_dir(len(self.peers)) if shared and self.tmp else None,
-            state_dir=self.share_dir(len(self.peers)).parent if self.tmp else None,
             secret=own_secret if stranger else self.secret,
-            heartbeat=heartbeat,
         )
         self.peers.append(node)
         return node

@@ -120,6 +120,21 @@ class PeerFiles(MultiService):
     def count(self) -> int:
         return len(self.share.files) if self.share is not None else 0
 
+    def status(self) -> dict[str, object]:
+        """
+        The files half of what C{p2p status} shows.
+        """
+        return {
+            "shared": [
+                {"name": f.name, "size": f.size, "sha256": f.sha256}
+                for f in (self.share.files.values() if self.share is not None else [])
+            ],
+            "transfers": [
+                {"name": name, "done": done, "total": total}
+                for name, done, total in sorted(self.transfers.values())
+            ],
+        }
+
     # Fetching.
 
     async def fetch(

@@ -1,5 +1,5 @@
 """
-L{PeerNode}: the state and behaviour of one peer.
+L{PeerNode}: one peer, assembled, and its place in the overlay.
 
 A peer listens, registers with the metadata server, and joins the overlay
 by following a referral chain: the metadata server names a first peer to
@@ -9,28 +9,27 @@ is bounded by a timeout and cancellable, no peer is asked twice, and the
 chain has a bounded length; a failed chain is logged and tried again, from
 the metadata server, with growing delays.
 
-To refer well, neighbours tell each other (C{FREE hops}) how far the
-nearest free slot is behind them, not counting the link they talk over: a
-distance vector with split horizon, which is exact on a tree.
+This module drives the peer's membership (L{membership.Membership}, the
+state machine) through the metadata link and the join; the parts it
+assembles own the rest: L{Links} the neighbour table, referrals and
+heartbeats, L{Identity} the name and its token, L{PeerFiles} the shared
+folder and the downloads, L{SearchEngine} the searches.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
-    TimeoutError,
     fail,
     gatherResults,
     succeed,
@@ -41,7 +40,6 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
@@ -53,7 +51,10 @@ from p2pshare.common import LimitedFactory, atomic_write
 from p2pshare.peer import membership
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, UploadSlots, make_site
+from p2pshare.peer.identity import Identity
 from p2pshare.peer.interfaces import IOverlay, ISearchHost
+from p2pshare.peer.joining import Joining
+from p2pshare.peer.links import Links, Neighbour
 from p2pshare.peer.membership import Membership
 from p2pshare.peer.protocol import (
     MetaClientFactory,
@@ -70,6 +71,8 @@ from p2pshare.wire import Match, Message
 Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[..., Deferred[Any]]
 
+MAX_HELD = 64  # newcomers that may wait for us to finish joining
+
 
 def _run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """
@@ -82,24 +85,37 @@ def _run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return fail()
 
 
-HOPS_CAP = 1000
-MAX_HELD = 64  # newcomers that may wait for us to finish joining
-
-
-class JoinFailed(Exception):
+@dataclass(frozen=True)
+class PeerSettings:
     """
-    A referral chain ended without a peer accepting us.
+    What a peer is told at start (the C{twistd p2ppeer} flags).
+
+    @ivar name: the name to take; None to be given one.
+    @ivar advertise: the host to tell others; None to use the one the
+        metadata server sees.
+    @ivar portfile: where to write our port once we have joined.
+    @ivar shared: the folder we share; None to share nothing.
+    @ivar downloads: where downloads go (the shared folder by default).
+    @ivar state_dir: the data dir that keeps our name and token.
+    @ivar hop_timeout: how long one step of a join may take.
+    @ivar max_hops: how many peers one join may ask.
+    @ivar listen_description: how errors name our port (C{--port 7001}).
     """
 
-
-@dataclass
-class Neighbour:
-    name: str
-    host: str
-    port: int
-    proto: PeerProtocol
-    hops: int | None = None  # what it says: hops to a free slot behind it
-    sent: int | None | str = "unsent"  # what we last told it
+    name: str | None = None
+    max_neighbours: int = 2
+    advertise: str | None = None
+    portfile: Path | None = None
+    shared: Path | None = None
+    downloads: Path | None = None
+    state_dir: Path | None = None
+    heartbeat: float = 5.0
+    hop_timeout: float = 10.0
+    max_hops: int = 64
+    rescan_interval: float = 2.0
+    max_uploads: int = MAX_UPLOADS
+    url_scheme: str = "http"
+    listen_description: str = "its port"
 
 
 @implementer(IOverlay, ISearchHost)
@@ -107,7 +123,6 @@ class PeerNode(MultiService):
     """
     One peer of the overlay.
 
-    @ivar neighbours: by name, in the order the links were made.
     @ivar join_hops: how many peers the last successful join asked (1 when
         the first one accepted); 0 for the root.
     """
@@ -121,73 +136,56 @@ class PeerNode(MultiService):
         listen: IStreamServerEndpoint,
         meta: IStreamClientEndpoint,
         connect: Connect,
-        name: str | None = None,
-        max_neighbours: int = 2,
-        advertise: str | None = None,
-        portfile: Path | None = None,
-        hop_timeout: float = 10.0,
-        max_hops: int = 64,
-        rng: random.Random | None = None,
-        on_fatal: Callable[[str], None] | None = None,
-        shared: Path | None = None,
-        downloads: Path | None = None,
+        settings: PeerSettings = PeerSettings(),
         agent: IAgent | None = None,
         run_blocking: RunBlocking | None = None,
-        rescan_interval: float = 2.0,
-        heartbeat: float = 5.0,
-        on_stop: Callable[[], None] | None = None,
-        state_dir: Path | None = None,
+        rng: random.Random | None = None,
         secret: Secret | None = None,
-        url_scheme: str = "http",
-        max_uploads: int = MAX_UPLOADS,
-        listen_description: str = "its port",
+        on_fatal: Callable[[str], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
-        self.listen_description = listen_description
+        self.settings = settings
         self.secret = secret
+        self.rng = rng or random.Random()
+        self.on_fatal = on_fatal
+        self.on_stop = on_stop
+        self.run_blocking: RunBlocking = run_blocking or _run_here
         self._listen_endpoint = listen
         self._meta_endpoint = meta
         self._connect = connect
-        # Not Service.name: that names a child within its parent service.
-        self.peer_name: str | None = name
-        self.max_neighbours = max_neighbours
-        self.advertise = advertise
-        self.portfile = portfile
-        self.hop_timeout = hop_timeout
-        self.max_hops = max_hops
-        self.rng = rng or random.Random()
-        self.on_fatal = on_fatal
-        self.host: str | None = advertise
+        self.identity = Identity(settings.name, settings.state_dir)
+        self.host: str | None = settings.advertise
         self.port: int | None = None
-        self.neighbours: dict[str, Neighbour] = {}
         # Where we are in the overlay: one state machine (membership.py).
         self.membership = Membership(lambda: self.peer_name or "peer")
-        # The neighbour we joined through (None for the root); losing it
-        # leaves us, with our subtree, to find a new place.
-        self.uplink: str | None = None
-        # Our parent's parent, as (name, host, port), while we know it.
-        self.grandparent: tuple[str, ...] | None = None
-        self.heartbeat = heartbeat
-        self.on_stop = on_stop
-        # The name and the secret that proves it is ours live in the data
-        # dir, so a restarted peer takes its name back at once.
-        self.state_dir = state_dir
-        self.token: str | None = None
+        self.links = Links(
+            clock=clock,
+            heartbeat=settings.heartbeat,
+            max_neighbours=settings.max_neighbours,
+            rng=self.rng,
+            me=lambda: self.peer_name,
+            orphaned=lambda: self.orphaned,
+            on_change=self._report,
+        )
         # The periodic jobs are child services, started and stopped with us.
-        self._beating = TimerService(heartbeat, self._beat)
+        self._beating = TimerService(settings.heartbeat, lambda: self.links.beat(self.meta))
         self._beating.clock = clock
         self._beating.setServiceParent(self)
-        self.join_hops = 0
-        self.network_complete = False
-        self.meta: MetaClientProtocol | None = None
-        self._meta_waiters: list[Deferred[MetaClientProtocol]] = []
-        self._listening: IListeningPort | None = None
-        self._meta_service: ClientService | None = None
-        self._joining: Deferred[None] | None = None
-        self._starting: Deferred[None] | None = None
-        self._held: list[tuple[PeerProtocol, Message]] = []
-        self.run_blocking: RunBlocking = run_blocking or _run_here
+        self.joining = Joining(
+            clock=clock,
+            rng=self.rng,
+            membership=self.membership,
+            links=self.links,
+            connect=connect,
+            factory=lambda name: PeerFactory(self, ("peer", name)),
+            meta=self._welcomed_meta,
+            me=lambda: (self.peer_name, self.port, settings.advertise),
+            placed=self._joined,
+            hop_timeout=settings.hop_timeout,
+            max_hops=settings.max_hops,
+        )
         self.search = SearchEngine(self)
         # What we share and fetch: a child service of its own.
         self.files = PeerFiles(
@@ -196,25 +194,48 @@ class PeerNode(MultiService):
             find=lambda pattern, timeout: self.search.start(pattern, timeout),
             me=lambda: self.peer_name,
             on_files_changed=self._report,
-            shared=shared,
-            downloads=downloads,
+            shared=settings.shared,
+            downloads=settings.downloads,
             downloader=(
-                Downloader(agent, clock, self.run_blocking, secret, url_scheme)
+                Downloader(agent, clock, self.run_blocking, secret, settings.url_scheme)
                 if agent is not None
                 else None
             ),
             secret=secret,
-            rescan_interval=rescan_interval,
-            max_uploads=max_uploads,
+            rescan_interval=settings.rescan_interval,
+            max_uploads=settings.max_uploads,
         )
         self.files.setServiceParent(self)
         self.site = make_site(self.files, clock)
+        self.join_hops = 0
+        self.network_complete = False
+        self.meta: MetaClientProtocol | None = None
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
+        self._meta_waiters: list[Deferred[MetaClientProtocol]] = []
+        self._listening: IListeningPort | None = None
+        self._meta_service: ClientService | None = None
+        self._starting: Deferred[None] | None = None
+        self._held: list[tuple[PeerProtocol, Message]] = []
         self._stopping = False  # asked to leave (STOP)
-        self._last_beat = 0.0  # when _beat last ran
-        self.links_dropped = 0  # links given up as silent
 
-    # Where we are, as the rest of the peer reads it.
+    # Who and where we are, as the rest of the peer reads it.
+
+    @property
+    def peer_name(self) -> str | None:
+        # Not Service.name: that names a child within its parent service.
+        return self.identity.name
+
+    @property
+    def max_neighbours(self) -> int:
+        return self.settings.max_neighbours
+
+    @property
+    def heartbeat(self) -> float:
+        return self.settings.heartbeat
+
+    @property
+    def hop_timeout(self) -> float:
+        return self.settings.hop_timeout
 
     @property
     def joined(self) -> bool:
@@ -231,11 +252,35 @@ class PeerNode(MultiService):
     def orphaned(self) -> bool:
         return self.membership.state == membership.ORPHANED
 
+    @property
+    def neighbours(self) -> dict[str, Neighbour]:
+        return self.links.neighbours
+
+    @property
+    def uplink(self) -> str | None:
+        """
+        The neighbour we joined through (None for the root); losing it
+        leaves us, with our subtree, to find a new place.
+        """
+        return self.links.uplink
+
+    @uplink.setter
+    def uplink(self, name: str | None) -> None:
+        self.links.uplink = name
+
+    @property
+    def grandparent(self) -> tuple[str, ...] | None:
+        return self.links.grandparent
+
+    @property
+    def links_dropped(self) -> int:
+        return self.links.links_dropped
+
     # Life cycle.
 
     def startService(self) -> None:
         listening = self._listen()  # first: if it fails, nothing else has started
-        self._last_beat = self.clock.seconds()
+        self.links.restart_beats()
         self.membership.fire("start")
         super().startService()  # and the timers, our children
         self._starting = Deferred.fromCoroutine(self._start(listening))
@@ -246,25 +291,9 @@ class PeerNode(MultiService):
         Listen on our port; a port that cannot be had (in use, a bad path)
         raises L{StartupError} at once, so the peer never starts half-way.
         """
-        self._load_identity()
+        self.identity.load()
         factory = LimitedFactory(SniffingFactory(self.site, PeerFactory(self)), clock=self.clock)
-        return listen_now(self._listen_endpoint, factory, self.listen_description)
-
-    def _load_identity(self) -> None:
-        if self.state_dir is None:
-            return
-        token_file = self.state_dir / "token"
-        if not token_file.exists():
-            atomic_write(token_file, secrets.token_hex(16).encode() + b"\n")
-        os.chmod(token_file, 0o600)
-        self.token = token_file.read_text().strip()
-        name_file = self.state_dir / "name"
-        if self.peer_name is None and name_file.exists():
-            self.peer_name = name_file.read_text().strip() or None
-
-    def _save_name(self) -> None:
-        if self.state_dir is not None and self.peer_name is not None:
-            atomic_write(self.state_dir / "name", f"{self.peer_name}\n".encode())
+        return listen_now(self._listen_endpoint, factory, self.settings.listen_description)
 
     async def _start(self, listening: Deferred[IListeningPort]) -> None:
         self._listening = await listening
@@ -293,9 +322,9 @@ class PeerNode(MultiService):
     async def _stop(self) -> None:
         self.membership.fire("stop")
         self.search.stop()
-        for d in (self._starting, self._joining):
-            if d is not None and not d.called:
-                d.cancel()
+        self.joining.cancel()
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
         if self.meta is not None:
             # A goodbye, so that the metadata server frees our name at once
             # and the topology follows without waiting for a heartbeat.
@@ -304,9 +333,7 @@ class PeerNode(MultiService):
             stopping: Any = self._meta_service.stopService()
             if stopping is not None:
                 await stopping
-        for n in list(self.neighbours.values()):
-            n.proto.send("BYE")  # a goodbye: no need to wait for a heartbeat
-            n.proto.close()
+        self.links.say_goodbye()
         if self._listening is not None:
             stopped: Any = self._listening.stopListening()
             if stopped is not None:
@@ -318,6 +345,14 @@ class PeerNode(MultiService):
         both = gatherResults([timers, leaving], consumeErrors=True)
         return both.addCallback(lambda _: None)
 
+    def stop_requested(self) -> None:
+        if self._stopping:
+            return  # asked twice (two `p2p stop` at once): it is leaving already
+        self._stopping = True
+        self.log.info("peer {name} was asked to leave the network", name=self.peer_name)
+        if self.on_stop is not None:
+            self.on_stop()
+
     # The link to the metadata server.
 
     def registration(self) -> dict[str, Any]:
@@ -327,18 +362,16 @@ class PeerNode(MultiService):
         return {
             "port": self.port,
             "name": self.peer_name,
-            "host": self.advertise,
+            "host": self.settings.advertise,
             "max": self.max_neighbours,
             "beat": max(1, round(self.heartbeat)),
-            "token": self.token,
+            "token": self.identity.token,
         }
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args
-        if self.peer_name is None:
-            self.peer_name = name
-            self._save_name()
-        if self.advertise is None:
+        self.identity.named(name)
+        if self.settings.advertise is None:
             self.host = host
         self.meta = proto
         self.log.info("peer {name} registered with the metadata server", name=self.peer_name)
@@ -354,9 +387,8 @@ class PeerNode(MultiService):
         """
         Join, or rejoin after losing our parent, unless already at it.
         """
-        if self.membership.seeking and self._joining is None and self.running:
-            self._joining = Deferred.fromCoroutine(self._join())
-            self._joining.addErrback(self._joinAbandoned)
+        if self.running:
+            self.joining.start()
 
     def meta_refused(self, error: RemoteError) -> None:
         if error.code == wire.E_NAME_TAKEN:
@@ -401,106 +433,13 @@ class PeerNode(MultiService):
 
     # Joining.
 
-    async def _join(self) -> None:
-        delay = 0.5
-        attempt = 0
-        while self.membership.seeking:
-            attempt += 1
-            try:
-                await self._join_once()
-            except CancelledError:
-                raise
-            except Exception as e:
-                self.membership.fire("refused")
-                self.log.warn(
-                    "peer {name} could not join (attempt {attempt}): {why}; "
-                    "trying again in {delay:.1f} s",
-                    name=self.peer_name,
-                    attempt=attempt,
-                    why=_describe(e),
-                    delay=delay,
-                )
-                await deferLater(self.clock, delay)
-                delay = min(delay * 2, 30.0) * self.rng.uniform(0.9, 1.1)
-        self._joining = None
-
-    def _joinAbandoned(self, failure: Any) -> None:
-        self._joining = None
-        if not failure.check(CancelledError):
-            self.log.failure("joining stopped", failure)
-
-    async def _join_once(self) -> None:
-        grandparent, self.grandparent = self.grandparent, None
-        if self.orphaned and grandparent is not None:
-            # First the nearest live ancestor we know: it has just lost a
-            # child, so it likely has room, and this works while the
-            # metadata server is away.  Our subtree cannot contain it.
-            target: tuple[str, ...] = grandparent
-        else:
-            meta = await self._welcomed_meta().addTimeout(self.hop_timeout, self.clock)
-            rejoin = 1 if self.joined else None
-            reply = await meta.request("PLACE", rejoin=rejoin).addTimeout(
-                self.hop_timeout, self.clock
-            )
-            if reply.verb == "ROOT":
-                self._joined(None, 0)
-                return
-            if reply.verb != "REFER":
-                raise JoinFailed(f"the metadata server answered {reply.verb}")
-            target = reply.args
-        visited: set[str] = set()
-        via: str | None = None
-        while True:
-            name, host, port = target[0], target[1], int(target[2])
-            if name in visited or name == self.peer_name:
-                raise JoinFailed(f"referred back to {name}")
-            if len(visited) >= self.max_hops:
-                raise JoinFailed(f"no peer accepted us after {len(visited)} referrals")
-            visited.add(name)
-            reply, proto = await self._hello(name, host, port, via)
-            if reply.verb == "ACCEPT" and reply.args[0] in self.neighbours:
-                proto.close()  # stale knowledge led us into our own subtree
-                raise JoinFailed(f"{reply.args[0]} is already our neighbour")
-            if reply.verb == "ACCEPT":
-                self.uplink = reply.args[0]
-                self._add_neighbour(reply.args[0], host, port, proto, reply.options.get("beat"))
-                self._joined(reply.args[0], len(visited))
-                return
-            proto.close()
-            if reply.verb != "REFER":
-                raise JoinFailed(f"{name} answered {reply.verb}")
-            via, target = name, reply.args
-
-    async def _hello(
-        self, name: str, host: str, port: int, via: str | None
-    ) -> tuple[Message, PeerProtocol]:
-        endpoint = self._connect(host, port)
-        proto = cast(
-            PeerProtocol,
-            await endpoint.connect(PeerFactory(self, ("peer", name))).addTimeout(
-                self.hop_timeout, self.clock
-            ),
-        )
-        try:
-            await proto.whenAdmitted().addTimeout(self.hop_timeout, self.clock)
-            reply = await proto.request(
-                "HELLO", self.peer_name, self.port, host=self.advertise, via=via,
-                beat=self._beat_ms(),
-            ).addTimeout(self.hop_timeout, self.clock)
-        except BaseException:
-            proto.abort()
-            raise
-        return reply, proto
-
     def _joined(self, parent: str | None, hops: int) -> None:
         rejoined = self.joined
         if not self.membership.fire("placed_root" if parent is None else "accepted"):
             return
         self.uplink = parent
         self.join_hops = hops
-        for n in self.neighbours.values():
-            if n.name != parent:
-                self._tell_up(n.proto)  # our children's grandparent changed
+        self.links.tell_children_up()
         self._report()
         if rejoined:
             self.log.info(
@@ -517,8 +456,8 @@ class PeerNode(MultiService):
                 parent=parent,
                 hops=hops,
             )
-        if self.portfile is not None:
-            atomic_write(self.portfile, f"{self.port}\n".encode())
+        if self.settings.portfile is not None:
+            atomic_write(self.settings.portfile, f"{self.port}\n".encode())
         self.log.info("peer {name} ready on port {port}", name=self.peer_name, port=self.port)
         held, self._held = self._held, []
         for proto, msg in held:
@@ -533,7 +472,7 @@ class PeerNode(MultiService):
         """
         name, port = msg.args[0], int(msg.args[1])
         if not self.joined:
-            if self._joining is None or len(self._held) >= MAX_HELD:
+            if self.joining.pending is None or len(self._held) >= MAX_HELD:
                 proto.sendError(wire.E_NOT_JOINED, "this peer has not joined the overlay yet")
                 proto.close()
             else:
@@ -545,13 +484,13 @@ class PeerNode(MultiService):
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
             proto.close()
             return
-        if len(self.neighbours) < self._room():
+        if self.links.has_room():
             host = msg.options.get("host") or proto.peerHost() or "?"
-            proto.send("ACCEPT", self.peer_name, beat=self._beat_ms())
-            self._add_neighbour(name, host, port, proto, msg.options.get("beat"))
+            proto.send("ACCEPT", self.peer_name, beat=self.links.beat_ms())
+            self.links.add(name, host, port, proto, msg.options.get("beat"))
             self.log.info("peer {name} accepted {newcomer}", name=self.peer_name, newcomer=name)
             return
-        target = self._referral({name, msg.options.get("via")})
+        target = self.links.referral({name, msg.options.get("via")})
         if target is None:
             proto.sendError(wire.E_FULL, "this peer is full and has nobody to refer you to")
         else:
@@ -564,69 +503,20 @@ class PeerNode(MultiService):
             proto.send("REFER", target.name, target.host, target.port)
         proto.close()
 
-    def _room(self) -> int:
-        """
-        How many neighbours we take; a peer looking for a new parent keeps
-        a slot for it.
-        """
-        return self.max_neighbours - (1 if self.orphaned else 0)
-
-    def _referral(self, exclude: set[str | None]) -> Neighbour | None:
-        """
-        The neighbour that leads to the nearest free slot; ties are broken
-        at random so that no branch is always the first to fill.
-        """
-        candidates = [n for n in self.neighbours.values() if n.name not in exclude]
-        if not candidates:
-            return None
-        best = min(_rank(n.hops) for n in candidates)
-        return self.rng.choice([n for n in candidates if _rank(n.hops) == best])
-
-    # Links.
-
-    def _beat_ms(self) -> int:
-        return max(1, round(self.heartbeat * 1000))
-
-    def _add_neighbour(
-        self, name: str, host: str, port: int, proto: PeerProtocol, beat_ms: str | None = None
-    ) -> None:
-        """
-        A link is made.  Both ends judge it by one heartbeat, the larger of
-        their two (C{beat_ms}: the other's, from C{HELLO} or C{ACCEPT}),
-        so peers with different C{--heartbeat} never think each other dead.
-        """
-        proto.link = name
-        proto.beat = max(self.heartbeat, int(beat_ms) / 1000 if beat_ms else 0.0)
-        self.neighbours[name] = Neighbour(name, host, port, proto)
-        if name != self.uplink:
-            self._tell_up(proto)  # a child learns its grandparent
-        self._report()
-        self._advertise()
-
-    def _tell_up(self, proto: PeerProtocol) -> None:
-        up = self.neighbours.get(self.uplink) if self.uplink else None
-        if up is None:
-            proto.send("UP")
-        else:
-            proto.send("UP", up.name, up.host, up.port)
+    # What our links tell us.
 
     def up_said(self, name: str, fields: tuple[str, ...]) -> None:
-        """
-        Our parent says where it hangs from.
-        """
-        if name != self.uplink:
-            return
-        if len(fields) == 3 and wire.NAME(fields[0]) is None and wire.HOST(fields[1]) is None \
-                and wire.PORT(fields[2]) is None:
-            self.grandparent = fields
-        else:
-            self.grandparent = None
+        self.links.up_said(name, fields)
+
+    def free_said(self, name: str, hops: int | None) -> None:
+        self.links.free_said(name, hops)
+
+    def hops_for(self, neighbour: str) -> int | None:
+        return self.links.hops_for(neighbour)
 
     def link_lost(self, name: str, proto: PeerProtocol) -> None:
-        n = self.neighbours.get(name)
-        if n is None or n.proto is not proto:
+        if not self.links.remove(name, proto):
             return
-        del self.neighbours[name]
         self.search.link_lost(name)
         if not self.running:
             return
@@ -636,81 +526,13 @@ class PeerNode(MultiService):
             self.uplink = None
             self.membership.fire("parent_lost")
         self._report()
-        self._advertise()
+        self.links.advertise()
         if lost_parent:
             self.log.info(
                 "peer {name} lost its parent {other}; finding a new place for its subtree",
                 name=self.peer_name, other=name,
             )
             self._find_place()
-
-    # Liveness.
-
-    def _beat(self) -> None:
-        """
-        Every heartbeat: abort links (and the metadata link) silent for
-        three of their beats, and say PING where we have been quiet for
-        half of one.  A link's beat is the one both ends agreed on (the
-        larger of theirs).  Only the child side of a link (and every peer
-        to the metadata server) pings; the PONG keeps the other direction
-        alive, so an idle link costs a PING and a PONG about once a beat.
-        Silence is not judged on a tick that came late (this process was
-        busy, or suspended): everyone's clock jumped, not only the other's.
-        """
-        now = self.clock.seconds()
-        late = now - self._last_beat > 2 * self.heartbeat
-        self._last_beat = now
-        protos: list[Any] = [n.proto for n in self.neighbours.values()]
-        if self.meta is not None:
-            protos.append(self.meta)
-        for proto in protos:
-            beat = getattr(proto, "beat", None) or self.heartbeat
-            pings = proto.link is None or proto.link == self.uplink
-            if now - proto.heard_at > 3 * beat and not late:
-                self.log.info(
-                    "peer {name}: {other} has been silent for {s:.0f} s; dropping the link",
-                    name=self.peer_name, other=proto.link or "the metadata server",
-                    s=now - proto.heard_at,
-                )
-                self.links_dropped += 1
-                proto.abort()
-            elif pings and now - proto.said_at >= beat / 2:
-                proto.send("PING")
-
-    def stop_requested(self) -> None:
-        if self._stopping:
-            return  # asked twice (two `p2p stop` at once): it is leaving already
-        self._stopping = True
-        self.log.info("peer {name} was asked to leave the network", name=self.peer_name)
-        if self.on_stop is not None:
-            self.on_stop()
-
-    def free_said(self, name: str, hops: int | None) -> None:
-        n = self.neighbours.get(name)
-        if n is not None:
-            n.hops = hops
-            self._advertise()
-
-    def hops_for(self, neighbour: str) -> int | None:
-        """
-        How far is our nearest free slot, not counting C{neighbour}'s side?
-        """
-        if len(self.neighbours) < self._room():
-            return 0
-        behind = [
-            n.hops + 1
-            for n in self.neighbours.values()
-            if n.name != neighbour and n.hops is not None
-        ]
-        best = min(behind, default=None)
-        return best if best is not None and best < HOPS_CAP else None
-
-    def _advertise(self) -> None:
-        for n in list(self.neighbours.values()):
-            hops = self.hops_for(n.name)
-            if hops != n.sent:
-                n.sent = hops
-                n.proto.send("FREE", "none" if hops is None else hops)
 
     # The shared files (files.py), as the rest of the peer reads them.
 
@@ -766,25 +588,6 @@ class PeerNode(MultiService):
                 {"name": n.name, "host": n.host, "port": n.port}
                 for n in self.neighbours.values()
             ],
-            "shared": [
-                {"name": f.name, "size": f.size, "sha256": f.sha256}
-                for f in (self.share.files.values() if self.share is not None else [])
-            ],
-            "transfers": [
-                {"name": name, "done": done, "total": total}
-                for name, done, total in sorted(self.transfers.values())
-            ],
+            **self.files.status(),
         }
 
-
-
-def _rank(hops: int | None) -> float:
-    return float("inf") if hops is None else hops
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "no answer in time"
-    if isinstance(e, RemoteError):
-        return f"refused ({e.code}: {e.text})"
-    return str(e) or type(e).__name__

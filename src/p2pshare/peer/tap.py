@@ -28,7 +28,7 @@ from p2pshare.common import (
 )
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
-from p2pshare.peer.node import PeerNode
+from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.startup import (
     RoleOptions,
     RoleService,
@@ -162,26 +162,28 @@ def _assemble(options: Options, reactor: Any) -> IService:
     node = PeerNode(
         clock=reactor,
         listen=endpoint(reactor, "--port", options["port"], tls),
-        listen_description=f"--port {options['port']}",
         meta=meta,
         connect=lambda host, port: connect_to(reactor, tls, host, port),
-        name=options["name"],
-        max_neighbours=options["max-neighbours"],
-        advertise=options["advertise"],
-        portfile=Path(options["portfile"]) if options["portfile"] else None,
-        on_fatal=fatal,
-        shared=options["shared"],
-        downloads=options["downloads"],
-        run_blocking=deferToThread,
-        heartbeat=options["heartbeat"],
-        state_dir=data_dir,
-        secret=options["secret"],
-        on_stop=reactor.stop,
+        settings=PeerSettings(
+            name=options["name"],
+            max_neighbours=options["max-neighbours"],
+            advertise=options["advertise"],
+            portfile=Path(options["portfile"]) if options["portfile"] else None,
+            shared=options["shared"],
+            downloads=options["downloads"],
+            state_dir=data_dir,
+            heartbeat=options["heartbeat"],
+            max_uploads=options["max-uploads"],
+            url_scheme="https" if tls is not None else "http",
+            listen_description=f"--port {options['port']}",
+        ),
         agent=Agent.usingEndpointFactory(
             reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
         ),
-        url_scheme="https" if tls is not None else "http",
-        max_uploads=options["max-uploads"],
+        run_blocking=deferToThread,
+        secret=options["secret"],
+        on_fatal=fatal,
+        on_stop=reactor.stop,
     )
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = RoleService("p2ppeer")
