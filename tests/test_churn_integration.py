@@ -209,3 +209,35 @@ async def test_a_download_resumes_when_its_only_holder_comes_back(reactor, tmp_p
         assert "verified" in get.output()
     finally:
         await net.stop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_ends_a_peer_within_two_seconds_after_its_goodbyes(reactor, tmp_path):
+    """
+    SIGTERM (what systemd and `kill` send) makes a peer say BYE to the
+    metadata server and to its neighbours, and exit cleanly, within 2 s:
+    nobody waits for a heartbeat to learn it left.
+    """
+    net = LocalNetwork(reactor, tmp_path)
+    try:
+        # A slow heartbeat: a neighbour that learns of the leaving within
+        # the test's bounds learned it from the goodbye, not from silence.
+        meta = await net.start_meta(3)
+        for _ in range(3):
+            await net.start_peer("--heartbeat", "30")
+        await meta.wait_for("topology settled: 3 peers", 30)
+        views, keys = topo(net), await net.names()
+        leaver = next(name for name in sorted(views) if len(views[name]) == 1)
+        [neighbour] = views[leaver]
+        since_meta = len(meta.lines)
+        since_neighbour = len(net.peers[keys[neighbour]].lines)
+        proc = net.peers[keys[leaver]]
+        proc.signal(signal.SIGTERM)
+        code = await proc.when_ended(2.0)  # fails with TimeoutError after 2 s
+        assert code in (0, -signal.SIGTERM)
+        await meta.wait_for(f"peer {leaver} says goodbye", 5, since_meta)
+        await net.peers[keys[neighbour]].wait_for(f"lost its link to {leaver}", 5, since_neighbour)
+        await meta.wait_for("topology settled: 2 peers", 10, since_meta)
+        assert set(topo(net)) == set(views) - {leaver}
+    finally:
+        await net.stop_all()

@@ -3,7 +3,8 @@ How the parts of a peer meet: each part depends on one of these
 interfaces, never on another part's module, so that C{peer/} has no import
 circle and each part can be tested against a fake.
 
-    node.py (PeerNode) ---- provides IOverlay, ISearchHost
+    node.py (PeerNode) ---- provides IOverlay, ISearchHost; assembles the rest
+    links.py, joining.py -- plain objects the node hands its callables to
     files.py (PeerFiles) -- provides IFileHost
     protocol.py ----------- PeerProtocol provides ILink; uses IOverlay
     search.py ------------- SearchEngine provides ISearch; uses ISearchHost, ILink
