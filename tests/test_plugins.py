@@ -77,6 +77,10 @@ def test_peer_options_defaults_and_values(tmp_path):
         ["--secret-file", "/nonexistent/secret"],
         ["--port", "ssl:0:privateKey=/nonexistent.pem"],  # no trustRoots
         ["--port", "ssl:0:privateKey=/nonexistent.pem:trustRoots=/nonexistent"],
+        ["--port", "mtls:0:privateKey=/nonexistent.pem"],  # no trustRoots
+        ["--port", "mtls:0:privateKey=/nonexistent.pem:trustRoots=/nonexistent"],
+        ["--port", "mtls:0:colour=blue:trustRoots=/nonexistent"],
+        ["--port", "mtls:http:trustRoots=/nonexistent"],
     ],
 )
 def test_peer_options_refuse_bad_values(argv):
@@ -88,3 +92,29 @@ def test_a_short_secret_is_refused_with_a_clear_error(tmp_path):
     (tmp_path / "s").write_text("tiny\n")
     with pytest.raises(usage.UsageError, match="at least 16 bytes"):
         MetaOptions().parseOptions(["--secret-file", str(tmp_path / "s")])
+
+
+def test_mtls_is_an_endpoint_like_any_other(tmp_path, reactor):
+    """
+    The mutual-TLS listening syntax is an endpoint-parser plugin: Twisted's
+    own serverFromString (what twistd and every user of endpoints call)
+    reads it, and the earlier ssl:...:trustRoots= spelling means the same.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    from p2pshare.tls import TLSServerParser, make_certs, peer_tls, server_endpoint
+
+    assert any(isinstance(p, TLSServerParser) for p in getPlugins(IStreamServerEndpointStringParser))
+    make_certs(tmp_path, ["s1"], ["127.0.0.1"])
+    description = f"mtls:0:interface=127.0.0.1:privateKey={tmp_path / 's1.pem'}:trustRoots={tmp_path / 'trust'}"
+    ep = serverFromString(reactor, description)
+    assert type(ep).__name__ == "TLSServerEndpoint"
+    assert ep._port == 0 and ep._interface == "127.0.0.1"
+    tls = peer_tls(description)
+    assert tls is not None and len(tls.authorities) == 1
+    old = server_endpoint(reactor, "ssl" + description[len("mtls"):])
+    assert type(old) is type(ep)
+    with pytest.raises(ValueError, match="needs trustRoots=DIR"):
+        serverFromString(reactor, "mtls:0")

@@ -135,7 +135,7 @@ async def test_bad_tls_files_end_either_role(reactor, tmp_path):
                            "--data-dir", str(tmp_path / role))
         assert why in said, said
     # A certificate with another's key.
-    mixed = f"ssl:0:privateKey={certs / 's1.pem'}:certKey={certs / 'meta.pem'}:trustRoots={trust}"
+    mixed = f"mtls:0:privateKey={certs / 's1.pem'}:certificate={certs / 'meta.pem'}:trustRoots={trust}"
     said = await fails(reactor, tmp_path, "p2pmeta", "--port", mixed, "--data-dir", str(tmp_path / "m"))
     assert "does not belong to the certificate" in said
     # The peer's link to the metadata server, with bad files.

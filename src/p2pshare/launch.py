@@ -244,7 +244,7 @@ class LocalNetwork:
         if not (certs / f"{name}.pem").exists():
             make_certs(certs, [name], list(DEFAULT_HOSTS))
         return (
-            f"ssl:{port}:interface=127.0.0.1:privateKey={certs / name}.pem"
+            f"mtls:{port}:interface=127.0.0.1:privateKey={certs / name}.pem"
             f":trustRoots={certs / 'trust'}"
         )
 

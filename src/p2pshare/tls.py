@@ -3,19 +3,23 @@ Encryption with a network's own certificate authority.
 
 C{p2p certs DIR NAME...} makes the CA and one certificate per role
 (L{make_certs}, with the C{cryptography} package).  A role then listens on
-an C{ssl:} endpoint and connects with C{tls:} endpoints, as Twisted spells
-them, plus one key of ours on C{ssl:}: C{trustRoots=DIR} (the directory of
-CA certificates, as C{tls:} spells it) makes the listening side ask every
-client for a certificate signed by one of them::
+an C{mtls:} endpoint (mutual TLS: an endpoint-parser plugin of ours,
+L{TLSServerParser}, so twistd and users type it like any other endpoint)
+and connects with Twisted's own C{tls:} client endpoints; both spell the
+files alike::
 
-    ssl:5001:privateKey=certs/s1.pem:trustRoots=certs/trust
+    mtls:5001:privateKey=certs/s1.pem:trustRoots=certs/trust
     tls:meta.example:5000:trustRoots=certs/trust:certificate=certs/s1.pem:privateKey=certs/s1.pem
 
-A peer listening like that also uses that certificate and CA for the
-connections it opens to other peers and for downloads (L{PeerTLS}); the
-metadata server is reached through the C{tls:} endpoint given to
-C{--meta}, which checks the server's certificate against C{trustRoots}
-and the host name.
+The listening side asks every client for a certificate signed by a CA in
+C{trustRoots}.  C{ssl:PORT:...:trustRoots=DIR}, the spelling of earlier
+versions, still means the same (Twisted reads C{ssl:} itself, before any
+plugin, so ours needs a prefix of its own; its C{tls:} listens with SNI
+and asks no client for a certificate).  A peer listening like that also uses that
+certificate and CA for the connections it opens to other peers and for
+downloads (L{PeerTLS}); the metadata server is reached through the C{tls:}
+endpoint given to C{--meta}, which checks the server's certificate against
+C{trustRoots} and the host name.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from OpenSSL.crypto import FILETYPE_PEM
 from OpenSSL.SSL import Error
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
 from p2pshare.common import private_write
 
@@ -42,34 +52,6 @@ class TLSConfigError(ValueError):
     """
     A TLS endpoint or certificate file that cannot be used; one sentence.
     """
-
-
-def split_description(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    An endpoint description's positional fields and C{key=value} options,
-    with C{\\:} standing for a colon inside a field.
-    """
-    fields, current, escaped = [], [], False
-    for ch in description:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    fields.append("".join(current))
-    args, options = [], {}
-    for f in fields:
-        key, eq, value = f.partition("=")
-        if eq:
-            options[key] = value
-        else:
-            args.append(f)
-    return args, options
 
 
 def _read(path: str, what: str) -> bytes:
@@ -156,53 +138,96 @@ def tls_failure(reason: Any) -> str | None:
         return str(reason.value)
 
 
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class TLSServerParser:
+    """
+    C{mtls:PORT:privateKey=KEY:trustRoots=DIR} (and C{certificate=CERT} if
+    the certificate is not in the key's file; C{interface=}, C{backlog=}
+    as for C{tcp:}): listen with TLS, presenting that certificate and
+    accepting only clients with a certificate signed by a CA in C{DIR}.
+    """
+
+    prefix = "mtls"  # mutual TLS (Twisted's own tls: listens with SNI, no client certificates)
+
+    def parseStreamServer(  # type: ignore[override]  # mypy-zope reads the interface's reactor twice
+        self, reactor: Any, *args: str, **kwargs: str
+    ) -> TLSServerEndpoint:
+        known = {"port", "privateKey", "certificate", "certKey", "trustRoots", "interface", "backlog"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown or len(args) > 1:
+            extra = ", ".join(unknown) or ":".join(args[1:])
+            raise TLSConfigError(f"an mtls: endpoint takes no {extra}")
+        port = args[0] if args else kwargs.get("port")
+        if port is None or not port.isdigit():
+            raise TLSConfigError("an mtls: endpoint starts with its port (mtls:PORT:...)")
+        trustRoots = kwargs.get("trustRoots")
+        if trustRoots is None:
+            raise TLSConfigError(
+                "an mtls: endpoint here needs trustRoots=DIR (the network's CA, from p2p certs)"
+            )
+        privateKey = kwargs.get("privateKey", "server.pem")
+        certificate = kwargs.get("certificate") or kwargs.get("certKey")
+        interface, backlog = kwargs.get("interface", ""), kwargs.get("backlog", "50")
+        if not backlog.isdigit():
+            raise TLSConfigError("backlog= is a number")
+        tls = PeerTLS.load(privateKey, certificate or privateKey, trustRoots)
+        return TLSServerEndpoint(
+            reactor, int(port), tls.options(), backlog=int(backlog), interface=interface, tls=tls
+        )
+
+
+class TLSServerEndpoint(SSL4ServerEndpoint):
+    """
+    An C{SSL4ServerEndpoint} that knows the identity it presents.
+    """
+
+    def __init__(self, *args: Any, tls: PeerTLS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls = tls
+
+
+def _alias(description: str) -> str:
+    """
+    C{ssl:...:trustRoots=DIR}, as earlier versions spelled a listening
+    endpoint with a CA, is C{mtls:...}.
+    """
+    if description.startswith("ssl:") and "trustRoots=" in description:
+        return "mtls:" + description[len("ssl:"):]
+    return description
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    L{serverFromString}, with C{ssl:...:trustRoots=} read as C{mtls:}.
+    """
+    return serverFromString(reactor, _alias(description))
+
+
 def peer_tls(description: str) -> PeerTLS | None:
     """
-    The TLS identity in a listening description (C{ssl:...}), or L{None}
-    for a plain one.
+    The TLS identity of a listening description (C{mtls:...}), or L{None}
+    for a plain one; L{TLSConfigError} if its files cannot be used.
     """
-    if not description.startswith("ssl:"):
-        return None
-    _, options = split_description(description)
-    key = options.get("privateKey", "server.pem")
-    cert = options.get("certKey", key)
-    trust = options.get("trustRoots")
-    if trust is None:
+    description = _alias(description)
+    if description.startswith("ssl:"):
         raise TLSConfigError(
             "an ssl: endpoint here needs trustRoots=DIR (the network's CA, from p2p certs)"
         )
-    return PeerTLS.load(key, cert, trust)
-
-
-def server_endpoint(
-    reactor: Any, description: str, tls: PeerTLS | None = None
-) -> IStreamServerEndpoint:
-    """
-    L{serverFromString}, except that C{ssl:} takes C{trustRoots=DIR}: then
-    a client must present a certificate signed by a CA in that directory.
-    C{tls} is that description's identity when the caller has loaded it.
-    """
-    if not description.startswith("ssl:") or "trustRoots=" not in description:
-        return serverFromString(reactor, description)
-    args, options = split_description(description)
-    tls = tls or peer_tls(description)
-    assert tls is not None
+    if not description.startswith("mtls:"):
+        return None
     try:
-        port = int(options.get("port") or args[1])
-    except (IndexError, ValueError):
-        raise TLSConfigError(f"no port in {description!r}") from None
-    return SSL4ServerEndpoint(
-        reactor,
-        port,
-        tls.options(),
-        backlog=int(options.get("backlog", 50)),
-        interface=options.get("interface", ""),
-    )
+        ep = serverFromString(None, description)
+    except TLSConfigError:
+        raise
+    except Exception as e:
+        raise TLSConfigError(f"it is not a usable endpoint: {endpoint_problem(e)}") from None
+    tls: PeerTLS | None = getattr(ep, "tls", None)
+    if tls is None:
+        raise TLSConfigError("the mtls: endpoint parser of p2pshare is not installed (twisted/plugins)")
+    return tls
 
 
-def endpoint(
-    reactor: Any, flag: str, description: str, tls: PeerTLS | None = None
-) -> IStreamServerEndpoint:
+def endpoint(reactor: Any, flag: str, description: str) -> IStreamServerEndpoint:
     """
     L{server_endpoint}, or L{StartupError} in one sentence naming the
     option (C{--port}) whose description cannot be used.
@@ -210,7 +235,7 @@ def endpoint(
     from p2pshare.startup import StartupError
 
     try:
-        return server_endpoint(reactor, description, tls)
+        return server_endpoint(reactor, description)
     except TLSConfigError as e:
         raise StartupError(f"{flag} {description}: {e}") from None
     except Exception as e:

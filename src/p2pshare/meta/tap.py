@@ -66,7 +66,7 @@ class Options(RoleOptions):
                 self[key] = loopback_by_default(server_endpoint_string(self[key]))
         try:
             self["secret"] = load_secret(self["secret-file"])
-            self["tls"] = peer_tls(self["port"])  # an ssl: port names a readable CA
+            self["tls"] = peer_tls(self["port"])  # a tls: port names a readable CA
         except (SecretError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -131,7 +131,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
     top.data_dir_lock = lock  # type: ignore[attr-defined]
     server.setServiceParent(top)
     ListenService(
-        endpoint(reactor, "--port", options["port"], options["tls"]),
+        endpoint(reactor, "--port", options["port"]),
         LimitedFactory(MetaFactory(server), clock=reactor),
         listening,
         what=f"--port {options['port']}",

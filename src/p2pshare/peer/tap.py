@@ -161,7 +161,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
     tls = options["tls"]
     node = PeerNode(
         clock=reactor,
-        listen=endpoint(reactor, "--port", options["port"], tls),
+        listen=endpoint(reactor, "--port", options["port"]),
         meta=meta,
         connect=lambda host, port: connect_to(reactor, tls, host, port),
         settings=PeerSettings(
