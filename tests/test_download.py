@@ -1,8 +1,8 @@
 """
 The downloader against real HTTP holders in this process (127.0.0.1):
-a holder that breaks off, one that serves wrong bytes, files already
-there.  Whatever happens, nothing partial or corrupt appears under the
-target name.
+holders that break off, stall, are busy or send wrong bytes, files already
+there, resumes.  Whatever happens, nothing partial or corrupt appears
+under the target name.
 """
 
 from __future__ import annotations
@@ -14,17 +14,24 @@ from types import SimpleNamespace
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from p2pshare import wire
-from p2pshare.peer.http import FilesResource, parse_range
+from p2pshare.peer.http import FilesResource, PiecesResource, parse_range
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, FetchError, part_path
+from p2pshare.pieces import piece_count, piece_span, root_of
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(DATA).hexdigest()
+PIECES = b"".join(
+    hashlib.sha256(DATA[slice(*piece_span(i, len(DATA)))]).digest() for i in range(piece_count(len(DATA)))
+)
+ROOT = root_of(PIECES)
+MiB = 1 << 20
 
 
 class Recorded(Resource):
@@ -43,30 +50,78 @@ class Recorded(Resource):
         self.if_ranges.append(request.getHeader(b"if-range"))
         return self.inner.getChild(path, request)
 
+    def served(self):
+        """
+        The byte ranges asked for, as (first, last) pairs.
+        """
+        spans = []
+        for r in self.ranges:
+            first, last = r.decode().removeprefix("bytes=").split("-")
+            spans.append((int(first), int(last)))
+        return spans
+
+
+def asked(request):
+    """
+    The range a request asks for, as (first, last).
+    """
+    first, last = request.getHeader(b"range").decode().removeprefix("bytes=").split("-")
+    return int(first), int(last)
+
 
 class BreaksOff(Resource):
     """
-    Promises the whole file, sends the first half, and ends the response
+    Answers a range, sends the first half of it, and ends the response
     there, closing the connection (as a holder process that dies does).
     """
 
     isLeaf = True
 
+    def __init__(self):
+        super().__init__()
+        self.asked = 0
+
     def render_GET(self, request):
-        request.setHeader(b"content-length", str(len(DATA)).encode())
+        self.asked += 1
+        first, last = asked(request)
+        request.setResponseCode(206)
+        request.setHeader(b"content-range", f"bytes {first}-{last}/{len(DATA)}".encode())
+        request.setHeader(b"content-length", str(last - first + 1).encode())
         request.setHeader(b"connection", b"close")
-        request.write(DATA[: len(DATA) // 2])
+        request.write(DATA[first:first + (last - first + 1) // 2])
         request.finish()
         return NOT_DONE_YET
+
+
+class ThePieceList(Resource):
+    """
+    /pieces/SHA of DATA, for holders that are not a real share.
+    """
+
+    isLeaf = True
+
+    def __init__(self, digests=PIECES):
+        super().__init__()
+        self.digests = digests
+
+    def render_GET(self, request):
+        if request.postpath != [SHA.encode()]:
+            request.setResponseCode(404)
+            return b""
+        return self.digests
 
 
 @pytest.fixture
 def holders(reactor, tmp_path):
     ports = []
 
-    def serve(files_resource):
+    def serve(files_resource, pieces=None):
         root = Resource()
         root.putChild(b"files", files_resource)
+        inner = getattr(files_resource, "inner", files_resource)
+        if pieces is None and isinstance(inner, FilesResource):
+            pieces = PiecesResource(inner.node)
+        root.putChild(b"pieces", pieces or ThePieceList())
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         ports.append(port)
         return port.getHost().port
@@ -85,8 +140,13 @@ def share_with(tmp_path, label, content):
     return share
 
 
-def match(port, holder, hops):
-    return wire.Match("file.bin", len(DATA), SHA, holder, "127.0.0.1", port, hops)
+def match(port, holder, hops, root=ROOT):
+    return wire.Match("file.bin", len(DATA), SHA, holder, "127.0.0.1", port, hops, root)
+
+
+def honest_files(reactor, tmp_path, label, **extra):
+    share = share_with(tmp_path, label, DATA)
+    return Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share, **extra)))
 
 
 @pytest.fixture
@@ -102,8 +162,8 @@ def _now(f, *args):
     return maybeDeferred(f, *args)
 
 
-def fetch(downloader, matches, directory, force=False):
-    return Deferred.fromCoroutine(downloader.fetch(matches, directory, force))
+def fetch(downloader, matches, directory, force=False, sources=4):
+    return Deferred.fromCoroutine(downloader.fetch(matches, directory, force, None, sources))
 
 
 def visible(directory):
@@ -111,41 +171,107 @@ def visible(directory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_holder_that_breaks_off_is_resumed_elsewhere_with_a_range(holders, downloader, tmp_path, reactor):
-    honest = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
+async def test_four_holders_each_serve_part_of_the_file(holders, downloader, tmp_path, reactor):
+    files = [honest_files(reactor, tmp_path, f"h{i}") for i in range(4)]
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = await fetch(downloader, [match(holders(f), f"h{i}", i) for i, f in enumerate(files)], out)
+    assert (out / "file.bin").read_bytes() == DATA and os.listdir(out) == ["file.bin"]
+    assert all(f.ranges for f in files), [f.ranges for f in files]  # every holder was asked for a part
+    assert all(f.if_ranges == [None] * len(f.ranges) for f in files)
+    # Together they sent each piece once: runs are disjoint and cover it.
+    spans = sorted(span for f in files for span in f.served())
+    assert spans[0][0] == 0 and spans[-1][1] == len(DATA) - 1
+    assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert sorted(fetched.holder.split(", ")) == ["h0", "h1", "h2", "h3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_source_asks_one_holder(holders, downloader, tmp_path, reactor):
+    files = [honest_files(reactor, tmp_path, f"h{i}") for i in range(3)]
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = await fetch(downloader, [match(holders(f), f"h{i}", i) for i, f in enumerate(files)], out, sources=1)
+    assert fetched.holder == "h0" and (out / "file.bin").read_bytes() == DATA
+    assert files[1].ranges == files[2].ranges == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_that_breaks_off_gives_its_pieces_to_the_others(holders, downloader, tmp_path, reactor):
+    honest = honest_files(reactor, tmp_path, "honest")
     broken = Resource()
-    broken.putChild(b"file.bin", BreaksOff())
+    breaker = BreaksOff()
+    broken.putChild(b"file.bin", breaker)
     near, far = holders(broken), holders(honest)
     out = tmp_path / "out"
     out.mkdir()
     fetched = await fetch(downloader, [match(near, "near", 1), match(far, "far", 2)], out)
-    assert fetched.holder == "far"
     assert (out / "file.bin").read_bytes() == DATA
-    assert honest.ranges == [f"bytes={len(DATA) // 2}-".encode()]
     assert os.listdir(out) == ["file.bin"]
+    assert breaker.asked >= 1
+    assert "far" in fetched.holder
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_bytes_are_detected_and_fetched_from_an_honest_holder(holders, downloader, tmp_path, reactor):
+async def test_a_corrupt_piece_names_its_holder_who_is_dropped(holders, downloader, tmp_path, reactor):
     liar_share = share_with(tmp_path, "liar", bytes(len(DATA)))
     real = liar_share.files["file.bin"]
-    # It claims the honest hash (and so the ETag) but serves zeros.
-    liar_share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp)
+    # It claims the honest hash and piece list but serves zeros.
+    liar_share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp, PIECES)
     liar_files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=liar_share)))
     liar = holders(liar_files)
-    honest = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
+    honest = holders(honest_files(reactor, tmp_path, "honest"))
     out = tmp_path / "out"
     out.mkdir()
     fetched = await fetch(downloader, [match(liar, "liar", 1), match(honest, "honest", 3)], out)
     assert fetched.holder == "honest"
+    assert fetched.notes == ["liar sent a corrupt piece of file.bin; dropped"]
     assert hashlib.sha256((out / "file.bin").read_bytes()).hexdigest() == SHA
     assert os.listdir(out) == ["file.bin"]
+    asked = len(liar_files.ranges)
+    assert asked == 1  # dropped after its first run
     # The liar is passed over for the cooling-off period, though nearest.
-    assert "liar" in downloader.distrusted and len(liar_files.ranges) == 1
+    assert "liar" in downloader.distrusted
     (out / "file.bin").unlink()
     fetched = await fetch(downloader, [match(liar, "liar", 1), match(honest, "honest", 3)], out)
-    assert fetched.holder == "honest"
-    assert len(liar_files.ranges) == 1  # not asked again
+    assert fetched.holder == "honest" and fetched.notes == []
+    assert len(liar_files.ranges) == asked  # not asked again
+
+
+@pytest_twisted.ensureDeferred
+async def test_holders_whose_piece_list_leads_elsewhere_are_dropped_as_a_group(holders, downloader, tmp_path, reactor):
+    """
+    Two holders claim the SHA-256 but hold other bytes, with a piece list
+    true to those bytes: every piece verifies, the whole file does not.
+    """
+    zeros = bytes(len(DATA))
+    liars = []
+    for label in ("l1", "l2"):
+        share = share_with(tmp_path, label, zeros)
+        real = share.files["file.bin"]
+        share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp, real.pieces)
+        liars.append((label, holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share))), real.root))
+    honest = holders(honest_files(reactor, tmp_path, "honest"))
+    out = tmp_path / "out"
+    out.mkdir()
+    matches = [match(port, label, 1, root) for label, port, root in liars] + [match(honest, "honest", 2)]
+    fetched = await fetch(downloader, matches, out)
+    assert fetched.holder == "honest" and (out / "file.bin").read_bytes() == DATA
+    assert fetched.notes == ["l1, l2 gave piece hashes that do not match file.bin; dropped"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_piece_list_that_does_not_match_its_root_is_refused(holders, downloader, tmp_path, reactor):
+    bad = bytearray(PIECES)
+    bad[0] ^= 1
+    files = honest_files(reactor, tmp_path, "h")
+    port = holders(files, pieces=ThePieceList(bytes(bad)))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(FetchError) as e:
+        await fetch(downloader, [match(port, "h", 1)], out)
+    assert "h: a piece list that does not match its root" in e.value.text
+    assert files.ranges == [] and visible(out) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -158,28 +284,32 @@ async def test_when_every_holder_fails_there_is_a_clear_error_and_no_file(holder
     with pytest.raises(FetchError) as e:
         await fetch(downloader, [match(port, "flaky", 1)], out)
     assert e.value.code == wire.E_FAILED
-    assert e.value.text.startswith("could not download file.bin: flaky: the transfer broke off")
+    assert e.value.text.startswith("could not download file.bin: flaky: the transfer broke off"), e.value.text
+    assert "are kept: the same command resumes" in e.value.text
     assert visible(out) == []
-    # The verified... no: the received prefix is kept, hidden, for a resume.
-    assert part_path(out, "file.bin", SHA).stat().st_size == len(DATA) // 2
+    # What verified is kept, hidden, for a resume: the first pieces.
+    kept = part_path(out, "file.bin", SHA).read_bytes()
+    assert kept[:MiB] == DATA[:MiB]
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_interrupted_download_resumes_from_its_prefix(holders, downloader, tmp_path, reactor):
-    honest = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
+async def test_an_interrupted_download_resumes_from_its_verified_pieces(holders, downloader, tmp_path, reactor):
+    honest = honest_files(reactor, tmp_path, "honest")
     port = holders(honest)
     out = tmp_path / "out"
     out.mkdir()
-    part_path(out, "file.bin", SHA).write_bytes(DATA[:1000])
+    # Piece 0 arrived whole; piece 2 holds garbage (written, never verified).
+    part = bytearray(DATA[:MiB + 1000]) + bytes(MiB - 1000) + bytes(len(DATA) - 2 * MiB)
+    part[2 * MiB:2 * MiB + 10] = b"x" * 10
+    part_path(out, "file.bin", SHA).write_bytes(bytes(part))
     await fetch(downloader, [match(port, "h", 1)], out)
-    assert honest.ranges == [b"bytes=1000-"]
-    assert honest.if_ranges == [f'"{SHA}"'.encode()]
     assert (out / "file.bin").read_bytes() == DATA
+    assert honest.served() == [(MiB, len(DATA) - 1)]  # not piece 0 again
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_existing_file_is_never_silently_replaced(holders, downloader, tmp_path, reactor):
-    port = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA))))
+    port = holders(honest_files(reactor, tmp_path, "honest"))
     out = tmp_path / "out"
     out.mkdir()
     (out / "file.bin").write_bytes(b"mine")
@@ -191,6 +321,172 @@ async def test_an_existing_file_is_never_silently_replaced(holders, downloader, 
     assert (out / "file.bin").read_bytes() == DATA and not fetched.already
     fetched = await fetch(downloader, [match(port, "h", 1)], out)
     assert fetched.already and fetched.holder is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders, downloader, tmp_path, reactor):
+    from p2pshare.peer.http import UploadSlots
+
+    busy_files = honest_files(reactor, tmp_path, "busy", upload_slots=UploadSlots(0))
+    busy = holders(busy_files)
+    honest = holders(honest_files(reactor, tmp_path, "honest", upload_slots=UploadSlots(1)))
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    response = await agent.request(b"GET", f"http://127.0.0.1:{busy}/files/file.bin".encode())
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b"retry-after") == [b"5"]
+    out = tmp_path / "out"
+    out.mkdir()
+    started = reactor.seconds()
+    fetched = await fetch(downloader, [match(busy, "busy", 1), match(honest, "honest", 2)], out)
+    assert fetched.holder == "honest" and (out / "file.bin").read_bytes() == DATA
+    assert len(busy_files.ranges) == 2  # the GET above, and one range; its 5 s pause ended with the download
+    assert reactor.seconds() - started < 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
+    import errno
+
+    from p2pshare.peer import swarm, transfer
+
+    real = swarm.verify_and_write
+    room = [MiB]
+
+    def full_after_a_megabyte(fd, offset, data, digest):
+        if room[0] < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        room[0] -= len(data)
+        return real(fd, offset, data, digest)
+
+    monkeypatch.setattr(swarm, "verify_and_write", full_after_a_megabyte)
+    first, second = honest_files(reactor, tmp_path, "a"), honest_files(reactor, tmp_path, "b")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(transfer.LocalFault) as e:
+        await fetch(downloader, [match(holders(first), "a", 1), match(holders(second), "b", 2)], out)
+    assert e.value.text == f"no space left on {out}: 3.1 MB needed"
+    assert os.listdir(out) == []  # the part is gone: it only took space
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_it_may_not_write_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
+    import errno
+
+    from p2pshare.peer import transfer
+
+    def read_only(self, path):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(transfer.PartFile, "__init__", read_only)
+    files = honest_files(reactor, tmp_path, "a")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(transfer.LocalFault) as e:
+        await fetch(downloader, [match(holders(files), "a", 1)], out)
+    assert e.value.text == f"cannot write into {out}: read-only file system"
+    assert files.ranges == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_download_of_one_target_waits_for_the_first(holders, downloader, tmp_path, reactor):
+    files = honest_files(reactor, tmp_path, "a")
+    port = holders(files)
+    out = tmp_path / "out"
+    out.mkdir()
+    first = fetch(downloader, [match(port, "a", 1)], out)
+    second = fetch(downloader, [match(port, "a", 1)], out)
+    one, two = await first, await second
+    assert (one.already, two.already) == (False, True)
+    assert files.served() == [(0, len(DATA) - 1)]
+    assert os.listdir(out) == ["file.bin"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_of_255_bytes_downloads(holders, downloader, tmp_path, reactor):
+    name = "é" * 127 + "x"  # 255 bytes of UTF-8: the longest name a file system takes
+    d = tmp_path / "long"
+    d.mkdir()
+    (d / name).write_bytes(DATA)
+    share = ShareIndex(d)
+    share.refresh()
+    port = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
+    out = tmp_path / "out"
+    out.mkdir()
+    m = wire.Match(name, len(DATA), SHA, "h", "127.0.0.1", port, 1, ROOT)
+    fetched = await fetch(downloader, [m], out)
+    assert fetched.path == out / name and (out / name).read_bytes() == DATA
+    assert len(part_path(out, name, SHA).name.encode()) <= 255
+
+
+class Stalls(Resource):
+    """
+    Answers a range, sends a first part of it, then says nothing more
+    while keeping the connection open.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        first, last = asked(request)
+        request.setResponseCode(206)
+        request.setHeader(b"content-range", f"bytes {first}-{last}/{len(DATA)}".encode())
+        request.setHeader(b"content-length", str(last - first + 1).encode())
+        request.write(DATA[first:first + 1000])
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_holders_pieces_are_fetched_from_another(holders, downloader, tmp_path, reactor):
+    """
+    The endgame: once nothing is left unclaimed, the honest holder fetches
+    what the stalled one still owes, and the download ends without waiting
+    for the stalled one's deadline (here the default, 30 s).
+    """
+    stalled = Resource()
+    stalled.putChild(b"file.bin", Stalls())
+    honest = honest_files(reactor, tmp_path, "h")
+    out = tmp_path / "out"
+    out.mkdir()
+    d = fetch(downloader, [match(holders(stalled), "slow", 1), match(holders(honest), "h", 2)], out)
+    fetched = await d.addTimeout(20, reactor)
+    assert fetched.holder == "h" and (out / "file.bin").read_bytes() == DATA
+    assert os.listdir(out) == ["file.bin"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_that_stalls_alone_is_left_at_the_idle_deadline(holders, downloader, tmp_path, reactor, monkeypatch):
+    from p2pshare.peer import swarm
+
+    monkeypatch.setattr(swarm, "IDLE_TIMEOUT", 0.2)
+    stalled = Resource()
+    stalled.putChild(b"file.bin", Stalls())
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(FetchError) as e:
+        await fetch(downloader, [match(holders(stalled), "slow", 1)], out)
+    assert "slow: it sent nothing for 0 s" in e.value.text, e.value.text
+    assert visible(out) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_download_stops_every_transfer_and_keeps_its_pieces(holders, downloader, tmp_path, reactor):
+    stalled = Resource()
+    stalled.putChild(b"file.bin", Stalls())
+    honest = honest_files(reactor, tmp_path, "h")
+    out = tmp_path / "out"
+    out.mkdir()
+    # One source, the stalled one: the download hangs until cancelled.
+    d = fetch(downloader, [match(holders(stalled), "slow", 1), match(holders(honest), "h", 2)], out, sources=1)
+    await deferLater(reactor, 0.2)
+    d.cancel()
+    with pytest.raises(Exception) as e:
+        await d
+    assert e.type.__name__ == "CancelledError"
+    assert visible(out) == [] and part_path(out, "file.bin", SHA).exists()
+    assert honest.ranges == []
+    # The same command resumes, from the other holder.
+    fetched = await fetch(downloader, [match(holders(honest), "h", 2)], out)
+    assert (out / "file.bin").read_bytes() == DATA and fetched.holder == "h"
 
 
 @pytest.mark.parametrize(
@@ -219,99 +515,6 @@ def test_parse_range(header, size, expected):
     assert parse_range(header, size) == expected
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders, downloader, tmp_path, reactor):
-    from p2pshare.peer.http import UploadSlots
-
-    busy_share = share_with(tmp_path, "busy", DATA)
-    busy = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=busy_share, upload_slots=UploadSlots(0))))
-    honest = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "honest", DATA),
-                                                   upload_slots=UploadSlots(1))))
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    response = await agent.request(b"GET", f"http://127.0.0.1:{busy}/files/file.bin".encode())
-    assert response.code == 503
-    assert response.headers.getRawHeaders(b"retry-after") == [b"5"]
-    out = tmp_path / "out"
-    out.mkdir()
-    fetched = await fetch(downloader, [match(busy, "busy", 1), match(honest, "honest", 2)], out)
-    assert fetched.holder == "honest" and (out / "file.bin").read_bytes() == DATA
-
-
-class _FullDisk:
-    """
-    A part file's writer that fails with ENOSPC once C{room} bytes are in.
-    """
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        import errno
-
-        if self.room < len(data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
-    from p2pshare.peer import transfer
-
-    real_init = transfer.PartFile.__init__
-
-    def full_after_a_megabyte(self, path):
-        real_init(self, path)
-        self.f = _FullDisk(self.f, 1 << 20)
-
-    monkeypatch.setattr(transfer.PartFile, "__init__", full_after_a_megabyte)
-    first = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "a", DATA))))
-    second = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "b", DATA))))
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(transfer.LocalFault) as e:
-        await fetch(downloader, [match(holders(first), "a", 1), match(holders(second), "b", 2)], out)
-    assert e.value.text == f"no space left on {out}: 3.1 MB needed"
-    assert len(first.ranges) == 1 and second.ranges == []  # no other holder is tried
-    assert os.listdir(out) == []  # the part is gone: it only took space
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_folder_it_may_not_write_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
-    import errno
-
-    from p2pshare.peer import transfer
-
-    def read_only(self, path):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(transfer.PartFile, "__init__", read_only)
-    files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "a", DATA))))
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(transfer.LocalFault) as e:
-        await fetch(downloader, [match(holders(files), "a", 1)], out)
-    assert e.value.text == f"cannot write into {out}: read-only file system"
-    assert files.ranges == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_second_download_of_one_target_waits_for_the_first(holders, downloader, tmp_path, reactor):
-    files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "a", DATA))))
-    port = holders(files)
-    out = tmp_path / "out"
-    out.mkdir()
-    first = fetch(downloader, [match(port, "a", 1)], out)
-    second = fetch(downloader, [match(port, "a", 1)], out)
-    one, two = await first, await second
-    assert (one.already, two.already) == (False, True)
-    assert len(files.ranges) == 1
-    assert os.listdir(out) == ["file.bin"]
-
-
 def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
     from p2pshare.peer.transfer import PartFile
 
@@ -321,23 +524,6 @@ def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
         PartFile(path)
     held.close()
     PartFile(path).close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_name_of_255_bytes_downloads(holders, downloader, tmp_path, reactor):
-    name = "é" * 127 + "x"  # 255 bytes of UTF-8: the longest name a file system takes
-    d = tmp_path / "long"
-    d.mkdir()
-    (d / name).write_bytes(DATA)
-    share = ShareIndex(d)
-    share.refresh()
-    port = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
-    out = tmp_path / "out"
-    out.mkdir()
-    m = wire.Match(name, len(DATA), SHA, "h", "127.0.0.1", port, 1)
-    fetched = await fetch(downloader, [m], out)
-    assert fetched.path == out / name and (out / name).read_bytes() == DATA
-    assert len(part_path(out, name, SHA).name.encode()) <= 255
 
 
 def test_only_the_same_names_other_versions_are_forgotten(tmp_path):
@@ -352,34 +538,3 @@ def test_only_the_same_names_other_versions_are_forgotten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_name.name])
 
 
-class Stalls(Resource):
-    """
-    Promises the whole file, sends a first part, then says nothing more
-    while keeping the connection open.
-    """
-
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setHeader(b"content-length", str(len(DATA)).encode())
-        request.write(DATA[:1000])
-        return NOT_DONE_YET
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_holder_that_stalls_is_left_at_the_idle_deadline(holders, downloader, tmp_path, reactor, monkeypatch):
-    import time
-
-    from p2pshare.peer import transfer
-
-    monkeypatch.setattr(transfer, "IDLE_TIMEOUT", 0.5)
-    stalled = Resource()
-    stalled.putChild(b"file.bin", Stalls())
-    honest = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share_with(tmp_path, "h", DATA))))
-    out = tmp_path / "out"
-    out.mkdir()
-    started = time.monotonic()
-    fetched = await fetch(downloader, [match(holders(stalled), "slow", 1), match(holders(honest), "h", 2)], out)
-    assert fetched.holder == "h" and (out / "file.bin").read_bytes() == DATA
-    assert honest.ranges == [b"bytes=1000-"]  # it went on from what the stalled one sent
-    assert time.monotonic() - started < 5

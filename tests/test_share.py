@@ -43,8 +43,8 @@ def test_changes_are_noticed_and_unchanged_files_are_not_hashed_again(tmp_path, 
     import p2pshare.peer.share as share_module
 
     hashed = []
-    real = share_module.sha256_of
-    monkeypatch.setattr(share_module, "sha256_of", lambda p: hashed.append(p) or real(p))
+    real = share_module.hash_file
+    monkeypatch.setattr(share_module, "hash_file", lambda p: hashed.append(p) or real(p))
     index.refresh()
     assert index.files["a"] is first and hashed == []
     (tmp_path / "a").write_bytes(b"other content")

@@ -123,6 +123,10 @@ async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
         options["dir"] = wire.quote_path(str(directory))
     if args.force:
         options["force"] = 1
+    if args.sources != 4:
+        options["sources"] = args.sources
+    if args.holder is not None:
+        options["from"] = args.holder
     bar = ProgressBar(sys.stderr)
     result = await _talk(
         args.peer, "the peer",
@@ -132,6 +136,8 @@ async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
         ),
     )
     bar.close()
+    for note in result.get("notes", []):
+        print(note, file=sys.stderr)
     if result["already"]:
         print(f"already here, identical (sha256 {result['sha256']})", file=sys.stderr)
     else:
@@ -300,10 +306,14 @@ def parser() -> argparse.ArgumentParser:
     search.set_defaults(run=cmd_search)
 
     get = sub.add_parser("get", help="find, download, verify and keep a file")
-    get.add_argument("name", help="the exact file name")
+    get.add_argument("name", help="the exact file name, or sha256:HEX for a file by its content")
     get.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
     get.add_argument("-o", "--output", default=None, help="directory to keep it in (default: the peer's downloads)")
     get.add_argument("--force", action="store_true", help="replace an existing different file")
+    get.add_argument("--sources", type=int, default=4,
+                     help="holders to fetch from at once (default 4)")
+    get.add_argument("--from", dest="holder", default=None, metavar="HOLDER",
+                     help="fetch only from this peer")
     get.set_defaults(run=cmd_get)
 
     status = sub.add_parser("status", help="a peer's name, neighbours and shared files")
@@ -367,6 +377,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, field, None)
         if value is not None and not value.strip():
             p.error(f"--{field} cannot be empty")
+    if args.command == "get" and not 1 <= args.sources <= 64:
+        p.error("--sources is from 1 to 64")
+    if args.command == "get" and args.holder is not None and not wire.is_name(args.holder):
+        p.error("--from names a peer: 1 to 64 letters, digits or _ - . @")
     if args.command == "demo" and not 1 <= args.peers <= 50:
         p.error("--peers is from 1 to 50")
     if args.command == "url" and not 1 <= args.lifetime <= URL_LIFETIME_MAX:

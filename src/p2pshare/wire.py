@@ -179,7 +179,8 @@ PATH = _check_quoted(_QUOTED_PATH, "a path")
 @dataclass(frozen=True)
 class Match:
     """
-    One search result: a file, who holds it, and how far away.
+    One search result: a file, who holds it, and how far away; C{root} is
+    the root of the file's piece list (pieces.py), empty if not known.
     """
 
     name: str
@@ -189,11 +190,12 @@ class Match:
     host: str
     port: int
     hops: int
+    root: str = ""
 
     def field(self) -> str:
         return "/".join(
             [str(self.hops), self.holder, self.host, str(self.port), str(self.size),
-             self.sha256, quote_name(self.name)]
+             self.sha256, self.root or "-", quote_name(self.name)]
         )
 
     @classmethod
@@ -201,17 +203,20 @@ class Match:
         problem = _check_match(field)
         if problem is not None:
             raise WireError(E_BAD_ARGS, problem)
-        hops, holder, host, port, size, sha, name = field.split("/")
-        return cls(unquote_name(name), int(size), sha, holder, host, int(port), int(hops))
+        hops, holder, host, port, size, sha, root, name = field.split("/")
+        root = "" if root == "-" else root
+        return cls(unquote_name(name), int(size), sha, holder, host, int(port), int(hops), root)
 
 
 def _check_match(value: str) -> str | None:
     parts = value.split("/")
-    if len(parts) != 7:
-        return "a match is HOPS/HOLDER/HOST/PORT/SIZE/SHA256/NAME"
-    hops, holder, host, port, size, sha, name = parts
+    if len(parts) != 8:
+        return "a match is HOPS/HOLDER/HOST/PORT/SIZE/SHA256/ROOT/NAME"
+    hops, holder, host, port, size, sha, root, name = parts
     if not _SHA256.fullmatch(sha):
         return "a match's SHA-256 is 64 lower-case hex digits"
+    if root != "-" and not _SHA256.fullmatch(root):
+        return "a match's piece root is 64 lower-case hex digits, or -"
     return COUNT(hops) or NAME(holder) or HOST(host) or PORT(port) or SIZE(size) or FILE(name)
 
 

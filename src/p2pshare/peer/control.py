@@ -86,8 +86,19 @@ class ControlProtocol(LineChannel):
             if self.connected:
                 self.send("OK", text=_json({**asdict(result), "path": str(result.path)}))
 
+        sources = msg.options.get("sources", "4")
+        holder = msg.options.get("from")
+        if not sources.isdigit() or not 1 <= int(sources) <= 64:
+            self.sendError(wire.E_BAD_ARGS, "sources is from 1 to 64")
+            return
+        if holder is not None and not wire.is_name(holder):
+            self.sendError(wire.E_BAD_ARGS, "from names a peer")
+            return
         d = Deferred.fromCoroutine(
-            self.node.fetch(name, path, msg.options.get("force") == "1", progress)
+            self.node.fetch(
+                name, path, msg.options.get("force") == "1", progress,
+                sources=int(sources), only=holder,
+            )
         )
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(fetched).addErrback(self._failed)

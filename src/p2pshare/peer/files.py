@@ -30,7 +30,14 @@ from p2pshare.peer.http import MAX_UPLOADS, UploadSlots
 from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.search import DEFAULT_TIMEOUT
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
-from p2pshare.peer.transfer import Downloader, Fetched, FetchError, LocalFault, Progress
+from p2pshare.peer.transfer import (
+    SOURCES,
+    Downloader,
+    Fetched,
+    FetchError,
+    LocalFault,
+    Progress,
+)
 from p2pshare.wire import Match
 
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
@@ -144,10 +151,14 @@ class PeerFiles(MultiService):
         force: bool = False,
         progress: Progress | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        sources: int = SOURCES,
+        only: str | None = None,
     ) -> Fetched:
         """
-        Find C{name} in the network and download it (into the downloads
-        directory unless told otherwise); it is then shared onward.
+        Find C{name} (or C{sha256:HEX}: a file by its content) in the
+        network and download it from up to C{sources} holders at once (only
+        from C{only}, if given) into the downloads directory unless told
+        otherwise; it is then shared onward.
         """
         directory = directory or self.downloads
         key = object()  # two downloads of one name (into two folders) are two
@@ -159,12 +170,13 @@ class PeerFiles(MultiService):
                 progress(done, total)
 
         try:
-            return await self._fetch(name, directory, force, track, timeout)
+            return await self._fetch(name, directory, force, track, timeout, sources, only)
         finally:
             del self.transfers[key]
 
     async def _fetch(
-        self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float
+        self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float,
+        sources: int = SOURCES, only: str | None = None,
     ) -> Fetched:
         if self.downloader is None or directory is None:
             raise FetchError(wire.E_FAILED, "this peer does not download files")
@@ -178,8 +190,14 @@ class PeerFiles(MultiService):
             matches = [m for m in found if m.holder != self._me()]
             if not matches:
                 raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
+            if only is not None:
+                matches = [m for m in matches if m.holder == only]
+                if not matches:
+                    raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
             try:
-                fetched = await self.downloader.fetch(matches, directory, force, progress)
+                fetched = await self.downloader.fetch(
+                    matches, directory, force, progress, 1 if only else sources
+                )
                 break
             except LocalFault:
                 raise  # no holder can help with a fault of this machine

@@ -131,6 +131,7 @@ class SniffingFactory(Factory):
 def make_site(node: IFileHost, reactor: Any) -> Site:
     root = Resource()
     root.putChild(b"files", FilesResource(node))
+    root.putChild(b"pieces", PiecesResource(node))
     return strict_site(root, reactor)
 
 
@@ -163,21 +164,7 @@ class FilesResource(Resource):
         return SharedFileResource(share, name, self.node)
 
     def _refused(self, request: Request) -> IResource | None:
-        """
-        In a private network, a 403 unless the URL is signed with its
-        secret (docs/security.rst); L{None} when the request may go on.
-        """
-        secret = self.node.secret
-        if secret is None:
-            return None
-        args: dict[bytes, list[bytes]] = request.args or {}
-        expires = (args.get(b"expires") or [b""])[0].decode("ascii", "replace")
-        sig = (args.get(b"sig") or [b""])[0].decode("ascii", "replace")
-        path = (request.path or b"").decode("ascii", "replace")
-        problem = secret.check_path(path, expires, sig, self.node.clock.seconds())
-        if problem is None:
-            return None
-        return errorPage(403, "Forbidden", problem)
+        return refused(self.node, request)
 
     def render_GET(self, request: Request) -> bytes:
         refused = self._refused(request)
@@ -187,6 +174,64 @@ class FilesResource(Resource):
         files = share.files.values() if share is not None else []
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return "".join(f"{f.name}\t{f.size}\t{f.sha256}\n" for f in files).encode("utf-8")
+
+
+def refused(node: IFileHost, request: Request) -> IResource | None:
+    """
+    In a private network, a 403 unless the URL is signed with its secret
+    (docs/security.rst); L{None} when the request may go on.
+    """
+    secret = node.secret
+    if secret is None:
+        return None
+    args: dict[bytes, list[bytes]] = request.args or {}
+    expires = (args.get(b"expires") or [b""])[0].decode("ascii", "replace")
+    sig = (args.get(b"sig") or [b""])[0].decode("ascii", "replace")
+    path = (request.path or b"").decode("ascii", "replace")
+    problem = secret.check_path(path, expires, sig, node.clock.seconds())
+    if problem is None:
+        return None
+    return errorPage(403, "Forbidden", problem)
+
+
+class PiecesResource(Resource):
+    """
+    C{/pieces/SHA256}: the piece list (pieces.py) of a shared file with
+    that content: its 32-byte piece digests end to end, with the list's
+    root as its strong C{ETag}.
+    """
+
+    def __init__(self, node: IFileHost) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        no = refused(self.node, request)
+        if no is not None:
+            return no
+        share = self.node.share
+        sha = path.decode("ascii", "replace")
+        shared = share.by_sha256(sha) if share is not None and not request.postpath else None
+        if shared is None:
+            return notFound("No such file", "This peer shares no file with that SHA-256.")
+        return _PieceList(shared.pieces, shared.root)
+
+
+class _PieceList(Resource):
+    isLeaf = True
+
+    def __init__(self, digests: bytes, root: str) -> None:
+        super().__init__()
+        self.digests = digests
+        self.root = root
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"etag", f'"{self.root}"'.encode())
+        return self.digests
+
+    def render_HEAD(self, request: Request) -> bytes:
+        return self.render_GET(request)
 
 
 class UploadSlots:

@@ -567,7 +567,7 @@ class PeerNode(MultiService):
             return []
         host = self.host or "127.0.0.1"
         return [
-            Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops)
+            Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops, f.root)
             for f in self.share.search(pattern)
         ]
 

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pshare.pieces import hash_file, root_of
+
 CHUNK = 1 << 20
 NAME_MAX = 255
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]|[\ud800-\udfff]")
@@ -29,6 +31,11 @@ class SharedFile:
     size: int
     sha256: str
     stamp: tuple[int, int, int]  # size, mtime_ns, inode: when to hash again
+    pieces: bytes = b""  # the piece list (pieces.py), computed with the SHA-256
+
+    @property
+    def root(self) -> str:
+        return root_of(self.pieces)
 
 
 def is_shareable_name(name: str) -> bool:
@@ -44,6 +51,17 @@ def is_shareable_name(name: str) -> bool:
 
 def is_pattern(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
+
+
+CONTENT = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+def by_content(pattern: str) -> str | None:
+    """
+    The SHA-256 that a C{sha256:HEX} pattern asks for (lower case), or None.
+    """
+    m = CONTENT.fullmatch(pattern)
+    return m.group(1).lower() if m else None
 
 
 def matches(pattern: str, name: str) -> bool:
@@ -99,10 +117,10 @@ class ShareIndex:
                 new[entry.name] = known
                 continue
             try:
-                digest = sha256_of(path)
+                digest, pieces = hash_file(path)
             except OSError:
                 continue
-            new[entry.name] = SharedFile(entry.name, st.st_size, digest, stamp)
+            new[entry.name] = SharedFile(entry.name, st.st_size, digest, stamp, pieces)
         self.files = new
         return new
 
@@ -122,4 +140,20 @@ class ShareIndex:
         return path
 
     def search(self, pattern: str) -> list[SharedFile]:
+        """
+        The files whose name matches C{pattern}, or (C{sha256:HEX}) whose
+        content has that SHA-256.
+        """
+        sha = by_content(pattern)
+        if sha is not None:
+            return [f for _, f in sorted(self.files.items()) if f.sha256 == sha]
         return [f for name, f in sorted(self.files.items()) if matches(pattern, name)]
+
+    def by_sha256(self, sha: str) -> SharedFile | None:
+        """
+        A shared file with this content, if any.
+        """
+        for f in self.files.values():
+            if f.sha256 == sha:
+                return f
+        return None

@@ -25,24 +25,25 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.common import fsync_directory, human_size
 from p2pshare.peer.share import is_shareable_name, sha256_of
+from p2pshare.peer.swarm import Broke, PieceBook, Source, Swarm, verified_pieces
+from p2pshare.pieces import DIGEST, check_list, piece_count
 from p2pshare.wire import Match
 
 Progress = Callable[[int, int], None]
@@ -50,15 +51,16 @@ RunBlocking = Callable[..., Deferred[Any]]
 
 HEADER_TIMEOUT = 30.0
 IDLE_TIMEOUT = 30.0
-ROUNDS = 3  # times through the list of holders before giving up
 DISTRUST_FOR = 600.0  # seconds a holder that served corrupt data is passed over
+SOURCES = 4  # holders a download fetches from at once
 
 
 class FetchError(Exception):
-    def __init__(self, code: str, text: str) -> None:
+    def __init__(self, code: str, text: str, notes: list[str] | None = None) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
+        self.notes = notes or []  # what happened on the way (holders dropped)
 
 
 class LocalFault(FetchError):
@@ -71,30 +73,27 @@ class LocalFault(FetchError):
         super().__init__(wire.E_FAILED, text)
 
 
-class HolderFailed(Exception):
-    """
-    One holder could not (or not fully) deliver; try another.
-    """
-
-
 @dataclass
 class Fetched:
     path: Path
     size: int
     sha256: str
-    holder: str | None  # None when the file was already there
+    holder: str | None  # who sent it ("s2, s3"); None when the file was already there
     already: bool = False
+    notes: list[str] = field(default_factory=list)  # holders dropped, and why
 
 
 def url_for(
-    m: Match, secret: Secret | None = None, now: float = 0.0, scheme: str = "http"
+    m: Match, secret: Secret | None = None, now: float = 0.0, scheme: str = "http",
+    path: str | None = None,
 ) -> bytes:
     """
-    Where C{m} is served; in a private network, a URL signed with the
-    network secret (the holder answers 403 to anything else).
+    Where C{m} is served (or, given C{path}, that path at its holder); in a
+    private network, a URL signed with the network secret (the holder
+    answers 403 to anything else).
     """
     host = f"[{m.host}]" if ":" in m.host else m.host
-    path = f"/files/{wire.quote_name(m.name)}"
+    path = path or f"/files/{wire.quote_name(m.name)}"
     if secret is not None:
         path = secret.sign_path(path, now)
     return f"{scheme}://{host}:{m.port}{path}".encode("ascii")
@@ -138,6 +137,7 @@ class PartFile:
             os.close(fd)
             raise
         self.f: BinaryIO = os.fdopen(fd, "r+b")
+        self.kept = 0  # bytes verified in it, as far as this download knows
 
     def size(self) -> int:
         self.f.flush()  # what was written, not only what reached the file
@@ -189,54 +189,6 @@ def _keep(part: Path, target: Path, replace: bool) -> None:
     fsync_directory(target.parent)
 
 
-class _Receiver(Protocol):
-    """
-    Writes a response body to the part file and fires C{done} with the
-    reason the body ended (an L{OSError} if writing failed).  Cancelling
-    C{done} stops the transfer.
-    """
-
-    def __init__(self, f: BinaryIO, clock: IReactorTime, on_bytes: Callable[[int], None]) -> None:
-        self.f = f
-        self.clock = clock
-        self.on_bytes = on_bytes
-        self.done: Deferred[BaseException] = Deferred(lambda d: self._stop())
-        self._idle: IDelayedCall | None = None
-        self.failed: OSError | None = None
-
-    def connectionMade(self) -> None:
-        self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stalled)
-
-    def _stop(self) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-    def _stalled(self) -> None:
-        self._idle = None
-        self._stop()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.failed is not None:
-            return
-        try:
-            self.f.write(data)
-        except OSError as e:
-            self.failed = e
-            self._stop()
-            return
-        self.on_bytes(len(data))
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(IDLE_TIMEOUT)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        # The reason, as a value: not an error here (unless cancelled).
-        if not self.done.called:
-            self.done.callback(self.failed or reason.value)
-
-
 class Downloader:
     log = Logger()
 
@@ -265,11 +217,13 @@ class Downloader:
         directory: Path,
         force: bool = False,
         progress: Progress | None = None,
+        sources: int = SOURCES,
     ) -> Fetched:
         """
         Download the file that C{matches} (nearest first) describe into
-        C{directory}.  A download of the same target already running here
-        is waited for first (then the file is most likely there).
+        C{directory}, from up to C{sources} of its holders at once.  A
+        download of the same target already running here is waited for
+        first (then the file is most likely there).
         """
         if not matches:
             raise FetchError(wire.E_NOT_FOUND, "not found")
@@ -283,13 +237,14 @@ class Downloader:
             await waiter
         self._running[target] = []
         try:
-            return await self._fetch(matches, target, force, progress)
+            return await self._fetch(matches, target, force, progress, sources)
         finally:
             for waiter in self._running.pop(target):
                 waiter.callback(None)
 
     async def _fetch(
-        self, matches: list[Match], target: Path, force: bool, progress: Progress | None
+        self, matches: list[Match], target: Path, force: bool, progress: Progress | None,
+        sources: int,
     ) -> Fetched:
         name, size, sha = matches[0].name, matches[0].size, matches[0].sha256
         directory = target.parent
@@ -315,9 +270,11 @@ class Downloader:
                 part.discard()
                 return already
             await self.run_blocking(_forget_other_versions, directory, name, path)
-            fetched = await self._download(holders, part, target, size, sha, force, progress)
+            fetched = await self._download(
+                holders, part, target, size, sha, force, progress, sources
+            )
         except CancelledError:
-            kept = part.size() if not part.f.closed else 0
+            kept = part.kept
             part.close()
             self.log.info(
                 "download of {name} stopped with {kept} bytes kept for a resume",
@@ -328,7 +285,7 @@ class Downloader:
             part.discard()  # free what it took; the fault is ours
             raise
         except FetchError as e:
-            kept = part.size()
+            kept = part.kept
             part.close()  # kept, for the next try to resume
             if e.code == wire.E_FAILED and kept:
                 e.text += f"; the {human_size(kept)} that arrived are kept: the same command resumes"
@@ -364,124 +321,192 @@ class Downloader:
         sha: str,
         force: bool,
         progress: Progress | None,
+        sources: int,
     ) -> Fetched:
+        """
+        Fetch the file's pieces from its holders, a group of holders that
+        agree on the piece list at a time (the largest first), up to
+        C{sources} of them at once; keep it once the whole file verifies.
+        """
         name, directory = target.name, target.parent
-        offset = part.size()
-        if offset > size:
-            offset = 0
-        part.restart_at(offset)
-        free = shutil.disk_usage(directory).free
-        if free < size - offset:
-            raise LocalFault(
-                f"no space left on {directory}: {human_size(size - offset)} needed, "
-                f"{human_size(free)} free"
-            )
         report = progress or (lambda done, total: None)
         problems: list[str] = []
-        for attempt in range(ROUNDS * len(holders)):
-            holder = holders[attempt % len(holders)]
-            if offset < size or size == 0:
-                try:
-                    offset = await self._get(holder, part, offset, size, report)
-                except HolderFailed as e:
-                    problems.append(f"{holder.holder}: {e}")
-                    offset = part.size()
-                    self.log.info(
-                        "download of {name} from {holder} stopped with {offset} bytes in: {why}",
-                        name=name, holder=holder.holder, offset=offset, why=e,
-                    )
-                    continue
+        notes: list[str] = []
+        for root, group in _groups(holders):
+            digests = await self._piece_list(group, size, sha, root, problems)
+            if digests is None:
+                continue
+            try:
+                part.f.flush()
+                os.ftruncate(part.f.fileno(), size)
+                have = await self.run_blocking(verified_pieces, str(part.path), size, digests)
+            except OSError as e:
+                raise local_fault(e, directory, size) from None
+            book = PieceBook(size, have)
+            needed = size - book.verified_bytes()
+            free = shutil.disk_usage(directory).free + _allocated(part)
+            if free < needed:
+                raise LocalFault(
+                    f"no space left on {directory}: {human_size(needed)} needed, "
+                    f"{human_size(free)} free"
+                )
+            if have:
+                self.log.info(
+                    "download of {name} resumes with {n} of {total} pieces verified",
+                    name=name, n=len(have), total=book.count,
+                )
+
+            def track(done: int, total: int) -> None:
+                part.kept = done
+                report(done, total)
+
+            swarm = Swarm(
+                agent=self.agent, clock=self.clock, run_blocking=self.run_blocking,
+                name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
+                book=book, progress=track,
+                sources=[Source(m.holder, self._url_maker(m)) for m in group],
+            )
+            try:
+                await swarm.run(sources)
+            except OSError as e:
+                raise local_fault(e, directory, size) from None
+            except Broke as e:
+                problems.append(str(e))
+                continue
+            finally:
+                notes += [n for n in swarm.notes if n not in notes]
+                self._distrust(s.name for s in swarm.sources if s.problem and "corrupt" in s.problem)
             try:
                 part.sync()
                 on_disk = await self.run_blocking(sha256_of, part.path)
             except OSError as e:
                 raise local_fault(e, directory, size) from None
-            if offset == size and on_disk == sha:
-                try:
-                    await self.run_blocking(_keep, part.path, target, force)
-                except FileExistsError:
-                    raise FetchError(
-                        wire.E_EXISTS,
-                        f"{target} appeared while downloading; the download is kept hidden "
-                        f"beside it, and the same command resumes it",
-                    ) from None
-                except OSError as e:
-                    raise local_fault(e, directory, size) from None
-                self.log.info(
-                    "downloaded {name} ({size} bytes, sha256 {sha}) from {holder}",
-                    name=name, size=size, sha=sha, holder=holder.holder,
+            served = [s.name for s in swarm.sources if s.verified]
+            if on_disk != sha:
+                names = ", ".join(m.holder for m in group)
+                problems.append(f"{names}: piece hashes that do not lead to the file's SHA-256")
+                notes.append(f"{names} gave piece hashes that do not match {name}; dropped")
+                self.log.warn(
+                    "download of {name}: the piece list of {names} does not lead to its "
+                    "SHA-256; dropped", name=name, names=names,
                 )
-                return Fetched(target, size, sha, holder.holder)
-            problems.append(f"{holder.holder}: the data did not match its SHA-256")
-            self.distrusted[holder.holder] = self.clock.seconds() + DISTRUST_FOR
-            self.log.warn(
-                "download of {name} from {holder} failed verification; discarded",
-                name=name, holder=holder.holder,
+                self._distrust(m.holder for m in group)
+                part.restart_at(0)
+                continue
+            try:
+                await self.run_blocking(_keep, part.path, target, force)
+            except FileExistsError:
+                raise FetchError(
+                    wire.E_EXISTS,
+                    f"{target} appeared while downloading; the download is kept hidden "
+                    f"beside it, and the same command resumes it",
+                ) from None
+            except OSError as e:
+                raise local_fault(e, directory, size) from None
+            self.log.info(
+                "downloaded {name} ({size} bytes, sha256 {sha}) from {holders}",
+                name=name, size=size, sha=sha, holders=", ".join(served) or "(already here)",
             )
-            offset = 0
-            part.restart_at(0)
-            holders = [h for h in holders if h is not holder] or holders
+            return Fetched(target, size, sha, ", ".join(served) or None, notes=notes)
         raise FetchError(
             wire.E_FAILED,
-            f"could not download {name}: " + "; ".join(problems[-3:]),
+            f"could not download {name}: " + ("; ".join(problems[-4:]) or "no holder answered"),
+            notes,
         )
 
-    async def _get(
-        self, m: Match, part: PartFile, offset: int, size: int, report: Progress
-    ) -> int:
-        """
-        Fetch the rest of the file from C{m} into C{part}, from C{offset}
-        on; return how many bytes the part file then holds.
-        """
-        headers = Headers()
-        etag = f'"{m.sha256}"'.encode()
-        if offset:
-            headers.addRawHeader(b"range", f"bytes={offset}-".encode())
-            headers.addRawHeader(b"if-range", etag)  # the rest of this version only
-        try:
-            url = url_for(m, self.secret, self.clock.seconds(), self.scheme)
-            response = await self.agent.request(b"GET", url, headers).addTimeout(
-                HEADER_TIMEOUT, self.clock
-            )
-        except CancelledError:
-            raise
-        except Exception as e:
-            raise HolderFailed(f"no response ({_why(e)})") from None
-        served = (response.headers.getRawHeaders(b"etag") or [b""])[0].strip()
-        if response.code in (200, 206) and served and served != etag:
-            response.deliverBody(Protocol())
-            raise HolderFailed("it now holds another version")
-        if response.code == 200 and offset:
-            offset = 0  # the holder sends it all
-        elif response.code == 206:
-            ranges = response.headers.getRawHeaders(b"content-range") or [b""]
-            if not ranges[0].startswith(f"bytes {offset}-".encode()):
-                response.deliverBody(Protocol())
-                raise HolderFailed("it answered another range")
-        elif response.code != 200:
-            response.deliverBody(Protocol())
-            raise HolderFailed(f"HTTP {response.code}")
-        part.restart_at(offset)
-        received = [offset]
-        last = [0.0]
+    def _distrust(self, names: Iterable[str]) -> None:
+        until = self.clock.seconds() + DISTRUST_FOR
+        for n in names:
+            self.distrusted[n] = until
 
-        def on_bytes(n: int) -> None:
-            received[0] += n
-            now = self.clock.seconds()
-            if now - last[0] >= 0.2 or received[0] >= size:
-                last[0] = now
-                report(received[0], size)
+    def _url_maker(self, m: Match, path: str | None = None) -> Callable[[], bytes]:
+        return lambda: url_for(m, self.secret, self.clock.seconds(), self.scheme, path)
 
-        receiver = _Receiver(part.f, self.clock, on_bytes)
-        response.deliverBody(receiver)
-        reason = await receiver.done
-        if isinstance(reason, OSError):
-            raise local_fault(reason, part.path.parent, size - offset)
-        if received[0] > size:
-            raise HolderFailed("it sent more than the file's size")
-        if not isinstance(reason, ResponseDone) or received[0] < size:
-            raise HolderFailed(f"the transfer broke off ({_why(reason)})")
-        return received[0]
+    async def _piece_list(
+        self, group: list[Match], size: int, sha: str, root: str, problems: list[str]
+    ) -> bytes | None:
+        """
+        The piece list of C{group}'s version, from the first of them that
+        sends one matching C{root}; None (and why, in C{problems}) if none.
+        """
+        for m in group[:3]:
+            url = self._url_maker(m, f"/pieces/{sha}")()
+            try:
+                response = await self.agent.request(b"GET", url).addTimeout(
+                    HEADER_TIMEOUT, self.clock
+                )
+                if response.code != 200:
+                    response.deliverBody(Protocol())
+                    problems.append(f"{m.holder}: HTTP {response.code} for its piece list")
+                    continue
+                body = await _read_at_most(response, piece_count(size) * DIGEST).addTimeout(
+                    HEADER_TIMEOUT, self.clock
+                )
+            except CancelledError:
+                raise
+            except Exception as e:
+                problems.append(f"{m.holder}: no piece list ({_why(e)})")
+                continue
+            problem = check_list(body, size, root or None)
+            if problem is None:
+                return body
+            problems.append(f"{m.holder}: {problem}")
+        return None
+
+
+class _Collect(Protocol):
+    """
+    A response body of at most C{limit} bytes (a holder cannot make us
+    hold more: past it, the connection is cut).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred(lambda d: self._cut())
+
+    def _cut(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.limit:
+            self._cut()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.done.called:
+            return
+        if len(self.data) > self.limit:
+            self.done.errback(ValueError("it sent a piece list longer than the file has pieces"))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(bytes(self.data))
+        else:
+            self.done.errback(reason)
+
+
+def _read_at_most(response: Any, limit: int) -> Deferred[bytes]:
+    collect = _Collect(limit)
+    response.deliverBody(collect)
+    return collect.done
+
+
+def _groups(holders: list[Match]) -> list[tuple[str, list[Match]]]:
+    """
+    The holders by piece root, the largest group first (then the nearest).
+    """
+    by_root: dict[str, list[Match]] = {}
+    for m in holders:
+        by_root.setdefault(m.root, []).append(m)
+    return sorted(by_root.items(), key=lambda kv: (-len(kv[1]), kv[1][0].hops))
+
+
+def _allocated(part: PartFile) -> int:
+    try:
+        return os.fstat(part.f.fileno()).st_blocks * 512
+    except OSError:
+        return 0
 
 
 def _why(e: BaseException) -> str:

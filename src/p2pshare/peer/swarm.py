@@ -1,0 +1,670 @@
+"""
+Fetching one file from many holders at once, piece by piece.
+
+L{PieceBook} is the pure state: which pieces are verified, which are being
+fetched and from whom.  L{Swarm} runs one download of one group of holders
+(those that agree on the file's piece list) into a part file: one worker
+per holder asks the book for a run of consecutive pieces, fetches it with a
+C{Range} request guarded by C{If-Match}, and hands each piece, as soon as
+its last byte arrives, to a thread that checks its SHA-256 against the
+list and writes it in place.  A faster holder finishes its runs sooner and
+so asks for more of them, and its runs grow with its measured rate; once no
+piece is left unclaimed, an idle worker asks for a piece another holder is
+still fetching (the endgame), so one slow holder cannot hold up the end.
+
+A piece that does not verify came from exactly one holder: that holder is
+named and dropped for the rest of the download.  One that breaks off,
+stalls, or answers C{503} gives its pieces back to the others and is tried
+again later (a busy one after its C{Retry-After}); one that no longer
+holds that version is dropped.  The download fails only when no holder is
+left, saying which were tried and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+
+from p2pshare.pieces import DIGEST, digest_of, piece_count, piece_size, piece_span
+
+HEADER_TIMEOUT = 30.0
+IDLE_TIMEOUT = 30.0
+FIRST_RUN = 4 << 20  # bytes a holder is first asked for in one request
+MAX_RUN = 64 << 20
+RUN_SECONDS = 2.0  # later runs: about this long at the holder's rate
+PENDING_PIECES = 8  # pieces of one holder hashed and written at once
+TRIES = 3  # times a holder may break off in a row before it is dropped
+BUSY_TRIES = 20  # times a holder may answer 503 before it is dropped
+ENDGAME_WAIT = 0.5  # seconds a piece is in flight before another holder may fetch it too
+ENDGAME_LOOK = 0.25  # seconds between looks for late pieces, while there is nothing else
+
+
+class PieceBook:
+    """
+    Which pieces of a file are verified, and which are being fetched from
+    whom.  Pure state: no I/O.
+    """
+
+    def __init__(self, size: int, verified: Iterable[int] = ()) -> None:
+        self.size = size
+        self.count = piece_count(size)
+        self.piece = piece_size(size)
+        self.verified: set[int] = set(verified)
+        self.fetching: dict[int, set[str]] = {}
+        self.since: dict[int, float] = {}  # when each piece being fetched was first claimed
+        self._verified_bytes = sum(self._length(i) for i in self.verified)
+        self._next = 0  # no unclaimed missing piece lies before this one
+
+    @property
+    def done(self) -> bool:
+        return len(self.verified) == self.count
+
+    def verified_bytes(self) -> int:
+        return self._verified_bytes
+
+    def _length(self, i: int) -> int:
+        start, stop = piece_span(i, self.size)
+        return stop - start
+
+    def _open(self, i: int) -> bool:
+        return i not in self.verified and i not in self.fetching
+
+    def take(self, holder: str, most: int, now: float = 0.0, patience: float = 0.0) -> list[int]:
+        """
+        Claim for C{holder} a run of up to C{most} consecutive pieces nobody
+        fetches; failing that (the endgame), one piece that exactly one
+        other holder has been fetching for at least C{patience} seconds.
+        Empty if there is nothing for it now.
+        """
+        while self._next < self.count and not self._open(self._next):
+            self._next += 1
+        run: list[int] = []
+        i = self._next
+        while i < self.count and len(run) < most and self._open(i):
+            run.append(i)
+            i += 1
+        if not run:
+            for i, holders in sorted(self.fetching.items()):
+                if (len(holders) == 1 and holder not in holders and i not in self.verified
+                        and now - self.since[i] >= patience):
+                    run = [i]
+                    break
+        for i in run:
+            self.fetching.setdefault(i, set()).add(holder)
+            self.since.setdefault(i, now)
+        return run
+
+    def got(self, index: int) -> bool:
+        """
+        Piece C{index} is verified and written; False if it already was
+        (another holder's copy won the endgame).
+        """
+        self.fetching.pop(index, None)
+        self.since.pop(index, None)
+        if index in self.verified:
+            return False
+        self.verified.add(index)
+        self._verified_bytes += self._length(index)
+        return True
+
+    def give_back(self, indices: Iterable[int], holder: str) -> None:
+        """
+        C{holder} will not deliver these pieces after all.
+        """
+        for i in indices:
+            holders = self.fetching.get(i)
+            if holders is None:
+                continue
+            holders.discard(holder)
+            if not holders:
+                del self.fetching[i]
+                self.since.pop(i, None)
+                self._next = min(self._next, i)
+
+    def fetched_by_others(self, indices: Iterable[int]) -> bool:
+        """
+        Is every one of these pieces verified already?
+        """
+        return all(i in self.verified for i in indices)
+
+
+class Corrupt(Exception):
+    def __init__(self, index: int) -> None:
+        super().__init__(f"piece {index}")
+        self.index = index
+
+
+class Busy(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"busy; retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class Gone(Exception):
+    """
+    The holder no longer holds this version of the file.
+    """
+
+
+class Broke(Exception):
+    """
+    The holder broke off, stalled or answered nonsense; it may do better
+    later.
+    """
+
+
+class LocalWriteError(Exception):
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Source:
+    """
+    One holder, as the swarm sees it.
+    """
+
+    name: str
+    url: Callable[[], bytes]  # the file's URL (signed afresh in a private network)
+    rate: float = 0.0  # bytes per second, over every run so far
+    fetched: int = 0  # bytes received in runs
+    fetch_time: float = 0.0  # seconds spent in runs
+    served: int = 0  # bytes it sent
+    verified: int = 0  # bytes of pieces it sent first that verified
+    problem: str | None = None  # why it was dropped
+    tries: int = 0
+    busy: int = 0
+    runs: list[int] = field(default_factory=list)
+
+
+def verify_and_write(fd: int, offset: int, data: bytes, digest: bytes) -> bool:
+    """
+    In a thread: write C{data} at C{offset} if its SHA-256 is C{digest}.
+    """
+    if hashlib.sha256(data).digest() != digest:
+        return False
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return True
+
+
+def verified_pieces(path: str, size: int, digests: bytes) -> set[int]:
+    """
+    In a thread: the pieces of a part file that already hold the right
+    bytes (a resumed download).  Holes (never written) are skipped unread.
+    """
+    good: set[int] = set()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return good
+    try:
+        end = os.fstat(fd).st_size
+        for i in range(piece_count(size)):
+            start, stop = piece_span(i, size)
+            if stop > end or (stop > start and not _has_data(fd, start)):
+                continue
+            data = os.pread(fd, stop - start, start)
+            if len(data) == stop - start and hashlib.sha256(data).digest() == digest_of(digests, i):
+                good.add(i)
+    finally:
+        os.close(fd)
+    return good
+
+
+def _has_data(fd: int, offset: int) -> bool:
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) == offset
+    except OSError:
+        return False  # a hole up to the end of the file (ENXIO)
+
+
+class _RunReceiver(Protocol):
+    """
+    The body of one range response: cut into pieces as it arrives, each
+    complete piece handed to C{on_piece}; C{done} fires with the reason
+    the body ended.  Cancelling C{done} stops the transfer.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, first_byte: int, spans: list[tuple[int, int, int]],
+        on_piece: Callable[[int, bytes], None],
+    ) -> None:
+        self.clock = clock
+        self.spans = spans  # (index, start, stop) of the pieces asked for, in order
+        self.on_piece = on_piece
+        self.position = first_byte
+        self.buffer = bytearray()
+        self.received = 0
+        self.done: Deferred[BaseException] = Deferred(lambda d: self.stop())
+        self._idle: IDelayedCall | None = None
+        self.stalled = False
+        self.paused = False
+
+    def connectionMade(self) -> None:
+        self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
+
+    def stop(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def _stall(self) -> None:
+        self._idle = None
+        self.stalled = True
+        self.stop()
+
+    def pause(self) -> None:
+        transport: Any = self.transport
+        if not self.paused and transport is not None:
+            self.paused = True
+            transport.pauseProducing()
+            if self._idle is not None and self._idle.active():
+                self._idle.cancel()  # our own pause is no stall
+                self._idle = None
+
+    def resume(self) -> None:
+        transport: Any = self.transport
+        if self.paused and transport is not None:
+            self.paused = False
+            self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
+            transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(IDLE_TIMEOUT)
+        self.buffer += data
+        while self.spans:
+            index, start, stop = self.spans[0]
+            need = stop - self.position
+            if len(self.buffer) < need:
+                break
+            piece = bytes(self.buffer[:need])
+            del self.buffer[:need]
+            self.position = stop
+            self.spans.pop(0)
+            self.on_piece(index, piece)
+        if not self.spans and self.buffer:
+            self.buffer.clear()  # more than was asked for: ignored, and the run ends
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        if not self.done.called:
+            self.done.callback(reason.value)
+
+
+class Swarm:
+    """
+    One download of one file, from the holders of one piece list, into an
+    open part file (C{fd}).
+
+    @ivar notes: what the user should hear (holders dropped and why).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        agent: IAgent,
+        clock: IReactorTime,
+        run_blocking: Callable[..., Deferred[Any]],
+        name: str,
+        size: int,
+        sha256: str,
+        digests: bytes,
+        fd: int,
+        book: PieceBook,
+        sources: list[Source],
+        progress: Callable[[int, int], None],
+    ) -> None:
+        assert len(digests) == book.count * DIGEST
+        self.agent = agent
+        self.clock = clock
+        self.run_blocking = run_blocking
+        self.name = name
+        self.size = size
+        self.sha256 = sha256
+        self.digests = digests
+        self.fd = fd
+        self.book = book
+        self.sources = sources
+        self._progress = progress
+        self.notes: list[str] = []
+        self._waiters: list[Deferred[None]] = []
+        self._sleeps: list[tuple[IDelayedCall, Deferred[None]]] = []
+        self._receivers: set[_RunReceiver] = set()
+        self._requests: set[Deferred[Any]] = set()
+        self._local: LocalWriteError | None = None
+        self._halted = False
+
+    # Running.
+
+    async def run(self, limit: int) -> None:
+        """
+        Fetch every missing piece from up to C{limit} holders at once (the
+        next in line takes the place of one that is dropped); returns once
+        all are verified and written, or raises L{Broke} naming every
+        holder tried and its problem.  Cancelled, it stops every transfer
+        and returns (with L{CancelledError}) only once no piece is being
+        written any more, so the part file may be closed at once.
+        """
+        self._report()
+        self._reserve = list(self.sources[limit:])
+        self._error: Failure | None = None
+        self._live = 0
+        self._all_ended: Deferred[None] = Deferred()
+        for source in self.sources[:limit]:
+            self._start(source)
+        if not self._live and not self._all_ended.called:
+            self._all_ended.callback(None)
+        try:
+            await self._all_ended
+        except CancelledError:
+            self._halt()
+            if self._live:
+                self._all_ended = Deferred()
+                await self._all_ended
+            raise
+        if self._error is not None:
+            self._error.raiseException()
+        if self._local is not None:
+            raise self._local.error
+        if not self.book.done:
+            tried = [s for s in self.sources if s.problem is not None]
+            raise Broke("; ".join(f"{s.name}: {s.problem}" for s in tried) or "no holder")
+
+    def _start(self, source: Source) -> None:
+        self._live += 1
+        worker = Deferred.fromCoroutine(self._worker(source))
+        worker.addBoth(self._ended)
+
+    def _ended(self, result: object) -> None:
+        self._live -= 1
+        if isinstance(result, Failure) and self._error is None:
+            self._error = result  # a bug: stop everything, and say so
+            self._halt()
+        if not (self._halted or self.book.done) and self._reserve:
+            self._start(self._reserve.pop(0))
+        self._wake()
+        if self._live == 0 and not self._all_ended.called:
+            self._all_ended.callback(None)
+
+    def _halt(self) -> None:
+        """
+        Stop every transfer and every wait (the download is cancelled, or
+        cannot go on); pieces being written are left to finish.
+        """
+        self._halted = True
+        for receiver in list(self._receivers):
+            receiver.stop()
+        for request in list(self._requests):
+            request.cancel()
+        self._wake()
+
+    def _wake(self) -> None:
+        """
+        Something changed: workers waiting for pieces look again, and once
+        the book is done (or halted) sleepers wake and transfers of pieces
+        already verified elsewhere stop.
+        """
+        if self.book.done:
+            for receiver in list(self._receivers):
+                receiver.stop()
+        if self.book.done or self._halted:
+            sleeps, self._sleeps = self._sleeps, []
+            for call, d in sleeps:
+                if call.active():
+                    call.cancel()
+                d.callback(None)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _changed(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        """
+        A pause that ends early if the download ends.
+        """
+        d: Deferred[None] = Deferred()
+
+        def ring() -> None:
+            self._sleeps.remove((call, d))
+            d.callback(None)
+
+        call = self.clock.callLater(seconds, ring)
+        self._sleeps.append((call, d))
+        return d
+
+    @property
+    def _going(self) -> bool:
+        return not (self.book.done or self._halted or self._local is not None)
+
+    def _report(self) -> None:
+        self._progress(self.book.verified_bytes(), self.size)
+
+    def active(self) -> int:
+        return sum(1 for s in self.sources if s.problem is None)
+
+    def _run_pieces(self, source: Source) -> int:
+        want = FIRST_RUN if not source.rate else source.rate * RUN_SECONDS
+        want = min(max(want, self.book.piece), MAX_RUN)
+        # Near the end, no one takes more than its share of what is left.
+        left = self.book.count - len(self.book.verified) - len(self.book.fetching)
+        share = max(1, -(-left // max(1, self.active())))
+        return max(1, min(int(want // self.book.piece), share))
+
+    def _patience(self, source: Source) -> float:
+        """
+        How long a piece must have been in flight before C{source} fetches
+        it too: twice what it would take C{source} itself.
+        """
+        if not source.rate:
+            return ENDGAME_WAIT
+        return max(ENDGAME_WAIT, 2 * self.book.piece / source.rate)
+
+    async def _worker(self, source: Source) -> None:
+        while self._going:
+            run = self.book.take(
+                source.name, self._run_pieces(source), self.clock.seconds(), self._patience(source)
+            )
+            if not run:
+                # Wait for a change, or for a piece in flight to become
+                # late enough to be fetched a second time.
+                await self._changed().addTimeout(ENDGAME_LOOK, self.clock, lambda r, t: None)
+                continue
+            try:
+                await self._fetch_run(source, run)
+                source.tries = 0
+            except CancelledError:
+                if self._halted:
+                    return
+                raise
+            except Corrupt as e:
+                self._drop(source, f"sent a corrupt piece ({e.index})")
+                self.notes.append(f"{source.name} sent a corrupt piece of {self.name}; dropped")
+                self.log.warn(
+                    "{holder} sent a corrupt piece ({index}) of {name}; dropped",
+                    holder=source.name, index=e.index, name=self.name,
+                )
+                return
+            except Gone as e:
+                self._drop(source, str(e))
+                return
+            except Busy as e:
+                source.busy += 1
+                if source.busy > BUSY_TRIES:
+                    self._drop(source, "stayed busy")
+                    return
+                self.book.give_back(run, source.name)
+                self._wake()
+                await self._sleep(e.retry_after)
+            except Broke as e:
+                if not self._going:
+                    return
+                source.tries += 1
+                if source.tries >= TRIES:
+                    self._drop(source, str(e))
+                    return
+                self.log.info(
+                    "{holder} broke off sending {name} ({why}); trying it again soon",
+                    holder=source.name, name=self.name, why=e,
+                )
+                self.book.give_back(run, source.name)
+                self._wake()
+                await self._sleep(0.5 * 2 ** source.tries)
+            finally:
+                self.book.give_back(run, source.name)
+                self._wake()
+
+    def _drop(self, source: Source, problem: str) -> None:
+        source.problem = problem
+        self.log.info(
+            "download of {name}: {holder} is dropped ({why})",
+            name=self.name, holder=source.name, why=problem,
+        )
+
+    async def _fetch_run(self, source: Source, run: list[int]) -> None:
+        spans = [(i, *piece_span(i, self.size)) for i in run]
+        first, last = spans[0][1], spans[-1][2] - 1
+        headers = Headers()
+        headers.addRawHeader(b"if-match", f'"{self.sha256}"'.encode())
+        if last >= first:
+            headers.addRawHeader(b"range", f"bytes={first}-{last}".encode())
+        request = self.agent.request(b"GET", source.url(), headers)
+        self._requests.add(request)
+        try:
+            response = await request.addTimeout(HEADER_TIMEOUT, self.clock)
+        except CancelledError:
+            if self._halted:
+                raise
+            raise Broke(f"no answer in {HEADER_TIMEOUT:.0f} s") from None
+        except Exception as e:
+            raise Broke(f"no response ({_why(e)})") from None
+        finally:
+            self._requests.discard(request)
+        code = response.code
+        if code == 503:
+            response.deliverBody(Protocol())
+            raise Busy(_retry_after(response.headers))
+        if code in (404, 410, 412):
+            response.deliverBody(Protocol())
+            raise Gone("it no longer holds this version" if code == 412 else "it no longer holds the file")
+        whole = first == 0 and last == self.size - 1
+        if code == 206:
+            ranges = (response.headers.getRawHeaders(b"content-range") or [b""])[0]
+            if not ranges.startswith(f"bytes {first}-{last}/".encode()):
+                response.deliverBody(Protocol())
+                raise Broke("it answered another range")
+        elif not (code == 200 and (whole or self.size == 0)):
+            response.deliverBody(Protocol())
+            raise Broke(f"HTTP {code}")
+        if self.size == 0:
+            response.deliverBody(Protocol())
+            await self._write(source, 0, b"")
+            return
+        started = self.clock.seconds()
+        writes: list[Deferred[None]] = []
+        receiver: _RunReceiver
+
+        def on_piece(index: int, data: bytes) -> None:
+            source.served += len(data)
+            if index in self.book.verified:
+                return  # another holder's copy came first (the endgame)
+            d = Deferred.fromCoroutine(self._write(source, index, data))
+
+            def failed(f: Failure) -> Failure:
+                receiver.stop()  # a corrupt piece ends the run
+                return f
+
+            def written(result: object) -> object:
+                receiver.resume()
+                return result
+
+            d.addErrback(failed)
+            writes.append(d)
+            pending = [w for w in writes if not w.called]
+            if len(pending) >= PENDING_PIECES:
+                receiver.pause()
+                d.addBoth(written)
+            if self.book.fetched_by_others(i for i, _, _ in receiver.spans):
+                receiver.stop()  # the rest of this run came from elsewhere
+
+        receiver = _RunReceiver(self.clock, first, spans, on_piece)
+        self._receivers.add(receiver)
+        try:
+            response.deliverBody(receiver)
+            if self.book.done or self._halted:
+                receiver.stop()
+            reason = await receiver.done
+        finally:
+            self._receivers.discard(receiver)
+        # Every piece handed to a thread is written (or refused) before the
+        # run ends: nobody closes the part file under a write.
+        results = await DeferredList(writes, consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                cast(Failure, result).raiseException()
+        # Its rate over every run so far: one short run says little.
+        source.fetch_time += self.clock.seconds() - started
+        source.fetched += receiver.received
+        source.rate = source.fetched / max(source.fetch_time, 1e-3)
+        if receiver.spans and not self.book.fetched_by_others(i for i, _, _ in receiver.spans):
+            if receiver.stalled:
+                raise Broke(f"it sent nothing for {IDLE_TIMEOUT:.0f} s")
+            if isinstance(reason, ResponseDone):
+                raise Broke("it sent less than asked for")
+            raise Broke(f"the transfer broke off ({_why(reason)})")
+
+    async def _write(self, source: Source, index: int, data: bytes) -> None:
+        start, _ = piece_span(index, self.size)
+        try:
+            ok = await self.run_blocking(
+                verify_and_write, self.fd, start, data, digest_of(self.digests, index)
+            )
+        except OSError as e:
+            self._local = LocalWriteError(e)
+            self._halt()
+            raise Broke("could not write") from None
+        if not ok:
+            raise Corrupt(index)
+        if self.book.got(index):
+            source.verified += len(data)
+            self._report()
+            self._wake()
+
+
+def _retry_after(headers: Headers) -> float:
+    value = (headers.getRawHeaders(b"retry-after") or [b"5"])[0]
+    try:
+        return min(30.0, max(1.0, float(value)))
+    except ValueError:
+        return 5.0
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, (ResponseFailed, PotentialDataLoss)):
+        return "the holder closed the connection early"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
