@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from p2pshare.common import atomic_write
-from p2pshare.launch import LocalNetwork
+from p2pshare.launch import LocalNetwork, progress_at
 from p2pshare.topo import distances, far_apart, parse_topo
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
@@ -131,7 +131,7 @@ async def test_a_holder_killed_halfway_never_leaves_a_partial_file(net):
         await net.peers[keys[holder]].wait_for("sharing big.bin", 60)
 
     get = net.p2p("get", "big.bin", "--peer", net.control(keys[requester]))
-    await get.wait_for("progress:", 60)
+    await progress_at(get, 5)
     net.peers[keys[near]].signal(9)  # the nearest holder, the one in use, dies
     # The other holder is there: the download goes on from it, and only the
     # whole, verified file appears.

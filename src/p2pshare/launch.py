@@ -7,6 +7,7 @@ integration tests.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -159,6 +160,20 @@ class ChildProcess(ProcessProtocol):
 
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+
+
+async def progress_at(get: ChildProcess, percent: int, timeout: float = 60) -> str:
+    """
+    The first C{progress:} line of a C{p2p get} (not on a terminal) that
+    shows at least C{percent} percent done.
+    """
+    since = 0
+    while True:
+        line = await get.wait_for("progress:", timeout, since)
+        since = get.lines.index(line, since) + 1
+        shown = re.search(r" (\d+)% ", line)
+        if shown is not None and int(shown.group(1)) >= percent:
+            return line
 
 
 def twistd(

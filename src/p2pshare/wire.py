@@ -292,7 +292,7 @@ SPECS: dict[str, Spec] = {
     "STATUS": Spec(),
     "STOP": Spec(),
     "FIND": Spec(args=(("pattern", FILE),)),
-    "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT}),
+    "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE))),
     # One entry of a reply's list (a shared file, a match, a neighbour), as
     # JSON: a reply of any size is ITEM lines, then OK.

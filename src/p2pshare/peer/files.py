@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
-from p2pshare.peer.http import MAX_UPLOADS, UploadSlots
+from p2pshare.peer.http import MAX_UPLOADS, UploadRate, UploadSlots
 from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.search import DEFAULT_TIMEOUT
 from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
@@ -67,6 +67,7 @@ class PeerFiles(MultiService):
         secret: Secret | None = None,
         rescan_interval: float = 2.0,
         max_uploads: int = MAX_UPLOADS,
+        upload_rate: float | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -79,6 +80,7 @@ class PeerFiles(MultiService):
         self.downloads = downloads or shared
         self.downloader = downloader
         self.upload_slots = UploadSlots(max_uploads)
+        self.upload_rate = UploadRate(upload_rate, clock) if upload_rate else None
         self.transfers: dict[object, tuple[str, int, int]] = {}
         self.rescan_interval = rescan_interval
         self._refresh_waiters: list[Deferred[None]] = []

@@ -263,6 +263,8 @@ class _Slice:
 
     def __init__(self, f: BinaryIO, start: int, length: int, stamp: tuple[int, int, int]) -> None:
         self.f = f
+        self.start = start
+        self.length = length
         self.remaining = length
         self.stamp = stamp
         self.broken: str | None = None
@@ -282,21 +284,90 @@ class _Slice:
         return data
 
 
+class UploadRate:
+    """
+    A token bucket over all the uploads of a peer (C{--upload-rate}): a
+    response takes tokens before each read, and waits when there are none,
+    so the cap holds over every upload together and nothing piles up in
+    memory.
+    """
+
+    def __init__(self, rate: float, clock: Any) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.capacity = max(16384.0, rate / 4)  # a quarter second's worth
+        self.tokens = self.capacity
+        self.last = clock.seconds()
+
+    def chunk(self) -> int:
+        """
+        How much one read may take at a time.
+        """
+        return int(min(2**20, self.capacity))
+
+    def take(self, n: int) -> float:
+        """
+        Take C{n} tokens and return 0, or return how many seconds to wait
+        before there are enough.
+        """
+        now = self.clock.seconds()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+def parse_rate(text: str) -> float:
+    """
+    C{16M}, C{512K}, C{1G} or a number of bytes per second (powers of 1024).
+    """
+    text = text.strip()
+    factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+    number = text[:-1] if factor > 1 else text
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate (bytes per second, with K, M or G)") from None
+    if not 1024 <= value <= 2**40:
+        raise ValueError("the rate is from 1K to 1024G bytes per second")
+    return value
+
+
 class _BigFileSender(FileSender):
     """
-    1 MiB reads (64 KiB ones serve a third slower), and a client that
-    reads nothing for L{STALL_TIMEOUT} seconds is cut off.
+    1 MiB reads (64 KiB ones serve a third slower), a client that reads
+    nothing for L{STALL_TIMEOUT} seconds is cut off, and an L{UploadRate}
+    (if any) is obeyed.
     """
 
     CHUNK_SIZE = 2**20
 
-    def __init__(self, clock: Any, on_stall: Any) -> None:
+    def __init__(self, clock: Any, on_stall: Any, rate: UploadRate | None = None) -> None:
         self._stall = clock.callLater(STALL_TIMEOUT, on_stall)
+        self._clock = clock
+        self._rate = rate
+        self._later: Any = None
+        if rate is not None:
+            self.CHUNK_SIZE = rate.chunk()
 
     def resumeProducing(self) -> None:
         if self._stall.active():
             self._stall.reset(STALL_TIMEOUT)
+        if self._rate is not None and self.file is not None:
+            if self._later is not None:
+                return  # already waiting for tokens
+            wait = self._rate.take(self.CHUNK_SIZE)
+            if wait > 0:
+                self._later = self._clock.callLater(wait, self._tokens_came)
+                return
         super().resumeProducing()
+
+    def _tokens_came(self) -> None:
+        self._later = None
+        if self.consumer is not None and self.file is not None:
+            self.resumeProducing()
 
     def stopProducing(self) -> None:
         self.done()
@@ -305,6 +376,9 @@ class _BigFileSender(FileSender):
     def done(self) -> None:
         if self._stall.active():
             self._stall.cancel()
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str:
@@ -472,7 +546,7 @@ class SharedFileResource(Resource):
             if transport is not None:
                 transport.abortConnection()
 
-        sender = _BigFileSender(self.node.clock, cut_off)
+        sender = _BigFileSender(self.node.clock, cut_off, getattr(self.node, "upload_rate", None))
         sending = sender.beginFileTransfer(body, request)
 
         def finished(result: object) -> None:
@@ -480,6 +554,12 @@ class SharedFileResource(Resource):
             f.close()
             if slots is not None:
                 slots.give()
+            sent = body.length - body.remaining
+            self.log.info(
+                "sent {name} bytes {first}-{last} ({sent} bytes) to {peer}",
+                name=self.name, first=body.start, last=body.start + sent - 1, sent=sent,
+                peer=_peer(transport),
+            )
             if body.broken:
                 self.log.warn("stopped serving {name}: {why}", name=self.name, why=body.broken)
                 cut_off()  # the client sees the transfer break, at once

@@ -163,3 +163,4 @@ class IFileHost(Interface):
     secret = Attribute("the network's Secret, or None in an open network")
     share = Attribute("the ShareIndex of the shared folder, or None")
     upload_slots = Attribute("the UploadSlots that bound files served at once (optional)")
+    upload_rate = Attribute("the UploadRate that caps all uploads together, or None (optional)")

@@ -114,6 +114,7 @@ class PeerSettings:
     max_hops: int = 64
     rescan_interval: float = 2.0
     max_uploads: int = MAX_UPLOADS
+    upload_rate: float | None = None  # bytes per second over all uploads
     url_scheme: str = "http"
     listen_description: str = "its port"
 
@@ -204,6 +205,7 @@ class PeerNode(MultiService):
             secret=secret,
             rescan_interval=settings.rescan_interval,
             max_uploads=settings.max_uploads,
+            upload_rate=settings.upload_rate,
         )
         self.files.setServiceParent(self)
         self.site = make_site(self.files, clock)

@@ -255,11 +255,15 @@ class _RunReceiver(Protocol):
         self._idle: IDelayedCall | None = None
         self.stalled = False
         self.paused = False
+        self.stopped = False  # no more pieces are handed on once stopped
 
     def connectionMade(self) -> None:
         self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         transport: Any = self.transport
         if transport is not None:
             transport.stopProducing()
@@ -280,7 +284,7 @@ class _RunReceiver(Protocol):
 
     def resume(self) -> None:
         transport: Any = self.transport
-        if self.paused and transport is not None:
+        if self.paused and transport is not None and not self.stopped:
             self.paused = False
             self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
             transport.resumeProducing()
@@ -289,8 +293,10 @@ class _RunReceiver(Protocol):
         self.received += len(data)
         if self._idle is not None and self._idle.active():
             self._idle.reset(IDLE_TIMEOUT)
+        if self.stopped:
+            return
         self.buffer += data
-        while self.spans:
+        while self.spans and not self.stopped:
             index, start, stop = self.spans[0]
             need = stop - self.position
             if len(self.buffer) < need:
@@ -593,6 +599,7 @@ class Swarm:
             if index in self.book.verified:
                 return  # another holder's copy came first (the endgame)
             d = Deferred.fromCoroutine(self._write(source, index, data))
+            writes.append(d)  # first: stopping below may end the run at once
 
             def failed(f: Failure) -> Failure:
                 receiver.stop()  # a corrupt piece ends the run
@@ -603,7 +610,6 @@ class Swarm:
                 return result
 
             d.addErrback(failed)
-            writes.append(d)
             pending = [w for w in writes if not w.called]
             if len(pending) >= PENDING_PIECES:
                 receiver.pause()

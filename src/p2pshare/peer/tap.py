@@ -28,6 +28,7 @@ from p2pshare.common import (
 )
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
+from p2pshare.peer.http import parse_rate
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.startup import (
     RoleOptions,
@@ -61,6 +62,7 @@ class Options(RoleOptions):
         ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
         ["secret-file", None, None, "The network secret: admit only peers that hold it."],
         ["max-uploads", None, 16, "Files served at once; more requests get 503.", int],
+        ["upload-rate", None, None, "Cap on all uploads together, bytes/s (K, M, G suffixes)."],
     ]
 
     def postOptions(self) -> None:
@@ -74,6 +76,11 @@ class Options(RoleOptions):
             raise usage.UsageError("--max-neighbours is from 1 to 1000")
         if not 1 <= self["max-uploads"] <= 10000:
             raise usage.UsageError("--max-uploads is from 1 to 10000")
+        if self["upload-rate"] is not None:
+            try:
+                self["upload-rate"] = parse_rate(self["upload-rate"])
+            except ValueError as e:
+                raise usage.UsageError(f"--upload-rate: {e}") from None
         if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
             raise usage.UsageError("--advertise is a host name or an IP address")
         self["port"] = server_endpoint_string(self["port"])
@@ -174,6 +181,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
             state_dir=data_dir,
             heartbeat=options["heartbeat"],
             max_uploads=options["max-uploads"],
+            upload_rate=options["upload-rate"],
             url_scheme="https" if tls is not None else "http",
             listen_description=f"--port {options['port']}",
         ),

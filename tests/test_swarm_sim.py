@@ -1,0 +1,274 @@
+"""
+The piece scheduler in one process, on a Clock: 1 to 16 in-memory holders
+of different speeds, some of which stall, vanish, answer 503 or send
+corrupt pieces.  Every run ends with the right bytes or a clear failure
+naming the holders, no piece is asked for once it is verified, and a
+holder that sent a corrupt piece is named and never asked again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from p2pshare.peer.swarm import Broke, PieceBook, Source, Swarm
+from p2pshare.pieces import piece_count, piece_size, piece_span
+
+TICK = 0.05
+
+
+@dataclass
+class Holder:
+    name: str
+    rate: int  # bytes per second
+    stall_after: int | None = None  # bytes it sends before going silent (connection open)
+    dies_after: int | None = None  # bytes it sends before its process dies
+    busy: int = 0  # requests answered 503 first
+    corrupt: frozenset[int] = frozenset()  # pieces it sends wrong
+    sent: int = 0
+    dead: bool = False
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    def sound(self, size: int) -> bool:
+        """
+        Would it deliver every piece, asked for them?
+        """
+        return (self.stall_after is None and self.dies_after is None
+                and not self.corrupt & set(range(piece_count(size))))
+
+
+class Body:
+    """
+    The transport of one response body, sending at the holder's rate.
+    """
+
+    def __init__(self, clock, holder, data, first, last, proto, size):
+        self.clock, self.holder, self.data = clock, holder, data
+        self.position, self.last, self.proto, self.size = first, last, proto, size
+        self.paused = self.stopped = False
+        self.call = None
+        proto.makeConnection(self)
+        self._schedule()
+
+    def _schedule(self):
+        if not (self.paused or self.stopped) and self.call is None:
+            self.call = self.clock.callLater(TICK, self._send)
+
+    def _send(self):
+        self.call = None
+        h = self.holder
+        n = max(1, int(h.rate * TICK))
+        if h.stall_after is not None:
+            n = min(n, max(0, h.stall_after - h.sent))
+            if n == 0:
+                return  # silent, and the connection stays open
+        if h.dies_after is not None and h.sent + n >= h.dies_after:
+            h.dead = True
+            self._end(Failure(ConnectionLost("the holder died")))
+            return
+        chunk = bytearray(self.data[self.position:min(self.last + 1, self.position + n)])
+        piece = piece_size(self.size)
+        for bad in h.corrupt:
+            start = max(bad * piece, self.position) - self.position
+            stop = min((bad + 1) * piece, self.position + len(chunk)) - self.position
+            if start < stop:
+                chunk[start:stop] = bytes(b ^ 0xFF for b in chunk[start:stop])
+        h.sent += len(chunk)
+        self.position += len(chunk)
+        self.proto.dataReceived(bytes(chunk))
+        if self.stopped:
+            return
+        if self.position > self.last:
+            self._end(Failure(ResponseDone()))
+        else:
+            self._schedule()
+
+    def _piece(self, offset):
+        return offset // piece_size(self.size)
+
+    def _end(self, reason):
+        if not self.stopped:
+            self.stopped = True
+            self.proto.connectionLost(reason)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self):
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        self._end(Failure(ConnectionLost("stopped")))
+
+
+class Response:
+    def __init__(self, code, headers, start=None):
+        self.code, self.headers, self._start = code, headers, start
+
+    def deliverBody(self, proto):
+        if self._start is None:
+            proto.makeConnection(None)
+            proto.connectionLost(Failure(ResponseDone()))
+        else:
+            self._start(proto)
+
+
+class Agent:
+    """
+    An IAgent over the holders; it also checks that no verified piece is
+    ever asked for.
+    """
+
+    def __init__(self, clock, holders, data, book):
+        self.clock, self.holders, self.data, self.book = clock, holders, data, book
+        self.violations = []
+
+    def request(self, method, uri, headers=None, body=None):
+        holder = self.holders[uri.decode().split("/")[3]]
+        if holder.dead:
+            return fail(ConnectionRefusedError())
+        size = len(self.data)
+        first, last = 0, size - 1
+        wanted = headers.getRawHeaders(b"range") if headers else None
+        if wanted:
+            first, last = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", wanted[0].decode()).groups())
+        pieces = set(range(first // piece_size(size), last // piece_size(size) + 1)) if size else {0}
+        if pieces & self.book.verified:
+            self.violations.append((holder.name, sorted(pieces & self.book.verified)))
+        holder.ranges.append((first, last))
+        if holder.busy:
+            holder.busy -= 1
+            return succeed(Response(503, Headers({b"retry-after": [b"1"]})))
+        h = Headers({b"content-range": [f"bytes {first}-{last}/{size}".encode()]})
+
+        def start(proto):
+            Body(self.clock, holder, self.data, first, last, proto, size)
+
+        return succeed(Response(206 if size else 200, h, start if size else None))
+
+
+holder_strategy = st.builds(
+    lambda rate, stall, dies, busy, corrupt: (rate, stall, dies, busy, corrupt),
+    st.sampled_from([32 * 1024, 256 * 1024, 2 * 2**20, 8 * 2**20]),
+    st.one_of(st.none(), st.integers(0, 3 * 2**20)),
+    st.one_of(st.none(), st.integers(0, 3 * 2**20)),
+    st.integers(0, 3),
+    st.frozensets(st.integers(0, 5), max_size=3),
+)
+
+
+def run_swarm(tmp_path, size, specs, limit):
+    data = os.urandom(size)
+    digests = b"".join(
+        hashlib.sha256(data[slice(*piece_span(i, size))]).digest() for i in range(piece_count(size))
+    )
+    clock = Clock()
+    holders = {
+        f"h{i}": Holder(f"h{i}", rate, stall, dies, busy, corrupt)
+        for i, (rate, stall, dies, busy, corrupt) in enumerate(specs)
+    }
+    book = PieceBook(size)
+    agent = Agent(clock, holders, data, book)
+    path = tmp_path / f"part-{os.urandom(4).hex()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, size)
+    progress = []
+    swarm = Swarm(
+        agent=agent, clock=clock, run_blocking=maybeDeferred, name="f.bin", size=size,
+        sha256=hashlib.sha256(data).hexdigest(), digests=digests, fd=fd, book=book,
+        sources=[Source(name, (lambda n=name: f"http://x/{n}/files/f.bin".encode())) for name in holders],
+        progress=lambda done, total: progress.append(done),
+    )
+    outcome = []
+    d = Deferred.fromCoroutine(swarm.run(limit))
+    d.addBoth(outcome.append)
+    for _ in range(200_000):  # bounded: at worst 10,000 simulated seconds
+        if outcome:
+            break
+        clock.advance(TICK)
+    try:
+        assert outcome, "the download neither ended nor failed"
+        got = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    return outcome[0], data, got, holders, agent, swarm, clock, progress
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.integers(0, 6 * 2**20),
+    specs=st.lists(holder_strategy, min_size=1, max_size=16),
+    limit=st.integers(1, 16),
+)
+def test_every_run_ends_with_the_right_bytes_or_a_clear_failure(tmp_path, size, specs, limit):
+    result, data, got, holders, agent, swarm, clock, progress = run_swarm(tmp_path, size, specs, limit)
+    assert agent.violations == []  # a verified piece is never asked for
+    assert progress == sorted(progress) and all(p <= size for p in progress)
+    for h in holders.values():
+        if any(n.startswith(f"{h.name} sent a corrupt piece") for n in swarm.notes):
+            bad = next(s for s in swarm.sources if s.name == h.name)
+            assert bad.problem and "corrupt" in bad.problem
+    if isinstance(result, Failure):
+        result.trap(Broke)
+        # Only when no holder could deliver: each was dropped, and named.
+        assert not any(h.sound(len(data)) for h in holders.values()), (result.value, holders)
+        for s in swarm.sources:
+            if s.problem is not None:
+                assert f"{s.name}: {s.problem}" in str(result.value)
+        assert not swarm.book.done
+    else:
+        assert got == data
+        assert swarm.book.done and progress[-1] == size
+    # Nothing is left scheduled by the download (timeouts, pauses).
+    assert [c for c in clock.getDelayedCalls() if c.active() and "swarm" in repr(c.func)] == []
+
+
+def test_a_slow_holder_does_not_hold_up_the_end(tmp_path):
+    """
+    Three fast holders and one at a twentieth of their speed: the endgame
+    fetches what the slow one still owes, so the end comes about when the
+    three alone would have finished, with few bytes fetched twice.
+    """
+    size = 48 * 2**20
+    fast = 4 * 2**20
+    specs = [(fast, None, None, 0, frozenset())] * 3 + [(fast // 20, None, None, 0, frozenset())]
+    result, data, got, holders, agent, swarm, clock, _ = run_swarm(tmp_path, size, specs, 4)
+    assert not isinstance(result, Failure) and got == data
+    three_alone = size / (3 * fast)
+    assert clock.seconds() <= 1.15 * three_alone + 1, (clock.seconds(), three_alone)
+    twice = sum(h.sent for h in holders.values()) - size
+    assert twice <= 0.03 * size, twice
+
+
+def test_corrupt_pieces_name_their_holder_who_is_not_asked_again(tmp_path):
+    size = 8 * 2**20
+    specs = [(2**20, None, None, 0, frozenset({0, 1, 2, 3, 4, 5, 6, 7}))] + [(2**20, None, None, 0, frozenset())]
+    result, data, got, holders, agent, swarm, clock, _ = run_swarm(tmp_path, size, specs, 2)
+    assert got == data
+    assert swarm.notes == ["h0 sent a corrupt piece of f.bin; dropped"]
+    assert len(holders["h0"].ranges) == 1
+
+
+@pytest.mark.parametrize("limit", [1, 4])
+def test_when_every_holder_fails_the_failure_names_each(tmp_path, limit):
+    specs = [(2**20, None, 2**20, 0, frozenset()), (2**20, None, None, 0, frozenset(range(6)))]
+    result, data, got, holders, agent, swarm, clock, _ = run_swarm(tmp_path, 5 * 2**20, specs, limit)
+    assert isinstance(result, Failure) and result.check(Broke)
+    text = str(result.value)
+    assert "h1: sent a corrupt piece" in text and "h0: " in text, text
