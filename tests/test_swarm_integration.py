@@ -159,11 +159,11 @@ async def test_an_interrupted_download_resumes_from_what_it_verified(net):
     """
     Ctrl-C at about 10%, SIGKILL of the downloading peer at about 50%,
     Ctrl-C at about 90%: each time the same command goes on, and the holder
-    is never asked again for what was verified before.
+    is never asked again for what was verified before (each round it sends
+    at most what was not yet verified).
     """
     _, [holder], [getter] = await network(net, 1, "--upload-rate", "4M")
     data = os.urandom(32 * 2**20)
-    piece = piece_size(len(data))
     await share(net, [holder], "big.bin", data)
     holder_proc = net.peers[holder]
     verified = 0  # bytes verified when the last interruption came
@@ -174,7 +174,7 @@ async def test_an_interrupted_download_resumes_from_what_it_verified(net):
             assert await get.when_ended(120) == 0, get.output()
             break
         line = await progress_at(get, goal)
-        shown = _percent(line) * len(data) // 100
+        shown = (_percent(line) - 1) * len(data) // 100  # verified at least (the % is rounded)
         if how == "ctrl-c":
             get.signal(signal.SIGINT)
             assert await get.when_ended(30) == 130
@@ -191,12 +191,13 @@ async def test_an_interrupted_download_resumes_from_what_it_verified(net):
         except TimeoutError:
             pass
         this_round = sent(holder_proc, "big.bin", mark)
-        assert this_round and min(first for first, _ in this_round) >= verified // piece * piece
+        # Only pieces not verified before this round were asked for.
+        assert this_round and sum(n for _, n in this_round) <= len(data) - verified
         verified = shown
         if how == "kill the peer":
             await net.start_peer(key=getter)
     final = sent(holder_proc, "big.bin", mark)
-    assert sum(n for _, n in final) <= len(data) - verified // piece * piece
+    assert sum(n for _, n in final) <= len(data) - verified
     assert (net.root / getter / "shared" / "big.bin").read_bytes() == data
 
 
@@ -218,3 +219,30 @@ async def test_files_are_found_and_fetched_by_content(net):
     assert out.returncode == 0, out.stderr
     target = net.root / getter / "shared" / "report.pdf"
     assert out.stdout == f"{target}\n" and target.read_bytes() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_peers_fetching_one_file_at_once_feed_each_other(net):
+    """
+    One seeder, capped; three peers fetch its file at once.  Each serves
+    the pieces it has verified to the others (a search lists it as a
+    partial holder meanwhile), so the seeder is not the only source.
+    """
+    _, [seeder], getters = await network(net, 1, "--upload-rate", "4M", getters=3)
+    data = os.urandom(32 * 2**20)
+    await share(net, [seeder], "big.bin", data)
+    gets = [net.p2p("get", "big.bin", "--peer", net.control(key)) for key in getters]
+    await progress_at(gets[0], 10)
+    names = await names_of(net)
+    found = await deferToThread(run, *P2P, "search", "big.bin", "--peer", net.control(seeder))
+    partial = [line for line in found.stdout.splitlines() if "(partial, " in line]
+    assert partial, found.stdout
+    assert all(line.split("\t")[3].split()[0] in {names[k] for k in getters} for line in partial)
+    for get in gets:
+        assert await get.when_ended(120) == 0, get.output()
+    for key in getters:
+        assert (net.root / key / "shared" / "big.bin").read_bytes() == data
+    from_peers = sum(n for key in getters for _, n in sent(net.peers[key], "big.bin"))
+    from_seeder = sum(n for _, n in sent(net.peers[seeder], "big.bin"))
+    assert from_peers > 0, "no getter served another"
+    assert from_seeder < 3 * len(data)

@@ -173,7 +173,7 @@ holder_strategy = st.builds(
 )
 
 
-def run_swarm(tmp_path, size, specs, limit):
+def run_swarm(tmp_path, size, specs, limit, first=0):
     data = os.urandom(size)
     digests = b"".join(
         hashlib.sha256(data[slice(*piece_span(i, size))]).digest() for i in range(piece_count(size))
@@ -183,7 +183,7 @@ def run_swarm(tmp_path, size, specs, limit):
         f"h{i}": Holder(f"h{i}", rate, stall, dies, busy, corrupt)
         for i, (rate, stall, dies, busy, corrupt) in enumerate(specs)
     }
-    book = PieceBook(size)
+    book = PieceBook(size, first=first)
     agent = Agent(clock, holders, data, book)
     path = tmp_path / f"part-{os.urandom(4).hex()}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
@@ -215,9 +215,10 @@ def run_swarm(tmp_path, size, specs, limit):
     size=st.integers(0, 6 * 2**20),
     specs=st.lists(holder_strategy, min_size=1, max_size=16),
     limit=st.integers(1, 16),
+    first=st.integers(0, 10),
 )
-def test_every_run_ends_with_the_right_bytes_or_a_clear_failure(tmp_path, size, specs, limit):
-    result, data, got, holders, agent, swarm, clock, progress = run_swarm(tmp_path, size, specs, limit)
+def test_every_run_ends_with_the_right_bytes_or_a_clear_failure(tmp_path, size, specs, limit, first):
+    result, data, got, holders, agent, swarm, clock, progress = run_swarm(tmp_path, size, specs, limit, first)
     assert agent.violations == []  # a verified piece is never asked for
     assert progress == sorted(progress) and all(p <= size for p in progress)
     for h in holders.values():

@@ -38,6 +38,7 @@ from p2pshare.client import NotAControlChannel, control_request, meta_topology
 from p2pshare.common import human_size as _size
 from p2pshare.common import private_write
 from p2pshare.peer.share import is_pattern
+from p2pshare.pieces import piece_count
 from p2pshare.tls import DEFAULT_HOSTS
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 from p2pshare.wire import WireError
@@ -110,7 +111,11 @@ async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
         print("not found")
         return 1
     for m in matches:
-        print(f"{m['name']}\t{m['size']}\t{m['sha256']}\t{m['holder']}")
+        holder = m["holder"]
+        if m.get("have") is not None:  # still downloading it: it serves what it has
+            share = m["have"] / piece_count(m["size"])
+            holder += f" (partial, {share:.0%})"
+        print(f"{m['name']}\t{m['size']}\t{m['sha256']}\t{holder}")
     return 0
 
 

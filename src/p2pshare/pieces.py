@@ -107,3 +107,22 @@ def check_list(digests: bytes, size: int, root: str | None) -> str | None:
 
 def digest_of(digests: bytes, index: int) -> bytes:
     return digests[index * DIGEST:(index + 1) * DIGEST]
+
+
+def bitfield(indices: set[int] | frozenset[int], count: int) -> bytes:
+    """
+    Which of C{count} pieces are in C{indices}: bit C{i} is C{0x80 >> i % 8}
+    of byte C{i // 8} (BitTorrent's order).
+    """
+    bits = bytearray((count + 7) // 8)
+    for i in indices:
+        if 0 <= i < count:
+            bits[i // 8] |= 0x80 >> (i % 8)
+    return bytes(bits)
+
+
+def from_bitfield(bits: bytes, count: int) -> set[int]:
+    """
+    The pieces a L{bitfield} names (bits past C{count} are ignored).
+    """
+    return {i for i in range(min(count, len(bits) * 8)) if bits[i // 8] & (0x80 >> (i % 8))}

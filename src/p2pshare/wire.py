@@ -179,8 +179,10 @@ PATH = _check_quoted(_QUOTED_PATH, "a path")
 @dataclass(frozen=True)
 class Match:
     """
-    One search result: a file, who holds it, and how far away; C{root} is
-    the root of the file's piece list (pieces.py), empty if not known.
+    One search result: a file, who holds it, and how far away.  C{root} is
+    the root of the file's piece list (pieces.py), empty if not known;
+    C{have} is how many pieces a holder still downloading the file has
+    verified (None: it holds the whole file).
     """
 
     name: str
@@ -191,11 +193,15 @@ class Match:
     port: int
     hops: int
     root: str = ""
+    have: int | None = None
 
     def field(self) -> str:
+        pieces = self.root or "-"
+        if self.have is not None:
+            pieces += f"+{self.have}"
         return "/".join(
             [str(self.hops), self.holder, self.host, str(self.port), str(self.size),
-             self.sha256, self.root or "-", quote_name(self.name)]
+             self.sha256, pieces, quote_name(self.name)]
         )
 
     @classmethod
@@ -203,20 +209,26 @@ class Match:
         problem = _check_match(field)
         if problem is not None:
             raise WireError(E_BAD_ARGS, problem)
-        hops, holder, host, port, size, sha, root, name = field.split("/")
-        root = "" if root == "-" else root
-        return cls(unquote_name(name), int(size), sha, holder, host, int(port), int(hops), root)
+        hops, holder, host, port, size, sha, pieces, name = field.split("/")
+        root, plus, have = pieces.partition("+")
+        return cls(
+            unquote_name(name), int(size), sha, holder, host, int(port), int(hops),
+            "" if root == "-" else root, int(have) if plus else None,
+        )
+
+
+_PIECES = re.compile(r"(?:[0-9a-f]{64}|-)(?:\+[0-9]{1,6})?")
 
 
 def _check_match(value: str) -> str | None:
     parts = value.split("/")
     if len(parts) != 8:
-        return "a match is HOPS/HOLDER/HOST/PORT/SIZE/SHA256/ROOT/NAME"
-    hops, holder, host, port, size, sha, root, name = parts
+        return "a match is HOPS/HOLDER/HOST/PORT/SIZE/SHA256/ROOT[+HAVE]/NAME"
+    hops, holder, host, port, size, sha, pieces, name = parts
     if not _SHA256.fullmatch(sha):
         return "a match's SHA-256 is 64 lower-case hex digits"
-    if root != "-" and not _SHA256.fullmatch(root):
-        return "a match's piece root is 64 lower-case hex digits, or -"
+    if not _PIECES.fullmatch(pieces):
+        return "a match's piece root is 64 lower-case hex digits or -, then +HAVE if partial"
     return COUNT(hops) or NAME(holder) or HOST(host) or PORT(port) or SIZE(size) or FILE(name)
 
 

@@ -29,13 +29,15 @@ from p2pshare.admission import Secret
 from p2pshare.peer.http import MAX_UPLOADS, UploadRate, UploadSlots
 from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.search import DEFAULT_TIMEOUT
-from p2pshare.peer.share import SharedFile, ShareIndex, is_pattern
+from p2pshare.peer.share import SharedFile, ShareIndex, by_content, is_pattern
+from p2pshare.peer.share import matches as name_matches
 from p2pshare.peer.transfer import (
     SOURCES,
     Downloader,
     Fetched,
     FetchError,
     LocalFault,
+    Partial,
     Progress,
 )
 from p2pshare.wire import Match
@@ -126,6 +128,39 @@ class PeerFiles(MultiService):
         for waiter in waiters:
             waiter.callback(None)
 
+    async def _others(self, name: str, timeout: float) -> list[Match]:
+        return [m for m in await self._find(name, timeout) if m.holder != self._me()]
+
+    # Downloads in progress, which others may fetch from (swarming).
+
+    def partial_named(self, name: str) -> Partial | None:
+        if self.downloader is None:
+            return None
+        for p in self.downloader.partials.values():
+            if p.name == name and p.path.parent == self.downloads:
+                return p
+        return None
+
+    def partial_by_sha(self, sha: str) -> Partial | None:
+        if self.downloader is None:
+            return None
+        return self.downloader.partials.get(sha)
+
+    def partial_matches(self, pattern: str) -> list[Partial]:
+        """
+        Downloads in progress into the shared folder that C{pattern} finds,
+        unless the whole file is shared here already.
+        """
+        if self.downloader is None or self.share is None or self.downloads != self.share.directory:
+            return []
+        sha = by_content(pattern)
+        whole = {f.sha256 for f in self.share.files.values()}
+        return [
+            p for p in self.downloader.partials.values()
+            if p.sha256 not in whole and p.path.parent == self.downloads
+            and (p.sha256 == sha if sha is not None else name_matches(pattern, p.name))
+        ]
+
     def count(self) -> int:
         return len(self.share.files) if self.share is not None else 0
 
@@ -198,7 +233,10 @@ class PeerFiles(MultiService):
                     raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
             try:
                 fetched = await self.downloader.fetch(
-                    matches, directory, force, progress, 1 if only else sources
+                    matches, directory, force, progress, 1 if only else sources,
+                    discover=None if only else lambda: Deferred.fromCoroutine(
+                        self._others(name, timeout)
+                    ),
                 )
                 break
             except LocalFault:

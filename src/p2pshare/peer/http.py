@@ -34,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from p2pshare import wire
 from p2pshare.httpserver import http_date, parse_http_date, strict_site
 from p2pshare.peer.interfaces import IFileHost
+from p2pshare.pieces import bitfield, piece_count
 from p2pshare.tls import tls_failure
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ def make_site(node: IFileHost, reactor: Any) -> Site:
     root = Resource()
     root.putChild(b"files", FilesResource(node))
     root.putChild(b"pieces", PiecesResource(node))
+    root.putChild(b"have", HaveResource(node))
     return strict_site(root, reactor)
 
 
@@ -160,6 +162,9 @@ class FilesResource(Resource):
         except UnicodeDecodeError:
             return errorPage(400, "Bad file name", "A file name is UTF-8.")
         if name not in share.files:
+            partial = getattr(self.node, "partial_named", lambda name: None)(name)
+            if partial is not None:
+                return PartialFileResource(share, partial, self.node)
             return notFound("No such file", "This peer shares no such file.")
         return SharedFileResource(share, name, self.node)
 
@@ -211,10 +216,57 @@ class PiecesResource(Resource):
             return no
         share = self.node.share
         sha = path.decode("ascii", "replace")
-        shared = share.by_sha256(sha) if share is not None and not request.postpath else None
-        if shared is None:
+        if share is None or request.postpath:
             return notFound("No such file", "This peer shares no file with that SHA-256.")
-        return _PieceList(shared.pieces, shared.root)
+        shared = share.by_sha256(sha)
+        if shared is not None:
+            return _PieceList(shared.pieces, shared.root)
+        partial = getattr(self.node, "partial_by_sha", lambda sha: None)(sha)
+        if partial is not None:
+            return _PieceList(partial.pieces, partial.root)
+        return notFound("No such file", "This peer shares no file with that SHA-256.")
+
+
+class HaveResource(Resource):
+    """
+    C{/have/SHA256}: which pieces of that file this peer can serve, as a
+    bitfield (pieces.py): all of them for a shared file, the verified ones
+    for a download in progress.
+    """
+
+    def __init__(self, node: IFileHost) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        no = refused(self.node, request)
+        if no is not None:
+            return no
+        share = self.node.share
+        sha = path.decode("ascii", "replace")
+        if share is None or request.postpath:
+            return notFound("No such file", "This peer shares no file with that SHA-256.")
+        shared = share.by_sha256(sha)
+        if shared is not None:
+            count = piece_count(shared.size)
+            return _Bits(bitfield(set(range(count)), count))
+        partial = getattr(self.node, "partial_by_sha", lambda sha: None)(sha)
+        if partial is not None:
+            return _Bits(partial.bits())
+        return notFound("No such file", "This peer shares no file with that SHA-256.")
+
+
+class _Bits(Resource):
+    isLeaf = True
+
+    def __init__(self, bits: bytes) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"cache-control", b"no-store")
+        return self.bits
 
 
 class _PieceList(Resource):
@@ -261,7 +313,9 @@ class _Slice:
     with other bytes or too few.
     """
 
-    def __init__(self, f: BinaryIO, start: int, length: int, stamp: tuple[int, int, int]) -> None:
+    def __init__(
+        self, f: BinaryIO, start: int, length: int, stamp: tuple[int, int, int] | None
+    ) -> None:
         self.f = f
         self.start = start
         self.length = length
@@ -274,7 +328,7 @@ class _Slice:
         if self.remaining <= 0 or self.broken:
             return b""
         st = os.fstat(self.f.fileno())
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != self.stamp:
+        if self.stamp is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != self.stamp:
             self.broken = "the file changed while it was being served"
             return b""
         data = self.f.read(min(n, self.remaining))
@@ -575,3 +629,50 @@ class SharedFileResource(Resource):
         sending.addBoth(finished)
         request.notifyFinish().addErrback(gone)
         return NOT_DONE_YET
+
+
+class PartialFileResource(SharedFileResource):
+    """
+    A file this peer is still downloading: byte ranges that lie in pieces
+    it has verified are served (C{206}), anything else gets C{416}, so
+    peers fetching one file at once feed each other (swarming).
+    """
+
+    def __init__(self, share: ShareIndex, partial: Any, node: Any) -> None:
+        super().__init__(share, partial.name, node)
+        self.partial = partial
+
+    def render_GET(self, request: Request) -> bytes | int:
+        p = self.partial
+        etag = f'"{p.sha256}"'.encode()
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"accept-ranges", b"bytes")
+        wanted_tags = request.getHeader(b"if-match")
+        if wanted_tags is not None and not _strong_match(_etags(wanted_tags), etag):
+            request.setResponseCode(412)
+            return b"The file is not the version asked for.\n"
+        wanted = parse_range(request.getHeader(b"range"), p.size)
+        if not isinstance(wanted, tuple) or not p.holds(*wanted):
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", f"bytes */{p.size}".encode())
+            return b"This peer is still downloading the file and has not these bytes yet.\n"
+        start, length = wanted[0], wanted[1] - wanted[0] + 1
+        try:
+            f = open(p.path, "rb")  # noqa: SIM115 (closed when the transfer ends)
+        except OSError:
+            request.setResponseCode(404)
+            return b"No such file.\n"
+        slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
+        if request.method == b"GET" and slots is not None and not slots.take():
+            f.close()
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", b"5")
+            return b"This peer is serving as many files as it may; try again soon.\n"
+        request.setResponseCode(206)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-range", f"bytes {start}-{wanted[1]}/{p.size}".encode())
+        request.setHeader(b"content-length", str(length).encode())
+        if request.method != b"GET":
+            f.close()
+            return b""
+        return self._send(request, f, _Slice(f, start, length, None), slots)

@@ -568,10 +568,16 @@ class PeerNode(MultiService):
         if self.share is None or self.peer_name is None or self.port is None:
             return []
         host = self.host or "127.0.0.1"
-        return [
+        whole = [
             Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops, f.root)
             for f in self.share.search(pattern)
         ]
+        partial = [
+            Match(p.name, p.size, p.sha256, self.peer_name, host, self.port, hops, p.root,
+                  len(p.book.verified))
+            for p in self.files.partial_matches(pattern)
+        ]
+        return whole + partial
 
     # What the control channel shows.
 

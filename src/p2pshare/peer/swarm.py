@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -37,18 +37,20 @@ from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
-from p2pshare.pieces import DIGEST, digest_of, piece_count, piece_size, piece_span
+from p2pshare.pieces import DIGEST, digest_of, from_bitfield, piece_count, piece_size, piece_span
 
 HEADER_TIMEOUT = 30.0
 IDLE_TIMEOUT = 30.0
 FIRST_RUN = 4 << 20  # bytes a holder is first asked for in one request
 MAX_RUN = 64 << 20
 RUN_SECONDS = 2.0  # later runs: about this long at the holder's rate
-PENDING_PIECES = 8  # pieces of one holder hashed and written at once
+PENDING_PIECES = 3  # pieces of one holder waiting to be hashed and written
 TRIES = 3  # times a holder may break off in a row before it is dropped
 BUSY_TRIES = 20  # times a holder may answer 503 before it is dropped
 READ_SIZE = 1 << 20  # bytes read from a holder's socket at a time
 ENDGAME_WAIT = 0.5  # seconds a piece is in flight before another holder may fetch it too
+HAVE_EVERY = 1.0  # seconds between asking a partial holder which pieces it has
+PARTIAL_PATIENCE = 60.0  # seconds a partial holder may have nothing we need
 ENDGAME_LOOK = 0.25  # seconds between looks for late pieces, while there is nothing else
 
 
@@ -58,7 +60,13 @@ class PieceBook:
     whom.  Pure state: no I/O.
     """
 
-    def __init__(self, size: int, verified: Iterable[int] = ()) -> None:
+    def __init__(self, size: int, verified: Iterable[int] = (), first: int = 0) -> None:
+        """
+        @param first: the piece to begin with; pieces are claimed from
+            there on, round to it again.  Peers that fetch one file at once
+            begin at different pieces, so that they hold different pieces
+            and can trade them.
+        """
         self.size = size
         self.count = piece_count(size)
         self.piece = piece_size(size)
@@ -66,7 +74,8 @@ class PieceBook:
         self.fetching: dict[int, set[str]] = {}
         self.since: dict[int, float] = {}  # when each piece being fetched was first claimed
         self._verified_bytes = sum(self._length(i) for i in self.verified)
-        self._next = 0  # no unclaimed missing piece lies before this one
+        self.first = first % self.count
+        self._next = 0  # no unclaimed missing piece lies before this position
 
     @property
     def done(self) -> bool:
@@ -79,27 +88,42 @@ class PieceBook:
         start, stop = piece_span(i, self.size)
         return stop - start
 
+    def _at(self, position: int) -> int:
+        return (self.first + position) % self.count
+
     def _open(self, i: int) -> bool:
         return i not in self.verified and i not in self.fetching
 
-    def take(self, holder: str, most: int, now: float = 0.0, patience: float = 0.0) -> list[int]:
+    def take(
+        self, holder: str, most: int, now: float = 0.0, patience: float = 0.0,
+        has: set[int] | None = None,
+    ) -> list[int]:
         """
         Claim for C{holder} a run of up to C{most} consecutive pieces nobody
-        fetches; failing that (the endgame), one piece that exactly one
-        other holder has been fetching for at least C{patience} seconds.
-        Empty if there is nothing for it now.
+        fetches (among C{has}, the pieces a partial holder has); failing
+        that (the endgame), one piece that exactly one other holder has
+        been fetching for at least C{patience} seconds.  Empty if there is
+        nothing for it now.
         """
-        while self._next < self.count and not self._open(self._next):
+        while self._next < self.count and not self._open(self._at(self._next)):
             self._next += 1
         run: list[int] = []
-        i = self._next
-        while i < self.count and len(run) < most and self._open(i):
+        p = self._next
+        if has is not None:
+            while p < self.count and not (self._at(p) in has and self._open(self._at(p))):
+                p += 1
+        while p < self.count and len(run) < most:
+            i = self._at(p)
+            if not self._open(i) or (has is not None and i not in has):
+                break
+            if run and i != run[-1] + 1:
+                break  # round past the last piece: a run is consecutive bytes
             run.append(i)
-            i += 1
+            p += 1
         if not run:
             for i, holders in sorted(self.fetching.items()):
                 if (len(holders) == 1 and holder not in holders and i not in self.verified
-                        and now - self.since[i] >= patience):
+                        and (has is None or i in has) and now - self.since[i] >= patience):
                     run = [i]
                     break
         for i in run:
@@ -132,7 +156,7 @@ class PieceBook:
             if not holders:
                 del self.fetching[i]
                 self.since.pop(i, None)
-                self._next = min(self._next, i)
+                self._next = min(self._next, (i - self.first) % self.count)
 
     def fetched_by_others(self, indices: Iterable[int]) -> bool:
         """
@@ -151,6 +175,12 @@ class Busy(Exception):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"busy; retry after {retry_after:.0f} s")
         self.retry_after = retry_after
+
+
+class NotYet(Exception):
+    """
+    A partial holder has not (or no longer) the pieces asked for.
+    """
 
 
 class Gone(Exception):
@@ -188,7 +218,10 @@ class Source:
     problem: str | None = None  # why it was dropped
     tries: int = 0
     busy: int = 0
-    runs: list[int] = field(default_factory=list)
+    have_url: Callable[[], bytes] | None = None  # a partial holder's /have/SHA
+    has: set[int] | None = None  # the pieces a partial holder has (None: all)
+    asked_has: float = float("-inf")  # when we last asked it which
+    useless_since: float | None = None  # since when it has had nothing for us
 
 
 def verify_and_write(fd: int, offset: int, data: bytes | memoryview, digest: bytes) -> bool:
@@ -323,6 +356,47 @@ class _RunReceiver(Protocol):
             self.done.callback(reason.value)
 
 
+class _Collect(Protocol):
+    """
+    A response body of at most C{limit} bytes (a holder cannot make us hold
+    more: past it, the connection is cut).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred(lambda d: self._cut())
+
+    def _cut(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.limit:
+            self._cut()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.done.called:
+            return
+        if len(self.data) > self.limit:
+            self.done.errback(ValueError(f"it sent more than the {self.limit} bytes expected"))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(bytes(self.data))
+        else:
+            self.done.errback(reason)
+
+
+def read_at_most(response: Any, limit: int) -> Deferred[bytes]:
+    """
+    The body of C{response}, if it is at most C{limit} bytes long.
+    """
+    collect = _Collect(limit)
+    response.deliverBody(collect)
+    return collect.done
+
+
 class Swarm:
     """
     One download of one file, from the holders of one piece list, into an
@@ -380,6 +454,7 @@ class Swarm:
         written any more, so the part file may be closed at once.
         """
         self._report()
+        self._limit = limit
         self._reserve = list(self.sources[limit:])
         self._error: Failure | None = None
         self._live = 0
@@ -499,14 +574,22 @@ class Swarm:
 
     async def _worker(self, source: Source) -> None:
         while self._going:
+            if source.have_url is not None:
+                await self._ask_has(source)
+                if not self._going or source.problem is not None:
+                    return
             run = self.book.take(
-                source.name, self._run_pieces(source), self.clock.seconds(), self._patience(source)
+                source.name, self._run_pieces(source), self.clock.seconds(),
+                self._patience(source), source.has,
             )
             if not run:
+                if source.has is not None and self._useless(source):
+                    return
                 # Wait for a change, or for a piece in flight to become
                 # late enough to be fetched a second time.
                 await self._changed().addTimeout(ENDGAME_LOOK, self.clock, lambda r, t: None)
                 continue
+            source.useless_since = None
             try:
                 await self._fetch_run(source, run)
                 source.tries = 0
@@ -525,6 +608,8 @@ class Swarm:
             except Gone as e:
                 self._drop(source, str(e))
                 return
+            except NotYet:
+                source.asked_has = float("-inf")  # ask it again what it has
             except Busy as e:
                 source.busy += 1
                 if source.busy > BUSY_TRIES:
@@ -550,6 +635,68 @@ class Swarm:
             finally:
                 self.book.give_back(run, source.name)
                 self._wake()
+
+    async def _ask_has(self, source: Source) -> None:
+        """
+        Ask a partial holder which pieces it has, at most every
+        L{HAVE_EVERY} seconds and only while it may have some we need.
+        """
+        now = self.clock.seconds()
+        if now - source.asked_has < HAVE_EVERY or source.have_url is None:
+            return
+        if source.has is not None and len(source.has) >= self.book.count:
+            return  # it has them all
+        source.asked_has = now
+        request = self.agent.request(b"GET", source.have_url())
+        self._requests.add(request)
+        try:
+            response = await request.addTimeout(HEADER_TIMEOUT, self.clock)
+            if response.code != 200:
+                response.deliverBody(Protocol())
+                if response.code in (404, 410):
+                    self._drop(source, "it no longer holds the file")
+                return
+            bits = await read_at_most(response, (self.book.count + 7) // 8).addTimeout(
+                HEADER_TIMEOUT, self.clock
+            )
+        except CancelledError:
+            if self._halted:
+                return
+            raise
+        except Exception as e:
+            source.tries += 1
+            if source.tries >= TRIES:
+                self._drop(source, f"no answer about its pieces ({_why(e)})")
+            return
+        finally:
+            self._requests.discard(request)
+        source.has = from_bitfield(bits, self.book.count)
+
+    def _useless(self, source: Source) -> bool:
+        """
+        A partial holder that has had nothing we need for a long while is
+        let go (True), so a download never waits on it forever.
+        """
+        now = self.clock.seconds()
+        if source.useless_since is None:
+            source.useless_since = now
+        if now - source.useless_since < PARTIAL_PATIENCE:
+            return False
+        self._drop(source, f"it had none of the missing pieces for {PARTIAL_PATIENCE:.0f} s")
+        return True
+
+    def add(self, source: Source) -> None:
+        """
+        A holder found while the download runs (another peer fetching the
+        same file, say): it joins at once if there is room, else waits.
+        """
+        if any(s.name == source.name for s in self.sources) or not self._going:
+            return
+        self.sources.append(source)
+        if self._live < self._limit:
+            self._start(source)
+        else:
+            self._reserve.append(source)
 
     def _drop(self, source: Source, problem: str) -> None:
         source.problem = problem
@@ -581,6 +728,9 @@ class Swarm:
         if code == 503:
             response.deliverBody(Protocol())
             raise Busy(_retry_after(response.headers))
+        if code == 416 and source.has is not None:
+            response.deliverBody(Protocol())
+            raise NotYet()
         if code in (404, 410, 412):
             response.deliverBody(Protocol())
             raise Gone("it no longer holds this version" if code == 412 else "it no longer holds the file")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import random
 import re
 import shutil
 from collections.abc import Callable, Iterable
@@ -33,17 +34,24 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
+from twisted.web.client import PotentialDataLoss, ResponseFailed
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.common import fsync_directory, human_size
 from p2pshare.peer.share import is_shareable_name, sha256_of
-from p2pshare.peer.swarm import Broke, PieceBook, Source, Swarm, verified_pieces
-from p2pshare.pieces import DIGEST, check_list, piece_count
+from p2pshare.peer.swarm import (
+    Broke,
+    PieceBook,
+    Source,
+    Swarm,
+    read_at_most,
+    verified_pieces,
+)
+from p2pshare.pieces import DIGEST, bitfield, check_list, piece_count, root_of
 from p2pshare.wire import Match
 
 Progress = Callable[[int, int], None]
@@ -53,6 +61,8 @@ HEADER_TIMEOUT = 30.0
 IDLE_TIMEOUT = 30.0
 DISTRUST_FOR = 600.0  # seconds a holder that served corrupt data is passed over
 SOURCES = 4  # holders a download fetches from at once
+DISCOVER_EVERY = 10.0  # at most this many seconds between searches for more holders
+Discover = Callable[[], Deferred[list[Match]]]
 
 
 class FetchError(Exception):
@@ -71,6 +81,33 @@ class LocalFault(FetchError):
 
     def __init__(self, text: str) -> None:
         super().__init__(wire.E_FAILED, text)
+
+
+@dataclass
+class Partial:
+    """
+    A download in progress, as others may fetch from it: the pieces it has
+    verified are served (swarming), and searches list it as a partial
+    holder.
+    """
+
+    name: str
+    size: int
+    sha256: str
+    root: str
+    book: PieceBook
+    path: Path
+    pieces: bytes  # the piece list
+
+    def holds(self, first: int, last: int) -> bool:
+        """
+        Are bytes C{first} to C{last} all in verified pieces?
+        """
+        piece = self.book.piece
+        return all(i in self.book.verified for i in range(first // piece, last // piece + 1))
+
+    def bits(self) -> bytes:
+        return bitfield(self.book.verified, self.book.count)
 
 
 @dataclass
@@ -210,6 +247,11 @@ class Downloader:
         self.distrusted: dict[str, float] = {}
         # Downloads running here, by target: a second one waits for these.
         self._running: dict[Path, list[Deferred[None]]] = {}
+        # What they have verified so far, by SHA-256: served to others.
+        self.partials: dict[str, Partial] = {}
+        # Fresh downloads begin at a random piece (False: at the first).
+        self.spread = True
+        self.rng = random.Random()
 
     async def fetch(
         self,
@@ -218,6 +260,7 @@ class Downloader:
         force: bool = False,
         progress: Progress | None = None,
         sources: int = SOURCES,
+        discover: Discover | None = None,
     ) -> Fetched:
         """
         Download the file that C{matches} (nearest first) describe into
@@ -237,7 +280,7 @@ class Downloader:
             await waiter
         self._running[target] = []
         try:
-            return await self._fetch(matches, target, force, progress, sources)
+            return await self._fetch(matches, target, force, progress, sources, discover)
         finally:
             for waiter in self._running.pop(target):
                 waiter.callback(None)
@@ -245,6 +288,7 @@ class Downloader:
     async def _fetch(
         self, matches: list[Match], target: Path, force: bool, progress: Progress | None,
         sources: int,
+        discover: Discover | None = None,
     ) -> Fetched:
         name, size, sha = matches[0].name, matches[0].size, matches[0].sha256
         directory = target.parent
@@ -271,7 +315,7 @@ class Downloader:
                 return already
             await self.run_blocking(_forget_other_versions, directory, name, path)
             fetched = await self._download(
-                holders, part, target, size, sha, force, progress, sources
+                holders, part, target, size, sha, force, progress, sources, discover
             )
         except CancelledError:
             kept = part.kept
@@ -294,6 +338,8 @@ class Downloader:
         except BaseException:
             part.close()  # kept, for the next try to resume
             raise
+        finally:
+            self.partials.pop(sha, None)
         part.close()
         return fetched
 
@@ -322,6 +368,7 @@ class Downloader:
         force: bool,
         progress: Progress | None,
         sources: int,
+        discover: Discover | None = None,
     ) -> Fetched:
         """
         Fetch the file's pieces from its holders, a group of holders that
@@ -342,7 +389,13 @@ class Downloader:
                 have = await self.run_blocking(verified_pieces, str(part.path), size, digests)
             except OSError as e:
                 raise local_fault(e, directory, size) from None
-            book = PieceBook(size, have)
+            # A fresh download begins at a random piece (see PieceBook); a
+            # resumed one where it left off.
+            missing = [i for i in range(piece_count(size)) if i not in have]
+            first = missing[0] if have and missing else (
+                self.rng.randrange(piece_count(size)) if self.spread else 0
+            )
+            book = PieceBook(size, have, first)
             needed = size - book.verified_bytes()
             free = shutil.disk_usage(directory).free + _allocated(part)
             if free < needed:
@@ -360,12 +413,21 @@ class Downloader:
                 part.kept = done
                 report(done, total)
 
+            self.partials[sha] = Partial(
+                name, size, sha, root_of(digests), book, part.path, digests
+            )
             swarm = Swarm(
                 agent=self.agent, clock=self.clock, run_blocking=self.run_blocking,
                 name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
                 book=book, progress=track,
-                sources=[Source(m.holder, self._url_maker(m)) for m in group],
+                sources=[self._source(m) for m in group],
             )
+            looking = None
+            if discover is not None:
+                looking = Deferred.fromCoroutine(
+                    self._look_for_more(swarm, discover, sha, size, root_of(digests))
+                )
+                looking.addErrback(lambda f: f.trap(CancelledError))
             try:
                 await swarm.run(sources)
             except OSError as e:
@@ -374,6 +436,8 @@ class Downloader:
                 problems.append(str(e))
                 continue
             finally:
+                if looking is not None:
+                    looking.cancel()
                 notes += [n for n in swarm.notes if n not in notes]
                 self._distrust(s.name for s in swarm.sources if s.problem and "corrupt" in s.problem)
             try:
@@ -414,6 +478,38 @@ class Downloader:
             notes,
         )
 
+    def _source(self, m: Match) -> Source:
+        if m.have is None:
+            return Source(m.holder, self._url_maker(m))
+        return Source(
+            m.holder, self._url_maker(m), have_url=self._url_maker(m, f"/have/{m.sha256}"),
+            has=set(),
+        )
+
+    async def _look_for_more(
+        self, swarm: Swarm, discover: Discover, sha: str, size: int, root: str
+    ) -> None:
+        """
+        While the swarm runs, search again now and then: peers that started
+        fetching the same file since (partial holders) join as sources.
+        """
+        pause = 1.0
+        while True:
+            await deferLater(self.clock, pause)
+            pause = min(pause * 2, DISCOVER_EVERY)
+            try:
+                found = await discover()
+            except CancelledError:
+                raise
+            except Exception as e:
+                self.log.info("looking for more holders failed: {why}", why=_why(e))
+                continue
+            now = self.clock.seconds()
+            for m in found:
+                if ((m.sha256, m.size) == (sha, size) and m.root in (root, "")
+                        and self.distrusted.get(m.holder, 0) <= now):
+                    swarm.add(self._source(m))
+
     def _distrust(self, names: Iterable[str]) -> None:
         until = self.clock.seconds() + DISTRUST_FOR
         for n in names:
@@ -439,7 +535,7 @@ class Downloader:
                     response.deliverBody(Protocol())
                     problems.append(f"{m.holder}: HTTP {response.code} for its piece list")
                     continue
-                body = await _read_at_most(response, piece_count(size) * DIGEST).addTimeout(
+                body = await read_at_most(response, piece_count(size) * DIGEST).addTimeout(
                     HEADER_TIMEOUT, self.clock
                 )
             except CancelledError:
@@ -454,44 +550,6 @@ class Downloader:
         return None
 
 
-class _Collect(Protocol):
-    """
-    A response body of at most C{limit} bytes (a holder cannot make us
-    hold more: past it, the connection is cut).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.done: Deferred[bytes] = Deferred(lambda d: self._cut())
-
-    def _cut(self) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        if len(self.data) > self.limit:
-            self._cut()
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self.done.called:
-            return
-        if len(self.data) > self.limit:
-            self.done.errback(ValueError("it sent a piece list longer than the file has pieces"))
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(bytes(self.data))
-        else:
-            self.done.errback(reason)
-
-
-def _read_at_most(response: Any, limit: int) -> Deferred[bytes]:
-    collect = _Collect(limit)
-    response.deliverBody(collect)
-    return collect.done
-
-
 def _groups(holders: list[Match]) -> list[tuple[str, list[Match]]]:
     """
     The holders by piece root, the largest group first (then the nearest).
@@ -499,7 +557,13 @@ def _groups(holders: list[Match]) -> list[tuple[str, list[Match]]]:
     by_root: dict[str, list[Match]] = {}
     for m in holders:
         by_root.setdefault(m.root, []).append(m)
-    return sorted(by_root.items(), key=lambda kv: (-len(kv[1]), kv[1][0].hops))
+    for group in by_root.values():
+        # Whole holders first (nearest first), then partial ones, fullest first.
+        group.sort(key=lambda m: (m.have is not None, -(m.have or 0), m.hops))
+    return sorted(
+        by_root.items(),
+        key=lambda kv: (-sum(m.have is None for m in kv[1]), -len(kv[1]), kv[1][0].hops),
+    )
 
 
 def _allocated(part: PartFile) -> int:
