@@ -132,7 +132,7 @@ async def test_a_control_reply_that_stalls_is_given_up(reactor, tmp_path):
         started = reactor.seconds()
         with pytest.raises(TimeoutError):
             await control_request(reactor, f"unix:{path}", "FETCH", "x", timeout=0.5,
-                                  on_progress=lambda d, t: seen.append((d, t)))
+                                  on_progress=lambda d, t, *_: seen.append((d, t)))
         assert seen == [(1, 10)]
         assert 0.4 < reactor.seconds() - started < 5
     finally:

@@ -168,7 +168,7 @@ class ProgressBar:
         self.shown = -1
         self.drawn = False
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, sources: int = 0) -> None:
         if self.first is None:
             self.first = done  # a resumed download starts part-way
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -179,6 +179,8 @@ class ProgressBar:
             f"{_size(done)}/{_size(total)} {share:4.0%} {_size(rate)}/s"
             f" ETA {'--' if eta == float('inf') else f'{eta:.0f}s'}"
         )
+        if sources:
+            figures += f" from {sources} {'holder' if sources == 1 else 'holders'}"
         if self.tty:
             filled = int(share * 30)
             self.stream.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {figures}  ")

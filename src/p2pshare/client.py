@@ -43,7 +43,7 @@ CONTROL_HINT = ": give --peer unix:DATA-DIR/control.sock"
 class _Client(LineChannel):
     pushed = frozenset({"PEER", "PROGRESS", "ITEM"})
 
-    def __init__(self, on_progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, on_progress: Callable[..., None] | None = None) -> None:
         super().__init__()
         self.entries: list[TopoEntry] = []
         self.items: dict[str, list[Any]] = {}
@@ -66,7 +66,9 @@ class _Client(LineChannel):
 
     def msg_PROGRESS(self, msg: Message) -> None:
         if self.on_progress is not None:
-            self.on_progress(int(msg.args[0]), int(msg.args[1]))
+            self.on_progress(
+                int(msg.args[0]), int(msg.args[1]), int(msg.options.get("sources", 0))
+            )
 
     def msg_PEER(self, msg: Message) -> None:
         name, host, port, *neighbours = msg.args
@@ -80,7 +82,7 @@ class _Client(LineChannel):
 async def _connect(
     reactor: Any,
     description: str,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[..., None] | None = None,
     secret: Secret | None = None,
     expect: tuple[str, str] | None = None,
 ) -> _Client:
@@ -98,7 +100,7 @@ async def control_request(
     verb: str,
     *args: object,
     timeout: float = TIMEOUT,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[..., None] | None = None,
     **options: Any,
 ) -> Any:
     """
@@ -110,11 +112,11 @@ async def control_request(
     """
     idle: list[Any] = []
 
-    def progressed(done: int, total: int) -> None:
+    def progressed(done: int, total: int, sources: int = 0) -> None:
         if idle and idle[0].active():
             idle[0].reset(timeout)
         if on_progress is not None:
-            on_progress(done, total)
+            on_progress(done, total, sources)
 
     proto = await _connect(reactor, description, progressed)
     timed_out: list[bool] = []

@@ -305,7 +305,7 @@ SPECS: dict[str, Spec] = {
     "STOP": Spec(),
     "FIND": Spec(args=(("pattern", FILE),)),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
-    "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE))),
+    "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE)), keys={"sources": COUNT}),
     # One entry of a reply's list (a shared file, a match, a neighbour), as
     # JSON: a reply of any size is ITEM lines, then OK.
     "ITEM": Spec(args=(("list", NAME),), text="required"),

@@ -78,9 +78,9 @@ class ControlProtocol(LineChannel):
             self.sendError(wire.E_BAD_ARGS, f"{path} is not a directory")
             return
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, sending: int = 0) -> None:
             if self.connected:
-                self.send("PROGRESS", done, total)
+                self.send("PROGRESS", done, total, sources=sending or None)
 
         def fetched(result: Any) -> None:
             if self.connected:

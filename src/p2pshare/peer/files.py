@@ -201,10 +201,10 @@ class PeerFiles(MultiService):
         key = object()  # two downloads of one name (into two folders) are two
         self.transfers[key] = (name, 0, 0)
 
-        def track(done: int, total: int) -> None:
+        def track(done: int, total: int, sending: int = 0) -> None:
             self.transfers[key] = (name, done, total)
             if progress is not None:
-                progress(done, total)
+                progress(done, total, sending)
 
         try:
             return await self._fetch(name, directory, force, track, timeout, sources, only)

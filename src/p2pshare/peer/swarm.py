@@ -420,7 +420,7 @@ class Swarm:
         fd: int,
         book: PieceBook,
         sources: list[Source],
-        progress: Callable[[int, int], None],
+        progress: Callable[[int, int, int], None],
     ) -> None:
         assert len(digests) == book.count * DIGEST
         self.agent = agent
@@ -438,6 +438,7 @@ class Swarm:
         self._waiters: list[Deferred[None]] = []
         self._sleeps: list[tuple[IDelayedCall, Deferred[None]]] = []
         self._receivers: set[_RunReceiver] = set()
+        self._sending: set[str] = set()  # holders with a run under way
         self._requests: set[Deferred[Any]] = set()
         self._local: LocalWriteError | None = None
         self._halted = False
@@ -550,7 +551,7 @@ class Swarm:
         return not (self.book.done or self._halted or self._local is not None)
 
     def _report(self) -> None:
-        self._progress(self.book.verified_bytes(), self.size)
+        self._progress(self.book.verified_bytes(), self.size, len(self._sending))
 
     def active(self) -> int:
         return sum(1 for s in self.sources if s.problem is None)
@@ -776,6 +777,7 @@ class Swarm:
 
         receiver = _RunReceiver(self.clock, first, spans, on_piece)
         self._receivers.add(receiver)
+        self._sending.add(source.name)
         try:
             response.deliverBody(receiver)
             if self.book.done or self._halted:
@@ -783,6 +785,7 @@ class Swarm:
             reason = await receiver.done
         finally:
             self._receivers.discard(receiver)
+            self._sending.discard(source.name)
         # Every piece handed to a thread is written (or refused) before the
         # run ends: nobody closes the part file under a write.
         results = await DeferredList(writes, consumeErrors=True)

@@ -54,7 +54,7 @@ from p2pshare.peer.swarm import (
 from p2pshare.pieces import DIGEST, bitfield, check_list, piece_count, root_of
 from p2pshare.wire import Match
 
-Progress = Callable[[int, int], None]
+Progress = Callable[..., None]  # (bytes verified, size[, holders sending now])
 RunBlocking = Callable[..., Deferred[Any]]
 
 HEADER_TIMEOUT = 30.0
@@ -376,7 +376,7 @@ class Downloader:
         C{sources} of them at once; keep it once the whole file verifies.
         """
         name, directory = target.name, target.parent
-        report = progress or (lambda done, total: None)
+        report: Progress = progress or (lambda *figures: None)
         problems: list[str] = []
         notes: list[str] = []
         for root, group in _groups(holders):
@@ -409,9 +409,9 @@ class Downloader:
                     name=name, n=len(have), total=book.count,
                 )
 
-            def track(done: int, total: int) -> None:
+            def track(done: int, total: int, sending: int = 0) -> None:
                 part.kept = done
-                report(done, total)
+                report(done, total, sending)
 
             self.partials[sha] = Partial(
                 name, size, sha, root_of(digests), book, part.path, digests
