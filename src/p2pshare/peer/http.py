@@ -199,61 +199,57 @@ def refused(node: IFileHost, request: Request) -> IResource | None:
     return errorPage(403, "Forbidden", problem)
 
 
-class PiecesResource(Resource):
+class _BySha256(Resource):
+    """
+    C{/KIND/SHA256}: something about the file with that content, shared
+    here or being downloaded here (L{found} says what).
+    """
+
+    def __init__(self, node: IFileHost) -> None:
+        super().__init__()
+        self.node = node
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        no = refused(self.node, request)
+        if no is not None:
+            return no
+        share = self.node.share
+        sha = path.decode("ascii", "replace")
+        if share is not None and not request.postpath:
+            shared = share.by_sha256(sha)
+            partial = getattr(self.node, "partial_by_sha", lambda sha: None)(sha)
+            if shared is not None or partial is not None:
+                return self.found(shared, partial)
+        return notFound("No such file", "This peer shares no file with that SHA-256.")
+
+    def found(self, shared: Any, partial: Any) -> IResource:
+        raise NotImplementedError
+
+
+class PiecesResource(_BySha256):
     """
     C{/pieces/SHA256}: the piece list (pieces.py) of a shared file with
     that content: its 32-byte piece digests end to end, with the list's
     root as its strong C{ETag}.
     """
 
-    def __init__(self, node: IFileHost) -> None:
-        super().__init__()
-        self.node = node
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        no = refused(self.node, request)
-        if no is not None:
-            return no
-        share = self.node.share
-        sha = path.decode("ascii", "replace")
-        if share is None or request.postpath:
-            return notFound("No such file", "This peer shares no file with that SHA-256.")
-        shared = share.by_sha256(sha)
-        if shared is not None:
-            return _PieceList(shared.pieces, shared.root)
-        partial = getattr(self.node, "partial_by_sha", lambda sha: None)(sha)
-        if partial is not None:
-            return _PieceList(partial.pieces, partial.root)
-        return notFound("No such file", "This peer shares no file with that SHA-256.")
+    def found(self, shared: Any, partial: Any) -> IResource:
+        f = shared or partial
+        return _PieceList(f.pieces, f.root)
 
 
-class HaveResource(Resource):
+class HaveResource(_BySha256):
     """
     C{/have/SHA256}: which pieces of that file this peer can serve, as a
     bitfield (pieces.py): all of them for a shared file, the verified ones
     for a download in progress.
     """
 
-    def __init__(self, node: IFileHost) -> None:
-        super().__init__()
-        self.node = node
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        no = refused(self.node, request)
-        if no is not None:
-            return no
-        share = self.node.share
-        sha = path.decode("ascii", "replace")
-        if share is None or request.postpath:
-            return notFound("No such file", "This peer shares no file with that SHA-256.")
-        shared = share.by_sha256(sha)
+    def found(self, shared: Any, partial: Any) -> IResource:
         if shared is not None:
             count = piece_count(shared.size)
             return _Bits(bitfield(set(range(count)), count))
-        partial = getattr(self.node, "partial_by_sha", lambda sha: None)(sha)
-        if partial is not None:
-            return _Bits(partial.bits())
-        return notFound("No such file", "This peer shares no file with that SHA-256.")
+        return _Bits(partial.bits())
 
 
 class _Bits(Resource):

@@ -667,7 +667,7 @@ class Swarm:
         except Exception as e:
             source.tries += 1
             if source.tries >= TRIES:
-                self._drop(source, f"no answer about its pieces ({_why(e)})")
+                self._drop(source, f"no answer about its pieces ({why_failed(e)})")
             return
         finally:
             self._requests.discard(request)
@@ -722,7 +722,7 @@ class Swarm:
                 raise
             raise Broke(f"no answer in {HEADER_TIMEOUT:.0f} s") from None
         except Exception as e:
-            raise Broke(f"no response ({_why(e)})") from None
+            raise Broke(f"no response ({why_failed(e)})") from None
         finally:
             self._requests.discard(request)
         code = response.code
@@ -801,7 +801,7 @@ class Swarm:
                 raise Broke(f"it sent nothing for {IDLE_TIMEOUT:.0f} s")
             if isinstance(reason, ResponseDone):
                 raise Broke("it sent less than asked for")
-            raise Broke(f"the transfer broke off ({_why(reason)})")
+            raise Broke(f"the transfer broke off ({why_failed(reason)})")
 
     async def _write(self, source: Source, index: int, data: bytes | memoryview) -> None:
         start, _ = piece_span(index, self.size)
@@ -829,7 +829,10 @@ def _retry_after(headers: Headers) -> float:
         return 5.0
 
 
-def _why(e: BaseException) -> str:
+def why_failed(e: BaseException) -> str:
+    """
+    Why a request to a holder failed, in a few words.
+    """
     if isinstance(e, (ResponseFailed, PotentialDataLoss)):
         return "the holder closed the connection early"
     text = str(e).strip()

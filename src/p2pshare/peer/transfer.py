@@ -36,7 +36,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import PotentialDataLoss, ResponseFailed
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
@@ -51,6 +50,7 @@ from p2pshare.peer.swarm import (
     read_at_most,
     verified_pieces,
 )
+from p2pshare.peer.swarm import why_failed as _why
 from p2pshare.pieces import DIGEST, bitfield, check_list, piece_count, root_of
 from p2pshare.wire import Match
 
@@ -571,10 +571,3 @@ def _allocated(part: PartFile) -> int:
         return os.fstat(part.f.fileno()).st_blocks * 512
     except OSError:
         return 0
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, (ResponseFailed, PotentialDataLoss)):
-        return "the holder closed the connection early"
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
