@@ -24,7 +24,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
 from p2pshare.peer.swarm import Broke, PieceBook, Source, Swarm
-from p2pshare.pieces import piece_count, piece_size, piece_span
+from p2pshare.pieces import bitfield, piece_count, piece_size, piece_span
 
 TICK = 0.05
 
@@ -37,6 +37,7 @@ class Holder:
     dies_after: int | None = None  # bytes it sends before its process dies
     busy: int = 0  # requests answered 503 first
     corrupt: frozenset[int] = frozenset()  # pieces it sends wrong
+    has: frozenset[int] | None = None  # a partial holder: the pieces it has
     sent: int = 0
     dead: bool = False
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -45,7 +46,7 @@ class Holder:
         """
         Would it deliver every piece, asked for them?
         """
-        return (self.stall_after is None and self.dies_after is None
+        return (self.stall_after is None and self.dies_after is None and self.has is None
                 and not self.corrupt & set(range(piece_count(size))))
 
 
@@ -117,6 +118,12 @@ class Body:
         self._end(Failure(ConnectionLost("stopped")))
 
 
+def Bytes(proto, data):
+    proto.makeConnection(None)
+    proto.dataReceived(data)
+    proto.connectionLost(Failure(ResponseDone()))
+
+
 class Response:
     def __init__(self, code, headers, start=None):
         self.code, self.headers, self._start = code, headers, start
@@ -144,6 +151,9 @@ class Agent:
         if holder.dead:
             return fail(ConnectionRefusedError())
         size = len(self.data)
+        if "/have/" in uri.decode():
+            bits = bitfield(set(holder.has or ()), piece_count(size))
+            return succeed(Response(200, Headers(), lambda proto: Bytes(proto, bits)))
         first, last = 0, size - 1
         wanted = headers.getRawHeaders(b"range") if headers else None
         if wanted:
@@ -155,6 +165,9 @@ class Agent:
         if holder.busy:
             holder.busy -= 1
             return succeed(Response(503, Headers({b"retry-after": [b"1"]})))
+        if holder.has is not None and not pieces <= holder.has:
+            self.violations.append((holder.name, "asked for pieces it has not"))
+            return succeed(Response(416, Headers()))
         h = Headers({b"content-range": [f"bytes {first}-{last}/{size}".encode()]})
 
         def start(proto):
@@ -164,12 +177,13 @@ class Agent:
 
 
 holder_strategy = st.builds(
-    lambda rate, stall, dies, busy, corrupt: (rate, stall, dies, busy, corrupt),
+    lambda rate, stall, dies, busy, corrupt, has: (rate, stall, dies, busy, corrupt, has),
     st.sampled_from([32 * 1024, 256 * 1024, 2 * 2**20, 8 * 2**20]),
     st.one_of(st.none(), st.integers(0, 3 * 2**20)),
     st.one_of(st.none(), st.integers(0, 3 * 2**20)),
     st.integers(0, 3),
     st.frozensets(st.integers(0, 5), max_size=3),
+    st.one_of(st.none(), st.frozensets(st.integers(0, 6))),  # partial holders
 )
 
 
@@ -180,8 +194,8 @@ def run_swarm(tmp_path, size, specs, limit, first=0):
     )
     clock = Clock()
     holders = {
-        f"h{i}": Holder(f"h{i}", rate, stall, dies, busy, corrupt)
-        for i, (rate, stall, dies, busy, corrupt) in enumerate(specs)
+        f"h{i}": Holder(f"h{i}", rate, stall, dies, busy, corrupt, *has)
+        for i, (rate, stall, dies, busy, corrupt, *has) in enumerate(specs)
     }
     book = PieceBook(size, first=first)
     agent = Agent(clock, holders, data, book)
@@ -192,8 +206,14 @@ def run_swarm(tmp_path, size, specs, limit, first=0):
     swarm = Swarm(
         agent=agent, clock=clock, run_blocking=maybeDeferred, name="f.bin", size=size,
         sha256=hashlib.sha256(data).hexdigest(), digests=digests, fd=fd, book=book,
-        sources=[Source(name, (lambda n=name: f"http://x/{n}/files/f.bin".encode())) for name in holders],
-        progress=lambda done, total: progress.append(done),
+        sources=[
+            Source(name, (lambda n=name: f"http://x/{n}/files/f.bin".encode()))
+            if h.has is None else
+            Source(name, (lambda n=name: f"http://x/{n}/files/f.bin".encode()),
+                   have_url=(lambda n=name: f"http://x/{n}/have/sha".encode()), has=set())
+            for name, h in holders.items()
+        ],
+        progress=lambda done, total, sending: progress.append(done),
     )
     outcome = []
     d = Deferred.fromCoroutine(swarm.run(limit))
@@ -273,3 +293,19 @@ def test_when_every_holder_fails_the_failure_names_each(tmp_path, limit):
     assert isinstance(result, Failure) and result.check(Broke)
     text = str(result.value)
     assert "h1: sent a corrupt piece" in text and "h0: " in text, text
+
+
+def test_a_partial_holder_is_asked_only_for_the_pieces_it_has(tmp_path):
+    """
+    A slow seeder and a fast peer that has half the file already: the peer
+    serves its half, and only its half; the seeder the rest.
+    """
+    size = 8 * 2**20
+    specs = [(256 * 1024, None, None, 0, frozenset()),
+             (8 * 2**20, None, None, 0, frozenset(), frozenset(range(4)))]
+    result, data, got, holders, agent, swarm, clock, _ = run_swarm(tmp_path, size, specs, 2)
+    assert not isinstance(result, Failure) and got == data
+    assert agent.violations == []
+    partial = holders["h1"]
+    assert partial.ranges and all(last < 4 * 2**20 for _, last in partial.ranges)
+    assert partial.sent >= 3 * 2**20  # it did most of its half

@@ -691,8 +691,16 @@ class Swarm:
         A holder found while the download runs (another peer fetching the
         same file, say): it joins at once if there is room, else waits.
         """
-        if any(s.name == source.name for s in self.sources) or not self._going:
+        if not self._going:
             return
+        known = next((s for s in self.sources if s.name == source.name), None)
+        if known is not None:
+            # One that was partial and is now whole (it finished while we
+            # fetch) comes back; one caught sending corrupt data never does.
+            if (known.problem is None or "corrupt" in known.problem
+                    or known.has is None or source.has is not None):
+                return
+            self.sources.remove(known)
         self.sources.append(source)
         if self._live < self._limit:
             self._start(source)
