@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -442,6 +443,13 @@ class Swarm:
         self._requests: set[Deferred[Any]] = set()
         self._local: LocalWriteError | None = None
         self._halted = False
+        # The whole file's SHA-256, computed in order as pieces are stored
+        # (a piece stored ahead of its turn is read back when its turn
+        # comes), so that the file need not be read again at the end.
+        self._whole = hashlib.sha256()
+        self._hashed = 0  # pieces hashed so far, in order
+        self._stored: set[int] = set(book.verified)  # pieces on disk, verified
+        self._hashing = threading.Lock()
 
     # Running.
 
@@ -811,12 +819,37 @@ class Swarm:
                 raise Broke("it sent less than asked for")
             raise Broke(f"the transfer broke off ({why_failed(reason)})")
 
-    async def _write(self, source: Source, index: int, data: bytes | memoryview) -> None:
+    def _store(self, index: int, data: bytes | memoryview) -> bool:
+        """
+        In a thread: verify and write one piece, then hash what is now in
+        order.  False if the piece is corrupt (nothing is written).
+        """
         start, _ = piece_span(index, self.size)
+        if not verify_and_write(self.fd, start, data, digest_of(self.digests, index)):
+            return False
+        with self._hashing:
+            self._stored.add(index)
+            while self._hashed < self.book.count and self._hashed in self._stored:
+                i = self._hashed
+                if i == index:
+                    self._whole.update(data)
+                else:
+                    first, stop = piece_span(i, self.size)
+                    self._whole.update(os.pread(self.fd, stop - first, first))
+                self._hashed += 1
+        return True
+
+    def whole_sha256(self) -> str | None:
+        """
+        The SHA-256 of the pieces as stored, once every piece was hashed in
+        order by this swarm (None otherwise: the caller reads the file).
+        """
+        with self._hashing:
+            return self._whole.hexdigest() if self._hashed == self.book.count else None
+
+    async def _write(self, source: Source, index: int, data: bytes | memoryview) -> None:
         try:
-            ok = await self.run_blocking(
-                verify_and_write, self.fd, start, data, digest_of(self.digests, index)
-            )
+            ok = await self.run_blocking(self._store, index, data)
         except OSError as e:
             self._local = LocalWriteError(e)
             self._halt()
