@@ -45,10 +45,10 @@ IDLE_TIMEOUT = 30.0
 FIRST_RUN = 4 << 20  # bytes a holder is first asked for in one request
 MAX_RUN = 64 << 20
 RUN_SECONDS = 2.0  # later runs: about this long at the holder's rate
-PENDING_PIECES = 3  # pieces of one holder waiting to be hashed and written
+PENDING_PIECES = 2  # pieces of one holder waiting to be hashed and written
 TRIES = 3  # times a holder may break off in a row before it is dropped
 BUSY_TRIES = 20  # times a holder may answer 503 before it is dropped
-READ_SIZE = 1 << 20  # bytes read from a holder's socket at a time
+READ_SIZE = 1 << 19  # bytes read from a holder's socket at a time
 ENDGAME_WAIT = 0.5  # seconds a piece is in flight before another holder may fetch it too
 HAVE_EVERY = 1.0  # seconds between asking a partial holder which pieces it has
 PARTIAL_PATIENCE = 60.0  # seconds a partial holder may have nothing we need
@@ -295,7 +295,7 @@ class _RunReceiver(Protocol):
 
     def connectionMade(self) -> None:
         self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
-        # Read up to 1 MiB at a time rather than Twisted's 64 KiB: a sixteenth
+        # Read up to 512 KiB at a time rather than Twisted's 64 KiB: an eighth
         # of the system calls and callbacks for a large body.
         tcp: Any = getattr(self.transport, "_producer", None)
         if isinstance(getattr(tcp, "bufferSize", None), int):
