@@ -38,6 +38,7 @@ class Holder:
     busy: int = 0  # requests answered 503 first
     corrupt: frozenset[int] = frozenset()  # pieces it sends wrong
     has: frozenset[int] | None = None  # a partial holder: the pieces it has
+    boasts: bool = False  # a partial holder that says it has every piece
     sent: int = 0
     dead: bool = False
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -152,7 +153,8 @@ class Agent:
             return fail(ConnectionRefusedError())
         size = len(self.data)
         if "/have/" in uri.decode():
-            bits = bitfield(set(holder.has or ()), piece_count(size))
+            told = set(range(piece_count(size))) if holder.boasts else set(holder.has or ())
+            bits = bitfield(told, piece_count(size))
             return succeed(Response(200, Headers(), lambda proto: Bytes(proto, bits)))
         first, last = 0, size - 1
         wanted = headers.getRawHeaders(b"range") if headers else None
@@ -309,3 +311,18 @@ def test_a_partial_holder_is_asked_only_for_the_pieces_it_has(tmp_path):
     partial = holders["h1"]
     assert partial.ranges and all(last < 4 * 2**20 for _, last in partial.ranges)
     assert partial.sent >= 3 * 2**20  # it did most of its half
+
+
+def test_a_partial_holder_that_claims_what_it_has_not_is_let_go(tmp_path):
+    """
+    It says it has every piece but answers 416 outside its few: after a
+    few refusals it is dropped, and the honest seeder brings the rest.
+    """
+    size = 6 * 2**20
+    specs = [(2**20, None, None, 0, frozenset()),
+             (8 * 2**20, None, None, 0, frozenset(), frozenset({0}), True)]
+    result, data, got, holders, agent, swarm, clock, _ = run_swarm(tmp_path, size, specs, 2)
+    assert not isinstance(result, Failure) and got == data
+    boaster = next(s for s in swarm.sources if s.name == "h1")
+    assert boaster.problem == "it refused pieces it said it had"
+    assert len([v for v in agent.violations if v[0] == "h1"]) <= 3

@@ -618,6 +618,12 @@ class Swarm:
                 self._drop(source, str(e))
                 return
             except NotYet:
+                # Its pieces only ever grow: refusing what it said it has
+                # is a holder that restarted, or lies; it may do so twice.
+                source.tries += 1
+                if source.tries >= TRIES:
+                    self._drop(source, "it refused pieces it said it had")
+                    return
                 source.asked_has = float("-inf")  # ask it again what it has
             except Busy as e:
                 source.busy += 1
