@@ -225,6 +225,13 @@ class _BySha256(Resource):
     def found(self, shared: Any, partial: Any) -> IResource:
         raise NotImplementedError
 
+    def render_GET(self, request: Request) -> bytes:
+        request.setResponseCode(404)  # /pieces or /have alone: no such file
+        return b"No such file.\n"
+
+    def render_HEAD(self, request: Request) -> bytes:
+        return self.render_GET(request)
+
 
 class PiecesResource(_BySha256):
     """
