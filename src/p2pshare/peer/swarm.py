@@ -225,6 +225,23 @@ class Source:
     useless_since: float | None = None  # since when it has had nothing for us
 
 
+def return_buffers_to_the_system() -> None:
+    """
+    Make glibc's malloc give pieces back to the system when they are freed.
+    A download allocates and frees a few MiB-sized buffers per piece;
+    glibc raises its mmap threshold after the first such frees and then
+    keeps them in the heap, where fragments pile up (peak RSS grew with
+    the file: 69.5 MiB for 128 MiB, 79 MiB for 1 GiB).  Elsewhere: nothing.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD: fixed, so no longer adaptive
+    except (OSError, AttributeError):
+        pass
+
+
 def verify_and_write(fd: int, offset: int, data: bytes | memoryview, digest: bytes) -> bool:
     """
     In a thread: write C{data} at C{offset} if its SHA-256 is C{digest}.

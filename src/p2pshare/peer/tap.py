@@ -30,6 +30,7 @@ from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.http import parse_rate
 from p2pshare.peer.node import PeerNode, PeerSettings
+from p2pshare.peer.swarm import return_buffers_to_the_system
 from p2pshare.startup import (
     RoleOptions,
     RoleService,
@@ -134,6 +135,7 @@ def connect_to(reactor: Any, tls: PeerTLS | None, host: str, port: int) -> Any:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    return_buffers_to_the_system()  # memory stays flat through long downloads
     try:
         return _assemble(options, reactor)
     except StartupError as e:
