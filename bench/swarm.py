@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transfer import peak_rss_mib, write_random  # bench/transfer.py, beside this file
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import react
 
@@ -34,22 +35,6 @@ from p2pshare.launch import LocalNetwork
 from p2pshare.peer.http import parse_rate
 
 SENT = re.compile(r"sent big\.bin bytes \d+--?\d+ \((\d+) bytes\)")
-
-
-def write_random(path: Path, mib: int) -> None:
-    block = os.urandom(1 << 20)
-    hidden = path.with_name("." + path.name + ".tmp")
-    with open(hidden, "wb") as f:
-        for i in range(mib):
-            f.write(i.to_bytes(8, "big") + block[8:])
-    os.replace(hidden, path)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def scenario(
