@@ -389,12 +389,13 @@ class Downloader:
                 have = await self.run_blocking(verified_pieces, str(part.path), size, digests)
             except OSError as e:
                 raise local_fault(e, directory, size) from None
-            # A fresh download from several holders begins at a random piece
-            # (see PieceBook); from one holder, in order (then the whole
-            # file is hashed as it arrives); a resumed one where it left off.
+            # A fresh download begins at a random piece (see PieceBook: peers
+            # that start together then hold different pieces and trade them;
+            # the whole-file hash reads back what was stored ahead of its
+            # turn, half the file on average); a resumed one where it left off.
             missing = [i for i in range(piece_count(size)) if i not in have]
             first = missing[0] if have and missing else (
-                self.rng.randrange(piece_count(size)) if self.spread and len(group) > 1 else 0
+                self.rng.randrange(piece_count(size)) if self.spread else 0
             )
             book = PieceBook(size, have, first)
             needed = size - book.verified_bytes()
