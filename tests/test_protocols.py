@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -504,3 +505,22 @@ def test_results_kept_per_search_are_bounded():
     link.say(line * (MAX_RESULTS // 25 + 100))  # 2,500 matches too many
     link.say(b"RESULTS big\r\n")
     assert len(found) == MAX_RESULTS
+
+
+def test_a_request_that_breaks_the_grammar_is_refused_here_and_leaves_no_waiter():
+    """
+    A request whose own line cannot be encoded (an option the grammar does
+    not know) raises at once, sends nothing, and leaves nothing waiting to
+    fail unheard when the connection closes.
+    """
+    from twisted.python.failure import Failure
+
+    from p2pshare.client import _Client
+
+    proto = _Client()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    with pytest.raises(wire.WireError, match="no option 'bogus'"):
+        proto.request("FETCH", "x", bogus=1)
+    assert transport.value() == b"" and not proto._waiting
+    proto.connectionLost(Failure(ConnectionDone()))

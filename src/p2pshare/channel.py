@@ -173,7 +173,11 @@ class LineChannel(LineReceiver, TimeoutMixin):
         """
         d: Deferred[Message] = Deferred(lambda d: self._waiting.remove(d))
         self._waiting.append(d)
-        self.send(verb, *args, text=text, **options)
+        try:
+            self.send(verb, *args, text=text, **options)
+        except BaseException:
+            self._waiting.remove(d)  # nothing was sent: nothing will answer
+            raise
         return d
 
     # Admission.
