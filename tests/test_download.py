@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -427,12 +426,18 @@ class Stalls(Resource):
 
     isLeaf = True
 
+    def __init__(self):
+        super().__init__()
+        self.asked = Deferred()  # fires at the first request
+
     def render_GET(self, request):
         first, last = asked(request)
         request.setResponseCode(206)
         request.setHeader(b"content-range", f"bytes {first}-{last}/{len(DATA)}".encode())
         request.setHeader(b"content-length", str(last - first + 1).encode())
         request.write(DATA[first:first + 1000])
+        if not self.asked.called:
+            self.asked.callback(None)
         return NOT_DONE_YET
 
 
@@ -472,13 +477,14 @@ async def test_a_holder_that_stalls_alone_is_left_at_the_idle_deadline(holders, 
 @pytest_twisted.ensureDeferred
 async def test_a_cancelled_download_stops_every_transfer_and_keeps_its_pieces(holders, downloader, tmp_path, reactor):
     stalled = Resource()
-    stalled.putChild(b"file.bin", Stalls())
+    stalls = Stalls()
+    stalled.putChild(b"file.bin", stalls)
     honest = honest_files(reactor, tmp_path, "h")
     out = tmp_path / "out"
     out.mkdir()
     # One source, the stalled one: the download hangs until cancelled.
     d = fetch(downloader, [match(holders(stalled), "slow", 1), match(holders(honest), "h", 2)], out, sources=1)
-    await deferLater(reactor, 0.2)
+    await stalls.asked.addTimeout(10, reactor)  # its transfer is under way
     d.cancel()
     with pytest.raises(Exception) as e:
         await d

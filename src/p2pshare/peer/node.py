@@ -50,7 +50,7 @@ from p2pshare.channel import RemoteError
 from p2pshare.common import LimitedFactory, atomic_write
 from p2pshare.peer import membership
 from p2pshare.peer.files import PeerFiles
-from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, UploadSlots, make_site
+from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, make_site
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.interfaces import IOverlay, ISearchHost
 from p2pshare.peer.joining import Joining
@@ -541,22 +541,6 @@ class PeerNode(MultiService):
     @property
     def share(self) -> ShareIndex | None:
         return self.files.share
-
-    @property
-    def downloads(self) -> Path | None:
-        return self.files.downloads
-
-    @property
-    def downloader(self) -> Downloader | None:
-        return self.files.downloader
-
-    @property
-    def upload_slots(self) -> UploadSlots:
-        return self.files.upload_slots
-
-    @property
-    def transfers(self) -> dict[object, tuple[str, int, int]]:
-        return self.files.transfers
 
     def refresh_share(self) -> Deferred[None]:
         return self.files.refresh()

@@ -217,6 +217,7 @@ class Source:
     served: int = 0  # bytes it sent
     verified: int = 0  # bytes of pieces it sent first that verified
     problem: str | None = None  # why it was dropped
+    corrupt: bool = False  # dropped for a corrupt piece: never trusted again here
     tries: int = 0
     busy: int = 0
     have_url: Callable[[], bytes] | None = None  # a partial holder's /have/SHA
@@ -624,6 +625,7 @@ class Swarm:
                     return
                 raise
             except Corrupt as e:
+                source.corrupt = True
                 self._drop(source, f"sent a corrupt piece ({e.index})")
                 self.notes.append(f"{source.name} sent a corrupt piece of {self.name}; dropped")
                 self.log.warn(
@@ -728,7 +730,7 @@ class Swarm:
         if known is not None:
             # One that was partial and is now whole (it finished while we
             # fetch) comes back; one caught sending corrupt data never does.
-            if (known.problem is None or "corrupt" in known.problem
+            if (known.problem is None or known.corrupt
                     or known.has is None or source.has is not None):
                 return
             self.sources.remove(known)

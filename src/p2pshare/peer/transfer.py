@@ -415,9 +415,8 @@ class Downloader:
                 part.kept = done
                 report(done, total, sending)
 
-            self.partials[sha] = Partial(
-                name, size, sha, root_of(digests), book, part.path, digests
-            )
+            partial = Partial(name, size, sha, root_of(digests), book, part.path, digests)
+            self.partials[sha] = partial
             swarm = Swarm(
                 agent=self.agent, clock=self.clock, run_blocking=self.run_blocking,
                 name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
@@ -427,7 +426,7 @@ class Downloader:
             looking = None
             if discover is not None:
                 looking = Deferred.fromCoroutine(
-                    self._look_for_more(swarm, discover, sha, size, root_of(digests))
+                    self._look_for_more(swarm, discover, sha, size, partial.root)
                 )
                 looking.addErrback(lambda f: f.trap(CancelledError))
             try:
@@ -441,7 +440,7 @@ class Downloader:
                 if looking is not None:
                     looking.cancel()
                 notes += [n for n in swarm.notes if n not in notes]
-                self._distrust(s.name for s in swarm.sources if s.problem and "corrupt" in s.problem)
+                self._distrust(s.name for s in swarm.sources if s.corrupt)
             try:
                 part.sync()
                 on_disk = swarm.whole_sha256() or await self.run_blocking(sha256_of, part.path)
