@@ -545,3 +545,23 @@ def test_only_the_same_names_other_versions_are_forgotten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_name.name])
 
 
+
+
+class SuggestsAStart(ThePieceList):
+    def render_GET(self, request):
+        request.setHeader(b"p2p-start-piece", b"2")
+        return super().render_GET(request)
+
+
+@pytest.mark.parametrize("suggested", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_fresh_download_begins_where_the_holder_suggests(holders, downloader, tmp_path, reactor, suggested):
+    files = honest_files(reactor, tmp_path, "h0")
+    downloader.spread = True
+    out = tmp_path / "out"
+    out.mkdir()
+    pieces = SuggestsAStart() if suggested else ThePieceList()
+    await fetch(downloader, [match(holders(files, pieces), "h0", 0)], out, sources=1)
+    assert (out / "file.bin").read_bytes() == DATA
+    first = 2 * MiB if suggested else 0
+    assert files.served()[0][0] == first

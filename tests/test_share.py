@@ -57,6 +57,35 @@ def test_changes_are_noticed_and_unchanged_files_are_not_hashed_again(tmp_path, 
     assert sorted(index.files) == ["a"]
 
 
+def test_a_file_the_peer_verified_itself_is_not_hashed_again_unless_it_changed(tmp_path, monkeypatch):
+    """
+    A download ends with the file's hashes known: the share takes them
+    as they are, so a 512 MiB download is not read a second time (it took
+    a second after the download, before C{p2p get} answered) -- but only
+    while the file is as it was when it was verified.
+    """
+    import p2pshare.peer.share as share_module
+    from p2pshare.peer.share import SharedFile
+    from p2pshare.pieces import hash_file
+
+    for name in ("got", "changed"):
+        (tmp_path / name).write_bytes(name.encode() * 1000)
+    index = ShareIndex(tmp_path)
+    for name in ("got", "changed"):
+        st = os.stat(tmp_path / name)
+        sha, pieces = hash_file(str(tmp_path / name))
+        index.learn(SharedFile(name, st.st_size, sha, (st.st_size, st.st_mtime_ns, st.st_ino), pieces))
+    with open(tmp_path / "changed", "ab") as f:
+        f.write(b"X")  # after it was verified
+    hashed = []
+    real = share_module.hash_file
+    monkeypatch.setattr(share_module, "hash_file", lambda p: hashed.append(os.path.basename(p)) or real(p))
+    index.refresh()
+    assert hashed == ["changed"]
+    assert index.files["got"].sha256 == hashlib.sha256(b"got" * 1000).hexdigest()
+    assert index.files["changed"].sha256 == hashlib.sha256(b"changed" * 1000 + b"X").hexdigest()
+
+
 def test_names_and_patterns():
     assert is_shareable_name("report 2026 (final).pdf")
     assert is_shareable_name("ünïcödé.txt")

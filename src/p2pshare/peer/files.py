@@ -247,5 +247,9 @@ class PeerFiles(MultiService):
                 self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
                 await deferLater(self.clock, pause)
         if directory == self.downloads:
+            if self.share is not None and fetched.stamp is not None:
+                self.share.learn(SharedFile(
+                    fetched.path.name, fetched.size, fetched.sha256, fetched.stamp, fetched.pieces
+                ))
             await self.refresh()
         return fetched

@@ -21,7 +21,9 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -34,7 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from p2pshare import wire
 from p2pshare.httpserver import http_date, parse_http_date, strict_site
 from p2pshare.peer.interfaces import IFileHost
-from p2pshare.pieces import bitfield, piece_count
+from p2pshare.pieces import DIGEST, bitfield, piece_count
 from p2pshare.tls import tls_failure
 
 if TYPE_CHECKING:
@@ -131,8 +133,9 @@ class SniffingFactory(Factory):
 
 def make_site(node: IFileHost, reactor: Any) -> Site:
     root = Resource()
-    root.putChild(b"files", FilesResource(node))
-    root.putChild(b"pieces", PiecesResource(node))
+    starts = StartSpreader(node.clock)
+    root.putChild(b"files", FilesResource(node, starts))
+    root.putChild(b"pieces", PiecesResource(node, starts))
     root.putChild(b"have", HaveResource(node))
     return strict_site(root, reactor)
 
@@ -144,9 +147,10 @@ class FilesResource(Resource):
 
     isLeaf = False
 
-    def __init__(self, node: IFileHost) -> None:
+    def __init__(self, node: IFileHost, starts: StartSpreader | None = None) -> None:
         super().__init__()
         self.node = node
+        self.starts = starts or StartSpreader(node.clock)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         refused = self._refused(request)
@@ -164,9 +168,9 @@ class FilesResource(Resource):
         if name not in share.files:
             partial = getattr(self.node, "partial_named", lambda name: None)(name)
             if partial is not None:
-                return PartialFileResource(share, partial, self.node)
+                return PartialFileResource(share, partial, self.node, self.starts)
             return notFound("No such file", "This peer shares no such file.")
-        return SharedFileResource(share, name, self.node)
+        return SharedFileResource(share, name, self.node, self.starts)
 
     def _refused(self, request: Request) -> IResource | None:
         return refused(self.node, request)
@@ -237,12 +241,17 @@ class PiecesResource(_BySha256):
     """
     C{/pieces/SHA256}: the piece list (pieces.py) of a shared file with
     that content: its 32-byte piece digests end to end, with the list's
-    root as its strong C{ETag}.
+    root as its strong C{ETag}, and in C{P2P-Start-Piece} the piece this
+    holder suggests the downloader begin with (L{StartSpreader}).
     """
+
+    def __init__(self, node: IFileHost, starts: StartSpreader | None = None) -> None:
+        super().__init__(node)
+        self.starts = starts or StartSpreader(node.clock)
 
     def found(self, shared: Any, partial: Any) -> IResource:
         f = shared or partial
-        return _PieceList(f.pieces, f.root)
+        return _PieceList(f.pieces, f.root, self.starts, f.sha256)
 
 
 class HaveResource(_BySha256):
@@ -275,18 +284,84 @@ class _Bits(Resource):
 class _PieceList(Resource):
     isLeaf = True
 
-    def __init__(self, digests: bytes, root: str) -> None:
+    def __init__(self, digests: bytes, root: str, starts: StartSpreader, sha256: str) -> None:
         super().__init__()
         self.digests = digests
         self.root = root
+        self.starts = starts
+        self.sha256 = sha256
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"etag", f'"{self.root}"'.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        if request.method == b"GET":
+            start = self.starts.suggest(self.sha256, len(self.digests) // DIGEST)
+            request.setHeader(b"p2p-start-piece", str(start).encode())
         return self.digests
 
     def render_HEAD(self, request: Request) -> bytes:
         return self.render_GET(request)
+
+
+class StartSpreader:
+    """
+    Which piece a holder suggests each downloader of a file begin with.
+    One that comes while nobody is fetching that file here begins at the
+    first piece, so it hashes the whole file in order as the pieces arrive
+    and reads nothing back.  One that comes while others are (a response
+    of that file in progress, or a suggestion made in the last L{QUIET}
+    seconds) begins in the middle of the longest stretch of pieces where
+    no recent downloader began, so that peers fetching one file together
+    hold different pieces from the start and feed each other (swarming).
+    """
+
+    QUIET = 2.0  # seconds between a piece list and the first range asked for, at most
+    WINDOW = 120.0  # starts older than this are forgotten
+    KEPT = 64  # starts remembered per file
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._starts: dict[str, list[tuple[float, int]]] = {}
+        self._sending: dict[str, int] = {}
+
+    def suggest(self, sha256: str, count: int) -> int:
+        now = self.clock.seconds()
+        recent = [(t, s) for t, s in self._starts.get(sha256, ()) if now - t < self.WINDOW]
+        busy = self._sending.get(sha256, 0) > 0 or any(now - t < self.QUIET for t, _ in recent)
+        start = _middle_of_longest_gap(sorted({s for _, s in recent}), count) if busy else 0
+        self._starts[sha256] = ([*recent, (now, start)] if busy else [(now, start)])[-self.KEPT:]
+        if len(self._starts) > 4 * self.KEPT:  # forget files nobody fetched lately
+            self._starts = {
+                k: v for k, v in self._starts.items() if now - v[-1][0] < self.WINDOW
+            }
+        return start
+
+    def sending(self, sha256: str, more: int) -> None:
+        """
+        A response of that file began (C{more=1}) or ended (C{-1}).
+        """
+        left = self._sending.get(sha256, 0) + more
+        if left > 0:
+            self._sending[sha256] = left
+        else:
+            self._sending.pop(sha256, None)
+
+
+def _middle_of_longest_gap(starts: list[int], count: int) -> int:
+    """
+    The piece halfway along the longest run of pieces (around the end
+    and back to the start) that begins at one of C{starts} and ends
+    before the next.
+    """
+    if not starts or count <= 1:
+        return 0
+    best, middle = -1, 0
+    for i, here in enumerate(starts):
+        following = starts[i + 1] if i + 1 < len(starts) else starts[0] + count
+        if following - here > best:
+            best, middle = following - here, (here + (following - here) // 2) % count
+    return middle
 
 
 class UploadSlots:
@@ -327,18 +402,38 @@ class _Slice:
         self.broken: str | None = None
         f.seek(start)
 
-    def read(self, n: int) -> bytes:
+    def _going(self) -> bool:
         if self.remaining <= 0 or self.broken:
-            return b""
+            return False
         st = os.fstat(self.f.fileno())
         if self.stamp is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != self.stamp:
             self.broken = "the file changed while it was being served"
+            return False
+        return True
+
+    def read(self, n: int) -> bytes:
+        if not self._going():
             return b""
         data = self.f.read(min(n, self.remaining))
         if not data:
             self.broken = "the file became shorter while it was being served"
         self.remaining -= len(data)
         return data
+
+    def send(self, socket_fd: int) -> int:
+        """
+        sendfile(2) the next bytes to a non-blocking socket: how many the
+        socket took (0 at the end or when broken); L{BlockingIOError} when
+        it takes nothing now.
+        """
+        if not self._going():
+            return 0
+        offset = self.start + self.length - self.remaining
+        n = os.sendfile(socket_fd, self.f.fileno(), offset, min(self.remaining, 2**30))
+        if n == 0:
+            self.broken = "the file became shorter while it was being served"
+        self.remaining -= n
+        return n
 
 
 class UploadRate:
@@ -438,6 +533,106 @@ class _BigFileSender(FileSender):
         self._later = None
 
 
+def plain_tcp(request: Request) -> tcp.Connection | None:
+    """
+    The TCP connection under C{request} if its bytes go to the socket as
+    they are (no TLS on the way), else L{None}.
+    """
+    transport = request.channel.transport if request.channel is not None else None
+    while transport is not None and not ISSLTransport.providedBy(transport):
+        if isinstance(transport, tcp.Connection):
+            return transport
+        if not isinstance(transport, ProtocolWrapper):
+            return None
+        transport = transport.transport
+    return None
+
+
+class _SendfileSender:
+    """
+    A response body sent by C{sendfile(2)}, where the connection is plain
+    TCP and no rate cap applies: the kernel copies from the page cache to
+    the socket, and Python makes one call per socketful rather than a read
+    and a write per MiB.
+
+    It is the request's push producer.  The bytes bypass the transport's
+    buffer, so it tells the transport it is paused and asks it to watch
+    for writability: once the buffer (the headers) has drained and the
+    socket takes more, the transport resumes its producer, the HTTP
+    channel, which resumes this.  Nothing is sent while the socket is full,
+    and no turn sends more than L{TURN} bytes, so other connections get
+    theirs.  A client that takes nothing for L{STALL_TIMEOUT} seconds is
+    cut off.
+    """
+
+    TURN = 2**24
+
+    def __init__(self, clock: Any, on_stall: Any, connection: tcp.Connection) -> None:
+        self._stall = clock.callLater(STALL_TIMEOUT, on_stall)
+        self._tcp = connection
+        self.deferred: Deferred[None] | None = None
+        self._body: _Slice | None = None
+        self._request: Request | None = None
+
+    def beginFileTransfer(self, body: _Slice, request: Request) -> Deferred[None]:
+        self._body, self._request = body, request
+        self.deferred = Deferred()
+        request.registerProducer(self, True)
+        request.write(b"")  # the headers, into the transport's buffer
+        self._when_writable()
+        return self.deferred
+
+    def _when_writable(self) -> None:
+        self._tcp.producerPaused = True
+        self._tcp.startWriting()
+
+    def resumeProducing(self) -> None:
+        body, d = self._body, self.deferred
+        if body is None or d is None or d.called:
+            return
+        turn = 0
+        try:
+            while turn < self.TURN:
+                n = body.send(self._tcp.fileno())
+                if n == 0:
+                    break
+                turn += n
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            self._end(Failure(e))
+            self._tcp.abortConnection()
+            return
+        if turn and self._stall.active():
+            self._stall.reset(STALL_TIMEOUT)
+        if body.remaining == 0 or body.broken:
+            self._end(None)
+        else:
+            self._when_writable()
+
+    def pauseProducing(self) -> None:
+        pass  # nothing goes through the transport's buffer: it never fills
+
+    def stopProducing(self) -> None:
+        self._end(Failure(ConnectionError("the client went away")))
+
+    def _end(self, result: Failure | None) -> None:
+        self.done()
+        d, self.deferred = self.deferred, None
+        request, self._request = self._request, None
+        if request is not None:
+            request.unregisterProducer()
+        if d is not None and not d.called:
+            if result is None:
+                d.callback(None)
+            else:
+                d.errback(result)
+
+    def done(self) -> None:
+        if self._stall.active():
+            self._stall.cancel()
+
+
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str:
     """
     The byte range C{(first, last)} that a C{Range} header asks for, L{None}
@@ -527,11 +722,14 @@ class SharedFileResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, share: ShareIndex, name: str, node: Any) -> None:
+    def __init__(
+        self, share: ShareIndex, name: str, node: Any, starts: StartSpreader | None = None
+    ) -> None:
         super().__init__()
         self.share = share
         self.name = name
         self.node = node
+        self.starts = starts
 
     def render_HEAD(self, request: Request) -> bytes | int:
         return self.render_GET(request)
@@ -592,23 +790,33 @@ class SharedFileResource(Resource):
         if not streaming:
             f.close()
             return b""
-        return self._send(request, f, _Slice(f, start, length, shared.stamp), slots)
+        return self._send(request, f, _Slice(f, start, length, shared.stamp), slots, shared.sha256)
 
     def _send(
-        self, request: Request, f: BinaryIO, body: _Slice, slots: UploadSlots | None
+        self, request: Request, f: BinaryIO, body: _Slice, slots: UploadSlots | None, sha256: str
     ) -> int:
         transport: Any = request.channel.transport if request.channel is not None else None
+        if self.starts is not None:
+            self.starts.sending(sha256, 1)
 
         def cut_off() -> None:
             if transport is not None:
                 transport.abortConnection()
 
-        sender = _BigFileSender(self.node.clock, cut_off, getattr(self.node, "upload_rate", None))
+        rate = getattr(self.node, "upload_rate", None)
+        connection = plain_tcp(request)
+        sender: _BigFileSender | _SendfileSender
+        if rate is None and connection is not None:
+            sender = _SendfileSender(self.node.clock, cut_off, connection)
+        else:
+            sender = _BigFileSender(self.node.clock, cut_off, rate)
         sending = sender.beginFileTransfer(body, request)
 
         def finished(result: object) -> None:
             sender.done()
             f.close()
+            if self.starts is not None:
+                self.starts.sending(sha256, -1)
             if slots is not None:
                 slots.give()
             sent = body.length - body.remaining
@@ -641,8 +849,10 @@ class PartialFileResource(SharedFileResource):
     peers fetching one file at once feed each other (swarming).
     """
 
-    def __init__(self, share: ShareIndex, partial: Any, node: Any) -> None:
-        super().__init__(share, partial.name, node)
+    def __init__(
+        self, share: ShareIndex, partial: Any, node: Any, starts: StartSpreader | None = None
+    ) -> None:
+        super().__init__(share, partial.name, node, starts)
         self.partial = partial
 
     def render_GET(self, request: Request) -> bytes | int:
@@ -678,4 +888,4 @@ class PartialFileResource(SharedFileResource):
         if request.method != b"GET":
             f.close()
             return b""
-        return self._send(request, f, _Slice(f, start, length, None), slots)
+        return self._send(request, f, _Slice(f, start, length, None), slots, p.sha256)

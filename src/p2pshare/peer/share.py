@@ -91,6 +91,15 @@ class ShareIndex:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.files: dict[str, SharedFile] = {}
+        self._learned: dict[str, SharedFile] = {}
+
+    def learn(self, known: SharedFile) -> None:
+        """
+        A file this peer has just verified itself (a download): the next
+        scan takes its hashes as they are, without reading it again, if
+        the file still has the C{stamp} it had when it was verified.
+        """
+        self._learned[known.name] = known
 
     def refresh(self) -> dict[str, SharedFile]:
         try:
@@ -113,6 +122,8 @@ class ShareIndex:
                 continue
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
             known = old.get(entry.name)
+            if known is None or known.stamp != stamp:
+                known = self._learned.pop(entry.name, None)
             if known is not None and known.stamp == stamp:
                 new[entry.name] = known
                 continue

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import random
 import re
 import shutil
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
@@ -118,6 +118,10 @@ class Fetched:
     holder: str | None  # who sent it ("s2, s3"); None when the file was already there
     already: bool = False
     notes: list[str] = field(default_factory=list)  # holders dropped, and why
+    # What was verified, for the share index: the piece list, and the
+    # file's (size, mtime_ns, inode) when it was.
+    pieces: bytes = b""
+    stamp: tuple[int, int, int] | None = None
 
 
 def url_for(
@@ -249,9 +253,8 @@ class Downloader:
         self._running: dict[Path, list[Deferred[None]]] = {}
         # What they have verified so far, by SHA-256: served to others.
         self.partials: dict[str, Partial] = {}
-        # Fresh downloads begin at a random piece (False: at the first).
+        # Fresh downloads begin where the holder suggests (False: at the first).
         self.spread = True
-        self.rng = random.Random()
 
     async def fetch(
         self,
@@ -380,23 +383,23 @@ class Downloader:
         problems: list[str] = []
         notes: list[str] = []
         for root, group in _groups(holders):
-            digests = await self._piece_list(group, size, sha, root, problems)
-            if digests is None:
+            listed = await self._piece_list(group, size, sha, root, problems)
+            if listed is None:
                 continue
+            digests, suggested = listed
             try:
                 part.f.flush()
                 os.ftruncate(part.f.fileno(), size)
                 have = await self.run_blocking(verified_pieces, str(part.path), size, digests)
             except OSError as e:
                 raise local_fault(e, directory, size) from None
-            # A fresh download begins at a random piece (see PieceBook: peers
-            # that start together then hold different pieces and trade them;
-            # the whole-file hash reads back what was stored ahead of its
-            # turn, half the file on average); a resumed one where it left off.
+            # A fresh download begins where the holder suggests: the first
+            # piece when nobody else is fetching the file there, elsewhere
+            # when others are, so that peers starting together hold different
+            # pieces and trade them (the whole-file hash then reads back what
+            # was stored ahead of its turn); a resumed one where it left off.
             missing = [i for i in range(piece_count(size)) if i not in have]
-            first = missing[0] if have and missing else (
-                self.rng.randrange(piece_count(size)) if self.spread else 0
-            )
+            first = missing[0] if have and missing else (suggested if self.spread else 0)
             book = PieceBook(size, have, first)
             needed = size - book.verified_bytes()
             free = shutil.disk_usage(directory).free + _allocated(part)
@@ -444,6 +447,7 @@ class Downloader:
             try:
                 part.sync()
                 on_disk = swarm.whole_sha256() or await self.run_blocking(sha256_of, part.path)
+                st = os.fstat(part.f.fileno())
             except OSError as e:
                 raise local_fault(e, directory, size) from None
             served = [s.name for s in swarm.sources if s.verified]
@@ -472,7 +476,10 @@ class Downloader:
                 "downloaded {name} ({size} bytes, sha256 {sha}) from {holders}",
                 name=name, size=size, sha=sha, holders=", ".join(served) or "(already here)",
             )
-            return Fetched(target, size, sha, ", ".join(served) or None, notes=notes)
+            return Fetched(
+                target, size, sha, ", ".join(served) or None, notes=notes, pieces=digests,
+                stamp=(st.st_size, st.st_mtime_ns, st.st_ino),
+            )
         raise FetchError(
             wire.E_FAILED,
             f"could not download {name}: " + ("; ".join(problems[-4:]) or "no holder answered"),
@@ -521,10 +528,11 @@ class Downloader:
 
     async def _piece_list(
         self, group: list[Match], size: int, sha: str, root: str, problems: list[str]
-    ) -> bytes | None:
+    ) -> tuple[bytes, int] | None:
         """
         The piece list of C{group}'s version, from the first of them that
-        sends one matching C{root}; None (and why, in C{problems}) if none.
+        sends one matching C{root}, and the piece that holder suggests
+        beginning with; None (and why, in C{problems}) if none.
         """
         for m in group[:3]:
             url = self._url_maker(m, f"/pieces/{sha}")()
@@ -546,9 +554,19 @@ class Downloader:
                 continue
             problem = check_list(body, size, root or None)
             if problem is None:
-                return body
+                return body, _start_piece(response.headers, piece_count(size))
             problems.append(f"{m.holder}: {problem}")
         return None
+
+
+def _start_piece(headers: Headers, count: int) -> int:
+    """
+    The holder's C{P2P-Start-Piece} suggestion, if it is one (else 0).
+    """
+    value = (headers.getRawHeaders(b"p2p-start-piece") or [b"0"])[0]
+    if not value.isdigit() or len(value) > 9 or int(value) >= count:
+        return 0
+    return int(value)
 
 
 def _groups(holders: list[Match]) -> list[tuple[str, list[Match]]]:
