@@ -565,3 +565,21 @@ async def test_a_fresh_download_begins_where_the_holder_suggests(holders, downlo
     assert (out / "file.bin").read_bytes() == DATA
     first = 2 * MiB if suggested else 0
     assert files.served()[0][0] == first
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_verified_file_is_told_with_its_hashes_before_it_appears(holders, downloader, tmp_path, reactor):
+    """
+    So that the share takes the hashes as they are rather than reading the
+    file again (a scan that runs as the file appears must find them).
+    """
+    told = []
+    out = tmp_path / "out"
+    out.mkdir()
+    downloader.on_verified = lambda path, known: told.append((path, path.exists(), known))
+    await fetch(downloader, [match(holders(honest_files(reactor, tmp_path, "h0")), "h0", 0)], out)
+    [(path, existed, known)] = told
+    st = os.stat(out / "file.bin")
+    assert (path, existed) == (out / "file.bin", False)
+    assert (known.name, known.size, known.sha256, known.pieces) == ("file.bin", len(DATA), SHA, PIECES)
+    assert known.stamp == (st.st_size, st.st_mtime_ns, st.st_ino)

@@ -84,8 +84,7 @@ class ControlProtocol(LineChannel):
 
         def fetched(result: Any) -> None:
             if self.connected:
-                said = {k: v for k, v in asdict(result).items() if k not in ("pieces", "stamp")}
-                self.send("OK", text=_json({**said, "path": str(result.path)}))
+                self.send("OK", text=_json({**asdict(result), "path": str(result.path)}))
 
         sources = msg.options.get("sources", "4")
         holder = msg.options.get("from")

@@ -81,6 +81,8 @@ class PeerFiles(MultiService):
         self.share = ShareIndex(shared) if shared is not None else None
         self.downloads = downloads or shared
         self.downloader = downloader
+        if downloader is not None:
+            downloader.on_verified = self._verified
         self.upload_slots = UploadSlots(max_uploads)
         self.upload_rate = UploadRate(upload_rate, clock) if upload_rate else None
         self.transfers: dict[object, tuple[str, int, int]] = {}
@@ -127,6 +129,14 @@ class PeerFiles(MultiService):
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def _verified(self, path: Path, known: SharedFile) -> None:
+        """
+        A download into the share is verified: its hashes are kept, so the
+        share does not read the file again.
+        """
+        if self.share is not None and path.parent == self.share.directory:
+            self.share.learn(known)
 
     async def _others(self, name: str, timeout: float) -> list[Match]:
         return [m for m in await self._find(name, timeout) if m.holder != self._me()]
@@ -247,9 +257,5 @@ class PeerFiles(MultiService):
                 self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
                 await deferLater(self.clock, pause)
         if directory == self.downloads:
-            if self.share is not None and fetched.stamp is not None:
-                self.share.learn(SharedFile(
-                    fetched.path.name, fetched.size, fetched.sha256, fetched.stamp, fetched.pieces
-                ))
             await self.refresh()
         return fetched

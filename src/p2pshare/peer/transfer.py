@@ -41,7 +41,7 @@ from twisted.web.iweb import IAgent
 from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.common import fsync_directory, human_size
-from p2pshare.peer.share import is_shareable_name, sha256_of
+from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
 from p2pshare.peer.swarm import (
     Broke,
     PieceBook,
@@ -118,10 +118,6 @@ class Fetched:
     holder: str | None  # who sent it ("s2, s3"); None when the file was already there
     already: bool = False
     notes: list[str] = field(default_factory=list)  # holders dropped, and why
-    # What was verified, for the share index: the piece list, and the
-    # file's (size, mtime_ns, inode) when it was.
-    pieces: bytes = b""
-    stamp: tuple[int, int, int] | None = None
 
 
 def url_for(
@@ -255,6 +251,8 @@ class Downloader:
         self.partials: dict[str, Partial] = {}
         # Fresh downloads begin where the holder suggests (False: at the first).
         self.spread = True
+        # Told of each file verified, with its hashes, just before it is kept.
+        self.on_verified: Callable[[Path, SharedFile], None] | None = None
 
     async def fetch(
         self,
@@ -462,6 +460,10 @@ class Downloader:
                 self._distrust(m.holder for m in group)
                 part.restart_at(0)
                 continue
+            if self.on_verified is not None:  # before the file appears under its name
+                self.on_verified(target, SharedFile(
+                    target.name, size, sha, (st.st_size, st.st_mtime_ns, st.st_ino), digests
+                ))
             try:
                 await self.run_blocking(_keep, part.path, target, force)
             except FileExistsError:
@@ -476,10 +478,7 @@ class Downloader:
                 "downloaded {name} ({size} bytes, sha256 {sha}) from {holders}",
                 name=name, size=size, sha=sha, holders=", ".join(served) or "(already here)",
             )
-            return Fetched(
-                target, size, sha, ", ".join(served) or None, notes=notes, pieces=digests,
-                stamp=(st.st_size, st.st_mtime_ns, st.st_ino),
-            )
+            return Fetched(target, size, sha, ", ".join(served) or None, notes=notes)
         raise FetchError(
             wire.E_FAILED,
             f"could not download {name}: " + ("; ".join(problems[-4:]) or "no holder answered"),
