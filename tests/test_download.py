@@ -353,9 +353,10 @@ async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tm
     room = [MiB]
 
     def full_after_a_megabyte(fd, offset, data, digest):
-        if room[0] < len(data):
+        size = sum(len(p) for p in data)
+        if room[0] < size:
             raise OSError(errno.ENOSPC, "No space left on device")
-        room[0] -= len(data)
+        room[0] -= size
         return real(fd, offset, data, digest)
 
     monkeypatch.setattr(swarm, "verify_and_write", full_after_a_megabyte)

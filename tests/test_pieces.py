@@ -178,3 +178,29 @@ async def test_a_download_in_progress_serves_only_its_verified_pieces(downloadin
     pieces = get(PiecesResource(node), [partial.sha256.encode()])
     assert b"".join(pieces.written) == partial.pieces
     assert get(HaveResource(node), [b"0" * 64]).responseCode == 404
+
+
+def test_pieces_are_written_from_their_blocks_whatever_the_blocks(tmp_path, monkeypatch):
+    """
+    A piece arrives as many views of received blocks (more than one
+    pwritev(2) takes, some empty); short writes are carried on.
+    """
+
+    from p2pshare.peer import swarm
+
+    data = os.urandom(300_000)
+    cuts = sorted({0, len(data), *range(0, len(data), 97), 5000, 5000})
+    parts = [memoryview(data)[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    parts.insert(3, memoryview(b""))
+    assert len(parts) > swarm.IOV_MAX
+    real = os.pwritev
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real(fd, bufs[:2], off) if len(bufs) > 2 else real(fd, bufs, off))
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        digest = hashlib.sha256(data).digest()
+        assert not swarm.verify_and_write(fd, 10, parts, hashlib.sha256(b"other").digest())
+        assert os.fstat(fd).st_size == 0  # a corrupt piece writes nothing
+        assert swarm.verify_and_write(fd, 10, parts, digest)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"\0" * 10 + data

@@ -49,6 +49,7 @@ PENDING_PIECES = 2  # pieces of one holder waiting to be hashed and written
 TRIES = 3  # times a holder may break off in a row before it is dropped
 BUSY_TRIES = 20  # times a holder may answer 503 before it is dropped
 READ_SIZE = 1 << 19  # bytes read from a holder's socket at a time
+IOV_MAX = 1024  # blocks one pwritev(2) may take (Linux's limit)
 ENDGAME_WAIT = 0.5  # seconds a piece is in flight before another holder may fetch it too
 HAVE_EVERY = 1.0  # seconds between asking a partial holder which pieces it has
 PARTIAL_PATIENCE = 60.0  # seconds a partial holder may have nothing we need
@@ -226,6 +227,34 @@ class Source:
     useless_since: float | None = None  # since when it has had nothing for us
 
 
+def _sync_file_range() -> Any:
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return call
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """
+    Ask the kernel to begin writing these bytes to disk now, without
+    waiting for it (C{sync_file_range(2)} with C{SYNC_FILE_RANGE_WRITE}):
+    the disk works while the rest arrives, and the download's one fsync
+    at the end finds little left to write (it took 0.3 s of a 512 MiB
+    download's 2 s).  Durability still comes from that fsync alone.
+    Where there is no such call: nothing.
+    """
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
 def return_buffers_to_the_system() -> None:
     """
     Make glibc's malloc give pieces back to the system when they are freed.
@@ -243,17 +272,38 @@ def return_buffers_to_the_system() -> None:
         pass
 
 
-def verify_and_write(fd: int, offset: int, data: bytes | memoryview, digest: bytes) -> bool:
+Parts = list[memoryview]  # a piece as it arrived: views of the received blocks, in order
+
+
+def verify_and_write(fd: int, offset: int, parts: Parts, digest: bytes) -> bool:
     """
-    In a thread: write C{data} at C{offset} if its SHA-256 is C{digest}.
+    In a thread: write C{parts} at C{offset} if their SHA-256 is
+    C{digest}.  The blocks are hashed and written where they are, never
+    joined: no copy, and no fresh MiB-sized buffer per piece.
     """
-    if hashlib.sha256(data).digest() != digest:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    if h.digest() != digest:
         return False
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    pwrite_all(fd, parts, offset)
+    start_writeback(fd, offset, sum(len(p) for p in parts))
     return True
+
+
+def pwrite_all(fd: int, parts: Parts, offset: int) -> None:
+    """
+    Write every byte of C{parts} at C{offset}, a few system calls at most.
+    """
+    pending = [p for p in parts if len(p)]
+    while pending:
+        batch = pending[:IOV_MAX]
+        written = os.pwritev(fd, batch, offset)
+        offset += written
+        while pending and written >= len(pending[0]):
+            written -= len(pending.pop(0))
+        if written:
+            pending[0] = pending[0][written:]
 
 
 def verified_pieces(path: str, size: int, digests: bytes) -> set[int]:
@@ -296,13 +346,13 @@ class _RunReceiver(Protocol):
 
     def __init__(
         self, clock: IReactorTime, first_byte: int, spans: list[tuple[int, int, int]],
-        on_piece: Callable[[int, bytes | memoryview], None],
+        on_piece: Callable[[int, Parts], None],
     ) -> None:
         self.clock = clock
         self.spans = spans  # (index, start, stop) of the pieces asked for, in order
         self.on_piece = on_piece
         self.position = first_byte
-        self.chunks: list[bytes] = []  # what arrived of the next piece
+        self.chunks: Parts = []  # what arrived of the next piece
         self.held = 0
         self.received = 0
         self.done: Deferred[BaseException] = Deferred(lambda d: self.stop())
@@ -354,19 +404,27 @@ class _RunReceiver(Protocol):
             self._idle.reset(IDLE_TIMEOUT)
         if self.stopped or not self.spans:
             return  # more than was asked for is ignored, and the run ends
-        self.chunks.append(data)
+        self.chunks.append(memoryview(data))
         self.held += len(data)
         while self.spans and not self.stopped:
             index, start, stop = self.spans[0]
             need = stop - self.position
             if self.held < need:
                 break
-            joined = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-            rest = joined[need:]
-            self.chunks, self.held = ([rest] if rest else []), len(rest)
+            piece: Parts = []
+            while need:
+                block = self.chunks[0]
+                if len(block) <= need:
+                    piece.append(self.chunks.pop(0))
+                    need -= len(block)
+                else:
+                    piece.append(block[:need])  # views: nothing is copied
+                    self.chunks[0] = block[need:]
+                    need = 0
+            self.held -= stop - self.position
             self.position = stop
             self.spans.pop(0)
-            self.on_piece(index, memoryview(joined)[:need])  # no copy of the piece
+            self.on_piece(index, piece)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._idle is not None and self._idle.active():
@@ -787,14 +845,14 @@ class Swarm:
             raise Broke(f"HTTP {code}")
         if self.size == 0:
             response.deliverBody(Protocol())
-            await self._write(source, 0, b"")
+            await self._write(source, 0, [])
             return
         started = self.clock.seconds()
         writes: list[Deferred[None]] = []
         receiver: _RunReceiver
 
-        def on_piece(index: int, data: bytes | memoryview) -> None:
-            source.served += len(data)
+        def on_piece(index: int, data: Parts) -> None:
+            source.served += sum(len(p) for p in data)
             if index in self.book.verified:
                 return  # another holder's copy came first (the endgame)
             d = Deferred.fromCoroutine(self._write(source, index, data))
@@ -844,7 +902,7 @@ class Swarm:
                 raise Broke("it sent less than asked for")
             raise Broke(f"the transfer broke off ({why_failed(reason)})")
 
-    def _store(self, index: int, data: bytes | memoryview) -> bool:
+    def _store(self, index: int, data: Parts) -> bool:
         """
         In a thread: verify and write one piece, then hash what is now in
         order.  False if the piece is corrupt (nothing is written).
@@ -857,7 +915,8 @@ class Swarm:
             while self._hashed < self.book.count and self._hashed in self._stored:
                 i = self._hashed
                 if i == index:
-                    self._whole.update(data)
+                    for part in data:
+                        self._whole.update(part)
                 else:
                     first, stop = piece_span(i, self.size)
                     self._whole.update(os.pread(self.fd, stop - first, first))
@@ -872,7 +931,7 @@ class Swarm:
         with self._hashing:
             return self._whole.hexdigest() if self._hashed == self.book.count else None
 
-    async def _write(self, source: Source, index: int, data: bytes | memoryview) -> None:
+    async def _write(self, source: Source, index: int, data: Parts) -> None:
         try:
             ok = await self.run_blocking(self._store, index, data)
         except OSError as e:
@@ -882,7 +941,7 @@ class Swarm:
         if not ok:
             raise Corrupt(index)
         if self.book.got(index):
-            source.verified += len(data)
+            source.verified += sum(len(p) for p in data)
             self._report()
             self._wake()
 
