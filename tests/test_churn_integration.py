@@ -14,7 +14,7 @@ import sys
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork, progress_at
 from p2pshare.simnet import assert_tree
 from p2pshare.topo import parse_topo

@@ -21,7 +21,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.peer.swarm import verified_pieces
 from p2pshare.pieces import hash_file, piece_count

@@ -23,7 +23,7 @@ import uuid
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.peer.search import FLOOD_LIMIT, SEARCH_BURST
 from p2pshare.topo import parse_topo

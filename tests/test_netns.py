@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.launch import P2P, TWISTD, ChildProcess
 from p2pshare.simnet import assert_tree
 from p2pshare.topo import parse_topo

@@ -27,7 +27,7 @@ from twisted.internet.threads import deferToThread
 
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY, Secret
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.simnet import assert_tree
 from p2pshare.topo import parse_topo

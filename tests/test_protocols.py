@@ -297,6 +297,29 @@ def test_control_status():
     assert c.say(b"FROB\r\n") == b"ERROR unknown-verb unknown verb 'FROB'\r\n"
 
 
+def test_fetch_progress_comes_at_most_ten_times_a_second_and_at_the_end(monkeypatch):
+    from pathlib import Path
+
+    from p2pshare.peer.transfer import Fetched
+
+    node = joined_peer()
+    clock = node.clock
+    total = 512 << 20
+
+    async def fetch(name, path, force, progress, sources, only):
+        for i in range(1, 513):  # a piece verified every 2 ms, for a second
+            clock.advance(0.002)
+            progress(i << 20, total, 1)
+        return Fetched(Path("/tmp/x"), total, "0" * 64, "s2")
+
+    monkeypatch.setattr(node, "fetch", fetch)
+    lines = Conn(ControlFactory(node)).say(b"FETCH x\r\n").splitlines()
+    progress = [line for line in lines if line.startswith(b"PROGRESS")]
+    assert 10 <= len(progress) <= 12, progress
+    assert progress[-1] == f"PROGRESS {total} {total} sources=1".encode()
+    assert lines[-1].startswith(b"OK ")
+
+
 def linked_peer():
     """
     A joined peer with one neighbour, s2, on the returned connection.

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from twisted.internet.task import Clock
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.meta.registry import SCHEMA_VERSION, Registry
 from p2pshare.meta.server import MetaServer
 from p2pshare.topo import parse_topo, topo_text

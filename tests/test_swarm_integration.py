@@ -21,7 +21,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.threads import deferToThread
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork, progress_at
 from p2pshare.pieces import piece_size
 

@@ -115,11 +115,11 @@ async def test_a_control_reply_that_stalls_is_given_up(reactor, tmp_path):
     p2p waits for a download as long as progress keeps coming, and no
     longer than its timeout once it stops.
     """
-    from twisted.internet.defer import TimeoutError
     from twisted.internet.protocol import Factory
+    from twisted.internet.threads import deferToThread
 
     from p2pshare.channel import LineChannel
-    from p2pshare.client import control_request
+    from p2pshare.control_client import control_request
 
     class Stalls(LineChannel):
         def msg_FETCH(self, msg):
@@ -131,8 +131,8 @@ async def test_a_control_reply_that_stalls_is_given_up(reactor, tmp_path):
     try:
         started = reactor.seconds()
         with pytest.raises(TimeoutError):
-            await control_request(reactor, f"unix:{path}", "FETCH", "x", timeout=0.5,
-                                  on_progress=lambda d, t, *_: seen.append((d, t)))
+            await deferToThread(control_request, f"unix:{path}", "FETCH", "x", timeout=0.5,
+                                on_progress=lambda d, t, *_: seen.append((d, t)))
         assert seen == [(1, 10)]
         assert 0.4 < reactor.seconds() - started < 5
     finally:

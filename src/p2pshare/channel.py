@@ -33,7 +33,7 @@ from p2pshare import wire
 from p2pshare.admission import Secret, new_nonce
 from p2pshare.common import LimitedFactory
 from p2pshare.tls import tls_failure
-from p2pshare.wire import Message, WireError
+from p2pshare.wire import Message, RemoteError, WireError
 
 MAX_BAD_LINES = 10  # bad lines on one connection before it is cut
 ADMISSION_TIMEOUT = 10.0  # seconds to prove membership of a private network
@@ -61,17 +61,6 @@ class ChannelFactory(Factory):
         proto.factory = self
         proto.expect = self.expect
         return proto
-
-
-class RemoteError(Exception):
-    """
-    The other side answered a request with C{ERROR code text}.
-    """
-
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(f"{code}: {text}")
-        self.code = code
-        self.text = text
 
 
 class LineChannel(LineReceiver, TimeoutMixin):

@@ -16,13 +16,10 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
-
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 
 from p2pshare import __version__, wire
 from p2pshare.admission import (
@@ -33,15 +30,13 @@ from p2pshare.admission import (
     load_secret,
     new_secret_text,
 )
-from p2pshare.channel import RemoteError
-from p2pshare.client import NotAControlChannel, control_request, meta_topology
-from p2pshare.common import human_size as _size
-from p2pshare.common import private_write
+from p2pshare.control_client import Closed, NotAControlChannel, control_request
+from p2pshare.disk import human_size as _size
+from p2pshare.disk import private_write
 from p2pshare.peer.share import is_pattern
 from p2pshare.pieces import piece_count
-from p2pshare.tls import DEFAULT_HOSTS
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
-from p2pshare.wire import WireError
+from p2pshare.wire import RemoteError, WireError
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -59,7 +54,7 @@ def _topo_output(entries: list[TopoEntry]) -> str:
     return topo_text(entries) if entries else "empty network\n"
 
 
-async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
+def cmd_topo(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         path = Path(args.data_dir) / "topo.txt"
         try:
@@ -70,9 +65,13 @@ async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
             raise Failed(str(e)) from None
     else:
         secret = _secret(args.secret_file)
-        entries = await _talk(
-            args.meta, "the metadata server", meta_topology(reactor, args.meta, secret)
-        )
+
+        def topology(reactor: Any) -> Awaitable[list[TopoEntry]]:
+            from p2pshare.client import meta_topology
+
+            return meta_topology(reactor, args.meta, secret)
+
+        entries = _talk(args.meta, "the metadata server", lambda: on_twisted(topology))
     if args.tree and entries:
         sys.stdout.write(tree_text(entries))
     else:
@@ -80,8 +79,8 @@ async def cmd_topo(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
-    status = await _talk(args.peer, "the peer", control_request(reactor, args.peer, "STATUS"))
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _ask(args.peer, "STATUS")
     neighbours = status["neighbours"]
     role = "root" if status["root"] else ("joined" if status["joined"] else "joining")
     lines = [
@@ -101,11 +100,8 @@ async def cmd_status(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
-    found = await _talk(
-        args.peer, "the peer",
-        control_request(reactor, args.peer, "FIND", wire.quote_name(args.pattern), timeout=30),
-    )
+def cmd_search(args: argparse.Namespace) -> int:
+    found = _ask(args.peer, "FIND", wire.quote_name(args.pattern), timeout=30)
     matches = found["matches"]
     if not matches:
         print("not found")
@@ -119,7 +115,7 @@ async def cmd_search(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
+def cmd_get(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.output is not None:
         directory = Path(args.output).absolute()
@@ -133,12 +129,9 @@ async def cmd_get(reactor: Any, args: argparse.Namespace) -> int:
     if args.holder is not None:
         options["from"] = args.holder
     bar = ProgressBar(sys.stderr)
-    result = await _talk(
-        args.peer, "the peer",
-        control_request(
-            reactor, args.peer, "FETCH", wire.quote_name(args.name),
-            on_progress=bar.update, timeout=120, **options,
-        ),
+    result = _ask(
+        args.peer, "FETCH", wire.quote_name(args.name),
+        on_progress=bar.update, timeout=120, **options,
     )
     bar.close()
     for note in result.get("notes", []):
@@ -196,19 +189,21 @@ class ProgressBar:
             self.stream.flush()
 
 
-async def cmd_stop(reactor: Any, args: argparse.Namespace) -> int:
-    result = await _talk(args.peer, "the peer", control_request(reactor, args.peer, "STOP"))
+def cmd_stop(args: argparse.Namespace) -> int:
+    result = _ask(args.peer, "STOP")
     print(f"{result['name']} is leaving the network")
     return 0
 
 
-async def cmd_demo(reactor: Any, args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from p2pshare.demo import run_demo
 
-    return await run_demo(reactor, peers=args.peers, private=args.private, tls=args.tls)
+    return on_twisted(
+        lambda reactor: run_demo(reactor, peers=args.peers, private=args.private, tls=args.tls)
+    )
 
 
-async def cmd_secret(reactor: Any, args: argparse.Namespace) -> int:
+def cmd_secret(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
         private_write(path, new_secret_text().encode(), exclusive=True)
@@ -220,7 +215,7 @@ async def cmd_secret(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_url(reactor: Any, args: argparse.Namespace) -> int:
+def cmd_url(args: argparse.Namespace) -> int:
     secret = _secret(args.secret_file)
     assert secret is not None
     parts = urlsplit(args.url)
@@ -231,14 +226,14 @@ async def cmd_url(reactor: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_certs(reactor: Any, args: argparse.Namespace) -> int:
+def cmd_certs(args: argparse.Namespace) -> int:
     from p2pshare.tls import make_certs
 
     directory = Path(args.dir)
     bad = [n for n in args.names if not wire.is_name(n)]
     if bad:
         raise Failed(f"{bad[0]!r} is not a name: letters, digits or _ - . @")
-    written = make_certs(directory, args.names, [*DEFAULT_HOSTS, *args.host])
+    written = make_certs(directory, args.names, args.host)
     for path in written:
         if path.name == "ca.pem":
             print(f"made a new network CA: {path} (trustRoots={path.parent}; ca.key stays with you)")
@@ -254,14 +249,24 @@ def _secret(path: str | None) -> Secret | None:
         raise Failed(str(e)) from None
 
 
-async def _talk(where: str, what: str, work: Awaitable[Any]) -> Any:
+def _ask(peer: str, verb: str, *args: object, **options: Any) -> Any:
+    """
+    One request to the peer's control channel, its reply, or L{Failed}.
+    """
+    return _talk(peer, "the peer", lambda: control_request(peer, verb, *args, **options))
+
+
+T = TypeVar("T")
+
+
+def _talk(where: str, what: str, call: Callable[[], T]) -> T:
     try:
-        return await work
-    except (ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
+        return call()
+    except (FileNotFoundError, ConnectionRefusedError) as e:
         raise Failed(f"cannot reach {what} at {where}: is it running? ({_reason(e)})") from None
     except TimeoutError:
         raise Failed(f"{what} at {where} did not answer in time") from None
-    except (ConnectionLost, ConnectionDone):
+    except (Closed, ConnectionResetError, BrokenPipeError):
         raise Failed(f"{what} at {where} closed the connection") from None
     except NotAControlChannel as e:
         raise Failed(f"{where} is {e.what}, not {e.wanted}{e.hint}") from None
@@ -270,11 +275,62 @@ async def _talk(where: str, what: str, work: Awaitable[Any]) -> Any:
     except WireError as e:
         # Our own request breaks the grammar: a bug of this command, not the endpoint's.
         raise Failed(f"this p2p cannot ask {what} that: {e}") from None
+    except OSError as e:
+        raise Failed(f"cannot reach {what} at {where}: {_reason(e)}") from None
     except ValueError as e:
         hint = ""
         if ":" not in where:
             hint = f" (a unix socket is given as unix:{where})"
         raise Failed(f"{where} is not a usable endpoint: {_reason(e)}{hint}") from None
+
+
+def on_twisted(work: Callable[[Any], Awaitable[T]]) -> T:
+    """
+    Run C{work(reactor)} on Twisted's reactor and return what it returns,
+    for the commands that need Twisted (only they import it).  Ctrl-C
+    cancels the work, so that what it started is stopped, and surfaces as
+    L{KeyboardInterrupt}; a second Ctrl-C leaves at once.  Twisted's
+    connection errors become the built-in ones the plain commands meet.
+    """
+    from twisted.internet import task
+    from twisted.internet.defer import CancelledError, Deferred
+    from twisted.internet.defer import TimeoutError as TwistedTimeout
+    from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+
+    outcome: list[tuple[bool, Any]] = []
+
+    async def body(reactor: Any) -> None:
+        work_done: Deferred[T] = Deferred.fromCoroutine(work(reactor))  # type: ignore[arg-type]
+        interrupted: list[bool] = []
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if interrupted:  # a second Ctrl-C: leave now
+                os._exit(130)
+            interrupted.append(True)
+            reactor.callFromThread(work_done.cancel)
+
+        reactor.callWhenRunning(signal.signal, signal.SIGINT, on_sigint)
+        try:
+            outcome.append((True, await work_done))
+        except CancelledError as e:
+            outcome.append((False, KeyboardInterrupt() if interrupted else e))
+        except TwistedTimeout:
+            outcome.append((False, TimeoutError()))
+        except ConnectError as e:
+            outcome.append((False, ConnectionRefusedError(_reason(e))))
+        except (ConnectionLost, ConnectionDone):
+            outcome.append((False, Closed()))
+        except Exception as e:
+            outcome.append((False, e))
+
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
+    except SystemExit:
+        pass  # react always exits; what happened is in outcome
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _reason(e: BaseException) -> str:
@@ -349,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
     certs.add_argument("names", nargs="+", help="one certificate per name (e.g. meta s1 s2)")
     certs.add_argument("--host", action="append", default=[],
                        help="an address or host name the roles are reached at (repeatable; "
-                            f"{', '.join(DEFAULT_HOSTS)} always)")
+                            "localhost, 127.0.0.1 and ::1 always)")
     certs.set_defaults(run=cmd_certs)
 
     url = sub.add_parser("url", help="sign a file's URL so that curl may fetch it from a private network")
@@ -426,46 +482,25 @@ def main(argv: list[str] | None = None) -> None:
     check_args(p, args)
     if getattr(args, "peer", None) is not None:
         args.peer = _peer_endpoint(args.peer)
-    run: Callable[[Any, argparse.Namespace], Coroutine[Any, Any, int]] = args.run
-
-    from twisted.internet import task
-
-    async def body(reactor: Any) -> None:
-        work: Deferred[int] = Deferred.fromCoroutine(run(reactor, args))
-        interrupted: list[bool] = []
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            if interrupted:  # a second Ctrl-C: leave now
-                os._exit(130)
-            interrupted.append(True)
-            reactor.callFromThread(work.cancel)
-
-        reactor.callWhenRunning(signal.signal, signal.SIGINT, on_sigint)
-        try:
-            code = await work
-        except CancelledError:
-            if not interrupted:
-                raise
-            print(f"p2p {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
-            code = 130
-        except Failed as e:
-            print(f"p2p {args.command}: {one_line(str(e))}", file=sys.stderr)
-            code = 1
-        except BrokenPipeError:
-            _silence_stdout()
-            code = 1
-        except Exception as e:  # one sentence, never a traceback
-            print(f"p2p {args.command}: failed: {one_line(_reason(e))}", file=sys.stderr)
-            code = 1
-        if code:
-            raise SystemExit(code)
-
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        task.react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
-    except SystemExit as e:
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _silence_stdout()
-            raise SystemExit(e.code or 1) from None
-        raise
+        code = run(args)
+    except KeyboardInterrupt:
+        print(f"p2p {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+        code = 130
+    except Failed as e:
+        print(f"p2p {args.command}: {one_line(str(e))}", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:
+        _silence_stdout()
+        code = 1
+    except Exception as e:  # one sentence, never a traceback
+        print(f"p2p {args.command}: failed: {one_line(_reason(e))}", file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = code or 1
+    if code:
+        raise SystemExit(code)

@@ -4,10 +4,7 @@ Small helpers shared by both roles: endpoint strings and atomic files.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
@@ -66,62 +63,6 @@ def tcp_client_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndp
     if isIPv6Address(host):
         return TCP6ClientEndpoint(reactor, host, port, timeout=10)
     return HostnameEndpoint(reactor, host, port, timeout=10)
-
-
-def human_size(n: float) -> str:
-    """
-    A size for people: C{512 B}, C{1.2 GB} (powers of 1000, as disks say).
-    """
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
-def atomic_write(path: Path | str, data: bytes) -> None:
-    """
-    Replace the file at C{path} with C{data} so that a reader sees the old
-    content or the new, never a mix: write a temporary file beside it, fsync
-    it, rename it over, and fsync the directory.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_directory(path.parent)
-
-
-def private_write(path: Path, data: bytes, exclusive: bool = False) -> None:
-    """
-    Write a file only its owner may read (keys, secrets); with
-    C{exclusive}, refuse (L{FileExistsError}) to replace one.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def fsync_directory(directory: Path) -> None:
-    """
-    Make a rename or link in C{directory} durable.
-    """
-    dirfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 class ListenService(Service):

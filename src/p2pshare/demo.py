@@ -19,9 +19,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 
 from p2pshare.admission import new_secret_text
-from p2pshare.common import atomic_write, private_write
+from p2pshare.disk import atomic_write, private_write
 from p2pshare.launch import LocalNetwork
-from p2pshare.tls import DEFAULT_HOSTS, make_certs
+from p2pshare.tls import make_certs
 from p2pshare.topo import TopoEntry, far_apart, parse_topo, tree_text
 
 DEMO_SIZE = 20_000_000
@@ -41,7 +41,7 @@ async def run_demo(reactor: Any, peers: int = 5, private: bool = False, tls: boo
             say(f"a private network: every role holds the secret in {secret_file}")
         if tls:
             certs = root / "certs"
-            make_certs(certs, ["meta", *(f"p{i}" for i in range(1, peers + 1))], list(DEFAULT_HOSTS))
+            make_certs(certs, ["meta", *(f"p{i}" for i in range(1, peers + 1))])
             say(f"an encrypted network: a private CA and a certificate per role in {certs}")
         net = LocalNetwork(reactor, root, secret_file=secret_file, certs=certs)
         try:

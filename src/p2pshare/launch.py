@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from p2pshare.tls import DEFAULT_HOSTS, make_certs
+from p2pshare.tls import make_certs
 
 # twistd stopped by SIGTERM shuts down cleanly, then ends by that signal.
 CLEAN_EXITS = (0, -signal.SIGTERM)
@@ -257,7 +257,7 @@ class LocalNetwork:
         if certs is None:
             return f"tcp:{port}:interface=127.0.0.1"
         if not (certs / f"{name}.pem").exists():
-            make_certs(certs, [name], list(DEFAULT_HOSTS))
+            make_certs(certs, [name])
         return (
             f"mtls:{port}:interface=127.0.0.1:privateKey={certs / name}.pem"
             f":trustRoots={certs / 'trust'}"
@@ -320,12 +320,17 @@ class LocalNetwork:
         """
         Each running peer's name, to its key, as the peers say themselves.
         """
-        from p2pshare.client import control_request
+        from twisted.internet.threads import deferToThreadPool
+
+        from p2pshare.control_client import control_request
 
         found = {}
+        pool = self.reactor.getThreadPool()
         for key, proc in self.peers.items():
             if proc.running:
-                status = await control_request(self.reactor, self.control(key), "STATUS")
+                status = await deferToThreadPool(
+                    self.reactor, pool, control_request, self.control(key), "STATUS"
+                )
                 found[status["name"]] = key
         return found
 

@@ -25,7 +25,7 @@ from twisted.conch import manhole_tap
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
-from p2pshare.common import atomic_write, private_write
+from p2pshare.disk import atomic_write, private_write
 from p2pshare.startup import StartupError, listen_problem
 
 log = Logger()

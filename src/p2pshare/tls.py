@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from p2pshare.common import private_write
+from p2pshare.disk import private_write
 
 CERT_DAYS = 825
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -263,12 +264,12 @@ def endpoint_problem(e: BaseException) -> str:
 # Making a network's certificates.
 
 
-def make_certs(directory: Path, names: list[str], hosts: list[str]) -> list[Path]:
+def make_certs(directory: Path, names: list[str], hosts: Sequence[str] = ()) -> list[Path]:
     """
     Write the network's CA in C{directory} (C{trust/ca.pem}, the directory
     to name in C{trustRoots=}, and C{ca.key}; both kept if they exist) and
     one C{NAME.pem} (certificate and key, mode 0600) per name, valid for
-    C{hosts}.  Returns the files written.
+    L{DEFAULT_HOSTS} and C{hosts}.  Returns the files written.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -305,7 +306,7 @@ def make_certs(directory: Path, names: list[str], hosts: list[str]) -> list[Path
         ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         written += [ca_pem, ca_key_path]
     sans: list[x509.GeneralName] = []
-    for host in hosts:
+    for host in dict.fromkeys([*DEFAULT_HOSTS, *hosts]):  # in order, once each
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:

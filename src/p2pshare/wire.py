@@ -44,6 +44,17 @@ class WireError(ValueError):
 
 
 # Error codes sent in ERROR lines.  docs/protocol.rst lists them all.
+class RemoteError(Exception):
+    """
+    The other side answered a request with C{ERROR code text}.
+    """
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+
+
 E_BAD_FLAG = "bad-flag"
 E_BAD_LINE = "bad-line"
 E_BAD_ENCODING = "bad-encoding"

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
 from p2pshare.topo import TopoEntry, count_text, topo_text, walk
 from p2pshare.wire import Message, WireError

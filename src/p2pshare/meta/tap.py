@@ -19,10 +19,10 @@ from p2pshare.admission import SecretError, describe, load_secret
 from p2pshare.common import (
     LimitedFactory,
     ListenService,
-    atomic_write,
     loopback_by_default,
     server_endpoint_string,
 )
+from p2pshare.disk import atomic_write
 from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer

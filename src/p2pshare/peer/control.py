@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from p2pshare.peer.node import PeerNode
 
 
+PROGRESS_EVERY = 0.1  # seconds between PROGRESS lines, at least
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -78,8 +81,14 @@ class ControlProtocol(LineChannel):
             self.sendError(wire.E_BAD_ARGS, f"{path} is not a directory")
             return
 
+        last = [-PROGRESS_EVERY]
+
         def progress(done: int, total: int, sending: int = 0) -> None:
-            if self.connected:
+            # At most ten lines a second: one per piece cost a 512 MiB
+            # download a tenth of its time, here and in p2p.
+            now = self.node.clock.seconds()
+            if self.connected and (now - last[0] >= PROGRESS_EVERY or done == total):
+                last[0] = now
                 self.send("PROGRESS", done, total, sources=sending or None)
 
         def fetched(result: Any) -> None:

@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from p2pshare.common import atomic_write
+from p2pshare.disk import atomic_write
 
 
 class Identity:

@@ -22,10 +22,9 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from p2pshare.channel import RemoteError
 from p2pshare.peer.links import Links
 from p2pshare.peer.membership import ORPHANED, Membership
-from p2pshare.wire import Message
+from p2pshare.wire import Message, RemoteError
 
 FIRST_PAUSE = 0.5
 LONGEST_PAUSE = 30.0

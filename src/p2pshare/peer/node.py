@@ -46,8 +46,8 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
-from p2pshare.channel import RemoteError
-from p2pshare.common import LimitedFactory, atomic_write
+from p2pshare.common import LimitedFactory
+from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, make_site
@@ -66,7 +66,7 @@ from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, Fetched
 from p2pshare.startup import listen_now, listen_problem
-from p2pshare.wire import Match, Message
+from p2pshare.wire import Match, Message, RemoteError
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[..., Deferred[Any]]

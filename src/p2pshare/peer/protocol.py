@@ -12,10 +12,10 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY
-from p2pshare.channel import ChannelFactory, LineChannel, RemoteError
+from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.peer.interfaces import ILink, IOverlay
 from p2pshare.peer.search import FORWARD_BURST, FORWARD_RATE, TokenBucket
-from p2pshare.wire import Message
+from p2pshare.wire import Message, RemoteError
 
 
 @implementer(ILink)

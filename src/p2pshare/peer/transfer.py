@@ -40,7 +40,7 @@ from twisted.web.iweb import IAgent
 
 from p2pshare import wire
 from p2pshare.admission import Secret
-from p2pshare.common import fsync_directory, human_size
+from p2pshare.disk import fsync_directory, human_size
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
 from p2pshare.peer.swarm import (
     Broke,
