@@ -19,7 +19,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from p2pshare import wire
-from p2pshare.peer.http import FilesResource, PiecesResource, parse_range
+from p2pshare.peer.http import FilesResource, PiecesResource
+from p2pshare.peer.serving import parse_range
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, FetchError, part_path
 from p2pshare.pieces import piece_count, piece_span, root_of
@@ -325,7 +326,7 @@ async def test_an_existing_file_is_never_silently_replaced(holders, downloader, 
 
 @pytest_twisted.ensureDeferred
 async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders, downloader, tmp_path, reactor):
-    from p2pshare.peer.http import UploadSlots
+    from p2pshare.peer.serving import UploadSlots
 
     busy_files = honest_files(reactor, tmp_path, "busy", upload_slots=UploadSlots(0))
     busy = holders(busy_files)

@@ -20,8 +20,9 @@ from twisted.internet.threads import deferToThread
 
 from p2pshare.common import LimitedFactory
 from p2pshare.httpserver import http_date
-from p2pshare.peer.http import SniffingFactory, UploadSlots, make_site
+from p2pshare.peer.http import SniffingFactory, make_site
 from p2pshare.peer.protocol import PeerFactory
+from p2pshare.peer.serving import UploadSlots
 from p2pshare.peer.share import ShareIndex
 
 DATA = os.urandom(256 * 1024)
@@ -287,14 +288,14 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(peer_po
     """
     from twisted.internet.defer import Deferred
 
-    from p2pshare.peer import http
+    from p2pshare.peer import serving
 
-    monkeypatch.setattr(http, "STALL_TIMEOUT", 1)
+    monkeypatch.setattr(serving, "STALL_TIMEOUT", 1)
     big = os.urandom(64 * 1024 * 1024)
     peer_port.path.write_bytes(big)
     peer_port.share.refresh()
     if path == "producer":
-        peer_port.node.upload_rate = http.UploadRate(2.0**40, reactor)
+        peer_port.node.upload_rate = serving.UploadRate(2.0**40, reactor)
     slots = peer_port.node.upload_slots
     freed: Deferred[None] = Deferred()
     give = slots.give
@@ -306,7 +307,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(peer_po
 
     monkeypatch.setattr(slots, "give", given)
     senders = []
-    for kind in (http._DirectSender, http._BigFileSender):
+    for kind in (serving._DirectSender, serving._BigFileSender):
         monkeypatch.setattr(kind, "done", lambda self, done=kind.done: senders.append(type(self)) or done(self))
     with socket.create_connection(("127.0.0.1", peer_port.port), timeout=10) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -315,7 +316,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(peer_po
         await freed.addTimeout(20, reactor)
         assert 0.9 < time.monotonic() - started < 10
         assert slots.used == 0
-        assert senders[0] is (http._DirectSender if path == "direct" else http._BigFileSender)
+        assert senders[0] is (serving._DirectSender if path == "direct" else serving._BigFileSender)
 
         def drain() -> int:
             got = 0
@@ -338,7 +339,7 @@ def test_where_a_holder_suggests_its_downloaders_begin():
     """
     from twisted.internet.task import Clock
 
-    from p2pshare.peer.http import StartSpreader
+    from p2pshare.peer.serving import StartSpreader
 
     clock = Clock()
     starts = StartSpreader(clock)

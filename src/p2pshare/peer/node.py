@@ -50,7 +50,7 @@ from p2pshare.common import LimitedFactory
 from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
 from p2pshare.peer.files import PeerFiles
-from p2pshare.peer.http import MAX_UPLOADS, SniffingFactory, make_site
+from p2pshare.peer.http import SniffingFactory, make_site
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.interfaces import IOverlay, ISearchHost
 from p2pshare.peer.joining import Joining
@@ -63,6 +63,7 @@ from p2pshare.peer.protocol import (
     PeerProtocol,
 )
 from p2pshare.peer.search import SearchEngine
+from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, Fetched
 from p2pshare.startup import listen_now, listen_problem
