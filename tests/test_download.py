@@ -353,12 +353,12 @@ async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tm
     real = swarm.verify_and_write
     room = [MiB]
 
-    def full_after_a_megabyte(fd, offset, data, digest):
+    def full_after_a_megabyte(fd, offset, data, digest, writing=None):
         size = sum(len(p) for p in data)
         if room[0] < size:
             raise OSError(errno.ENOSPC, "No space left on device")
         room[0] -= size
-        return real(fd, offset, data, digest)
+        return real(fd, offset, data, digest, writing)
 
     monkeypatch.setattr(swarm, "verify_and_write", full_after_a_megabyte)
     first, second = honest_files(reactor, tmp_path, "a"), honest_files(reactor, tmp_path, "b")

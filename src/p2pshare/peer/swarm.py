@@ -22,6 +22,7 @@ left, saying which were tried and why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -275,18 +276,24 @@ def return_buffers_to_the_system() -> None:
 Parts = list[memoryview]  # a piece as it arrived: views of the received blocks, in order
 
 
-def verify_and_write(fd: int, offset: int, parts: Parts, digest: bytes) -> bool:
+def verify_and_write(
+    fd: int, offset: int, parts: Parts, digest: bytes, writing: Any = None
+) -> bool:
     """
     In a thread: write C{parts} at C{offset} if their SHA-256 is
     C{digest}.  The blocks are hashed and written where they are, never
-    joined: no copy, and no fresh MiB-sized buffer per piece.
+    joined: no copy, and no fresh MiB-sized buffer per piece.  Writes to
+    one file take C{writing} (a lock), if given: the kernel lets only one
+    writer into a file at a time, and the others would spin on a CPU
+    meanwhile (7% of a downloading peer's time with two at once).
     """
     h = hashlib.sha256()
     for part in parts:
         h.update(part)
     if h.digest() != digest:
         return False
-    pwrite_all(fd, parts, offset)
+    with writing or contextlib.nullcontext():
+        pwrite_all(fd, parts, offset)
     start_writeback(fd, offset, sum(len(p) for p in parts))
     return True
 
@@ -526,6 +533,7 @@ class Swarm:
         self._hashed = 0  # pieces hashed so far, in order
         self._stored: set[int] = set(book.verified)  # pieces on disk, verified
         self._hashing = threading.Lock()
+        self._writing = threading.Lock()
 
     # Running.
 
@@ -908,7 +916,9 @@ class Swarm:
         order.  False if the piece is corrupt (nothing is written).
         """
         start, _ = piece_span(index, self.size)
-        if not verify_and_write(self.fd, start, data, digest_of(self.digests, index)):
+        if not verify_and_write(
+            self.fd, start, data, digest_of(self.digests, index), self._writing
+        ):
             return False
         with self._hashing:
             self._stored.add(index)
