@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from p2pshare.launch import LocalNetwork, progress_at
 from p2pshare.topo import distances, far_apart, parse_topo
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[(p2pmeta|p2ppeer( s\d+)?)( warn| error| critical)?\] \S")
+CHATTER = re.compile(r"Starting factory|Stopping factory|Scheduling retry|object at 0x| starting on |Port \S+ Closed|reactor class")
 CURL = shutil.which("curl") or "curl"  # .ci/run installs it; missing, the test fails
 
 
@@ -102,6 +105,15 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     # Nothing was harmed: the holder still serves.
     head = await deferToThread(curl, "-I", base + "random.bin")
     assert b"200 OK" in head.stdout and f'etag: "{sha}"'.encode() in head.stdout.lower()
+
+    # The roles' logs, at the default level, after a network formed, searched
+    # and transferred: one event per line with the role and its name, and
+    # none of Twisted's chatter (a factory per HTTP connection, ports).
+    lines = [line for log in ["meta", *net.peers] for line in (net.root / f"{log}.log").read_text().splitlines()]
+    assert len(lines) > 30
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
+    assert [line for line in lines if CHATTER.search(line)] == []
+    assert any(f"[p2ppeer {holder_name}] sharing random.bin" in line for line in lines)
 
 
 async def tree_of(net, n):

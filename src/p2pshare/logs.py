@@ -1,18 +1,158 @@
 """
-Log observers for twistd's C{--logger} option.
+What a role writes to its log: one event per line, the time, the role and
+its name, then what happened::
 
-C{twistd --logger p2pshare.logs.json_lines -n p2ppeer ...} writes every
-event as one JSON object per line on standard output (twisted.logger's
-own JSON format: C{log_format}, C{log_level}, C{log_namespace},
-C{log_time} and the event's fields, such as C{name}, C{newcomer} or
-C{target}), for programs to read; without it, the events are text.
+    2026-11-30T19:46:18+0000 [p2ppeer s2] sharing report.pdf (48213 bytes, ...)
+    2026-11-30T19:46:19+0000 [p2ppeer s2 warn] s4 sent a corrupt piece ...
+
+Twisted's own chatter -- factories starting and stopping (one pair per
+HTTP connection), ports opening and closing, connection retries being
+scheduled, twistd's start-up banner -- is shown only at C{--log-level
+debug}.  C{--log-level warn} keeps warnings and errors alone.
+
+The observer replaces twistd's default one through the application's
+L{ILogObserver} component (how twistd lets an application choose its
+observer), and writes where twistd would: standard output with C{-n} and
+no C{--logfile}, else C{--logfile} (C{twistd.log} by default), rotated as
+twistd rotates it.
+
+For programs, C{twistd --logger p2pshare.logs.json_lines -n p2ppeer ...}
+writes every event as one JSON object per line on standard output
+(twisted.logger's own JSON format: C{log_format}, C{log_level},
+C{log_namespace}, C{log_time} and the event's fields, such as C{name},
+C{newcomer} or C{target}); twistd's C{--logger} comes before the role's
+own observer.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogLevel,
+    PredicateResult,
+    formatEventAsClassicLogText,
+    jsonFileLogObserver,
+)
+from twisted.python import logfile
+from zope.interface import implementer
+
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn}
+_RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3,
+         LogLevel.critical: 4}
+
+# Twisted's messages that say nothing to a user at the default level, by
+# their format (new-style events) or their text (legacy ones).
+_CHATTER_FORMATS = frozenset({
+    "Starting factory {factory!r}",
+    "Stopping factory {factory!r}",
+    "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.",
+    "twistd {version} ({exe} {pyVersion}) starting up.",
+    "reactor class: {reactor}.",
+    "Server Shut Down.",
+    "Main loop terminated.",
+})
+# A port's "SniffingFactory (LimitedFactory) starting on 5001" and
+# "(TCP Port 5001 Closed)": the role says itself where it listens.
+_PORT_CHATTER = re.compile(r".* starting on \S+|\((TCP |UNIX |)Port \S+ Closed\)")
+
+
+def is_chatter(event: Mapping[str, Any]) -> bool:
+    """
+    Is this one of Twisted's routine messages (debug level here)?
+    """
+    if event.get("isError") or event.get("log_failure") is not None:
+        return False
+    if event.get("log_format") in _CHATTER_FORMATS:
+        return True
+    message: tuple[Any, ...] = tuple(event.get("message") or ())
+    return len(message) == 1 and _PORT_CHATTER.fullmatch(str(message[0])) is not None
+
+
+def level_of(event: Mapping[str, Any]) -> LogLevel:
+    """
+    The level a line is shown at: chatter is debug, whatever Twisted said.
+    """
+    if is_chatter(event):
+        return LogLevel.debug
+    level = event.get("log_level")
+    if level is None:  # a legacy event
+        return LogLevel.error if event.get("isError") else LogLevel.info
+    return level  # type: ignore[no-any-return]
+
+
+def role_observer(
+    role: str, name: Callable[[], str | None], threshold: LogLevel, out: TextIO
+) -> ILogObserver:
+    """
+    Lines for C{role} (its C{name} as it is when each event happens) at
+    C{threshold} and above, written to C{out}.
+    """
+    def line(event: Mapping[str, Any]) -> str | None:
+        level = level_of(event)
+        named = name()  # a peer has none until the metadata server gives it one
+        system = f"{role} {named}" if named else role
+        if _RANK.get(level, 1) >= _RANK[LogLevel.warn]:
+            system += f" {level.name}"
+        return formatEventAsClassicLogText({**event, "log_system": system})
+
+    return FilteringLogObserver(FileLogObserver(out, line), [_AtLeast(threshold)])
+
+
+@implementer(ILogFilterPredicate)
+class _AtLeast:
+    def __init__(self, threshold: LogLevel) -> None:
+        self.threshold = threshold
+
+    def __call__(self, event: Mapping[str, Any]) -> PredicateResult:
+        ok = _RANK.get(level_of(event), 1) >= _RANK[self.threshold]
+        return PredicateResult.yes if ok else PredicateResult.no
+
+
+def twistd_output(parent: Mapping[str, Any] | None) -> TextIO:
+    """
+    Where twistd would have written the log, from its own options.
+    """
+    if parent is None:
+        return sys.stdout
+    path = parent.get("logfile")
+    if path == "-" or (parent.get("nodaemon") and not path):
+        return sys.stdout
+    return logfile.LogFile.fromFullPath(  # type: ignore[return-value]
+        path or "twistd.log",
+        rotateLength=parent.get("rotatelength") or 1000000,
+        maxRotatedFiles=parent.get("maxrotatedfiles"),
+    )
+
+
+@implementer(ILogObserver)
+class RoleLog:
+    """
+    The observer a role gives twistd; it opens its file when twistd starts
+    logging (after the options, the data dir and the ports are checked),
+    not when the role's services are assembled.
+    """
+
+    def __init__(self, role: str, name: Callable[[], str | None], options: Mapping[str, Any]):
+        self.role = role
+        self.name = name
+        self.threshold = LEVELS[options.get("log-level") or "info"]
+        self.parent = getattr(options, "parent", None)
+        self._observer: ILogObserver | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._observer is None:
+            self._observer = role_observer(
+                self.role, self.name, self.threshold, twistd_output(self.parent)
+            )
+        self._observer(event)
 
 
 def json_lines() -> ILogObserver:

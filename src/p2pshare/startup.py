@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -50,6 +50,19 @@ class RoleOptions(usage.Options):
     """
 
     role = "p2pshare"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["log-level"] = "info"
+
+    def opt_log_level(self, level: str) -> None:
+        """
+        debug, info (the default) or warn: debug adds Twisted's own
+        messages (factories, ports, retries); warn keeps only problems.
+        """
+        if level not in ("debug", "info", "warn"):
+            raise usage.UsageError("--log-level is debug, info or warn")
+        self["log-level"] = level
 
     def parseOptions(self, options: Any = None) -> None:
         try:
@@ -76,9 +89,17 @@ class RoleService(MultiService):
     sentence, and the process ends with status 1.
     """
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, log: Any = None) -> None:
         super().__init__()
         self.role = role
+        self.log = log  # the role's log observer (p2pshare.logs.RoleLog), if any
+
+    def setServiceParent(self, parent: Any) -> None:
+        # Under twistd the parent is the application: its ILogObserver
+        # component is the observer twistd logs to (unless --logger says).
+        if self.log is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:

@@ -23,6 +23,7 @@ from p2pshare.common import (
     server_endpoint_string,
 )
 from p2pshare.disk import atomic_write
+from p2pshare.logs import RoleLog
 from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
@@ -127,7 +128,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
             n=len(registry),
         )
 
-    top = RoleService("p2pmeta")
+    top = RoleService("p2pmeta", RoleLog("p2pmeta", lambda: None, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]
     server.setServiceParent(top)
     ListenService(

@@ -26,6 +26,7 @@ from p2pshare.common import (
     server_endpoint_string,
     tcp_client_endpoint,
 )
+from p2pshare.logs import RoleLog
 from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode, PeerSettings
@@ -196,7 +197,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         on_stop=reactor.stop,
     )
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
-    top = RoleService("p2ppeer")
+    top = RoleService("p2ppeer", RoleLog("p2ppeer", lambda: node.peer_name, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]
     # The control socket first: a second peer on this data dir is told so
     # before it touches the network.
