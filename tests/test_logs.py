@@ -64,7 +64,7 @@ def test_debug_brings_the_chatter_back_and_warn_keeps_only_problems():
 def test_a_failure_is_not_chatter_and_keeps_its_traceback():
     def fails(log: Logger, publisher: LogPublisher) -> None:
         try:
-            1 / 0
+            raise ZeroDivisionError("division by zero")
         except ZeroDivisionError:
             log.failure("Starting factory {factory!r}", factory="x")
 
