@@ -1,11 +1,16 @@
 # make demo / make test: each creates .venv and installs the project itself.
-PYTHON ?= python3.11
+# PYTHON: the first of these that is Python 3.11 or newer (or say PYTHON=...).
+PYTHON ?= $(shell for p in python3.14 python3.13 python3.12 python3.11 python3 python; do \
+	if command -v $$p >/dev/null 2>&1 && \
+	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+		echo $$p; break; fi; done)
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test install clean bench lint
 
 $(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or newer found (tried python3.14 ... python3.11, python3, python); install one, or give it: make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
