@@ -7,6 +7,7 @@ fetched.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -56,9 +57,9 @@ async def check_files(net, keys):
     Every live peer holds a file; each is found from one peer and fetched.
     """
     searcher = sorted(keys)[0]
-    out = await deferToThread(run, *P2P, "search", "held-by-*", "--peer", net.control(keys[searcher]))
+    out = await deferToThread(run, *P2P, "search", "held-by-*", "--json", "--peer", net.control(keys[searcher]))
     assert out.returncode == 0, out.stderr
-    found = {(line.split("\t")[0], line.split("\t")[3]) for line in out.stdout.splitlines()}
+    found = {(m["name"], m["holder"]) for m in map(json.loads, out.stdout.splitlines())}
     # Every live peer's own file, from that peer (copies fetched earlier
     # are shared onward too), and nothing from a dead peer.
     assert {(f"held-by-{n}", n) for n in keys} <= found, out.stdout

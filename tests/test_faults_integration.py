@@ -8,6 +8,7 @@ sockets, and shares and searches far larger than one line.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import select
 import shutil
@@ -239,12 +240,11 @@ async def test_three_thousand_files_of_long_names(net, tmp_path):
     assert await status.when_ended(60) == 0, status.output()
     assert "shared files (3000):" in status.lines
 
-    search = net.p2p("search", "*nnnn*", "--peer", net.control(r))
+    search = net.p2p("search", "*nnnn*", "--json", "--peer", net.control(r))
     assert await search.when_ended(60) == 0, search.output()[-500:]
-    rows = [line.split("\t") for line in search.lines if "\t" in line]
     holders: dict[str, set[str]] = {}
-    for name, _, _, holder in rows:
-        holders.setdefault(name, set()).add(holder)
+    for m in (json.loads(line) for line in search.lines if line.startswith("{")):
+        holders.setdefault(m["name"], set()).add(m["holder"])
     assert sorted(holders) == files
     assert {n for n, h in holders.items() if h == {by_key[a], by_key[b]}} == set(files[:200])
     assert all(h == {by_key[a]} for n, h in holders.items() if n not in files[:200])

@@ -95,7 +95,7 @@ async def fetch_across(net: LocalNetwork, names: dict[str, str]) -> None:
     await net.peers[holder].wait_for("sharing notes.bin", 30)
     found = await deferToThread(run, *P2P, "search", "notes.*", "--peer", net.control(requester))
     assert found.returncode == 0, found.stderr
-    assert found.stdout == f"notes.bin\t{len(DATA)}\t{hashlib.sha256(DATA).hexdigest()}\ts3\n"
+    assert found.stdout == f"notes.bin\t{len(DATA)}\t{hashlib.sha256(DATA).hexdigest()[:12]}\t1\ts3\n"
     got = await deferToThread(run, *P2P, "get", "notes.bin", "--peer", net.control(requester))
     assert got.returncode == 0, got.stderr
     assert (net.root / requester / "shared" / "notes.bin").read_bytes() == DATA

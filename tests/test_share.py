@@ -91,9 +91,19 @@ def test_names_and_patterns():
     assert is_shareable_name("ünïcödé.txt")
     for bad in ["", ".dot", "a/b", "a\nb", "a\x00b", "x" * 256]:
         assert not is_shareable_name(bad)
-    assert matches("a.txt", "a.txt") and not matches("a.txt", "A.txt")
-    assert matches("*.txt", "a.txt") and matches("file-?.dat", "file-1.dat")
-    assert matches("[ab].txt", "b.txt") and not matches("[ab].txt", "c.txt")
+    # Words, in any order, anywhere in the path, ignoring case.
+    assert matches("report", "Report.pdf") and matches("REPORT pdf", "report.PDF")
+    assert matches("live ogg", "music/Live/set.ogg") and matches("ogg live", "music/Live/set.ogg")
+    assert not matches("live flac", "music/Live/set.ogg")
+    assert not matches("   ", "a.txt")  # no word finds nothing, not everything
+    # Globs on the whole path, ignoring case; * also crosses folders.
+    assert matches("*.txt", "a.TXT") and matches("file-?.dat", "File-1.dat")
+    assert matches("[ab].txt", "B.txt") and not matches("[ab].txt", "c.txt")
+    assert matches("music/*.ogg", "music/Live/set.ogg") and not matches("*.ogg", "set.ogg.bak")
+    # Exact: the whole path, ignoring case; a word is not enough.
+    assert matches("report.pdf", "Report.PDF", exact=True)
+    assert not matches("report", "report.pdf", exact=True)
+    assert matches("*.txt", "*.txt", exact=True) and not matches("*.txt", "a.txt", exact=True)
 
 
 class Terminal(io.StringIO):

@@ -7,7 +7,9 @@ port, ranges included, and cannot step outside the share.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -30,6 +32,31 @@ CURL = shutil.which("curl") or "curl"  # .ci/run installs it; missing, the test 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+
+
+def on_terminal(*argv: str) -> str:
+    """
+    What a command prints when its output is a terminal.
+    """
+    main, side = pty.openpty()
+    try:
+        subprocess.run(list(argv), stdout=side, stderr=subprocess.DEVNULL, timeout=120, check=True)
+        os.close(side)
+        side = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out.decode().replace("\r\n", "\n")
+    finally:
+        os.close(main)
+        if side >= 0:
+            os.close(side)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -66,8 +93,8 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     await net.peers[holder].wait_for("sharing random.bin", 30)
     found = await deferToThread(run, *P2P, "search", "random.bin", "--peer", net.control(requester))
     assert found.returncode == 0, found.stderr
-    name, size, digest, holder_name = found.stdout.strip().split("\t")
-    assert (name, size, digest) == ("random.bin", str(len(data)), sha)
+    name, size, digest, count, holder_name = found.stdout.strip().split("\t")
+    assert (name, size, digest, count) == ("random.bin", str(len(data)), sha[:12], "1")
     assert keys[holder_name] == holder
     nothing = await deferToThread(run, *P2P, "search", "no-such-*", "--peer", net.control(requester))
     assert (nothing.returncode, nothing.stdout) == (1, "not found\n")
@@ -79,6 +106,27 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     assert target.read_bytes() == data
     assert f"sha256 {sha}" in out.stderr
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    # Search as people expect: any case, words, --exact; one line per
+    # distinct file with its holders; --json per holder; a header on a terminal.
+    me = (await deferToThread(run, *P2P, "status", "--peer", net.control(requester))).stdout.split()[1]
+    both = await deferToThread(run, *P2P, "search", "RANDOM", "--peer", net.control(holder))
+    assert both.returncode == 0, both.stderr
+    [row] = [line.split("\t") for line in both.stdout.splitlines()]
+    assert row[:4] == ["random.bin", str(len(data)), sha[:12], "2"]
+    assert sorted(row[4].split(", ")) == sorted([holder_name, me])
+    exact = await deferToThread(run, *P2P, "search", "random", "--exact", "--peer", net.control(holder))
+    assert (exact.returncode, exact.stdout) == (1, "not found\n")
+    exact = await deferToThread(run, *P2P, "search", "Random.BIN", "--exact", "--peer", net.control(holder))
+    assert exact.stdout == both.stdout
+    as_json = await deferToThread(run, *P2P, "search", "bin random", "--json", "--peer", net.control(holder))
+    objects = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert sorted(o["holder"] for o in objects) == sorted([holder_name, me])
+    assert {(o["name"], o["size"], o["sha256"]) for o in objects} == {("random.bin", len(data), sha)}
+    assert set(objects[0]) == {"name", "size", "sha256", "holder", "host", "port"}
+    shown = await deferToThread(on_terminal, *P2P, "search", "random", "--peer", net.control(holder))
+    header, line = shown.splitlines()
+    assert header.split() == ["PATH", "SIZE", "SHA-256", "HOLDERS"]
+    assert line.split()[:5] == ["random.bin", "20.0", "MB", sha[:12], "2"]
     # It is shared onward at once.
     status = await deferToThread(run, *P2P, "status", "--peer", net.control(requester))
     assert f"  random.bin  20.0 MB  sha256 {sha[:16]}..." in status.stdout.splitlines()

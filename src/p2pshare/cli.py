@@ -11,6 +11,7 @@ to do (a download keeps what it has, and the same command resumes it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -101,18 +102,65 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    found = _ask(args.peer, "FIND", wire.quote_name(args.pattern), timeout=30)
+    options = {"exact": 1} if args.exact else {}
+    found = _ask(args.peer, "FIND", wire.quote_name(args.pattern), timeout=30, **options)
     matches = found["matches"]
     if not matches:
         print("not found")
         return 1
-    for m in matches:
-        holder = m["holder"]
-        if m.get("have") is not None:  # still downloading it: it serves what it has
-            share = m["have"] / piece_count(m["size"])
-            holder += f" (partial, {share:.0%})"
-        print(f"{m['name']}\t{m['size']}\t{m['sha256']}\t{holder}")
+    if args.json:
+        for m in _distinct_holders(matches):
+            keys = ("name", "size", "sha256", "holder", "host", "port")
+            print(json.dumps({k: m[k] for k in keys}, ensure_ascii=False))
+        return 0
+    tty = sys.stdout.isatty()
+    rows = _by_content(_distinct_holders(matches), human=tty)
+    if tty:
+        rows.insert(0, ("PATH", "SIZE", "SHA-256", "HOLDERS", ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=False)) + "  " + r[4])
+    else:
+        for r in rows:
+            print("\t".join(r))
     return 0
+
+
+def _distinct_holders(matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    Each holder's copy once (nearest first), however it came back.
+    """
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for m in matches:
+        key = (m["holder"], m["sha256"], m["name"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(m)
+    return kept
+
+
+def _by_content(matches: list[dict[str, Any]], human: bool) -> list[tuple[str, ...]]:
+    """
+    One row per distinct file (same SHA-256), under the name its nearest
+    holder gives it: path, size, the SHA-256's first 12 digits, how many
+    hold it, and who (a download in progress as C{s3 (partial, 40%)}).
+    """
+    files: dict[str, list[dict[str, Any]]] = {}
+    for m in matches:
+        files.setdefault(m["sha256"], []).append(m)
+    rows: list[tuple[str, ...]] = []
+    for sha, holders in files.items():
+        first = holders[0]
+        names = []
+        for m in holders:
+            name = m["holder"]
+            if m.get("have") is not None:  # still downloading it: it serves what it has
+                name += f" (partial, {m['have'] / piece_count(m['size']):.0%})"
+            names.append(name)
+        size = _size(first["size"]) if human else str(first["size"])
+        rows.append((first["name"], size, sha[:12], str(len(holders)), ", ".join(names)))
+    return rows
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -366,8 +414,14 @@ def parser() -> argparse.ArgumentParser:
     topo.add_argument("--secret-file", default=None, help="the network secret (private networks)")
     topo.set_defaults(run=cmd_topo)
 
-    search = sub.add_parser("search", help="every match in the whole network")
-    search.add_argument("pattern", help="an exact file name, or a glob with * ? [")
+    search = sub.add_parser("search", help="every match in the whole network, ignoring case")
+    search.add_argument(
+        "pattern", help="words found anywhere in the path (any order), a glob with * ? [ on the "
+        "whole path, or sha256:HEX"
+    )
+    search.add_argument("--exact", action="store_true", help="the whole path exactly (any case)")
+    search.add_argument("--json", action="store_true",
+                        help="one JSON object per holder of each match, for scripts")
     search.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
     search.set_defaults(run=cmd_search)
 

@@ -308,13 +308,14 @@ SPECS: dict[str, Spec] = {
     "UP": Spec(rest=TOKEN),
     # Searching: a convergecast over the overlay tree.
     "SEARCH": Spec(
-        args=(("id", NAME), ("ttl", COUNT), ("hops", COUNT), ("wait", COUNT), ("pattern", FILE))
+        args=(("id", NAME), ("ttl", COUNT), ("hops", COUNT), ("wait", COUNT), ("pattern", FILE)),
+        keys={"exact": COUNT},
     ),
     "RESULTS": Spec(args=(("id", NAME),), rest=MATCH, keys={"more": COUNT}),
     # The local control channel.
     "STATUS": Spec(),
     "STOP": Spec(),
-    "FIND": Spec(args=(("pattern", FILE),)),
+    "FIND": Spec(args=(("pattern", FILE),), keys={"exact": COUNT}),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE)), keys={"sources": COUNT}),
     # One entry of a reply's list (a shared file, a match, a neighbour), as

@@ -71,7 +71,8 @@ class ControlProtocol(LineChannel):
         def found(matches: list[wire.Match]) -> None:
             self.reply({"count": len(matches)}, matches=(asdict(m) for m in matches))
 
-        self.node.search.start(pattern).addCallback(found).addErrback(self._failed)
+        exact = msg.options.get("exact") == "1"
+        self.node.search.start(pattern, exact=exact).addCallback(found).addErrback(self._failed)
 
     def msg_FETCH(self, msg: Message) -> None:
         name = wire.unquote_name(msg.args[0])

@@ -44,7 +44,7 @@ from p2pshare.wire import Match
 
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
 RunBlocking = Callable[..., Deferred[Any]]
-Find = Callable[[str, float], Deferred[list[Match]]]
+Find = Callable[[str, float, bool], Deferred[list[Match]]]  # pattern, timeout, exact
 
 
 @implementer(IFileHost)
@@ -139,7 +139,7 @@ class PeerFiles(MultiService):
             self.share.learn(known)
 
     async def _others(self, name: str, timeout: float) -> list[Match]:
-        return [m for m in await self._find(name, timeout) if m.holder != self._me()]
+        return [m for m in await self._find(name, timeout, True) if m.holder != self._me()]
 
     # Downloads in progress, which others may fetch from (swarming).
 
@@ -156,7 +156,7 @@ class PeerFiles(MultiService):
             return None
         return self.downloader.partials.get(sha)
 
-    def partial_matches(self, pattern: str) -> list[Partial]:
+    def partial_matches(self, pattern: str, exact: bool = False) -> list[Partial]:
         """
         Downloads in progress into the shared folder that C{pattern} finds,
         unless the whole file is shared here already.
@@ -168,7 +168,7 @@ class PeerFiles(MultiService):
         return [
             p for p in self.downloader.partials.values()
             if p.sha256 not in whole and p.path.parent == self.downloads
-            and (p.sha256 == sha if sha is not None else name_matches(pattern, p.name))
+            and (p.sha256 == sha if sha is not None else name_matches(pattern, p.name, exact))
         ]
 
     def count(self) -> int:
@@ -233,7 +233,7 @@ class PeerFiles(MultiService):
         # left may be back (perhaps at another address), and the download
         # resumes from what it has.
         for pause in FETCH_PAUSES:
-            found = await self._find(name, timeout)
+            found = await self._find(name, timeout, True)
             matches = [m for m in found if m.holder != self._me()]
             if not matches:
                 raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")

@@ -85,9 +85,10 @@ class ISearchHost(Interface):
     clock = Attribute("an IReactorTime")
     neighbours = Attribute("the overlay links, by name: objects with .name and .proto (ILink)")
 
-    def local_matches(pattern: str, hops: int) -> list[Any]:
+    def local_matches(pattern: str, hops: int, exact: bool = False) -> list[Any]:
         """
-        This peer's own files matching C{pattern}, as Matches.
+        This peer's own files matching C{pattern} (C{exact}: the whole
+        name, ignoring case), as Matches.
         """
 
 

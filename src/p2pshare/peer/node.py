@@ -193,7 +193,7 @@ class PeerNode(MultiService):
         self.files = PeerFiles(
             clock=clock,
             run_blocking=self.run_blocking,
-            find=lambda pattern, timeout: self.search.start(pattern, timeout),
+            find=lambda pattern, timeout, exact: self.search.start(pattern, timeout, exact=exact),
             me=lambda: self.peer_name,
             on_files_changed=self._report,
             shared=settings.shared,
@@ -549,18 +549,18 @@ class PeerNode(MultiService):
     async def fetch(self, name: str, *args: Any, **kwargs: Any) -> Fetched:
         return await self.files.fetch(name, *args, **kwargs)
 
-    def local_matches(self, pattern: str, hops: int) -> list[Match]:
+    def local_matches(self, pattern: str, hops: int, exact: bool = False) -> list[Match]:
         if self.share is None or self.peer_name is None or self.port is None:
             return []
         host = self.host or "127.0.0.1"
         whole = [
             Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops, f.root)
-            for f in self.share.search(pattern)
+            for f in self.share.search(pattern, exact)
         ]
         partial = [
             Match(p.name, p.size, p.sha256, self.peer_name, host, self.port, hops, p.root,
                   len(p.book.verified))
-            for p in self.files.partial_matches(pattern)
+            for p in self.files.partial_matches(pattern, exact)
         ]
         return whole + partial
 

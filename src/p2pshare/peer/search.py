@@ -55,6 +55,7 @@ class Search:
     id: str
     pattern: str
     upstream: ILink | None
+    exact: bool = False
     waiting: set[str] = field(default_factory=set)
     matches: list[Match] = field(default_factory=list)
     timer: IDelayedCall | None = None
@@ -80,14 +81,17 @@ class SearchEngine:
         self.throttled = 0  # searches refused over a neighbour's allowance
 
     def start(
-        self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None
+        self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None,
+        exact: bool = False,
     ) -> Deferred[list[Match]]:
         """
         Search the whole network; fires with every match, nearest first.
+        C{pattern} is read as L{p2pshare.peer.share.matches} says; C{exact}:
+        the whole name, ignoring case.
         """
         search_id = search_id or uuid.uuid4().hex
         done: Deferred[list[Match]] = Deferred()
-        self._handle(search_id, DEFAULT_TTL, 0, int(timeout * 1000), pattern, None, done)
+        self._handle(search_id, DEFAULT_TTL, 0, int(timeout * 1000), pattern, None, done, exact)
         self.log.info(
             "search {id} for {pattern!r} started", id=search_id[:8], pattern=pattern
         )
@@ -119,6 +123,7 @@ class SearchEngine:
             wire.unquote_name(pattern),
             proto,
             None,
+            msg.options.get("exact") == "1",
         )
 
     def _handle(
@@ -130,13 +135,14 @@ class SearchEngine:
         pattern: str,
         upstream: ILink | None,
         done: Deferred[list[Match]] | None,
+        exact: bool = False,
     ) -> None:
         now = self.node.clock.seconds()
         self._forget_before(now - SEEN_FOR)
         self.seen[search_id] = now
         self.handled[search_id] = self.handled.get(search_id, 0) + 1
-        search = Search(search_id, pattern, upstream, done=done)
-        search.matches = self.node.local_matches(pattern, hops)[:MAX_RESULTS]
+        search = Search(search_id, pattern, upstream, exact, done=done)
+        search.matches = self.node.local_matches(pattern, hops, exact)[:MAX_RESULTS]
         margin_ms = margin_for(wait_ms, ttl)
         child_wait = wait_ms - 2 * margin_ms
         if ttl > 0 and child_wait > margin_ms:
@@ -145,7 +151,7 @@ class SearchEngine:
                 if n.name != came_from:
                     n.proto.send(
                         "SEARCH", search_id, ttl - 1, hops + 1, child_wait,
-                        wire.quote_name(pattern),
+                        wire.quote_name(pattern), exact=1 if exact else None,
                     )
                     search.waiting.add(n.name)
         if not search.waiting:

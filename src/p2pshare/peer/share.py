@@ -64,13 +64,20 @@ def by_content(pattern: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def matches(pattern: str, name: str) -> bool:
+def matches(pattern: str, name: str, exact: bool = False) -> bool:
     """
-    A pattern without C{* ? [} is an exact name; with them, a shell glob.
+    Does C{pattern} find C{name}, ignoring letter case?  With C{exact}, it
+    is the whole name; with C{* ? [}, a shell glob on the whole name (C{*}
+    also matches C{/}); otherwise every one of its space-separated words
+    appears somewhere in the name (C{live ogg} finds C{music/Live/set.ogg}).
     """
+    name, pattern = name.casefold(), pattern.casefold()
+    if exact:
+        return name == pattern
     if is_pattern(pattern):
         return fnmatch.fnmatchcase(name, pattern)
-    return name == pattern
+    words = pattern.split()
+    return bool(words) and all(word in name for word in words)
 
 
 def sha256_of(path: Path | str) -> str:
@@ -150,15 +157,15 @@ class ShareIndex:
             return None
         return path
 
-    def search(self, pattern: str) -> list[SharedFile]:
+    def search(self, pattern: str, exact: bool = False) -> list[SharedFile]:
         """
-        The files whose name matches C{pattern}, or (C{sha256:HEX}) whose
-        content has that SHA-256.
+        The files that C{pattern} finds (L{matches}), or (C{sha256:HEX})
+        whose content has that SHA-256.
         """
         sha = by_content(pattern)
         if sha is not None:
             return [f for _, f in sorted(self.files.items()) if f.sha256 == sha]
-        return [f for name, f in sorted(self.files.items()) if matches(pattern, name)]
+        return [f for name, f in sorted(self.files.items()) if matches(pattern, name, exact)]
 
     def by_sha256(self, sha: str) -> SharedFile | None:
         """
