@@ -12,7 +12,7 @@ from p2pshare.cli import ProgressBar
 from p2pshare.peer.share import ShareIndex, is_shareable_name, matches
 
 
-def test_only_regular_files_directly_inside_and_no_dotfiles(tmp_path):
+def test_the_whole_tree_is_shared_but_nothing_hidden_and_nothing_outside(tmp_path):
     share = tmp_path / "share"
     share.mkdir()
     (share / "a.txt").write_bytes(b"aaa")
@@ -20,19 +20,35 @@ def test_only_regular_files_directly_inside_and_no_dotfiles(tmp_path):
     (share / ".b.txt.part").write_bytes(b"partial")
     (share / "dir").mkdir()
     (share / "dir" / "inner.txt").write_bytes(b"i")
+    (share / "Music" / "Live Set").mkdir(parents=True)
+    (share / "Music" / "Live Set" / "été 2026.ogg").write_bytes(b"song")
+    (share / ".git").mkdir()
+    (share / ".git" / "config").write_bytes(b"secret")
+    (share / "dir" / ".cache").mkdir()
+    (share / "dir" / ".cache" / "x").write_bytes(b"x")
     (tmp_path / "outside.txt").write_bytes(b"o")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "outdir" / "f").write_bytes(b"f")
     os.symlink(tmp_path / "outside.txt", share / "link-out.txt")
+    os.symlink(tmp_path / "outdir", share / "dir-out")
+    os.symlink(share / "dir", share / "dir-in")  # a folder linked: not entered
     os.symlink(share / "a.txt", share / "link-in.txt")
     os.symlink(share / ".hidden", share / "link-to-dotfile")
+    os.symlink(share / ".git" / "config", share / "dir" / "link-into-hidden")
     os.symlink(tmp_path / "missing", share / "dangling")
     index = ShareIndex(share)
     files = index.refresh()
-    assert sorted(files) == ["a.txt", "link-in.txt"]
+    assert sorted(files) == ["Music/Live Set/été 2026.ogg", "a.txt", "dir/inner.txt", "link-in.txt"]
     assert files["a.txt"].size == 3
     assert files["a.txt"].sha256 == hashlib.sha256(b"aaa").hexdigest()
-    assert index.resolve("../outside.txt") is None
-    assert index.resolve("link-out.txt") is None
-    assert index.resolve("dir") is None
+    assert files["dir/inner.txt"].name == "dir/inner.txt"
+    for bad in ["../outside.txt", "link-out.txt", "dir", "dir-out/f",
+                ".git/config", "dir/.cache/x", "dir/link-into-hidden", "dir//inner.txt",
+                "/etc/passwd", "dir/../a.txt"]:
+        assert index.resolve(bad) is None, bad
+    assert index.resolve("dir/inner.txt") == str(share / "dir" / "inner.txt")
+    assert [f.name for f in index.search("live ogg")] == ["Music/Live Set/été 2026.ogg"]
+    assert [f.name for f in index.search("music/*")] == ["Music/Live Set/été 2026.ogg"]
 
 
 def test_changes_are_noticed_and_unchanged_files_are_not_hashed_again(tmp_path, monkeypatch):
@@ -89,8 +105,10 @@ def test_a_file_the_peer_verified_itself_is_not_hashed_again_unless_it_changed(t
 def test_names_and_patterns():
     assert is_shareable_name("report 2026 (final).pdf")
     assert is_shareable_name("ünïcödé.txt")
-    for bad in ["", ".dot", "a/b", "a\nb", "a\x00b", "x" * 256]:
-        assert not is_shareable_name(bad)
+    assert is_shareable_name("music/live/set.ogg") and is_shareable_name("a b/c d")
+    for bad in ["", ".dot", "a/.b", ".a/b", "a//b", "/a", "a/", "a/../b", "..", "a\\b", "a\nb",
+                "a\x00b", "x" * 256, "a/" + "x" * 256, "/".join(["x" * 200] * 6)]:
+        assert not is_shareable_name(bad), bad
     # Words, in any order, anywhere in the path, ignoring case.
     assert matches("report", "Report.pdf") and matches("REPORT pdf", "report.PDF")
     assert matches("live ogg", "music/Live/set.ogg") and matches("ogg live", "music/Live/set.ogg")

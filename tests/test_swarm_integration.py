@@ -236,9 +236,9 @@ async def test_peers_fetching_one_file_at_once_feed_each_other(net):
     names = await names_of(net)
     found = await deferToThread(run, *P2P, "search", "big.bin", "--peer", net.control(seeder))
     [row] = [line.split("\t") for line in found.stdout.splitlines()]  # one file
-    partial = [h for h in row[4].split(", ") if "(partial, " in h]
+    partial = re.findall(r"(\S+) \(partial, \d+%\)", row[4])
     assert partial, found.stdout
-    assert all(h.split()[0] in {names[k] for k in getters} for h in partial)
+    assert set(partial) <= {names[k] for k in getters}
     for get in gets:
         assert await get.when_ended(120) == 0, get.output()
     for key in getters:

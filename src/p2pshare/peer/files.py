@@ -135,7 +135,7 @@ class PeerFiles(MultiService):
         A download into the share is verified: its hashes are kept, so the
         share does not read the file again.
         """
-        if self.share is not None and path.parent == self.share.directory:
+        if self.share is not None and path == self.share.directory / known.name:
             self.share.learn(known)
 
     async def _others(self, name: str, timeout: float) -> list[Match]:
@@ -147,9 +147,15 @@ class PeerFiles(MultiService):
         if self.downloader is None:
             return None
         for p in self.downloader.partials.values():
-            if p.name == name and p.path.parent == self.downloads:
+            if p.name == name and self._into_share(p):
                 return p
         return None
+
+    def _into_share(self, p: Partial) -> bool:
+        """
+        Is this download's file going into the shared folder, under its name?
+        """
+        return self.downloads is not None and p.path.parent == (self.downloads / p.name).parent
 
     def partial_by_sha(self, sha: str) -> Partial | None:
         if self.downloader is None:
@@ -167,7 +173,7 @@ class PeerFiles(MultiService):
         whole = {f.sha256 for f in self.share.files.values()}
         return [
             p for p in self.downloader.partials.values()
-            if p.sha256 not in whole and p.path.parent == self.downloads
+            if p.sha256 not in whole and self._into_share(p)
             and (p.sha256 == sha if sha is not None else name_matches(pattern, p.name, exact))
         ]
 

@@ -148,12 +148,13 @@ class FilesResource(Resource):
         if refused is not None:
             return refused
         share = self.node.share
-        if request.postpath or share is None:
+        if share is None:
             return notFound("No such file", "This peer shares no such file.")
-        if path == b"":
+        if path == b"" and not request.postpath:
             return self
         try:
-            name = path.decode("utf-8")
+            # /files/music/live/set.ogg: the segments, each percent-decoded.
+            name = b"/".join([path, *(request.postpath or [])]).decode("utf-8")
         except UnicodeDecodeError:
             return errorPage(400, "Bad file name", "A file name is UTF-8.")
         if name not in share.files:

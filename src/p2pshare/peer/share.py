@@ -1,12 +1,13 @@
 """
 The files a peer offers: L{ShareIndex} over its C{--shared} directory.
 
-Only regular files directly inside the directory are shared: no dotfiles
-(downloads in progress are dotfiles), no directories, and no symlink whose
-target lies outside the directory.  Each file's size and SHA-256 are
-computed once and kept while its size, mtime and inode stay the same, so a
-rescan costs one C{stat} per file; files added, changed or removed are
-noticed at the next scan, without a restart.
+The whole tree is shared, each file by its path relative to the share
+(C{music/live/set.ogg}): no hidden files or folders (downloads in progress
+are hidden files), and no symlink whose target lies outside the share.
+Each file's size and SHA-256 are computed once and kept while its size,
+mtime and inode stay the same, so a rescan costs one C{stat} per file;
+files added, changed or removed are noticed at the next scan, without a
+restart.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import fnmatch
 import hashlib
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from p2pshare.pieces import hash_file, root_of
 
 CHUNK = 1 << 20
-NAME_MAX = 255
+NAME_MAX = 255  # bytes in one segment of a path
+PATH_MAX = 1000  # bytes in a whole path (its percent-encoded form must fit a line)
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]|[\ud800-\udfff]")
 
 
@@ -40,12 +44,21 @@ class SharedFile:
 
 def is_shareable_name(name: str) -> bool:
     """
-    Can a file of this name be shared and asked for over the network?
+    Can a file of this name be shared and asked for over the network?  A
+    name is a path relative to the share, C{/} between folders: no empty
+    segment, none hidden (C{.} first, so no C{..} either), none longer than
+    255 bytes, no backslash or control character, and short enough to
+    travel on the wire.
     """
+    segments = name.split("/")
     return (
-        0 < len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
-        and not name.startswith(".")
-        and _BAD_NAME.search(name) is None
+        0 < len(name.encode("utf-8", "surrogateescape")) <= PATH_MAX
+        and all(
+            0 < len(seg.encode("utf-8", "surrogateescape")) <= NAME_MAX
+            and not seg.startswith(".")
+            and _BAD_NAME.search(seg) is None
+            for seg in segments
+        )
     )
 
 
@@ -88,6 +101,31 @@ def sha256_of(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """
+    Every entry under C{top} that could be a shared file, with its path
+    relative to C{top}: hidden entries and symlinked folders are skipped.
+    """
+    stack = [("", top)]
+    while stack:
+        prefix, folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = prefix + entry.name
+            if not is_shareable_name(name):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((name + "/", entry.path))
+                    continue
+            except OSError:
+                continue
+            yield name, entry
+
+
 class ShareIndex:
     """
     The shared directory, indexed.  L{refresh} does blocking I/O (it hashes
@@ -109,49 +147,61 @@ class ShareIndex:
         self._learned[known.name] = known
 
     def refresh(self) -> dict[str, SharedFile]:
+        """
+        Walk the whole tree: every shareable file by its path relative to
+        the share.  Hidden folders are not entered, nor symlinked ones
+        (a tree could then hold itself); a symlinked file counts if it
+        stays inside.  A file is hashed only when new or changed.
+        """
         try:
             real_dir = os.path.realpath(self.directory)
-            entries = list(os.scandir(self.directory))
-        except FileNotFoundError:
+            os.stat(real_dir)
+        except OSError:
             self.files = {}
             return self.files
         old = self.files
         new: dict[str, SharedFile] = {}
-        for entry in entries:
-            if not is_shareable_name(entry.name):
-                continue
-            path = self.resolve(entry.name, real_dir)
-            if path is None:
-                continue
+        for name, entry in _walk(real_dir):
             try:
-                st = os.stat(path)
+                if entry.is_symlink():
+                    path = self.resolve(name, real_dir)
+                    if path is None:
+                        continue
+                    st = os.stat(path)
+                else:
+                    path = entry.path
+                    st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-            known = old.get(entry.name)
+            known = old.get(name)
             if known is None or known.stamp != stamp:
-                known = self._learned.pop(entry.name, None)
+                known = self._learned.pop(name, None)
             if known is not None and known.stamp == stamp:
-                new[entry.name] = known
+                new[name] = known
                 continue
             try:
                 digest, pieces = hash_file(path)
             except OSError:
                 continue
-            new[entry.name] = SharedFile(entry.name, st.st_size, digest, stamp, pieces)
+            new[name] = SharedFile(name, st.st_size, digest, stamp, pieces)
         self.files = new
         return new
 
     def resolve(self, name: str, real_dir: str | None = None) -> str | None:
         """
         The real path of shared file C{name}, or L{None} if it is not a
-        regular file inside the share (a symlink out, a directory, gone).
+        regular file inside the share (a symlink out, a directory, gone,
+        or reached through a hidden folder).
         """
         if not is_shareable_name(name):
             return None
         real_dir = real_dir or os.path.realpath(self.directory)
         path = os.path.realpath(os.path.join(real_dir, name))
-        if os.path.dirname(path) != real_dir or os.path.basename(path).startswith("."):
+        inside = os.path.relpath(path, real_dir)
+        if inside.startswith("..") or not is_shareable_name(inside.replace(os.sep, "/")):
             return None
         if not os.path.isfile(path):
             return None

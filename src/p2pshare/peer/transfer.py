@@ -130,7 +130,7 @@ def url_for(
     answers 403 to anything else).
     """
     host = f"[{m.host}]" if ":" in m.host else m.host
-    path = path or f"/files/{wire.quote_name(m.name)}"
+    path = path or f"/files/{wire.quote_path(m.name)}"
     if secret is not None:
         path = secret.sign_path(path, now)
     return f"{scheme}://{host}:{m.port}{path}".encode("ascii")
@@ -299,8 +299,10 @@ class Downloader:
         now = self.clock.seconds()
         trusted = [m for m in holders if self.distrusted.get(m.holder, 0) <= now]
         holders = trusted or holders
-        path = part_path(directory, name, sha)
+        base = target.name  # the last segment of a path: music/live/set.ogg -> set.ogg
+        path = part_path(directory, base, sha)
         try:
+            directory.mkdir(parents=True, exist_ok=True)  # a download recreates the folders
             part = PartFile(path)
         except BlockingIOError:
             raise FetchError(
@@ -314,7 +316,7 @@ class Downloader:
             if already is not None:
                 part.discard()
                 return already
-            await self.run_blocking(_forget_other_versions, directory, name, path)
+            await self.run_blocking(_forget_other_versions, directory, base, path)
             fetched = await self._download(
                 holders, part, target, size, sha, force, progress, sources, discover
             )
@@ -462,7 +464,7 @@ class Downloader:
                 continue
             if self.on_verified is not None:  # before the file appears under its name
                 self.on_verified(target, SharedFile(
-                    target.name, size, sha, (st.st_size, st.st_mtime_ns, st.st_ino), digests
+                    name, size, sha, (st.st_size, st.st_mtime_ns, st.st_ino), digests
                 ))
             try:
                 await self.run_blocking(_keep, part.path, target, force)

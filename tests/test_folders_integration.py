@@ -1,0 +1,100 @@
+"""
+Real processes: a share with nested folders, Unicode, spaces and capitals
+in its names, a hidden folder, a hidden file and symlinks leading out.
+Search finds exactly the shared files by word and by glob, in any case;
+p2p get recreates the path; curl fetches by percent-encoded URL; hidden
+and escaping paths are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from p2pshare.launch import LocalNetwork
+
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+CURL = shutil.which("curl") or "curl"  # .ci/run installs it; missing, the test fails
+SONG = "Music/Live Set/Été 2026.ogg"
+REPORT = "docs/Report FINAL.pdf"
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+
+
+def curl(url: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([CURL, "-s", "--path-as-is", "-w", "\n%{http_code}", url],
+                          capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def net(reactor, tmp_path):
+    network = LocalNetwork(reactor, tmp_path)
+    yield network
+    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_folders_are_shared_searched_fetched_and_recreated(net, tmp_path):
+    meta = await net.start_meta(expect=2)
+    holder, holder_proc = await net.start_peer()
+    getter, _ = await net.start_peer()
+    await meta.wait_for("topology settled: 2 peers", 30)
+    shared = net.root / holder / "shared"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_bytes(b"outside")
+    contents = {SONG: os.urandom(300_000), REPORT: b"%PDF report"}
+    hidden = {".private/secret.txt": b"secret", "notes/.draft.txt": b"draft"}
+    for name, data in {**hidden, **contents}.items():
+        (shared / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / name).write_bytes(data)
+    os.symlink(outside, shared / "escape")
+    os.symlink(outside / "f.txt", shared / "notes" / "link-out.txt")
+    await holder_proc.wait_for(f"sharing {REPORT}", 30)
+    await holder_proc.wait_for(f"sharing {SONG}", 30)
+
+    async def search(*args: str) -> list[dict]:
+        out = await deferToThread(run, *P2P, "search", *args, "--json", "--peer", net.control(getter))
+        assert out.returncode in (0, 1), out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+    assert [m["name"] for m in await search("live OGG")] == [SONG]
+    assert [m["name"] for m in await search("été")] == [SONG]
+    assert [m["name"] for m in await search("*.PDF")] == [REPORT]
+    assert sorted(m["name"] for m in await search("*")) == sorted(contents)
+    assert await search("music/live set/été 2026.ogg", "--exact") != []
+    for nothing in ("secret", "draft", "outside", "f.txt", "*private*"):
+        assert await search(nothing) == [], nothing
+
+    got = await deferToThread(run, *P2P, "get", SONG, "--peer", net.control(getter))
+    assert got.returncode == 0, got.stderr
+    target = net.root / getter / "shared" / SONG
+    assert got.stdout == f"{target}\n" and target.read_bytes() == contents[SONG]
+    assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".")]
+    # Shared onward at once, by the same path.
+    assert sorted(m["holder"] for m in await search("live ogg")) == sorted(
+        m["holder"] for m in await search("*")
+        if m["name"] == SONG
+    ) and len(await search("live ogg")) == 2
+
+    port = int((net.root / holder / "port").read_text())
+    base = f"http://127.0.0.1:{port}/files/"
+    for name, data in contents.items():
+        r = await deferToThread(curl, base + quote(name))
+        assert r.stdout == data + b"\n200", name
+    for bad in [".private/secret.txt", "notes/.draft.txt", "escape/f.txt", "notes/link-out.txt",
+                "Music/../.private/secret.txt", "Music/Live%20Set/..%2F..%2F.private%2Fsecret.txt",
+                "Music", "Music/", "docs//Report%20FINAL.pdf"]:
+        r = await deferToThread(curl, base + bad)
+        assert r.stdout.endswith((b"\n404", b"\n400")), (bad, r.stdout[-200:])
