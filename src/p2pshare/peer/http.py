@@ -7,7 +7,7 @@ A request names a file; the name is looked up in the share's index, never
 joined onto a path, so C{..}, encoded traversal, absolute paths, dotfiles,
 directories and symlinks out of the share are simply not there (404).  The
 file is opened again by its real path, which must still be a regular file
-directly inside the share and unchanged since it was hashed.  Sending its
+inside the share (by its real path) and unchanged since it was hashed.  Sending its
 bytes is L{p2pshare.peer.serving}'s part.
 
 L{Sniffer} lets one port speak both protocols: it looks at the first word a
