@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
-COMMANDS = ["topo", "search", "get", "status", "stop", "secret", "certs", "url", "demo", "frob", ""]
-OPTIONS = ["--peer", "--meta", "--data-dir", "--tree", "--secret-file", "--force", "-o", "--output",
+COMMANDS = ["topo", "search", "ls", "get", "status", "stop", "secret", "certs", "url", "demo", "frob", ""]
+OPTIONS = ["--peer", "--meta", "--data-dir", "--tree", "--secret-file", "--force", "-o", "--output", "--json", "--exact",
            "--lifetime", "--host", "--peers", "--private", "--tls", "--version", "-h", "--help", "--"]
 VALUES = st.one_of(
     st.sampled_from([

@@ -3,7 +3,7 @@ Real processes: a share with nested folders, Unicode, spaces and capitals
 in its names, a hidden folder, a hidden file and symlinks leading out.
 Search finds exactly the shared files by word and by glob, in any case;
 p2p get recreates the path; curl fetches by percent-encoded URL; hidden
-and escaping paths are refused.
+and escaping paths are refused; p2p ls, / and /index.json agree.
 """
 
 from __future__ import annotations
@@ -98,3 +98,24 @@ async def test_folders_are_shared_searched_fetched_and_recreated(net, tmp_path):
                 "Music", "Music/", "docs//Report%20FINAL.pdf"]:
         r = await deferToThread(curl, base + bad)
         assert r.stdout.endswith((b"\n404", b"\n400")), (bad, r.stdout[-200:])
+
+    # Browsing: p2p ls finds the holder by name through the network and
+    # lists exactly what / and /index.json show.
+    names = {}
+    for key in (holder, getter):
+        status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
+        names[key] = status.stdout.split()[1]
+    listed = await deferToThread(run, *P2P, "ls", names[holder], "--json", "--peer", net.control(getter))
+    assert listed.returncode == 0, listed.stderr
+    listing = json.loads(listed.stdout)
+    index = json.loads((await deferToThread(curl, base.removesuffix("files/") + "index.json")).stdout[:-4])
+    assert listing == {"peer": names[holder], "files": index["files"]}
+    assert [f["name"] for f in listing["files"]] == sorted(contents)
+    plain = await deferToThread(run, *P2P, "ls", names[holder], "--peer", net.control(getter))
+    assert [line.split("\t")[0] for line in plain.stdout.splitlines()] == sorted(contents)
+    page = (await deferToThread(curl, base.removesuffix("files/"))).stdout.decode()
+    assert all(name.rpartition("/")[2] in page for name in contents) and "secret" not in page
+    mine = await deferToThread(run, *P2P, "ls", names[getter], "--json", "--peer", net.control(getter))
+    assert [f["name"] for f in json.loads(mine.stdout)["files"]] == [SONG]
+    nobody = await deferToThread(run, *P2P, "ls", "s99", "--peer", net.control(getter))
+    assert nobody.returncode == 1 and "s99 shares nothing, or is not in the network" in nobody.stderr

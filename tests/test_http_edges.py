@@ -355,3 +355,60 @@ def test_where_a_holder_suggests_its_downloaders_begin():
     clock.advance(10)
     assert starts.suggest("a", 64) == 0
     assert starts.suggest("one piece", 1) == 0 and starts.suggest("one piece", 1) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_share_is_browsable_as_a_page_and_as_json(peer_port):
+    """
+    GET / and GET /index.json list exactly the share, folders included;
+    the page's links fetch the files; nothing hidden appears; names are
+    escaped in the page.
+    """
+    import json
+
+    from p2pshare import wire
+
+    shared = peer_port.path.parent
+    (shared / "Live Set").mkdir()
+    (shared / "Live Set" / "<b>été & co.ogg").write_bytes(b"song")
+    (shared / ".hidden").mkdir()
+    (shared / ".hidden" / "x").write_bytes(b"x")
+    peer_port.node.peer_name = "s9"
+    peer_port.share.refresh()
+    status, h, body = await get(peer_port.port, target="/index.json")
+    assert status == 200 and h[b"content-type"] == b"application/json; charset=utf-8"
+    listing = json.loads(body)
+    assert listing == {"peer": "s9", "files": [
+        {"name": f.name, "size": f.size, "sha256": f.sha256}
+        for f in sorted(peer_port.share.files.values(), key=lambda f: f.name)
+    ]}
+    assert [f["name"] for f in listing["files"]] == ["Live Set/<b>été & co.ogg", "empty", "file.bin"]
+    status, h, page = await get(peer_port.port, target="/")
+    assert status == 200 and h[b"content-type"] == b"text/html; charset=utf-8"
+    text = page.decode()
+    assert "<h1>s9 shares 3 files" in text and "<b>" not in text and "&lt;b&gt;été &amp; co.ogg" in text
+    assert "<h2>Live Set/</h2>" in text and ".hidden" not in text
+    link = "/files/" + wire.quote_path("Live Set/<b>été & co.ogg")
+    assert f'href="{link.replace("&", "&amp;")}"' in text
+    status, _, song = await get(peer_port.port, target=link)
+    assert (status, song) == (200, b"song")
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_a_private_network_browsing_needs_a_signed_url_and_links_are_signed(peer_port):
+    import re
+
+    from p2pshare.admission import Secret
+
+    secret = Secret(b"k" * 32)
+    peer_port.node.secret = secret
+    for target in ("/", "/index.json"):
+        status, _, body = await get(peer_port.port, target=target)
+        assert status == 403 and b"signed URL" in body, target
+        status, _, _ = await get(peer_port.port, target=secret.sign_path(target, time.time()))
+        assert status == 200, target
+    _, _, page = await get(peer_port.port, target=secret.sign_path("/", time.time()))
+    [link] = re.findall(r'href="(/files/file\.bin[^"]*)"', page.decode())
+    assert "sig=" in link
+    status, _, body = await get(peer_port.port, target=link.replace("&amp;", "&"))
+    assert (status, body) == (200, DATA)

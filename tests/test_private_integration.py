@@ -13,6 +13,7 @@ signed is refused, and plain TCP gets nothing readable.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -96,6 +97,12 @@ async def fetch_across(net: LocalNetwork, names: dict[str, str]) -> None:
     found = await deferToThread(run, *P2P, "search", "notes.*", "--peer", net.control(requester))
     assert found.returncode == 0, found.stderr
     assert found.stdout == f"notes.bin\t{len(DATA)}\t{hashlib.sha256(DATA).hexdigest()[:12]}\t1\ts3\n"
+    # Browsing a member: its index is fetched with a signed URL.
+    listed = await deferToThread(run, *P2P, "ls", "s3", "--json", "--peer", net.control(requester))
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["files"] == [
+        {"name": "notes.bin", "size": len(DATA), "sha256": hashlib.sha256(DATA).hexdigest()}
+    ]
     got = await deferToThread(run, *P2P, "get", "notes.bin", "--peer", net.control(requester))
     assert got.returncode == 0, got.stderr
     assert (net.root / requester / "shared" / "notes.bin").read_bytes() == DATA

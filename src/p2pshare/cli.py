@@ -163,6 +163,30 @@ def _by_content(matches: list[dict[str, Any]], human: bool) -> list[tuple[str, .
     return rows
 
 
+def cmd_ls(args: argparse.Namespace) -> int:
+    listed = _ask(args.peer, "LS", args.holder, timeout=60)
+    files = listed["files"]
+    if args.json:
+        print(json.dumps({"peer": args.holder, "files": files}, ensure_ascii=False))
+        return 0
+    if not files:
+        print(f"{args.holder} shares nothing")
+        return 0
+    tty = sys.stdout.isatty()
+    rows = [(f["name"], _size(f["size"]) if tty else str(f["size"]), f["sha256"][:12]) for f in files]
+    if tty:
+        total = _size(sum(f["size"] for f in files))
+        print(f"{args.holder} shares {len(files)} files ({total})")
+        rows.insert(0, ("PATH", "SIZE", "SHA-256"))
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        for r in rows:
+            print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}")
+    else:
+        for r in rows:
+            print("\t".join(r))
+    return 0
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.output is not None:
@@ -267,8 +291,10 @@ def cmd_url(args: argparse.Namespace) -> int:
     secret = _secret(args.secret_file)
     assert secret is not None
     parts = urlsplit(args.url)
-    if parts.scheme not in ("http", "https") or not parts.path.startswith("/files/"):
-        raise Failed("give a file's URL, like http://HOST:PORT/files/NAME")
+    if parts.scheme not in ("http", "https") or not (
+        parts.path.startswith("/files/") or parts.path in ("/", "/index.json")
+    ):
+        raise Failed("give a file's URL, like http://HOST:PORT/files/NAME (or / or /index.json)")
     signed = secret.sign_path(parts.path, time.time(), args.lifetime)
     print(f"{parts.scheme}://{parts.netloc}{signed}")
     return 0
@@ -425,6 +451,12 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
     search.set_defaults(run=cmd_search)
 
+    ls = sub.add_parser("ls", help="the files a peer shares (found through the network by name)")
+    ls.add_argument("holder", help="the peer's name (s1, s2, ...)")
+    ls.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    ls.add_argument("--json", action="store_true", help='{"peer": NAME, "files": [...]}')
+    ls.set_defaults(run=cmd_ls)
+
     get = sub.add_parser("get", help="find, download, verify and keep a file")
     get.add_argument("name", help="the exact file name, or sha256:HEX for a file by its content")
     get.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
@@ -499,6 +531,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{field} cannot be empty")
     if args.command == "get" and not 1 <= args.sources <= 64:
         p.error("--sources is from 1 to 64")
+    if args.command == "ls" and not wire.is_name(args.holder):
+        p.error("the holder is a peer's name: 1 to 64 letters, digits or _ - . @")
     if args.command == "get" and args.holder is not None and not wire.is_name(args.holder):
         p.error("--from names a peer: 1 to 64 letters, digits or _ - . @")
     if args.command == "demo" and not 1 <= args.peers <= 50:

@@ -316,6 +316,7 @@ SPECS: dict[str, Spec] = {
     "STATUS": Spec(),
     "STOP": Spec(),
     "FIND": Spec(args=(("pattern", FILE),), keys={"exact": COUNT}),
+    "LS": Spec(args=(("holder", NAME),)),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE)), keys={"sources": COUNT}),
     # One entry of a reply's list (a shared file, a match, a neighbour), as

@@ -74,6 +74,16 @@ class ControlProtocol(LineChannel):
         exact = msg.options.get("exact") == "1"
         self.node.search.start(pattern, exact=exact).addCallback(found).addErrback(self._failed)
 
+    def msg_LS(self, msg: Message) -> None:
+        holder = msg.args[0]
+
+        def listed(files: list[dict[str, Any]]) -> None:
+            self.reply({"peer": holder, "count": len(files)}, files=files)
+
+        d = Deferred.fromCoroutine(self.node.files.listing(holder))
+        self._running.add(d)
+        d.addBoth(self._done, d).addCallback(listed).addErrback(self._failed)
+
     def msg_FETCH(self, msg: Message) -> None:
         name = wire.unquote_name(msg.args[0])
         directory = msg.options.get("dir")

@@ -130,6 +130,10 @@ class PeerFiles(MultiService):
         for waiter in waiters:
             waiter.callback(None)
 
+    @property
+    def peer_name(self) -> str | None:
+        return self._me()
+
     def _verified(self, path: Path, known: SharedFile) -> None:
         """
         A download into the share is verified: its hashes are kept, so the
@@ -137,6 +141,25 @@ class PeerFiles(MultiService):
         """
         if self.share is not None and path == self.share.directory / known.name:
             self.share.learn(known)
+
+    async def listing(self, holder: str, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+        """
+        Everything C{holder} shares (this peer's own share, by its name too):
+        found through the network by a search for every file, then asked
+        for its whole index.
+        """
+        if holder == self._me():
+            files = self.share.files.values() if self.share is not None else []
+            return [{"name": f.name, "size": f.size, "sha256": f.sha256}
+                    for f in sorted(files, key=lambda f: f.name)]
+        if self.downloader is None:
+            raise FetchError(wire.E_FAILED, "this peer does not fetch from others")
+        found = [m for m in await self._find("*", timeout, False) if m.holder == holder]
+        if not found:
+            raise FetchError(
+                wire.E_NOT_FOUND, f"{holder} shares nothing, or is not in the network"
+            )
+        return await self.downloader.listing(found[0])
 
     async def _others(self, name: str, timeout: float) -> list[Match]:
         return [m for m in await self._find(name, timeout, True) if m.holder != self._me()]

@@ -17,7 +17,9 @@ to the line protocol.
 
 from __future__ import annotations
 
+import json
 import re
+from html import escape
 from typing import Any
 
 from twisted.internet.interfaces import IProtocolFactory
@@ -30,6 +32,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from p2pshare import wire
+from p2pshare.disk import human_size
 from p2pshare.httpserver import strict_site
 from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.serving import (
@@ -125,6 +128,8 @@ class SniffingFactory(Factory):
 def make_site(node: IFileHost, reactor: Any) -> Site:
     root = Resource()
     starts = StartSpreader(node.clock)
+    root.putChild(b"", ShareListing(node, as_json=False))
+    root.putChild(b"index.json", ShareListing(node, as_json=True))
     root.putChild(b"files", FilesResource(node, starts))
     root.putChild(b"pieces", PiecesResource(node, starts))
     root.putChild(b"have", HaveResource(node))
@@ -175,6 +180,72 @@ class FilesResource(Resource):
         files = share.files.values() if share is not None else []
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return "".join(f"{f.name}\t{f.size}\t{f.sha256}\n" for f in files).encode("utf-8")
+
+
+class ShareListing(Resource):
+    """
+    C{GET /}: what this peer shares, as a page people read (a section per
+    folder: name, size, the SHA-256's first digits, a link); C{GET
+    /index.json}: the same for programs, C{{"peer": NAME, "files": [{"name",
+    "size", "sha256"}]}}.  In a private network both need a signed URL,
+    and the page's links are signed in turn.
+    """
+
+    isLeaf = True
+
+    def __init__(self, node: IFileHost, as_json: bool) -> None:
+        super().__init__()
+        self.node = node
+        self.as_json = as_json
+
+    def render_GET(self, request: Request) -> bytes:
+        no = refused(self.node, request)
+        if no is not None:
+            return no.render(request)  # type: ignore[no-any-return]
+        share = self.node.share
+        files = sorted(share.files.values(), key=lambda f: f.name) if share is not None else []
+        name = getattr(self.node, "peer_name", None)
+        request.setHeader(b"cache-control", b"no-store")
+        if self.as_json:
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+            listing = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
+            return json.dumps({"peer": name, "files": listing}, ensure_ascii=False).encode()
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return self._page(name, files).encode("utf-8")
+
+    def _link(self, name: str) -> str:
+        path = "/files/" + wire.quote_path(name)
+        secret = self.node.secret
+        return secret.sign_path(path, self.node.clock.seconds()) if secret is not None else path
+
+    def _page(self, peer: str | None, files: list[Any]) -> str:
+        folders: dict[str, list[Any]] = {}
+        for f in files:
+            folder, _, _ = f.name.rpartition("/")
+            folders.setdefault(folder, []).append(f)
+        who = escape(peer or "this peer")
+        total = human_size(sum(f.size for f in files))
+        parts = [
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            f"<title>{who}: shared files</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td{padding:.1em 1em .1em 0}td.n{text-align:right}code{color:#555}</style>",
+            f"</head><body><h1>{who} shares {len(files)} files ({total})</h1>",
+        ]
+        if not files:
+            parts.append("<p>Nothing yet.</p>")
+        for folder in sorted(folders):
+            parts.append(f"<h2>{escape(folder + '/' if folder else '/')}</h2><table>")
+            for f in folders[folder]:
+                base = f.name.rpartition("/")[2]
+                parts.append(
+                    f"<tr><td><a href=\"{escape(self._link(f.name))}\">{escape(base)}</a></td>"
+                    f"<td class=\"n\">{human_size(f.size)}</td>"
+                    f"<td><code title=\"{f.sha256}\">{f.sha256[:12]}</code></td></tr>"
+                )
+            parts.append("</table>")
+        parts.append("<p>Also as <a href=\"/index.json\">index.json</a>.</p></body></html>\n")
+        return "\n".join(parts)
 
 
 def refused(node: IFileHost, request: Request) -> IResource | None:

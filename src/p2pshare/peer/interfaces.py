@@ -163,5 +163,6 @@ class IFileHost(Interface):
     clock = Attribute("an IReactorTime")
     secret = Attribute("the network's Secret, or None in an open network")
     share = Attribute("the ShareIndex of the shared folder, or None")
+    peer_name = Attribute("this peer's name, once known (optional)")
     upload_slots = Attribute("the UploadSlots that bound files served at once (optional)")
     upload_rate = Attribute("the UploadRate that caps all uploads together, or None (optional)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ HEADER_TIMEOUT = 30.0
 IDLE_TIMEOUT = 30.0
 DISTRUST_FOR = 600.0  # seconds a holder that served corrupt data is passed over
 SOURCES = 4  # holders a download fetches from at once
+MAX_LISTING = 64 * 2**20  # bytes of a holder's /index.json, at most
 DISCOVER_EVERY = 10.0  # at most this many seconds between searches for more holders
 Discover = Callable[[], Deferred[list[Match]]]
 
@@ -523,6 +525,33 @@ class Downloader:
         until = self.clock.seconds() + DISTRUST_FOR
         for n in names:
             self.distrusted[n] = until
+
+    async def listing(self, m: Match) -> list[dict[str, Any]]:
+        """
+        Everything C{m}'s holder shares, from its C{/index.json}.
+        """
+        url = self._url_maker(m, "/index.json")()
+        try:
+            response = await self.agent.request(b"GET", url).addTimeout(HEADER_TIMEOUT, self.clock)
+            if response.code != 200:
+                response.deliverBody(Protocol())
+                raise FetchError(wire.E_FAILED, f"{m.holder} answered HTTP {response.code}")
+            body = await read_at_most(response, MAX_LISTING).addTimeout(
+                HEADER_TIMEOUT, self.clock
+            )
+            files = json.loads(body)["files"]
+        except FetchError:
+            raise
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise FetchError(wire.E_FAILED, f"no listing from {m.holder} ({_why(e)})") from None
+        return [
+            {"name": f["name"], "size": f["size"], "sha256": f["sha256"]}
+            for f in files
+            if isinstance(f, dict) and isinstance(f.get("name"), str)
+            and is_shareable_name(f["name"])
+        ]
 
     def _url_maker(self, m: Match, path: str | None = None) -> Callable[[], bytes]:
         return lambda: url_for(m, self.secret, self.clock.seconds(), self.scheme, path)
