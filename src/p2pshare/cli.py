@@ -96,7 +96,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines += [f"  {f['name']}  {_size(f['size'])}  sha256 {f['sha256'][:16]}..." for f in shared]
     for t in status["transfers"]:
         share = f"{t['done'] / t['total']:.0%}" if t["total"] else "starting"
-        lines.append(f"downloading {t['name']}: {_size(t['done'])} of {_size(t['total'])} ({share})")
+        what, way = ("downloading", "from") if t["direction"] == "down" else ("uploading", "to")
+        who = f" {way} {t['peer']}" if t["peer"] else ""
+        lines.append(
+            f"{what} {t['name']}{who}: {_size(t['done'])} of {_size(t['total'])} ({share}), "
+            f"{_size(t['rate'])}/s"
+        )
     print("\n".join(lines))
     return 0
 

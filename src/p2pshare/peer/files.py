@@ -12,6 +12,7 @@ files changes.  It is also what the HTTP side serves from (L{IFileHost}).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,33 @@ RunBlocking = Callable[..., Deferred[Any]]
 Find = Callable[[str, float, bool], Deferred[list[Match]]]  # pattern, timeout, exact
 
 
+@dataclass
+class Transfer:
+    """
+    A download or an upload in progress, for C{p2p status}.
+    """
+
+    name: str
+    direction: str  # "down" or "up"
+    peer: str  # who: "3 holders", or the downloader's address
+    started: float
+    done: int = 0
+    total: int = 0
+    sent: Callable[[], int] | None = None  # an upload's bytes so far
+    first: int | None = None  # a download's bytes verified when it began
+
+    def status(self, now: float) -> dict[str, object]:
+        done = self.sent() if self.sent is not None else self.done
+        moved = done - (self.first or 0)
+        rate = moved / (now - self.started) if now > self.started else 0.0
+        return {"name": self.name, "direction": self.direction, "peer": self.peer,
+                "done": done, "total": self.total, "rate": int(rate)}
+
+
 @implementer(IFileHost)
 class PeerFiles(MultiService):
     """
-    @ivar transfers: downloads running, as (name, bytes done, total).
+    @ivar transfers: downloads and uploads running (L{Transfer}s).
     """
 
     log = Logger()
@@ -85,7 +109,7 @@ class PeerFiles(MultiService):
             downloader.on_verified = self._verified
         self.upload_slots = UploadSlots(max_uploads)
         self.upload_rate = UploadRate(upload_rate, clock) if upload_rate else None
-        self.transfers: dict[object, tuple[str, int, int]] = {}
+        self.transfers: dict[object, Transfer] = {}
         self.rescan_interval = rescan_interval
         self._refresh_waiters: list[Deferred[None]] = []
         self._announced: dict[str, SharedFile] = {}
@@ -129,6 +153,18 @@ class PeerFiles(MultiService):
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def upload_began(self, name: str, host: str, total: int, sent: Callable[[], int]) -> object:
+        """
+        A response of C{name} to C{host} began; C{sent} says how many bytes
+        have gone so far.  The key given back ends it (L{upload_ended}).
+        """
+        key = object()
+        self.transfers[key] = Transfer(name, "up", host, self.clock.seconds(), 0, total, sent)
+        return key
+
+    def upload_ended(self, key: object) -> None:
+        self.transfers.pop(key, None)
 
     @property
     def peer_name(self) -> str | None:
@@ -213,8 +249,8 @@ class PeerFiles(MultiService):
                 for f in (self.share.files.values() if self.share is not None else [])
             ],
             "transfers": [
-                {"name": name, "done": done, "total": total}
-                for name, done, total in sorted(self.transfers.values())
+                t.status(self.clock.seconds())
+                for t in sorted(self.transfers.values(), key=lambda t: (t.direction, t.name))
             ],
         }
 
@@ -238,10 +274,14 @@ class PeerFiles(MultiService):
         """
         directory = directory or self.downloads
         key = object()  # two downloads of one name (into two folders) are two
-        self.transfers[key] = (name, 0, 0)
+        transfer = self.transfers[key] = Transfer(name, "down", "", self.clock.seconds())
 
         def track(done: int, total: int, sending: int = 0) -> None:
-            self.transfers[key] = (name, done, total)
+            if transfer.first is None:
+                transfer.first = done  # a resumed download starts part-way
+            transfer.done, transfer.total = done, total
+            if sending:  # between two runs none is sending: keep the last count
+                transfer.peer = f"{sending} holder{'' if sending == 1 else 's'}"
             if progress is not None:
                 progress(done, total, sending)
 

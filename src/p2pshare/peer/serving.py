@@ -547,6 +547,11 @@ class SharedFileResource(Resource):
         transport: Any = request.channel.transport if request.channel is not None else None
         if self.starts is not None:
             self.starts.sending(sha256, 1)
+        began = getattr(self.node, "upload_began", None)
+        upload = (
+            began(self.name, peer_host(transport), body.length, lambda: body.length - body.remaining)
+            if began is not None else None
+        )
 
         def cut_off() -> None:
             if transport is not None:
@@ -566,6 +571,8 @@ class SharedFileResource(Resource):
             f.close()
             if self.starts is not None:
                 self.starts.sending(sha256, -1)
+            if upload is not None:
+                self.node.upload_ended(upload)
             if slots is not None:
                 slots.give()
             sent = body.length - body.remaining
