@@ -15,6 +15,8 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -266,6 +268,107 @@ class ProgressBar:
             self.stream.flush()
 
 
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+SHARE_WAIT = 30.0  # seconds p2p share waits for its peer to join
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    """
+    Start a peer in the background that shares C{args.dir}, wait until it
+    has joined, say where it is, and return.  It is twistd in its own
+    session (the terminal's signals do not reach it), logging to its data
+    dir; what it says when it cannot start is what this command says.
+    """
+    folder = Path(args.dir).absolute()
+    if not folder.is_dir():
+        raise Failed(f"{args.dir} is not a directory")
+    data = Path(args.data_dir).absolute()
+    control = "unix:" + str(data / "control.sock").replace(":", "\\:")
+    log = data / "p2ppeer.log"
+    try:
+        running = control_request(control, "STATUS", timeout=2)
+    except (OSError, Closed, RemoteError, NotAControlChannel, ValueError):
+        running = None
+    if running is not None:
+        raise Failed(
+            f"a peer already runs from {data} ({running['name']}): "
+            f"p2p stop --peer {control} first, or give another --data-dir"
+        )
+    _meta_reachable(args.meta)
+    try:
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        before = log.stat().st_size if log.exists() else 0
+        out = open(log, "ab")  # noqa: SIM115 (handed to the peer)
+    except OSError as e:
+        raise Failed(f"cannot use the data dir {data}: {(e.strerror or str(e)).lower()}") from None
+    argv = [
+        *TWISTD, "-n", f"--pidfile={data / 'p2ppeer.pid'}", f"--logfile={log}", "p2ppeer",
+        "--shared", str(folder), "--data-dir", str(data), "--meta", args.meta, "--port", args.port,
+        "--log-level", args.log_level,
+    ]
+    for flag in ("name", "secret_file"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    with out:
+        peer = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    deadline = time.monotonic() + SHARE_WAIT
+    while time.monotonic() < deadline:
+        if peer.poll() is not None:
+            raise Failed(f"the peer did not start: {_last_words(log, before)}")
+        try:
+            status = control_request(control, "STATUS", timeout=2)
+        except (OSError, Closed, RemoteError, NotAControlChannel):
+            status = None
+        if status is not None and status.get("joined"):
+            print(f"sharing {folder} as {status['name']} ({status['host']}:{status['port']})")
+            print(f"control: {control}")
+            print(f"log: {log}")
+            print(f"stop it with: p2p stop --peer {control}")
+            return 0
+        time.sleep(0.2)  # a command waiting for a daemon: nothing to be woken by
+    peer.terminate()
+    raise Failed(f"the peer did not join within {SHARE_WAIT:.0f} s; see {log}")
+
+
+def _meta_reachable(meta: str) -> None:
+    """
+    Fail at once, in one sentence, when the metadata server cannot be
+    reached (a peer would otherwise keep trying, in the background).
+    """
+    from p2pshare.control_client import address_of
+
+    try:
+        family, address = address_of(meta)
+    except ValueError:
+        return  # an endpoint this check does not know: the peer will say
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(address)
+    except OSError as e:
+        raise Failed(
+            f"cannot reach the metadata server at {meta}: {_reason(e)} (give --meta ENDPOINT)"
+        ) from None
+
+
+def _last_words(log: Path, offset: int) -> str:
+    """
+    What a peer that could not start said last, in one line.
+    """
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "it said nothing"
+    said = [line for line in lines if line.strip()]
+    for line in reversed(said):
+        if "cannot start" in line or ": error:" in line or line.startswith("twistd"):
+            return line.split("] ", 1)[-1].strip()
+    return said[-1].split("] ", 1)[-1].strip() if said else "it said nothing"
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     result = _ask(args.peer, "STOP")
     print(f"{result['name']} is leaving the network")
@@ -476,6 +579,19 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a peer's name, neighbours and shared files")
     status.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
     status.set_defaults(run=cmd_status)
+
+    share = sub.add_parser("share", help="start a peer in the background that shares DIR")
+    share.add_argument("dir", help="the folder to share, all of it")
+    share.add_argument("--meta", default="tcp:127.0.0.1:5000",
+                       help="the metadata server (default tcp:127.0.0.1:5000)")
+    share.add_argument("--port", default="tcp:5001", help="where other peers reach it (default tcp:5001)")
+    share.add_argument("--data-dir", default="./p2ppeer-data",
+                       help="the peer's state, log and control socket (default ./p2ppeer-data)")
+    share.add_argument("--name", default=None, help="this peer's name (default: assigned)")
+    share.add_argument("--secret-file", default=None, help="the network secret (private networks)")
+    share.add_argument("--log-level", default="info", choices=["debug", "info", "warn"],
+                       help="what the log file gets (default info)")
+    share.set_defaults(run=cmd_share)
 
     stop = sub.add_parser("stop", help="the peer leaves the network gracefully and exits")
     stop.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
