@@ -280,8 +280,8 @@ class PeerFiles(MultiService):
             if transfer.first is None:
                 transfer.first = done  # a resumed download starts part-way
             transfer.done, transfer.total = done, total
-            if sending:  # between two runs none is sending: keep the last count
-                transfer.peer = f"{sending} holder{'' if sending == 1 else 's'}"
+            # How many are sending now (none while it waits for a holder).
+            transfer.peer = f"{sending} holder{'' if sending == 1 else 's'}" if sending else ""
             if progress is not None:
                 progress(done, total, sending)
 
