@@ -97,7 +97,7 @@ async def test_the_page_follows_a_live_network(reactor, tmp_path, browser):
         assert await deferToThread(links_shown, browser) == links
         assert shown(browser, "return document.getElementById('count').textContent") == "6"
         assert shown(browser, "return document.getElementById('state').textContent") == (
-            "network complete"
+            "network complete: 6 peers"
         )
         assert shown(browser, "return document.querySelectorAll('g.peer.root').length") == 1
 
@@ -108,6 +108,9 @@ async def test_the_page_follows_a_live_network(reactor, tmp_path, browser):
         links, names = topo_links(net)
         await deferToThread(wait_until, browser, lambda d: peers_shown(d) == names)
         assert await deferToThread(links_shown, browser) == links
+        # The header follows the live count.
+        await deferToThread(wait_until, browser, lambda d: shown(
+            d, "return document.getElementById('state').textContent") == "network complete: 7 peers")
 
         # A peer that stops disappears.
         since = len(meta.lines)
