@@ -564,6 +564,7 @@ class Swarm:
                 self._all_ended = Deferred()
                 await self._all_ended
             raise
+        self._report()  # every worker has ended: nobody is sending any more
         if self._error is not None:
             self._error.raiseException()
         if self._local is not None:
