@@ -585,3 +585,28 @@ async def test_a_verified_file_is_told_with_its_hashes_before_it_appears(holders
     assert (path, existed) == (out / "file.bin", False)
     assert (known.name, known.size, known.sha256, known.pieces) == ("file.bin", len(DATA), SHA, PIECES)
     assert known.stamp == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_in_a_folder_keeps_its_path_as_its_name(holders, downloader, tmp_path, reactor):
+    """
+    The download recreates the folder, and while it runs and once it is
+    verified the file is known by its whole path, so that it is served
+    (as a partial holder) and shared under the name others ask for.
+    """
+    d = tmp_path / "h"
+    (d / "music").mkdir(parents=True)
+    (d / "music" / "file.bin").write_bytes(DATA)
+    share = ShareIndex(d)
+    share.refresh()
+    files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
+    m = wire.Match("music/file.bin", len(DATA), SHA, "h0", "127.0.0.1", holders(files), 0, ROOT)
+    told = []
+    downloader.on_verified = lambda path, known: told.append(
+        (path, known.name, downloader.partials[SHA].name)
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    await fetch(downloader, [m], out)
+    assert (out / "music" / "file.bin").read_bytes() == DATA
+    assert told == [(out / "music" / "file.bin", "music/file.bin", "music/file.bin")]

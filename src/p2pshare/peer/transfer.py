@@ -380,7 +380,9 @@ class Downloader:
         agree on the piece list at a time (the largest first), up to
         C{sources} of them at once; keep it once the whole file verifies.
         """
-        name, directory = target.name, target.parent
+        # The file's name is its path in the share (music/live/set.ogg), as
+        # its holders give it; the target may be elsewhere (-o DIR).
+        name, directory = holders[0].name, target.parent
         report: Progress = progress or (lambda *figures: None)
         problems: list[str] = []
         notes: list[str] = []
