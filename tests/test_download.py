@@ -8,6 +8,7 @@ under the target name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from types import SimpleNamespace
 
@@ -610,3 +611,25 @@ async def test_a_file_in_a_folder_keeps_its_path_as_its_name(holders, downloader
     await fetch(downloader, [m], out)
     assert (out / "music" / "file.bin").read_bytes() == DATA
     assert told == [(out / "music" / "file.bin", "music/file.bin", "music/file.bin")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holders_index_is_input_only_well_formed_entries_pass(downloader, reactor):
+    good = {"name": "music/a.ogg", "size": 3, "sha256": SHA}
+    entries = [good, {"name": "../x", "size": 1, "sha256": SHA}, {"name": "b", "size": "1", "sha256": SHA},
+               {"name": "c", "size": 1, "sha256": "nothex"}, {"name": "d"}, "e", None]
+
+    class Index(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return json.dumps({"peer": "h", "files": entries}).encode()
+
+    root = Resource()
+    root.putChild(b"index.json", Index())
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    try:
+        m = wire.Match("x", 1, SHA, "h", "127.0.0.1", port.getHost().port, 0, ROOT)
+        assert await Deferred.fromCoroutine(downloader.listing(m)) == [good]
+    finally:
+        await port.stopListening()

@@ -542,17 +542,17 @@ class Downloader:
                 HEADER_TIMEOUT, self.clock
             )
             files = json.loads(body)["files"]
-        except FetchError:
-            raise
-        except CancelledError:
+        except (FetchError, CancelledError):
             raise
         except Exception as e:
             raise FetchError(wire.E_FAILED, f"no listing from {m.holder} ({_why(e)})") from None
+        # Only well-formed entries are passed on: a holder's index is input.
         return [
             {"name": f["name"], "size": f["size"], "sha256": f["sha256"]}
-            for f in files
+            for f in (files if isinstance(files, list) else [])
             if isinstance(f, dict) and isinstance(f.get("name"), str)
-            and is_shareable_name(f["name"])
+            and is_shareable_name(f["name"]) and isinstance(f.get("size"), int)
+            and isinstance(f.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", f["sha256"])
         ]
 
     def _url_maker(self, m: Match, path: str | None = None) -> Callable[[], bytes]:
