@@ -50,16 +50,19 @@ def is_shareable_name(name: str) -> bool:
     255 bytes, no backslash or control character, and short enough to
     travel on the wire.
     """
-    segments = name.split("/")
+    return 0 < _size(name) <= PATH_MAX and all(map(_is_shareable_segment, name.split("/")))
+
+
+def _is_shareable_segment(segment: str) -> bool:
     return (
-        0 < len(name.encode("utf-8", "surrogateescape")) <= PATH_MAX
-        and all(
-            0 < len(seg.encode("utf-8", "surrogateescape")) <= NAME_MAX
-            and not seg.startswith(".")
-            and _BAD_NAME.search(seg) is None
-            for seg in segments
-        )
+        0 < _size(segment) <= NAME_MAX
+        and not segment.startswith(".")
+        and _BAD_NAME.search(segment) is None
     )
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 def is_pattern(pattern: str) -> bool:
@@ -114,8 +117,10 @@ def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         except OSError:
             continue
         for entry in entries:
+            # The folders above were checked on the way down: only this
+            # segment, and the whole path's length.
             name = prefix + entry.name
-            if not is_shareable_name(name):
+            if not _is_shareable_segment(entry.name) or _size(name) > PATH_MAX:
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
