@@ -33,7 +33,7 @@ from p2pshare.admission import (
     load_secret,
     new_secret_text,
 )
-from p2pshare.control_client import Closed, NotAControlChannel, control_request
+from p2pshare.control_client import Closed, NotAControlChannel, address_of, control_request
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
 from p2pshare.peer.share import is_pattern
@@ -285,10 +285,7 @@ def cmd_share(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).absolute()
     control = "unix:" + str(data / "control.sock").replace(":", "\\:")
     log = data / "p2ppeer.log"
-    try:
-        running = control_request(control, "STATUS", timeout=2)
-    except (OSError, Closed, RemoteError, NotAControlChannel, ValueError):
-        running = None
+    running = _status_of(control)
     if running is not None:
         raise Failed(
             f"a peer already runs from {data} ({running['name']}): "
@@ -316,10 +313,7 @@ def cmd_share(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         if peer.poll() is not None:
             raise Failed(f"the peer did not start: {_last_words(log, before)}")
-        try:
-            status = control_request(control, "STATUS", timeout=2)
-        except (OSError, Closed, RemoteError, NotAControlChannel):
-            status = None
+        status = _status_of(control)
         if status is not None and status.get("joined"):
             print(f"sharing {folder} as {status['name']} ({status['host']}:{status['port']})")
             print(f"control: {control}")
@@ -331,13 +325,22 @@ def cmd_share(args: argparse.Namespace) -> int:
     raise Failed(f"the peer did not join within {SHARE_WAIT:.0f} s; see {log}")
 
 
+def _status_of(control: str) -> dict[str, Any] | None:
+    """
+    What the peer at C{control} says of itself, or None if none answers.
+    """
+    try:
+        status: dict[str, Any] = control_request(control, "STATUS", timeout=2)
+    except (OSError, Closed, RemoteError, NotAControlChannel, ValueError):
+        return None
+    return status
+
+
 def _meta_reachable(meta: str) -> None:
     """
     Fail at once, in one sentence, when the metadata server cannot be
     reached (a peer would otherwise keep trying, in the background).
     """
-    from p2pshare.control_client import address_of
-
     try:
         family, address = address_of(meta)
     except ValueError:

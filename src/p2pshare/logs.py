@@ -125,11 +125,8 @@ def twistd_output(parent: Mapping[str, Any] | None) -> TextIO:
     path = parent.get("logfile")
     if path == "-" or (parent.get("nodaemon") and not path):
         return sys.stdout
-    return logfile.LogFile.fromFullPath(  # type: ignore[return-value]
-        path or "twistd.log",
-        rotateLength=parent.get("rotatelength") or 1000000,
-        maxRotatedFiles=parent.get("maxrotatedfiles"),
-    )
+    # As twistd opens it: rotated every 1 MB.
+    return logfile.LogFile.fromFullPath(path or "twistd.log")  # type: ignore[return-value]
 
 
 @implementer(ILogObserver)
