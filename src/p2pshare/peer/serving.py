@@ -140,6 +140,10 @@ class _Slice:
         self._unsent = memoryview(b"")
         f.seek(start)
 
+    @property
+    def sent(self) -> int:
+        return self.length - self.remaining
+
     def _going(self) -> bool:
         if self.remaining <= 0 or self.broken:
             return False
@@ -169,7 +173,7 @@ class _Slice:
                 return 0
             if self._buffer is None:
                 self._buffer = memoryview(bytearray(DIRECT_BUFFER))
-            offset = self.start + self.length - self.remaining
+            offset = self.start + self.sent
             want = min(self.remaining, DIRECT_BUFFER)
             n = os.preadv(self.f.fileno(), [self._buffer[:want]], offset)
             if n == 0:
@@ -549,7 +553,7 @@ class SharedFileResource(Resource):
             self.starts.sending(sha256, 1)
         began = getattr(self.node, "upload_began", None)
         upload = (
-            began(self.name, peer_host(transport), body.length, lambda: body.length - body.remaining)
+            began(self.name, peer_host(transport), body.length, lambda: body.sent)
             if began is not None else None
         )
 
@@ -575,10 +579,9 @@ class SharedFileResource(Resource):
                 self.node.upload_ended(upload)
             if slots is not None:
                 slots.give()
-            sent = body.length - body.remaining
             self.log.info(
                 "sent {name} bytes {first}-{last} ({sent} bytes) to {peer}",
-                name=self.name, first=body.start, last=body.start + sent - 1, sent=sent,
+                name=self.name, first=body.start, last=body.start + body.sent - 1, sent=body.sent,
                 peer=peer_host(transport),
             )
             if body.broken:

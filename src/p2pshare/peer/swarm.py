@@ -228,19 +228,24 @@ class Source:
     useless_since: float | None = None  # since when it has had nothing for us
 
 
-def _sync_file_range() -> Any:
+def _libc() -> Any:
+    """
+    The C library, for the two calls Python does not offer (or None).
+    """
     try:
         import ctypes
 
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
         return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return call
+    if hasattr(libc, "sync_file_range"):
+        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return libc
 
 
-_SYNC_FILE_RANGE = _sync_file_range()
+_LIBC = _libc()
 SYNC_FILE_RANGE_WRITE = 2
+M_MMAP_THRESHOLD = -3
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -252,8 +257,8 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     download's 2 s).  Durability still comes from that fsync alone.
     Where there is no such call: nothing.
     """
-    if _SYNC_FILE_RANGE is not None and length > 0:
-        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+    if length > 0 and hasattr(_LIBC, "sync_file_range"):
+        _LIBC.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def return_buffers_to_the_system() -> None:
@@ -264,13 +269,8 @@ def return_buffers_to_the_system() -> None:
     keeps them in the heap, where fragments pile up (peak RSS grew with
     the file: 69.5 MiB for 128 MiB, 79 MiB for 1 GiB).  Elsewhere: nothing.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD: fixed, so no longer adaptive
-    except (OSError, AttributeError):
-        pass
+    if hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)  # fixed, so no longer adaptive
 
 
 Parts = list[memoryview]  # a piece as it arrived: views of the received blocks, in order
