@@ -1,6 +1,7 @@
 """
-Shared fixtures: the reactor, and a check that fails any test leaving an
-unhandled error in a Deferred (pytest-twisted has no such check of its own).
+Shared fixtures: the reactor, a local network of real processes (C{net}),
+and a check that fails any test leaving an unhandled error in a Deferred
+(pytest-twisted has no such check of its own).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from hypothesis import settings
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
+
+from p2pshare.launch import LocalNetwork
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.load_profile("default")
@@ -25,6 +30,17 @@ def reactor() -> Any:
     from twisted.internet import reactor as global_reactor
 
     return global_reactor
+
+
+@pytest.fixture
+def net(reactor: Any, tmp_path: Path) -> Any:
+    """
+    A local network of real processes in C{tmp_path} (the metadata server
+    and peers a test starts), every process stopped at the end.
+    """
+    network = LocalNetwork(reactor, tmp_path)
+    yield network
+    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 
 from p2pshare.disk import atomic_write
@@ -28,13 +28,6 @@ from p2pshare.peer.swarm import verified_pieces
 from p2pshare.pieces import hash_file, piece_count
 
 CURL = shutil.which("curl") or "curl"
-
-
-@pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path)
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
 
 
 async def two_peers(net: LocalNetwork) -> tuple[str, str]:

@@ -15,12 +15,8 @@ import subprocess
 import sys
 from urllib.parse import quote
 
-import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-
-from p2pshare.launch import LocalNetwork
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
 CURL = shutil.which("curl") or "curl"  # .ci/run installs it; missing, the test fails
@@ -35,13 +31,6 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 def curl(url: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([CURL, "-s", "--path-as-is", "-w", "\n%{http_code}", url],
                           capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path)
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
 
 
 @pytest_twisted.ensureDeferred

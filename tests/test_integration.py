@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
@@ -71,13 +70,6 @@ async def formed(net: LocalNetwork, n: int):
 
 def read_topo(net: LocalNetwork) -> dict[str, list[str]]:
     return {e.name: e.neighbours for e in parse_topo((net.meta_dir / "topo.txt").read_text())}
-
-
-@pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path)
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
 
 
 @pytest_twisted.ensureDeferred

@@ -20,13 +20,6 @@ DEADLINE = 10.0
 
 
 @pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path)
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
-
-
-@pytest.fixture
 def busy_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

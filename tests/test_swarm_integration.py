@@ -16,13 +16,12 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import TimeoutError
 from twisted.internet.threads import deferToThread
 
 from p2pshare.disk import atomic_write
-from p2pshare.launch import LocalNetwork, progress_at
+from p2pshare.launch import progress_at
 from p2pshare.pieces import piece_size
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
@@ -43,13 +42,6 @@ def sent(proc, name: str, since: int = 0) -> list[tuple[int, int]]:
         if m and m.group(1) == name:
             found.append((int(m.group(2)), int(m.group(4))))
     return found
-
-
-@pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path)
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
 
 
 async def network(net, holders: int, *holder_args: str, getters: int = 1):

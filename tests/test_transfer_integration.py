@@ -15,13 +15,11 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from p2pshare.disk import atomic_write
-from p2pshare.launch import LocalNetwork, progress_at
+from p2pshare.launch import progress_at
 from p2pshare.topo import distances, far_apart, parse_topo
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
@@ -61,13 +59,6 @@ def on_terminal(*argv: str) -> str:
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([CURL, "-s", *args], capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path)
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
 
 
 @pytest_twisted.ensureDeferred
