@@ -8,16 +8,21 @@ as markup.  Skipped, with the reason, where the browser is not installed.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 
+from p2pshare import wire
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.meta.registry import Registry
-from p2pshare.meta.server import MetaServer
+from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
 from p2pshare.topo import parse_topo
 
@@ -26,6 +31,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # pragma: no cover - the test extra installs it
     webdriver = None
@@ -160,3 +166,173 @@ async def test_strings_from_the_network_are_shown_as_text(reactor, tmp_path, bro
     finally:
         await port.stopListening()
         server.stopService()
+
+
+def _register(server, name, port, max_neighbours):
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + port))
+    proto = MetaFactory(server).buildProtocol(transport.getPeer())
+    proto.makeConnection(transport)
+    proto.dataReceived(f"P2P port={port} name={name} max={max_neighbours}\r\n".encode())
+    return proto
+
+
+def hundred_peers(server, max_neighbours):
+    """
+    100 peers registered through the wire protocol, in a tree where each
+    has at most C{max_neighbours} links; every ninth has a long name, one
+    the longest a name may be.
+    """
+    names = [f"s{i}" if i % 9 else f"peer-{i}-with-a-rather-long-name" for i in range(100)]
+    names[50] = "x" * wire.NAME_MAX
+    protos = [_register(server, name, 6000 + i, max_neighbours) for i, name in enumerate(names)]
+    parent: dict[int, int] = {}
+    children: dict[int, list[int]] = {i: [] for i in range(100)}
+    free = [0]
+    for i in range(1, 100):
+        p = free[0]
+        parent[i] = p
+        children[p].append(i)
+        if len(children[p]) + (p > 0) == max_neighbours:
+            free.pop(0)
+        free.append(i)
+    for i, proto in enumerate(protos):
+        links = ([names[parent[i]]] if i else []) + [names[c] for c in children[i]]
+        up = f" up={names[parent[i]]}" if i else " root=1"
+        proto.dataReceived(f"NEIGHBOURS {' '.join(links)}{up} files={i}\r\n".encode())
+    return names, protos
+
+
+def overlapping(rects):
+    rects = sorted(rects, key=lambda r: r["left"])
+    found = []
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            if b["left"] >= a["right"]:
+                break
+            if b["top"] < a["bottom"] and a["top"] < b["bottom"]:
+                found.append((a["name"], b["name"]))
+    return found
+
+
+@pytest.mark.parametrize("max_neighbours", [2, 4])
+@pytest_twisted.ensureDeferred
+async def test_a_hundred_peers_are_drawn_apart_and_a_click_shows_one(
+    reactor, tmp_path, browser, max_neighbours
+):
+    server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=100)
+    server.startService()
+    names, protos = hundred_peers(server, max_neighbours)
+    busy = names[7]
+    protos[7].dataReceived(
+        b"TRANSFER down 1048576 4194304 524288 2%20holders music/live%20set.ogg\r\n"
+        b"TRANSFER up 100 200 50 127.0.0.9 %3Cb%3Ereport%3C%2Fb%3E.pdf\r\n"
+        b"SUMMARY files=7 bytes=3145728 transfers=2\r\n"
+    )
+    port = reactor.listenTCP(0, make_site(server, reactor), interface="127.0.0.1")
+    try:
+        await deferToThread(browser.set_window_size, 1400, 1000)
+        await deferToThread(browser.get, f"http://127.0.0.1:{port.getHost().port}/")
+        await deferToThread(wait_until, browser, lambda d: len(peers_shown(d)) == 100)
+        assert sorted(peers_shown(browser)) == sorted(names)
+        assert len(await deferToThread(links_shown, browser)) == 99
+        assert shown(browser, "return document.getElementById('state').textContent") == (
+            "network complete: 100 peers"
+        )
+        # Every peer's drawing (circle, name, address, counts) is apart
+        # from every other's.
+        rects = shown(browser, """return [...document.querySelectorAll('g.peer')].map(g => {
+            const r = g.getBoundingClientRect();
+            return {name: g.getAttribute('data-name'), left: r.left, right: r.right,
+                    top: r.top, bottom: r.bottom};})""")
+        assert overlapping(rects) == []
+        assert all(r["right"] - r["left"] > 40 for r in rects)
+        longest = next(r for r in rects if r["name"] == "x" * wire.NAME_MAX)
+        assert longest["right"] - longest["left"] > 300  # drawn whole, not cut
+
+        # A click on a peer shows its details, its transfers among them.
+        group = await deferToThread(
+            browser.find_element, By.CSS_SELECTOR, f'g.peer[data-name="{busy}"]')
+        await deferToThread(group.click)
+        await deferToThread(wait_until, browser, lambda d: shown(
+            d, "return document.querySelector('#details h2')?.textContent") == busy)
+        details = shown(browser, "return document.getElementById('details').innerText")
+        assert "127.0.0.1:6007" in details
+        assert "7 files, 3.0 MiB" in details
+        assert "2 in progress" in details
+        rows = shown(browser, "return [...document.querySelectorAll('#transfers li')]"
+                              ".map(r => r.innerText)")
+        assert len(rows) == 2
+        assert "music/live set.ogg" in rows[0] and "from 2 holders" in rows[0]
+        assert "1.0 MiB of 4.0 MiB (25%), 512.0 KiB/s" in rows[0]
+        assert "<b>report</b>.pdf" in rows[1] and "to 127.0.0.9" in rows[1]
+        neighbours = shown(browser, "return [...document.querySelectorAll("
+                                    "'#details button.neighbour')].map(b => b.textContent)")
+        assert neighbours == server.registry.get(busy).neighbours
+        assert shown(browser, "return document.querySelectorAll('#details b').length") == 0
+        # The details follow a neighbour clicked in them, and the peer's
+        # state as it changes.
+        button = await deferToThread(browser.find_element, By.CSS_SELECTOR,
+                                     "#details button.neighbour")
+        await deferToThread(button.click)
+        await deferToThread(wait_until, browser, lambda d: shown(
+            d, "return document.querySelector('#details h2')?.textContent") == neighbours[0])
+        await deferToThread(group.click)
+        protos[7].dataReceived(b"SUMMARY files=8 bytes=0 transfers=0\r\n")
+        protos[7].dataReceived(b"NEIGHBOURS " + " ".join(neighbours).encode()
+                               + b" up=" + neighbours[0].encode() + b" files=8\r\n")
+        await deferToThread(wait_until, browser, lambda d: "none in progress" in shown(
+            d, "return document.getElementById('details').innerText"))
+
+        # "fit" brings the whole tree into view.
+        await deferToThread((await deferToThread(browser.find_element, By.ID, "zoom-fit")).click)
+        fits = shown(browser, """const v = document.getElementById('view').getBoundingClientRect();
+            const t = document.getElementById('tree').getBoundingClientRect();
+            return t.width <= v.width && t.height <= v.height;""")
+        assert fits
+    finally:
+        await port.stopListening()
+        server.stopService()
+
+
+def details_of(driver, name):
+    """
+    Click peer C{name} (again, if the page redrew it) and read its details.
+    """
+    driver.execute_script(
+        "document.querySelector(`g.peer[data-name=\"${arguments[0]}\"]`)"
+        ".dispatchEvent(new MouseEvent('click', {bubbles: true}))", name)
+    return shown(driver, "return document.getElementById('details').innerText")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_download_shows_in_both_peers_details(net, browser):
+    """
+    Real peers report what they move: while one fetches a file from a
+    holder capped at 2 MB/s, the page shows the download at the getter and
+    the upload at the holder; once it is done, neither has a transfer.
+    """
+    meta = await net.start_meta(3, "--web", "tcp:0")
+    line = await meta.wait_for("p2pmeta web page on port", 30)
+    holder, _ = await net.start_peer("--upload-rate", "2M")
+    getter, _ = await net.start_peer()
+    await net.start_peer()
+    await meta.wait_for("topology settled: 3 peers", 30)
+    names = {key: name for name, key in (await net.names()).items()}
+    data = os.urandom(12 * 2**20)
+    atomic_write(net.root / holder / "shared" / "film one.mkv", data)
+    await net.peers[holder].wait_for("sharing film one.mkv", 30)
+
+    await deferToThread(browser.get, f"http://127.0.0.1:{line.rsplit(' ', 1)[1]}/")
+    await deferToThread(wait_until, browser, lambda d: len(peers_shown(d)) == 3)
+    await deferToThread(wait_until, browser, lambda d: "1 file, 12.0 MiB" in details_of(
+        d, names[holder]))
+    get = net.p2p("get", "film one.mkv", "--peer", net.control(getter))
+    await deferToThread(wait_until, browser, lambda d: "\u2193 film one.mkv\nfrom 1 holder: "
+                        in details_of(d, names[getter]))
+    await deferToThread(wait_until, browser, lambda d: "\u2191 film one.mkv\nto 127.0.0.1: "
+                        in details_of(d, names[holder]))
+    assert await get.when_ended(60) == 0, get.output()
+    await deferToThread(wait_until, browser, lambda d: "none in progress" in details_of(
+        d, names[getter]))
+    await deferToThread(wait_until, browser, lambda d: "none in progress" in details_of(
+        d, names[holder]))

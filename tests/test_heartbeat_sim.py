@@ -77,3 +77,31 @@ def test_a_late_tick_does_not_judge_silence():
 
 def _host_of(net: SimNet, node) -> str:
     return f"127.0.1.{net.peers.index(node) + 1}"
+
+
+def test_a_peer_that_keeps_reporting_transfers_keeps_its_metadata_link():
+    """
+    A long download makes a peer send SUMMARY lines every 2 s, which the
+    metadata server does not answer: the peer still pings it (it has not
+    heard from it), so the link is not judged silent and dropped.
+    """
+    from p2pshare.peer.files import Transfer
+
+    net = mixed_network(2, (5.0, 5.0))
+    busy = net.peers[0]
+    moved = iter(range(10**9))
+    busy.files.transfers["download"] = Transfer("big.iso", "down", "1 holder", 0.0, total=10**9)
+    busy.files.transfers["upload"] = Transfer("big.iso", "up", "127.0.0.9", 0.0, total=10**9,
+                                              sent=lambda: next(moved))
+    busy._activity()  # as PeerFiles says when a transfer begins
+    net.idle(600)
+    assert sum(p.links_dropped for p in net.peers) == 0
+    assert sorted(net.meta.sessions) == sorted(p.peer_name for p in net.peers)
+    record = net.meta.registry.get(busy.peer_name)
+    assert record.transfer_count == 2 and record.transfers[1]["done"] > 100
+    # Once nothing moves, the page hears so, and the peer's timer stops.
+    busy.files.transfers.clear()
+    busy._activity()
+    net.idle(10)
+    assert (record.transfers, record.transfer_count) == ([], 0)
+    assert not busy._summarising.running

@@ -547,3 +547,95 @@ def test_a_request_that_breaks_the_grammar_is_refused_here_and_leaves_no_waiter(
         proto.request("FETCH", "x", bogus=1)
     assert transport.value() == b"" and not proto._waiting
     proto.connectionLost(Failure(ConnectionDone()))
+
+
+# What a peer tells the metadata server it is doing (for the web page).
+
+
+def test_a_summary_reaches_the_peers_record(meta):
+    c = Conn(MetaFactory(meta))
+    c.say(b"P2P port=6001\r\n")
+    longest = "%C3%A9" * 333 + "ab"  # 2000 characters, the longest path field
+    assert c.say(b"TRANSFER down 10 100 5 3%20holders music/a%20b.ogg\r\n"
+                 + f"TRANSFER up 7 9 0 127.0.0.1 {longest}\r\n".encode()
+                 + b"SUMMARY files=2 bytes=300 transfers=5\r\n") == b""
+    record = meta.registry.get("s1")
+    assert (record.shared_files, record.shared_bytes, record.transfer_count) == (2, 300, 5)
+    assert record.transfers == [
+        {"direction": "down", "done": 10, "total": 100, "rate": 5, "peer": "3 holders",
+         "name": "music/a b.ogg"},
+        {"direction": "up", "done": 7, "total": 9, "rate": 0, "peer": "127.0.0.1",
+         "name": "\u00e9" * 333 + "ab"},
+    ]
+    # The next summary replaces the last; none in progress is none.
+    assert c.say(b"SUMMARY files=2 bytes=300 transfers=0\r\n") == b""
+    assert (record.transfers, record.transfer_count) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        (b"TRANSFER sideways 1 2 3 x y\r\n",
+         b"ERROR bad-args TRANSFER: a transfer's direction is up or down, not 'sideways'\r\n"),
+        (b"TRANSFER up -1 2 3 x y\r\n",
+         b"ERROR bad-args TRANSFER: a size is a whole number of bytes without leading zeros, "
+         b"not '-1'\r\n"),
+        (b"TRANSFER up 1 2 3 x\r\n",
+         b"ERROR bad-args TRANSFER takes DIRECTION DONE TOTAL RATE PEER NAME\r\n"),
+        (b"TRANSFER up 1 2 3 x %00\r\n",
+         b"ERROR bad-args TRANSFER: a file name cannot be empty or carry control characters, "
+         b"not '%00'\r\n"),
+        (b"SUMMARY files=x\r\n",
+         b"ERROR bad-args SUMMARY: a count is a whole number without leading zeros, not 'x'\r\n"),
+    ],
+)
+def test_bad_summaries_are_refused_and_harm_nothing(meta, line, reply):
+    c = Conn(MetaFactory(meta))
+    c.say(b"P2P port=6001\r\n")
+    assert c.say(line) == reply
+    assert not c.transport.disconnecting
+    assert c.say(b"SUMMARY files=1 bytes=2\r\n") == b""
+    assert meta.registry.get("s1").shared_bytes == 2
+
+
+def test_a_summary_holds_a_bounded_number_of_transfers(meta):
+    observer = Conn(MetaFactory(meta))
+    observer.say(b"P2P\r\n")
+    assert observer.say(b"TRANSFER up 1 2 3 x y\r\n") == (
+        b"ERROR unexpected register first: P2P port=PORT\r\n"
+    )
+    c = Conn(MetaFactory(meta))
+    c.say(b"P2P port=6001\r\n")
+    line = b"TRANSFER up 1 2 3 x y\r\n"
+    assert c.say(line * wire.MAX_REPORTED) == b""
+    assert c.say(line) == (
+        f"ERROR bad-args a summary holds at most {wire.MAX_REPORTED} transfers\r\n".encode()
+    )
+    c.say(b"SUMMARY transfers=9\r\n")
+    assert meta.registry.get("s1").transfers == []  # what came before the error is dropped
+
+
+def test_a_peer_reports_its_transfers_only_when_something_changed():
+    from p2pshare.peer.files import Transfer
+
+    node = joined_peer()
+    meta_link = Conn(MetaClientFactory(node), host="127.0.0.1")
+    node.meta = meta_link.proto
+    meta_link.transport.clear()
+    node._report_summary()
+    assert meta_link.transport.value() == b"SUMMARY bytes=0 files=0 transfers=0\r\n"
+    meta_link.transport.clear()
+    node._report_summary()
+    assert meta_link.transport.value() == b""  # nothing new
+    for i in range(wire.MAX_REPORTED + 2):
+        node.files.transfers[i] = Transfer(f"dir/f {i}" + "\u00e9" * 990, "up", "127.0.0.2", 0.0,
+                                           total=10, sent=lambda: 4)
+    node._report_summary()
+    lines = meta_link.transport.value().split(b"\r\n")[:-1]
+    assert len(lines) == wire.MAX_REPORTED + 1
+    assert lines[-1] == f"SUMMARY bytes=0 files=0 transfers={wire.MAX_REPORTED + 2}".encode()
+    for line in lines[:-1]:
+        msg = wire.decode(line)  # every line is valid, the long names shortened
+        assert msg.verb == "TRANSFER" and msg.args[:3] == ("up", "4", "10")
+        name = wire.unquote_name(msg.args[5])
+        assert name.startswith("dir/f ") and name.endswith("\u2026")

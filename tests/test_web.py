@@ -23,11 +23,11 @@ from p2pshare.meta.web import make_site
 PEER_SHAPE = {
     "name": str, "host": str, "port": int, "neighbours": list, "neighbour_count": int,
     "max_neighbours": int, "shared_files": int, "root": bool, "parent": (str, type(None)),
-    "live": bool,
+    "live": bool, "shared_bytes": int, "transfers": list, "transfer_count": int,
 }
 TOP_SHAPE = {"peers": list, "links": list, "count": int, "expect": int, "complete": bool,
              "events": list}
-EVENT_SHAPE = {"time": (int, float), "event": str, "peer": str}
+EVENT_SHAPE = {"time": (int, float), "event": str, "peer": str, "text": str}
 
 
 def check_shape(value, shape):
@@ -44,7 +44,7 @@ def server_with(names_and_links, tmp_path):
         server.registry.set_neighbours(name, neighbours)
     first = server.registry.get(names_and_links[0][0])
     first.is_root = True
-    server.events.append((1700000000.0, "join", names_and_links[0][0]))
+    server.event("join", names_and_links[0][0], f"{names_and_links[0][0]} joined")
     return server
 
 
@@ -151,3 +151,52 @@ async def test_the_web_port_answers_other_methods_with_405_or_501(reactor, serve
             assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
     response, _ = await get(reactor, base + "/topology.json", b"HEAD")
     assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_say_what_a_restart_of_the_metadata_server_did(reactor, serve, tmp_path):
+    """
+    After a restart the page's events say so, then which peers came back
+    and which were dropped for not coming back.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.meta.server import MetaFactory
+
+    def register(server, name, port):
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto = MetaFactory(server).buildProtocol(transport.getPeer())
+        proto.makeConnection(transport)
+        token = f"{port:032x}"  # a name is taken back by the token it was registered with
+        proto.dataReceived(f"P2P port={port} name={name} token={token}\r\n".encode())
+        assert proto.transport.value().startswith(b"WELCOME "), proto.transport.value()
+        return proto
+
+    db = str(tmp_path / "registry.sqlite")
+    first = MetaServer(Registry(db), Clock(), data_dir=tmp_path, expect=2)
+    first.startService()
+    assert [e.text for e in first.events] == ["metadata server started with no peers"]
+    register(first, "s1", 6001)
+    register(first, "s2", 6002)
+    await first.stopService()
+
+    clock = Clock()
+    clock.advance(1000)
+    server = MetaServer(Registry(db), clock, data_dir=tmp_path, expect=2, grace=30)
+    server.startService()
+    base = serve(server)
+    register(server, "s1", 6001)
+    clock.advance(31)
+    _, body = await get(reactor, base + "/topology.json")
+    events = json.loads(body)["events"]
+    for event in events:
+        check_shape(event, EVENT_SHAPE)
+    assert [(e["event"], e["peer"], e["text"]) for e in events] == [
+        ("restart", "", "metadata server restarted: 2 peers known from before; "
+                        "those that do not come back within 30 s are dropped"),
+        ("back", "s1", "s1 came back after the restart"),
+        ("lost", "s2", "s2 did not come back after the restart; dropped"),
+    ]
+    assert [e["time"] for e in events] == [1000, 1000, 1031]
+    await server.stopService()

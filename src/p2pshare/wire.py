@@ -28,6 +28,9 @@ MAX_LINE = 4096
 
 NAME_MAX = 64
 
+MAX_REPORTED = 8
+"""The most transfers a peer reports to the metadata server at once."""
+
 
 class WireError(ValueError):
     """
@@ -247,6 +250,7 @@ MATCH: Check = _check_match
 TOKEN_HEX = _matching(re.compile(r"[0-9a-f]{32,128}"), "a token is 32 to 128 hex digits")
 ROLES = ("meta", "peer", "client")
 ROLE = _matching(re.compile("|".join(ROLES)), "a role is meta, peer or client")
+DIRECTION = _matching(re.compile("up|down"), "a transfer's direction is up or down")
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,12 @@ SPECS: dict[str, Spec] = {
     # the last says more=1 (NEIGHBOURS, PEER, RESULTS).
     "NEIGHBOURS": Spec(rest=NAME, keys={"up": NAME, "root": COUNT, "files": COUNT, "more": COUNT}),
     "COMPLETE": Spec(args=(("peers", COUNT),)),
+    # What a peer is doing, for the web page: a TRANSFER line for each of
+    # (at most MAX_REPORTED) transfers in progress, then SUMMARY.  PEER and
+    # NAME are percent-encoded; PEER is "-" while nobody is sending.
+    "TRANSFER": Spec(args=(("direction", DIRECTION), ("done", SIZE), ("total", SIZE),
+                           ("rate", SIZE), ("peer", FILE), ("name", PATH))),
+    "SUMMARY": Spec(keys={"files": COUNT, "bytes": SIZE, "transfers": COUNT}),
     "TOPO": Spec(),
     "PEER": Spec(
         args=(("name", NAME), ("host", HOST), ("port", PORT)), rest=NAME, keys={"more": COUNT}

@@ -33,6 +33,10 @@ class PeerRecord:
     is_root: bool = False
     shared_files: int = 0
     token_hash: str | None = None
+    # What the peer last said it is doing (SUMMARY; not stored either).
+    shared_bytes: int = 0
+    transfers: list[dict[str, object]] = field(default_factory=list)
+    transfer_count: int = 0
 
 
 def _sql(name: str) -> str:

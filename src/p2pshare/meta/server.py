@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict, deque
 from pathlib import Path
+from typing import NamedTuple
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -81,14 +82,20 @@ class MetaServer(MultiService):
         # The root of the tree; another peer that says it is a root (it was
         # cut off while the rest chose a new one) is told to rejoin.
         self.root: str | None = None
-        # Recent joins and leaves, for the web page.
-        self.events: deque[tuple[float, str, str]] = deque(maxlen=50)
+        # What happened lately, for the web page (L{event}).
+        self.events: deque[Event] = deque(maxlen=50)
 
     def startService(self) -> None:
         super().startService()
         self.unverified = {p.name for p in self.registry.peers()}
         if self.unverified:
             self._dropping = self.clock.callLater(self.grace, self._drop_unverified)
+            self.event("restart", "", (
+                f"metadata server restarted: {len(self.unverified)} peers known from before; "
+                f"those that do not come back within {self.grace:.0f} s are dropped"
+            ))
+        else:
+            self.event("start", "", "metadata server started with no peers")
         self.write_files()
         self._checked_at = self.clock.seconds()
 
@@ -134,6 +141,7 @@ class MetaServer(MultiService):
         self._dropping = None
         for name in sorted(self.unverified):
             self.log.info("peer {name} did not come back after the restart; dropped", name=name)
+            self.event("lost", name, f"{name} did not come back after the restart; dropped")
             self.registry.remove(name)
         self.unverified.clear()
         self.changed()
@@ -188,8 +196,13 @@ class MetaServer(MultiService):
         self._held_names.pop(name, None)
         record = self.registry.add(name, host, port, max_neighbours, token_hash)
         self.sessions[name] = proto
-        self.unverified.discard(name)
-        self.events.append((self.clock.seconds(), "join", name))
+        if name in self.unverified:
+            self.unverified.discard(name)
+            self.event("back", name, f"{name} came back after the restart")
+        elif old is not None:
+            self.event("back", name, f"{name} came back (a new connection replaced its old one)")
+        else:
+            self.event("join", name, f"{name} joined from {host}:{port}")
         self.log.info(
             "peer {name} registered from {host}:{port}", name=name, host=host, port=port
         )
@@ -349,9 +362,17 @@ class MetaServer(MultiService):
             # Shutting down: the registry outlives this process.
             return
         self.registry.remove(name)
-        self.events.append((self.clock.seconds(), "leave", name))
+        self.event("leave", name, f"{name} left" if graceful
+                   else f"{name} vanished (its connection closed without a goodbye)")
         self.log.info("peer {name} left", name=name)
         self.changed()
+
+    def event(self, kind: str, name: str, text: str) -> None:
+        """
+        Remember for the web page that C{kind} happened to peer C{name}
+        (empty: to this server), said in one sentence.
+        """
+        self.events.append(Event(self.clock.seconds(), kind, name, text))
 
     def _release(self, newcomer: str) -> None:
         for waiting in self._reserved.values():
@@ -408,6 +429,19 @@ class MetaServer(MultiService):
             proto.send("COMPLETE", len(live))
 
 
+class Event(NamedTuple):
+    """
+    Something the web page lists: C{kind} is C{start}, C{restart} (of this
+    server), C{join}, C{back} (a peer registered again), C{leave} or
+    C{lost} (did not come back after a restart); C{text} says it to a human.
+    """
+
+    time: float
+    kind: str
+    peer: str
+    text: str
+
+
 def _depths(live: list[PeerRecord]) -> dict[str, float]:
     """
     Hops from the root (the earliest live peer) along the reported links;
@@ -447,6 +481,7 @@ class MetaProtocol(LineChannel):
         self.name: str | None = None
         self.beat = 0
         self._neighbours: list[str] = []  # a NEIGHBOURS report arriving over lines
+        self._transfers: list[dict[str, object]] = []  # TRANSFER lines before a SUMMARY
 
     def identity(self) -> tuple[str, str]:
         return META_IDENTITY
@@ -459,6 +494,8 @@ class MetaProtocol(LineChannel):
         words = line.split(None, 1)
         # In a private network the handshake comes first, then the flag.
         first = words[0].upper() if words else b""
+        if not self.server.running:
+            return  # shutting down: the registry is closed, nothing more is recorded
         if self.admitted and not self.greeted and first not in (b"P2P", b"AUTH"):
             self.badLine(_bad_flag())
             return
@@ -536,6 +573,32 @@ class MetaProtocol(LineChannel):
             self.name, names, msg.options.get("up"), msg.options.get("root") == "1",
             int(msg.options.get("files", 0)),
         )
+
+    def msg_TRANSFER(self, msg: Message) -> None:
+        if not self._registered():
+            return
+        if len(self._transfers) == wire.MAX_REPORTED:
+            self._transfers = []
+            self.sendError(wire.E_BAD_ARGS, f"a summary holds at most {wire.MAX_REPORTED} transfers")
+            return
+        direction, done, total, rate, peer, name = msg.args
+        self._transfers.append({
+            "direction": direction, "done": int(done), "total": int(total), "rate": int(rate),
+            "peer": wire.unquote_name(peer), "name": wire.unquote_name(name),
+        })
+
+    def msg_SUMMARY(self, msg: Message) -> None:
+        if not self._registered():
+            return
+        assert self.name is not None
+        transfers, self._transfers = self._transfers, []
+        record = self.server.registry.get(self.name)
+        if record is not None:
+            opts = msg.options
+            record.shared_files = int(opts.get("files", record.shared_files))
+            record.shared_bytes = int(opts.get("bytes", 0))
+            record.transfers = transfers
+            record.transfer_count = max(len(transfers), int(opts.get("transfers", 0)))
 
     def msg_TOPO(self, msg: Message) -> None:
         peers = self.server.topology()

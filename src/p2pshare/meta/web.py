@@ -44,6 +44,9 @@ def topology(server: MetaServer) -> dict[str, Any]:
                 "neighbour_count": len(shown[p.name]),
                 "max_neighbours": p.max_neighbours,
                 "shared_files": p.shared_files,
+                "shared_bytes": p.shared_bytes,
+                "transfers": p.transfers,
+                "transfer_count": p.transfer_count,
                 "root": p.is_root and not p.uplink,
                 "parent": p.uplink,
                 "live": p.name in server.sessions,
@@ -55,7 +58,8 @@ def topology(server: MetaServer) -> dict[str, Any]:
         "expect": server.expect,
         "complete": server.complete,
         "events": [
-            {"time": t, "event": kind, "peer": name} for t, kind, name in server.events
+            {"time": e.time, "event": e.kind, "peer": e.peer, "text": e.text}
+            for e in server.events
         ],
     }
 

@@ -87,6 +87,7 @@ class PeerFiles(MultiService):
         find: Find,
         me: Callable[[], str | None],
         on_files_changed: Callable[[], None],
+        on_transfers_changed: Callable[[], None] = lambda: None,
         shared: Path | None = None,
         downloads: Path | None = None,
         downloader: Downloader | None = None,
@@ -102,6 +103,7 @@ class PeerFiles(MultiService):
         self._find = find
         self._me = me
         self._files_changed = on_files_changed
+        self._transfers_changed = on_transfers_changed
         self.share = ShareIndex(shared) if shared is not None else None
         self.downloads = downloads or shared
         self.downloader = downloader
@@ -161,10 +163,12 @@ class PeerFiles(MultiService):
         """
         key = object()
         self.transfers[key] = Transfer(name, "up", host, self.clock.seconds(), 0, total, sent)
+        self._transfers_changed()
         return key
 
     def upload_ended(self, key: object) -> None:
         self.transfers.pop(key, None)
+        self._transfers_changed()
 
     @property
     def peer_name(self) -> str | None:
@@ -239,7 +243,7 @@ class PeerFiles(MultiService):
     def count(self) -> int:
         return len(self.share.files) if self.share is not None else 0
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         """
         The files half of what C{p2p status} shows.
         """
@@ -253,6 +257,15 @@ class PeerFiles(MultiService):
                 for t in sorted(self.transfers.values(), key=lambda t: (t.direction, t.name))
             ],
         }
+
+    def summary(self) -> tuple[int, int, list[dict[str, object]]]:
+        """
+        What the metadata server's page shows of this peer: how many files
+        it shares, their bytes, and its transfers (the first
+        L{wire.MAX_REPORTED}, downloads first).
+        """
+        files = self.share.files.values() if self.share is not None else []
+        return len(files), sum(f.size for f in files), self.status()["transfers"][:wire.MAX_REPORTED]
 
     # Fetching.
 
@@ -275,6 +288,7 @@ class PeerFiles(MultiService):
         directory = directory or self.downloads
         key = object()  # two downloads of one name (into two folders) are two
         transfer = self.transfers[key] = Transfer(name, "down", "", self.clock.seconds())
+        self._transfers_changed()
 
         def track(done: int, total: int, sending: int = 0) -> None:
             if transfer.first is None:
@@ -289,6 +303,7 @@ class PeerFiles(MultiService):
             return await self._fetch(name, directory, force, track, timeout, sources, only)
         finally:
             del self.transfers[key]
+            self._transfers_changed()
 
     async def _fetch(
         self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float,

@@ -202,11 +202,11 @@ class Links:
     def beat(self, meta: Any = None) -> None:
         """
         Every heartbeat: abort links (and C{meta}, the metadata link) silent
-        for three of their beats, and say PING where we have been quiet for
-        half of one.  A link's beat is the one both ends agreed on (the
+        for three of their beats, and say PING where needed.  A link's beat is the one both ends agreed on (the
         larger of theirs).  Only the child side of a link (and every peer
-        to the metadata server) pings; the PONG keeps the other direction
-        alive, so an idle link costs a PING and a PONG about once a beat.
+        to the metadata server) pings, where it has not spoken or not heard
+        for half a beat; the PONG keeps the other direction alive, so an
+        idle link costs a PING and a PONG about once a beat.
         Silence is not judged on a tick that came late (this process was
         busy, or suspended): everyone's clock jumped, not only the other's.
         """
@@ -227,7 +227,10 @@ class Links:
                 )
                 self.links_dropped += 1
                 proto.abort()
-            elif pings and now - proto.said_at >= beat / 2:
+            elif pings and now - min(proto.said_at, proto.heard_at) >= beat / 2:
+                # Quiet, or talking to one that does not answer (SUMMARY
+                # lines to the metadata server get no reply): only a PONG
+                # tells us it is there.
                 proto.send("PING")
 
     def restart_beats(self) -> None:

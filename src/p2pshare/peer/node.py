@@ -40,6 +40,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
@@ -73,6 +74,7 @@ Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[..., Deferred[Any]]
 
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
+SUMMARY_INTERVAL = 2.0  # seconds between checks of what we tell the page
 
 
 def _run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -175,6 +177,12 @@ class PeerNode(MultiService):
         self._beating = TimerService(settings.heartbeat, lambda: self.links.beat(self.meta))
         self._beating.clock = clock
         self._beating.setServiceParent(self)
+        # What we share and move, for the metadata server's page: sent
+        # when it changes, every SUMMARY_INTERVAL while transfers run (for
+        # their rates); an idle peer has no timer for it.
+        self._summarised: object = None
+        self._summarising = LoopingCall(self._report_summary)
+        self._summarising.clock = clock
         self.joining = Joining(
             clock=clock,
             rng=self.rng,
@@ -195,7 +203,8 @@ class PeerNode(MultiService):
             run_blocking=self.run_blocking,
             find=lambda pattern, timeout, exact: self.search.start(pattern, timeout, exact=exact),
             me=lambda: self.peer_name,
-            on_files_changed=self._report,
+            on_files_changed=self._files_changed,
+            on_transfers_changed=self._activity,
             shared=settings.shared,
             downloads=settings.downloads,
             downloader=(
@@ -344,6 +353,8 @@ class PeerNode(MultiService):
 
     def stopService(self) -> Deferred[None]:
         timers = super().stopService()  # the children: every periodic job
+        if self._summarising.running:
+            self._summarising.stop()
         leaving = Deferred.fromCoroutine(self._stop())
         both = gatherResults([timers, leaving], consumeErrors=True)
         return both.addCallback(lambda _: None)
@@ -377,6 +388,8 @@ class PeerNode(MultiService):
         if self.settings.advertise is None:
             self.host = host
         self.meta = proto
+        self._summarised = None  # a new session: say it all again
+        self._activity()
         self.log.info("peer {name} registered with the metadata server", name=self.peer_name)
         waiters, self._meta_waiters = self._meta_waiters, []
         for d in waiters:
@@ -433,6 +446,32 @@ class PeerNode(MultiService):
                 files=self.files.count(),
             ):
                 self.meta.sendMessage(line)
+
+    def _files_changed(self) -> None:
+        self._report()
+        self._activity()
+
+    def _activity(self) -> None:
+        """
+        A transfer began or ended, or the share changed: tell the
+        metadata server (now, and while transfers run).
+        """
+        if self.running and not self._summarising.running:
+            self._summarising.start(SUMMARY_INTERVAL, now=True)
+
+    def _report_summary(self) -> None:
+        summary = self.files.summary()
+        files, size, transfers = summary
+        if self.meta is not None and summary != self._summarised:
+            self._summarised = summary
+            for t in transfers:
+                self.meta.send(
+                    "TRANSFER", t["direction"], t["done"], t["total"], t["rate"],
+                    _field(str(t["peer"]) or "-", wire.FILE), _field(str(t["name"]), wire.PATH),
+                )
+            self.meta.send("SUMMARY", files=files, bytes=size, transfers=len(self.files.transfers))
+        if not transfers and self._summarising.running:
+            self._summarising.stop()
 
     # Joining.
 
@@ -584,3 +623,14 @@ class PeerNode(MultiService):
             **self.files.status(),
         }
 
+
+def _field(text: str, check: wire.Check) -> str:
+    """
+    C{text} as a percent-encoded field that C{check} accepts, shortened
+    (ending in an ellipsis) if it would not fit in one.
+    """
+    quoted = wire.quote_path(text)
+    while check(quoted) is not None and len(text) > 1:
+        text = text[: len(text) * 3 // 4]
+        quoted = wire.quote_path(text + "\u2026")
+    return quoted

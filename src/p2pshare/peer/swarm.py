@@ -522,7 +522,7 @@ class Swarm:
         self._waiters: list[Deferred[None]] = []
         self._sleeps: list[tuple[IDelayedCall, Deferred[None]]] = []
         self._receivers: set[_RunReceiver] = set()
-        self._sending: set[str] = set()  # holders with a run under way
+        self._sending: set[str] = set()  # holders sending (see _worker)
         self._requests: set[Deferred[Any]] = set()
         self._local: LocalWriteError | None = None
         self._halted = False
@@ -667,6 +667,18 @@ class Swarm:
         return max(ENDGAME_WAIT, 2 * self.book.piece / source.rate)
 
     async def _worker(self, source: Source) -> None:
+        """
+        Fetch runs from C{source} while there is work for it.  It counts as
+        sending from its first bytes until it waits, fails or ends, not only
+        while a response is under way: the gap between two runs is not a
+        holder lost (what C{p2p get} and the web page show).
+        """
+        try:
+            await self._work(source)
+        finally:
+            self._sending.discard(source.name)
+
+    async def _work(self, source: Source) -> None:
         while self._going:
             if source.have_url is not None:
                 await self._ask_has(source)
@@ -681,6 +693,7 @@ class Swarm:
                     return
                 # Wait for a change, or for a piece in flight to become
                 # late enough to be fetched a second time.
+                self._sending.discard(source.name)
                 await self._changed().addTimeout(ENDGAME_LOOK, self.clock, lambda r, t: None)
                 continue
             source.useless_since = None
@@ -815,6 +828,13 @@ class Swarm:
         )
 
     async def _fetch_run(self, source: Source, run: list[int]) -> None:
+        try:
+            await self._get_run(source, run)
+        except BaseException:
+            self._sending.discard(source.name)  # until it sends again
+            raise
+
+    async def _get_run(self, source: Source, run: list[int]) -> None:
         spans = [(i, *piece_span(i, self.size)) for i in run]
         first, last = spans[0][1], spans[-1][2] - 1
         headers = Headers()
@@ -893,7 +913,6 @@ class Swarm:
             reason = await receiver.done
         finally:
             self._receivers.discard(receiver)
-            self._sending.discard(source.name)
         # Every piece handed to a thread is written (or refused) before the
         # run ends: nobody closes the part file under a write.
         results = await DeferredList(writes, consumeErrors=True)
