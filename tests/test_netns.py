@@ -155,3 +155,72 @@ async def test_hosts_join_search_transfer_and_repair_after_losing_one(reactor, t
                 p.signal(signal.SIGKILL)
                 await p.when_ended(15)
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_peers_find_a_metadata_server_that_announces_itself(reactor, tmp_path, hosts):
+    """
+    Zero-config: a metadata server started with --announce on host 0; a
+    peer with --meta auto on host 1, one started by `p2p share --meta auto`
+    on host 2, and `p2p topo --meta auto` on host 3 find it by multicast
+    DNS with no address given.  Without --announce, `p2p share --meta auto`
+    says in one sentence that none was found.
+    """
+    procs: list[ChildProcess] = []
+    share_control = f"unix:{tmp_path / 'h2' / 'control.sock'}"
+    try:
+        meta_dir = tmp_path / "meta"
+        meta_dir.mkdir()
+        meta = in_ns(reactor, hosts[0], "p2pmeta", TWISTD + [
+            "-n", "--pidfile=", "p2pmeta", "--port", "tcp:5000", "--announce",
+            "--data-dir", str(meta_dir), "--expect", "2",
+        ], tmp_path, tmp_path / "meta.log")
+        procs.append(meta)
+        await meta.wait_for("announced on the LAN by multicast DNS", 30)
+        assert f"({NET}.10 port 5000)" in meta.output()  # its LAN address, not loopback
+
+        data = tmp_path / "h1"
+        data.mkdir()
+        peer = in_ns(reactor, hosts[1], "p2ppeer", TWISTD + [
+            "-n", "--pidfile=", "p2ppeer", "--port", f"tcp:5001:interface={NET}.11",
+            "--meta", "auto", "--data-dir", str(data),
+        ], tmp_path, tmp_path / "h1.log")
+        procs.append(peer)
+        await peer.wait_for(" ready on port ", 30)
+        assert "found the metadata server p2pmeta on " in peer.output()
+
+        (tmp_path / "share2").mkdir()
+        atomic_write(tmp_path / "share2" / "hello.txt", b"hello over the LAN\n")
+        share = await deferToThread(
+            run, "ip", "netns", "exec", hosts[2], *P2P, "share", str(tmp_path / "share2"),
+            "--meta", "auto", "--data-dir", str(tmp_path / "h2"), "--port", f"tcp:5002:interface={NET}.12",
+        )
+        assert share.returncode == 0, share.stdout + share.stderr
+        assert f"({NET}.12:5002)" in share.stdout
+        await meta.wait_for("topology settled: 2 peers", 30)
+
+        topo = await deferToThread(run, "ip", "netns", "exec", hosts[3], *P2P, "topo", "--meta", "auto")
+        assert topo.returncode == 0, topo.stderr
+        assert len(parse_topo(topo.stdout)) == 2
+
+        # The announcement ends with the server.
+        meta.signal(signal.SIGTERM)
+        await meta.when_ended(15)
+        missing = await deferToThread(
+            run, "ip", "netns", "exec", hosts[4], *P2P, "share", str(tmp_path / "share2"),
+            "--meta", "auto", "--data-dir", str(tmp_path / "h4"),
+        )
+        assert missing.returncode == 1
+        assert "no metadata server announced itself on this LAN within" in missing.stderr
+        assert missing.stderr.count("\n") == 1
+    finally:
+        subprocess.run([*P2P, "stop", "--peer", share_control], capture_output=True, timeout=30)
+        for p in procs:
+            if p.running:
+                p.signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                await p.when_ended(15)
+            except Exception:
+                p.signal(signal.SIGKILL)
+                await p.when_ended(15)

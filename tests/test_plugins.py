@@ -118,3 +118,31 @@ def test_mtls_is_an_endpoint_like_any_other(tmp_path, reactor):
     assert type(old) is type(ep)
     with pytest.raises(ValueError, match="needs trustRoots=DIR"):
         serverFromString(reactor, "mtls:0")
+
+
+def test_meta_auto_is_the_mdns_endpoint_and_its_fields_are_checked():
+    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.task import Clock
+
+    from p2pshare.lan import MDNSClientEndpoint, endpoint_interface
+
+    o = PeerOptions()
+    o.parseOptions(["--meta", "auto"])
+    assert o["meta"] == "mdns:"
+    ep = clientFromString(Clock(), o["meta"])
+    assert isinstance(ep, MDNSClientEndpoint) and (ep.timeout, ep.name) == (3.0, None)
+    ep = clientFromString(Clock(), "mdns:timeout=0.5:name=p2pmeta on lab")
+    assert (ep.timeout, ep.name) == (0.5, "p2pmeta on lab")
+    for bad in ("mdns:somewhere", "mdns:timeout=soon", "mdns:timeout=0", "mdns:port=5000"):
+        with pytest.raises(ValueError):
+            clientFromString(Clock(), bad)
+    assert endpoint_interface("tcp:5000:interface=10.0.0.1") == "10.0.0.1"
+    assert endpoint_interface("tcp:5000") is None
+
+
+def test_announce_needs_a_tcp_port():
+    o = MetaOptions()
+    o.parseOptions(["--announce"])
+    assert o["announce"]
+    with pytest.raises(usage.UsageError, match="--announce needs a TCP --port"):
+        MetaOptions().parseOptions(["--announce", "--port", "unix:/tmp/meta.sock"])

@@ -339,8 +339,17 @@ def _status_of(control: str) -> dict[str, Any] | None:
 def _meta_reachable(meta: str) -> None:
     """
     Fail at once, in one sentence, when the metadata server cannot be
-    reached (a peer would otherwise keep trying, in the background).
+    reached (a peer would otherwise keep trying, in the background); with
+    C{auto}, when none announces itself on the LAN.
     """
+    if meta.strip() == "auto" or meta.strip().startswith("mdns:"):
+        from p2pshare.lan import NotFound, find_meta
+
+        try:
+            find_meta()
+        except NotFound as e:
+            raise Failed(e.text) from None
+        return
     try:
         family, address = address_of(meta)
     except ValueError:
@@ -545,7 +554,7 @@ def parser() -> argparse.ArgumentParser:
 
     topo = sub.add_parser("topo", help="print the topology in the topo.txt format")
     source = topo.add_mutually_exclusive_group()
-    source.add_argument("--meta", default=None, help=f"metadata server endpoint (default {DEFAULT_META})")
+    source.add_argument("--meta", default=None, help=f"metadata server endpoint, or auto: the one announced on the LAN (default {DEFAULT_META})")
     source.add_argument("--data-dir", default=None, help="read topo.txt from a p2pmeta data dir")
     topo.add_argument("--tree", action="store_true", help="draw it as an indented tree")
     topo.add_argument("--secret-file", default=None, help="the network secret (private networks)")
@@ -586,7 +595,8 @@ def parser() -> argparse.ArgumentParser:
     share = sub.add_parser("share", help="start a peer in the background that shares DIR")
     share.add_argument("dir", help="the folder to share, all of it")
     share.add_argument("--meta", default="tcp:127.0.0.1:5000",
-                       help="the metadata server (default tcp:127.0.0.1:5000)")
+                       help="the metadata server, or auto: the one announced on the LAN "
+                            "(default tcp:127.0.0.1:5000)")
     share.add_argument("--port", default="tcp:5001", help="where other peers reach it (default tcp:5001)")
     share.add_argument("--data-dir", default="./p2ppeer-data",
                        help="the peer's state, log and control socket (default ./p2ppeer-data)")

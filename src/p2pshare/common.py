@@ -45,11 +45,14 @@ def loopback_by_default(description: str) -> str:
 def client_endpoint_string(description: str) -> str:
     """
     A connecting endpoint description; a bare number C{N} means
-    C{tcp:127.0.0.1:N} (a client needs a host).
+    C{tcp:127.0.0.1:N} (a client needs a host), C{auto} the metadata
+    server that announces itself on the LAN (C{mdns:}, see p2pshare.lan).
     """
     description = description.strip()
     if description.isdigit():
         return f"tcp:127.0.0.1:{description}"
+    if description == "auto":
+        return "mdns:"
     return description
 
 

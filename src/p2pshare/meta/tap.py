@@ -23,6 +23,7 @@ from p2pshare.common import (
     server_endpoint_string,
 )
 from p2pshare.disk import atomic_write
+from p2pshare.lan import Announcer, endpoint_interface
 from p2pshare.logs import RoleLog
 from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
@@ -56,12 +57,15 @@ class Options(RoleOptions):
     ]
     optFlags = [
         ["reset", None, "Start a new network: empty the registry and the files."],
+        ["announce", None, "Announce this server on the LAN by multicast DNS (peers use --meta auto)."],
     ]
 
     def postOptions(self) -> None:
         if self["expect"] < 1:
             raise usage.UsageError("--expect must be at least 1")
         self["port"] = server_endpoint_string(self["port"])
+        if self["announce"] and self["port"].split(":", 1)[0] not in ("tcp", "tcp6", "mtls"):
+            raise usage.UsageError("--announce needs a TCP --port (tcp:PORT or mtls:PORT:...)")
         for key in ("web", "manhole"):
             if self[key] is not None:
                 self[key] = loopback_by_default(server_endpoint_string(self[key]))
@@ -118,10 +122,20 @@ def _assemble(options: Options, reactor: Any) -> IService:
     log.info("p2pmeta: {admission}", admission=describe(options["secret"], options["secret-file"]))
     portfile = options["portfile"]
 
+    announcer = None
+    if options["announce"]:
+        announcer = Announcer(
+            endpoint_interface(options["port"]),
+            {"private": "1" if options["secret"] is not None else "0",
+             "tls": "1" if options["tls"] is not None else "0"},
+        )
+
     def listening(port: IListeningPort) -> None:
         number = getattr(port.getHost(), "port", None)
         if portfile is not None and number is not None:
             atomic_write(portfile, f"{number}\n".encode())
+        if announcer is not None and number is not None:
+            announcer.announce(number)
         log.info(
             "p2pmeta ready on {where} with {n} peer(s) in the registry",
             where=number if number is not None else options["port"],
@@ -137,6 +151,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
         listening,
         what=f"--port {options['port']}",
     ).setServiceParent(top)
+    if announcer is not None:
+        announcer.setServiceParent(top)
     if options["web"] is not None:
 
         def web_listening(port: IListeningPort) -> None:

@@ -51,7 +51,7 @@ class Options(RoleOptions):
     longdesc = "A p2pshare peer: joins the overlay and shares files."
     optParameters = [
         ["port", None, "tcp:5001", "Endpoint where other peers connect (a bare N means tcp:N)."],
-        ["meta", None, "tcp:127.0.0.1:5000", "The metadata server (client endpoint)."],
+        ["meta", None, "tcp:127.0.0.1:5000", "The metadata server (client endpoint), or auto: the one announced on the LAN."],
         ["name", None, None, "This peer's name (default: assigned, s1, s2, ...)."],
         ["data-dir", None, "./p2ppeer-data", "The peer's own state."],
         ["max-neighbours", None, 2, "Neighbours to accept before referring newcomers on.", int],
