@@ -146,3 +146,5 @@ def test_announce_needs_a_tcp_port():
     assert o["announce"]
     with pytest.raises(usage.UsageError, match="--announce needs a TCP --port"):
         MetaOptions().parseOptions(["--announce", "--port", "unix:/tmp/meta.sock"])
+    with pytest.raises(usage.UsageError, match="on loopback"):
+        MetaOptions().parseOptions(["--announce", "--port", "tcp:5000:interface=127.0.0.1"])

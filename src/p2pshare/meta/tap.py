@@ -64,8 +64,14 @@ class Options(RoleOptions):
         if self["expect"] < 1:
             raise usage.UsageError("--expect must be at least 1")
         self["port"] = server_endpoint_string(self["port"])
-        if self["announce"] and self["port"].split(":", 1)[0] not in ("tcp", "tcp6", "mtls"):
-            raise usage.UsageError("--announce needs a TCP --port (tcp:PORT or mtls:PORT:...)")
+        if self["announce"]:
+            if self["port"].split(":", 1)[0] not in ("tcp", "tcp6", "mtls"):
+                raise usage.UsageError("--announce needs a TCP --port (tcp:PORT or mtls:PORT:...)")
+            interface = endpoint_interface(self["port"]) or ""
+            if interface.startswith("127.") or interface == "::1":
+                raise usage.UsageError(
+                    "--announce with a --port on loopback: nobody else on the LAN could reach it"
+                )
         for key in ("web", "manhole"):
             if self[key] is not None:
                 self[key] = loopback_by_default(server_endpoint_string(self[key]))
