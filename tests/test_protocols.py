@@ -639,3 +639,16 @@ def test_a_peer_reports_its_transfers_only_when_something_changed():
         assert msg.verb == "TRANSFER" and msg.args[:3] == ("up", "4", "10")
         name = wire.unquote_name(msg.args[5])
         assert name.startswith("dir/f ") and name.endswith("\u2026")
+
+
+def test_lines_that_arrive_while_the_server_stops_are_ignored(tmp_path):
+    """
+    A report that arrives after the metadata server stopped (its registry
+    is closed) is dropped, not an unhandled error.
+    """
+    server = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, expect=2)
+    server.startService()
+    c = Conn(MetaFactory(server))
+    c.say(b"P2P port=6001\r\n")
+    server.stopService()
+    assert c.say(b"NEIGHBOURS s2 up=s2\r\nSUMMARY files=1\r\n") == b""

@@ -40,7 +40,8 @@ KINDS = {wire.NAME: names, wire.HOST: hosts, wire.PORT: ports, wire.COUNT: count
          wire.PATH: file_names.map(lambda n: wire.quote_path("/" + n)),
          wire.MATCH: matches.map(wire.Match.field),
          wire.TOKEN_HEX: st.from_regex(r"[0-9a-f]{32,128}", fullmatch=True),
-         wire.ROLE: st.sampled_from(wire.ROLES)}
+         wire.ROLE: st.sampled_from(wire.ROLES),
+         wire.DIRECTION: st.sampled_from(("up", "down"))}
 
 
 @st.composite

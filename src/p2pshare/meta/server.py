@@ -61,6 +61,7 @@ class MetaServer(MultiService):
         self.expect = expect
         self.sessions: dict[str, MetaProtocol] = {}
         self.complete = False
+        self.stopped = False  # once stopped, its registry is closed
         # target name -> newcomers referred there that have not arrived yet
         self._reserved: defaultdict[str, set[str]] = defaultdict(set)
         self._written: tuple[str, str] | None = None
@@ -107,6 +108,7 @@ class MetaServer(MultiService):
         timers = super().stopService()  # the children: every periodic job
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()
+        self.stopped = True
         self.registry.close()
         return timers.addCallback(lambda _: None)
 
@@ -494,7 +496,7 @@ class MetaProtocol(LineChannel):
         words = line.split(None, 1)
         # In a private network the handshake comes first, then the flag.
         first = words[0].upper() if words else b""
-        if not self.server.running:
+        if self.server.stopped:
             return  # shutting down: the registry is closed, nothing more is recorded
         if self.admitted and not self.greeted and first not in (b"P2P", b"AUTH"):
             self.badLine(_bad_flag())
