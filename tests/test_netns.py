@@ -87,6 +87,21 @@ def in_ns(reactor, ns, role, argv, cwd, log):
     return ChildProcess(reactor, role, ["ip", "netns", "exec", ns, *argv], cwd, log).start()
 
 
+async def stop_all(procs: list[ChildProcess]) -> None:
+    """
+    SIGTERM every process still running, SIGKILL one that does not end.
+    """
+    for p in procs:
+        if p.running:
+            p.signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await p.when_ended(15)
+        except Exception:
+            p.signal(signal.SIGKILL)
+            await p.when_ended(15)
+
+
 def run(*argv):
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
 
@@ -145,15 +160,7 @@ async def test_hosts_join_search_transfer_and_repair_after_losing_one(reactor, t
         found = await deferToThread(run, *P2P, "search", "across.bin", "--peer", control4)
         assert found.returncode == 0 and "across.bin" in found.stdout
     finally:
-        for p in procs:
-            if p.running:
-                p.signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                await p.when_ended(15)
-            except Exception:
-                p.signal(signal.SIGKILL)
-                await p.when_ended(15)
+        await stop_all(procs)
 
 
 
@@ -215,12 +222,4 @@ async def test_peers_find_a_metadata_server_that_announces_itself(reactor, tmp_p
         assert missing.stderr.count("\n") == 1
     finally:
         subprocess.run([*P2P, "stop", "--peer", share_control], capture_output=True, timeout=30)
-        for p in procs:
-            if p.running:
-                p.signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                await p.when_ended(15)
-            except Exception:
-                p.signal(signal.SIGKILL)
-                await p.when_ended(15)
+        await stop_all(procs)
