@@ -54,6 +54,7 @@ def test_registration_wrong_flag_and_retry(meta, tmp_path):
     assert not c.transport.disconnecting
     assert c.say(b"p2p port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
     assert c.say(b"PLACE\r\n") == b"ROOT\r\n"
+    meta.clock.advance(meta.flush_interval)  # the files follow within it
     assert (tmp_path / "topo.txt").read_text() == "s1:\n"
     assert (tmp_path / "NumberOfServers.txt").read_text() == "1\n"
 
@@ -67,6 +68,7 @@ def test_referral_and_reports_make_topo_txt(meta, tmp_path):
     assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
     assert b.say(b"NEIGHBOURS s1\r\n") == b""
     assert a.say(b"NEIGHBOURS bee\r\n") == b""
+    meta.clock.advance(meta.flush_interval)
     assert (tmp_path / "topo.txt").read_text() == "s1: bee\nbee: s1\n"
     assert (tmp_path / "NumberOfServers.txt").read_text() == "2\n"
     # s1 has one slot left: a third newcomer goes there, a fourth to bee,
@@ -91,7 +93,11 @@ def test_network_complete_is_logged_and_told(meta):
     conns[1].say(b"NEIGHBOURS s1\r\n")
     conns[2].say(b"NEIGHBOURS s1\r\n")
     assert not meta.complete
-    assert conns[0].say(b"NEIGHBOURS s2 s3\r\n") == b"COMPLETE 3\r\n"
+    assert conns[0].say(b"NEIGHBOURS s2 s3\r\n") == b""
+    assert not meta.complete  # until the next flush, within the flush interval
+    conns[1].transport.clear()
+    meta.clock.advance(meta.flush_interval)
+    assert conns[0].transport.value() == b"COMPLETE 3\r\n"
     assert conns[1].transport.value() == b"COMPLETE 3\r\n"
     assert meta.complete
 

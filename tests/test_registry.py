@@ -83,25 +83,37 @@ def test_an_unknown_schema_version_is_refused(tmp_path):
         Registry(str(path))
 
 
-def test_files_are_written_at_start_and_on_change(tmp_path):
+def test_files_are_written_at_start_and_on_change_at_most_every_flush_interval(tmp_path):
+    """
+    A change after a quiet spell is written at once; changes that follow
+    within the flush interval are written together at its end; nothing
+    is later than that.
+    """
     from types import SimpleNamespace
 
-    server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=5)
+    clock = Clock()
+    server = MetaServer(Registry(), clock, data_dir=tmp_path, expect=5, flush_interval=0.2)
     server.startService()
-    assert (tmp_path / "topo.txt").read_bytes() == b""
-    assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"0\n"
-    session = SimpleNamespace(beat=5, abort=lambda: None)
+    topo, count = tmp_path / "topo.txt", tmp_path / "NumberOfServers.txt"
+    assert (topo.read_bytes(), count.read_bytes()) == (b"", b"0\n")
+    clock.advance(1)
+    session = SimpleNamespace(beat=5, abort=lambda: None, heard_at=1e9)
     server.register(session, "s1", "127.0.0.1", 6001, 2)
+    assert (topo.read_bytes(), count.read_bytes()) == (b"s1:\n", b"1\n")  # at once
     server.register(session, "s2", "127.0.0.1", 6002, 2)
-    assert (tmp_path / "topo.txt").read_bytes() == b"s1:\ns2:\n"
-    assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"2\n"
     server.report("s1", ["s2"])
     server.report("s2", ["s1"])
-    assert (tmp_path / "topo.txt").read_bytes() == b"s1: s2\ns2: s1\n"
+    assert topo.read_bytes() == b"s1:\n"  # coalesced ...
+    clock.advance(0.199)
+    assert topo.read_bytes() == b"s1:\n"
+    clock.advance(0.001)  # ... and written within the interval
+    assert (topo.read_bytes(), count.read_bytes()) == (b"s1: s2\ns2: s1\n", b"2\n")
+    clock.advance(1)
     server.disconnected("s2", graceful=True)
-    assert (tmp_path / "topo.txt").read_bytes() == b"s1:\n"
-    assert (tmp_path / "NumberOfServers.txt").read_bytes() == b"1\n"
-    server.stopService()
+    assert (topo.read_bytes(), count.read_bytes()) == (b"s1:\n", b"1\n")
+    server.register(session, "s3", "127.0.0.1", 6003, 2)
+    server.stopService()  # a pending flush is done before stopping
+    assert (topo.read_bytes(), count.read_bytes()) == (b"s1:\ns3:\n", b"2\n")
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):

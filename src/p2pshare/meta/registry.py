@@ -75,7 +75,9 @@ def open_db(path: str) -> sqlite3.Connection:
 
 class Registry:
     """
-    The peers of the network, persistent.
+    The peers of the network, persistent.  Changes are kept in memory at
+    once and written to SQLite in one transaction per L{commit} (the
+    metadata server commits at each flush, a few times a second at most).
     """
 
     def __init__(self, path: str = ":memory:") -> None:
@@ -94,12 +96,26 @@ class Registry:
             self._peers[peer].neighbours.append(neighbour)
 
     def close(self) -> None:
+        self.commit()
         self._db.close()
+
+    def _write(self, sql: str, *rows: tuple[object, ...]) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+        self._db.executemany(sql, rows)
+
+    def commit(self) -> None:
+        """
+        Make every change so far durable (one transaction).
+        """
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
 
     def clear(self) -> None:
         """
         Forget every peer and restart the name counter (C{--reset}).
         """
+        self.commit()
         with self._db:
             self._db.execute("DELETE FROM neighbours")
             self._db.execute("DELETE FROM peers")
@@ -126,7 +142,7 @@ class Registry:
         return row[0] if row else 1
 
     def _bump(self, name: str, value: int) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
             (name, value),
@@ -157,7 +173,7 @@ class Registry:
         else:
             record.host, record.port, record.max_neighbours = host, port, max_neighbours
         record.token_hash = token_hash
-        self._db.execute(
+        self._write(
             "INSERT INTO peers (name, host, port, max_neighbours, joined, placed, token_hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
             "host = excluded.host, port = excluded.port, "
@@ -168,11 +184,11 @@ class Registry:
 
     def remove(self, name: str) -> None:
         if self._peers.pop(name, None) is not None:
-            self._db.execute("DELETE FROM peers WHERE name = ?", (name,))
+            self._write("DELETE FROM peers WHERE name = ?", (name,))
 
     def set_placed(self, name: str) -> None:
         self._peers[name].placed = True
-        self._db.execute("UPDATE peers SET placed = 1 WHERE name = ?", (name,))
+        self._write("UPDATE peers SET placed = 1 WHERE name = ?", (name,))
 
     def set_neighbours(self, name: str, neighbours: list[str]) -> None:
         """
@@ -180,12 +196,11 @@ class Registry:
         """
         record = self._peers[name]
         record.neighbours = list(neighbours)
-        with self._db:
-            self._db.execute("DELETE FROM neighbours WHERE peer = ?", (name,))
-            self._db.executemany(
-                "INSERT INTO neighbours (peer, position, neighbour) VALUES (?, ?, ?)",
-                [(name, i, n) for i, n in enumerate(neighbours)],
-            )
+        self._write("DELETE FROM neighbours WHERE peer = ?", (name,))
+        self._write(
+            "INSERT INTO neighbours (peer, position, neighbour) VALUES (?, ?, ?)",
+            *[(name, i, n) for i, n in enumerate(neighbours)],
+        )
         if neighbours and not record.placed:
             self.set_placed(name)
 

@@ -7,7 +7,7 @@ topology files).
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict, deque
+from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,10 +24,12 @@ from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
+from p2pshare.meta.tally import Tally
 from p2pshare.topo import TopoEntry, count_text, topo_text, walk
 from p2pshare.wire import Message, WireError
 
 DEFAULT_MAX_NEIGHBOURS = 2
+FLUSH_INTERVAL = 0.2  # seconds: the longest topo.txt lags behind the network
 MAX_NEIGHBOURS_LIMIT = 1000
 
 
@@ -52,6 +54,7 @@ class MetaServer(MultiService):
         expect: int = 5,
         grace: float = 15.0,
         secret: Secret | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         super().__init__()
         self.registry = registry
@@ -62,10 +65,21 @@ class MetaServer(MultiService):
         self.sessions: dict[str, MetaProtocol] = {}
         self.complete = False
         self.stopped = False  # once stopped, its registry is closed
-        # target name -> newcomers referred there that have not arrived yet
-        self._reserved: defaultdict[str, set[str]] = defaultdict(set)
+        # target name -> newcomers referred there that have not arrived yet,
+        # and each such newcomer -> its target
+        self._reserved: dict[str, set[str]] = {}
+        self._goal: dict[str, str] = {}
         self._written: tuple[str, str] | None = None
-        self._settled = ""
+        # Whether the verified peers form one tree, kept per event.
+        self.tally = Tally()
+        self._version = 0  # bumped when the topology changes
+        self._settled_version = -1
+        # Files, registry commits and the checks that log are coalesced:
+        # at most one flush per flush_interval, never later than that
+        # after a change (see changed()).
+        self.flush_interval = flush_interval
+        self._flushing: IDelayedCall | None = None
+        self._flushed_at = float("-inf")
         # The periodic job is a child service, started and stopped with us.
         watch = TimerService(1.0, self._check_sessions)
         watch.clock = clock
@@ -88,6 +102,10 @@ class MetaServer(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        for p in self.registry.peers():
+            self.tally.set_links(p.name, p.neighbours)
+            if p.placed:
+                self.tally.set_placed(p.name)
         self.unverified = {p.name for p in self.registry.peers()}
         if self.unverified:
             self._dropping = self.clock.callLater(self.grace, self._drop_unverified)
@@ -97,7 +115,7 @@ class MetaServer(MultiService):
             ))
         else:
             self.event("start", "", "metadata server started with no peers")
-        self.write_files()
+        self._flush()
         self._checked_at = self.clock.seconds()
 
     def stopService(self) -> Deferred[None]:
@@ -108,6 +126,9 @@ class MetaServer(MultiService):
         timers = super().stopService()  # the children: every periodic job
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flush()  # the files and the registry as the network is now
         self.stopped = True
         self.registry.close()
         return timers.addCallback(lambda _: None)
@@ -145,6 +166,7 @@ class MetaServer(MultiService):
             self.log.info("peer {name} did not come back after the restart; dropped", name=name)
             self.event("lost", name, f"{name} did not come back after the restart; dropped")
             self.registry.remove(name)
+            self.tally.remove(name)
         self.unverified.clear()
         self.changed()
 
@@ -197,6 +219,8 @@ class MetaServer(MultiService):
             old.abort()
         self._held_names.pop(name, None)
         record = self.registry.add(name, host, port, max_neighbours, token_hash)
+        self.tally.add_member(name)
+        self._version += 1
         self.sessions[name] = proto
         if name in self.unverified:
             self.unverified.discard(name)
@@ -243,6 +267,7 @@ class MetaServer(MultiService):
             )
         if not placed:
             self.registry.set_placed(newcomer)
+            self.tally.set_placed(newcomer)
             record = self.registry.get(newcomer)
             if record is not None:
                 record.is_root, record.uplink = True, None
@@ -252,11 +277,11 @@ class MetaServer(MultiService):
             return None
         depth = _depths(placed)
         slots = {
-            p.name: p.max_neighbours - len(p.neighbours) - len(self._reserved[p.name])
+            p.name: p.max_neighbours - len(p.neighbours) - len(self._reserved.get(p.name, ()))
             for p in placed
         }
         candidates = {p.name: p for p in placed}
-        on_the_way = [(t, n) for t, waiting in self._reserved.items() for n in waiting]
+        on_the_way = [(t, n) for n, t in self._goal.items()]
         grew = True
         while grew:
             grew = False
@@ -270,7 +295,7 @@ class MetaServer(MultiService):
                     and not record.placed
                 ):
                     depth[name] = depth[goal] + 1
-                    slots[name] = record.max_neighbours - 1 - len(self._reserved[name])
+                    slots[name] = record.max_neighbours - 1 - len(self._reserved.get(name, ()))
                     candidates[name] = record
                     grew = True
         free = [p for p in candidates.values() if slots[p.name] > 0]
@@ -278,7 +303,8 @@ class MetaServer(MultiService):
             target = min(free, key=lambda p: (depth[p.name], p.joined))
         else:
             target = placed[0]
-        self._reserved[target.name].add(newcomer)
+        self._reserved.setdefault(target.name, set()).add(newcomer)
+        self._goal[newcomer] = target.name
         self.log.info("referring {newcomer} to {target}", newcomer=newcomer, target=target.name)
         return target
 
@@ -304,8 +330,13 @@ class MetaServer(MultiService):
         C{name} says its neighbours are now C{neighbours}, in link order,
         and where it hangs from.
         """
-        self.registry.set_neighbours(name, neighbours)
         record = self.registry.get(name)
+        if record is not None and record.neighbours != neighbours:
+            self._version += 1
+        self.registry.set_neighbours(name, neighbours)
+        self.tally.set_links(name, neighbours)
+        if neighbours:
+            self.tally.set_placed(name)
         if record is not None:
             record.uplink, record.is_root = uplink, is_root
             record.shared_files = shared_files
@@ -319,13 +350,12 @@ class MetaServer(MultiService):
                     record.is_root = False
                 self.sessions[name].send("REJOIN")
         for n in neighbours:
-            self._reserved[name].discard(n)
-        if neighbours:
+            if self._goal.get(n) == name:
+                self._release(n)  # it arrived here
+        if neighbours and self._goal.get(name) not in neighbours:
             # The newcomer has arrived; keep only the slot at the peer that
             # accepted it until that peer reports the link itself.
-            for target, waiting in self._reserved.items():
-                if target not in neighbours:
-                    waiting.discard(name)
+            self._release(name)
         self.changed()
 
     def _check_owner(self, name: str, token_hash: str | None) -> None:
@@ -359,11 +389,14 @@ class MetaServer(MultiService):
             if record is not None:
                 self._held_names[name] = (record.token_hash, self.clock.seconds() + 3 * beat)
         self._release(name)
-        self._reserved.pop(name, None)
+        for newcomer in self._reserved.pop(name, ()):
+            self._goal.pop(newcomer, None)
         if not self.running:
             # Shutting down: the registry outlives this process.
             return
         self.registry.remove(name)
+        self.tally.remove(name)
+        self._version += 1
         self.event("leave", name, f"{name} left" if graceful
                    else f"{name} vanished (its connection closed without a goodbye)")
         self.log.info("peer {name} left", name=name)
@@ -377,58 +410,81 @@ class MetaServer(MultiService):
         self.events.append(Event(self.clock.seconds(), kind, name, text))
 
     def _release(self, newcomer: str) -> None:
-        for waiting in self._reserved.values():
-            waiting.discard(newcomer)
+        """
+        C{newcomer} is no longer on its way to the target it was referred to.
+        """
+        target = self._goal.pop(newcomer, None)
+        if target is None:
+            return
+        waiting = self._reserved.get(target, set())
+        waiting.discard(newcomer)
+        if not waiting:
+            self._reserved.pop(target, None)
 
     # The topology files and network completion.
 
     def changed(self) -> None:
-        peers = self.verified()
-        text = topo_text(self.topology(peers))
-        self.write_files(peers, text)
-        self._check_settled(peers, text)
-        self._check_complete(peers)
+        """
+        Something changed: flush now if the last flush is at least
+        C{flush_interval} old, else once it is (one pending at most).
+        """
+        if self._flushing is not None:
+            return
+        wait = self._flushed_at + self.flush_interval - self.clock.seconds()
+        if wait <= 0:
+            self._flush()
+        else:
+            self._flushing = self.clock.callLater(wait, self._flush)
 
-    def _check_settled(self, peers: list[PeerRecord], text: str) -> None:
+    def pending_flush(self) -> float | None:
+        """
+        When the next flush is due, if one is.
+        """
+        return self._flushing.getTime() if self._flushing is not None else None
+
+    def _flush(self) -> None:
+        """
+        Commit the registry, write the topology files, and log (and tell
+        the peers) what the network has become.
+        """
+        self._flushing = None
+        self._flushed_at = self.clock.seconds()
+        self.registry.commit()
+        self.write_files()
+        self._check_settled()
+        self._check_complete()
+
+    def _check_settled(self) -> None:
         """
         Log once for each new topology in which every peer is placed and
         the reported links form one tree (what operators and tests wait
         for, rather than polling topo.txt).
         """
-        links = sum(len(p.neighbours) for p in peers)
-        if not (
-            peers
-            and all(p.placed for p in peers)
-            and links == 2 * (len(peers) - 1)
-            and _consistent(peers)
-        ):
-            return
-        if text != self._settled:
-            self._settled = text
-            self.log.info("topology settled: {n} peers in one tree", n=len(peers))
+        if self.tally.settled() and self._version != self._settled_version:
+            self._settled_version = self._version
+            self.log.info("topology settled: {n} peers in one tree", n=len(self.tally.members))
 
-    def write_files(self, peers: list[PeerRecord] | None = None, text: str | None = None) -> None:
+    def write_files(self) -> None:
         if self.data_dir is None:
             return
-        if peers is None:
-            peers = self.verified()
-        texts = (text if text is not None else topo_text(self.topology(peers)), count_text(peers))
+        peers = self.verified()
+        texts = (topo_text(self.topology(peers)), count_text(peers))
         if texts == self._written:
             return
         for path, text in zip(topology_files(self.data_dir), texts, strict=True):
             atomic_write(path, text.encode("utf-8"))
         self._written = texts
 
-    def _check_complete(self, peers: list[PeerRecord]) -> None:
+    def _check_complete(self) -> None:
         if self.complete:
             return
-        live = [p for p in peers if p.placed and p.name in self.sessions]
-        if len(live) < self.expect or not _consistent(peers):
+        live = self.tally.placed_members()
+        if live < self.expect or self.tally.one_sided:
             return
         self.complete = True
-        self.log.info("network complete: {n} peers", n=len(live))
+        self.log.info("network complete: {n} peers", n=live)
         for proto in self.sessions.values():
-            proto.send("COMPLETE", len(live))
+            proto.send("COMPLETE", live)
 
 
 class Event(NamedTuple):
@@ -453,18 +509,6 @@ def _depths(live: list[PeerRecord]) -> dict[str, float]:
     depth: dict[str, float] = {name: float("inf") for name in names}
     depth.update(walk(live[0].name, lambda n: [m for m in names[n].neighbours if m in names]))
     return depth
-
-
-def _consistent(peers: list[PeerRecord]) -> bool:
-    """
-    Does every reported link appear at both of its ends?
-    """
-    by_name = {p.name: p for p in peers}
-    return all(
-        n in by_name and p.name in by_name[n].neighbours
-        for p in peers
-        for n in p.neighbours
-    )
 
 
 class MetaProtocol(LineChannel):

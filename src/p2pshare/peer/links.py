@@ -25,7 +25,14 @@ from twisted.logger import Logger
 from p2pshare import wire
 from p2pshare.peer.interfaces import ILink
 
-HOPS_CAP = 1000  # a distance this long is a loop's: "no free slot"
+# How far a FREE distance is told: a free slot further away is "none"
+# ("far").  So a change travels at most this many hops, and a join costs a
+# number of FREE messages independent of the network's size (with a limit
+# of 2, the whole chain heard of every join).  Referrals only need the
+# near ones: the metadata server sends newcomers to a free slot directly;
+# a full peer refers onward only when newcomers race for one.  A loop's
+# distances also stop growing here.
+FREE_HORIZON = 8
 
 
 @dataclass
@@ -155,7 +162,7 @@ class Links:
             if n.name != neighbour and n.hops is not None
         ]
         best = min(behind, default=None)
-        return best if best is not None and best < HOPS_CAP else None
+        return best if best is not None and best <= FREE_HORIZON else None
 
     def advertise(self) -> None:
         """
