@@ -181,6 +181,7 @@ class SimNet:
         self._port = 40000
         self.meta: MetaServer | None = None
         self.peers: list[PeerNode] = []
+        self._unjoined: set[PeerNode] = set()  # peers not in the overlay (now)
 
     def free_port(self) -> int:
         self._port += 1
@@ -211,7 +212,8 @@ class SimNet:
         """
         A peer holding the network's secret, or (C{stranger}) C{own_secret}.
         """
-        host = f"127.0.1.{len(self.peers) + 1}" if len(self.peers) < 250 else f"127.0.2.{len(self.peers) - 249}"
+        i = len(self.peers)  # hosts 127.0.1.1 ... 127.0.1.250, then 127.0.2.1 ...
+        host = f"127.0.1.{i + 1}" if i < 250 else f"127.0.{2 + (i - 250) // 250}.{(i - 250) % 250 + 1}"
         node = PeerNode(
             clock=self.clock,
             listen=ServerEndpoint(self, host, 6000),
@@ -228,6 +230,15 @@ class SimNet:
             secret=own_secret if stranger else self.secret,
         )
         self.peers.append(node)
+        self._unjoined.add(node)
+        fire = node.membership.fire
+
+        def fired(input: str) -> bool:
+            moved = fire(input)
+            (self._unjoined.discard if node.joined else self._unjoined.add)(node)
+            return moved
+
+        node.membership.fire = fired  # type: ignore[method-assign]
         return node
 
     def share_dir(self, index: int) -> Path:
@@ -329,7 +340,7 @@ class SimNet:
         elapsed = 0.0
         while True:
             self.flush()
-            if all(p.joined for p in self.peers):
+            if not self._unjoined:
                 pending = self.meta.pending_flush() if self.meta is not None else None
                 if pending is None:
                     return

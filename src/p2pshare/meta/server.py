@@ -24,6 +24,7 @@ from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
+from p2pshare.meta.slots import FreeSlots
 from p2pshare.meta.tally import Tally
 from p2pshare.topo import TopoEntry, count_text, topo_text, walk
 from p2pshare.wire import Message, WireError
@@ -70,8 +71,10 @@ class MetaServer(MultiService):
         self._reserved: dict[str, set[str]] = {}
         self._goal: dict[str, str] = {}
         self._written: tuple[str, str] | None = None
-        # Whether the verified peers form one tree, kept per event.
+        # Whether the verified peers form one tree, kept per event; and
+        # where the free slots are, by depth.
         self.tally = Tally()
+        self.slots = FreeSlots(self)
         self._version = 0  # bumped when the topology changes
         self._settled_version = -1
         # Files, registry commits and the checks that log are coalesced:
@@ -167,6 +170,7 @@ class MetaServer(MultiService):
             self.event("lost", name, f"{name} did not come back after the restart; dropped")
             self.registry.remove(name)
             self.tally.remove(name)
+            self.slots.forget(name)
         self.unverified.clear()
         self.changed()
 
@@ -232,6 +236,7 @@ class MetaServer(MultiService):
         self.log.info(
             "peer {name} registered from {host}:{port}", name=name, host=host, port=port
         )
+        self.slots.changed(name)
         self.changed()
         return record
 
@@ -245,8 +250,14 @@ class MetaServer(MultiService):
         soon as it has joined itself.  So concurrent joins cost one hop too.
         """
         self._release(newcomer)
-        # A peer rejoining brings its subtree: it must not land inside it,
-        # nor inside another subtree that is itself looking for a place.
+        if not rejoin:
+            target = self.slots.best(newcomer)
+            if target is not None:
+                return self._refer(newcomer, target)
+        # The general case (a rejoin, or no free slot known): look at every
+        # peer.  A peer rejoining brings its subtree: it must not land
+        # inside it, nor inside another subtree that is itself looking for
+        # a place.
         excluded = {newcomer}
         if rejoin:
             excluded |= self._component(newcomer)
@@ -271,6 +282,7 @@ class MetaServer(MultiService):
             record = self.registry.get(newcomer)
             if record is not None:
                 record.is_root, record.uplink = True, None
+                self.slots.moved(newcomer)
             self.root = newcomer
             self.log.info("peer {name} is the root", name=newcomer)
             self.changed()
@@ -303,8 +315,12 @@ class MetaServer(MultiService):
             target = min(free, key=lambda p: (depth[p.name], p.joined))
         else:
             target = placed[0]
+        return self._refer(newcomer, target)
+
+    def _refer(self, newcomer: str, target: PeerRecord) -> PeerRecord:
         self._reserved.setdefault(target.name, set()).add(newcomer)
         self._goal[newcomer] = target.name
+        self.slots.referred(newcomer, target.name)
         self.log.info("referring {newcomer} to {target}", newcomer=newcomer, target=target.name)
         return target
 
@@ -349,6 +365,7 @@ class MetaServer(MultiService):
                 if record is not None:
                     record.is_root = False
                 self.sessions[name].send("REJOIN")
+        self.slots.moved(name)
         for n in neighbours:
             if self._goal.get(n) == name:
                 self._release(n)  # it arrived here
@@ -396,6 +413,7 @@ class MetaServer(MultiService):
             return
         self.registry.remove(name)
         self.tally.remove(name)
+        self.slots.forget(name)
         self._version += 1
         self.event("leave", name, f"{name} left" if graceful
                    else f"{name} vanished (its connection closed without a goodbye)")
@@ -420,6 +438,7 @@ class MetaServer(MultiService):
         waiting.discard(newcomer)
         if not waiting:
             self._reserved.pop(target, None)
+        self.slots.changed(target)  # a slot there is free again
 
     # The topology files and network completion.
 

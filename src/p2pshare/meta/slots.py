@@ -1,0 +1,158 @@
+"""
+L{FreeSlots}: where a newcomer should join, in O(log N).
+
+The metadata server refers a newcomer to the shallowest live peer with a
+free slot (the earliest to join among equals), counting slots it already
+promised, and counting newcomers still on their way as places one level
+below their target.  Instead of computing every peer's depth and slots at
+each join, this keeps each peer's depth (from the parent it reports,
+updated down its subtree when it moves) and a heap of C{(depth, joined,
+name)} entries, pushed whenever a peer's depth or slots may have changed
+and checked lazily: an entry that no longer matches the peer is dropped
+when it reaches the top.  The heap is rebuilt when stale entries
+outnumber the peers.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from p2pshare.meta.registry import PeerRecord
+    from p2pshare.meta.server import MetaServer
+
+Entry = tuple[int, int, str]
+
+
+class FreeSlots:
+    def __init__(self, server: MetaServer) -> None:
+        self.server = server
+        self.depth: dict[str, int] = {}
+        self._parent: dict[str, str] = {}
+        self._children: dict[str, set[str]] = {}
+        self._heap: list[Entry] = []
+
+    def _entry(self, name: str) -> Entry | None:
+        """
+        The heap entry C{name} deserves now, or None if it has no free slot
+        (or is not a live, verified peer of known depth).
+        """
+        server = self.server
+        record = server.registry.get(name)
+        if record is None or name not in server.sessions or name in server.unverified:
+            return None
+        promised = len(server._reserved.get(name, ()))
+        if record.placed:
+            depth = self.depth.get(name)
+            free = record.max_neighbours - len(record.neighbours) - promised
+        else:
+            goal = server._goal.get(name)  # on its way there
+            if goal is None or goal not in self.depth:
+                return None
+            depth = self.depth[goal] + 1
+            free = record.max_neighbours - 1 - promised
+        if depth is None or free <= 0:
+            return None
+        return (depth, record.joined, name)
+
+    def changed(self, name: str) -> None:
+        """
+        C{name}'s free slots may have changed.
+        """
+        entry = self._entry(name)
+        if entry is not None:
+            heapq.heappush(self._heap, entry)
+            if len(self._heap) > 2 * len(self.server.registry) + 1000:
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        entries = (self._entry(p.name) for p in self.server.registry.peers())
+        self._heap = [e for e in entries if e is not None]
+        heapq.heapify(self._heap)
+
+    def referred(self, newcomer: str, target: str) -> None:
+        self.changed(target)
+        self.changed(newcomer)  # a place-to-be below its target
+
+    def moved(self, name: str) -> None:
+        """
+        C{name} reported its place (its parent, or that it is the root)
+        and its links: its depth and its subtree's may have changed.
+        """
+        record = self.server.registry.get(name)
+        if record is None:
+            self.forget(name)
+            return
+        self._set_parent(name, record.uplink or None)
+        self._set_depth(name, self._own_depth(record))
+
+    def forget(self, name: str) -> None:
+        """
+        C{name} left: its subtree has no known depth until it reports again.
+        """
+        self._set_parent(name, None)
+        self._set_depth(name, None)
+        self._children.pop(name, None)
+
+    def best(self, newcomer: str) -> PeerRecord | None:
+        """
+        The shallowest free slot for C{newcomer} (never itself), or None
+        if none is known.
+        """
+        aside: list[Entry] = []
+        found = None
+        while self._heap:
+            entry = self._heap[0]
+            if self._entry(entry[2]) != entry:
+                heapq.heappop(self._heap)  # stale
+            elif entry[2] == newcomer:
+                aside.append(heapq.heappop(self._heap))
+            else:
+                found = self.server.registry.get(entry[2])
+                break
+        for entry in aside:
+            heapq.heappush(self._heap, entry)
+        return found
+
+    def _own_depth(self, record: PeerRecord) -> int | None:
+        if record.is_root and not record.uplink:
+            return 0
+        parent = self.depth.get(record.uplink) if record.uplink else None
+        return None if parent is None else parent + 1
+
+    def _set_parent(self, name: str, parent: str | None) -> None:
+        old = self._parent.get(name)
+        if old == parent:
+            return
+        if old is not None:
+            siblings = self._children.get(old)
+            if siblings is not None:
+                siblings.discard(name)
+                if not siblings:
+                    del self._children[old]
+            del self._parent[name]
+        if parent is not None:
+            self._parent[name] = parent
+            self._children.setdefault(parent, set()).add(name)
+
+    def _set_depth(self, name: str, depth: int | None) -> None:
+        """
+        Set C{name}'s depth and its subtree's (which follow it), visiting
+        below only where a depth changes.
+        """
+        todo = [(name, depth)]
+        seen = set()
+        while todo:
+            n, d = todo.pop()
+            if n in seen:
+                continue  # reported parents that form a loop, for a moment
+            seen.add(n)
+            if n != name and self.depth.get(n) == d:
+                continue
+            if d is None:
+                self.depth.pop(n, None)
+            else:
+                self.depth[n] = d
+            self.changed(n)
+            todo.extend((c, None if d is None else d + 1) for c in self._children.get(n, ()))
