@@ -10,6 +10,7 @@ through at once.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -148,12 +149,13 @@ class Registry:
             (name, value),
         )
 
-    def assign_name(self, taken: frozenset[str] = frozenset()) -> str:
+    def assign_name(self, taken: Callable[[str], bool] = lambda name: False) -> str:
         """
-        The next free name of the form C{sN}; the count survives restarts.
+        The next free name of the form C{sN} (not one C{taken} says is in
+        use); the count survives restarts.
         """
         n = self._counter("next_peer")
-        while f"s{n}" in self._peers or f"s{n}" in taken:
+        while f"s{n}" in self._peers or taken(f"s{n}"):
             n += 1
         self._bump("next_peer", n + 1)
         return f"s{n}"

@@ -7,6 +7,8 @@ topology files).
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 from collections import deque
 from pathlib import Path
 from typing import NamedTuple
@@ -88,6 +90,12 @@ class MetaServer(MultiService):
         watch.clock = clock
         watch.setServiceParent(self)
         self._checked_at = 0.0  # when the sessions were last checked
+        # Sessions to look at, by the second when they would be overdue if
+        # nothing were heard (a heap of those seconds, and who is due):
+        # each session is looked at about once per three of its beats,
+        # never all at every tick.
+        self._due: dict[int, set[str]] = {}
+        self._due_at: list[int] = []
         # After a restart, the peers in the registry are unverified until
         # they register again; those that do not within the grace period
         # are dropped.
@@ -177,7 +185,9 @@ class MetaServer(MultiService):
     def _check_sessions(self) -> None:
         """
         Drop peers that promised a heartbeat (P2P beat=N) and have been
-        silent for three of them: hung, or their host is gone.
+        silent for three of them: hung, or their host is gone.  Only the
+        sessions whose deadline has come are looked at; one heard from
+        since is looked at again at its new deadline.
         """
         now = self.clock.seconds()
         late, self._checked_at = now - self._checked_at > 3.0, now
@@ -186,11 +196,30 @@ class MetaServer(MultiService):
                 del self._held_names[name]
         if late:
             return  # this process was stalled: the silence is ours, not theirs
-        for name, proto in list(self.sessions.items()):
-            if proto.beat and now - proto.heard_at > 3 * proto.beat + 1:
-                self.log.info("peer {name} has been silent for {s:.0f} s; dropping it",
-                              name=name, s=now - proto.heard_at)
-                proto.abort()
+        while self._due_at and self._due_at[0] <= now:
+            for name in self._due.pop(heapq.heappop(self._due_at), ()):
+                proto = self.sessions.get(name)
+                if proto is None or not proto.beat:
+                    continue
+                if now - proto.heard_at > 3 * proto.beat + 1:
+                    self.log.info("peer {name} has been silent for {s:.0f} s; dropping it",
+                                  name=name, s=now - proto.heard_at)
+                    proto.abort()
+                else:
+                    self._watch(name, proto)
+
+    def _watch(self, name: str, proto: MetaProtocol) -> None:
+        """
+        Look at C{name}'s session when it would be overdue.
+        """
+        if not proto.beat:
+            return
+        second = math.ceil(proto.heard_at + 3 * proto.beat + 1) + 1
+        due = self._due.get(second)
+        if due is None:
+            due = self._due[second] = set()
+            heapq.heappush(self._due_at, second)
+        due.add(name)
 
     # Registration.
 
@@ -212,8 +241,9 @@ class MetaServer(MultiService):
         """
         token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None
         if name is None:
-            taken = frozenset(self.sessions) | frozenset(self._held_names)
-            name = self.registry.assign_name(taken)
+            name = self.registry.assign_name(
+                lambda n: n in self.sessions or n in self._held_names
+            )
         else:
             self._check_owner(name, token_hash)
         old = self.sessions.pop(name, None)
@@ -226,6 +256,7 @@ class MetaServer(MultiService):
         self.tally.add_member(name)
         self._version += 1
         self.sessions[name] = proto
+        self._watch(name, proto)
         if name in self.unverified:
             self.unverified.discard(name)
             self.event("back", name, f"{name} came back after the restart")
@@ -592,16 +623,17 @@ class MetaProtocol(LineChannel):
         if host is None or wire.HOST(host) is not None:
             self.sendError(wire.E_BAD_ARGS, "say host=HOST: this transport has no IP address")
             return
+        self.beat = int(opts.get("beat", 0))  # the server watches it from now
         try:
             record = self.server.register(
                 self, opts.get("name"), host, int(opts["port"]), max_neighbours, opts.get("token")
             )
         except WireError as e:
+            self.beat = 0
             self.sendError(e.code, e.text)
             return
         self.greeted = True
         self.name = record.name
-        self.beat = int(opts.get("beat", 0))
         self.send("WELCOME", record.name, record.host, record.port)
 
     def msg_PLACE(self, msg: Message) -> None:

@@ -32,7 +32,7 @@ from p2pshare.peer.interfaces import ILink
 # near ones: the metadata server sends newcomers to a free slot directly;
 # a full peer refers onward only when newcomers race for one.  A loop's
 # distances also stop growing here.
-FREE_HORIZON = 8
+FREE_HORIZON = 4
 
 
 @dataclass
