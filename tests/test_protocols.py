@@ -435,21 +435,38 @@ def test_a_peer_told_to_rejoin_looks_for_a_place_for_its_subtree():
 
 
 def test_connections_are_capped_per_host_and_in_total(meta):
+    from twisted.logger import globalLogPublisher
+
     from p2pshare.common import LimitedFactory
 
-    limited = LimitedFactory(MetaFactory(meta), total=3, per_host=2)
+    logged: list[str] = []
+
+    def observe(event):
+        if "refused a connection" in event.get("log_format", ""):
+            logged.append(f"{event['host']}: {event['why']}")
+
+    globalLogPublisher.addObserver(observe)
+    limited = LimitedFactory(MetaFactory(meta), total=3, per_host=2, clock=meta.clock)
     first = Conn(limited, host="127.0.0.7")
     second = Conn(limited, host="127.0.0.7")
     # Connections in use (they have said something) are not evicted.
     assert first.say(b"P2P port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
     assert second.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
     third = Conn(limited, host="127.0.0.7")
-    assert third.transport.value() == b"ERROR busy too many connections from your host\r\n"
+    assert third.transport.value() == b"ERROR busy too many connections from your host (2)\r\n"
     assert third.transport.disconnecting
+    assert Conn(limited, host="127.0.0.7").transport.disconnecting  # refused again ...
     other = Conn(limited, host="127.0.0.8")
     assert other.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
     fourth = Conn(limited, host="127.0.0.9")
-    assert fourth.transport.value().startswith(b"ERROR busy this peer has too many connections")
+    assert fourth.transport.value().startswith(b"ERROR busy too many connections (3)")
+    # ... but logged once per source and minute.
+    assert logged == ["127.0.0.7: too many connections from your host (2)",
+                      "127.0.0.9: too many connections (3); try again later"]
+    meta.clock.advance(60)
+    Conn(limited, host="127.0.0.9")
+    assert len(logged) == 3
+    globalLogPublisher.removeObserver(observe)
     # The capped ones still work, and a closed connection frees its place.
     assert first.say(b"PING\r\n") == b"PONG\r\n"
     second.proto.connectionLost(None)
@@ -658,3 +675,35 @@ def test_lines_that_arrive_while_the_server_stops_are_ignored(tmp_path):
     c.say(b"P2P port=6001\r\n")
     server.stopService()
     assert c.say(b"NEIGHBOURS s2 up=s2\r\nSUMMARY files=1\r\n") == b""
+
+
+def test_registrations_are_capped_in_all_and_per_address_but_observers_get_in(tmp_path):
+    server = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, expect=9,
+                        max_peers=3, max_per_address=2)
+    server.startService()
+    a = Conn(MetaFactory(server), host="10.0.0.1")
+    assert a.say(b"P2P port=6001 token=" + b"a" * 32 + b"\r\n").startswith(b"WELCOME s1 ")
+    Conn(MetaFactory(server), host="10.0.0.1").say(b"P2P port=6002\r\n")
+    nat = Conn(MetaFactory(server), host="10.0.0.1")
+    assert nat.say(b"P2P port=6003\r\n") == (
+        b"ERROR full 2 peers already come from your address "
+        b"(the metadata server's --max-per-address)\r\n"
+    )
+    assert not nat.transport.disconnecting  # it may still observe
+    assert nat.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
+    Conn(MetaFactory(server), host="10.0.0.2").say(b"P2P port=6004\r\n")
+    late = Conn(MetaFactory(server), host="10.0.0.3")
+    assert late.say(b"P2P port=6005\r\n") == (
+        b"ERROR full this network is full: 3 peers (the metadata server's --max-peers)\r\n"
+    )
+    # A full network still lets its own peers come back, and answers TOPO.
+    back = Conn(MetaFactory(server), host="10.0.0.1")
+    assert back.say(b"P2P port=6001 name=s1 token=" + b"a" * 32 + b"\r\n").startswith(b"WELCOME s1 ")
+    observer = Conn(MetaFactory(server), host="10.0.0.9")
+    observer.say(b"P2P\r\n")
+    assert observer.say(b"TOPO\r\n").endswith(b"END 3\r\n")
+    # A peer that leaves makes room.
+    a.proto.connectionLost(None)  # the replaced connection: nothing changes
+    back.say(b"BYE\r\n")
+    assert late.say(b"P2P port=6005\r\n").startswith(b"WELCOME ")  # the refused one retries
+    server.stopService()

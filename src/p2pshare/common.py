@@ -136,7 +136,8 @@ class LimitedFactory(WrappingFactory):
     addresses, so the count is kept here).  At a cap, the oldest connection
     that has said nothing useful yet (its protocol's C{engaged} is false)
     is closed to make room; when every one is in use, the newcomer is told
-    C{ERROR busy ...} and closed at once, and nobody else notices.
+    C{ERROR busy ...} and closed at once, and nobody else notices; the
+    log says so once per source and minute.
     """
 
     noisy = False
@@ -157,6 +158,7 @@ class LimitedFactory(WrappingFactory):
         self.clock = clock
         self.cooling_off = cooling_off
         self.cooling: dict[str, float] = {}  # host -> refused until
+        self._told: dict[str, float] = {}  # host -> when a refusal was last logged
 
     def cool_off(self, host: str) -> None:
         """
@@ -174,13 +176,22 @@ class LimitedFactory(WrappingFactory):
                 return _Busy(f"your host misbehaved; refused for {left:.0f} s more", "cooling-off")
             del self.cooling[host]
         if len(self.protocols) >= self.total and not self._evict_idle(None):
-            return _Busy("this peer has too many connections; try again later")
+            return self._refuse(host, f"too many connections ({self.total}); try again later")
         if self.by_host.get(host, 0) >= self.per_host and not self._evict_idle(host):
-            return _Busy("too many connections from your host")
+            return self._refuse(host, f"too many connections from your host ({self.per_host})")
         proto: Any = super().buildProtocol(addr)
         if proto is not None:
             proto._limited_host = host
         return proto
+
+    def _refuse(self, host: str, why: str) -> _Busy:
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        if now - self._told.get(host, float("-inf")) >= 60:
+            if len(self._told) > 10_000:  # forget sources not heard of in a minute
+                self._told = {h: t for h, t in self._told.items() if now - t < 60}
+            self._told[host] = now
+            self.log.warn("refused a connection from {host}: {why}", host=host, why=why)
+        return _Busy(why)
 
     def _evict_idle(self, host: str | None) -> bool:
         """

@@ -33,6 +33,9 @@ from p2pshare.wire import Message, WireError
 
 DEFAULT_MAX_NEIGHBOURS = 2
 FLUSH_INTERVAL = 0.2  # seconds: the longest topo.txt lags behind the network
+MAX_PEERS = 10_000  # registered peers at once (--max-peers)
+MAX_PER_ADDRESS = 1_000  # of them from one source address (--max-per-address)
+OBSERVER_RESERVE = 64  # connections beyond those, for p2p topo and the operator
 MAX_NEIGHBOURS_LIMIT = 1000
 
 
@@ -58,8 +61,14 @@ class MetaServer(MultiService):
         grace: float = 15.0,
         secret: Secret | None = None,
         flush_interval: float = FLUSH_INTERVAL,
+        max_peers: int = MAX_PEERS,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         super().__init__()
+        self.max_peers = max_peers
+        self.max_per_address = max_per_address
+        self._sources: dict[str, int] = {}  # source address -> live peers from it
+        self._source: dict[str, str] = {}  # live peer -> its source address
         self.registry = registry
         self.clock = clock
         self.secret = secret
@@ -208,6 +217,17 @@ class MetaServer(MultiService):
                 else:
                     self._watch(name, proto)
 
+    def _left(self, name: str) -> None:
+        """
+        The session of C{name} ended: one peer fewer from its address.
+        """
+        source = self._source.pop(name, "local")
+        left = self._sources.get(source, 0) - 1
+        if left > 0:
+            self._sources[source] = left
+        else:
+            self._sources.pop(source, None)
+
     def _watch(self, name: str, proto: MetaProtocol) -> None:
         """
         Look at C{name}'s session when it would be overdue.
@@ -246,8 +266,21 @@ class MetaServer(MultiService):
             )
         else:
             self._check_owner(name, token_hash)
+        source = _source_of(proto)
+        if name not in self.sessions:  # one coming back keeps its place
+            if len(self.sessions) >= self.max_peers:
+                self.log.info("refused peer {name}: the network has its {n} peers",
+                              name=name, n=self.max_peers)
+                raise WireError(wire.E_FULL, f"this network is full: {self.max_peers} peers "
+                                             "(the metadata server's --max-peers)")
+            if self._sources.get(source, 0) >= self.max_per_address:
+                self.log.info("refused peer {name}: {n} peers already from {source}",
+                              name=name, n=self.max_per_address, source=source)
+                raise WireError(wire.E_FULL, f"{self.max_per_address} peers already come from "
+                                             "your address (the metadata server's --max-per-address)")
         old = self.sessions.pop(name, None)
         if old is not None:
+            self._left(name)
             self.log.info("peer {name} came back; its old connection is dropped", name=name)
             old.name = None  # its close must not remove the peer again
             old.abort()
@@ -256,6 +289,8 @@ class MetaServer(MultiService):
         self.tally.add_member(name)
         self._version += 1
         self.sessions[name] = proto
+        self._sources[source] = self._sources.get(source, 0) + 1
+        self._source[name] = source
         self._watch(name, proto)
         if name in self.unverified:
             self.unverified.discard(name)
@@ -429,6 +464,8 @@ class MetaServer(MultiService):
         goodbye, its name stays held for its owner for three heartbeats.
         """
         proto = self.sessions.pop(name, None)
+        if proto is not None:
+            self._left(name)
         if name == self.root:
             self.root = None
         if not graceful and self.running:
@@ -548,6 +585,14 @@ class Event(NamedTuple):
     kind: str
     peer: str
     text: str
+
+
+def _source_of(proto: object) -> str:
+    """
+    The address a registration comes from (what NAT makes shared).
+    """
+    peer_host = getattr(proto, "peerHost", None)
+    return (peer_host() if peer_host is not None else None) or "local"
 
 
 def _depths(live: list[PeerRecord]) -> dict[str, float]:

@@ -27,7 +27,14 @@ from p2pshare.lan import Announcer, endpoint_interface
 from p2pshare.logs import RoleLog
 from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
-from p2pshare.meta.server import MetaFactory, MetaServer
+from p2pshare.meta.server import (
+    FLUSH_INTERVAL,
+    MAX_PEERS,
+    MAX_PER_ADDRESS,
+    OBSERVER_RESERVE,
+    MetaFactory,
+    MetaServer,
+)
 from p2pshare.meta.web import make_site
 from p2pshare.startup import (
     RoleOptions,
@@ -54,6 +61,12 @@ class Options(RoleOptions):
         ["web", None, None, "Serve the topology page here (loopback unless an interface is given)."],
         ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
         ["secret-file", None, None, "The network secret: admit only peers that hold it."],
+        ["max-peers", None, MAX_PEERS, "Most peers registered at once (sizes the connection limits).", int],
+        ["max-per-address", None, MAX_PER_ADDRESS,
+         "Most of them from one source address (peers behind one NAT share one).", int],
+        ["flush-interval", None, FLUSH_INTERVAL,
+         "Seconds: topo.txt, NumberOfServers.txt and the registry lag the network by at most this.",
+         float],
     ]
     optFlags = [
         ["reset", None, "Start a new network: empty the registry and the files."],
@@ -63,6 +76,12 @@ class Options(RoleOptions):
     def postOptions(self) -> None:
         if self["expect"] < 1:
             raise usage.UsageError("--expect must be at least 1")
+        if not 1 <= self["max-peers"] <= 1_000_000:
+            raise usage.UsageError("--max-peers is from 1 to 1000000")
+        if not 1 <= self["max-per-address"]:
+            raise usage.UsageError("--max-per-address is at least 1")
+        if not 0 <= self["flush-interval"] <= 60:
+            raise usage.UsageError("--flush-interval is from 0 to 60 seconds")
         self["port"] = server_endpoint_string(self["port"])
         if self["announce"]:
             if self["port"].split(":", 1)[0] not in ("tcp", "tcp6", "mtls"):
@@ -123,7 +142,9 @@ def _assemble(options: Options, reactor: Any) -> IService:
     check_writable(Path(options["portfile"]) if options["portfile"] else None, "--portfile")
     registry = open_registry(data_dir / "registry.sqlite", options["reset"])
     server = MetaServer(
-        registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"]
+        registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"],
+        flush_interval=options["flush-interval"], max_peers=options["max-peers"],
+        max_per_address=options["max-per-address"],
     )
     log.info("p2pmeta: {admission}", admission=describe(options["secret"], options["secret-file"]))
     portfile = options["portfile"]
@@ -153,7 +174,13 @@ def _assemble(options: Options, reactor: Any) -> IService:
     server.setServiceParent(top)
     ListenService(
         endpoint(reactor, "--port", options["port"]),
-        LimitedFactory(MetaFactory(server), clock=reactor),
+        # Room for every peer, and a reserve for observers (p2p topo) and
+        # the operator beyond it: a full network still answers them.
+        LimitedFactory(
+            MetaFactory(server), clock=reactor,
+            total=options["max-peers"] + OBSERVER_RESERVE,
+            per_host=min(options["max-per-address"], options["max-peers"]) + OBSERVER_RESERVE,
+        ),
         listening,
         what=f"--port {options['port']}",
     ).setServiceParent(top)
