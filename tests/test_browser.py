@@ -199,6 +199,7 @@ def hundred_peers(server, max_neighbours):
         links = ([names[parent[i]]] if i else []) + [names[c] for c in children[i]]
         up = f" up={names[parent[i]]}" if i else " root=1"
         proto.dataReceived(f"NEIGHBOURS {' '.join(links)}{up} files={i}\r\n".encode())
+    server.clock.advance(server.flush_interval)  # what it learnt is flushed
     return names, protos
 
 

@@ -65,6 +65,8 @@ class MetaServer(MultiService):
         max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         super().__init__()
+        # Bumped by every change the web page shows (it caches by it).
+        self.revision = 0
         self.max_peers = max_peers
         self.max_per_address = max_per_address
         self._sources: dict[str, int] = {}  # source address -> live peers from it
@@ -494,6 +496,7 @@ class MetaServer(MultiService):
         (empty: to this server), said in one sentence.
         """
         self.events.append(Event(self.clock.seconds(), kind, name, text))
+        self.revision += 1
 
     def _release(self, newcomer: str) -> None:
         """
@@ -515,6 +518,7 @@ class MetaServer(MultiService):
         Something changed: flush now if the last flush is at least
         C{flush_interval} old, else once it is (one pending at most).
         """
+        self.revision += 1
         if self._flushing is not None:
             return
         wait = self._flushed_at + self.flush_interval - self.clock.seconds()
@@ -741,6 +745,7 @@ class MetaProtocol(LineChannel):
             record.shared_bytes = int(opts.get("bytes", 0))
             record.transfers = transfers
             record.transfer_count = max(len(transfers), int(opts.get("transfers", 0)))
+            self.server.revision += 1
 
     def msg_TOPO(self, msg: Message) -> None:
         peers = self.server.topology()

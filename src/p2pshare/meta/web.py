@@ -64,6 +64,21 @@ def topology(server: MetaServer) -> dict[str, Any]:
     }
 
 
+def _cached(server: MetaServer, render: Callable[[], bytes]) -> Callable[[], bytes]:
+    """
+    C{render}, made again only when the server's revision moved: many
+    pages polling a large network cost one rendering per change.
+    """
+    kept: list[tuple[int, bytes]] = []
+
+    def body() -> bytes:
+        if not kept or kept[0][0] != server.revision:
+            kept[:] = [(server.revision, render())]
+        return kept[0][1]
+
+    return body
+
+
 class _Rendered(Resource):
     """
     A read-only leaf: fixed headers, and a body made afresh for each GET.
@@ -95,7 +110,7 @@ class _Root(Resource):
         )
         self.putChild(b"topology.json", _Rendered(
             {b"content-type": b"application/json", b"cache-control": b"no-store"},
-            lambda: json.dumps(topology(server), indent=1).encode("utf-8"),
+            _cached(server, lambda: json.dumps(topology(server), separators=(",", ":")).encode()),
         ))
         self.putChild(b"topo.txt", _Rendered(
             {b"content-type": b"text/plain; charset=utf-8"},
