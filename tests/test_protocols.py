@@ -707,3 +707,38 @@ def test_registrations_are_capped_in_all_and_per_address_but_observers_get_in(tm
     back.say(b"BYE\r\n")
     assert late.say(b"P2P port=6005\r\n").startswith(b"WELCOME ")  # the refused one retries
     server.stopService()
+
+
+def test_a_silent_session_is_dropped_after_three_beats_without_looking_at_all(tmp_path):
+    """
+    The metadata server looks at a session when its deadline comes (three
+    of its beats after it was last heard from, and a second), not at every
+    session every second.
+    """
+    clock = Clock()
+    server = MetaServer(Registry(":memory:"), clock, data_dir=tmp_path, expect=9)
+    server.startService()
+    talker = Conn(MetaFactory(server), host="10.0.0.1")
+    talker.say(b"P2P port=6001 beat=5\r\n")
+    silent = Conn(MetaFactory(server), host="10.0.0.2")
+    silent.say(b"P2P port=6002 beat=5\r\n")
+    quiet = [Conn(MetaFactory(server), host="10.0.0.3") for _ in range(50)]
+    for i, c in enumerate(quiet):
+        c.say(b"P2P port=%d beat=600\r\n" % (7000 + i))
+    looked = []
+    alive = server._watch
+
+    def watch(name, proto):
+        looked.append(name)
+        alive(name, proto)
+
+    server._watch = watch
+    for _ in range(17):
+        clock.advance(1)
+        talker.say(b"PING\r\n")
+    assert not talker.transport.disconnecting
+    assert silent.transport.disconnecting  # 16 s > 3 beats of 5 s, and a second
+    # Only the two 5 s sessions were looked at; the 50 others not once.
+    assert set(looked) == {"s1"}
+    assert not any(c.transport.disconnecting for c in quiet)
+    server.stopService()

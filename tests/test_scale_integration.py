@@ -12,7 +12,10 @@ settled; and `p2p topo --meta` answers at 10,000 peers.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+import urllib.request
 from collections import deque
 from pathlib import Path
 
@@ -55,6 +58,11 @@ class Registrant(LineReceiver):
         self.sendLine(line.encode())
 
 
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
@@ -69,7 +77,8 @@ def peak_rss_mib(pid: int) -> float:
 
 @pytest_twisted.ensureDeferred
 async def test_ten_thousand_registrants_from_a_hundred_addresses(reactor, net):
-    meta = await net.start_meta(10 * PEERS)
+    meta = await net.start_meta(10 * PEERS, "--web", "tcp:0")
+    web = (await meta.wait_for("p2pmeta web page on port", 30)).rsplit(" ", 1)[1]
     port, pid = net.meta_port, meta.pid
     rss_at_start = peak_rss_mib(pid)
     links: dict[str, list[str]] = {}
@@ -118,6 +127,14 @@ async def test_ten_thousand_registrants_from_a_hundred_addresses(reactor, net):
         assert last <= 2 * max(first, 0.05), (first, last)
         assert rss <= 150
         assert per_peer_kib <= 8  # a few kilobytes, its connection included
+
+        # The page's data at 10,000 peers: rendered once, then as kept.
+        for attempt in ("first", "again"):
+            started = time.perf_counter()
+            body = await deferToThread(_get, f"http://127.0.0.1:{web}/topology.json")
+            took = time.perf_counter() - started
+            print(f"topology.json ({attempt}): {len(body) / 2**20:.1f} MiB in {took * 1000:.0f} ms")
+            assert json.loads(body)["count"] == PEERS
 
         shown = await deferToThread(
             subprocess.run, [*P2P, "topo", "--meta", f"tcp:127.0.0.1:{port}"],
