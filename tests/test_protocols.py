@@ -742,3 +742,34 @@ def test_a_silent_session_is_dropped_after_three_beats_without_looking_at_all(tm
     assert set(looked) == {"s1"}
     assert not any(c.transport.disconnecting for c in quiet)
     server.stopService()
+
+
+def test_a_rejoining_subtree_is_placed_outside_itself(meta):
+    """
+    s1 (root, max 2) has s2 and s5 (max 1); s2 has s3, s3 has s4 (free
+    slots).  s2 leaves, and a newcomer (max 1) takes s1's freed slot.  Then
+    s3 rejoins with its subtree: the only free slots left are below s3
+    itself, so it must be sent into the tree (to s1 or s5, which refer
+    onward), never to s4.
+    """
+    conns = {}
+    for i, most in ((1, 2), (2, 4), (3, 4), (4, 4), (5, 1)):
+        c = Conn(MetaFactory(meta), host=f"10.0.0.{i}")
+        c.say(b"P2P port=%d name=s%d max=%d\r\n" % (6000 + i, i, most))
+        conns[f"s{i}"] = c
+    tree = {"s1": (["s2", "s5"], None), "s2": (["s1", "s3"], "s1"), "s5": (["s1"], "s1"),
+            "s3": (["s2", "s4"], "s2"), "s4": (["s3"], "s3")}
+    conns["s1"].say(b"PLACE\r\n")
+    for name, (links, up) in tree.items():
+        where = f"up={up}" if up else "root=1"
+        conns[name].say(f"NEIGHBOURS {' '.join(links)} {where}\r\n".encode())
+    meta.clock.advance(meta.flush_interval)
+    assert meta.tally.settled()
+    conns["s2"].say(b"BYE\r\n")
+    conns["s1"].say(b"NEIGHBOURS s5 root=1\r\n")
+    conns["s3"].say(b"NEIGHBOURS s4\r\n")  # it lost its parent
+    new = Conn(MetaFactory(meta), host="10.0.0.9")
+    new.say(b"P2P port=6009 name=x max=1\r\n")
+    assert new.say(b"PLACE\r\n") == b"REFER s1 10.0.0.1 6001\r\n"  # not into s3's subtree
+    reply = conns["s3"].say(b"PLACE rejoin=1\r\n")
+    assert reply.split()[:2] in ([b"REFER", b"s1"], [b"REFER", b"s5"]), reply

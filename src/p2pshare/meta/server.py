@@ -318,14 +318,13 @@ class MetaServer(MultiService):
         soon as it has joined itself.  So concurrent joins cost one hop too.
         """
         self._release(newcomer)
-        if not rejoin:
-            target = self.slots.best(newcomer)
-            if target is not None:
-                return self._refer(newcomer, target)
-        # The general case (a rejoin, or no free slot known): look at every
-        # peer.  A peer rejoining brings its subtree: it must not land
-        # inside it, nor inside another subtree that is itself looking for
-        # a place.
+        target = self.slots.best(newcomer)
+        if target is not None:
+            return self._refer(newcomer, target)
+        # No free slot known in the tree hanging from the root: look at
+        # every peer.  A peer rejoining brings its subtree: it must not
+        # land inside it, nor inside another subtree that is itself
+        # looking for a place.
         excluded = {newcomer}
         if rejoin:
             excluded |= self._component(newcomer)

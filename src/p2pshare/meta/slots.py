@@ -97,8 +97,13 @@ class FreeSlots:
 
     def best(self, newcomer: str) -> PeerRecord | None:
         """
-        The shallowest free slot for C{newcomer} (never itself), or None
-        if none is known.
+        The shallowest free slot for C{newcomer}, or None if none is known.
+
+        Only peers whose chain of parents reaches the root have a depth,
+        so a subtree looking for a place (its top lost its parent) offers
+        none of its slots; and a slot below C{newcomer} itself (it is
+        rejoining with its subtree) is passed over, checked by walking up
+        the candidate's parents.
         """
         aside: list[Entry] = []
         found = None
@@ -106,7 +111,7 @@ class FreeSlots:
             entry = self._heap[0]
             if self._entry(entry[2]) != entry:
                 heapq.heappop(self._heap)  # stale
-            elif entry[2] == newcomer:
+            elif entry[2] == newcomer or self._below(entry[2], newcomer):
                 aside.append(heapq.heappop(self._heap))
             else:
                 found = self.server.registry.get(entry[2])
@@ -114,6 +119,20 @@ class FreeSlots:
         for entry in aside:
             heapq.heappush(self._heap, entry)
         return found
+
+    def _below(self, name: str, ancestor: str) -> bool:
+        """
+        Is C{ancestor} on C{name}'s chain of parents?  (The chain is as long
+        as C{name}'s depth; a loop ends the walk.)
+        """
+        node: str | None = name
+        for _ in range(self.depth.get(name, 0) + 1):
+            node = self._parent.get(node) if node is not None else None
+            if node is None:
+                return False
+            if node == ancestor:
+                return True
+        return False
 
     def _own_depth(self, record: PeerRecord) -> int | None:
         if record.is_root and not record.uplink:
