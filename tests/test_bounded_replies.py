@@ -114,6 +114,7 @@ def test_hostile_registrants_cannot_break_topo(tmp_path_factory, registrants, li
                     assert not reply.startswith(b"ERROR"), reply
         topo = topo_through_the_wire(server)
         assert topo == {n: mutual[n] for n in real}
+        server.clock.advance(server.flush_interval)  # the files follow within it
         on_disk = {e.name: e.neighbours for e in parse_topo((data_dir / "topo.txt").read_text())}
         assert on_disk == topo
         assert (data_dir / "NumberOfServers.txt").read_text() == f"{len(real)}\n"

@@ -59,7 +59,7 @@ def test_registry_survives_reopening_and_reset_empties_it(tmp_path):
 def test_assigned_names_skip_names_in_use():
     reg = Registry()
     reg.add("s1", "h", 1, 2)
-    assert reg.assign_name(frozenset({"s2"})) == "s3"
+    assert reg.assign_name(lambda name: name == "s2") == "s3"
 
 
 def test_removing_a_peer_removes_its_line(tmp_path):

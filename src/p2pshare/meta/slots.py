@@ -16,17 +16,19 @@ outnumber the peers.
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from p2pshare.meta.registry import PeerRecord
-    from p2pshare.meta.server import MetaServer
+from p2pshare.meta.registry import PeerRecord
 
 Entry = tuple[int, int, str]
 
 
 class FreeSlots:
-    def __init__(self, server: MetaServer) -> None:
+    def __init__(self, server: Any) -> None:
+        """
+        @param server: the L{MetaServer} (its registry, sessions, unverified
+            peers and promised slots are read, never changed).
+        """
         self.server = server
         self.depth: dict[str, int] = {}
         self._parent: dict[str, str] = {}
