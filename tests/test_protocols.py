@@ -678,6 +678,15 @@ def test_lines_that_arrive_while_the_server_stops_are_ignored(tmp_path):
 
 
 def test_registrations_are_capped_in_all_and_per_address_but_observers_get_in(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    logged: list[str] = []
+
+    def observe(event):
+        if "refused a registration" in event.get("log_format", ""):
+            logged.append(event["source"])
+
+    globalLogPublisher.addObserver(observe)
     server = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, expect=9,
                         max_peers=3, max_per_address=2)
     server.startService()
@@ -706,6 +715,11 @@ def test_registrations_are_capped_in_all_and_per_address_but_observers_get_in(tm
     a.proto.connectionLost(None)  # the replaced connection: nothing changes
     back.say(b"BYE\r\n")
     assert late.say(b"P2P port=6005\r\n").startswith(b"WELCOME ")  # the refused one retries
+    # Each refused source is logged once a minute, however often it tries.
+    for _ in range(5):
+        Conn(MetaFactory(server), host="10.0.0.1").say(b"P2P port=6006\r\n")
+    assert logged == ["10.0.0.1", "10.0.0.3"]
+    globalLogPublisher.removeObserver(observe)
     server.stopService()
 
 

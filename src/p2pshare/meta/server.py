@@ -71,6 +71,7 @@ class MetaServer(MultiService):
         self.max_per_address = max_per_address
         self._sources: dict[str, int] = {}  # source address -> live peers from it
         self._source: dict[str, str] = {}  # live peer -> its source address
+        self._told: dict[str, float] = {}  # source -> when a refusal was last logged
         self.registry = registry
         self.clock = clock
         self.secret = secret
@@ -219,6 +220,18 @@ class MetaServer(MultiService):
                 else:
                     self._watch(name, proto)
 
+    def _refused(self, source: str, why: str) -> None:
+        """
+        Log a refused registration, once per source and minute.
+        """
+        now = self.clock.seconds()
+        if now - self._told.get(source, float("-inf")) < 60:
+            return
+        if len(self._told) > 10_000:  # forget sources not refused in a minute
+            self._told = {s: t for s, t in self._told.items() if now - t < 60}
+        self._told[source] = now
+        self.log.info("refused a registration from {source}: {why}", source=source, why=why)
+
     def _left(self, name: str) -> None:
         """
         The session of C{name} ended: one peer fewer from its address.
@@ -270,16 +283,15 @@ class MetaServer(MultiService):
             self._check_owner(name, token_hash)
         source = _source_of(proto)
         if name not in self.sessions:  # one coming back keeps its place
+            why = None
             if len(self.sessions) >= self.max_peers:
-                self.log.info("refused peer {name}: the network has its {n} peers",
-                              name=name, n=self.max_peers)
-                raise WireError(wire.E_FULL, f"this network is full: {self.max_peers} peers "
-                                             "(the metadata server's --max-peers)")
-            if self._sources.get(source, 0) >= self.max_per_address:
-                self.log.info("refused peer {name}: {n} peers already from {source}",
-                              name=name, n=self.max_per_address, source=source)
-                raise WireError(wire.E_FULL, f"{self.max_per_address} peers already come from "
-                                             "your address (the metadata server's --max-per-address)")
+                why = f"this network is full: {self.max_peers} peers (the metadata server's --max-peers)"
+            elif self._sources.get(source, 0) >= self.max_per_address:
+                why = (f"{self.max_per_address} peers already come from your address "
+                       "(the metadata server's --max-per-address)")
+            if why is not None:
+                self._refused(source, why)
+                raise WireError(wire.E_FULL, why)
         old = self.sessions.pop(name, None)
         if old is not None:
             self._left(name)
