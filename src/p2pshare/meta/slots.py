@@ -109,11 +109,14 @@ class FreeSlots:
         """
         aside: list[Entry] = []
         found = None
+        # Depths only run down from the root: if the newcomer has none, no
+        # peer with one is below it, and nothing need be walked.
+        placed_itself = newcomer in self.depth
         while self._heap:
             entry = self._heap[0]
             if self._entry(entry[2]) != entry:
                 heapq.heappop(self._heap)  # stale
-            elif entry[2] == newcomer or self._below(entry[2], newcomer):
+            elif entry[2] == newcomer or (placed_itself and self._below(entry[2], newcomer)):
                 aside.append(heapq.heappop(self._heap))
             else:
                 found = self.server.registry.get(entry[2])
