@@ -129,6 +129,25 @@ class _Busy(Protocol):
         self.transport.loseConnection()
 
 
+class OncePerMinute:
+    """
+    Says whether something about a source (a refusal) is worth logging
+    now: the first time, then at most once a minute per source.  Sources
+    not seen for a minute are forgotten when many have piled up.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def due(self, source: str, now: float) -> bool:
+        if now - self._last.get(source, float("-inf")) < 60:
+            return False
+        if len(self._last) > 10_000:
+            self._last = {s: t for s, t in self._last.items() if now - t < 60}
+        self._last[source] = now
+        return True
+
+
 class LimitedFactory(WrappingFactory):
     """
     Caps the connections a listening factory serves, in total and per
@@ -158,7 +177,7 @@ class LimitedFactory(WrappingFactory):
         self.clock = clock
         self.cooling_off = cooling_off
         self.cooling: dict[str, float] = {}  # host -> refused until
-        self._told: dict[str, float] = {}  # host -> when a refusal was last logged
+        self._told = OncePerMinute()  # which refusals to log
 
     def cool_off(self, host: str) -> None:
         """
@@ -186,10 +205,7 @@ class LimitedFactory(WrappingFactory):
 
     def _refuse(self, host: str, why: str) -> _Busy:
         now = self.clock.seconds() if self.clock is not None else 0.0
-        if now - self._told.get(host, float("-inf")) >= 60:
-            if len(self._told) > 10_000:  # forget sources not heard of in a minute
-                self._told = {h: t for h, t in self._told.items() if now - t < 60}
-            self._told[host] = now
+        if self._told.due(host, now):
             self.log.warn("refused a connection from {host}: {why}", host=host, why=why)
         return _Busy(why)
 

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
+from p2pshare.common import OncePerMinute
 from p2pshare.disk import atomic_write
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
 from p2pshare.meta.slots import FreeSlots
@@ -71,7 +72,7 @@ class MetaServer(MultiService):
         self.max_per_address = max_per_address
         self._sources: dict[str, int] = {}  # source address -> live peers from it
         self._source: dict[str, str] = {}  # live peer -> its source address
-        self._told: dict[str, float] = {}  # source -> when a refusal was last logged
+        self._told = OncePerMinute()  # which refused registrations to log
         self.registry = registry
         self.clock = clock
         self.secret = secret
@@ -224,13 +225,8 @@ class MetaServer(MultiService):
         """
         Log a refused registration, once per source and minute.
         """
-        now = self.clock.seconds()
-        if now - self._told.get(source, float("-inf")) < 60:
-            return
-        if len(self._told) > 10_000:  # forget sources not refused in a minute
-            self._told = {s: t for s, t in self._told.items() if now - t < 60}
-        self._told[source] = now
-        self.log.info("refused a registration from {source}: {why}", source=source, why=why)
+        if self._told.due(source, self.clock.seconds()):
+            self.log.info("refused a registration from {source}: {why}", source=source, why=why)
 
     def _left(self, name: str) -> None:
         """

@@ -252,11 +252,15 @@ class PeerFiles(MultiService):
                 {"name": f.name, "size": f.size, "sha256": f.sha256}
                 for f in (self.share.files.values() if self.share is not None else [])
             ],
-            "transfers": [
-                t.status(self.clock.seconds())
-                for t in sorted(self.transfers.values(), key=lambda t: (t.direction, t.name))
-            ],
+            "transfers": self._transfers(),
         }
+
+    def _transfers(self) -> list[dict[str, object]]:
+        now = self.clock.seconds()
+        return [
+            t.status(now)
+            for t in sorted(self.transfers.values(), key=lambda t: (t.direction, t.name))
+        ]
 
     def summary(self) -> tuple[int, int, list[dict[str, object]]]:
         """
@@ -265,7 +269,7 @@ class PeerFiles(MultiService):
         L{wire.MAX_REPORTED}, downloads first).
         """
         files = self.share.files.values() if self.share is not None else []
-        return len(files), sum(f.size for f in files), self.status()["transfers"][:wire.MAX_REPORTED]
+        return len(files), sum(f.size for f in files), self._transfers()[:wire.MAX_REPORTED]
 
     # Fetching.
 
