@@ -89,6 +89,7 @@ class BreaksOff(Resource):
         request.setHeader(b"content-range", f"bytes {first}-{last}/{len(DATA)}".encode())
         request.setHeader(b"content-length", str(last - first + 1).encode())
         request.setHeader(b"connection", b"close")
+        request.channel.persistent = False  # closed once finished, whatever the client asked
         request.write(DATA[first:first + (last - first + 1) // 2])
         request.finish()
         return NOT_DONE_YET
@@ -150,10 +151,18 @@ def honest_files(reactor, tmp_path, label, **extra):
     return Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share, **extra)))
 
 
-@pytest.fixture
-def downloader(reactor):
+@pytest.fixture(params=["direct", "agent"])
+def downloader(reactor, request):
+    """
+    A downloader that reads plain-TCP holders in threads (what a peer
+    does), or one that reads everything through Twisted's agent (what it
+    does over TLS): every test here runs with both.
+    """
     pool = HTTPConnectionPool(reactor, persistent=False)
-    d = Downloader(Agent(reactor, pool=pool), reactor, lambda f, *a: _now(f, *a))
+    d = Downloader(
+        Agent(reactor, pool=pool), reactor, lambda f, *a: _now(f, *a),
+        direct=reactor if request.param == "direct" else None,
+    )
     d.spread = False  # pieces in order, so that the ranges asked for are known
     yield d
 

@@ -36,6 +36,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import (
     IListeningPort,
+    IReactorFromThreads,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
@@ -208,7 +209,10 @@ class PeerNode(MultiService):
             shared=settings.shared,
             downloads=settings.downloads,
             downloader=(
-                Downloader(agent, clock, self.run_blocking, secret, settings.url_scheme)
+                Downloader(
+                    agent, clock, self.run_blocking, secret, settings.url_scheme,
+                    direct=clock if IReactorFromThreads.providedBy(clock) else None,
+                )
                 if agent is not None
                 else None
             ),

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -238,8 +238,12 @@ class Downloader:
         run_blocking: RunBlocking,
         secret: Secret | None = None,
         scheme: str = "http",
+        direct: IReactorFromThreads | None = None,
     ) -> None:
         self.agent = agent
+        # Holders over plain TCP are read in threads that report to this
+        # reactor (peer/direct.py); None: every transfer through the agent.
+        self.direct = direct if scheme == "http" else None
         self.clock = clock
         self.run_blocking = run_blocking
         self.secret = secret
@@ -428,7 +432,7 @@ class Downloader:
                 agent=self.agent, clock=self.clock, run_blocking=self.run_blocking,
                 name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
                 book=book, progress=track,
-                sources=[self._source(m) for m in group],
+                sources=[self._source(m) for m in group], direct=self.direct,
             )
             looking = None
             if discover is not None:
