@@ -45,8 +45,10 @@ class Recorded(Resource):
         self.inner = inner
         self.ranges = []
         self.if_ranges = []
+        self.clients = []  # the client's port, per request
 
     def getChild(self, path, request):
+        self.clients.append(request.getClientAddress().port)
         self.ranges.append(request.getHeader(b"range"))
         self.if_ranges.append(request.getHeader(b"if-range"))
         return self.inner.getChild(path, request)
@@ -195,6 +197,38 @@ async def test_four_holders_each_serve_part_of_the_file(holders, downloader, tmp
     assert spans[0][0] == 0 and spans[-1][1] == len(DATA) - 1
     assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False))
     assert sorted(fetched.holder.split(", ")) == ["h0", "h1", "h2", "h3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holders_runs_share_one_connection(holders, downloader, tmp_path, reactor, monkeypatch):
+    """
+    Over plain TCP, the runs of one holder go over one HTTP/1.1 connection
+    kept open between them (through the agent, a connection per run).
+    """
+    from p2pshare.peer import swarm
+
+    monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
+    files = honest_files(reactor, tmp_path, "h")
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = await fetch(downloader, [match(holders(files), "h", 1)], out, sources=1)
+    assert fetched.holder == "h" and (out / "file.bin").read_bytes() == DATA
+    assert len(files.ranges) == piece_count(len(DATA)) == 4
+    connections = len(set(files.clients))
+    assert connections == (1 if downloader.direct is not None else 4), files.clients
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_that_refuses_connections_is_passed_over(holders, downloader, tmp_path, reactor):
+    closed = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+    gone = closed.getHost().port
+    await closed.stopListening()
+    honest = honest_files(reactor, tmp_path, "h")
+    out = tmp_path / "out"
+    out.mkdir()
+    # The piece list comes from h; runs are asked of both.
+    fetched = await fetch(downloader, [match(gone, "gone", 1), match(holders(honest), "h", 2)], out)
+    assert fetched.holder == "h" and (out / "file.bin").read_bytes() == DATA
 
 
 @pytest_twisted.ensureDeferred

@@ -148,6 +148,7 @@ def fetch_run(
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     response: http.client.HTTPResponse | None = None
     for attempt in range(2):
+        reused = False
         try:
             conn, reused = link.connection(host, port, header_timeout)
             if link.stopping:
