@@ -392,9 +392,9 @@ async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders
 async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
     import errno
 
-    from p2pshare.peer import swarm, transfer
+    from p2pshare.peer import storing, transfer
 
-    real = swarm.verify_and_write
+    real = storing.verify_and_write
     room = [MiB]
 
     def full_after_a_megabyte(fd, offset, data, digest, writing=None):
@@ -404,7 +404,7 @@ async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tm
         room[0] -= size
         return real(fd, offset, data, digest, writing)
 
-    monkeypatch.setattr(swarm, "verify_and_write", full_after_a_megabyte)
+    monkeypatch.setattr(storing, "verify_and_write", full_after_a_megabyte)
     first, second = honest_files(reactor, tmp_path, "a"), honest_files(reactor, tmp_path, "b")
     out = tmp_path / "out"
     out.mkdir()

@@ -186,21 +186,21 @@ def test_pieces_are_written_from_their_blocks_whatever_the_blocks(tmp_path, monk
     longer than one write); short writes are carried on.
     """
 
-    from p2pshare.peer import swarm
+    from p2pshare.peer import storing
 
     data = os.urandom(300_000)
     cuts = sorted({0, *range(0, 5000, 97), 5000, len(data)})  # small blocks, then one large
     parts = [memoryview(data)[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
     parts.insert(3, memoryview(b""))
-    assert max(len(p) for p in parts) > swarm.WRITE_SIZE
+    assert max(len(p) for p in parts) > storing.WRITE_SIZE
     real = os.pwrite
     monkeypatch.setattr(os, "pwrite", lambda fd, data, off: real(fd, data[:1000], off))
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
         digest = hashlib.sha256(data).digest()
-        assert not swarm.verify_and_write(fd, 10, parts, hashlib.sha256(b"other").digest())
+        assert not storing.verify_and_write(fd, 10, parts, hashlib.sha256(b"other").digest())
         assert os.fstat(fd).st_size == 0  # a corrupt piece writes nothing
-        assert swarm.verify_and_write(fd, 10, parts, digest)
+        assert storing.verify_and_write(fd, 10, parts, digest)
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"\0" * 10 + data

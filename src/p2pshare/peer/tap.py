@@ -31,7 +31,7 @@ from p2pshare.manhole import manhole_service
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.serving import parse_rate
-from p2pshare.peer.swarm import return_buffers_to_the_system
+from p2pshare.peer.storing import return_buffers_to_the_system
 from p2pshare.startup import (
     RoleOptions,
     RoleService,

@@ -43,13 +43,13 @@ from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.disk import fsync_directory, human_size
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
+from p2pshare.peer.storing import verified_pieces
 from p2pshare.peer.swarm import (
     Broke,
     PieceBook,
     Source,
     Swarm,
     read_at_most,
-    verified_pieces,
 )
 from p2pshare.peer.swarm import why_failed as _why
 from p2pshare.pieces import DIGEST, bitfield, check_list, piece_count, root_of
