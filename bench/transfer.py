@@ -191,7 +191,7 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> float:
         hands.append(hand)
         ourss.append(ours)
         ratios.append(hand / ours)
-    print("    pairs (p2p get / by hand, s): " + ", ".join(f"{o:.2f}/{h:.2f}" for o, h in zip(ourss, hands)))
+    print("    pairs (p2p get / by hand, s): " + ", ".join(f"{o:.2f}/{h:.2f}" for o, h in zip(ourss, hands, strict=True)))
     ratios.sort()
     print(f"(b) verified download, 5 alternating runs: p2p get best {mbs / min(ourss):,.0f} MB/s, "
           f"by hand (curl, openssl dgst, sync) best {mbs / min(hands):,.0f} MB/s; ratio min "

@@ -154,12 +154,18 @@ def honest_files(reactor, tmp_path, label, **extra):
 
 
 @pytest.fixture(params=["direct", "agent"])
-def downloader(reactor, request):
+def downloader(reactor, request, monkeypatch):
     """
     A downloader that reads plain-TCP holders in threads (what a peer
     does), or one that reads everything through Twisted's agent (what it
-    does over TLS): every test here runs with both.
+    does over TLS): every test here runs with both.  Holders in this
+    process are fast enough for one to make the others wait (FAST_ENOUGH);
+    these tests are about several at once, so none ever is, but in
+    test_a_holder_fast_enough_alone_keeps_the_others_waiting.
     """
+    from p2pshare.peer import swarm
+
+    monkeypatch.setattr(swarm, "FAST_ENOUGH", float("inf"))
     pool = HTTPConnectionPool(reactor, persistent=False)
     d = Downloader(
         Agent(reactor, pool=pool), reactor, lambda f, *a: _now(f, *a),
@@ -197,6 +203,31 @@ async def test_four_holders_each_serve_part_of_the_file(holders, downloader, tmp
     assert spans[0][0] == 0 and spans[-1][1] == len(DATA) - 1
     assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False))
     assert sorted(fetched.holder.split(", ")) == ["h0", "h1", "h2", "h3"]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("fast_enough", [1e6, float("inf")])
+async def test_a_holder_fast_enough_alone_keeps_the_others_waiting(holders, downloader, tmp_path, reactor, monkeypatch, fast_enough):
+    """
+    The nearest holder begins alone; if its first run shows it delivers
+    FAST_ENOUGH alone, the others are never asked (more holders would only
+    add contention), else they join.
+    """
+    from p2pshare.peer import swarm
+
+    monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
+    monkeypatch.setattr(swarm, "FIRST_RUN", MiB)
+    monkeypatch.setattr(swarm, "FAST_ENOUGH", fast_enough)
+    files = [honest_files(reactor, tmp_path, f"h{i}") for i in range(4)]
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = await fetch(downloader, [match(holders(f), f"h{i}", i) for i, f in enumerate(files)], out)
+    assert (out / "file.bin").read_bytes() == DATA
+    asked = [len(f.ranges) for f in files]
+    if fast_enough < float("inf"):  # 1 MB/s: the first alone is plenty
+        assert asked == [4, 0, 0, 0] and fetched.holder == "h0", asked
+    else:
+        assert all(asked), asked
 
 
 @pytest_twisted.ensureDeferred

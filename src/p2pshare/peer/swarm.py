@@ -55,6 +55,12 @@ READ_SIZE = 1 << 19  # bytes read from a holder's socket at a time
 ENDGAME_WAIT = 0.5  # seconds a piece is in flight before another holder may fetch it too
 HAVE_EVERY = 1.0  # seconds between asking a partial holder which pieces it has
 PARTIAL_PATIENCE = 60.0  # seconds a partial holder may have nothing we need
+# A whole holder that alone delivers this many bytes a second makes the
+# others wait in reserve: beyond it the downloader's own hashing and writing
+# are the limit, and more holders only add contention (four unthrottled
+# holders on loopback were 0.8 of one; a gigabit link carries 125 MB/s).
+FAST_ENOUGH = 250e6
+FIRST_ALONE = 0.1  # seconds the nearest holder works alone, unless it is slower
 ENDGAME_LOOK = 0.25  # seconds between looks for late pieces, while there is nothing else
 
 
@@ -409,6 +415,9 @@ class Swarm:
         self._sleeps: list[tuple[IDelayedCall, Deferred[None]]] = []
         self._receivers: set[_RunReceiver] = set()
         self._sending: set[str] = set()  # holders sending (see _worker)
+        self._working: set[str] = set()  # holders with a worker
+        self._reserve: list[Source] = []  # holders waiting for a worker
+        self._alone_until = 0.0  # the nearest holder works alone until then, at most
         self._requests: set[Deferred[Any]] = set()
         self._local: LocalWriteError | None = None
         self._halted = False
@@ -434,14 +443,18 @@ class Swarm:
         """
         self._report()
         self._limit = limit
-        self._reserve = list(self.sources[limit:])
         self._error: Failure | None = None
         self._live = 0
         self._all_ended: Deferred[None] = Deferred()
+        # The nearest holder begins alone; the others join once its first
+        # run shows it is not fast enough alone (L{FAST_ENOUGH}), or after
+        # L{FIRST_ALONE} seconds, whichever comes first.
+        self._reserve = list(self.sources)
+        self._alone_until = self.clock.seconds() + FIRST_ALONE
+        probe = self.clock.callLater(FIRST_ALONE, self._refill)
         whole = self._whole = WholeHash(self.fd, self.size, self.book.verified)
         try:
-            for source in self.sources[:limit]:
-                self._start(source)
+            self._refill()
             if not self._live and not self._all_ended.called:
                 self._all_ended.callback(None)
             try:
@@ -453,6 +466,8 @@ class Swarm:
                     await self._all_ended
                 raise
         finally:
+            if probe.active():
+                probe.cancel()
             # Every run has ended: nothing writes or reads the part file
             # once this returns, so it may be closed.
             for link in self._links.values():
@@ -470,16 +485,52 @@ class Swarm:
 
     def _start(self, source: Source) -> None:
         self._live += 1
+        self._working.add(source.name)
         worker = Deferred.fromCoroutine(self._worker(source))
-        worker.addBoth(self._ended)
+        worker.addBoth(self._ended, source)
 
-    def _ended(self, result: object) -> None:
+    def _fast_one(self) -> Source | None:
+        """
+        The fastest working whole holder, if it alone is L{FAST_ENOUGH}.
+        """
+        fast = [
+            s for s in self.sources
+            if s.name in self._working and s.problem is None and s.has is None
+            and s.rate >= FAST_ENOUGH
+        ]
+        return max(fast, key=lambda s: s.rate, default=None)
+
+    def _redundant(self, source: Source) -> bool:
+        """
+        True if another holder alone is fast enough (see L{FAST_ENOUGH}):
+        C{source} then waits in reserve, to be started again if that one
+        fails or slows down.
+        """
+        fast = self._fast_one()
+        return fast is not None and fast is not source and source.rate < fast.rate
+
+    def _refill(self) -> None:
+        """
+        Start holders from the reserve while there is room and no working
+        holder is fast enough alone; while the first is on its first run,
+        only it (see L{run}).
+        """
+        while (
+            self._reserve and self._live < self._limit and self._fast_one() is None
+            and not (self._halted or self.book.done)
+        ):
+            first_run_going = self._live and not any(s.rate for s in self.sources)
+            if first_run_going and self.clock.seconds() < self._alone_until:
+                return
+            self._start(self._reserve.pop(0))
+
+    def _ended(self, result: object, source: Source) -> None:
         self._live -= 1
+        self._working.discard(source.name)
         if isinstance(result, Failure) and self._error is None:
             self._error = result  # a bug: stop everything, and say so
             self._halt()
-        if not (self._halted or self.book.done) and self._reserve:
-            self._start(self._reserve.pop(0))
+        self._refill()
         self._wake()
         if self._live == 0 and not self._all_ended.called:
             self._all_ended.callback(None)
@@ -579,6 +630,9 @@ class Swarm:
 
     async def _work(self, source: Source) -> None:
         while self._going:
+            if self._redundant(source):
+                self._reserve.append(source)
+                return
             if source.have_url is not None:
                 await self._ask_has(source)
                 if not self._going or source.problem is not None:
@@ -599,6 +653,7 @@ class Swarm:
             try:
                 await self._fetch_run(source, run)
                 source.tries = 0
+                self._refill()  # this one may have slowed down
             except CancelledError:
                 if self._halted:
                     return
@@ -714,10 +769,8 @@ class Swarm:
                 return
             self.sources.remove(known)
         self.sources.append(source)
-        if self._live < self._limit:
-            self._start(source)
-        else:
-            self._reserve.append(source)
+        self._reserve.append(source)
+        self._refill()
 
     def _drop(self, source: Source, problem: str) -> None:
         source.problem = problem
