@@ -32,6 +32,7 @@ from typing import Any, cast
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
@@ -233,6 +234,8 @@ class Source:
     has: set[int] | None = None  # the pieces a partial holder has (None: all)
     asked_has: float = float("-inf")  # when we last asked it which
     useless_since: float | None = None  # since when it has had nothing for us
+    run_began: float | None = None  # when its run under way began
+    run_served: int = 0  # what it had served then
 
 
 class _RunReceiver(Protocol):
@@ -451,7 +454,10 @@ class Swarm:
         # L{FIRST_ALONE} seconds, whichever comes first.
         self._reserve = list(self.sources)
         self._alone_until = self.clock.seconds() + FIRST_ALONE
-        probe = self.clock.callLater(FIRST_ALONE, self._refill)
+        # Look again every FIRST_ALONE seconds (a fast holder may slow down).
+        probe = LoopingCall(self._refill)
+        probe.clock = self.clock
+        probe.start(FIRST_ALONE, now=False)
         whole = self._whole = WholeHash(self.fd, self.size, self.book.verified)
         try:
             self._refill()
@@ -466,8 +472,7 @@ class Swarm:
                     await self._all_ended
                 raise
         finally:
-            if probe.active():
-                probe.cancel()
+            probe.stop()
             # Every run has ended: nothing writes or reads the part file
             # once this returns, so it may be closed.
             for link in self._links.values():
@@ -496,9 +501,22 @@ class Swarm:
         fast = [
             s for s in self.sources
             if s.name in self._working and s.problem is None and s.has is None
-            and s.rate >= FAST_ENOUGH
+            and self._rate_now(s) >= FAST_ENOUGH
         ]
-        return max(fast, key=lambda s: s.rate, default=None)
+        return max(fast, key=self._rate_now, default=None)
+
+    def _rate_now(self, source: Source) -> float:
+        """
+        How fast C{source} sends now: over its run under way once that has
+        lasted a while (a holder whose upload cap lets a first burst through
+        at full speed is seen slowing down within a tenth of a second), else
+        over its runs so far.
+        """
+        began = source.run_began
+        now = self.clock.seconds()
+        if began is None or now - began < FIRST_ALONE / 2:
+            return source.rate
+        return (source.served - source.run_served) / (now - began)
 
     def _redundant(self, source: Source) -> bool:
         """
@@ -507,7 +525,7 @@ class Swarm:
         fails or slows down.
         """
         fast = self._fast_one()
-        return fast is not None and fast is not source and source.rate < fast.rate
+        return fast is not None and fast is not source and source.rate < self._rate_now(fast)
 
     def _refill(self) -> None:
         """
@@ -780,11 +798,14 @@ class Swarm:
         )
 
     async def _fetch_run(self, source: Source, run: list[int]) -> None:
+        source.run_began, source.run_served = self.clock.seconds(), source.served
         try:
             await self._get_run(source, run)
         except BaseException:
             self._sending.discard(source.name)  # until it sends again
             raise
+        finally:
+            source.run_began = None
 
     async def _get_run(self, source: Source, run: list[int]) -> None:
         spans = [(i, *piece_span(i, self.size)) for i in run]
