@@ -250,6 +250,49 @@ async def test_a_holders_runs_share_one_connection(holders, downloader, tmp_path
 
 
 @pytest_twisted.ensureDeferred
+async def test_over_tls_runs_are_read_in_threads_on_one_kept_open_connection(reactor, tmp_path, monkeypatch):
+    """
+    A holder over TLS (the network's CA, certificates both ways) is read
+    by the same threads as over plain TCP, through Python's ssl with the
+    peer's certificate: one connection for every run.
+    """
+    from p2pshare.peer import swarm
+    from p2pshare.peer.tap import _Endpoints
+    from p2pshare.tls import PeerTLS, make_certs
+
+    monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
+    monkeypatch.setattr(swarm, "FAST_ENOUGH", float("inf"))
+    certs = tmp_path / "certs"
+    make_certs(certs, ["holder", "getter"])
+
+    def load(name):
+        return PeerTLS.load(str(certs / f"{name}.pem"), str(certs / f"{name}.pem"), str(certs / "trust"))
+
+    files = honest_files(reactor, tmp_path, "h")
+    root = Resource()
+    root.putChild(b"files", files)
+    root.putChild(b"pieces", PiecesResource(files.inner.node))
+    port = reactor.listenSSL(0, Site(root), load("holder").options(), interface="127.0.0.1")
+    try:
+        getter = load("getter")
+        agent = Agent.usingEndpointFactory(  # the piece list comes through it
+            reactor, _Endpoints(reactor, getter), pool=HTTPConnectionPool(reactor, persistent=False)
+        )
+        d = Downloader(
+            agent, reactor, lambda f, *a: _now(f, *a), scheme="https",
+            direct=reactor, tls=getter.stdlib_client(),
+        )
+        d.spread = False
+        out = tmp_path / "out"
+        out.mkdir()
+        fetched = await fetch(d, [match(port.getHost().port, "h", 1)], out, sources=1)
+        assert fetched.holder == "h" and (out / "file.bin").read_bytes() == DATA
+        assert len(files.ranges) == 4 and len(set(files.clients)) == 1, files.clients
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_holder_that_refuses_connections_is_passed_over(holders, downloader, tmp_path, reactor):
     closed = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
     gone = closed.getHost().port

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl as stdlib_ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ class PeerTLS:
 
     certificate: ssl.PrivateCertificate
     authorities: list[ssl.Certificate]
+    key_path: str = ""
+    cert_path: str = ""
 
     @classmethod
     def load(cls, key_path: str, cert_path: str, trust_dir: str) -> PeerTLS:
@@ -94,7 +97,9 @@ class PeerTLS:
         if not cas:
             raise TLSConfigError(f"no CA certificate (*.pem) in {trust_dir}")
         try:
-            return cls(ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key), cas)
+            return cls(
+                ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key), cas, key_path, cert_path
+            )
         except Exception:
             raise TLSConfigError(
                 f"the private key in {key_path} does not belong to the certificate in {cert_path}"
@@ -115,6 +120,23 @@ class PeerTLS:
             # speaks HTTP/1.1 and the line protocol, which offers nothing.
             acceptableProtocols=[b"http/1.1"],
         )
+
+    def stdlib_client(self) -> stdlib_ssl.SSLContext:
+        """
+        The same client side for Python's own C{ssl} module, used where a
+        download reads a holder from a thread (peer/direct.py): our
+        certificate presented, the holder's checked against the CA only.
+        """
+        context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # peers have no host names; the CA vouches
+        context.verify_mode = stdlib_ssl.CERT_REQUIRED
+        context.minimum_version = stdlib_ssl.TLSVersion.TLSv1_2
+        context.load_verify_locations(
+            cadata="".join(ca.dumpPEM().decode("ascii") for ca in self.authorities)
+        )
+        context.load_cert_chain(self.cert_path, self.key_path)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
 
     def client(self, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
         """

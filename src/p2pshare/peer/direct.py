@@ -1,17 +1,18 @@
 """
-Runs of pieces read by a thread straight from a plain TCP connection.
+Runs of pieces read by a thread straight from a holder's connection.
 
-Where a holder is reached over plain TCP (no TLS), the swarm fetches each
-run of pieces in a thread of its own: a blocking HTTP/1.1 request
-(C{http.client}, on a connection kept open between the holder's runs),
+The swarm fetches each run of pieces in a thread of its own: a blocking
+HTTP/1.1 request (C{http.client}, on a connection kept open between the
+holder's runs; TLS through Python's C{ssl} with the peer's certificate),
 then C{recv_into()} each piece into one of a few reused piece-sized
 buffers, where it is checked, written and handed to the in-order
 whole-file hash without the reactor thread touching a byte.  Through
 Twisted every received block is a fresh C{bytes} object handed from the
 reactor thread to a hashing thread and back; a verified 512 MiB download
-took 1.2 to 1.3 s that way and 0.7 s this way (docs/performance.rst).
-Over TLS the swarm uses Twisted's client (and in-process tests on a
-L{Clock} do too); the serving side makes the same split (L{_DirectSender}).
+took 1.2 to 1.3 s that way and 0.8 to 0.9 s this way
+(docs/performance.rst).  In-process tests on a L{Clock} use Twisted's
+client (L{Swarm} without C{direct}); the serving side makes a similar
+split (L{_DirectSender}).
 
 The swarm stays in charge: the thread reports each piece to the reactor
 (C{callFromThread}), and the reactor stops a run by L{Link.stop}, which
@@ -24,6 +25,7 @@ import functools
 import http.client
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +47,9 @@ class Link:
     reactor, between runs or to end one.
     """
 
-    def __init__(self, piece: int) -> None:
+    def __init__(self, piece: int, tls: ssl.SSLContext | None = None) -> None:
         self.piece = piece
+        self.tls = tls  # for https holders
         self._conn: http.client.HTTPConnection | None = None
         self._where: tuple[str, int] | None = None
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
@@ -63,7 +66,11 @@ class Link:
             conn.sock.settimeout(timeout)
             return conn, True
         self.drop()
-        conn = self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn = self._conn = (
+            http.client.HTTPSConnection(host, port, timeout=timeout, context=self.tls)
+            if self.tls is not None
+            else http.client.HTTPConnection(host, port, timeout=timeout)
+        )
         self._where = (host, port)
         conn.connect()
         return conn, False
@@ -103,7 +110,9 @@ class Link:
         sock = conn.sock if conn is not None else None
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                # The socket's own shutdown, not TLS's: SSLSocket.shutdown
+                # would also drop the TLS state under the reading thread.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -156,7 +165,7 @@ def fetch_run(
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
             break
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             link.drop()
             if link.stopping:
                 result.stopped = True
@@ -208,7 +217,7 @@ def fetch_run(
             reusable = not response.read(1)  # nothing more: the connection may serve again
     except TimeoutError:
         result.stalled = True
-    except (OSError, http.client.HTTPException) as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:  # ValueError: TLS torn down
         result.failed = f"the transfer broke off ({_why(e)})"
     finally:
         if not reusable:

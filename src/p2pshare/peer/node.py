@@ -19,6 +19,7 @@ folder and the downloads, L{SearchEngine} the searches.
 from __future__ import annotations
 
 import random
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +144,7 @@ class PeerNode(MultiService):
         connect: Connect,
         settings: PeerSettings = PeerSettings(),
         agent: IAgent | None = None,
+        client_tls: ssl.SSLContext | None = None,
         run_blocking: RunBlocking | None = None,
         rng: random.Random | None = None,
         secret: Secret | None = None,
@@ -212,6 +214,7 @@ class PeerNode(MultiService):
                 Downloader(
                     agent, clock, self.run_blocking, secret, settings.url_scheme,
                     direct=clock if IReactorFromThreads.providedBy(clock) else None,
+                    tls=client_tls,
                 )
                 if agent is not None
                 else None

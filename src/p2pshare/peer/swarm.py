@@ -24,6 +24,7 @@ left, saying which were tried and why.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -400,6 +401,7 @@ class Swarm:
         sources: list[Source],
         progress: Callable[[int, int, int], None],
         direct: IReactorFromThreads | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         assert len(digests) == book.count * DIGEST
         self.agent = agent
@@ -430,6 +432,7 @@ class Swarm:
         # Runs from plain-TCP holders are read in threads (peer/direct.py),
         # which report to this reactor; None: through the agent.
         self.direct = direct
+        self.tls = tls  # for those runs from https holders (None: they go through the agent)
         self._links: dict[str, Link] = {}  # by holder, for those runs
         self._running: set[Link] = set()  # those with a run under way
 
@@ -811,7 +814,8 @@ class Swarm:
         spans = [(i, *piece_span(i, self.size)) for i in run]
         first, last = spans[0][1], spans[-1][2] - 1
         url = source.url()
-        if self.direct is not None and url.startswith(b"http://") and last >= first:
+        direct = url.startswith(b"http://") or (url.startswith(b"https://") and self.tls is not None)
+        if self.direct is not None and direct and last >= first:
             await self._get_run_direct(source, url, spans)
             return
         headers = Headers()
@@ -923,7 +927,7 @@ class Swarm:
         reactor = self.direct
         link = self._links.get(source.name)
         if link is None:
-            link = self._links[source.name] = Link(self.book.piece)
+            link = self._links[source.name] = Link(self.book.piece, self.tls)
         link.stopping = False
         left = [i for i, _, _ in spans]  # not arrived yet, as the reactor knows
         first, last = spans[0][1], spans[-1][2] - 1

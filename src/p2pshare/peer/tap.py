@@ -5,6 +5,7 @@ C{twistd p2ppeer}: options and service assembly for a peer.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,20 @@ class _Endpoints:
         return connect_to(self.reactor, self.tls, uri.host.decode("ascii").strip("[]"), uri.port)
 
 
+def _stdlib_client(tls: PeerTLS | None) -> ssl.SSLContext | None:
+    """
+    Our TLS client side for Python's ssl, for downloads read in threads;
+    None (they go through Twisted, slower) if it cannot be made.
+    """
+    if tls is None:
+        return None
+    try:
+        return tls.stdlib_client()
+    except (ssl.SSLError, OSError) as e:
+        log.warn("downloads over TLS go through Twisted's client: {why}", why=e)
+        return None
+
+
 def connect_to(reactor: Any, tls: PeerTLS | None, host: str, port: int) -> Any:
     """
     How a peer reaches another: TCP, inside TLS with our certificate when
@@ -191,6 +206,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         agent=Agent.usingEndpointFactory(
             reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
         ),
+        client_tls=_stdlib_client(tls),
         run_blocking=deferToThread,
         secret=options["secret"],
         on_fatal=fatal,

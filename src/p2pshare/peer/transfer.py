@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,11 +240,14 @@ class Downloader:
         secret: Secret | None = None,
         scheme: str = "http",
         direct: IReactorFromThreads | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.agent = agent
-        # Holders over plain TCP are read in threads that report to this
-        # reactor (peer/direct.py); None: every transfer through the agent.
-        self.direct = direct if scheme == "http" else None
+        # Runs are read in threads that report to this reactor
+        # (peer/direct.py), over TLS with this context; None: every
+        # transfer through the agent.
+        self.direct = direct if scheme == "http" or tls is not None else None
+        self.tls = tls
         self.clock = clock
         self.run_blocking = run_blocking
         self.secret = secret
@@ -432,7 +436,7 @@ class Downloader:
                 agent=self.agent, clock=self.clock, run_blocking=self.run_blocking,
                 name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
                 book=book, progress=track,
-                sources=[self._source(m) for m in group], direct=self.direct,
+                sources=[self._source(m) for m in group], direct=self.direct, tls=self.tls,
             )
             looking = None
             if discover is not None:
