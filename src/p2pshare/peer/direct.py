@@ -154,7 +154,8 @@ def fetch_run(
     result = RunResult()
     parts = urlsplit(url.decode("ascii"))
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     response: http.client.HTTPResponse | None = None
     for attempt in range(2):
         reused = False
