@@ -218,6 +218,7 @@ async def test_a_holder_fast_enough_alone_keeps_the_others_waiting(holders, down
     monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
     monkeypatch.setattr(swarm, "FIRST_RUN", MiB)
     monkeypatch.setattr(swarm, "FAST_ENOUGH", fast_enough)
+    monkeypatch.setattr(swarm, "FIRST_ALONE", 60.0)  # judged by its first run, however long
     files = [honest_files(reactor, tmp_path, f"h{i}") for i in range(4)]
     out = tmp_path / "out"
     out.mkdir()
