@@ -238,6 +238,15 @@ class Source:
     run_began: float | None = None  # when its run under way began
     run_served: int = 0  # what it had served then
 
+    def ran(self, seconds: float, received: int) -> None:
+        """
+        A run took C{seconds} for C{received} bytes: its rate is over every
+        run so far (one short run says little).
+        """
+        self.fetch_time += seconds
+        self.fetched += received
+        self.rate = self.fetched / max(self.fetch_time, 1e-3)
+
 
 class _RunReceiver(Protocol):
     """
@@ -562,13 +571,19 @@ class Swarm:
         cannot go on); pieces being written are left to finish.
         """
         self._halted = True
+        self._stop_transfers()
+        for request in list(self._requests):
+            request.cancel()
+        self._wake()
+
+    def _stop_transfers(self) -> None:
+        """
+        End every run under way, through the agent or in a thread.
+        """
         for receiver in list(self._receivers):
             receiver.stop()
         for link in list(self._running):
             link.stop()
-        for request in list(self._requests):
-            request.cancel()
-        self._wake()
 
     def _wake(self) -> None:
         """
@@ -577,10 +592,7 @@ class Swarm:
         already verified elsewhere stop.
         """
         if self.book.done:
-            for receiver in list(self._receivers):
-                receiver.stop()
-            for link in list(self._running):
-                link.stop()
+            self._stop_transfers()
         if self.book.done or self._halted:
             sleeps, self._sleeps = self._sleeps, []
             for call, d in sleeps:
@@ -885,10 +897,7 @@ class Swarm:
         for ok, result in results:
             if not ok:
                 cast(Failure, result).raiseException()
-        # Its rate over every run so far: one short run says little.
-        source.fetch_time += self.clock.seconds() - started
-        source.fetched += receiver.received
-        source.rate = source.fetched / max(source.fetch_time, 1e-3)
+        source.ran(self.clock.seconds() - started, receiver.received)
         if receiver.spans and not self.book.fetched_by_others(i for i, _, _ in receiver.spans):
             if receiver.stalled:
                 raise Broke(f"it sent nothing for {IDLE_TIMEOUT:.0f} s")
@@ -952,10 +961,8 @@ class Swarm:
         def arrived(index: int, size: int, stored: bool) -> None:
             source.served += size
             left.remove(index)
-            if stored and self.book.got(index):
-                source.verified += size
-                self._report()
-                self._wake()
+            if stored:
+                self._verified(source, index, size)
             if left and self.book.fetched_by_others(left):
                 link.stop()  # the rest of this run came from elsewhere
 
@@ -978,14 +985,10 @@ class Swarm:
         if result.problem is not None:
             raise result.problem
         if result.local is not None:
-            self._local = LocalWriteError(result.local)
-            self._halt()
-            raise Broke("could not write")
+            raise self._cannot_write(result.local)
         if not result.answered:
             raise Broke(result.failed or "no response")
-        source.fetch_time += self.clock.seconds() - started
-        source.fetched += result.received
-        source.rate = source.fetched / max(source.fetch_time, 1e-3)
+        source.ran(self.clock.seconds() - started, result.received)
         if result.corrupt is not None:
             raise Corrupt(result.corrupt)
         if left and not self.book.fetched_by_others(left):
@@ -1018,13 +1021,25 @@ class Swarm:
         try:
             ok = await self.run_blocking(self._store, index, data)
         except OSError as e:
-            self._local = LocalWriteError(e)
-            self._halt()
-            raise Broke("could not write") from None
+            raise self._cannot_write(e) from None
         if not ok:
             raise Corrupt(index)
+        self._verified(source, index, sum(len(p) for p in data))
+
+    def _cannot_write(self, error: OSError) -> Broke:
+        """
+        Writing here failed: the download stops (no holder can help).
+        """
+        self._local = LocalWriteError(error)
+        self._halt()
+        return Broke("could not write")
+
+    def _verified(self, source: Source, index: int, size: int) -> None:
+        """
+        Piece C{index} from C{source} is verified and written.
+        """
         if self.book.got(index):
-            source.verified += sum(len(p) for p in data)
+            source.verified += size
             self._report()
             self._wake()
 
