@@ -8,6 +8,8 @@ request head dripped a byte at a time.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import socket
 import time
@@ -210,6 +212,73 @@ async def test_a_file_changed_while_served_ends_the_response_at_once(peer_port, 
     assert len(body) < len(big)
     assert big.startswith(body) or how == "shrink"  # none of the new bytes
     assert took < 10  # not the 30 to 60 s of an idle timeout
+
+
+def send_all(body, timeout: float = 10.0) -> bytes:
+    """
+    What L{serving._Slice.send} writes, read back from a socket pair.
+    """
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.settimeout(timeout)
+        got = bytearray()
+        while True:
+            try:
+                if body.send(a.fileno()) == 0:
+                    break
+            except BlockingIOError:
+                got += b.recv(2**20)
+        a.close()
+        while chunk := b.recv(2**20):
+            got += chunk
+    body.close()
+    return bytes(got)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_a_range_is_sent_whole_across_windows_mapped_or_read(tmp_path, monkeypatch, mapped):
+    from p2pshare.peer import serving
+
+    data = os.urandom(5 * 2**20 + 123)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    monkeypatch.setattr(serving, "WINDOW", 2 * mmap.ALLOCATIONGRANULARITY)  # many windows
+    if not mapped:  # a file system that cannot map files: read into a buffer
+        def no_mmap(*args, **kw):
+            raise OSError(errno.ENODEV, "no mmap here")
+
+        monkeypatch.setattr(serving.mmap, "mmap", no_mmap)
+    start, length = 12345, len(data) - 12345 - 999  # neither end on a window's edge
+    with open(path, "rb") as f:
+        assert send_all(serving._Slice(f, start, length, None)) == data[start : start + length]
+
+
+def test_a_file_shrinking_under_its_mapping_ends_the_response_and_nothing_else(tmp_path):
+    from p2pshare.peer import serving
+
+    data = os.urandom(8 * 2**20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    a, b = socket.socketpair()
+    with a, b, open(path, "rb") as f:
+        a.setblocking(False)
+        body = serving._Slice(f, 0, len(data), None)
+        first = body.send(a.fileno())  # the window is mapped and partly sent
+        assert 0 < first < serving.CHUNK
+        os.truncate(path, 0)  # the rest of this chunk is no longer there
+        b.setblocking(False)
+        while True:  # room in the socket, so the next write is tried
+            try:
+                b.recv(2**20)
+            except BlockingIOError:
+                break
+        # The kernel, not this process, touches the vanished pages: the
+        # write fails (EFAULT) instead of a SIGBUS killing the peer.
+        assert body.send(a.fileno()) == 0
+        assert body.broken == serving.SHORTER
+        assert body.sent == first
+        body.close()
 
 
 def drip(port: int, first: bytes, dripped: bytes) -> tuple[bytes, float]:
