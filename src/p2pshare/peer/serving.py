@@ -36,13 +36,13 @@ STALL_TIMEOUT = 60  # seconds a response may wait for a client that does not rea
 MAX_DIGITS = 18  # longer numbers in a Range header are absurd: 416
 # A plain TCP response is sent from the file's page cache itself, mapped
 # WINDOW bytes at a time (see _Slice.send), CHUNK bytes between two checks
-# that the file has not changed.  512 MiB to curl took 0.13 to 0.17 s
+# that the file has not changed.  512 MiB to curl took 0.12 to 0.16 s
 # (median 0.14) this way, against 0.13 to 0.20 s (median 0.17) read into a
-# 512 KiB buffer, because the sender's second copy is gone:
-# docs/performance.rst.
+# 512 KiB buffer, because the sender's second copy is gone; from a file
+# not in the page cache, 0.34 to 0.62 s (python -m http.server: 0.44 to
+# 0.75 s).  docs/performance.rst has the figures and what else was tried.
 WINDOW = 2**24
 CHUNK = 2**19  # also the buffer for files that cannot be mapped
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the window's pages at once
 SHORTER = "the file became shorter while it was being served"
 _RANGE = re.compile(rb"bytes=(\d*)-(\d*)")
 
@@ -216,7 +216,7 @@ class _Slice:
             size = min(WINDOW, self.start + self.length - at)
             try:
                 self._map = mmap.mmap(
-                    self.f.fileno(), size, flags=mmap.MAP_SHARED | _POPULATE,
+                    self.f.fileno(), size, flags=mmap.MAP_SHARED,
                     prot=mmap.PROT_READ, offset=at,
                 )
             except ValueError:  # mmap checks the file's size first
@@ -225,6 +225,8 @@ class _Slice:
             except OSError:  # a file system without mmap: read into a buffer
                 self._buffer = memoryview(bytearray(CHUNK))
             else:
+                if hasattr(mmap, "MADV_SEQUENTIAL"):  # read ahead as read() would
+                    self._map.madvise(mmap.MADV_SEQUENTIAL)
                 self._at, self._view = at, memoryview(self._map)
         if self._buffer is not None:
             n = os.preadv(self.f.fileno(), [self._buffer[: min(self.remaining, CHUNK)]], offset)
