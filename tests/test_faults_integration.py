@@ -1,7 +1,7 @@
 """
 Real processes under faults and hostile input (issue 10's acceptance):
 concurrent downloads of one file, a holder whose file changes between an
-interrupted download and its resume, a full disk, hundreds of silent
+interrupted download and its resume or during a download, a full disk, hundreds of silent
 sockets, and shares and searches far larger than one line.
 """
 
@@ -131,6 +131,39 @@ async def test_a_resume_never_mixes_two_versions(net, reactor):
         capture_output=True, text=True, timeout=60,
     )
     assert out.stdout == f"200 {len(new)}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_changed_at_its_source_during_a_get_arrives_whole_in_its_new_version(net):
+    await net.start_network(2, "--upload-rate", "8M")  # about three seconds for the file
+    holder, requester = "p1", "p2"
+    old = os.urandom(24 * 1000 * 1000)
+    old_sha = await share(net, holder, "doc.bin", old)
+    path = net.root / holder / "shared" / "doc.bin"
+    new = bytearray(old)
+    new[12_000_000:12_001_000] = os.urandom(1000)  # edited in place, same size
+    new_sha = hashlib.sha256(new).hexdigest()
+
+    def on_line(line: str) -> None:
+        if line.startswith("progress:") and not line.startswith("progress: 0 B"):
+            if os.stat(path).st_size == len(old) and path.read_bytes() == old:
+                before = os.stat(path).st_mtime_ns
+                with open(path, "r+b") as f:
+                    f.seek(12_000_000)
+                    f.write(new[12_000_000:12_001_000])
+                later = before + 10**9  # the clock that stamps files may not have moved yet
+                os.utime(path, ns=(later, later))
+
+    get = net.p2p("get", "doc.bin", "--peer", net.control(requester), on_line=on_line)
+    assert await get.when_ended(120) == 0, get.output()
+    target = net.root / requester / "shared" / "doc.bin"
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == new_sha != old_sha
+    assert parts(target.parent) == []
+    # The user is told, not left to notice the other SHA-256.
+    out = get.output()
+    assert f"doc.bin changed at its source while it was being fetched: this is the version " \
+           f"found last (sha256 {new_sha[:16]}...), not the one found first ({old_sha[:16]}...)" in out
+    assert f"sha256 {new_sha}" in out
 
 
 def small_disk(path: Path, megabytes: int) -> None:

@@ -319,7 +319,10 @@ class PeerFiles(MultiService):
             raise FetchError(wire.E_BAD_ARGS, "get takes one exact file name, not a pattern")
         # If every holder fails, search again after a pause: a holder that
         # left may be back (perhaps at another address), and the download
-        # resumes from what it has.
+        # resumes from what it has.  What happened on the way (holders
+        # dropped, the file changed at its source) is told at the end.
+        notes: list[str] = []
+        first: str | None = None  # the version found first
         for pause in FETCH_PAUSES:
             found = await self._find(name, timeout, True)
             matches = [m for m in found if m.holder != self._me()]
@@ -329,6 +332,7 @@ class PeerFiles(MultiService):
                 matches = [m for m in matches if m.holder == only]
                 if not matches:
                     raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
+            first = first or matches[0].sha256
             try:
                 fetched = await self.downloader.fetch(
                     matches, directory, force, progress, 1 if only else sources,
@@ -340,10 +344,19 @@ class PeerFiles(MultiService):
             except LocalFault:
                 raise  # no holder can help with a fault of this machine
             except FetchError as e:
+                notes += [n for n in e.notes if n not in notes]
                 if e.code != wire.E_FAILED or pause is None:
+                    e.notes = notes
                     raise
                 self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
                 await deferLater(self.clock, pause)
+        if first is not None and fetched.sha256 != first:
+            notes.append(
+                f"{name} changed at its source while it was being fetched: this is the version "
+                f"found last (sha256 {fetched.sha256[:16]}...), not the one found first "
+                f"({first[:16]}...)"
+            )
+        fetched.notes = notes + [n for n in fetched.notes if n not in notes]
         if directory == self.downloads:
             await self.refresh()
         return fetched
