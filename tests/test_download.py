@@ -427,6 +427,40 @@ async def test_an_interrupted_download_resumes_from_its_verified_pieces(holders,
     assert honest.served() == [(MiB, len(DATA) - 1)]  # not piece 0 again
 
 
+OLDER = {  # older versions of DATA, and the pieces of DATA they hold at their place
+    "edited in place": (DATA[:MiB + 5] + b"x" + DATA[MiB + 6:], {0, 2, 3}),
+    "cut short": (DATA[:2 * MiB + 5], {0, 1}),
+    "grown": (DATA[:3 * MiB] + os.urandom(MiB), {0, 1, 2}),
+}
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("older", sorted(OLDER))
+@pytest.mark.parametrize("where", ["part", "replaced file"])
+async def test_pieces_an_older_copy_here_holds_are_not_fetched_again(holders, downloader, tmp_path, reactor, older, where):
+    honest = honest_files(reactor, tmp_path, "honest")
+    port = holders(honest)
+    out = tmp_path / "out"
+    out.mkdir()
+    old, same = OLDER[older]
+    old_sha = hashlib.sha256(old).hexdigest()
+    if where == "part":  # an interrupted download of the older version
+        part_path(out, "file.bin", old_sha).write_bytes(old)
+    else:  # the copy this download replaces (--force)
+        (out / "file.bin").write_bytes(old)
+    fetched = await fetch(downloader, [match(port, "h", 1)], out, force=where == "replaced file")
+    assert (out / "file.bin").read_bytes() == DATA
+    # Only the pieces the older copy lacks were asked for.
+    wanted = sorted(i for i in range(piece_count(len(DATA))) if i not in same)
+    got = {i for first, last in honest.served() for i in range(first // MiB, last // MiB + 1)}
+    assert sorted(got) == wanted, honest.served()
+    assert fetched.notes == [
+        f"{len(same)} of 4 pieces of file.bin were already here, in an older copy, and were not "
+        "fetched again"
+    ]
+    assert sorted(os.listdir(out)) == ["file.bin"]  # the older part is gone
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_existing_file_is_never_silently_replaced(holders, downloader, tmp_path, reactor):
     port = holders(honest_files(reactor, tmp_path, "honest"))
@@ -654,15 +688,17 @@ def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
     PartFile(path).close()
 
 
-def test_only_the_same_names_other_versions_are_forgotten(tmp_path):
-    from p2pshare.peer.transfer import _forget_other_versions
+def test_only_the_same_names_other_versions_are_taken_and_forgotten(tmp_path):
+    from p2pshare.peer.transfer import _other_versions
 
     mine = part_path(tmp_path, "a", "1" * 64)
     old = part_path(tmp_path, "a", "2" * 64)
     other_name = part_path(tmp_path, "a.b", "3" * 64)
     for p in (mine, old, other_name):
         p.write_bytes(b"x")
-    _forget_other_versions(tmp_path, "a", mine)
+    (found,) = _other_versions(tmp_path, "a", mine)
+    assert found.path == old
+    found.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_name.name])
 
 

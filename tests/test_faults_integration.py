@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -164,6 +165,10 @@ async def test_a_file_changed_at_its_source_during_a_get_arrives_whole_in_its_ne
     assert f"doc.bin changed at its source while it was being fetched: this is the version " \
            f"found last (sha256 {new_sha[:16]}...), not the one found first ({old_sha[:16]}...)" in out
     assert f"sha256 {new_sha}" in out
+    # What had arrived of the old version and is the same in the new one
+    # was not fetched again.
+    reused = re.search(r"^(\d+) of 23 pieces of doc.bin were already here, in an older copy", out, re.M)
+    assert reused and int(reused.group(1)) >= 1, out
 
 
 def small_disk(path: Path, megabytes: int) -> None:

@@ -15,7 +15,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from p2pshare.pieces import digest_of, piece_count, piece_span
@@ -116,23 +116,55 @@ def verified_pieces(path: str, size: int, digests: bytes) -> set[int]:
     In a thread: the pieces of a part file that already hold the right
     bytes (a resumed download).  Holes (never written) are skipped unread.
     """
-    good: set[int] = set()
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return good
+        return set()
     try:
-        end = os.fstat(fd).st_size
-        for i in range(piece_count(size)):
-            start, stop = piece_span(i, size)
-            if stop > end or (stop > start and not _has_data(fd, start)):
-                continue
-            data = os.pread(fd, stop - start, start)
-            if len(data) == stop - start and hashlib.sha256(data).digest() == digest_of(digests, i):
-                good.add(i)
+        return {i for i, _ in _good_pieces(fd, size, digests, set())}
     finally:
         os.close(fd)
-    return good
+
+
+def copy_matching_pieces(paths: Iterable[str], fd: int, size: int, digests: bytes,
+                         have: set[int]) -> set[int]:
+    """
+    In a thread: the pieces a download still lacks (not in C{have}) that
+    a file here already holds at the same place with the right bytes (an
+    older version of the file, or a part of one), copied into the part
+    file C{fd}, then synced: which pieces.  So a file edited in place at
+    its source is fetched again only where it changed.
+    """
+    copied: set[int] = set()
+    for path in paths:
+        try:
+            source = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone since: nothing to take from it
+        try:
+            for i, data in _good_pieces(source, size, digests, have | copied):
+                pwrite_all(fd, [memoryview(data)], piece_span(i, size)[0])
+                copied.add(i)
+        finally:
+            os.close(source)
+    if copied:
+        os.fsync(fd)
+    return copied
+
+
+def _good_pieces(fd: int, size: int, digests: bytes, skip: set[int]) -> Iterator[tuple[int, bytes]]:
+    """
+    Each piece (not in C{skip}) that the file C{fd} holds at its place
+    with the right bytes, and those bytes.
+    """
+    end = os.fstat(fd).st_size
+    for i in range(piece_count(size)):
+        start, stop = piece_span(i, size)
+        if i in skip or stop > end or (stop > start and not _has_data(fd, start)):
+            continue
+        data = os.pread(fd, stop - start, start)
+        if len(data) == stop - start and hashlib.sha256(data).digest() == digest_of(digests, i):
+            yield i, data
 
 
 def _has_data(fd: int, offset: int) -> bool:

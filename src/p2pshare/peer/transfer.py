@@ -44,7 +44,7 @@ from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.disk import fsync_directory, human_size
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
-from p2pshare.peer.storing import verified_pieces
+from p2pshare.peer.storing import copy_matching_pieces, verified_pieces
 from p2pshare.peer.swarm import (
     Broke,
     PieceBook,
@@ -200,20 +200,22 @@ class PartFile:
         self.close()
 
 
-def _forget_other_versions(directory: Path, name: str, keep: Path) -> None:
+def _other_versions(directory: Path, name: str, keep: Path) -> list[PartFile]:
     """
-    Remove the parts of other versions of C{name} that no download holds.
+    The parts of other versions of C{name} that no download holds, locked:
+    their pieces may serve this version, then they are discarded.
     """
     stem = _part_stem(name)
     mine = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{16}}\.part")
+    found = []
     for other in directory.glob(f".{_glob_escape(stem)}.*.part"):
         if other == keep or not mine.fullmatch(other.name):
             continue  # ours, or another name's (".a.b.SHA.part" is not a part of "a")
         try:
-            stale = PartFile(other)
+            found.append(PartFile(other))
         except (BlockingIOError, OSError):
             continue  # in use, or gone
-        stale.discard()
+    return found
 
 
 def _glob_escape(name: str) -> str:
@@ -321,14 +323,15 @@ class Downloader:
             ) from None
         except OSError as e:
             raise local_fault(e, directory, size) from None
+        older: list[PartFile] = []
         try:
             already = await self._existing(target, sha, force)
             if already is not None:
                 part.discard()
                 return already
-            await self.run_blocking(_forget_other_versions, directory, base, path)
+            older = await self.run_blocking(_other_versions, directory, base, path)
             fetched = await self._download(
-                holders, part, target, size, sha, force, progress, sources, discover
+                holders, part, target, size, sha, force, progress, sources, discover, older
             )
         except CancelledError:
             kept = part.kept
@@ -353,6 +356,8 @@ class Downloader:
             raise
         finally:
             self.partials.pop(sha, None)
+            for other in older:
+                other.discard()
         part.close()
         return fetched
 
@@ -382,11 +387,15 @@ class Downloader:
         progress: Progress | None,
         sources: int,
         discover: Discover | None = None,
+        older: list[PartFile] | None = None,
     ) -> Fetched:
         """
         Fetch the file's pieces from its holders, a group of holders that
         agree on the piece list at a time (the largest first), up to
         C{sources} of them at once; keep it once the whole file verifies.
+        Pieces already here in C{older} parts of other versions (or in the
+        file this one replaces) are copied, not fetched; those parts are
+        then discarded.
         """
         # The file's name is its path in the share (music/live/set.ogg), as
         # its holders give it; the target may be elsewhere (-o DIR).
@@ -403,6 +412,15 @@ class Downloader:
                 part.f.flush()
                 os.ftruncate(part.f.fileno(), size)
                 have = await self.run_blocking(verified_pieces, str(part.path), size, digests)
+                if older is not None:
+                    reused = await self._reuse(older, target, force, part, size, digests, have)
+                    older = None  # once, with the first piece list that came
+                    if reused:
+                        have |= reused
+                        notes.append(
+                            f"{len(reused)} of {piece_count(size)} pieces of {name} were already "
+                            f"here, in an older copy, and were not fetched again"
+                        )
             except OSError as e:
                 raise local_fault(e, directory, size) from None
             # A fresh download begins where the holder suggests: the first
@@ -498,6 +516,32 @@ class Downloader:
             f"could not download {name}: " + ("; ".join(problems[-4:]) or "no holder answered"),
             notes,
         )
+
+    async def _reuse(
+        self, older: list[PartFile], target: Path, force: bool, part: PartFile, size: int,
+        digests: bytes, have: set[int],
+    ) -> set[int]:
+        """
+        Copy into C{part} the pieces it lacks that the parts of C{older}
+        versions, or the file it is to replace, hold right; discard those
+        parts: which pieces were copied.
+        """
+        local = [str(other.path) for other in older]
+        if force and target.is_file():
+            local.append(str(target))
+        reused: set[int] = set()
+        if local and len(have) < piece_count(size):
+            reused = await self.run_blocking(
+                copy_matching_pieces, local, part.f.fileno(), size, digests, have
+            )
+        for other in older:
+            other.discard()  # what was worth keeping is in the part now
+        if reused:
+            self.log.info(
+                "download of {name}: {n} pieces copied from an older copy here",
+                name=target.name, n=len(reused),
+            )
+        return reused
 
     def _source(self, m: Match) -> Source:
         if m.have is None:
