@@ -162,8 +162,8 @@ async def test_a_file_changed_at_its_source_during_a_get_arrives_whole_in_its_ne
     assert parts(target.parent) == []
     # The user is told, not left to notice the other SHA-256.
     out = get.output()
-    assert f"doc.bin changed at its source while it was being fetched: this is the version " \
-           f"found last (sha256 {new_sha[:16]}...), not the one found first ({old_sha[:16]}...)" in out
+    assert f"doc.bin: the version found first (sha256 {old_sha[:16]}...) could not be fetched " \
+           f"any more; this is the version its holders have now (sha256 {new_sha[:16]}...)" in out
     assert f"sha256 {new_sha}" in out
     # What had arrived of the old version and is the same in the new one
     # was not fetched again.

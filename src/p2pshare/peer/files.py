@@ -352,9 +352,9 @@ class PeerFiles(MultiService):
                 await deferLater(self.clock, pause)
         if first is not None and fetched.sha256 != first:
             notes.append(
-                f"{name} changed at its source while it was being fetched: this is the version "
-                f"found last (sha256 {fetched.sha256[:16]}...), not the one found first "
-                f"({first[:16]}...)"
+                f"{name}: the version found first (sha256 {first[:16]}...) could not be fetched "
+                f"any more; this is the version its holders have now "
+                f"(sha256 {fetched.sha256[:16]}...)"
             )
         fetched.notes = notes + [n for n in fetched.notes if n not in notes]
         if directory == self.downloads:
