@@ -102,6 +102,60 @@ def test_a_file_the_peer_verified_itself_is_not_hashed_again_unless_it_changed(t
     assert index.files["changed"].sha256 == hashlib.sha256(b"changed" * 1000 + b"X").hexdigest()
 
 
+def learned(index, directory, name):
+    from p2pshare.peer.share import SharedFile
+    from p2pshare.pieces import hash_file
+
+    st = os.stat(directory / name)
+    sha, pieces = hash_file(str(directory / name))
+    index.learn(SharedFile(name, st.st_size, sha, (st.st_size, st.st_mtime_ns, st.st_ino), pieces))
+
+
+def test_a_downloaded_file_is_shared_at_once_without_a_scan(tmp_path):
+    (tmp_path / "old").write_bytes(b"old")
+    index = ShareIndex(tmp_path)
+    index.refresh()
+    before = index.files
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "got").write_bytes(b"got")
+    learned(index, tmp_path, "sub/got")
+    assert index.add("sub/got")
+    assert sorted(index.files) == ["old", "sub/got"]
+    assert sorted(before) == ["old"]  # replaced, not changed: a reader sees one or the other
+    # Not a file this peer verified, or changed since: a scan it is.
+    (tmp_path / "other").write_bytes(b"x")
+    assert not index.add("other")
+    (tmp_path / "late").write_bytes(b"late")
+    learned(index, tmp_path, "late")
+    (tmp_path / "late").write_bytes(b"later, and longer")
+    assert not index.add("late")
+    assert sorted(index.files) == ["old", "sub/got"]
+
+
+def test_a_scan_that_walked_past_a_file_added_meanwhile_keeps_it(tmp_path, monkeypatch):
+    """
+    A scan runs in a thread: a download can be kept and added after the
+    walk passed its folder.  The scan's result must not drop it (it would
+    be missing from searches until the next scan), nor take a file that
+    is learned but not there yet (a download is told of its hashes just
+    before the file appears).
+    """
+    import p2pshare.peer.share as share_module
+
+    (tmp_path / "a").write_bytes(b"a")
+    index = ShareIndex(tmp_path)
+    (tmp_path / "got").write_bytes(b"got")
+    learned(index, tmp_path, "got")
+    learned_early = share_module.SharedFile("soon", 4, "0" * 64, (4, 0, 0))
+    index.learn(learned_early)  # its file is not there yet
+    real = share_module._walk
+    monkeypatch.setattr(share_module, "_walk",
+                        lambda top: ((n, e) for n, e in real(top) if n != "got"))  # walked past it
+    index.refresh()
+    assert sorted(index.files) == ["a", "got"]
+    assert "soon" in index._learned and "got" not in index._learned
+
+
 def test_names_and_patterns():
     assert is_shareable_name("report 2026 (final).pdf")
     assert is_shareable_name("ünïcödé.txt")

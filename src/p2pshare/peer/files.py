@@ -140,21 +140,28 @@ class PeerFiles(MultiService):
     def _refreshed(self, result: object) -> None:
         if isinstance(result, Failure):
             self.log.failure("could not scan the shared directory", result, LogLevel.warn)
-        elif self.share is not None:
+        else:
+            self._announce()
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _announce(self) -> None:
+        """
+        Log what the share has gained and lost since it was last announced.
+        """
+        if self.share is not None:
             before, self._announced = self._announced, dict(self.share.files)
             if before.keys() != self._announced.keys():
                 self._files_changed()  # the web page shows how many files each peer shares
             for name, f in sorted(self._announced.items()):
                 if name not in before or before[name].sha256 != f.sha256:
-                    self.log.info(
-                        "sharing {file} ({size} bytes, sha256 {sha})",
-                        file=name, size=f.size, sha=f.sha256,
-                    )
+                    self._log_sharing(f)
             for name in sorted(before.keys() - self._announced.keys()):
                 self.log.info("no longer sharing {file}", file=name)
-        waiters, self._refresh_waiters = self._refresh_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+
+    def _log_sharing(self, f: SharedFile) -> None:
+        self.log.info("sharing {file} ({size} bytes, sha256 {sha})", file=f.name, size=f.size, sha=f.sha256)
 
     def upload_began(self, name: str, host: str, total: int, sent: Callable[[], int]) -> object:
         """
@@ -357,6 +364,28 @@ class PeerFiles(MultiService):
                 f"(sha256 {fetched.sha256[:16]}...)"
             )
         fetched.notes = notes + [n for n in fetched.notes if n not in notes]
-        if directory == self.downloads:
+        if directory == self.downloads and not self._share_at_once(fetched):
             await self.refresh()
         return fetched
+
+    def _share_at_once(self, fetched: Fetched) -> bool:
+        """
+        A file just downloaded into the share is shared at once, with the
+        hashes it was verified against, without a scan of the whole share:
+        whether it could be (else a scan it is).
+        """
+        if self.share is None or fetched.already:
+            return False
+        try:
+            name = fetched.path.relative_to(self.share.directory).as_posix()
+        except ValueError:
+            return False
+        if not self.share.add(name):
+            return False
+        f, was = self.share.files[name], self._announced.get(name)
+        self._announced[name] = f  # one file: no diff of the whole share
+        if was is None:
+            self._files_changed()
+        if was is None or was.sha256 != f.sha256:
+            self._log_sharing(f)
+        return True

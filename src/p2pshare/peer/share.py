@@ -151,6 +151,27 @@ class ShareIndex:
         """
         self._learned[known.name] = known
 
+    def add(self, name: str) -> bool:
+        """
+        Share a file this peer has just verified and kept (it was learned)
+        at once, rather than after the next scan of the whole share (0.3 s
+        for 50,000 files): whether it could be (it is still the file that
+        was verified).  On the reactor thread; the index is replaced, not
+        changed, as a scan does.
+        """
+        known = self._learned.get(name)
+        if known is None or not self._unchanged(known):
+            return False
+        self.files = {**self.files, name: known}
+        return True
+
+    def _unchanged(self, known: SharedFile) -> bool:
+        try:
+            st = os.stat(self.directory / known.name, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns, st.st_ino) == known.stamp
+
     def refresh(self) -> dict[str, SharedFile]:
         """
         Walk the whole tree: every shareable file by its path relative to
@@ -192,6 +213,12 @@ class ShareIndex:
             except OSError:
                 continue
             new[name] = SharedFile(name, st.st_size, digest, stamp, pieces)
+        # A file downloaded while the walk ran may have been added (add())
+        # after the walk passed its folder: it stays.
+        for name, known in list(self._learned.items()):
+            if name in new or self._unchanged(known):
+                new.setdefault(name, known)
+                self._learned.pop(name, None)
         self.files = new
         return new
 
