@@ -44,6 +44,7 @@ from p2pshare.peer.transfer import (
 from p2pshare.wire import Match
 
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
+SCAN_SHARE = 20  # periodic scans of the share take at most 1/20 of the time
 RunBlocking = Callable[..., Deferred[Any]]
 Find = Callable[[str, float, bool], Deferred[list[Match]]]  # pattern, timeout, exact
 
@@ -115,8 +116,9 @@ class PeerFiles(MultiService):
         self.rescan_interval = rescan_interval
         self._refresh_waiters: list[Deferred[None]] = []
         self._announced: dict[str, SharedFile] = {}
+        self._quiet_until = 0.0  # no periodic scan before then
         if self.share is not None:
-            rescan = TimerService(rescan_interval, self.refresh)
+            rescan = TimerService(rescan_interval, self._rescan)
             rescan.clock = clock
             rescan.setServiceParent(self)
 
@@ -137,10 +139,23 @@ class PeerFiles(MultiService):
             self.run_blocking(self.share.refresh).addBoth(self._refreshed)
         return waiter
 
+    def _rescan(self) -> Deferred[None] | None:
+        """
+        The periodic scan, every C{rescan_interval} seconds unless the last
+        one's walk took so long that scanning that often would cost more
+        than 1/L{SCAN_SHARE} of the time (a share of 50,000 files took 13%
+        of a core at every 2 s).
+        """
+        if self.clock.seconds() < self._quiet_until:
+            return None
+        return self.refresh()
+
     def _refreshed(self, result: object) -> None:
         if isinstance(result, Failure):
             self.log.failure("could not scan the shared directory", result, LogLevel.warn)
         else:
+            if self.share is not None:
+                self._quiet_until = self.clock.seconds() + (SCAN_SHARE - 1) * self.share.walked
             self._announce()
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:

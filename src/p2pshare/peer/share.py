@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,7 @@ class ShareIndex:
         self.directory = Path(directory)
         self.files: dict[str, SharedFile] = {}
         self._learned: dict[str, SharedFile] = {}
+        self.walked = 0.0  # seconds the last scan took, hashing new files aside
 
     def learn(self, known: SharedFile) -> None:
         """
@@ -187,6 +189,7 @@ class ShareIndex:
             return self.files
         old = self.files
         new: dict[str, SharedFile] = {}
+        started, hashing = time.monotonic(), 0.0
         for name, entry in _walk(real_dir):
             try:
                 if entry.is_symlink():
@@ -208,10 +211,13 @@ class ShareIndex:
             if known is not None and known.stamp == stamp:
                 new[name] = known
                 continue
+            began = time.monotonic()
             try:
                 digest, pieces = hash_file(path)
             except OSError:
                 continue
+            finally:
+                hashing += time.monotonic() - began
             new[name] = SharedFile(name, st.st_size, digest, stamp, pieces)
         # A file downloaded while the walk ran may have been added (add())
         # after the walk passed its folder: it stays.
@@ -219,6 +225,7 @@ class ShareIndex:
             if name in new or self._unchanged(known):
                 new.setdefault(name, known)
                 self._learned.pop(name, None)
+        self.walked = time.monotonic() - started - hashing
         self.files = new
         return new
 
