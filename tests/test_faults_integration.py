@@ -135,7 +135,7 @@ async def test_a_resume_never_mixes_two_versions(net, reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_file_changed_at_its_source_during_a_get_arrives_whole_in_its_new_version(net):
+async def test_a_file_changed_at_its_source_during_a_get_arrives_in_its_new_version(net):
     await net.start_network(2, "--upload-rate", "8M")  # about three seconds for the file
     holder, requester = "p1", "p2"
     old = os.urandom(24 * 1000 * 1000)
