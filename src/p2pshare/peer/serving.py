@@ -132,10 +132,12 @@ class UploadSlots:
 
 class _Slice:
     """
-    A file read from C{start} for C{length} bytes, for L{FileSender}; it
-    stops (C{broken}) as soon as the file is found changed or shorter
-    than promised, so that the response is cut off rather than finished
-    with other bytes or too few.
+    A file from C{start} for C{length} bytes: read by L{FileSender}
+    (L{read}), or written to the socket from the mapped file by
+    L{_DirectSender} (L{send}; L{close} unmaps it).  It stops (C{broken})
+    as soon as the file is found changed or shorter than promised, so that
+    the response is cut off rather than finished with other bytes or too
+    few.
     """
 
     def __init__(
