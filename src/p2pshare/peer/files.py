@@ -169,9 +169,10 @@ class PeerFiles(MultiService):
             before, self._announced = self._announced, dict(self.share.files)
             if before.keys() != self._announced.keys():
                 self._files_changed()  # the web page shows how many files each peer shares
-            for name, f in sorted(self._announced.items()):
-                if name not in before or before[name].sha256 != f.sha256:
-                    self._log_sharing(f)
+            gained = [f for name, f in self._announced.items()
+                      if (was := before.get(name)) is None or was.sha256 != f.sha256]
+            for f in sorted(gained, key=lambda f: f.name):  # what changed, not the whole share
+                self._log_sharing(f)
             for name in sorted(before.keys() - self._announced.keys()):
                 self.log.info("no longer sharing {file}", file=name)
 
