@@ -126,29 +126,35 @@ def verified_pieces(path: str, size: int, digests: bytes) -> set[int]:
         os.close(fd)
 
 
-def copy_matching_pieces(paths: Iterable[str], fd: int, size: int, digests: bytes,
+def copy_matching_pieces(paths: Iterable[str], part: str, size: int, digests: bytes,
                          have: set[int]) -> set[int]:
     """
     In a thread: the pieces a download still lacks (not in C{have}) that
     a file here already holds at the same place with the right bytes (an
     older version of the file, or a part of one), copied into the part
-    file C{fd}, then synced: which pieces.  So a file edited in place at
-    its source is fetched again only where it changed.
+    file C{part}, then synced: which pieces.  So a file edited in place at
+    its source is fetched again only where it changed.  It opens the files
+    itself: a download cancelled meanwhile closes its own, never one this
+    thread still writes through (only bytes of the right pieces ever go in).
     """
     copied: set[int] = set()
-    for path in paths:
-        try:
-            source = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue  # gone since: nothing to take from it
-        try:
-            for i, data in _good_pieces(source, size, digests, have | copied):
-                pwrite_all(fd, [memoryview(data)], piece_span(i, size)[0])
-                copied.add(i)
-        finally:
-            os.close(source)
-    if copied:
-        os.fsync(fd)
+    fd = os.open(part, os.O_WRONLY)
+    try:
+        for path in paths:
+            try:
+                source = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # gone since: nothing to take from it
+            try:
+                for i, data in _good_pieces(source, size, digests, have | copied):
+                    pwrite_all(fd, [memoryview(data)], piece_span(i, size)[0])
+                    copied.add(i)
+            finally:
+                os.close(source)
+        if copied:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     return copied
 
 

@@ -532,7 +532,7 @@ class Downloader:
         reused: set[int] = set()
         if local and len(have) < piece_count(size):
             reused = await self.run_blocking(
-                copy_matching_pieces, local, part.f.fileno(), size, digests, have
+                copy_matching_pieces, local, str(part.path), size, digests, have
             )
         for other in older:
             other.discard()  # what was worth keeping is in the part now
