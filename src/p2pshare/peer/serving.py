@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from p2pshare.httpserver import http_date, parse_http_date
+from p2pshare.peer.share import stamp_of
 
 if TYPE_CHECKING:
     from p2pshare.peer.share import ShareIndex
@@ -164,7 +165,7 @@ class _Slice:
         if self.remaining <= 0 or self.broken:
             return False
         st = os.fstat(self.f.fileno())
-        if self.stamp is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != self.stamp:
+        if self.stamp is not None and stamp_of(st) != self.stamp:
             self.broken = "the file changed while it was being served"
             return False
         return True
@@ -565,7 +566,7 @@ class SharedFileResource(Resource):
             request.setResponseCode(404)
             return b"No such file.\n"
         st = os.fstat(f.fileno())
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != shared.stamp:
+        if stamp_of(st) != shared.stamp:
             f.close()
             request.setResponseCode(503)
             request.setHeader(b"retry-after", b"2")

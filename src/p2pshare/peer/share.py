@@ -43,6 +43,14 @@ class SharedFile:
         return root_of(self.pieces)
 
 
+def stamp_of(st: os.stat_result) -> tuple[int, int, int]:
+    """
+    What tells that a file has changed since it was hashed
+    (L{SharedFile.stamp}): its size, modification time and inode.
+    """
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def is_shareable_name(name: str) -> bool:
     """
     Can a file of this name be shared and asked for over the network?  A
@@ -172,7 +180,7 @@ class ShareIndex:
             st = os.stat(self.directory / known.name, follow_symlinks=False)
         except OSError:
             return False
-        return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns, st.st_ino) == known.stamp
+        return stat.S_ISREG(st.st_mode) and stamp_of(st) == known.stamp
 
     def refresh(self) -> dict[str, SharedFile]:
         """
@@ -204,7 +212,7 @@ class ShareIndex:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
-            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+            stamp = stamp_of(st)
             known = old.get(name)
             if known is None or known.stamp != stamp:
                 known = self._learned.pop(name, None)

@@ -43,7 +43,7 @@ from twisted.web.iweb import IAgent
 from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.disk import fsync_directory, human_size
-from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
+from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
 from p2pshare.peer.storing import copy_matching_pieces, verified_pieces
 from p2pshare.peer.swarm import (
     Broke,
@@ -494,7 +494,7 @@ class Downloader:
                 continue
             if self.on_verified is not None:  # before the file appears under its name
                 self.on_verified(target, SharedFile(
-                    name, size, sha, (st.st_size, st.st_mtime_ns, st.st_ino), digests
+                    name, size, sha, stamp_of(st), digests
                 ))
             try:
                 await self.run_blocking(_keep, part.path, target, force)
