@@ -13,13 +13,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-import pytest_twisted
-from hypothesis import settings
-from twisted.internet.defer import Deferred
-from twisted.logger import formatEvent, globalLogPublisher
+# The code under test is the working tree's src/, here and in every process
+# a test starts (twistd roles, the p2p command): an edit is tested without
+# reinstalling.  The installed copy only provides the twistd dropin, which
+# names modules, and the console script.
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 
-from p2pshare.launch import LocalNetwork
+import pytest  # noqa: E402
+import pytest_twisted  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.logger import formatEvent, globalLogPublisher  # noqa: E402
+
+from p2pshare.launch import LocalNetwork  # noqa: E402
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.load_profile("default")
