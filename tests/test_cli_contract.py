@@ -124,3 +124,120 @@ def test_ctrl_c_is_130_with_one_sentence(tmp_path):
             assert conn.recv(100) == b""  # it hung up
     assert proc.returncode == 130
     assert err == "p2p status: interrupted\n"
+
+
+# A file whose name carries a right-to-left override: printed raw it reads
+# "evilexe.jpg".  What p2p prints shows the control instead.
+EVIL = "evil\u202egpj.exe"
+EVIL_SHOWN = "evil\\u202egpj.exe"
+SHA = "ab" * 32
+
+
+def fake_peer(replies):
+    """
+    A control endpoint on 127.0.0.1 that answers each request with what
+    C{replies(msg)} gives (wire messages), as a peer's control channel
+    does; returns its endpoint and a function that closes it.
+    """
+    import json
+    import socket
+    import threading
+
+    from p2pshare import wire
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while not request.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                for verb, args, body in replies(wire.decode(request.rstrip(b"\n"))):
+                    text = json.dumps(body, separators=(",", ":")) if verb != "ERROR" else body
+                    conn.sendall(wire.encode(wire.message(verb, *args, text=text)))
+
+    def stop():
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        server.close()
+        thread.join(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"tcp:127.0.0.1:{server.getsockname()[1]}", stop
+
+
+def network_with_an_evil_name(msg):
+    from p2pshare import wire
+
+    match = {"name": EVIL, "size": 4, "sha256": SHA, "holder": "s2", "host": "127.0.0.1",
+             "port": 5002, "hops": 1, "root": "", "have": None}
+    if msg.verb == "FIND":
+        return [("ITEM", ["matches"], match), ("OK", [], {"count": 1, "matches": []})]
+    if msg.verb == "LS":
+        return [("ITEM", ["files"], {"name": EVIL, "size": 4, "sha256": SHA}),
+                ("OK", [], {"peer": "s2", "count": 1, "files": []})]
+    if msg.verb == "STATUS":
+        return [
+            ("ITEM", ["neighbours"], {"name": "s2", "host": "127.0.0.1", "port": 5002}),
+            ("ITEM", ["shared"], {"name": EVIL, "size": 4, "sha256": SHA}),
+            ("ITEM", ["transfers"], {"name": EVIL, "direction": "down", "peer": "s2",
+                                     "done": 1, "total": 4, "rate": 0}),
+            ("OK", [], {"name": "s1", "host": "127.0.0.1", "port": 5001, "root": True,
+                        "joined": True, "max_neighbours": 2, "neighbours": [], "shared": [],
+                        "transfers": []}),
+        ]
+    if msg.verb == "FETCH" and wire.unquote_name(msg.args[0]) == EVIL:
+        return [("OK", [], {"path": f"/downloads/{EVIL}", "size": 4, "sha256": SHA,
+                            "holder": "s2", "already": False,
+                            "notes": [f"s3 sent a corrupt piece of {EVIL}; dropped"]})]
+    return [("ERROR", ["failed"], f"every holder of {EVIL} failed")]
+
+
+def test_names_from_the_network_are_printed_escaped_never_raw(tmp_path):
+    """
+    p2p search, ls, status and get show a name's bidi control as an
+    escape; --json keeps the exact name for programs (a JSON escape, never
+    the raw control), so a terminal shows no lie either way.
+    """
+    import json
+
+    peer, close = fake_peer(network_with_an_evil_name)
+    try:
+        def run(*argv):
+            out = p2p([*argv, "--peer", peer], tmp_path)
+            assert "\u202e" not in out.stdout + out.stderr, (argv, out.stdout, out.stderr)
+            return out
+
+        out = run("search", "evil")
+        assert (out.returncode, out.stdout) == (0, f"{EVIL_SHOWN}\t4\t{SHA[:12]}\t1\ts2\n")
+        out = run("ls", "s2")
+        assert (out.returncode, out.stdout) == (0, f"{EVIL_SHOWN}\t4\t{SHA[:12]}\n")
+        out = run("status")
+        assert f"  {EVIL_SHOWN}  4 B  sha256 {SHA[:16]}..." in out.stdout.splitlines()
+        assert f"downloading {EVIL_SHOWN} from s2: " in out.stdout
+        out = run("get", EVIL)
+        assert out.returncode == 0 and out.stdout == f"/downloads/{EVIL_SHOWN}\n"
+        assert f"s3 sent a corrupt piece of {EVIL_SHOWN}; dropped" in out.stderr.splitlines()
+
+        out = run("search", "evil", "--json")
+        assert out.stdout.count("\n") == 1 and EVIL_SHOWN in out.stdout
+        assert json.loads(out.stdout)["name"] == EVIL  # exact, for programs
+        out = run("ls", "s2", "--json")
+        assert json.loads(out.stdout)["files"] == [{"name": EVIL, "size": 4, "sha256": SHA}]
+
+        # A refusal that quotes a name from the network.
+        out = run("get", "other.txt")
+        assert out.returncode == 1
+        assert out.stderr == f"p2p get: the peer says: every holder of {EVIL_SHOWN} failed\n"
+    finally:
+        close()

@@ -85,3 +85,34 @@ def test_log_level_is_an_option_of_both_roles(options):
 
 def test_levels_are_ordered():
     assert set(LEVELS) == {"debug", "info", "warn"} and LEVELS["warn"] is LogLevel.warn
+
+
+def test_names_from_the_network_are_logged_escaped_never_raw():
+    evil = "evil\u202egpj.exe"
+
+    def names(log: Logger, publisher: LogPublisher) -> None:
+        log.info("sharing {file}", file=evil)
+        log.warn("{holder} sent a corrupt piece of {file}; dropped", holder="s4", file=evil)
+        # A line break or separator in a name cannot start a line that seems to be ours.
+        log.info("downloaded {name} from {holders}", name="a\n2026-01-01T00:00:00+0000 [p2ppeer s1] b",
+                 holders="s2\u2028s3")
+        log.info("{holder} broke off sending {name} ({why})", holder="s4", name="x",
+                 why=OSError(f"cannot read {evil}"))
+        # A legacy message, as Twisted's own code sends it, and its traceback's lines.
+        text = f"legacy {evil}\nTraceback line \u200fhere"
+        publisher({"message": (text,), "isError": 0, "system": "-", "time": 0.0,
+                   "log_format": "{log_text}", "log_text": text, "log_level": LogLevel.info,
+                   "log_namespace": "log_legacy", "log_system": "-", "log_time": 0.0})
+        log.info("ordinary {file} stays", file="été/東京 😀.ogg")
+
+    lines = lines_at("info", names)
+    assert not any(c in "".join(lines) for c in "\u202e\u2028\u200f"), lines
+    assert [line if line.startswith("\t") else line.split(" ", 1)[1] for line in lines] == [
+        "[p2ppeer s7] sharing evil\\u202egpj.exe",
+        "[p2ppeer s7 warn] s4 sent a corrupt piece of evil\\u202egpj.exe; dropped",
+        "[p2ppeer s7] downloaded a\\x0a2026-01-01T00:00:00+0000 [p2ppeer s1] b from s2\\u2028s3",
+        "[p2ppeer s7] s4 broke off sending x (cannot read evil\\u202egpj.exe)",
+        "[p2ppeer s7] legacy evil\\u202egpj.exe",
+        "\tTraceback line \\u200fhere",
+        "[p2ppeer s7] ordinary été/東京 😀.ogg stays",
+    ]

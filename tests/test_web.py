@@ -7,6 +7,7 @@ loopback by default.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import pytest_twisted
@@ -200,3 +201,116 @@ async def test_events_say_what_a_restart_of_the_metadata_server_did(reactor, ser
     ]
     assert [e["time"] for e in events] == [1000, 1000, 1031]
     await server.stopService()
+
+
+EVIL = "evil\u202egpj.exe"  # shows as "evilexe.jpg" where printed raw
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_share_page_shows_hidden_characters_of_names_as_escapes(reactor, tmp_path):
+    """
+    A peer's page of what it shares (GET /) shows a name's bidi controls
+    and line separators as escapes, in file and folder names alike, while
+    its links still fetch the file by its real name.
+    """
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from p2pshare import wire
+    from p2pshare.peer.http import make_site as peer_site
+    from p2pshare.peer.serving import UploadSlots
+    from p2pshare.peer.share import ShareIndex
+
+    shared = tmp_path / "shared"
+    (shared / "dir\u2066x").mkdir(parents=True)
+    (shared / "dir\u2066x" / "in\u2028side.txt").write_bytes(b"inside")
+    (shared / EVIL).write_bytes(b"evil")
+    (shared / "été 東京.ogg").write_bytes(b"song")
+    share = ShareIndex(shared)
+    share.refresh()
+    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
+                           messages=Counter(), peer_name="s9")
+    port = reactor.listenTCP(0, peer_site(node, reactor), interface="127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        response, body = await get(reactor, base + "/")
+        assert response.code == 200
+        page = body.decode("utf-8")
+        assert "<h1>s9 shares 3 files" in page
+        assert ">evil\\u202egpj.exe</a>" in page
+        assert "<h2>dir\\u2066x/</h2>" in page and ">in\\u2028side.txt</a>" in page
+        assert ">été 東京.ogg</a>" in page  # ordinary names as they are
+        assert not any(c in page for c in "\u202e\u2066\u2028")
+        _, evil = await get(reactor, base + "/files/" + wire.quote_path(EVIL))
+        assert evil == b"evil"
+    finally:
+        await port.stopListening()
+
+
+def test_the_topology_page_never_puts_network_strings_in_as_markup():
+    from importlib import resources
+
+    page = resources.files("p2pshare.meta").joinpath("page.html").read_text("utf-8")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in page, sink
+
+
+# The same rule as p2pshare.display.shown, in the topology page's script,
+# run by the browser that draws it (Debian's chromium and chromium-driver).
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver")
+@pytest_twisted.ensureDeferred
+async def test_the_topology_page_shows_names_escaped_as_the_command_does(
+    reactor, serve, tmp_path
+):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.internet.threads import deferToThread
+
+    from p2pshare import wire
+    from p2pshare.display import shown
+    from p2pshare.meta.server import MetaFactory
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=1)
+    server.startService()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto = MetaFactory(server).buildProtocol(transport.getPeer())
+    proto.makeConnection(transport)
+    proto.dataReceived(b"P2P port=6001 name=s1\r\n")
+    # A download whose name carries a bidi control, as a peer reports it.
+    proto.dataReceived(f"TRANSFER down 1 2 0 s2 {wire.quote_name(EVIL)}\r\n"
+                       "SUMMARY files=0 bytes=0 transfers=1\r\n".encode())
+    assert b"ERROR" not in transport.value(), transport.value()
+    base = serve(server)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = await deferToThread(
+        webdriver.Chrome, service=Service(shutil.which("chromedriver")), options=options)
+    samples = [EVIL, "a\\b", "été 東京 😀", "<b>x</b>", "\x00\x07\n\x7f\x85\x9f\u00ad",
+               "\u061c\u200b\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069",
+               "\u2028\u2029\ufeff\ue000\U000f0000\U000e0001\u0378\uffff\U0010ffff\ud800x"]
+    try:
+        await deferToThread(driver.get, base + "/")
+
+        def transfer_shown(d):
+            d.execute_script("if (data) select('s1')")
+            return d.execute_script(
+                "return document.querySelector('#transfers .file')?.textContent")
+
+        shown_file = await deferToThread(WebDriverWait(driver, 15, 0.2).until, transfer_shown)
+        assert shown_file == "\u2193 evil\\u202egpj.exe"
+        # As JSON text: the driver refuses a lone surrogate in its arguments.
+        got = await deferToThread(driver.execute_script,
+                                  "return JSON.parse(arguments[0]).map(shown)", json.dumps(samples))
+        assert got == [shown(s) for s in samples]
+    finally:
+        await deferToThread(driver.quit)
+        await server.stopService()

@@ -11,7 +11,6 @@ to do (a download keeps what it has, and the same command resumes it).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -36,6 +35,7 @@ from p2pshare.admission import (
 from p2pshare.control_client import Closed, NotAControlChannel, address_of, control_request
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
+from p2pshare.display import json_text, shown
 from p2pshare.peer.share import is_pattern
 from p2pshare.pieces import piece_count
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
@@ -83,25 +83,30 @@ def cmd_topo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _ask(args.peer, "STATUS")
+    status = _asked(args.peer, "STATUS")
     neighbours = status["neighbours"]
     role = "root" if status["root"] else ("joined" if status["joined"] else "joining")
     lines = [
-        f"name: {status['name']}",
-        f"address: {status['host']}:{status['port']}",
+        f"name: {_shown(status['name'])}",
+        f"address: {_shown(status['host'])}:{status['port']}",
         f"state: {role}",
         f"neighbours ({len(neighbours)} of at most {status['max_neighbours']}):",
     ]
-    lines += [f"  {n['name']} at {n['host']}:{n['port']}" for n in neighbours] or ["  (none)"]
+    lines += [
+        f"  {_shown(n['name'])} at {_shown(n['host'])}:{n['port']}" for n in neighbours
+    ] or ["  (none)"]
     shared = status["shared"]
     lines.append(f"shared files ({len(shared)}):")
-    lines += [f"  {f['name']}  {_size(f['size'])}  sha256 {f['sha256'][:16]}..." for f in shared]
+    lines += [
+        f"  {_shown(f['name'])}  {_size(f['size'])}  sha256 {_shown(f['sha256'][:16])}..."
+        for f in shared
+    ]
     for t in status["transfers"]:
         share = f"{t['done'] / t['total']:.0%}" if t["total"] else "starting"
         what, way = ("downloading", "from") if t["direction"] == "down" else ("uploading", "to")
-        who = f" {way} {t['peer']}" if t["peer"] else ""
+        who = f" {way} {_shown(t['peer'])}" if t["peer"] else ""
         lines.append(
-            f"{what} {t['name']}{who}: {_size(t['done'])} of {_size(t['total'])} ({share}), "
+            f"{what} {_shown(t['name'])}{who}: {_size(t['done'])} of {_size(t['total'])} ({share}), "
             f"{_size(t['rate'])}/s"
         )
     print("\n".join(lines))
@@ -110,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     options = {"exact": 1} if args.exact else {}
-    found = _ask(args.peer, "FIND", wire.quote_name(args.pattern), timeout=30, **options)
+    found = _asked(args.peer, "FIND", wire.quote_name(args.pattern), timeout=30, **options)
     matches = found["matches"]
     if not matches:
         print("not found")
@@ -118,7 +123,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         for m in _distinct_holders(matches):
             keys = ("name", "size", "sha256", "holder", "host", "port")
-            print(json.dumps({k: m[k] for k in keys}, ensure_ascii=False))
+            print(json_text({k: m[k] for k in keys}))
         return 0
     tty = sys.stdout.isatty()
     rows = _by_content(_distinct_holders(matches), human=tty)
@@ -161,26 +166,55 @@ def _by_content(matches: list[dict[str, Any]], human: bool) -> list[tuple[str, .
         first = holders[0]
         names = []
         for m in holders:
-            name = m["holder"]
+            name = _shown(m["holder"])
             if m.get("have") is not None:  # still downloading it: it serves what it has
                 name += f" (partial, {m['have'] / piece_count(m['size']):.0%})"
             names.append(name)
         size = _size(first["size"]) if human else str(first["size"])
-        rows.append((first["name"], size, sha[:12], str(len(holders)), ", ".join(names)))
+        rows.append(
+            (_shown(first["name"]), size, _shown(sha[:12]), str(len(holders)), ", ".join(names))
+        )
     return rows
 
 
+def _shown(value: object, sentence: bool = False) -> str:
+    """
+    What the peer said (a name from the network, a sentence that quotes
+    one) as it may be printed: L{shown}, so that nothing in it is invisible
+    or turns the line around.  A C{sentence} keeps its backslashes as they
+    are (the endpoints it quotes spell a colon C{\\:}).
+    """
+    text = str(value)
+    if sentence:
+        return "\\".join(shown(part) for part in text.split("\\"))
+    return shown(text)
+
+
+def _asked(peer: str, verb: str, *args: object, **options: Any) -> Any:
+    """
+    L{_ask}, and its failure shown with L{_shown}: the peer's refusal may
+    quote a name from the network.
+    """
+    try:
+        return _ask(peer, verb, *args, **options)
+    except Failed as e:
+        raise Failed(_shown(e, sentence=True)) from None
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    listed = _ask(args.peer, "LS", args.holder, timeout=60)
+    listed = _asked(args.peer, "LS", args.holder, timeout=60)
     files = listed["files"]
     if args.json:
-        print(json.dumps({"peer": args.holder, "files": files}, ensure_ascii=False))
+        print(json_text({"peer": args.holder, "files": files}))
         return 0
     if not files:
         print(f"{args.holder} shares nothing")
         return 0
     tty = sys.stdout.isatty()
-    rows = [(f["name"], _size(f["size"]) if tty else str(f["size"]), f["sha256"][:12]) for f in files]
+    rows = [
+        (_shown(f["name"]), _size(f["size"]) if tty else str(f["size"]), _shown(f["sha256"][:12]))
+        for f in files
+    ]
     if tty:
         total = _size(sum(f["size"] for f in files))
         print(f"{args.holder} shares {len(files)} files ({total})")
@@ -199,7 +233,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.output is not None:
         directory = Path(args.output).absolute()
         if not directory.is_dir():
-            raise Failed(f"{args.output} is not a directory")
+            raise Failed(f"{_shown(args.output)} is not a directory")
         options["dir"] = wire.quote_path(str(directory))
     if args.force:
         options["force"] = 1
@@ -208,21 +242,24 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.holder is not None:
         options["from"] = args.holder
     bar = ProgressBar(sys.stderr)
-    result = _ask(
-        args.peer, "FETCH", wire.quote_name(args.name),
-        on_progress=bar.update, timeout=120, **options,
-    )
-    bar.close()
+    try:
+        result = _asked(
+            args.peer, "FETCH", wire.quote_name(args.name),
+            on_progress=bar.update, timeout=120, **options,
+        )
+    finally:
+        bar.close()
     for note in result.get("notes", []):
-        print(note, file=sys.stderr)
+        print(_shown(note), file=sys.stderr)
+    sha = _shown(result["sha256"])
     if result["already"]:
-        print(f"already here, identical (sha256 {result['sha256']})", file=sys.stderr)
+        print(f"already here, identical (sha256 {sha})", file=sys.stderr)
     else:
         print(
-            f"verified {result['size']} bytes from {result['holder']}, sha256 {result['sha256']}",
+            f"verified {result['size']} bytes from {_shown(result['holder'])}, sha256 {sha}",
             file=sys.stderr,
         )
-    print(result["path"])
+    print(_shown(result["path"]))
     return 0
 
 

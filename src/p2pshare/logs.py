@@ -5,6 +5,10 @@ its name, then what happened::
     2026-11-30T19:46:18+0000 [p2ppeer s2] sharing report.pdf (48213 bytes, ...)
     2026-11-30T19:46:19+0000 [p2ppeer s2 warn] s4 sent a corrupt piece ...
 
+The text an event carries (a file name from the network, most often) is
+written as L{p2pshare.display.shown} shows it: a control, bidi or other
+invisible character as an escape such as C{\\u202e}, never raw.
+
 Twisted's own chatter -- factories starting and stopping (one pair per
 HTTP connection), ports opening and closing, connection retries being
 scheduled, twistd's start-up banner -- is shown only at C{--log-level
@@ -43,6 +47,8 @@ from twisted.logger import (
 )
 from twisted.python import logfile
 from zope.interface import implementer
+
+from p2pshare.display import shown
 
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn}
 _RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3,
@@ -88,6 +94,39 @@ def level_of(event: Mapping[str, Any]) -> LogLevel:
     return level  # type: ignore[no-any-return]
 
 
+# Of Twisted's own fields (its format, time, level, failure ...) these two
+# carry text that is shown as it is: a legacy message (with the traceback
+# of a legacy error, on several lines) and what was printed.
+_TEXT_FIELDS = frozenset({"log_text", "log_io"})
+
+
+def shown_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    C{event} with every string field the readable line shows passed
+    through L{shown} (an exception, as its message), so that a name from
+    the network is never written raw: a bidi control in it cannot turn the
+    line around, nor a line break or separator start a line that seems to
+    be ours.  A legacy message keeps its own line breaks (the line goes on
+    indented, as Twisted writes every line after the first).
+    """
+    kept: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in _TEXT_FIELDS and isinstance(value, str):
+            value = "\n".join(shown(line) for line in value.split("\n"))
+        elif not key.startswith("log_"):
+            value = _shown_value(value)
+        kept[key] = value
+    return kept
+
+
+def _shown_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, BaseException):
+        return shown(str(value))
+    return value
+
+
 def role_observer(
     role: str, name: Callable[[], str | None], threshold: LogLevel, out: TextIO
 ) -> ILogObserver:
@@ -101,7 +140,7 @@ def role_observer(
         system = f"{role} {named}" if named else role
         if _RANK.get(level, 1) >= _RANK[LogLevel.warn]:
             system += f" {level.name}"
-        return formatEventAsClassicLogText({**event, "log_system": system})
+        return formatEventAsClassicLogText({**shown_fields(event), "log_system": system})
 
     return FilteringLogObserver(FileLogObserver(out, line), [_AtLeast(threshold)])
 

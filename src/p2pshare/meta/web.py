@@ -7,7 +7,10 @@ download at run time): it polls C{/topology.json} every second and draws the
 tree as SVG, root at the top.  Every string that comes from a peer is put
 into the page with C{textContent} / C{setAttribute}, never as markup, and
 the JSON is served as C{application/json}, so a peer or file named
-C{<script>} shows as text.
+C{<script>} shows as text.  The page's C{shown()} writes what would not
+show as itself (a bidi control, a zero-width or control character) as an
+escape, by the rule of L{p2pshare.display.shown}: a file named
+C{"evil\\u202egpj.exe"} shows so, not as C{evilexe.jpg}.
 """
 
 from __future__ import annotations

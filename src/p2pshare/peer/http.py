@@ -33,6 +33,7 @@ from twisted.web.server import Request, Site
 
 from p2pshare import wire
 from p2pshare.disk import human_size
+from p2pshare.display import shown
 from p2pshare.httpserver import strict_site
 from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.serving import (
@@ -223,7 +224,7 @@ class ShareListing(Resource):
         for f in files:
             folder, _, _ = f.name.rpartition("/")
             folders.setdefault(folder, []).append(f)
-        who = escape(peer or "this peer")
+        who = escape(shown(peer or "this peer"))
         total = human_size(sum(f.size for f in files))
         parts = [
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -235,11 +236,11 @@ class ShareListing(Resource):
         if not files:
             parts.append("<p>Nothing yet.</p>")
         for folder in sorted(folders):
-            parts.append(f"<h2>{escape(folder + '/' if folder else '/')}</h2><table>")
+            parts.append(f"<h2>{escape(shown(folder + '/' if folder else '/'))}</h2><table>")
             for f in folders[folder]:
                 base = f.name.rpartition("/")[2]
                 parts.append(
-                    f"<tr><td><a href=\"{escape(self._link(f.name))}\">{escape(base)}</a></td>"
+                    f"<tr><td><a href=\"{escape(self._link(f.name))}\">{escape(shown(base))}</a></td>"
                     f"<td class=\"n\">{human_size(f.size)}</td>"
                     f"<td><code title=\"{f.sha256}\">{f.sha256[:12]}</code></td></tr>"
                 )
