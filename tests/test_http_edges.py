@@ -2,8 +2,9 @@
 The HTTP side of a peer's port, byte by byte over real loopback sockets:
 validators (ETag, Last-Modified) and every conditional header, methods
 (405 / 501, never the line protocol's ERROR lines), absurd ranges, the
-503's headers, a file that shrinks or changes while it is served, and a
-request head dripped a byte at a time.
+503's headers, an address holding every upload slot while another asks, a
+file that shrinks or changes while it is served, and a request head
+dripped a byte at a time.
 """
 
 from __future__ import annotations
@@ -149,8 +150,14 @@ async def test_methods_and_ranges(peer_port):
     status, h, body = await get(peer_port.port, "Range: bytes=-5")
     assert status == 206 and body == DATA[-5:]
 
-    # A full peer answers 503 with Retry-After and no Content-Range.
-    peer_port.node.upload_slots.used = peer_port.node.upload_slots.limit
+    # A full peer answers 503 with Retry-After and no Content-Range.  (The
+    # slots are held by this client's own address: nobody else wants one,
+    # so none of its uploads is cut for it.)
+    from p2pshare.peer.serving import Upload
+
+    slots = peer_port.node.upload_slots
+    while slots.used < slots.limit:
+        assert slots.take(Upload("127.0.0.1", peer_port.node.clock.seconds(), lambda: 0, lambda: None))
     status, h, _ = await get(peer_port.port, "Range: bytes=0-9")
     assert status == 503 and h[b"retry-after"] == b"5" and b"content-range" not in h
 
@@ -369,8 +376,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(peer_po
     freed: Deferred[None] = Deferred()
     give = slots.give
 
-    def given():
-        give()
+    def given(upload):
+        give(upload)
         if not freed.called:
             freed.callback(None)
 
@@ -397,6 +404,145 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(peer_po
             return got
 
         assert await deferToThread(drain) < len(big)  # cut off, not finished
+
+
+def open_get(port: int, request: bytes, source: str, tls) -> socket.socket:
+    """
+    A connection from C{source} (an address of 127.0.0.0/8) that sent
+    C{request}; a small receive buffer keeps it from taking much unread.
+    """
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        if tls is not None:
+            s = tls.wrap_socket(s)
+        s.sendall(request)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def hold_slots(port: int, request: bytes, count: int, tls) -> list[socket.socket]:
+    """
+    C{count} clients from 127.0.0.1 that read the status line (their
+    response has begun: each holds an upload slot) and then nothing.
+    """
+    readers: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            readers.append(open_get(port, request, "127.0.0.1", tls))
+            head = readers[-1].recv(64)
+            assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 206 ")), head
+    except BaseException:
+        for s in readers:
+            s.close()
+        raise
+    return readers
+
+
+def taken(readers: list[socket.socket], most: int) -> list[int]:
+    """
+    How many more bytes each client gets, up to C{most}, before its
+    connection ends.
+    """
+    import ssl
+
+    counts = []
+    for s in readers:
+        n = 0
+        try:
+            while n < most and (chunk := s.recv(min(2**16, most - n))):
+                n += len(chunk)
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        counts.append(n)
+    return counts
+
+
+def read_all(port: int, request: bytes, source: str, tls) -> bytes:
+    with open_get(port, request, source, tls) as s:
+        got = bytearray()
+        while chunk := s.recv(2**20):
+            got += chunk
+    return bytes(got)
+
+
+@pytest.mark.parametrize("path", ["direct", "producer", "tls"])
+@pytest.mark.parametrize("kind", ["shared", "partial"])
+@pytest_twisted.ensureDeferred
+async def test_an_address_holding_every_slot_loses_one_to_a_newcomer(
+    peer_port, reactor, tmp_path, kind, path
+):
+    """
+    Every upload slot (4 here) is held by clients from one address that
+    read nothing.  A GET from another address is served all the same, for
+    a shared file or a download in progress, however its bytes go out
+    (straight to a TCP socket, through a producer, over TLS): one of the
+    first address's uploads is cut off for it, and the log says so.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from p2pshare.peer import serving
+    from p2pshare.tls import PeerTLS, make_certs
+
+    big = bytes(range(256)) * (2**24 // 256)  # more than a reader's socket buffers take
+    if kind == "shared":
+        peer_port.path.write_bytes(big)
+        peer_port.share.refresh()
+        request = b"GET /files/file.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    else:
+        partial = SimpleNamespace(name="part.bin", sha256="ab" * 32, size=len(big),
+                                  path=tmp_path / "part.bin", holds=lambda first, last: True)
+        partial.path.write_bytes(big)
+        peer_port.node.partial_named = lambda name: partial if name == "part.bin" else None
+        request = (b"GET /files/part.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\r\n"
+                   b"Connection: close\r\n\r\n")
+    if path == "producer":
+        peer_port.node.upload_rate = serving.UploadRate(2.0**40, reactor)
+    tls, listening = None, None
+    if path == "tls":
+        make_certs(tmp_path / "certs", ["holder", "client"])
+
+        def load(name: str) -> PeerTLS:
+            pem = str(tmp_path / "certs" / f"{name}.pem")
+            return PeerTLS.load(pem, pem, str(tmp_path / "certs" / "trust"))
+
+        listening = reactor.listenSSL(0, LimitedFactory(peer_port.sniffing, clock=reactor),
+                                      load("holder").options(), interface="127.0.0.1")
+        tls = load("client").stdlib_client()
+    port = listening.getHost().port if listening is not None else peer_port.port
+    cuts: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_format", "").startswith("cut an upload"):
+            cuts.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    readers: list[socket.socket] = []
+    try:
+        slots = peer_port.node.upload_slots
+        readers = await deferToThread(hold_slots, port, request, slots.limit, tls)
+        assert slots.used == slots.limit
+        got = await deferToThread(read_all, port, request, "127.0.0.2", tls)
+        status, _, body = head_of(got)
+        assert status == (200 if kind == "shared" else 206)  # it was 503
+        assert body == big
+        assert cuts == ["cut an upload to 127.0.0.1, which held 4 of 4 slots while 2 addresses "
+                        "wanted them, to serve 127.0.0.2"]
+        assert [u.host for u in slots.uploads] == ["127.0.0.1"] * 3
+        # Its client sees its download break; the others' go on.
+        counts = await deferToThread(taken, readers, 2**20)
+        assert sorted(n == 2**20 for n in counts) == [False, True, True, True], counts
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        for s in readers:
+            s.close()
+        if listening is not None:
+            await listening.stopListening()
 
 
 def test_where_a_holder_suggests_its_downloaders_begin():

@@ -110,7 +110,7 @@ class PeerFiles(MultiService):
         self.downloader = downloader
         if downloader is not None:
             downloader.on_verified = self._verified
-        self.upload_slots = UploadSlots(max_uploads)
+        self.upload_slots = UploadSlots(max_uploads, upload_rate)
         self.upload_rate = UploadRate(upload_rate, clock) if upload_rate else None
         self.transfers: dict[object, Transfer] = {}
         self.rescan_interval = rescan_interval

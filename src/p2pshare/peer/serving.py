@@ -1,10 +1,11 @@
 """
 Sending the bytes of one file over HTTP (L{SharedFileResource}, and
 L{PartialFileResource} for a download in progress): single ranges and the
-validators of RFC 9110, upload slots (C{--max-uploads}) and the rate cap
-(C{--upload-rate}), where each downloader is told to begin
-(L{StartSpreader}), and the two ways a body goes out: straight to the
-socket (L{_DirectSender}) or through a producer (L{_BigFileSender}).
+validators of RFC 9110, upload slots (C{--max-uploads}, shared fairly
+between addresses: L{UploadSlots}) and the rate cap (C{--upload-rate}),
+where each downloader is told to begin (L{StartSpreader}), and the two ways
+a body goes out: straight to the socket (L{_DirectSender}) or through a
+producer (L{_BigFileSender}).
 L{p2pshare.peer.http} routes requests here.
 """
 
@@ -14,6 +15,9 @@ import errno
 import mmap
 import os
 import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from twisted.internet import tcp
@@ -33,6 +37,10 @@ if TYPE_CHECKING:
     from p2pshare.peer.share import ShareIndex
 
 MAX_UPLOADS = 16  # files served at once; more get 503 and a Retry-After
+# When every slot is taken and someone else wants one (UploadSlots):
+FLOOR_RATE = 64 * 1024  # bytes/s; an upload slower than this gives its slot up
+RATE_WINDOW = 10.0  # s: rates are of the last 10 to 20 s, judged after 10
+WAITING = 15.0  # s an address refused a slot counts as waiting (3 Retry-Afters)
 STALL_TIMEOUT = 60  # seconds a response may wait for a client that does not read
 MAX_DIGITS = 18  # longer numbers in a Range header are absurd: 416
 # A plain TCP response is sent from the file's page cache itself, mapped
@@ -112,23 +120,126 @@ def _middle_of_longest_gap(starts: list[int], count: int) -> int:
     return middle
 
 
+@dataclass(eq=False)
+class Upload:
+    """
+    A response that holds (or asks for) an upload slot: to which address,
+    since when, how many bytes it has sent so far, and how to cut it off.
+    """
+
+    host: str
+    started: float
+    sent: Callable[[], int]
+    cut: Callable[[], None]
+    _mark: tuple[float, int] = field(init=False, repr=False)  # (time, sent) rates start from
+    _next: tuple[float, int] = field(init=False, repr=False)  # the mark to come
+
+    def __post_init__(self) -> None:
+        self._mark = self._next = (self.started, 0)
+
+    def rate(self, now: float) -> float:
+        """
+        Bytes per second over its recent past: since its start at first,
+        and once it has run L{RATE_WINDOW} seconds, since a point one to
+        two windows back (if asked at least once a window, as the slots
+        ask while anyone waits).  So a quick start into the socket's
+        buffers is soon forgotten.
+        """
+        sent = self.sent()
+        if now - self._next[0] >= RATE_WINDOW:
+            self._mark, self._next = self._next, (now, sent)
+        then, before = self._mark
+        return (sent - before) / (now - then) if now > then else 0.0
+
+
 class UploadSlots:
     """
-    How many files a peer serves at once; beyond that, 503.
+    How many files a peer serves at once, and to whom, so that one address
+    cannot keep everyone else out.
+
+    An address alone may hold every slot, at any speed.  When others hold
+    or want slots too, an address's fair share is the slots divided by the
+    addresses that hold or want them (the newcomer's counted, and never
+    less than one slot): it is refused beyond that.  A newcomer that finds
+    every slot taken gets one by cutting off, at once, the slowest upload
+    of the address holding most beyond its share (it took them while
+    alone); failing that, the slowest upload of another address that has
+    run L{RATE_WINDOW} seconds at less than the floor (L{FLOOR_RATE}).
+    Otherwise it is refused (503), and its address counts as waiting for
+    L{WAITING} seconds.  Decisions are taken at the newcomer's C{started}:
+    the peer's clock, read by the resource.
     """
 
-    def __init__(self, limit: int = MAX_UPLOADS) -> None:
-        self.limit = limit
-        self.used = 0
+    log = Logger()
 
-    def take(self) -> bool:
-        if self.used >= self.limit:
+    def __init__(self, limit: int = MAX_UPLOADS, cap: float | None = None) -> None:
+        """
+        @param cap: the peer's C{--upload-rate}, if any: the floor is then
+            at most half of one slot's part of it, so that uploads slowed by
+            the cap itself are not cut for being slow.
+        """
+        self.limit = limit
+        self.floor = min(FLOOR_RATE, cap / max(limit, 1) / 2) if cap else FLOOR_RATE
+        self.uploads: list[Upload] = []
+        self._waiting: dict[str, float] = {}  # address -> when it was last refused
+
+    @property
+    def used(self) -> int:
+        return len(self.uploads)
+
+    def take(self, upload: Upload) -> bool:
+        """
+        Whether C{upload} gets a slot, perhaps one freed by cutting another
+        upload off (see the class); if not, answer 503.
+        """
+        now, host = upload.started, upload.host
+        self._waiting = {
+            h: t for h, t in self._waiting.items() if h != host and now - t < WAITING
+        }
+        held = Counter(u.host for u in self.uploads)
+        addresses = len(held.keys() | self._waiting.keys() | {host})
+
+        def beyond_share(count: int) -> bool:  # more than max(1, limit / addresses)
+            return count > 1 and count * addresses > self.limit
+
+        if beyond_share(held[host] + 1):
             return False
-        self.used += 1
+        if len(self.uploads) >= self.limit:
+            rates = {u: u.rate(now) for u in self.uploads}
+            greedy = [u for u in self.uploads if beyond_share(held[u.host])]
+            slow = [
+                u for u in self.uploads
+                if u.host != host and now - u.started >= RATE_WINDOW and rates[u] < self.floor
+            ]
+            if greedy:
+                victim = min(greedy, key=lambda u: (-held[u.host], rates[u]))
+                why = (
+                    f"held {held[victim.host]} of {self.limit} slots while {addresses} addresses"
+                    " wanted them"
+                )
+            elif slow:
+                victim = min(slow, key=rates.__getitem__)
+                why = f"read {rates[victim] / 1024:.1f} KiB/s, under {self.floor / 1024:.0f} KiB/s"
+            else:
+                self._waiting[host] = now
+                if len(self._waiting) > self.limit:  # more would not make a share smaller
+                    del self._waiting[next(iter(self._waiting))]  # the one refused longest ago
+                return False
+            self.uploads.remove(victim)
+            self.log.info(
+                "cut an upload to {host}, which {why}, to serve {newcomer}",
+                host=victim.host, why=why, newcomer=host,
+            )
+            victim.cut()
+        self.uploads.append(upload)
         return True
 
-    def give(self) -> None:
-        self.used -= 1
+    def give(self, upload: Upload) -> None:
+        """
+        C{upload} ended (one cut off has given its slot up already).
+        """
+        if upload in self.uploads:
+            self.uploads.remove(upload)
 
 
 class _Slice:
@@ -598,7 +709,9 @@ class SharedFileResource(Resource):
             start, length = wanted[0], wanted[1] - wanted[0] + 1
         streaming = request.method == b"GET" and length > 0
         slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
-        if streaming and slots is not None and not slots.take():
+        body = _Slice(f, start, length, shared.stamp)
+        upload = self._upload(request, body)
+        if streaming and slots is not None and not slots.take(upload):
             f.close()
             request.setResponseCode(503)
             request.setHeader(b"retry-after", b"5")
@@ -610,24 +723,31 @@ class SharedFileResource(Resource):
         if not streaming:
             f.close()
             return b""
-        return self._send(request, f, _Slice(f, start, length, shared.stamp), slots, shared.sha256)
+        return self._send(request, f, body, slots, upload, shared.sha256)
 
-    def _send(
-        self, request: Request, f: BinaryIO, body: _Slice, slots: UploadSlots | None, sha256: str
-    ) -> int:
+    def _upload(self, request: Request, body: _Slice) -> Upload:
+        """
+        This response as an upload, for the slots to weigh.
+        """
         transport: Any = request.channel.transport if request.channel is not None else None
-        if self.starts is not None:
-            self.starts.sending(sha256, 1)
-        began = getattr(self.node, "upload_began", None)
-        upload = (
-            began(self.name, peer_host(transport), body.length, lambda: body.sent)
-            if began is not None else None
-        )
 
         def cut_off() -> None:
             if transport is not None:
                 transport.abortConnection()
 
+        return Upload(peer_host(transport), self.node.clock.seconds(), lambda: body.sent, cut_off)
+
+    def _send(
+        self, request: Request, f: BinaryIO, body: _Slice, slots: UploadSlots | None,
+        upload: Upload, sha256: str,
+    ) -> int:
+        cut_off = upload.cut
+        if self.starts is not None:
+            self.starts.sending(sha256, 1)
+        began = getattr(self.node, "upload_began", None)
+        shown = (
+            began(self.name, upload.host, body.length, upload.sent) if began is not None else None
+        )
         rate = getattr(self.node, "upload_rate", None)
         connection = plain_tcp(request)
         sender: _BigFileSender | _DirectSender
@@ -643,14 +763,14 @@ class SharedFileResource(Resource):
             f.close()
             if self.starts is not None:
                 self.starts.sending(sha256, -1)
-            if upload is not None:
-                self.node.upload_ended(upload)
+            if shown is not None:
+                self.node.upload_ended(shown)
             if slots is not None:
-                slots.give()
+                slots.give(upload)
             self.log.info(
                 "sent {name} bytes {first}-{last} ({sent} bytes) to {peer}",
                 name=self.name, first=body.start, last=body.start + body.sent - 1, sent=body.sent,
-                peer=peer_host(transport),
+                peer=upload.host,
             )
             if body.broken:
                 self.log.warn("stopped serving {name}: {why}", name=self.name, why=body.broken)
@@ -703,7 +823,9 @@ class PartialFileResource(SharedFileResource):
             request.setResponseCode(404)
             return b"No such file.\n"
         slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
-        if request.method == b"GET" and slots is not None and not slots.take():
+        body = _Slice(f, start, length, None)
+        upload = self._upload(request, body)
+        if request.method == b"GET" and slots is not None and not slots.take(upload):
             f.close()
             request.setResponseCode(503)
             request.setHeader(b"retry-after", b"5")
@@ -715,4 +837,4 @@ class PartialFileResource(SharedFileResource):
         if request.method != b"GET":
             f.close()
             return b""
-        return self._send(request, f, _Slice(f, start, length, None), slots, p.sha256)
+        return self._send(request, f, body, slots, upload, p.sha256)
