@@ -7,6 +7,7 @@ simulated networks where a stranger learns nothing.
 from __future__ import annotations
 
 import pytest
+from placed import hello, placed
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -148,15 +149,22 @@ def test_a_peer_port_asks_for_proof_too():
     node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None,
                     settings=PeerSettings(name="s1"), secret=KEY)
     node.port, node.membership.state = 7001, "root"
+    placed(node)
     stranger = Conn(SniffingFactory(node.site, PeerFactory(node)))
-    [reply] = stranger.say(b"HELLO fresh 7009\r\n")
+    [reply] = stranger.say(hello("fresh", 7009))
     assert (reply.verb, reply.args[0]) == ("ERROR", wire.E_AUTH_REQUIRED)
     # A member who meant to reach s1 is accepted; one who meant another
     # peer (a stale address) is not.
     member = Conn(SniffingFactory(node.site, PeerFactory(node)))
     replies, *_ = prove(member, KEY, ("peer", "s1"), name="s2")
     assert replies[0].verb == "PROOF"
-    assert member.say(b"HELLO s2 7009\r\n")[0].verb == "ACCEPT"
+    # It is accepted under the name it proved the secret as, and no other.
+    [refused] = member.say(hello("s3", 7009))
+    assert (refused.verb, refused.args[0]) == ("ERROR", wire.E_BAD_TICKET)
+    assert "you proved the network secret as s2, not as s3" in refused.text
+    member = Conn(SniffingFactory(node.site, PeerFactory(node)))
+    prove(member, KEY, ("peer", "s1"), name="s2")
+    assert member.say(hello("s2", 7009))[0].verb == "ACCEPT"
     lost = Conn(SniffingFactory(node.site, PeerFactory(node)))
     replies, *_ = prove(lost, KEY, ("peer", "s9"), name="s3")
     assert replies[0].args[0] == wire.E_AUTH_FAILED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from placed import hello, placed
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -123,7 +124,7 @@ def a_peer(clock):
                     settings=PeerSettings(name="s1", max_neighbours=2))
     node.port = 7001
     node.membership.state = "root"
-    return node
+    return placed(node)
 
 
 @settings(max_examples=150, deadline=None)
@@ -145,7 +146,7 @@ def test_fuzzing_a_peer_port_and_control_channel(steps_):
             real.connectionLost(None)
     # Still a working peer: a newcomer is accepted.
     proto, transport = connect(SniffingFactory(node.site, PeerFactory(node)), "127.0.0.3")
-    proto.dataReceived(b"HELLO fresh 7009\r\n")
-    assert transport.value().startswith(b"ACCEPT s1 beat=5000\r\n") or transport.value().startswith(
+    proto.dataReceived(hello("fresh", 7009, "127.0.0.3"))
+    assert transport.value().startswith(b"ACCEPT s1 beat=5000 ticket=") or transport.value().startswith(
         b"REFER "
     )

@@ -113,19 +113,33 @@ def test_stale_placement_is_corrected_by_the_referral_chain(tmp_path):
     assert topo[a.peer_name] == []
 
 
+NONCE = "ab" * 16
+
+
 class Silent:
     """
-    A listener that accepts connections and never says a word.
+    A listener that accepts connections and never says a word, but for the
+    metadata server's dial-back (so that the server takes it for a peer).
     """
 
     def __init__(self):
         self.protocols = []
 
     def buildProtocol(self, addr):
-        from twisted.internet.protocol import Protocol
+        from twisted.protocols.basic import LineReceiver
 
-        proto = Protocol()
-        self.protocols.append(proto)
+        from p2pshare.tickets import answer
+
+        class Mute(LineReceiver):
+            def lineReceived(self, line):
+                words = line.decode().split()
+                if words[:1] == ["VERIFY"]:
+                    self.sendLine(f"VERIFIED {answer(NONCE, words[1], words[2])}".encode())
+                else:
+                    self.protocols.append(self)
+
+        proto = Mute()
+        proto.protocols = self.protocols
         return proto
 
 
@@ -144,13 +158,16 @@ def silent_root(net):
         def msg_ROOT(self, msg):
             pass
 
+        def msg_TICKET(self, msg):
+            pass
+
     silent = Silent()
     ServerEndpoint(net, "127.0.9.9", 6000).listen(silent)
     registration = Registration()
     ClientEndpoint(net, "127.0.9.9", *net.meta_address).connect(
         type("F", (), {"buildProtocol": lambda self, addr: registration})()
     )
-    registration.sendLine(b"P2P port=6000 name=mute")
+    registration.sendLine(f"P2P port=6000 name=mute check={NONCE}".encode())
     registration.sendLine(b"PLACE")
     net.flush()
     return registration, silent

@@ -7,6 +7,7 @@ accept, and the error replies.
 from __future__ import annotations
 
 import pytest
+from placed import SIGNER, hello, placed, ticket, welcomed
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -39,7 +40,9 @@ class Conn:
 
 @pytest.fixture
 def meta(tmp_path):
-    server = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, expect=3)
+    # Addresses are taken as said (no dial-back here: tests/test_hostile_*
+    # check the real one); tickets are signed with the tests' key.
+    server = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, expect=3, signer=SIGNER)
     server.startService()
     yield server
     server.stopService()
@@ -52,7 +55,7 @@ def test_registration_wrong_flag_and_retry(meta, tmp_path):
     )
     assert c.say(b"PLACE\r\n").startswith(b"ERROR bad-flag ")
     assert not c.transport.disconnecting
-    assert c.say(b"p2p port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
+    assert c.say(b"p2p port=6001\r\n") == welcomed("s1", "127.0.0.7", 6001)
     assert c.say(b"PLACE\r\n") == b"ROOT\r\n"
     meta.clock.advance(meta.flush_interval)  # the files follow within it
     assert (tmp_path / "topo.txt").read_text() == "s1:\n"
@@ -64,7 +67,9 @@ def test_referral_and_reports_make_topo_txt(meta, tmp_path):
     a.say(b"P2P port=6001\r\n")
     a.say(b"PLACE\r\n")
     b = Conn(MetaFactory(meta), host="127.0.0.8")
-    assert b.say(b"P2P port=6002 name=bee max=4 host=10.9.8.7\r\n") == b"WELCOME bee 10.9.8.7 6002\r\n"
+    assert b.say(b"P2P port=6002 name=bee max=4 host=10.9.8.7\r\n") == welcomed(
+        "bee", "10.9.8.7", 6002, source="127.0.0.8"
+    )
     assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
     assert b.say(b"NEIGHBOURS s1\r\n") == b""
     assert a.say(b"NEIGHBOURS bee\r\n") == b""
@@ -109,11 +114,11 @@ def test_live_duplicate_name_is_refused_and_the_connection_can_retry(meta):
     assert b.say(b"P2P port=6002 name=alice\r\n") == (
         b"ERROR name-taken the name alice is already live in this network\r\n"
     )
-    assert b.say(b"P2P port=6002 name=bob\r\n") == b"WELCOME bob 127.0.0.9 6002\r\n"
+    assert b.say(b"P2P port=6002 name=bob\r\n") == welcomed("bob", "127.0.0.9", 6002)
     # Once alice has said goodbye, her name is free again.
     assert a.say(b"BYE\r\n") == b"OK bye\r\n"
     c = Conn(MetaFactory(meta))
-    assert c.say(b"P2P port=6003 name=alice\r\n") == b"WELCOME alice 127.0.0.9 6003\r\n"
+    assert c.say(b"P2P port=6003 name=alice\r\n") == welcomed("alice", "127.0.0.9", 6003)
 
 
 TOKEN_A = b"a" * 32
@@ -131,7 +136,7 @@ def test_a_name_belongs_to_its_token(meta):
     # takes her name back at once, and the old connection is dropped.
     new = Conn(MetaFactory(meta))
     assert new.say(b"P2P port=6002 name=alice token=" + TOKEN_A + b"\r\n") == (
-        b"WELCOME alice 127.0.0.9 6002\r\n"
+        welcomed("alice", "127.0.0.9", 6002)
     )
     assert old.transport.disconnecting
     old.proto.connectionLost(None)
@@ -191,7 +196,7 @@ def test_error_replies_after_registration(meta, line, reply):
 
 def test_bad_registrations(meta):
     c = Conn(MetaFactory(meta))
-    assert c.say(b"P2P port=6001 max=0\r\n") == b"ERROR bad-args max is from 1 to 1000\r\n"
+    assert c.say(b"P2P port=6001 max=0\r\n") == b"ERROR bad-args max is from 1 to 64\r\n"
     assert c.say(b"P2P name=x\r\n") == b"ERROR bad-args a peer registers with P2P port=PORT\r\n"
     assert c.say(b"P2P port=0\r\n").startswith(b"ERROR bad-args P2P: a port is a number")
     assert c.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
@@ -222,22 +227,31 @@ def joined_peer(name="s1", max_neighbours=1):
     )
     node.port = 7001
     node.membership.state = "root"
-    return node
+    return placed(node)
+
+
+def accept(node, extra: bytes = b"") -> bytes:
+    """
+    What C{node} says when it accepts a newcomer: ACCEPT with its ticket.
+    """
+    return b"ACCEPT %s beat=5000 ticket=%s\r\n" % (node.peer_name.encode(), node.ticket.field().encode()) + extra
 
 
 def test_peer_accepts_then_refers_to_its_neighbour():
     node = joined_peer(max_neighbours=1)
     first = Conn(PeerFactory(node), host="127.0.0.2")
-    assert first.say(b"HELLO s2 7002\r\n") == b"ACCEPT s1 beat=5000\r\nUP\r\nFREE none\r\n"
+    assert first.say(hello("s2", 7002, "127.0.0.2")) == accept(node, b"UP\r\nFREE none\r\n")
     assert list(node.neighbours) == ["s2"]
     assert not first.transport.disconnecting
     second = Conn(PeerFactory(node), host="127.0.0.3")
-    assert second.say(b"HELLO s3 7003 via=s0\r\n") == b"REFER s2 127.0.0.2 7002\r\n"
+    assert second.say(hello("s3", 7003, "127.0.0.3", "via=s0")) == b"REFER s2 127.0.0.2 7002\r\n"
     assert second.transport.disconnecting
-    # An advertised host wins over the address seen.
+    # The host the ticket names wins over the address seen (an advertised
+    # one: the connection may come from the host's other address).
     node2 = joined_peer(max_neighbours=1)
     c = Conn(PeerFactory(node2), host="127.0.0.2")
-    c.say(b"HELLO s2 7002 host=peer-two.lan\r\n")
+    c.say(b"HELLO s2 7002 host=peer-two.lan ticket=%s\r\n"
+          % ticket("s2", 7002, "peer-two.lan", source="127.0.0.2").encode())
     assert node2.neighbours["s2"].host == "peer-two.lan"
 
 
@@ -245,9 +259,9 @@ def test_peer_refers_toward_the_nearest_free_slot():
     node = joined_peer(max_neighbours=2)
     a = Conn(PeerFactory(node), host="127.0.0.2")
     b = Conn(PeerFactory(node), host="127.0.0.3")
-    assert a.say(b"HELLO a 7002\r\n") == b"ACCEPT s1 beat=5000\r\nUP\r\nFREE 0\r\n"
+    assert a.say(hello("a", 7002, "127.0.0.2")) == accept(node, b"UP\r\nFREE 0\r\n")
     a.transport.clear()
-    assert b.say(b"HELLO b 7003\r\n") == b"ACCEPT s1 beat=5000\r\nUP\r\nFREE none\r\n"
+    assert b.say(hello("b", 7003, "127.0.0.3")) == accept(node, b"UP\r\nFREE none\r\n")
     b.transport.clear()
     # Now full: each neighbour learns what lies behind us, not counting itself.
     assert a.transport.value() == b"FREE none\r\n"
@@ -256,10 +270,10 @@ def test_peer_refers_toward_the_nearest_free_slot():
     b.say(b"FREE 1\r\n")
     for _ in range(5):
         c = Conn(PeerFactory(node))
-        assert c.say(b"HELLO c 7004\r\n") == b"REFER b 127.0.0.3 7003\r\n"
+        assert c.say(hello("c", 7004)) == b"REFER b 127.0.0.3 7003\r\n"
     # ... but never back to where the newcomer came from.
     c = Conn(PeerFactory(node))
-    assert c.say(b"HELLO c 7004 via=b\r\n") == b"REFER a 127.0.0.2 7002\r\n"
+    assert c.say(hello("c", 7004, "127.0.0.9", "via=b")) == b"REFER a 127.0.0.2 7002\r\n"
 
 
 def test_peer_errors():
@@ -271,13 +285,13 @@ def test_peer_errors():
     lonely = joined_peer()
     lonely.membership.state = "joining"
     c = Conn(PeerFactory(lonely))
-    assert c.say(b"HELLO s2 7002\r\n") == (
+    assert c.say(hello("s2", 7002)) == (
         b"ERROR not-joined this peer has not joined the overlay yet\r\n"
     )
     full = joined_peer(max_neighbours=1)
-    Conn(PeerFactory(full)).say(b"HELLO s2 7002\r\n")
+    Conn(PeerFactory(full)).say(hello("s2", 7002))
     c = Conn(PeerFactory(full))
-    assert c.say(b"HELLO s3 7003 via=s2\r\n") == (
+    assert c.say(hello("s3", 7003, "127.0.0.9", "via=s2")) == (
         b"ERROR full this peer is full and has nobody to refer you to\r\n"
     )
 
@@ -291,12 +305,12 @@ def test_a_hello_waits_while_the_peer_is_still_joining():
     node.membership.state = "joining"
     node.joining.pending = Deferred()  # a join in progress
     c = Conn(PeerFactory(node))
-    assert c.say(b"HELLO s6 7006\r\n") == b""
+    assert c.say(hello("s6", 7006)) == b""
     gone = Conn(PeerFactory(node))
-    gone.say(b"HELLO s7 7007\r\n")
+    gone.say(hello("s7", 7007))
     gone.proto.connectionLost(None)
     node._joined("s1", 1)
-    assert c.transport.value() == b"ACCEPT s5 beat=5000\r\nUP\r\nFREE 0\r\n"
+    assert c.transport.value() == accept(node, b"UP\r\nFREE 0\r\n")
     assert list(node.neighbours) == ["s6"]
 
 
@@ -312,7 +326,7 @@ def test_stop_asked_three_times_stops_once():
 
 def test_control_status():
     node = joined_peer(max_neighbours=2)
-    Conn(PeerFactory(node), host="127.0.0.2").say(b"HELLO s2 7002\r\n")
+    Conn(PeerFactory(node), host="127.0.0.2").say(hello("s2", 7002, "127.0.0.2"))
     c = Conn(ControlFactory(node))
     reply = c.say(b"STATUS\r\n")
     first, last = reply.splitlines()[0], reply.splitlines()[-1]
@@ -351,7 +365,7 @@ def linked_peer():
     """
     node = joined_peer(max_neighbours=2)
     link = Conn(PeerFactory(node), host="127.0.0.2")
-    link.say(b"HELLO s2 7002\r\n")
+    link.say(hello("s2", 7002, "127.0.0.2"))
     link.transport.clear()
     return node, link
 
@@ -378,7 +392,7 @@ def test_ttl_and_wait_are_clamped():
 
     node, link = linked_peer()
     other = Conn(PeerFactory(node), host="127.0.0.3")
-    other.say(b"HELLO s3 7003\r\n")
+    other.say(hello("s3", 7003, "127.0.0.3"))
     other.transport.clear()
     link.say(b"SEARCH big 999999999 1 999999999 x.txt\r\n")
     forwarded = wire.decode(other.transport.value().split(b"\r\n")[0])
@@ -396,7 +410,7 @@ def test_a_child_learns_its_grandparent():
 
     node.neighbours["s1"] = Neighbour("s1", "10.0.0.1", 7001, up.proto)
     child = Conn(PeerFactory(node), host="127.0.0.3")
-    assert child.say(b"HELLO s3 7003\r\n").startswith(b"ACCEPT s2 beat=5000\r\nUP s1 10.0.0.1 7001\r\n")
+    assert child.say(hello("s3", 7003, "127.0.0.3")).startswith(accept(node, b"UP s1 10.0.0.1 7001\r\n"))
     # And the child side keeps what its parent says.
     node.up_said("s1", ("s0", "10.0.0.9", "7000"))
     assert node.grandparent == ("s0", "10.0.0.9", "7000")
@@ -469,7 +483,7 @@ def test_connections_are_capped_per_host_and_in_total(meta):
     first = Conn(limited, host="127.0.0.7")
     second = Conn(limited, host="127.0.0.7")
     # Connections in use (they have said something) are not evicted.
-    assert first.say(b"P2P port=6001\r\n") == b"WELCOME s1 127.0.0.7 6001\r\n"
+    assert first.say(b"P2P port=6001\r\n") == welcomed("s1", "127.0.0.7", 6001)
     assert second.say(b"P2P\r\n") == b"OK observer: TOPO lists the network\r\n"
     third = Conn(limited, host="127.0.0.7")
     assert third.transport.value() == b"ERROR busy too many connections from your host (2)\r\n"

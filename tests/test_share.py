@@ -150,7 +150,7 @@ def test_a_scan_that_walked_past_a_file_added_meanwhile_keeps_it(tmp_path, monke
     index.learn(learned_early)  # its file is not there yet
     real = share_module._walk
     monkeypatch.setattr(share_module, "_walk",
-                        lambda top: ((n, e) for n, e in real(top) if n != "got"))  # walked past it
+                        lambda top, *rest: ((n, e) for n, e in real(top, *rest) if n != "got"))
     index.refresh()
     assert sorted(index.files) == ["a", "got"]
     assert "soon" in index._learned and "got" not in index._learned

@@ -107,7 +107,7 @@ def test_the_web_side_listens_on_loopback_unless_told_otherwise():
     o.parseOptions(["--web", "tcp:8080:interface=0.0.0.0"])
     assert o["web"] == "tcp:8080:interface=0.0.0.0"
     assert loopback_by_default("unix:/tmp/x") == "unix:/tmp/x"
-    assert loopback_by_default("tcp6:8080") == "tcp6:8080:interface=::1"
+    assert loopback_by_default("tcp6:8080") == "tcp6:8080:interface=\\:\\:1"  # colons escaped
 
 
 @pytest_twisted.ensureDeferred

@@ -41,7 +41,13 @@ KINDS = {wire.NAME: names, wire.HOST: hosts, wire.PORT: ports, wire.COUNT: count
          wire.MATCH: matches.map(wire.Match.field),
          wire.TOKEN_HEX: st.from_regex(r"[0-9a-f]{32,128}", fullmatch=True),
          wire.ROLE: st.sampled_from(wire.ROLES),
-         wire.DIRECTION: st.sampled_from(("up", "down"))}
+         wire.DIRECTION: st.sampled_from(("up", "down")),
+         wire.KNOWN: st.builds(lambda n, h, p: f"{n}/{h}/{p}", names, hosts, ports),
+         wire.TICKET: st.builds(
+             lambda n, h, p, s, r, e, sig: f"{n}/{h}/{p}/{s}/{r}/{e}/{sig}",
+             names, hosts, ports, hosts, st.sampled_from("01"), st.integers(0, 10**12 - 1).map(str),
+             st.from_regex(r"[0-9a-f]{128}", fullmatch=True),
+         )}
 
 
 @st.composite

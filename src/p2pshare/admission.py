@@ -28,6 +28,8 @@ import secrets
 from pathlib import Path
 
 META_IDENTITY = ("meta", "meta")  # the metadata server's role and name in the handshake
+CONTROL_IDENTITY = ("peer", "control")  # a peer's TCP control port, in the same handshake
+CONTROL_TOKEN = "control.token"  # in the peer's data dir: what a TCP control client proves
 MIN_SECRET_BYTES = 16
 URL_LIFETIME = 600  # seconds a signed URL stays valid
 URL_LIFETIME_MAX = 86400  # a signature claiming to last longer is refused

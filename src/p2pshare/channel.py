@@ -181,6 +181,16 @@ class LineChannel(LineReceiver, TimeoutMixin):
     def admitted(self) -> bool:
         return self._admitted or self.secret is None
 
+    def proved(self) -> tuple[str, str] | None:
+        """
+        In a private network, the role and name the other side proved it
+        holds the secret under; L{None} in an open one.
+        """
+        if self.secret is None or not self._admitted:
+            return None
+        other = self._responder if self.expect is not None else self._initiator
+        return (other[0], other[1]) if other is not None else None
+
     def linkMade(self) -> None:
         """
         The connection is made and, in a private network, both sides have

@@ -32,7 +32,13 @@ from p2pshare.admission import (
     load_secret,
     new_secret_text,
 )
-from p2pshare.control_client import Closed, NotAControlChannel, address_of, control_request
+from p2pshare.control_client import (
+    Closed,
+    NotAControlChannel,
+    NoToken,
+    address_of,
+    control_request,
+)
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
 from p2pshare.display import json_text, shown
@@ -501,6 +507,8 @@ def _talk(where: str, what: str, call: Callable[[], T]) -> T:
         raise Failed(f"{what} at {where} closed the connection") from None
     except NotAControlChannel as e:
         raise Failed(f"{where} is {e.what}, not {e.wanted}{e.hint}") from None
+    except NoToken as e:
+        raise Failed(str(e)) from None
     except RemoteError as e:
         raise Failed(f"{what} says: {e.text}") from None
     except WireError as e:

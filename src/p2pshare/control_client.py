@@ -12,11 +12,14 @@ L{p2pshare.wire}'s, as on every other connection.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from p2pshare import wire
+from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, SecretError, new_nonce
 from p2pshare.wire import RemoteError, WireError
 
 TIMEOUT = 10.0  # seconds to connect, and to wait for each line
@@ -43,6 +46,30 @@ class Closed(Exception):
 
 
 CONTROL_HINT = ": give --peer unix:DATA-DIR/control.sock"
+TOKEN_ENV = "P2P_CONTROL_TOKEN"  # the token file of a peer's TCP control port
+
+
+class NoToken(Exception):
+    """
+    A TCP control port needs the token in the peer's data dir, and it
+    could not be read; the text says where it was looked for.
+    """
+
+
+def token_for(environ: dict[str, str] | None = None) -> Secret:
+    """
+    The token a TCP control port asks for: the file named by
+    C{$P2P_CONTROL_TOKEN}, else C{./p2ppeer-data/control.token}.
+    """
+    env = os.environ if environ is None else environ
+    path = Path(env.get(TOKEN_ENV) or Path("p2ppeer-data") / CONTROL_TOKEN)
+    try:
+        return Secret.from_file(path)
+    except SecretError:
+        raise NoToken(
+            f"a peer's TCP control port wants the token in its data dir: set "
+            f"{TOKEN_ENV}=DATA-DIR/{CONTROL_TOKEN} (looked in {path})"
+        ) from None
 
 
 def address_of(description: str) -> tuple[socket.AddressFamily, Any]:
@@ -119,13 +146,17 @@ def control_request(
     """
     request = wire.encode(wire.message(verb, *args, **options))
     family, address = address_of(description)
+    token = token_for() if family != socket.AF_UNIX else None
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(min(timeout, TIMEOUT))
         sock.connect(address)
+        lines = _lines(sock)
+        if token is not None:
+            _prove(sock, lines, token)
         sock.settimeout(timeout)
         sock.sendall(request)
         items: dict[str, list[Any]] = {}
-        for line in _lines(sock):
+        for line in lines:
             try:
                 msg = wire.decode(line)
             except WireError:
@@ -148,6 +179,44 @@ def control_request(
                     result.update(items)
                 return result
     raise Closed()
+
+
+def _prove(sock: socket.socket, lines: Any, token: Secret) -> None:
+    """
+    The challenge-response of private networks, with the control token as
+    the secret (the token itself never crosses the connection).
+    """
+    mine = ("client", "-", new_nonce())
+    sock.sendall(wire.encode(wire.message("AUTH", *mine)))
+    challenge = _next(lines)
+    if challenge.verb != "CHALLENGE":
+        _refused(challenge)
+    theirs = (*CONTROL_IDENTITY, challenge.args[0])
+    sock.sendall(wire.encode(wire.message("PROOF", token.proof("initiator", mine, theirs))))
+    proof = _next(lines)
+    if proof.verb != "PROOF":
+        _refused(proof)
+    if not token.check_proof(proof.args[0], "responder", mine, theirs):
+        raise NotAControlChannel("a port that does not hold this peer's control token", "")
+
+
+def _next(lines: Any) -> wire.Message:
+    for line in lines:
+        try:
+            return wire.decode(line)
+        except WireError:
+            break
+    raise NotAControlChannel("something else (it does not speak p2pshare)", CONTROL_HINT)
+
+
+def _refused(msg: wire.Message) -> None:
+    if msg.verb == "ERROR":
+        if msg.args[0] in (wire.E_AUTH_FAILED, wire.E_AUTH_REQUIRED):
+            raise RemoteError(msg.args[0], "the peer refused this control token: is "
+                              f"{TOKEN_ENV} the token of that peer?")
+        error = RemoteError(msg.args[0], msg.text or "")
+        raise _not_control(error) or error
+    raise NotAControlChannel("something else (it does not speak p2pshare)", CONTROL_HINT)
 
 
 def _lines(sock: socket.socket) -> Any:

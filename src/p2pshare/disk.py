@@ -53,6 +53,7 @@ def private_write(path: Path, data: bytes, exclusive: bool = False) -> None:
     """
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a file that was there keeps its mode otherwise
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 

@@ -34,6 +34,16 @@ PASSWD = "manhole.passwd"
 HOST_KEY = "manhole_host_key"
 
 
+def reset_manhole(data_dir: Path) -> None:
+    """
+    Forget the manhole's password and host key: new ones are made at this
+    start (after a leak; the old password no longer opens the console).
+    """
+    for name in (PASSWD, HOST_KEY):
+        (data_dir / name).unlink(missing_ok=True)
+    log.warn("manhole password and SSH host key replaced (--reset-manhole)")
+
+
 def credentials(data_dir: Path) -> tuple[str, str]:
     """
     The manhole's user and password, created on first use.

@@ -193,7 +193,8 @@ class SimNet:
             data = self.tmp / "meta"
             data.mkdir(exist_ok=True)
         self.meta = MetaServer(
-            Registry(":memory:"), self.clock, data_dir=data, expect=expect, secret=self.secret
+            Registry(":memory:"), self.clock, data_dir=data, expect=expect, secret=self.secret,
+            connect=lambda h, p: ClientEndpoint(self, host, h, p),
         )
         self.meta.startService()
         ServerEndpoint(self, host, port).listen(MetaFactory(self.meta))

@@ -31,6 +31,24 @@ NAME_MAX = 64
 MAX_REPORTED = 8
 """The most transfers a peer reports to the metadata server at once."""
 
+# What a peer may claim of itself, on every side: its neighbour limit
+# (P2P max=) and its heartbeat (P2P beat=, HELLO and ACCEPT beat=) are
+# clamped into these ranges wherever they are heard.
+NEIGHBOURS_MAX = 64
+BEAT_MIN = 0.5  # seconds
+BEAT_MAX = 300.0
+
+
+def clamp_beat(seconds: float) -> float:
+    """
+    A heartbeat claimed by someone else, within L{BEAT_MIN} .. L{BEAT_MAX}.
+    """
+    return min(max(seconds, BEAT_MIN), BEAT_MAX)
+
+
+def clamp_neighbours(count: int) -> int:
+    return min(max(count, 1), NEIGHBOURS_MAX)
+
 
 class WireError(ValueError):
     """
@@ -75,6 +93,9 @@ E_BUSY = "busy"
 E_COOLING_OFF = "cooling-off"
 E_AUTH_REQUIRED = "auth-required"
 E_AUTH_FAILED = "auth-failed"
+E_BAD_TICKET = "bad-ticket"
+E_UNREACHABLE = "unreachable"
+E_TLS_REQUIRED = "tls-required"
 
 ERROR_CODES = (
     E_BAD_FLAG,
@@ -94,6 +115,9 @@ ERROR_CODES = (
     E_COOLING_OFF,
     E_AUTH_REQUIRED,
     E_AUTH_FAILED,
+    E_BAD_TICKET,
+    E_UNREACHABLE,
+    E_TLS_REQUIRED,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -248,9 +272,24 @@ def _check_match(value: str) -> str | None:
 
 MATCH: Check = _check_match
 TOKEN_HEX = _matching(re.compile(r"[0-9a-f]{32,128}"), "a token is 32 to 128 hex digits")
+# A ticket (p2pshare.tickets): NAME/HOST/PORT/SOURCE/REACHABLE/EXPIRES/SIGNATURE.
+TICKET_FIELD = re.compile(
+    r"([A-Za-z0-9_.@-]{1,64})/([A-Za-z0-9.:%_-]{1,255})/([0-9]{1,5})/"
+    r"([A-Za-z0-9.:%_-]{1,255})/([01])/([0-9]{1,12})/([0-9a-f]{128})"
+)
+TICKET = _matching(TICKET_FIELD, "a ticket is NAME/HOST/PORT/SOURCE/REACHABLE/EXPIRES/SIGNATURE")
 ROLES = ("meta", "peer", "client")
 ROLE = _matching(re.compile("|".join(ROLES)), "a role is meta, peer or client")
 DIRECTION = _matching(re.compile("up|down"), "a transfer's direction is up or down")
+
+
+def _check_known(value: str) -> str | None:
+    name, _, rest = value.partition("/")
+    host, _, port = rest.rpartition("/")
+    return NAME(name) or HOST(host) or PORT(port)
+
+
+KNOWN: Check = _check_known  # NAME/HOST/PORT: a live peer, where it listens
 
 
 @dataclass(frozen=True)
@@ -274,16 +313,27 @@ class Spec:
 
 SPECS: dict[str, Spec] = {
     # Registration with the metadata server; the historical flag.
+    # check=NONCE: what the peer answers the server's dial-back with (VERIFY);
+    # old=TOKEN: the token a --reset-token replaced, once.
     "P2P": Spec(
         keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT, "beat": COUNT,
-              "token": TOKEN_HEX}
+              "token": TOKEN_HEX, "check": TOKEN_HEX, "old": TOKEN_HEX}
     ),
     # Admission to a private network (before anything else; see
     # p2pshare.admission).
     "AUTH": Spec(args=(("role", ROLE), ("name", NAME), ("nonce", TOKEN_HEX))),
     "CHALLENGE": Spec(args=(("nonce", TOKEN_HEX),)),
     "PROOF": Spec(args=(("mac", TOKEN_HEX),)),
-    "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
+    # key=HEX: the metadata server's public key, which signs tickets.
+    "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT)), keys={"key": TOKEN_HEX}),
+    # The metadata server's word on a peer (p2pshare.tickets), pushed to it.
+    "TICKET": Spec(args=(("ticket", TICKET),)),
+    # The metadata server's dial-back: prove you are who registered.
+    "VERIFY": Spec(args=(("name", NAME), ("challenge", TOKEN_HEX))),
+    "VERIFIED": Spec(args=(("mac", TOKEN_HEX),)),
+    # Which of these peers are live, and where (search results are checked).
+    "WHOIS": Spec(rest=NAME),
+    "KNOWN": Spec(rest=KNOWN),
     "PLACE": Spec(keys={"rejoin": COUNT}),
     "ROOT": Spec(),
     "REJOIN": Spec(),
@@ -310,9 +360,9 @@ SPECS: dict[str, Spec] = {
     # beat=MS: the sender's heartbeat; a link beats at the larger of two.
     "HELLO": Spec(
         args=(("name", NAME), ("port", PORT)),
-        keys={"host": HOST, "via": NAME, "beat": COUNT},
+        keys={"host": HOST, "via": NAME, "beat": COUNT, "ticket": TICKET},
     ),
-    "ACCEPT": Spec(args=(("name", NAME),), keys={"beat": COUNT}),
+    "ACCEPT": Spec(args=(("name", NAME),), keys={"beat": COUNT, "ticket": TICKET}),
     "FREE": Spec(args=(("hops", HOPS),)),
     # Parent to child: where the parent hangs from (nothing: it is the root).
     "UP": Spec(rest=TOKEN),

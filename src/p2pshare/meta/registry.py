@@ -38,6 +38,11 @@ class PeerRecord:
     shared_bytes: int = 0
     transfers: list[dict[str, object]] = field(default_factory=list)
     transfer_count: int = 0
+    # Whether the dial-back found it at host:port (None: not known yet);
+    # only reachable peers are named to others.  And the address its
+    # registration came from.  Not stored: checked at every registration.
+    reachable: bool | None = None
+    source: str = ""
 
 
 def _sql(name: str) -> str:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -26,9 +26,11 @@ from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.common import OncePerMinute
 from p2pshare.disk import atomic_write
+from p2pshare.meta.checks import AddressChecks, Connect
 from p2pshare.meta.registry import PeerRecord, Registry, topology_files
 from p2pshare.meta.slots import FreeSlots
 from p2pshare.meta.tally import Tally
+from p2pshare.tickets import REFRESH, TicketSigner
 from p2pshare.topo import TopoEntry, count_text, topo_text, walk
 from p2pshare.wire import Message, WireError
 
@@ -37,7 +39,8 @@ FLUSH_INTERVAL = 0.2  # seconds: the longest topo.txt lags behind the network
 MAX_PEERS = 10_000  # registered peers at once (--max-peers)
 MAX_PER_ADDRESS = 1_000  # of them from one source address (--max-per-address)
 OBSERVER_RESERVE = 64  # connections beyond those, for p2p topo and the operator
-MAX_NEIGHBOURS_LIMIT = 1000
+WHOIS_MAX = 32  # names one WHOIS may ask about (the answer fits one line)
+GOAL_TIMEOUT = 30.0  # seconds a newcomer referred to a peer has to arrive there
 
 
 class MetaServer(MultiService):
@@ -64,7 +67,15 @@ class MetaServer(MultiService):
         flush_interval: float = FLUSH_INTERVAL,
         max_peers: int = MAX_PEERS,
         max_per_address: int = MAX_PER_ADDRESS,
+        connect: Connect | None = None,
+        signer: TicketSigner | None = None,
     ) -> None:
+        """
+        @param connect: how to reach a registrant's advertised address, to
+            check it (L{AddressChecks}); without it (unit tests) every
+            address is taken as it is said.
+        @param signer: the key that signs tickets (a fresh one by default).
+        """
         super().__init__()
         # Bumped by every change the web page shows (it caches by it).
         self.revision = 0
@@ -85,6 +96,7 @@ class MetaServer(MultiService):
         # and each such newcomer -> its target
         self._reserved: dict[str, set[str]] = {}
         self._goal: dict[str, str] = {}
+        self._goal_at: dict[str, float] = {}  # when each was referred (a promise expires)
         self._written: tuple[str, str] | None = None
         # Whether the verified peers form one tree, kept per event; and
         # where the free slots are, by depth.
@@ -116,8 +128,16 @@ class MetaServer(MultiService):
         self.unverified: set[str] = set()
         self._dropping: IDelayedCall | None = None
         # Names of peers that vanished without a goodbye: name -> (the
-        # owner's token hash, until when it is held).
+        # owner's token hash, until when it is held), at most max_peers.
         self._held_names: dict[str, tuple[str | None, float]] = {}
+        # Registrants' addresses are checked by dialling back; tickets
+        # say what was found.
+        self.signer = signer or TicketSigner()
+        self.checks = AddressChecks(connect, clock, secret) if connect is not None else None
+        self._checked: dict[str, Deferred[None]] = {}  # name -> its check, while it runs
+        refresh = TimerService(60.0, self._refresh_tickets)
+        refresh.clock = clock
+        refresh.setServiceParent(self)
         # The root of the tree; another peer that says it is a root (it was
         # cut off while the rest chose a new one) is told to rejoin.
         self.root: str | None = None
@@ -148,6 +168,8 @@ class MetaServer(MultiService):
         through at each change).
         """
         timers = super().stopService()  # the children: every periodic job
+        if self.checks is not None:
+            self.checks.stop()
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()
         if self._flushing is not None:
@@ -211,6 +233,12 @@ class MetaServer(MultiService):
                 del self._held_names[name]
         if late:
             return  # this process was stalled: the silence is ours, not theirs
+        # A newcomer referred somewhere has GOAL_TIMEOUT to get there: then
+        # the slot it was promised is free again, and a link it claims
+        # there that the other end never reports places nobody.
+        for newcomer, at in list(self._goal_at.items()):
+            if now - at > GOAL_TIMEOUT:
+                self._release(newcomer)
         while self._due_at and self._due_at[0] <= now:
             for name in self._due.pop(heapq.heappop(self._due_at), ()):
                 proto = self.sessions.get(name)
@@ -264,6 +292,7 @@ class MetaServer(MultiService):
         port: int,
         max_neighbours: int,
         token: str | None = None,
+        old_token: str | None = None,
     ) -> PeerRecord:
         """
         Register a peer.  A name is owned by whoever holds its token: the
@@ -272,13 +301,14 @@ class MetaServer(MultiService):
         while the name is live, unverified after a restart, or held for a
         peer that vanished without saying goodbye.
         """
-        token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None
+        token_hash = _hash(token)
         if name is None:
             name = self.registry.assign_name(
                 lambda n: n in self.sessions or n in self._held_names
             )
         else:
-            self._check_owner(name, token_hash)
+            # A peer that replaced its token (--reset-token) proves the old one once.
+            self._check_owner(name, token_hash, _hash(old_token))
         source = _source_of(proto)
         if name not in self.sessions:  # one coming back keeps its place
             why = None
@@ -311,12 +341,110 @@ class MetaServer(MultiService):
             self.event("back", name, f"{name} came back (a new connection replaced its old one)")
         else:
             self.event("join", name, f"{name} joined from {host}:{port}")
+        record.source = source
+        record.reachable = None if self.checks is not None else True
         self.log.info(
             "peer {name} registered from {host}:{port}", name=name, host=host, port=port
         )
         self.slots.changed(name)
         self.changed()
         return record
+
+    # Checking where a registrant listens, and its tickets.
+
+    def check_address(self, name: str, nonce: str | None) -> None:
+        """
+        Check that C{name} listens where it registered (L{AddressChecks}),
+        then send it its ticket.  Without a nonce nothing can be checked:
+        it may join, as a leaf that nobody is sent to.
+        """
+        record = self.registry.get(name)
+        if record is None:
+            return
+        if self.checks is None or nonce is None:
+            self._checked_as(name, record, self.checks is None, "it gave no check= nonce")
+            return
+        d = self._checked[name] = Deferred.fromCoroutine(self._check(name, record, nonce))
+        d.addErrback(lambda f: self.log.failure("checking {name} failed", f, name=name))
+
+        def ended(result: object) -> object:
+            if self._checked.get(name) is d:
+                del self._checked[name]
+            return result
+
+        d.addBoth(ended)
+
+    async def _check(self, name: str, record: PeerRecord, nonce: str) -> None:
+        assert self.checks is not None
+        problem = await self.checks.check(name, record.host, record.port, nonce)
+        if self.running and self.registry.get(name) is record and name in self.sessions:
+            self._checked_as(name, record, problem is None, problem)
+        # else: gone, or registered again meanwhile (that registration is checked)
+
+    def _checked_as(
+        self, name: str, record: PeerRecord, reachable: bool, problem: str | None
+    ) -> None:
+        record.reachable = reachable
+        if not reachable:
+            self.log.info(
+                "peer {name} cannot be reached at {host}:{port} ({why}): a leaf, "
+                "never named to newcomers", name=name, host=record.host, port=record.port,
+                why=problem,
+            )
+        self._send_ticket(name, record)
+        self.slots.changed(name)
+        self.slots.moved(name)
+
+    def when_checked(self, name: str) -> Deferred[None]:
+        """
+        Fires once the check of C{name}'s address has ended.
+        """
+        running = self._checked.get(name)
+        if running is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+
+        def ended(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        running.addBoth(ended)
+        return waiter
+
+    def _send_ticket(self, name: str, record: PeerRecord) -> None:
+        proto = self.sessions.get(name)
+        if proto is None:
+            return
+        ticket = self.signer.issue(
+            name, record.host, record.port, record.source or record.host,
+            bool(record.reachable), self.clock.seconds(),
+        )
+        proto.ticket_at = self.clock.seconds()
+        proto.send("TICKET", ticket.field())
+
+    def _refresh_tickets(self) -> None:
+        """
+        A fresh ticket for each peer whose ticket is getting old (tickets
+        last L{tickets.LIFETIME}; peers use them while this server is away).
+        """
+        now = self.clock.seconds()
+        for name, proto in list(self.sessions.items()):
+            record = self.registry.get(name)
+            if record is not None and record.reachable is not None \
+                    and now - proto.ticket_at >= REFRESH:
+                self._send_ticket(name, record)
+
+    def whois(self, names: list[str]) -> list[PeerRecord]:
+        """
+        Those of C{names} that are live peers this server reached where
+        they said they listen.
+        """
+        found = []
+        for name in names:
+            record = self.registry.get(name)
+            if record is not None and name in self.sessions and record.reachable:
+                found.append(record)
+        return found
 
     def place(self, newcomer: str, rejoin: bool = False) -> PeerRecord | None:
         """
@@ -345,13 +473,21 @@ class MetaServer(MultiService):
         placed = [
             p
             for p in self.registry.peers()
-            if p.placed and p.name in self.sessions and p.name not in excluded
+            if p.placed and p.name in self.sessions and p.name not in excluded and p.reachable
         ]
         if not placed and any(self.registry.get(n) for n in self.unverified):
             raise WireError(
                 wire.E_FAILED,
                 "the network is re-forming after a restart of the metadata server; "
                 "try again in a moment",
+            )
+        newcomer_record = self.registry.get(newcomer)
+        if not placed and newcomer_record is not None and not newcomer_record.reachable:
+            raise WireError(
+                wire.E_UNREACHABLE,
+                f"this server cannot reach you at {newcomer_record.host}:{newcomer_record.port} "
+                "(check --advertise and the firewall), and no peer that others can reach is in "
+                "the network yet for you to hang from",
             )
         if not placed:
             self.registry.set_placed(newcomer)
@@ -364,7 +500,7 @@ class MetaServer(MultiService):
             self.log.info("peer {name} is the root", name=newcomer)
             self.changed()
             return None
-        depth = _depths(placed)
+        depth = _depths(placed, self.sessions)
         slots = {
             p.name: p.max_neighbours - len(p.neighbours) - len(self._reserved.get(p.name, ()))
             for p in placed
@@ -397,6 +533,7 @@ class MetaServer(MultiService):
     def _refer(self, newcomer: str, target: PeerRecord) -> PeerRecord:
         self._reserved.setdefault(target.name, set()).add(newcomer)
         self._goal[newcomer] = target.name
+        self._goal_at[newcomer] = self.clock.seconds()
         self.slots.referred(newcomer, target.name)
         self.log.info("referring {newcomer} to {target}", newcomer=newcomer, target=target.name)
         return target
@@ -443,23 +580,30 @@ class MetaServer(MultiService):
                     record.is_root = False
                 self.sessions[name].send("REJOIN")
         self.slots.moved(name)
+        # A newcomer sent here stays "on its way" (a place to refer others
+        # to, one level below) until both ends of its link report it.
         for n in neighbours:
-            if self._goal.get(n) == name:
+            if self._goal.get(n) == name and self._reports(n, name):
                 self._release(n)  # it arrived here
-        if neighbours and self._goal.get(name) not in neighbours:
-            # The newcomer has arrived; keep only the slot at the peer that
-            # accepted it until that peer reports the link itself.
-            self._release(name)
+        goal = self._goal.get(name)
+        if neighbours and goal is not None and (
+            goal not in neighbours or self._reports(goal, name)
+        ):
+            self._release(name)  # it went elsewhere, or arrived and both ends say so
         self.changed()
 
-    def _check_owner(self, name: str, token_hash: str | None) -> None:
+    def _reports(self, name: str, neighbour: str) -> bool:
+        record = self.registry.get(name)
+        return record is not None and neighbour in record.neighbours
+
+    def _check_owner(self, name: str, token_hash: str | None, old_hash: str | None = None) -> None:
         record = self.registry.get(name)
         owner = record.token_hash if record is not None else None
         held = self._held_names.get(name)
         if held is not None:
             owner = held[0]
         claimed = name in self.sessions or name in self.unverified or held is not None
-        if not claimed or (owner is not None and owner == token_hash):
+        if not claimed or (owner is not None and owner in (token_hash, old_hash)):
             return
         if name in self.sessions:
             why = "is already live in this network"
@@ -483,10 +627,11 @@ class MetaServer(MultiService):
             record = self.registry.get(name)
             beat = proto.beat if proto is not None and proto.beat else 5
             if record is not None:
-                self._held_names[name] = (record.token_hash, self.clock.seconds() + 3 * beat)
+                self._hold(name, record.token_hash, self.clock.seconds() + 3 * beat)
         self._release(name)
         for newcomer in self._reserved.pop(name, ()):
             self._goal.pop(newcomer, None)
+            self._goal_at.pop(newcomer, None)
         if not self.running:
             # Shutting down: the registry outlives this process.
             return
@@ -498,6 +643,17 @@ class MetaServer(MultiService):
                    else f"{name} vanished (its connection closed without a goodbye)")
         self.log.info("peer {name} left", name=name)
         self.changed()
+
+    def _hold(self, name: str, token_hash: str | None, until: float) -> None:
+        """
+        Keep C{name} for its owner until C{until} (at most three of its
+        beats, which are clamped); the table holds at most C{max_peers}
+        names, the one soonest to expire giving way.
+        """
+        self._held_names[name] = (token_hash, until)
+        if len(self._held_names) > self.max_peers:
+            first = min(self._held_names, key=lambda n: self._held_names[n][1])
+            del self._held_names[first]
 
     def event(self, kind: str, name: str, text: str) -> None:
         """
@@ -511,6 +667,7 @@ class MetaServer(MultiService):
         """
         C{newcomer} is no longer on its way to the target it was referred to.
         """
+        self._goal_at.pop(newcomer, None)
         target = self._goal.pop(newcomer, None)
         if target is None:
             return
@@ -519,6 +676,8 @@ class MetaServer(MultiService):
         if not waiting:
             self._reserved.pop(target, None)
         self.slots.changed(target)  # a slot there is free again
+        if self.registry.get(newcomer) is not None:
+            self.slots.moved(newcomer)  # its depth now rests on its parent's report alone
 
     # The topology files and network completion.
 
@@ -600,6 +759,10 @@ class Event(NamedTuple):
     text: str
 
 
+def _hash(token: str | None) -> str | None:
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
 def _source_of(proto: object) -> str:
     """
     The address a registration comes from (what NAT makes shared).
@@ -608,14 +771,16 @@ def _source_of(proto: object) -> str:
     return (peer_host() if peer_host is not None else None) or "local"
 
 
-def _depths(live: list[PeerRecord]) -> dict[str, float]:
+def _depths(live: list[PeerRecord], sessions: object = ()) -> dict[str, float]:
     """
-    Hops from the root (the earliest live peer) along the reported links;
-    peers not reached count as infinitely deep.
+    Hops from the root (the earliest live peer) along the links that both
+    ends report; peers not reached count as infinitely deep.
     """
     names = {p.name: p for p in live}
     depth: dict[str, float] = {name: float("inf") for name in names}
-    depth.update(walk(live[0].name, lambda n: [m for m in names[n].neighbours if m in names]))
+    depth.update(walk(live[0].name, lambda n: [
+        m for m in names[n].neighbours if m in names and n in names[m].neighbours
+    ]))
     return depth
 
 
@@ -634,6 +799,7 @@ class MetaProtocol(LineChannel):
         self.greeted = False
         self.name: str | None = None
         self.beat = 0
+        self.ticket_at = 0.0  # when its last ticket was sent
         self._neighbours: list[str] = []  # a NEIGHBOURS report arriving over lines
         self._transfers: list[dict[str, object]] = []  # TRANSFER lines before a SUMMARY
 
@@ -674,17 +840,21 @@ class MetaProtocol(LineChannel):
             self.send("OK", text="observer: TOPO lists the network")
             return
         max_neighbours = int(opts.get("max", DEFAULT_MAX_NEIGHBOURS))
-        if not 1 <= max_neighbours <= MAX_NEIGHBOURS_LIMIT:
-            self.sendError(wire.E_BAD_ARGS, f"max is from 1 to {MAX_NEIGHBOURS_LIMIT}")
+        if max_neighbours < 1:
+            self.sendError(wire.E_BAD_ARGS, f"max is from 1 to {wire.NEIGHBOURS_MAX}")
             return
+        max_neighbours = wire.clamp_neighbours(max_neighbours)
         host = opts.get("host") or self.peerHost()
         if host is None or wire.HOST(host) is not None:
             self.sendError(wire.E_BAD_ARGS, "say host=HOST: this transport has no IP address")
             return
-        self.beat = int(opts.get("beat", 0))  # the server watches it from now
+        # The server watches it from now, by a heartbeat within the clamp.
+        beat = int(opts.get("beat", 0))
+        self.beat = math.ceil(wire.clamp_beat(beat)) if beat else 0
         try:
             record = self.server.register(
-                self, opts.get("name"), host, int(opts["port"]), max_neighbours, opts.get("token")
+                self, opts.get("name"), host, int(opts["port"]), max_neighbours, opts.get("token"),
+                opts.get("old"),
             )
         except WireError as e:
             self.beat = 0
@@ -692,14 +862,22 @@ class MetaProtocol(LineChannel):
             return
         self.greeted = True
         self.name = record.name
-        self.send("WELCOME", record.name, record.host, record.port)
+        self.send("WELCOME", record.name, record.host, record.port, key=self.server.signer.public)
+        self.server.check_address(record.name, opts.get("check"))
 
     def msg_PLACE(self, msg: Message) -> None:
         if not self._registered():
             return
         assert self.name is not None
+        name = self.name
+        # Where it listens is known first (a moment, while it is checked).
+        self.server.when_checked(name).addCallback(lambda _: self._place(name, msg))
+
+    def _place(self, name: str, msg: Message) -> None:
+        if self.name != name or not self.connected:
+            return
         try:
-            target = self.server.place(self.name, rejoin=msg.options.get("rejoin") == "1")
+            target = self.server.place(name, rejoin=msg.options.get("rejoin") == "1")
         except WireError as e:
             self.sendError(e.code, e.text)
             return
@@ -708,13 +886,25 @@ class MetaProtocol(LineChannel):
         else:
             self.send("REFER", target.name, target.host, target.port)
 
+    def msg_WHOIS(self, msg: Message) -> None:
+        """
+        Which of these names are live peers, reached where they listen: one
+        C{KNOWN NAME/HOST/PORT ...} line (search results are checked by it).
+        """
+        if not self._registered():
+            return
+        if len(msg.args) > WHOIS_MAX:
+            self.sendError(wire.E_BAD_ARGS, f"WHOIS takes at most {WHOIS_MAX} names")
+            return
+        self.send("KNOWN", *(f"{p.name}/{p.host}/{p.port}" for p in self.server.whois(list(msg.args))))
+
     def msg_NEIGHBOURS(self, msg: Message) -> None:
         if not self._registered():
             return
         assert self.name is not None
         names, self._neighbours = self._neighbours + list(msg.args), []
         record = self.server.registry.get(self.name)
-        limit = record.max_neighbours if record is not None else MAX_NEIGHBOURS_LIMIT
+        limit = record.max_neighbours if record is not None else wire.NEIGHBOURS_MAX
         if len(names) > limit:
             self.sendError(wire.E_BAD_ARGS, f"you registered with max={limit} neighbours")
             return

@@ -42,7 +42,10 @@ class FreeSlots:
         """
         server = self.server
         record = server.registry.get(name)
-        if record is None or name not in server.sessions or name in server.unverified:
+        if (
+            record is None or name not in server.sessions or name in server.unverified
+            or not record.reachable  # never name a peer whose address did not answer
+        ):
             return None
         promised = len(server._reserved.get(name, ()))
         if record.placed:
@@ -140,10 +143,22 @@ class FreeSlots:
         return False
 
     def _own_depth(self, record: PeerRecord) -> int | None:
+        """
+        The root's depth is 0; another peer's is one more than its parent's,
+        if the parent reports the link too, or this server has just sent it
+        there (until L{GOAL_TIMEOUT}): a link that one side claims on its
+        own places nobody.
+        """
         if record.is_root and not record.uplink:
             return 0
-        parent = self.depth.get(record.uplink) if record.uplink else None
-        return None if parent is None else parent + 1
+        if not record.uplink:
+            return None
+        parent = self.server.registry.get(record.uplink)
+        arriving = self.server._goal.get(record.name) == record.uplink  # sent there, just now
+        if parent is None or (record.name not in parent.neighbours and not arriving):
+            return None
+        above = self.depth.get(record.uplink)
+        return None if above is None else above + 1
 
     def _set_parent(self, name: str, parent: str | None) -> None:
         old = self._parent.get(name)
@@ -179,4 +194,6 @@ class FreeSlots:
             else:
                 self.depth[n] = d
             self.changed(n)
-            todo.extend((c, None if d is None else d + 1) for c in self._children.get(n, ()))
+            for c in self._children.get(n, ()):
+                child = self.server.registry.get(c)
+                todo.append((c, None if d is None or child is None else self._own_depth(child)))

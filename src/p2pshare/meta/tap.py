@@ -21,6 +21,7 @@ from p2pshare.common import (
     ListenService,
     loopback_by_default,
     server_endpoint_string,
+    tcp_client_endpoint,
 )
 from p2pshare.disk import atomic_write
 from p2pshare.lan import Announcer, endpoint_interface
@@ -44,6 +45,7 @@ from p2pshare.startup import (
     check_writable,
     prepare_data_dir,
 )
+from p2pshare.tickets import TicketSigner
 from p2pshare.tls import TLSConfigError, endpoint, peer_tls
 
 log = Logger()
@@ -141,10 +143,18 @@ def _assemble(options: Options, reactor: Any) -> IService:
     lock = prepare_data_dir(data_dir, "p2pmeta")
     check_writable(Path(options["portfile"]) if options["portfile"] else None, "--portfile")
     registry = open_registry(data_dir / "registry.sqlite", options["reset"])
+    tls = options["tls"]
+
+    def connect(host: str, port: int) -> Any:
+        # The dial-back to a registrant: as a peer would reach it.
+        ep = tcp_client_endpoint(reactor, host, port)
+        return tls.client(ep) if tls is not None else ep
+
     server = MetaServer(
         registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"],
         flush_interval=options["flush-interval"], max_peers=options["max-peers"],
-        max_per_address=options["max-per-address"],
+        max_per_address=options["max-per-address"], connect=connect,
+        signer=TicketSigner.in_directory(data_dir),
     )
     log.info("p2pmeta: {admission}", admission=describe(options["secret"], options["secret-file"]))
     portfile = options["portfile"]

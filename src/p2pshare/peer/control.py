@@ -10,6 +10,9 @@ C{FETCH} sends C{PROGRESS done total} lines while it runs.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import struct
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +23,9 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from p2pshare import wire
+from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, new_secret_text
 from p2pshare.channel import ChannelFactory, LineChannel
+from p2pshare.disk import private_write
 from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Message
 
@@ -36,10 +41,33 @@ def _json(value: Any) -> str:
 
 
 class ControlProtocol(LineChannel):
-    def __init__(self, node: PeerNode) -> None:
+    """
+    One C{p2p} command.  On a unix socket (mode 0600 in the data dir) the
+    command must run as the peer's own user (or root): the kernel says who
+    connected.  On a loopback TCP port it must first prove it holds the
+    token in the data dir (the challenge-response of private networks,
+    with that token as the secret): either way it is the peer's own user,
+    and may ask for anything that user could do, such as a download into
+    any folder it can write.
+    """
+
+    def __init__(self, node: PeerNode, token: Secret | None = None) -> None:
         super().__init__(node.clock)
         self.node = node
+        self.secret = token
         self._running: set[Deferred[Any]] = set()  # requests to cancel if we are left
+
+    def identity(self) -> tuple[str, str]:
+        return CONTROL_IDENTITY
+
+    def connectionMade(self) -> None:
+        stranger = _other_user(self.transport)
+        if stranger is not None:
+            self.log.warn("refused a control connection from {who}", who=stranger)
+            self.sendError(wire.E_AUTH_FAILED, "this peer takes commands from its own user only")
+            self.abort()
+            return
+        super().connectionMade()
 
     def idle_deadline(self) -> float | None:
         return None  # a local command may wait for a long download
@@ -147,5 +175,46 @@ class ControlProtocol(LineChannel):
             self.sendError(code, text)
 
 
+def _other_user(transport: Any) -> str | None:
+    """
+    Who connected to a unix socket, if it is neither this process's user
+    nor root (then L{None}); L{None} too where the kernel cannot say.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    pid, uid, _ = struct.unpack("3i", creds)
+    if uid in (os.getuid(), 0):
+        return None
+    return f"user {uid} (pid {pid})"
+
+
 class ControlFactory(ChannelFactory):
-    protocol = ControlProtocol
+    """
+    @param token: the secret a TCP control connection must prove it holds
+        (L{None} on a unix socket, guarded by its mode and owner).
+    """
+
+    def __init__(self, node: PeerNode, token: Secret | None = None) -> None:
+        super().__init__(node)
+        self.token = token
+
+    def buildProtocol(self, addr: object) -> ControlProtocol:
+        proto = ControlProtocol(self.owner, self.token)
+        proto.factory = self
+        return proto
+
+
+def control_token(data_dir: Path) -> Secret:
+    """
+    A new token for a TCP control port, written to C{DATA-DIR/control.token}
+    (mode 0600) for the C{p2p} command to read: made afresh at every start,
+    so a copy that leaked stops working when the peer restarts.
+    """
+    text = new_secret_text()
+    private_write(data_dir / CONTROL_TOKEN, text.encode("ascii"))
+    return Secret(text.strip().encode("ascii"))

@@ -96,7 +96,12 @@ class PeerFiles(MultiService):
         rescan_interval: float = 2.0,
         max_uploads: int = MAX_UPLOADS,
         upload_rate: float | None = None,
+        private: tuple[Path, ...] = (),
     ) -> None:
+        """
+        @param private: never shared, wherever they lie (the data dir, the
+            files holding secrets): see L{ShareIndex}.
+        """
         super().__init__()
         self.clock = clock
         self.secret = secret
@@ -105,7 +110,8 @@ class PeerFiles(MultiService):
         self._me = me
         self._files_changed = on_files_changed
         self._transfers_changed = on_transfers_changed
-        self.share = ShareIndex(shared) if shared is not None else None
+        self.share = ShareIndex(shared, private) if shared is not None else None
+        self._withheld: frozenset[str] = frozenset()  # private things the share holds, told
         self.downloads = downloads or shared
         self.downloader = downloader
         if downloader is not None:
@@ -156,10 +162,23 @@ class PeerFiles(MultiService):
         else:
             if self.share is not None:
                 self._quiet_until = self.clock.seconds() + (SCAN_SHARE - 1) * self.share.walked
+                self._tell_withheld(self.share.withheld)
             self._announce()
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def _tell_withheld(self, withheld: frozenset[str]) -> None:
+        """
+        Say once (not at every scan) that the share holds something private.
+        """
+        new, self._withheld = withheld - self._withheld, withheld
+        if new and self.share is not None:
+            self.log.warn(
+                "the shared folder {share} holds {what}: this peer's data dir or a file "
+                "with a secret, which is never shared",
+                share=str(self.share.directory), what=", ".join(sorted(new)),
+            )
 
     def _announce(self) -> None:
         """

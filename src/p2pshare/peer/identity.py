@@ -25,6 +25,19 @@ class Identity:
         self.name = name
         self.state_dir = state_dir
         self.token: str | None = None
+        # The token this one replaced (--reset-token), said once to the
+        # metadata server so that it moves the name over to the new one.
+        self.old_token: str | None = None
+
+    @staticmethod
+    def reset(state_dir: Path) -> None:
+        """
+        Replace the token (after a leak): the old one is kept aside until
+        the metadata server has moved the name to the new one.
+        """
+        token_file = state_dir / "token"
+        if token_file.exists():
+            os.replace(token_file, state_dir / "token.old")
 
     def load(self) -> None:
         """
@@ -38,9 +51,20 @@ class Identity:
             atomic_write(token_file, secrets.token_hex(16).encode() + b"\n")
         os.chmod(token_file, 0o600)
         self.token = token_file.read_text().strip()
+        old_file = self.state_dir / "token.old"
+        if old_file.exists():
+            self.old_token = old_file.read_text().strip() or None
         name_file = self.state_dir / "name"
         if self.name is None and name_file.exists():
             self.name = name_file.read_text().strip() or None
+
+    def moved(self) -> None:
+        """
+        The metadata server knows the new token: the old one is forgotten.
+        """
+        if self.old_token is not None and self.state_dir is not None:
+            (self.state_dir / "token.old").unlink(missing_ok=True)
+        self.old_token = None
 
     def named(self, name: str) -> None:
         """

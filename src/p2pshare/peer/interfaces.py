@@ -91,6 +91,13 @@ class ISearchHost(Interface):
         name, ignoring case), as Matches.
         """
 
+    def vouch(matches: list[Any]) -> Any:
+        """
+        A Deferred that fires with those of C{matches} whose holder is a
+        live peer at the address the match gives (as the metadata server
+        knows it), or with all of them when that cannot be asked.
+        """
+
 
 class IOverlay(Interface):
     """
@@ -122,6 +129,16 @@ class IOverlay(Interface):
     def link_lost(name: str, proto: Any) -> None:
         """
         An overlay link closed.
+        """
+
+    def verify(proto: Any, msg: Any) -> None:
+        """
+        The metadata server dials back to check where we listen.
+        """
+
+    def meta_ticket(value: str) -> None:
+        """
+        The metadata server's word on us (a ticket field).
         """
 
     def registration() -> dict[str, Any]:

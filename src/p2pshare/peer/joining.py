@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from p2pshare.peer.links import Links
 from p2pshare.peer.membership import ORPHANED, Membership
+from p2pshare.tickets import Ticket, TicketChecker, TicketError
 from p2pshare.wire import Message, RemoteError
 
 FIRST_PAUSE = 0.5
@@ -57,6 +58,7 @@ class Joining:
         meta: Callable[[], Deferred[Any]],
         me: Callable[[], tuple[str | None, int | None, str | None]],
         placed: Callable[[str | None, int], None],
+        ticket: Callable[[], tuple[Ticket | None, TicketChecker | None]] = lambda: (None, None),
         hop_timeout: float,
         max_hops: int,
     ) -> None:
@@ -66,6 +68,8 @@ class Joining:
         @param me: our name, port and advertised host.
         @param placed: told our parent (None: we are the root) and how many
             peers the join asked.
+        @param ticket: our ticket, which we show, and the checker of the
+            tickets that those who accept us show.
         """
         self.clock = clock
         self.rng = rng
@@ -76,6 +80,7 @@ class Joining:
         self._meta = meta
         self._me = me
         self._placed = placed
+        self._ticket = ticket
         self.hop_timeout = hop_timeout
         self.max_hops = max_hops
         self.pending: Deferred[None] | None = None
@@ -153,6 +158,10 @@ class Joining:
                 proto.close()  # stale knowledge led us into our own subtree
                 raise JoinFailed(f"{reply.args[0]} is already our neighbour")
             if reply.verb == "ACCEPT":
+                problem = self._check_parent(reply, name, port, proto.peerHost() or host)
+                if problem is not None:
+                    proto.close()
+                    raise JoinFailed(f"{name} at {host}:{port}: {problem}")
                 self.links.uplink = reply.args[0]
                 self.links.add(reply.args[0], host, port, proto, reply.options.get("beat"))
                 self._placed(reply.args[0], len(visited))
@@ -162,8 +171,28 @@ class Joining:
                 raise JoinFailed(f"{name} answered {reply.verb}")
             via, target = name, reply.args
 
+    def _check_parent(self, reply: Message, name: str, port: int, host: str) -> str | None:
+        """
+        What is wrong with the ticket of the peer that accepted us (it must
+        be the one we were sent to, where we were sent), if anything.
+        """
+        _, checker = self._ticket()
+        if checker is None:
+            return None  # no word from the metadata server to check by (tests)
+        if reply.args[0] != name:
+            return f"it answers as {reply.args[0]}"
+        shown = reply.options.get("ticket")
+        if shown is None:
+            return "it shows no ticket"
+        try:
+            ticket = checker.check(shown, self.clock.seconds())
+        except TicketError as e:
+            return str(e)
+        return ticket.lets_in(name, port, host)
+
     async def _hello(self, name: str, host: str, port: int, via: str | None) -> tuple[Message, Any]:
         me, my_port, advertise = self._me()
+        mine, _ = self._ticket()
         endpoint = self._connect(host, port)
         proto: Any = await endpoint.connect(self._factory(name)).addTimeout(
             self.hop_timeout, self.clock
@@ -172,6 +201,7 @@ class Joining:
             await proto.whenAdmitted().addTimeout(self.hop_timeout, self.clock)
             reply = await proto.request(
                 "HELLO", me, my_port, host=advertise, via=via, beat=self.links.beat_ms(),
+                ticket=mine.field() if mine is not None else None,
             ).addTimeout(self.hop_timeout, self.clock)
         except BaseException:
             proto.abort()

@@ -43,6 +43,7 @@ class Neighbour:
     proto: Any  # an ILink (the PeerProtocol of the link)
     hops: int | None = None  # what it says: hops to a free slot behind it
     sent: int | None | str = "unsent"  # what we last told it
+    reachable: bool = True  # its ticket says the metadata server reached it there
 
 
 class Links:
@@ -69,6 +70,7 @@ class Links:
         me: Callable[[], str | None],
         orphaned: Callable[[], bool],
         on_change: Callable[[], None],
+        reachable: Callable[[], bool] = lambda: True,
     ) -> None:
         self.clock = clock
         self.heartbeat = heartbeat
@@ -77,6 +79,7 @@ class Links:
         self._me = me
         self._orphaned = orphaned
         self._on_change = on_change  # the neighbour set changed: tell the metadata server
+        self._reachable = reachable  # can others reach us (our ticket says so)
         self.neighbours: dict[str, Neighbour] = {}
         self.uplink: str | None = None
         self.grandparent: tuple[str, ...] | None = None
@@ -91,15 +94,22 @@ class Links:
         """
         return max(1, round(self.heartbeat * 1000))
 
-    def add(self, name: str, host: str, port: int, proto: Any, beat_ms: str | None = None) -> None:
+    def add(
+        self, name: str, host: str, port: int, proto: Any, beat_ms: str | None = None,
+        reachable: bool = True,
+    ) -> None:
         """
         A link is made.  Both ends judge it by one heartbeat, the larger of
-        their two (C{beat_ms}: the other's, from C{HELLO} or C{ACCEPT}),
-        so peers with different C{--heartbeat} never think each other dead.
+        their two (C{beat_ms}: the other's, from C{HELLO} or C{ACCEPT},
+        clamped), so peers with different C{--heartbeat} never think each
+        other dead, and none can claim a beat so slow that it is never
+        found silent.  C{host}:C{port} is where its ticket says it listens;
+        an unreachable one is never named to newcomers.
         """
         proto.link = name
-        proto.beat = max(self.heartbeat, int(beat_ms) / 1000 if beat_ms else 0.0)
-        self.neighbours[name] = Neighbour(name, host, port, proto)
+        theirs = wire.clamp_beat(int(beat_ms) / 1000) if beat_ms else 0.0
+        proto.beat = max(self.heartbeat, theirs)
+        self.neighbours[name] = Neighbour(name, host, port, proto, reachable=reachable)
         if name != self.uplink:
             self.tell_up(proto)  # a child learns its grandparent
         self._on_change()
@@ -138,7 +148,9 @@ class Links:
         The neighbour that leads to the nearest free slot; ties are broken
         at random so that no branch is always the first to fill.
         """
-        candidates = [n for n in self.neighbours.values() if n.name not in exclude]
+        candidates = [
+            n for n in self.neighbours.values() if n.name not in exclude and n.reachable
+        ]
         if not candidates:
             return None
         best = min(_rank(n.hops) for n in candidates)
@@ -154,12 +166,12 @@ class Links:
         """
         How far is our nearest free slot, not counting C{neighbour}'s side?
         """
-        if self.has_room():
+        if self.has_room() and self._reachable():
             return 0
         behind = [
             n.hops + 1
             for n in self.neighbours.values()
-            if n.name != neighbour and n.hops is not None
+            if n.name != neighbour and n.hops is not None and n.reachable
         ]
         best = min(behind, default=None)
         return best if best is not None and best <= FREE_HORIZON else None

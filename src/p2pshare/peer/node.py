@@ -19,6 +19,7 @@ folder and the downloads, L{SearchEngine} the searches.
 from __future__ import annotations
 
 import random
+import secrets
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
-from p2pshare.common import LimitedFactory
+from p2pshare.common import LimitedFactory, OncePerMinute
 from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
 from p2pshare.peer.files import PeerFiles
@@ -70,12 +71,14 @@ from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, Fetched
 from p2pshare.startup import listen_now, listen_problem
+from p2pshare.tickets import Ticket, TicketChecker, TicketError, answer
 from p2pshare.wire import Match, Message, RemoteError
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[..., Deferred[Any]]
 
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
+WHOIS_MAX = 32  # holders asked about in one WHOIS (the metadata server's limit)
 SUMMARY_INTERVAL = 2.0  # seconds between checks of what we tell the page
 
 
@@ -122,6 +125,7 @@ class PeerSettings:
     upload_rate: float | None = None  # bytes per second over all uploads
     url_scheme: str = "http"
     listen_description: str = "its port"
+    private: tuple[Path, ...] = ()  # never shared: the data dir, files holding secrets
 
 
 @implementer(IOverlay, ISearchHost)
@@ -175,6 +179,7 @@ class PeerNode(MultiService):
             me=lambda: self.peer_name,
             orphaned=lambda: self.orphaned,
             on_change=self._report,
+            reachable=lambda: self.ticket is None or self.ticket.reachable,
         )
         # The periodic jobs are child services, started and stopped with us.
         self._beating = TimerService(settings.heartbeat, lambda: self.links.beat(self.meta))
@@ -195,6 +200,7 @@ class PeerNode(MultiService):
             factory=lambda name: PeerFactory(self, ("peer", name)),
             meta=self._welcomed_meta,
             me=lambda: (self.peer_name, self.port, settings.advertise),
+            ticket=lambda: (self.ticket, self.tickets),
             placed=self._joined,
             hop_timeout=settings.hop_timeout,
             max_hops=settings.max_hops,
@@ -223,6 +229,7 @@ class PeerNode(MultiService):
             rescan_interval=settings.rescan_interval,
             max_uploads=settings.max_uploads,
             upload_rate=settings.upload_rate,
+            private=(*((settings.state_dir,) if settings.state_dir else ()), *settings.private),
         )
         self.files.setServiceParent(self)
         self.site = make_site(self.files, clock)
@@ -236,6 +243,13 @@ class PeerNode(MultiService):
         self._starting: Deferred[None] | None = None
         self._held: list[tuple[PeerProtocol, Message]] = []
         self._stopping = False  # asked to leave (STOP)
+        # The metadata server's word on us (our ticket) and its key, which
+        # checks everyone else's; the nonce our registration's dial-back
+        # is answered with.
+        self.ticket: Ticket | None = None
+        self.tickets: TicketChecker | None = None
+        self._check_nonce: str | None = None
+        self._told_unvouched = OncePerMinute()
 
     # Who and where we are, as the rest of the peer reads it.
 
@@ -378,8 +392,10 @@ class PeerNode(MultiService):
 
     def registration(self) -> dict[str, Any]:
         """
-        The options of our C{P2P} line.
+        The options of our C{P2P} line: a fresh nonce for each, which the
+        metadata server's dial-back must get back from our port.
         """
+        self._check_nonce = secrets.token_hex(16)
         return {
             "port": self.port,
             "name": self.peer_name,
@@ -387,11 +403,54 @@ class PeerNode(MultiService):
             "max": self.max_neighbours,
             "beat": max(1, round(self.heartbeat)),
             "token": self.identity.token,
+            "old": self.identity.old_token,
+            "check": self._check_nonce,
         }
+
+    def verify(self, proto: PeerProtocol, msg: Message) -> None:
+        """
+        The metadata server dials back (C{VERIFY NAME CHALLENGE}): prove we
+        are the one that registered from here.
+        """
+        name, challenge = msg.args
+        if self._check_nonce is None:
+            proto.sendError(wire.E_UNEXPECTED, "this peer has not registered")
+        else:
+            proto.send("VERIFIED", answer(self._check_nonce, name, challenge))
+        proto.close()
+
+    def meta_ticket(self, value: str) -> None:
+        """
+        The metadata server's word on us: we show it to those we join.
+        """
+        try:
+            ticket = Ticket.parse(value)
+        except TicketError:
+            return
+        if ticket.name != self.peer_name:
+            return
+        was = self.ticket
+        self.ticket = ticket
+        if not ticket.reachable and (was is None or was.reachable):
+            self.log.warn(
+                "peer {name}: the metadata server cannot reach this peer at {host}:{port}; "
+                "it joins as a leaf and no newcomer is sent here (--advertise names the "
+                "address others should use)", name=self.peer_name, host=ticket.host,
+                port=ticket.port,
+            )
+        if ticket.reachable != (was is not None and was.reachable):
+            self.links.advertise()  # our free slots count only if others can reach us
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args
         self.identity.named(name)
+        self.identity.moved()  # a replaced token is forgotten once the server took the new one
+        key = msg.options.get("key")
+        if key is not None and (self.tickets is None or self.tickets.public != key):
+            try:
+                self.tickets = TicketChecker(key)
+            except TicketError:
+                self.log.warn("the metadata server sent a key that is not one")
         if self.settings.advertise is None:
             self.host = host
         self.meta = proto
@@ -533,10 +592,16 @@ class PeerNode(MultiService):
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
             proto.close()
             return
+        ticket = self._admit(proto, name, port, msg.options.get("ticket"))
+        if ticket is None:
+            return
         if self.links.has_room():
-            host = msg.options.get("host") or proto.peerHost() or "?"
-            proto.send("ACCEPT", self.peer_name, beat=self.links.beat_ms())
-            self.links.add(name, host, port, proto, msg.options.get("beat"))
+            proto.send(
+                "ACCEPT", self.peer_name, beat=self.links.beat_ms(),
+                ticket=self.ticket.field() if self.ticket is not None else None,
+            )
+            self.links.add(name, ticket.host, port, proto, msg.options.get("beat"),
+                           reachable=ticket.reachable)
             self.log.info("peer {name} accepted {newcomer}", name=self.peer_name, newcomer=name)
             return
         target = self.links.referral({name, msg.options.get("via")})
@@ -551,6 +616,39 @@ class PeerNode(MultiService):
             )
             proto.send("REFER", target.name, target.host, target.port)
         proto.close()
+
+    def _admit(
+        self, proto: PeerProtocol, name: str, port: int, shown: str | None
+    ) -> Ticket | None:
+        """
+        The ticket on which C{name} may become our neighbour: the metadata
+        server signed it for that name, port and the address this
+        connection comes from, and it has not expired (in a private network
+        the name is also the one the newcomer proved the secret under).
+        Else it is told why and cut off, and L{None}.
+        """
+        problem = None
+        ticket = None
+        proved = proto.proved()
+        if proved is not None and proved != ("peer", name):
+            problem = f"you proved the network secret as {proved[1]}, not as {name}"
+        elif self.tickets is None:
+            problem = "this peer has no word from the metadata server yet to check tickets by"
+        elif shown is None:
+            problem = "HELLO needs the ticket the metadata server gave you (ticket=...)"
+        else:
+            try:
+                ticket = self.tickets.check(shown, self.clock.seconds())
+                problem = ticket.lets_in(name, port, proto.peerHost())
+            except TicketError as e:
+                problem = str(e)
+        if problem is not None:
+            self.log.info("peer {me} refused {who} as {name}: {why}", me=self.peer_name,
+                          who=proto.peerHost() or "?", name=name, why=problem)
+            proto.sendError(wire.E_BAD_TICKET, problem)
+            proto.close()
+            return None
+        return ticket
 
     # What our links tell us.
 
@@ -609,6 +707,44 @@ class PeerNode(MultiService):
             for p in self.files.partial_matches(pattern, exact)
         ]
         return whole + partial
+
+    def vouch(self, matches: list[Match]) -> Deferred[list[Match]]:
+        return Deferred.fromCoroutine(self._vouch(matches))
+
+    async def _vouch(self, matches: list[Match]) -> list[Match]:
+        """
+        Those of C{matches} whose holder the metadata server knows as a
+        live peer at the address the match gives (our own are ours): a
+        match aimed at somebody else's address is dropped here, before
+        anyone connects to it.  When the metadata server cannot be asked
+        (it is away), every match is kept, and downloads bound what they
+        try (transfer.py).
+        """
+        others = sorted({m.holder for m in matches if m.holder != self.peer_name})
+        if not others:
+            return matches
+        known: dict[str, tuple[str, int]] = {}
+        try:
+            for i in range(0, len(others), WHOIS_MAX):
+                meta = self.meta
+                if meta is None:
+                    raise ConnectionError("the metadata server is away")
+                reply = await meta.request("WHOIS", *others[i:i + WHOIS_MAX]).addTimeout(
+                    self.hop_timeout, self.clock
+                )
+                for entry in reply.args if reply.verb == "KNOWN" else ():
+                    name, _, rest = entry.partition("/")
+                    host, _, port = rest.rpartition("/")
+                    known[name] = (host, int(port))
+        except Exception as e:
+            if self._told_unvouched.due("meta", self.clock.seconds()):
+                self.log.info("search results are not checked for now: {why}",
+                              why=str(e) or type(e).__name__)
+            return matches
+        return [
+            m for m in matches
+            if m.holder == self.peer_name or known.get(m.holder) == (m.host, m.port)
+        ]
 
     # What the control channel shows.
 

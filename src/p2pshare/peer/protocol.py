@@ -50,6 +50,12 @@ class PeerProtocol(LineChannel):
             return
         self.node.hello(self, msg)
 
+    def msg_VERIFY(self, msg: Message) -> None:
+        if self.link is not None:
+            self.sendError(wire.E_UNEXPECTED, "VERIFY is for the metadata server's dial-back")
+            return
+        self.node.verify(self, msg)
+
     def msg_FREE(self, msg: Message) -> None:
         if self.link is None:
             self.sendError(wire.E_UNEXPECTED, "FREE is for overlay links")
@@ -94,7 +100,7 @@ class MetaClientProtocol(LineChannel):
     The peer's side of its registration link to the metadata server.
     """
 
-    pushed = frozenset({"COMPLETE", "PONG", "REJOIN"})
+    pushed = frozenset({"COMPLETE", "PONG", "REJOIN", "TICKET"})
     link = None
 
     def __init__(self, node: IOverlay) -> None:
@@ -125,6 +131,9 @@ class MetaClientProtocol(LineChannel):
 
     def msg_REJOIN(self, msg: Message) -> None:
         self.node.meta_says_rejoin()
+
+    def msg_TICKET(self, msg: Message) -> None:
+        self.node.meta_ticket(msg.args[0])
 
     def msg_COMPLETE(self, msg: Message) -> None:
         self.node.meta_said_complete(int(msg.args[0]))

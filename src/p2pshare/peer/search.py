@@ -10,6 +10,13 @@ deadline has passed.  So a search costs 2(N-1) messages on a tree of N
 peers, every peer handles it once, and the starter gets every match or a
 definitive empty answer.
 
+Matches are other peers' word, and a neighbour may lie: each branch keeps
+at most L{MAX_RESULTS} of its own, and when all together have more the
+answer takes an equal share from each, so one branch cannot crowd out the
+others; and the starter keeps only the matches whose holder the metadata
+server knows as a live peer at that address (L{ISearchHost.vouch}), logging
+once which branch sent the others.
+
 Deadlines nest: C{SEARCH} carries how long the sender will wait (C{wait},
 in ms); a peer answers a margin before that and gives its own branches two
 margins less, so a dead or silent branch costs at most the time the starter
@@ -31,6 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from p2pshare import wire
+from p2pshare.common import OncePerMinute
 from p2pshare.peer.interfaces import ILink, ISearch, ISearchHost
 from p2pshare.wire import Match, Message
 
@@ -57,9 +65,35 @@ class Search:
     upstream: ILink | None
     exact: bool = False
     waiting: set[str] = field(default_factory=set)
-    matches: list[Match] = field(default_factory=list)
+    # What each branch sent (None: this peer's own), at most MAX_RESULTS each.
+    branches: dict[str | None, list[Match]] = field(default_factory=dict)
     timer: IDelayedCall | None = None
     done: Deferred[list[Match]] | None = None
+
+    @property
+    def matches(self) -> list[Match]:
+        """
+        Every match, at most L{MAX_RESULTS}: an equal share from each
+        branch when they sent more together.
+        """
+        return fair_share(list(self.branches.values()), MAX_RESULTS)
+
+
+def fair_share(lists: list[list[Match]], room: int) -> list[Match]:
+    """
+    At most C{room} items from C{lists}: all of a list that needs less than
+    an equal share, and what is left shared equally among the others.
+    """
+    if sum(len(items) for items in lists) <= room:
+        return [m for items in lists for m in items]
+    kept: list[Match] = []
+    rest = sorted(lists, key=len)
+    while rest:
+        share = room // len(rest)
+        items = rest.pop(0)
+        kept.extend(items[:share])
+        room -= min(share, len(items))
+    return kept
 
 
 @implementer(ISearch)
@@ -79,6 +113,7 @@ class SearchEngine:
         self.seen: dict[str, float] = {}
         self.handled: dict[str, int] = {}
         self.throttled = 0  # searches refused over a neighbour's allowance
+        self._told = OncePerMinute()  # which branches' forged matches were logged
 
     def start(
         self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None,
@@ -142,7 +177,7 @@ class SearchEngine:
         self.seen[search_id] = now
         self.handled[search_id] = self.handled.get(search_id, 0) + 1
         search = Search(search_id, pattern, upstream, exact, done=done)
-        search.matches = self.node.local_matches(pattern, hops, exact)[:MAX_RESULTS]
+        search.branches[None] = self.node.local_matches(pattern, hops, exact)[:MAX_RESULTS]
         margin_ms = margin_for(wait_ms, ttl)
         child_wait = wait_ms - 2 * margin_ms
         if ttl > 0 and child_wait > margin_ms:
@@ -165,9 +200,10 @@ class SearchEngine:
         search = self.pending.get(msg.args[0])
         if search is None or proto.link not in search.waiting:
             return  # late, after our deadline: already answered without it
-        room = MAX_RESULTS - len(search.matches)
+        sent = search.branches.setdefault(proto.link, [])
+        room = MAX_RESULTS - len(sent)
         if room > 0:
-            search.matches.extend(Match.parse(f) for f in msg.args[1 : 1 + room])
+            sent.extend(Match.parse(f) for f in msg.args[1 : 1 + room])
         if "more" not in msg.options:
             search.waiting.discard(proto.link)
             if not search.waiting:
@@ -204,13 +240,35 @@ class SearchEngine:
         search.timer = None
         if search.done is not None:
             matches = sorted(search.matches, key=lambda m: (m.hops, m.name, m.holder))
-            search.done.callback(matches)
+            done = search.done
+            vouched = self.node.vouch(matches)
+            vouched.addCallback(self._dropped, search, matches)
+            vouched.chainDeferred(done)
             return
         upstream = search.upstream
         if upstream is None or not upstream.connected:
             return
         for line in results_lines(search.id, search.matches):
             upstream.sendMessage(line)
+
+    def _dropped(self, kept: list[Match], search: Search, matches: list[Match]) -> list[Match]:
+        """
+        Log, once a minute per branch, the branches whose matches named a
+        holder that is not a live peer at that address.
+        """
+        if len(kept) == len(matches):
+            return kept
+        good = set(map(id, kept))
+        for branch, sent in search.branches.items():
+            bad = [m for m in sent if id(m) not in good]
+            if bad and branch is not None and self._told.due(branch, self.node.clock.seconds()):
+                self.log.warn(
+                    "search {id}: dropped {n} matches that came through {branch}: their holders "
+                    "are not live peers at those addresses (e.g. {holder} at {host}:{port})",
+                    id=search.id[:8], n=len(bad), branch=branch, holder=bad[0].holder,
+                    host=bad[0].host, port=bad[0].port,
+                )
+        return kept
 
     def _forget_before(self, oldest: float) -> None:
         while self.seen:

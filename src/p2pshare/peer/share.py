@@ -3,7 +3,10 @@ The files a peer offers: L{ShareIndex} over its C{--shared} directory.
 
 The whole tree is shared, each file by its path relative to the share
 (C{music/live/set.ogg}): no hidden files or folders (downloads in progress
-are hidden files), and no symlink whose target lies outside the share.
+are hidden files), no symlink whose target lies outside the share, and
+nothing private: the peer's data dir (its token, its manhole credentials,
+its log) and the files holding the network's secrets are never shared,
+wherever they lie, recognised by device and inode rather than by name.
 Each file's size and SHA-256 are computed once and kept while its size,
 mtime and inode stay the same, so a rescan costs one C{stat} per file;
 files added, changed or removed are noticed at the next scan, without a
@@ -113,10 +116,20 @@ def sha256_of(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+Inode = tuple[int, int]  # (st_dev, st_ino): a file or folder, whatever its name
+
+
+def inode_of(st: os.stat_result) -> Inode:
+    return (st.st_dev, st.st_ino)
+
+
+def _walk(
+    top: str, private: frozenset[Inode] = frozenset(), found: set[str] | None = None
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """
     Every entry under C{top} that could be a shared file, with its path
-    relative to C{top}: hidden entries and symlinked folders are skipped.
+    relative to C{top}: hidden entries, symlinked folders and the folders
+    in C{private} are skipped (the names of those are added to C{found}).
     """
     stack = [("", top)]
     while stack:
@@ -133,6 +146,10 @@ def _walk(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
+                    if private and inode_of(entry.stat(follow_symlinks=False)) in private:
+                        if found is not None:
+                            found.add(name + "/")
+                        continue
                     stack.append((name + "/", entry.path))
                     continue
             except OSError:
@@ -147,8 +164,15 @@ class ShareIndex:
     old index or the new one, never a mix.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, private: tuple[Path, ...] = ()) -> None:
+        """
+        @param private: folders and files never to share (the data dir, the
+            secret and key files), wherever they lie: compared by device and
+            inode, so no name or link leads to them.
+        """
         self.directory = Path(directory)
+        self.private = private
+        self.withheld: frozenset[str] = frozenset()  # what the last scan kept private
         self.files: dict[str, SharedFile] = {}
         self._learned: dict[str, SharedFile] = {}
         self.walked = 0.0  # seconds the last scan took, hashing new files aside
@@ -180,7 +204,10 @@ class ShareIndex:
             st = os.stat(self.directory / known.name, follow_symlinks=False)
         except OSError:
             return False
-        return stat.S_ISREG(st.st_mode) and stamp_of(st) == known.stamp
+        return (
+            stat.S_ISREG(st.st_mode) and stamp_of(st) == known.stamp
+            and self.resolve(known.name) is not None  # inside, and not private
+        )
 
     def refresh(self) -> dict[str, SharedFile]:
         """
@@ -189,16 +216,22 @@ class ShareIndex:
         (a tree could then hold itself); a symlinked file counts if it
         stays inside.  A file is hashed only when new or changed.
         """
+        private = self._private_inodes()
         try:
             real_dir = os.path.realpath(self.directory)
-            os.stat(real_dir)
+            top = os.stat(real_dir)
         except OSError:
+            self.files = {}
+            return self.files
+        if inode_of(top) in private:
+            self.withheld = frozenset({"./"})  # the share is itself private
             self.files = {}
             return self.files
         old = self.files
         new: dict[str, SharedFile] = {}
+        withheld: set[str] = set()
         started, hashing = time.monotonic(), 0.0
-        for name, entry in _walk(real_dir):
+        for name, entry in _walk(real_dir, private, withheld):
             try:
                 if entry.is_symlink():
                     path = self.resolve(name, real_dir)
@@ -211,6 +244,9 @@ class ShareIndex:
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode):
+                continue
+            if inode_of(st) in private:
+                withheld.add(name)
                 continue
             stamp = stamp_of(st)
             known = old.get(name)
@@ -234,8 +270,37 @@ class ShareIndex:
                 new.setdefault(name, known)
                 self._learned.pop(name, None)
         self.walked = time.monotonic() - started - hashing
+        self.withheld = frozenset(withheld)
         self.files = new
         return new
+
+    def _private_inodes(self) -> frozenset[Inode]:
+        found = set()
+        for path in self.private:
+            try:
+                found.add(inode_of(os.stat(path)))
+            except OSError:
+                continue
+        return frozenset(found)
+
+    def _is_private(self, path: str, real_dir: str) -> bool:
+        """
+        Is the file at real path C{path}, or a folder it lies in (up to and
+        including the share), private?
+        """
+        private = self._private_inodes()
+        if not private:
+            return False
+        folder = path
+        while True:
+            try:
+                if inode_of(os.stat(folder)) in private:
+                    return True
+            except OSError:
+                return True
+            if folder == real_dir or len(folder) <= len(real_dir):
+                return False
+            folder = os.path.dirname(folder)
 
     def resolve(self, name: str, real_dir: str | None = None) -> str | None:
         """
@@ -250,7 +315,7 @@ class ShareIndex:
         inside = os.path.relpath(path, real_dir)
         if inside.startswith("..") or not is_shareable_name(inside.replace(os.sep, "/")):
             return None
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or self._is_private(path, real_dir):
             return None
         return path
 

@@ -23,13 +23,15 @@ from p2pshare.admission import SecretError, describe, load_secret
 from p2pshare.common import (
     ListenService,
     client_endpoint_string,
+    control_endpoint,
     loopback_by_default,
     server_endpoint_string,
     tcp_client_endpoint,
 )
 from p2pshare.logs import RoleLog
-from p2pshare.manhole import manhole_service
-from p2pshare.peer.control import ControlFactory
+from p2pshare.manhole import manhole_service, reset_manhole
+from p2pshare.peer.control import ControlFactory, control_token
+from p2pshare.peer.identity import Identity
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.serving import parse_rate
 from p2pshare.peer.storing import return_buffers_to_the_system
@@ -67,16 +69,23 @@ class Options(RoleOptions):
         ["max-uploads", None, 16, "Files served at once; more requests get 503.", int],
         ["upload-rate", None, None, "Cap on all uploads together, bytes/s (K, M, G suffixes)."],
     ]
+    optFlags = [
+        ["reset-token", None,
+         "Replace the token that proves this peer's name (after a leak; see docs/security.rst)."],
+        ["reset-manhole", None, "Replace the manhole's password and SSH host key."],
+    ]
 
     def postOptions(self) -> None:
         if self["name"] is not None and not wire.is_name(self["name"]):
             raise usage.UsageError(
                 "--name is 1 to 64 letters, digits or _ - . @"
             )
-        if not 0.1 <= self["heartbeat"] <= 3600:
-            raise usage.UsageError("--heartbeat is from 0.1 to 3600 seconds")
-        if not 1 <= self["max-neighbours"] <= 1000:
-            raise usage.UsageError("--max-neighbours is from 1 to 1000")
+        if not wire.BEAT_MIN <= self["heartbeat"] <= wire.BEAT_MAX:
+            raise usage.UsageError(
+                f"--heartbeat is from {wire.BEAT_MIN} to {wire.BEAT_MAX:.0f} seconds"
+            )
+        if not 1 <= self["max-neighbours"] <= wire.NEIGHBOURS_MAX:
+            raise usage.UsageError(f"--max-neighbours is from 1 to {wire.NEIGHBOURS_MAX}")
         if not 1 <= self["max-uploads"] <= 10000:
             raise usage.UsageError("--max-uploads is from 1 to 10000")
         if self["upload-rate"] is not None:
@@ -88,15 +97,10 @@ class Options(RoleOptions):
             raise usage.UsageError("--advertise is a host name or an IP address")
         self["port"] = server_endpoint_string(self["port"])
         self["meta"] = client_endpoint_string(self["meta"])
-        control = self["control"]
-        if control is None:
-            sock = Path(self["data-dir"]).absolute() / "control.sock"
-            control = "unix:" + str(sock).replace(":", "\\:")
-        else:
-            control = server_endpoint_string(control)
-        if control.startswith("unix:") and ":mode=" not in control:
-            control += ":mode=600"
-        self["control"] = control
+        try:
+            self["control"] = control_endpoint(self["control"], Path(self["data-dir"]).absolute())
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self["manhole"] is not None:
             self["manhole"] = loopback_by_default(server_endpoint_string(self["manhole"]))
         try:
@@ -184,6 +188,17 @@ def _assemble(options: Options, reactor: Any) -> IService:
             f"--meta {options['meta']} is not a usable endpoint: {endpoint_problem(e)}"
         ) from None
     tls = options["tls"]
+    if options["reset-token"]:
+        Identity.reset(data_dir)
+    if options["reset-manhole"]:
+        reset_manhole(data_dir)
+    # Never shared, wherever they lie: the data dir (PeerSettings.state_dir)
+    # and the files that hold the network's secrets.
+    private = tuple(
+        Path(f).absolute()
+        for f in (options["secret-file"], tls and tls.key_path, tls and tls.cert_path)
+        if f
+    )
     node = PeerNode(
         clock=reactor,
         listen=endpoint(reactor, "--port", options["port"]),
@@ -202,6 +217,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
             upload_rate=options["upload-rate"],
             url_scheme="https" if tls is not None else "http",
             listen_description=f"--port {options['port']}",
+            private=private,
         ),
         agent=Agent.usingEndpointFactory(
             reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
@@ -217,9 +233,11 @@ def _assemble(options: Options, reactor: Any) -> IService:
     top.data_dir_lock = lock  # type: ignore[attr-defined]
     # The control socket first: a second peer on this data dir is told so
     # before it touches the network.
+    # A TCP control port (loopback only) asks for a token from the data dir.
+    token = control_token(data_dir) if not options["control"].startswith("unix:") else None
     ListenService(
         endpoint(reactor, "--control", options["control"]),
-        ControlFactory(node),
+        ControlFactory(node, token),
         what=f"--control {options['control']}",
     ).setServiceParent(top)
     node.setServiceParent(top)
