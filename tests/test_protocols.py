@@ -535,12 +535,22 @@ def test_a_host_that_keeps_breaking_the_protocol_cools_off(meta):
     from p2pshare.common import LimitedFactory
 
     limited = LimitedFactory(MetaFactory(meta), clock=meta.clock, cooling_off=60)
-    rude = Conn(limited, host="127.0.0.66")
-    rude.say(b"P2P\r\n")
-    out = rude.say(b"FROB\r\n" * 10)
-    assert out.count(b"ERROR unknown-verb") == 10
+    # One rude connection is cut, and its host's other connections (an
+    # honest client behind the same address) go on; the third in ten
+    # minutes gets the host refused.
+    honest = Conn(limited, host="127.0.0.66")
+    assert honest.say(b"P2P\r\n").startswith(b"OK")
+    for strike in range(3):
+        rude = Conn(limited, host="127.0.0.66")
+        rude.say(b"P2P\r\n")
+        out = rude.say(b"FROB\r\n" * 10)
+        assert out.count(b"ERROR unknown-verb") == 10
+        assert rude.transport.disconnecting
+        if strike < 2:
+            assert out.endswith(b"ERROR cooling-off 10 bad lines; this connection is closed\r\n")
+            assert honest.say(b"TOPO\r\n") == b"END 0\r\n"
+            assert Conn(limited, host="127.0.0.66").say(b"P2P\r\n").startswith(b"OK")
     assert out.endswith(b"ERROR cooling-off 10 bad lines; your host is refused for a while\r\n")
-    assert rude.transport.disconnecting
     again = Conn(limited, host="127.0.0.66")
     assert again.transport.value() == b"ERROR cooling-off your host misbehaved; refused for 60 s more\r\n"
     polite = Conn(limited, host="127.0.0.67")

@@ -75,7 +75,7 @@ async def test_bad_endpoints_end_the_peer(reactor, tmp_path):
         assert said.endswith(f"{role} cannot start: --portfile /nonexistent/port: the folder "
                              "/nonexistent does not exist")
     said = await fails(reactor, tmp_path, "p2ppeer", "--heartbeat", "0")
-    assert said == "twistd p2ppeer: --heartbeat is from 0.1 to 3600 seconds (see twistd p2ppeer --help)"
+    assert said == "twistd p2ppeer: --heartbeat is from 0.5 to 300 seconds (see twistd p2ppeer --help)"
 
 
 @pytest_twisted.ensureDeferred

@@ -383,14 +383,19 @@ class LineChannel(LineReceiver, TimeoutMixin):
 
     def misbehaved(self, why: str) -> None:
         """
-        The other side keeps breaking the rules: close, and if the port
-        counts connections, refuse its host for a cooling-off period.
+        The other side keeps breaking the rules: close; and if the port
+        counts connections and this host's connections keep misbehaving,
+        refuse the host for a cooling-off period.
         """
         limits = getattr(self.transport, "factory", None)
-        if isinstance(limits, LimitedFactory):
-            limits.cool_off(self.peerHost() or "local")
+        refused = isinstance(limits, LimitedFactory) and limits.misbehaved(
+            self.peerHost() or "local"
+        )
         self.log.info("closing {peer}: {why}", peer=self._peerText(), why=why)
-        self.sendError(wire.E_COOLING_OFF, f"{why}; your host is refused for a while")
+        if refused:
+            self.sendError(wire.E_COOLING_OFF, f"{why}; your host is refused for a while")
+        else:
+            self.sendError(wire.E_COOLING_OFF, f"{why}; this connection is closed")
         self.close()
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -181,6 +181,10 @@ class _Busy(Protocol):
         self.transport.loseConnection()
 
 
+STRIKES = 3  # misbehaving connections from one host before the host is refused
+STRIKE_WINDOW = 600.0  # seconds they count for
+
+
 class OncePerMinute:
     """
     Says whether something about a source (a refusal) is worth logging
@@ -229,6 +233,7 @@ class LimitedFactory(WrappingFactory):
         self.clock = clock
         self.cooling_off = cooling_off
         self.cooling: dict[str, float] = {}  # host -> refused until
+        self.strikes: dict[str, list[float]] = {}  # host -> when its connections misbehaved
         self._told = OncePerMinute()  # which refusals to log
 
     def cool_off(self, host: str) -> None:
@@ -237,6 +242,27 @@ class LimitedFactory(WrappingFactory):
         """
         if self.clock is not None:
             self.cooling[host] = self.clock.seconds() + self.cooling_off
+
+    def misbehaved(self, host: str) -> bool:
+        """
+        A connection from C{host} broke the rules (it is cut).  The host
+        itself is refused only once L{STRIKES} of its connections have, in
+        L{STRIKE_WINDOW}: one bad client behind a NAT does not shut out
+        everyone else there, nor the same user's honest download.  True if
+        the host is refused now.
+        """
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        recent = [t for t in self.strikes.get(host, ()) if now - t < STRIKE_WINDOW] + [now]
+        if len(recent) >= STRIKES:
+            self.strikes.pop(host, None)
+            self.cool_off(host)
+            return True
+        self.strikes[host] = recent
+        if len(self.strikes) > 10_000:  # forget hosts whose strikes are old
+            self.strikes = {
+                h: ts for h, ts in self.strikes.items() if now - ts[-1] < STRIKE_WINDOW
+            }
+        return False
 
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", "local"))

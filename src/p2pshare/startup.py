@@ -187,6 +187,43 @@ class DataDirLock:
         self.fd = fd  # kept open: the lock lives as long as the process
 
 
+FD_CEILING = 1 << 20  # what "unlimited" descriptors means here
+
+
+def raise_fd_limit() -> int:
+    """
+    Raise this process's soft limit on open descriptors to its hard limit
+    (the soft one is often 1,024 while the hard one is far higher), and
+    return the limit now in force: connection caps are sized within it.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = FD_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return min(soft, FD_CEILING) if soft != resource.RLIM_INFINITY else FD_CEILING
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return want
+    except (ValueError, OSError):
+        return soft
+
+
+def fit_caps(fds: int, total: int, per_host: int, reserve: int) -> tuple[int, int]:
+    """
+    Connection caps that fit in C{fds} descriptors with C{reserve} left for
+    everything else (files, the registry, logs, outgoing connections): the
+    total at most C{fds - reserve}; and when that is less than was asked,
+    one host at most half of it, so that one address cannot take them all.
+    """
+    room = max(fds - reserve, 16)
+    if total <= room:
+        return total, min(per_host, total)
+    # Too few descriptors for what was asked: the caps shrink to fit, and
+    # one host may hold at most half of them.
+    return room, max(1, min(per_host, room // 2))
+
+
 def check_writable(path: Path | None, flag: str) -> None:
     """
     A file the role will write later (C{--portfile}): its folder must be

@@ -38,17 +38,21 @@ from p2pshare.meta.server import (
 )
 from p2pshare.meta.web import make_site
 from p2pshare.startup import (
+    FD_CEILING,
     RoleOptions,
     RoleService,
     StartupError,
     cannot_start,
     check_writable,
+    fit_caps,
     prepare_data_dir,
+    raise_fd_limit,
 )
 from p2pshare.tickets import TicketSigner
 from p2pshare.tls import TLSConfigError, endpoint, peer_tls
 
 log = Logger()
+FD_RESERVE = 128  # descriptors kept for the registry, logs, files and dial-backs
 
 
 class Options(RoleOptions):
@@ -106,6 +110,7 @@ class Options(RoleOptions):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    options["fds"] = raise_fd_limit()
     try:
         return _assemble(options, reactor)
     except StartupError as e:
@@ -179,18 +184,27 @@ def _assemble(options: Options, reactor: Any) -> IService:
             n=len(registry),
         )
 
+    # Room for every peer, and a reserve for observers (p2p topo) and the
+    # operator beyond it: a full network still answers them; all within
+    # the descriptors this process may open.
+    wanted = options["max-peers"] + OBSERVER_RESERVE
+    total, per_host = fit_caps(
+        options.get("fds", FD_CEILING), wanted,
+        min(options["max-per-address"], options["max-peers"]) + OBSERVER_RESERVE, FD_RESERVE,
+    )
+    if total < wanted:
+        log.warn(
+            "only {fds} file descriptors (ulimit -n): at most {total} connections, {per_host} "
+            "from one address; --max-peers {peers} needs {need}",
+            fds=options.get("fds"), total=total, per_host=per_host, peers=options["max-peers"],
+            need=wanted + FD_RESERVE,
+        )
     top = RoleService("p2pmeta", RoleLog("p2pmeta", lambda: None, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]
     server.setServiceParent(top)
     ListenService(
         endpoint(reactor, "--port", options["port"]),
-        # Room for every peer, and a reserve for observers (p2p topo) and
-        # the operator beyond it: a full network still answers them.
-        LimitedFactory(
-            MetaFactory(server), clock=reactor,
-            total=options["max-peers"] + OBSERVER_RESERVE,
-            per_host=min(options["max-per-address"], options["max-peers"]) + OBSERVER_RESERVE,
-        ),
+        LimitedFactory(MetaFactory(server), clock=reactor, total=total, per_host=per_host),
         listening,
         what=f"--port {options['port']}",
     ).setServiceParent(top)

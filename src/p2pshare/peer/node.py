@@ -126,6 +126,8 @@ class PeerSettings:
     url_scheme: str = "http"
     listen_description: str = "its port"
     private: tuple[Path, ...] = ()  # never shared: the data dir, files holding secrets
+    connections: int = 1000  # connections our port takes at once (in total)
+    connections_per_host: int = 200  # ... and from one remote host
 
 
 @implementer(IOverlay, ISearchHost)
@@ -325,7 +327,10 @@ class PeerNode(MultiService):
         raises L{StartupError} at once, so the peer never starts half-way.
         """
         self.identity.load()
-        factory = LimitedFactory(SniffingFactory(self.site, PeerFactory(self)), clock=self.clock)
+        factory = LimitedFactory(
+            SniffingFactory(self.site, PeerFactory(self)), clock=self.clock,
+            total=self.settings.connections, per_host=self.settings.connections_per_host,
+        )
         return listen_now(self._listen_endpoint, factory, self.settings.listen_description)
 
     async def _start(self, listening: Deferred[IListeningPort]) -> None:

@@ -36,16 +36,20 @@ from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.serving import parse_rate
 from p2pshare.peer.storing import return_buffers_to_the_system
 from p2pshare.startup import (
+    FD_CEILING,
     RoleOptions,
     RoleService,
     StartupError,
     cannot_start,
     check_writable,
+    fit_caps,
     prepare_data_dir,
+    raise_fd_limit,
 )
 from p2pshare.tls import PeerTLS, TLSConfigError, endpoint, endpoint_problem, peer_tls
 
 log = Logger()
+FD_RESERVE = 128  # descriptors kept for logs, the share's scans, links and downloads
 
 
 class Options(RoleOptions):
@@ -156,6 +160,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     return_buffers_to_the_system()  # memory stays flat through long downloads
+    options["fds"] = raise_fd_limit()
     try:
         return _assemble(options, reactor)
     except StartupError as e:
@@ -199,6 +204,14 @@ def _assemble(options: Options, reactor: Any) -> IService:
         for f in (options["secret-file"], tls and tls.key_path, tls and tls.cert_path)
         if f
     )
+    # Connection caps within the descriptors this process may open, with
+    # room for the files it serves and writes, and its own connections.
+    reserve = FD_RESERVE + 2 * options["max-uploads"]
+    total, per_host = fit_caps(options.get("fds", FD_CEILING), 1000, 200, reserve)
+    if total < 1000:
+        log.warn("only {fds} file descriptors (ulimit -n): this peer takes at most {total} "
+                 "connections, {per_host} from one address", fds=options.get("fds"),
+                 total=total, per_host=per_host)
     node = PeerNode(
         clock=reactor,
         listen=endpoint(reactor, "--port", options["port"]),
@@ -218,6 +231,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
             url_scheme="https" if tls is not None else "http",
             listen_description=f"--port {options['port']}",
             private=private,
+            connections=total,
+            connections_per_host=per_host,
         ),
         agent=Agent.usingEndpointFactory(
             reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
