@@ -63,12 +63,14 @@ class LineClient:
         self.sock.close()
 
 
-def handshake(port: int, secret: Secret, responder: tuple[str, str]) -> tuple[LineClient, list[str], bytes]:
+def handshake(
+    port: int, secret: Secret, responder: tuple[str, str], wrap=None
+) -> tuple[LineClient, list[str], bytes]:
     """
     Prove membership the way a peer does; return the client, the lines we
     said, and the answer to our proof.
     """
-    c = LineClient(port)
+    c = LineClient(port, wrap)
     nonce = os.urandom(16).hex()
     said = [f"AUTH peer - {nonce}"]
     c.say(said[0])
@@ -132,67 +134,103 @@ async def test_a_private_network_admits_members_only(reactor, tmp_path, stop_lat
     ports = {name: int((net.root / key / "port").read_text()) for name, key in names.items()}
 
     # Outsiders: no secret, then a wrong one.  Refused at the metadata
-    # server (which logs it); they never join.
+    # server (which logs it), each told why; they never join.  A private
+    # network is mutual TLS made from its secret: without the secret a
+    # peer speaks plain text and is answered so; with another secret the
+    # TLS handshake fails on both sides.
     wrong = tmp_path / "wrong.secret"
     wrong.write_text("not the network's secret at all\n")
-    for i, extra in enumerate([[], ["--secret-file", str(wrong)]]):
+    for i, (extra, said, logged) in enumerate([
+        ([], "refused us: this network uses TLS", "refused 127.0.0.1: it spoke plain text"),
+        (["--secret-file", str(wrong)], "failed: certificate verify failed (the two sides "
+         "hold different network secrets", "failed: tlsv1 alert unknown ca"),
+    ]):
         outside = LocalNetwork(reactor, tmp_path / f"out{i}")
         (tmp_path / f"out{i}").mkdir()
         outside.meta_port = net.meta_port
         stop_later(outside)
         since = len(net.meta.lines)
         _, proc = await outside.start_peer(*extra, wait=False)
-        await proc.wait_for("refused us", 30)
-        await net.meta.wait_for("refused 127.0.0.1", 30, since)
+        await proc.wait_for(said, 30)
+        await net.meta.wait_for(logged, 30, since)
         assert proc.running and not any(" ready on port " in line for line in proc.lines)
         if not extra:  # without a secret, a peer says its network is open
             assert "this network is OPEN" in "".join(proc.lines)
     topo = (net.meta_dir / "topo.txt").read_text()
     assert sorted(e.name for e in parse_topo(topo)) == ["s1", "s2", "s3"]
 
-    # Directly at every peer: a HELLO without proof, and a wrong proof.
-    other = Secret.from_file(wrong)
+    # Directly at every peer: plain text is answered in plain text and
+    # closed; TLS made from another secret fails; a member's TLS and
+    # proof get in.
+    member = tls_client(secret, tmp_path / "member")
+    outsider = tls_client(Secret.from_file(wrong), tmp_path / "outsider")
     for name, port in ports.items():
         c = LineClient(port)
         c.say("HELLO intruder 7000")
-        assert c.hear().startswith(b"ERROR auth-required ")
+        assert c.hear().startswith(b"ERROR tls-required this network uses TLS")
         assert c.hear() == b""  # and the connection is closed
         c.close()
-        c, _, answer = handshake(port, other, ("peer", name))
-        assert answer.startswith(b"ERROR auth-failed ")
-        c.close()
-        # A member who meant to reach this peer is let in.
-        c, _, answer = handshake(port, secret, ("peer", name))
+        with pytest.raises(ssl.SSLError):
+            LineClient(port, outsider.wrap_socket).hear()
+        c, _, answer = handshake(port, secret, ("peer", name), member.wrap_socket)
         assert answer.startswith(b"PROOF ")
         c.say("PING")
         assert c.hear() == b"PONG\r\n"
         c.close()
 
     # A recorded exchange, replayed, does not fit the fresh challenge.
-    c, said, answer = handshake(net.meta_port, secret, META_IDENTITY)
+    c, said, answer = handshake(net.meta_port, secret, META_IDENTITY, member.wrap_socket)
     assert answer.startswith(b"PROOF ")
     c.close()
-    replay = LineClient(net.meta_port)
+    replay = LineClient(net.meta_port, member.wrap_socket)
     replay.say(said[0])
     assert replay.hear().startswith(b"CHALLENGE ")
     replay.say(said[1])
     assert replay.hear().startswith(b"ERROR auth-failed ")
     replay.close()
 
-    # The HTTP side: 403 without proof, the file with a signed URL.
+    # The HTTP side is HTTPS with a member's certificate (p2p certs
+    # --secret-file), and a URL signed for that very peer.
+    certs = tmp_path / "curl-certs"
+    made = run(*P2P, "certs", str(certs), "--secret-file", str(secret_file))
+    assert made.returncode == 0, made.stderr
+    tls_args = ["--cacert", str(certs / "trust" / "ca.pem"), "--cert", str(certs / "member.pem")]
     for name, port in ports.items():
-        for path in ("/files/notes.bin", "/files/", "/files/notes.bin?expires=99999999999&sig=00"):
-            out = run(CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
+        plain = run(CURL, "-s", f"http://127.0.0.1:{port}/files/notes.bin")
+        assert "speaks HTTPS only" in plain.stdout, plain
+        no_cert = run(CURL, "-s", "--cacert", str(certs / "trust" / "ca.pem"),
+                      f"https://127.0.0.1:{port}/files/notes.bin")
+        assert no_cert.returncode != 0  # no certificate: no TLS
+        for path in ("/files/notes.bin", "/files/", "/files/notes.bin?expires=99999999999&sig=00",
+                     "/files/notes.bin?expires=" + "9" * 5000 + "&sig=00"):
+            out = run(CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", *tls_args,
+                      f"https://127.0.0.1:{port}{path}")
             assert out.stdout == "403", (name, path, out)
-    url = run(*P2P, "url", f"http://127.0.0.1:{ports['s3']}/files/notes.bin", "--secret-file", str(secret_file))
+    url = run(*P2P, "url", f"https://127.0.0.1:{ports['s3']}/files/notes.bin", "--secret-file",
+              str(secret_file))
     assert url.returncode == 0, url.stderr
-    body = subprocess.run([CURL, "-sf", url.stdout.strip()], capture_output=True, timeout=60)
+    body = subprocess.run([CURL, "-sf", *tls_args, url.stdout.strip()], capture_output=True, timeout=60)
     assert body.returncode == 0 and body.stdout == DATA
+    # That URL is good at s3 only: at another member holding the same file
+    # it is refused.
+    elsewhere = url.stdout.strip().replace(f":{ports['s3']}/", f":{ports['s2']}/")
+    out = run(CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", *tls_args, elsewhere)
+    assert out.stdout == "403"
 
     # p2p topo needs the secret too.
     assert run(*P2P, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}").returncode == 1
     out = run(*P2P, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}", "--secret-file", str(secret_file))
     assert (out.returncode, out.stdout) == (0, topo)
+
+
+def tls_client(secret: Secret, directory) -> ssl.SSLContext:
+    """
+    A member's TLS client context for plain sockets: the private network's
+    CA and a certificate, made from C{secret}.
+    """
+    from p2pshare.tls import network_tls
+
+    return network_tls(secret, (), directory).stdlib_client()
 
 
 @pytest_twisted.ensureDeferred

@@ -98,6 +98,13 @@ class Secret:
         except SecretError as e:
             raise SecretError(f"{path}: {e}") from None
 
+    def derive(self, label: str) -> bytes:
+        """
+        32 bytes for C{label} that only holders of the secret can compute
+        (the network's TLS identity is made from them, p2pshare.tls).
+        """
+        return bytes.fromhex(self.mac("derive", label))
+
     def mac(self, *parts: str) -> str:
         data = "\n".join(("p2pshare-1", *parts)).encode("utf-8")
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
@@ -121,25 +128,36 @@ class Secret:
 
     # Signed URLs for the HTTP side.
 
-    def sign_path(self, path: str, now: float, lifetime: int = URL_LIFETIME) -> str:
+    def sign_path(self, path: str, now: float, lifetime: int = URL_LIFETIME, where: str = "") -> str:
         """
         C{path} (as it goes on the request line, percent-encoded) with the
-        query that proves membership until C{now + lifetime}.
+        query that proves membership until C{now + lifetime}, at the holder
+        C{where} (C{HOST:PORT} as in the URL) and nowhere else.
         """
         expires = int(now) + lifetime
-        return f"{path}?expires={expires}&sig={self.mac('url', path, str(expires))}"
+        return f"{path}?expires={expires}&sig={self.mac('url', where.lower(), path, str(expires))}"
 
-    def check_path(self, path: str, expires: str, sig: str, now: float) -> str | None:
+    def check_path(
+        self, path: str, expires: str, sig: str, now: float, where: str = ""
+    ) -> str | None:
         """
-        L{None} if C{sig} signs C{path} until C{expires} and that is still
-        ahead (and not absurdly far); otherwise what is wrong.
+        L{None} if C{sig} signs C{path} at C{where} until C{expires} and that
+        is still ahead (and not absurdly far); otherwise what is wrong.
         """
-        if not expires.isdigit():
+        if not expires.isdigit() or len(expires) > 15:
             return "this peer serves members only: ask for a signed URL (p2p url)"
         if int(expires) < now:
             return "the signed URL has expired: sign it again (p2p url)"
         if int(expires) > now + URL_LIFETIME_MAX:
             return "the signed URL claims to last too long"
-        if not self.verify(sig, "url", path, expires):
-            return "the URL's signature does not match this network's secret"
+        if not self.verify(sig, "url", where.lower(), path, expires):
+            return "the URL's signature does not match this network's secret, or this peer"
         return None
+
+
+def authority(host: str, port: int) -> str:
+    """
+    C{HOST:PORT} as a URL names a holder (an IPv6 address in brackets):
+    what a signed URL is bound to.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

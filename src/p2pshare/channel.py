@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from p2pshare import wire
 from p2pshare.admission import Secret, new_nonce
 from p2pshare.common import LimitedFactory
-from p2pshare.tls import tls_failure
+from p2pshare.tls import is_tls_hello, tls_failure
 from p2pshare.wire import Message, RemoteError, WireError
 
 MAX_BAD_LINES = 10  # bad lines on one connection before it is cut
@@ -101,6 +101,7 @@ class LineChannel(LineReceiver, TimeoutMixin):
         # When this side last heard and said anything (for heartbeats).
         self.clock = clock
         self.bad_lines = 0
+        self._heard_bytes = False
         self.heard_at = self.said_at = clock.seconds() if clock is not None else 0.0
 
     # Sending.
@@ -342,6 +343,21 @@ class LineChannel(LineReceiver, TimeoutMixin):
         self.sendError(wire.E_UNEXPECTED, "this network is open: it has no secret")
 
     # Receiving.
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._heard_bytes and data:
+            self._heard_bytes = True
+            if is_tls_hello(data):
+                # A member of a TLS network (or a private one) at this
+                # plain port: the two cannot talk; say so where it shows.
+                self.log.warn(
+                    "refused {peer}: it speaks TLS, and this side does not use TLS (a network "
+                    "secret or certificates one side has and the other has not)",
+                    peer=self._peerText(),
+                )
+                self.abort()
+                return
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if not self._producing:

@@ -458,15 +458,33 @@ def cmd_url(args: argparse.Namespace) -> int:
         parts.path.startswith("/files/") or parts.path in ("/", "/index.json")
     ):
         raise Failed("give a file's URL, like http://HOST:PORT/files/NAME (or / or /index.json)")
-    signed = secret.sign_path(parts.path, time.time(), args.lifetime)
+    signed = secret.sign_path(parts.path, time.time(), args.lifetime, where=_where(parts))
     print(f"{parts.scheme}://{parts.netloc}{signed}")
     return 0
+
+
+def _where(parts: Any) -> str:
+    """
+    The holder a URL names, as a signature binds it (HOST:PORT).
+    """
+    from p2pshare.admission import authority
+
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Failed("the URL's port is not a number") from None
+    return authority(parts.hostname or "", port)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
     from p2pshare.tls import make_certs
 
     directory = Path(args.dir)
+    if args.secret_file is not None:
+        return _member_certs(directory, args)
+    if not args.names:
+        raise Failed("name the roles to make certificates for (p2p certs DIR meta s1 s2 ...), "
+                     "or give --secret-file for a private network's member certificate")
     bad = [n for n in args.names if not wire.is_name(n)]
     if bad:
         raise Failed(f"{bad[0]!r} is not a name: letters, digits or _ - . @")
@@ -476,6 +494,30 @@ def cmd_certs(args: argparse.Namespace) -> int:
             print(f"made a new network CA: {path} (trustRoots={path.parent}; ca.key stays with you)")
         elif path.name != "ca.key":
             print(f"wrote {path} (certificate and key, mode 0600)")
+    return 0
+
+
+def _member_certs(directory: Path, args: argparse.Namespace) -> int:
+    """
+    A private network's CA (made from its secret) and a member certificate
+    signed by it, for curl: every connection of a private network is
+    mutual TLS.
+    """
+    from p2pshare.tls import network_tls
+
+    if args.names:
+        raise Failed("with --secret-file, p2p certs writes one member certificate: no names")
+    secret = _secret(args.secret_file)
+    assert secret is not None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        network_tls(secret, args.host, directory)
+    except OSError as e:
+        raise Failed(f"cannot write in {directory}: {_reason(e)}") from None
+    print(f"wrote {directory / 'trust' / 'ca.pem'} (the private network's CA, made from its secret)")
+    print(f"wrote {directory / 'member.pem'} (a member's certificate and key, mode 0600)")
+    print(f"curl --cacert {directory / 'trust' / 'ca.pem'} --cert {directory / 'member.pem'} "
+          '"$(p2p url https://HOST:PORT/files/NAME --secret-file SECRET)"')
     return 0
 
 
@@ -667,7 +709,10 @@ def parser() -> argparse.ArgumentParser:
 
     certs = sub.add_parser("certs", help="make a network CA (once) and a certificate per role")
     certs.add_argument("dir", help="where the CA and certificates live")
-    certs.add_argument("names", nargs="+", help="one certificate per name (e.g. meta s1 s2)")
+    certs.add_argument("names", nargs="*", help="one certificate per name (e.g. meta s1 s2)")
+    certs.add_argument("--secret-file", default=None,
+                       help="a private network's secret: write its CA and one member certificate "
+                            "(for curl) instead")
     certs.add_argument("--host", action="append", default=[],
                        help="an address or host name the roles are reached at (repeatable; "
                             "localhost, 127.0.0.1 and ::1 always)")

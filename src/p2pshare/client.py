@@ -59,7 +59,13 @@ async def _connect(
     secret: Secret | None = None,
     expect: tuple[str, str] | None = None,
 ) -> _Client:
-    endpoint = clientFromString(reactor, client_endpoint_string(description))
+    description = client_endpoint_string(description)
+    endpoint = clientFromString(reactor, description)
+    if secret is not None and description.split(":", 1)[0] not in ("tls", "ssl"):
+        # A private network is mutual TLS, with an identity made from the secret.
+        from p2pshare.tls import network_tls
+
+        endpoint = network_tls(secret).client(endpoint)
     proto = _Client()
     proto.secret, proto.expect = secret, expect
     await connectProtocol(endpoint, proto).addTimeout(TIMEOUT, reactor)

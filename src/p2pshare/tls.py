@@ -25,7 +25,9 @@ C{trustRoots} and the host name.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
+import re
 import ssl as stdlib_ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,19 +37,27 @@ from typing import Any
 from OpenSSL.crypto import FILETYPE_PEM
 from OpenSSL.SSL import Error
 from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from p2pshare.admission import Secret
 from p2pshare.disk import private_write
 
 CERT_DAYS = 825
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+log = Logger()
 
 
 class TLSConfigError(ValueError):
@@ -156,9 +166,14 @@ def tls_failure(reason: Any) -> str | None:
         return None
     details = reason.value.args[0] if reason.value.args else []
     try:
-        return "; ".join(str(d[2]) for d in details) or "TLS error"
+        text = "; ".join(str(d[2]) for d in details) or "TLS error"
     except (TypeError, IndexError):
-        return str(reason.value)
+        text = str(reason.value)
+    if "unknown ca" in text or "certificate verify failed" in text:
+        text += " (the two sides hold different network secrets or CAs)"
+    elif "did not return a certificate" in text or "certificate required" in text:
+        text += " (the other side showed no certificate: it is not a member)"
+    return text
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -194,19 +209,92 @@ class TLSServerParser:
         if not backlog.isdigit():
             raise TLSConfigError("backlog= is a number")
         tls = PeerTLS.load(privateKey, certificate or privateKey, trustRoots)
-        return TLSServerEndpoint(
-            reactor, int(port), tls.options(), backlog=int(backlog), interface=interface, tls=tls
-        )
+        inner = TCP4ServerEndpoint(reactor, int(port), backlog=int(backlog), interface=interface)
+        return TLSServerEndpoint(inner, tls)
 
 
-class TLSServerEndpoint(SSL4ServerEndpoint):
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
     """
-    An C{SSL4ServerEndpoint} that knows the identity it presents.
+    Listen on C{inner} (a TCP endpoint) with mutual TLS as C{tls} says:
+    our certificate presented, the client's required and checked against
+    the network's CA.  A client that speaks plain text instead (a peer or
+    C{curl} without TLS) is answered in plain text, in one sentence, and
+    closed, and the refusal is logged: mixed security is refused, not left
+    to time out.
     """
 
-    def __init__(self, *args: Any, tls: PeerTLS, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, inner: IStreamServerEndpoint, tls: PeerTLS) -> None:
+        self.inner = inner
         self.tls = tls
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        tls_factory = TLSMemoryBIOFactory(self.tls.options(), False, factory)
+        return self.inner.listen(_TLSOnly(tls_factory))
+
+
+PLAIN_REFUSAL = (
+    "this network uses TLS: its members hold its secret (--secret-file) or a "
+    "certificate from its CA (mtls:/tls: endpoints)"
+)
+
+
+class _TLSOnlyProtocol(ProtocolWrapper):
+    """
+    The first byte of a TLS connection is a handshake record (22): anything
+    else is plain text at a TLS port.
+    """
+
+    _decided = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._decided and data:
+            self._decided = True
+            if data[0] != 0x16:
+                self.refusePlain(data)
+                return
+        super().dataReceived(data)
+
+    def refusePlain(self, data: bytes) -> None:
+        transport: Any = self.transport
+        host = str(getattr(transport.getPeer(), "host", "?"))
+        factory: Any = self.factory
+        if factory.told.due(host, factory.clock.seconds()):
+            log.warn("refused {host}: it spoke plain text to this TLS port", host=host)
+        if _HTTP_REQUEST.match(data):
+            body = f"This port speaks HTTPS only: {PLAIN_REFUSAL}.\n".encode()
+            transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        else:
+            transport.write(f"ERROR tls-required {PLAIN_REFUSAL}\r\n".encode())
+        transport.loseConnection()
+
+
+class _TLSOnly(WrappingFactory):
+    protocol = _TLSOnlyProtocol
+    noisy = False
+
+    def __init__(self, wrapped: IProtocolFactory) -> None:
+        super().__init__(wrapped)
+        from twisted.internet import reactor  # only the time, for the log's pace
+
+        from p2pshare.common import OncePerMinute
+
+        self.clock: Any = reactor
+        self.told = OncePerMinute()
+
+
+_HTTP_REQUEST = re.compile(rb"[A-Za-z]+ (/|https?://)")
+
+
+def is_tls_hello(data: bytes) -> bool:
+    """
+    Does a connection that should speak plain text begin with a TLS
+    handshake (a member of a TLS network at a plain port)?
+    """
+    return data[:1] == b"\x16" and data[1:2] == b"\x03"
 
 
 def _alias(description: str) -> str:
@@ -250,6 +338,35 @@ def peer_tls(description: str) -> PeerTLS | None:
     return tls
 
 
+def mixed_security(port: str, meta: str | None, port_tls: bool) -> str | None:
+    """
+    What is wrong, in one sentence, with a role listening on C{port} (with
+    the network's CA: C{port_tls}) and reaching the metadata server at
+    C{meta} (L{None} for the metadata server itself): a TLS network has
+    every link in mutual TLS, so a plain side, or TLS that checks no
+    client certificate (C{tls:} as a listening endpoint), is refused.
+    """
+    if port.split(":", 1)[0] == "tls":
+        return (
+            f"--port {port}: tls: listens without asking clients for a certificate, so anyone "
+            "could join a TLS network: use mtls:PORT:privateKey=KEY:trustRoots=DIR"
+        )
+    if meta is None:
+        return None
+    meta_tls = meta.split(":", 1)[0] in ("tls", "ssl")
+    if port_tls and not meta_tls:
+        return (
+            f"--port is TLS but --meta {meta} is not: in a TLS network every link is; "
+            "give --meta tls:HOST:PORT:trustRoots=DIR:certificate=PEM:privateKey=PEM"
+        )
+    if meta_tls and not port_tls:
+        return (
+            f"--meta is TLS but --port {port} is not: in a TLS network every peer listens "
+            "with mtls:PORT:privateKey=KEY:trustRoots=DIR"
+        )
+    return None
+
+
 def endpoint(reactor: Any, flag: str, description: str) -> IStreamServerEndpoint:
     """
     L{server_endpoint}, or L{StartupError} in one sentence naming the
@@ -281,6 +398,115 @@ def endpoint_problem(e: BaseException) -> str:
         name = f" {e.filename}" if e.filename else ""
         return f"{e.strerror.lower()}{name and ':' + name}"
     return str(e).strip().rstrip(".") or type(e).__name__
+
+
+# A private network's TLS, made from its secret.
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def network_tls(
+    secret: Secret, hosts: Sequence[str] = (), directory: Path | None = None
+) -> PeerTLS:
+    """
+    The TLS identity of a member of the private network of C{secret}: every
+    holder of the secret derives the same CA key from it, and signs itself
+    a fresh certificate with it (valid for L{DEFAULT_HOSTS} and C{hosts}).
+    So every connection of a private network is mutual TLS that only
+    holders of the secret can complete: nobody else can read it, and a
+    relay that passes a member's handshake on gets nothing it can use.
+    With C{directory}, the files are written there too (C{trust/ca.pem},
+    and C{member.pem}, mode 0600): Python's own TLS (downloads) and C{curl}
+    read files.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    scalar = int.from_bytes(secret.derive("network CA 1") + secret.derive("network CA 2"), "big")
+    ca_key = ec.derive_private_key(scalar % (P256_ORDER - 1) + 1, ec.SECP256R1())
+    public = ca_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    fingerprint = hashlib.sha256(public).hexdigest()
+    # The same subject, key, serial and dates for every member: any
+    # member's copy of the CA checks any other member's certificate.
+    subject = x509.Name([x509.NameAttribute(
+        NameOID.COMMON_NAME, f"p2pshare private network {fingerprint[:16]}"
+    )])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(ca_key.public_key())
+        .serial_number(int(fingerprint[:30], 16))
+        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pshare member")]))
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName(_names(hosts)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    member_pem = cert.public_bytes(serialization.Encoding.PEM) + _key_pem(key)
+    if directory is None:
+        return PeerTLS(
+            ssl.PrivateCertificate.loadPEM(member_pem), [ssl.Certificate.loadPEM(ca_pem)]
+        )
+    (directory / "trust").mkdir(parents=True, exist_ok=True, mode=0o700)
+    (directory / "trust" / "ca.pem").write_bytes(ca_pem)
+    private_write(directory / "member.pem", member_pem)
+    member = str(directory / "member.pem")
+    return PeerTLS.load(member, member, str(directory / "trust"))
+
+
+def _names(hosts: Sequence[str]) -> list[Any]:
+    from cryptography import x509
+
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys([*DEFAULT_HOSTS, *hosts]):  # in order, once each
+        if not host:
+            continue
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def local_addresses() -> list[str]:
+    """
+    This host's addresses (for a certificate that curl accepts at any of
+    them): every interface's, as the system lists them.
+    """
+    try:
+        import ifaddr
+    except ImportError:
+        return []
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            if "%" not in address:
+                found.append(address)
+    return found
 
 
 # Making a network's certificates.
@@ -327,12 +553,7 @@ def make_certs(directory: Path, names: list[str], hosts: Sequence[str] = ()) -> 
         ca_pem.parent.mkdir(exist_ok=True)
         ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         written += [ca_pem, ca_key_path]
-    sans: list[x509.GeneralName] = []
-    for host in dict.fromkeys([*DEFAULT_HOSTS, *hosts]):  # in order, once each
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
+    sans = _names(hosts)
     for name in names:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (

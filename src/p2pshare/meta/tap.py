@@ -49,7 +49,15 @@ from p2pshare.startup import (
     raise_fd_limit,
 )
 from p2pshare.tickets import TicketSigner
-from p2pshare.tls import TLSConfigError, endpoint, peer_tls
+from p2pshare.tls import (
+    TLSConfigError,
+    TLSServerEndpoint,
+    endpoint,
+    local_addresses,
+    mixed_security,
+    network_tls,
+    peer_tls,
+)
 
 log = Logger()
 FD_RESERVE = 128  # descriptors kept for the registry, logs, files and dial-backs
@@ -105,6 +113,9 @@ class Options(RoleOptions):
             self["tls"] = peer_tls(self["port"])  # a tls: port names a readable CA
         except (SecretError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
+        problem = mixed_security(self["port"], None, self["tls"] is not None)
+        if problem is not None:
+            raise usage.UsageError(problem)
 
 
 def makeService(options: Options) -> IService:
@@ -149,6 +160,13 @@ def _assemble(options: Options, reactor: Any) -> IService:
     check_writable(Path(options["portfile"]) if options["portfile"] else None, "--portfile")
     registry = open_registry(data_dir / "registry.sqlite", options["reset"])
     tls = options["tls"]
+    listen = endpoint(reactor, "--port", options["port"])
+    if tls is None and options["secret"] is not None:
+        # A private network is mutual TLS too, made from the secret.
+        interface = endpoint_interface(options["port"])
+        hosts = ([interface] if interface else []) + local_addresses()
+        tls = network_tls(options["secret"], hosts, data_dir / "tls")
+        listen = TLSServerEndpoint(listen, tls)
 
     def connect(host: str, port: int) -> Any:
         # The dial-back to a registrant: as a peer would reach it.
@@ -203,7 +221,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
     top.data_dir_lock = lock  # type: ignore[attr-defined]
     server.setServiceParent(top)
     ListenService(
-        endpoint(reactor, "--port", options["port"]),
+        listen,
         LimitedFactory(MetaFactory(server), clock=reactor, total=total, per_host=per_host),
         listening,
         what=f"--port {options['port']}",

@@ -97,6 +97,7 @@ class PeerFiles(MultiService):
         max_uploads: int = MAX_UPLOADS,
         upload_rate: float | None = None,
         private: tuple[Path, ...] = (),
+        advertised: Callable[[], str | None] = lambda: None,
     ) -> None:
         """
         @param private: never shared, wherever they lie (the data dir, the
@@ -108,6 +109,7 @@ class PeerFiles(MultiService):
         self.run_blocking = run_blocking
         self._find = find
         self._me = me
+        self.advertised = advertised
         self._files_changed = on_files_changed
         self._transfers_changed = on_transfers_changed
         self.share = ShareIndex(shared, private) if shared is not None else None

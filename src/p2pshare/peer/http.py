@@ -32,6 +32,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from p2pshare import wire
+from p2pshare.admission import authority
 from p2pshare.disk import human_size
 from p2pshare.display import shown
 from p2pshare.httpserver import strict_site
@@ -43,7 +44,7 @@ from p2pshare.peer.serving import (
     peer_host,
 )
 from p2pshare.pieces import DIGEST, bitfield, piece_count
-from p2pshare.tls import tls_failure
+from p2pshare.tls import is_tls_hello, tls_failure
 
 FIRST_LINE_TIMEOUT = 30  # seconds to finish the first line, whatever the protocol
 # An HTTP request line: method, target, version (RFC 9112 section 3).
@@ -78,6 +79,13 @@ class Sniffer(Protocol, TimeoutMixin):
         transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._buffer and is_tls_hello(data):
+            self.log.warn(
+                "refused {peer}: it speaks TLS, and this port does not (a network secret or "
+                "certificates one side has and the other has not)", peer=peer_host(self.transport),
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         self._buffer += data
         line, newline, _ = self._buffer.partition(b"\n")
         if not newline and len(self._buffer) < wire.MAX_LINE:
@@ -212,14 +220,18 @@ class ShareListing(Resource):
             listing = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
             return json.dumps({"peer": name, "files": listing}, ensure_ascii=False).encode()
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return self._page(name, files).encode("utf-8")
+        # Links on the page are signed for this peer, as the viewer reached it.
+        where = this_peer(self.node, request) or ""
+        return self._page(name, files, where).encode("utf-8")
 
-    def _link(self, name: str) -> str:
+    def _link(self, name: str, where: str) -> str:
         path = "/files/" + wire.quote_path(name)
         secret = self.node.secret
-        return secret.sign_path(path, self.node.clock.seconds()) if secret is not None else path
+        if secret is None:
+            return path
+        return secret.sign_path(path, self.node.clock.seconds(), where=where)
 
-    def _page(self, peer: str | None, files: list[Any]) -> str:
+    def _page(self, peer: str | None, files: list[Any], where: str = "") -> str:
         folders: dict[str, list[Any]] = {}
         for f in files:
             folder, _, _ = f.name.rpartition("/")
@@ -240,7 +252,7 @@ class ShareListing(Resource):
             for f in folders[folder]:
                 base = f.name.rpartition("/")[2]
                 parts.append(
-                    f"<tr><td><a href=\"{escape(self._link(f.name))}\">{escape(shown(base))}</a></td>"
+                    f"<tr><td><a href=\"{escape(self._link(f.name, where))}\">{escape(shown(base))}</a></td>"
                     f"<td class=\"n\">{human_size(f.size)}</td>"
                     f"<td><code title=\"{f.sha256}\">{f.sha256[:12]}</code></td></tr>"
                 )
@@ -251,8 +263,8 @@ class ShareListing(Resource):
 
 def refused(node: IFileHost, request: Request) -> IResource | None:
     """
-    In a private network, a 403 unless the URL is signed with its secret
-    (docs/security.rst); L{None} when the request may go on.
+    In a private network, a 403 unless the URL is signed with its secret,
+    for this peer (docs/security.rst); L{None} when the request may go on.
     """
     secret = node.secret
     if secret is None:
@@ -261,10 +273,40 @@ def refused(node: IFileHost, request: Request) -> IResource | None:
     expires = (args.get(b"expires") or [b""])[0].decode("ascii", "replace")
     sig = (args.get(b"sig") or [b""])[0].decode("ascii", "replace")
     path = (request.path or b"").decode("ascii", "replace")
-    problem = secret.check_path(path, expires, sig, node.clock.seconds())
+    where = this_peer(node, request)
+    if where is None:
+        return errorPage(403, "Forbidden", "the URL does not name this peer (its Host)")
+    problem = secret.check_path(path, expires, sig, node.clock.seconds(), where)
     if problem is None:
         return None
     return errorPage(403, "Forbidden", problem)
+
+
+def this_peer(node: IFileHost, request: Request) -> str | None:
+    """
+    The C{HOST:PORT} the request's C{Host} names, if it names this peer:
+    the address the connection came in at, its advertised host, or
+    C{localhost} on loopback, and this port.  A URL signed for another
+    member does not work here.
+    """
+    raw = (request.getHeader(b"host") or b"").decode("ascii", "replace").strip().lower()
+    host, _, port = raw.rpartition(":") if not raw.endswith("]") else (raw, "", "")
+    if not host or "]" in port:
+        host, port = raw, ""
+    local: Any = request.getHost()
+    here = str(getattr(local, "host", ""))
+    number = getattr(local, "port", None)
+    if not port:
+        port = "443" if request.isSecure() else "80"
+    if not port.isdigit() or int(port) != number:
+        return None
+    bare = host.strip("[]")
+    names = {here.lower(), (node.advertised() or "").lower()}
+    if here.startswith("127.") or here in ("::1", "::ffff:127.0.0.1"):
+        names.add("localhost")
+    if here.startswith("::ffff:"):
+        names.add(here[7:])
+    return authority(bare, int(port)) if bare in names else None
 
 
 class _BySha256(Resource):

@@ -183,3 +183,9 @@ class IFileHost(Interface):
     peer_name = Attribute("this peer's name, once known (optional)")
     upload_slots = Attribute("the UploadSlots that bound files served at once (optional)")
     upload_rate = Attribute("the UploadRate that caps all uploads together, or None (optional)")
+
+    def advertised() -> str | None:
+        """
+        The host others reach this peer at, as the network knows it (a
+        signed URL names it).
+        """

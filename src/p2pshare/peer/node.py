@@ -232,6 +232,7 @@ class PeerNode(MultiService):
             max_uploads=settings.max_uploads,
             upload_rate=settings.upload_rate,
             private=(*((settings.state_dir,) if settings.state_dir else ()), *settings.private),
+            advertised=lambda: self.host,
         )
         self.files.setServiceParent(self)
         self.site = make_site(self.files, clock)

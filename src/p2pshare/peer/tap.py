@@ -46,7 +46,17 @@ from p2pshare.startup import (
     prepare_data_dir,
     raise_fd_limit,
 )
-from p2pshare.tls import PeerTLS, TLSConfigError, endpoint, endpoint_problem, peer_tls
+from p2pshare.tls import (
+    PeerTLS,
+    TLSConfigError,
+    TLSServerEndpoint,
+    endpoint,
+    endpoint_problem,
+    local_addresses,
+    mixed_security,
+    network_tls,
+    peer_tls,
+)
 
 log = Logger()
 FD_RESERVE = 128  # descriptors kept for logs, the share's scans, links and downloads
@@ -112,6 +122,9 @@ class Options(RoleOptions):
             self["tls"] = peer_tls(self["port"])
         except (SecretError, TLSConfigError) as e:
             raise usage.UsageError(str(e)) from None
+        problem = mixed_security(self["port"], self["meta"], self["tls"] is not None)
+        if problem is not None:
+            raise usage.UsageError(problem)
         data_dir = Path(self["data-dir"]).absolute()
         self["shared"] = Path(self["shared"]).absolute() if self["shared"] else data_dir / "shared"
         self["downloads"] = (
@@ -193,6 +206,14 @@ def _assemble(options: Options, reactor: Any) -> IService:
             f"--meta {options['meta']} is not a usable endpoint: {endpoint_problem(e)}"
         ) from None
     tls = options["tls"]
+    listen = endpoint(reactor, "--port", options["port"])
+    if tls is None and options["secret"] is not None:
+        # A private network is mutual TLS too, with an identity made from
+        # the secret: nobody without it can read or relay a connection.
+        hosts = [h for h in (options["advertise"],) if h] + local_addresses()
+        tls = network_tls(options["secret"], hosts, data_dir / "tls")
+        listen = TLSServerEndpoint(listen, tls)
+        meta = tls.client(meta)
     if options["reset-token"]:
         Identity.reset(data_dir)
     if options["reset-manhole"]:
@@ -214,7 +235,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
                  total=total, per_host=per_host)
     node = PeerNode(
         clock=reactor,
-        listen=endpoint(reactor, "--port", options["port"]),
+        listen=listen,
         meta=meta,
         connect=lambda host, port: connect_to(reactor, tls, host, port),
         settings=PeerSettings(

@@ -41,7 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
-from p2pshare.admission import Secret
+from p2pshare.admission import Secret, authority
 from p2pshare.disk import fsync_directory, human_size
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
 from p2pshare.peer.storing import copy_matching_pieces, verified_pieces
@@ -132,11 +132,11 @@ def url_for(
     private network, a URL signed with the network secret (the holder
     answers 403 to anything else).
     """
-    host = f"[{m.host}]" if ":" in m.host else m.host
+    where = authority(m.host, m.port)
     path = path or f"/files/{wire.quote_path(m.name)}"
     if secret is not None:
-        path = secret.sign_path(path, now)
-    return f"{scheme}://{host}:{m.port}{path}".encode("ascii")
+        path = secret.sign_path(path, now, where=where)  # good at this holder only
+    return f"{scheme}://{where}{path}".encode("ascii")
 
 
 def part_path(directory: Path, name: str, sha256: str) -> Path:
