@@ -19,7 +19,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from p2pshare import wire
-from p2pshare.admission import SecretError, describe, load_secret
+from p2pshare.admission import CONTROL_TOKEN, SecretError, describe, load_secret
 from p2pshare.common import (
     ListenService,
     client_endpoint_string,
@@ -271,9 +271,16 @@ def _assemble(options: Options, reactor: Any) -> IService:
     # before it touches the network.
     # A TCP control port (loopback only) asks for a token from the data dir.
     token = control_token(data_dir) if not options["control"].startswith("unix:") else None
+    def control_listening(port: Any) -> None:
+        number = getattr(port.getHost(), "port", None)
+        if number is not None:  # a unix socket's path is in the options
+            log.info("control channel on loopback port {port}; it asks for the token in "
+                     "{path}", port=number, path=str(data_dir / CONTROL_TOKEN))
+
     ListenService(
         endpoint(reactor, "--control", options["control"]),
         ControlFactory(node, token),
+        control_listening,
         what=f"--control {options['control']}",
     ).setServiceParent(top)
     node.setServiceParent(top)
