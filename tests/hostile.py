@@ -197,16 +197,19 @@ class Participant:
         assert self.meta is not None
         return await self.meta.request(verb, *args, **options).addTimeout(WAIT, self.reactor)
 
-    async def hello(self, host: str, port: int, name: str, **options: Any) -> tuple[Message, _Link]:
+    async def hello(
+        self, host: str, port: int, name: str, as_name: str | None = None, **options: Any
+    ) -> tuple[Message, _Link]:
         """
-        Connect to a peer and say HELLO: its answer, and the link.
+        Connect to a peer and say HELLO (as C{as_name}, by default the name
+        we registered and prove a secret under): its answer, and the link.
         """
         link = await connectProtocol(
             self._client(host, port), _Link(self, ("peer", name))
         ).addTimeout(WAIT, self.reactor)
         await link.whenAdmitted().addTimeout(WAIT, self.reactor)
         options.setdefault("beat", 5000)
-        reply = await link.request("HELLO", self.name, self.port, **options).addTimeout(
+        reply = await link.request("HELLO", as_name or self.name, self.port, **options).addTimeout(
             WAIT, self.reactor
         )
         self.links.append(link)
@@ -297,3 +300,83 @@ async def bounded(d: Deferred[Any], reactor: Any, seconds: float = WAIT) -> Any:
         return await d.addTimeout(seconds, reactor)
     except TimeoutError:
         raise AssertionError(f"nothing happened within {seconds} s") from None
+
+
+class Relay:
+    """
+    A man in the middle on 127.0.0.1: it passes bytes between whoever
+    connects to it and C{port}, keeps a copy of everything, and can cut
+    the first side off and speak on the second itself.
+    """
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.target = port
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.seen = bytearray()  # both directions, while it relays
+        self.after = bytearray()  # what the far side says once the member is cut off
+        self.upstream: socket.socket | None = None
+        self.member: socket.socket | None = None
+        self.cut = False
+        self.closed = threading.Event()  # the far side closed
+
+    def start(self) -> None:
+        import threading
+
+        def serve() -> None:
+            try:
+                self.member, _ = self.server.accept()
+            except OSError:
+                return
+            self.upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(self.member, self.upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(self.upstream, self.member, True),
+                             daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket, far: bool) -> None:
+        while True:
+            try:
+                data = a.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if far:
+                    self.closed.set()
+                return
+            if self.cut:
+                if far:
+                    self.after += data
+                continue
+            self.seen += data
+            try:
+                b.sendall(data)
+            except OSError:
+                pass
+
+    def speak(self, data: bytes, timeout: float = 10.0) -> bytes:
+        """
+        Cut the member off, say C{data} on the far connection, and return
+        what the far side says until it closes (at most C{timeout} s).
+        """
+        self.cut = True
+        assert self.upstream is not None and self.member is not None
+        self.member.close()
+        try:
+            self.upstream.sendall(data)
+        except OSError:
+            pass
+        self.closed.wait(timeout)
+        return bytes(self.after)
+
+    def close(self) -> None:
+        self.cut = True
+        for sock in (self.server, self.upstream, self.member):
+            if sock is not None:
+                sock.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from hostile import Participant, VictimPort, forged
+from hostile import Participant, Relay, VictimPort, forged
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
@@ -366,3 +366,105 @@ async def test_a_flood_from_one_address_leaves_room_for_others(reactor, tmp_path
         for s in flood:
             s.close()
         await net.stop_all()
+
+
+# 6. A secret protects the whole session, and the traffic.
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relayed_handshake_gets_nothing_and_a_capture_shows_nothing(
+    reactor, tmp_path
+):
+    """
+    A relay passes a member's connection to the metadata server through,
+    then cuts the member off and speaks on its own: not one line is
+    answered.  A capture of a private network's search and download shows
+    neither names nor file bytes; the same capture of an open network shows
+    both (so the check itself works).  And a member that proved the secret
+    under one name cannot say HELLO under another's.
+    """
+    from p2pshare.admission import Secret
+    from p2pshare.tls import network_tls
+
+    secret_file = tmp_path / "network.secret"
+    assert run(*P2P, "secret", str(secret_file)).returncode == 0
+    secret = Secret.from_file(secret_file)
+    private = LocalNetwork(reactor, tmp_path / "private", secret_file=secret_file)
+    open_ = LocalNetwork(reactor, tmp_path / "open")
+    relay = None
+    try:
+        for net in (private, open_):
+            net.root.mkdir()
+            await net.start_meta(2)
+            for name in ("alice-keeps-the-plans", "bob-wants-the-plans"):
+                await net.start_peer("--name", name)
+        data = os.urandom(1 << 20)
+        for net in (private, open_):
+            keys = await net.names()
+            (net.root / keys["alice-keeps-the-plans"] / "shared" / "q3-secret-plans.bin"
+             ).write_bytes(data)
+            await net.peers[keys["alice-keeps-the-plans"]].wait_for("sharing q3-secret-plans", 30)
+            seen = await captured(reactor, tmp_path / f"{net.root.name}.pcap", lambda: arun(
+                *P2P, "get", "q3-secret-plans.bin", "--peer",
+                net.control(keys["bob-wants-the-plans"]),
+            ))
+            readable = [b"q3-secret-plans", b"alice-keeps-the-plans", data[1000:1064]]
+            if net is private:
+                assert not any(text in seen for text in readable)
+            else:
+                assert all(text in seen for text in readable)
+
+        # The relay: a member registers through it; then the relay speaks.
+        relay = Relay(private.meta_port)
+        relay.start()
+        member = Participant(reactor, relay.port, secret=secret,
+                             tls=network_tls(secret, (), tmp_path / "member"))
+        await member.listen()
+        assert (await member.register(max=1)).verb == "WELCOME"
+        since = len(private.meta.lines)
+        heard = await deferToThread(relay.speak, b"TOPO\r\nP2P port=7\r\nPLACE\r\n")
+        assert b"PEER" not in heard and b"END" not in heard and b"WELCOME" not in heard
+        assert b"alice-keeps-the-plans" not in bytes(relay.seen)
+        await private.meta.wait_for("TLS with 127.0.0.1", 10, since)
+
+        # A member proves the secret as mallory, then says HELLO as bob.
+        mallory = Participant(reactor, private.meta_port, secret=secret,
+                              tls=network_tls(secret, (), tmp_path / "mallory"))
+        await mallory.listen()
+        await mallory.register(name="mallory", max=1)
+        ticket = await mallory.ticketed()
+        keys = await private.names()
+        port = int((private.root / keys["alice-keeps-the-plans"] / "port").read_text())
+        with pytest.raises(wire.RemoteError) as refused:
+            await mallory.hello("127.0.0.1", port, "alice-keeps-the-plans",
+                                as_name="bob-wants-the-plans", ticket=ticket)
+        assert "proved the network secret as mallory, not as bob-wants-the-plans" in (
+            refused.value.text
+        )
+        member.close()
+        mallory.close()
+    finally:
+        if relay is not None:
+            relay.close()
+        await private.stop_all()
+        await open_.stop_all()
+
+
+async def captured(reactor, pcap: Path, work) -> bytes:
+    """
+    The bytes of every loopback TCP packet while C{work} runs (tcpdump,
+    which .ci/run installs).
+    """
+    from p2pshare.launch import ChildProcess
+
+    tcpdump = shutil.which("tcpdump") or "tcpdump"
+    dump = ChildProcess(reactor, "tcpdump", [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+                        pcap.parent).start()
+    await dump.wait_for("listening on lo", 10)
+    try:
+        done = await work()
+        assert done.returncode == 0, done.stderr
+    finally:
+        dump.signal(2)
+        await dump.when_ended(10)
+    return pcap.read_bytes()

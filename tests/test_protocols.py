@@ -280,7 +280,7 @@ def test_peer_errors():
     node = joined_peer(max_neighbours=1)
     c = Conn(PeerFactory(node))
     assert c.say(b"FREE 1\r\n") == b"ERROR unexpected FREE is for overlay links\r\n"
-    assert c.say(b"HELLO s1 7001\r\n") == b"ERROR name-taken s1 is already here\r\n"
+    assert c.say(hello("s1", 7001)) == b"ERROR name-taken s1 is already here\r\n"
     assert c.transport.disconnecting
     lonely = joined_peer()
     lonely.membership.state = "joining"

@@ -594,12 +594,12 @@ class PeerNode(MultiService):
                 # once we are in (the newcomer's own timeout bounds the wait).
                 self._held.append((proto, msg))
             return
+        ticket = self._admit(proto, name, port, msg.options.get("ticket"))
+        if ticket is None:
+            return
         if name == self.peer_name or name in self.neighbours:
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
             proto.close()
-            return
-        ticket = self._admit(proto, name, port, msg.options.get("ticket"))
-        if ticket is None:
             return
         if self.links.has_room():
             proto.send(
