@@ -164,6 +164,32 @@ async def test_control_listens_only_locally_and_asks_for_its_token(reactor, tmp_
     assert refused.returncode == 1 and "refused this control token" in refused.stderr
 
 
+@pytest_twisted.ensureDeferred
+async def test_another_user_cannot_use_a_control_socket_even_if_it_is_open(reactor, tmp_path, net):
+    """
+    Another local user: even where a unix control socket was made
+    world-writable (mode=666 in an open folder), the peer takes commands
+    from its own user (and root) only: the kernel says who connected.
+    """
+    import tempfile
+
+    assert os.geteuid() == 0, "the suite runs as root (.ci/run) to play another user"
+    folder = Path(tempfile.mkdtemp(prefix="p2p-open-"))
+    try:
+        folder.chmod(0o755)
+        sock = folder / "control.sock"
+        await net.start_meta(1)
+        await net.start_peer("--control", f"unix:{sock}:mode=666")
+        other = run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    *P2P, "status", "--peer", f"unix:{sock}", cwd=folder)
+        assert other.returncode == 1
+        assert "takes commands from its own user only" in other.stderr, other.stderr
+        mine = run(*P2P, "status", "--peer", f"unix:{sock}")
+        assert mine.returncode == 0, mine.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # 3. Places only for those who proved them.
 
 

@@ -154,7 +154,10 @@ def control_request(
         if token is not None:
             _prove(sock, lines, token)
         sock.settimeout(timeout)
-        sock.sendall(request)
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once: its reason may be waiting to be read
         items: dict[str, list[Any]] = {}
         for line in lines:
             try:

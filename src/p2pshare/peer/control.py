@@ -60,14 +60,21 @@ class ControlProtocol(LineChannel):
     def identity(self) -> tuple[str, str]:
         return CONTROL_IDENTITY
 
+    _stranger = False  # another user: nothing it says is read
+
     def connectionMade(self) -> None:
         stranger = _other_user(self.transport)
         if stranger is not None:
+            self._stranger = True
             self.log.warn("refused a control connection from {who}", who=stranger)
             self.sendError(wire.E_AUTH_FAILED, "this peer takes commands from its own user only")
-            self.abort()
+            self.close()
             return
         super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._stranger:
+            super().dataReceived(data)
 
     def idle_deadline(self) -> float | None:
         return None  # a local command may wait for a long download
