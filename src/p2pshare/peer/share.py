@@ -157,6 +157,24 @@ def _walk(
             yield name, entry
 
 
+def _subfolders(folder: str) -> list[str]:
+    try:
+        return [e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _files_in(folder: str) -> set[Inode]:
+    found = set()
+    try:
+        for entry in os.scandir(folder):
+            if entry.is_file(follow_symlinks=False):
+                found.add(inode_of(entry.stat(follow_symlinks=False)))
+    except OSError:
+        pass
+    return found
+
+
 class ShareIndex:
     """
     The shared directory, indexed.  L{refresh} does blocking I/O (it hashes
@@ -275,12 +293,27 @@ class ShareIndex:
         return new
 
     def _private_inodes(self) -> frozenset[Inode]:
+        """
+        The private folders and files, and the files in a private folder
+        and its subfolders one level down (so that a hard link to the token
+        is as private as the token), except a subfolder that holds the
+        share itself (the default share lies in the data dir).
+        """
         found = set()
+        share = os.path.realpath(self.directory)
         for path in self.private:
             try:
-                found.add(inode_of(os.stat(path)))
+                st = os.stat(path)
             except OSError:
                 continue
+            found.add(inode_of(st))
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            for folder in [str(path), *_subfolders(str(path))]:
+                real = os.path.realpath(folder)
+                if folder != str(path) and (share == real or share.startswith(real + os.sep)):
+                    continue
+                found.update(_files_in(folder))
         return frozenset(found)
 
     def _is_private(self, path: str, real_dir: str) -> bool:
