@@ -625,7 +625,7 @@ async def test_a_holder_that_stalls_alone_is_left_at_the_idle_deadline(holders, 
     out.mkdir()
     with pytest.raises(FetchError) as e:
         await fetch(downloader, [match(holders(stalled), "slow", 1)], out)
-    assert "slow: it sent nothing for 0 s" in e.value.text, e.value.text
+    assert "slow: it sent nothing for 0.2 s" in e.value.text, e.value.text
     assert visible(out) == []
 
 

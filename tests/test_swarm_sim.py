@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from p2pshare.peer.swarm import Broke, PieceBook, Source, Swarm
+from p2pshare.peer.swarm import BAD_ADDRESSES, Broke, PieceBook, Source, Swarm
 from p2pshare.pieces import bitfield, piece_count, piece_size, piece_span
 
 TICK = 0.05
@@ -39,6 +39,9 @@ class Holder:
     corrupt: frozenset[int] = frozenset()  # pieces it sends wrong
     has: frozenset[int] | None = None  # a partial holder: the pieces it has
     boasts: bool = False  # a partial holder that says it has every piece
+    drip: float | None = None  # sends one byte every this many seconds, however long
+    refuses: bool = False  # nothing listens at its address
+    asked: int = 0  # requests it received (or refused)
     sent: int = 0
     dead: bool = False
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -48,7 +51,8 @@ class Holder:
         Would it deliver every piece, asked for them?
         """
         return (self.stall_after is None and self.dies_after is None and self.has is None
-                and not self.corrupt & set(range(piece_count(size))))
+                and not self.corrupt & set(range(piece_count(size)))
+                and self.drip is None and not self.refuses)
 
 
 class Body:
@@ -66,12 +70,12 @@ class Body:
 
     def _schedule(self):
         if not (self.paused or self.stopped) and self.call is None:
-            self.call = self.clock.callLater(TICK, self._send)
+            self.call = self.clock.callLater(self.holder.drip or TICK, self._send)
 
     def _send(self):
         self.call = None
         h = self.holder
-        n = max(1, int(h.rate * TICK))
+        n = 1 if h.drip else max(1, int(h.rate * TICK))
         if h.stall_after is not None:
             n = min(n, max(0, h.stall_after - h.sent))
             if n == 0:
@@ -149,7 +153,8 @@ class Agent:
 
     def request(self, method, uri, headers=None, body=None):
         holder = self.holders[uri.decode().split("/")[3]]
-        if holder.dead:
+        holder.asked += 1
+        if holder.dead or holder.refuses:
             return fail(ConnectionRefusedError())
         size = len(self.data)
         if "/have/" in uri.decode():
@@ -189,7 +194,24 @@ holder_strategy = st.builds(
 )
 
 
-def run_swarm(tmp_path, size, specs, limit, first=0):
+def source_of(name, h):
+    def url():
+        return f"http://x/{name}/files/f.bin".encode()
+
+    def have_url():
+        return f"http://x/{name}/have/sha".encode()
+
+    if h.has is None:
+        return Source(name, url)
+    return Source(name, url, have_url=have_url, has=set())
+
+
+def run_swarm(tmp_path, size, specs, limit, first=0, setup=None):
+    """
+    One download of a random file of C{size} bytes from holders made from
+    C{specs}, to its end; C{setup(holders, swarm, clock)} may change them
+    or plan events before it begins.
+    """
     data = os.urandom(size)
     digests = b"".join(
         hashlib.sha256(data[slice(*piece_span(i, size))]).digest() for i in range(piece_count(size))
@@ -208,15 +230,11 @@ def run_swarm(tmp_path, size, specs, limit, first=0):
     swarm = Swarm(
         agent=agent, clock=clock, run_blocking=maybeDeferred, name="f.bin", size=size,
         sha256=hashlib.sha256(data).hexdigest(), digests=digests, fd=fd, book=book,
-        sources=[
-            Source(name, (lambda n=name: f"http://x/{n}/files/f.bin".encode()))
-            if h.has is None else
-            Source(name, (lambda n=name: f"http://x/{n}/files/f.bin".encode()),
-                   have_url=(lambda n=name: f"http://x/{n}/have/sha".encode()), has=set())
-            for name, h in holders.items()
-        ],
+        sources=[source_of(name, h) for name, h in holders.items()],
         progress=lambda done, total, sending: progress.append(done),
     )
+    if setup is not None:
+        setup(holders, swarm, clock)
     outcome = []
     d = Deferred.fromCoroutine(swarm.run(limit))
     d.addBoth(outcome.append)
@@ -249,8 +267,14 @@ def test_every_run_ends_with_the_right_bytes_or_a_clear_failure(tmp_path, size, 
             assert bad.problem and "corrupt" in bad.problem
     if isinstance(result, Failure):
         result.trap(Broke)
-        # Only when no holder could deliver: each was dropped, and named.
-        assert not any(h.sound(len(data)) for h in holders.values()), (result.value, holders)
+        # Only when no holder could deliver, or when BAD_ADDRESSES of them
+        # failed before a sound one was tried (a download tries no more):
+        # each was dropped, and named.
+        sound = [h for h in holders.values() if h.sound(len(data))]
+        if sound:
+            assert len(swarm.ledger.failed) == BAD_ADDRESSES, (result.value, holders)
+            assert not any(h.ranges for h in sound), holders
+            assert "more not tried: 8 addresses failed already" in str(result.value)
         for s in swarm.sources:
             if s.problem is not None:
                 assert f"{s.name}: {s.problem}" in str(result.value)
@@ -326,3 +350,42 @@ def test_a_partial_holder_that_claims_what_it_has_not_is_let_go(tmp_path):
     boaster = next(s for s in swarm.sources if s.name == "h1")
     assert boaster.problem == "it refused pieces it said it had"
     assert len([v for v in agent.violations if v[0] == "h1"]) <= 3
+
+
+def test_a_holder_that_drips_is_left_at_the_piece_deadline(tmp_path):
+    """
+    One byte every 5 s: never silent long enough for the idle deadline,
+    but a piece of 1 MiB must be whole within 64 s (at least 16 KiB/s).
+    """
+    def drips(holders, swarm_, clock):
+        holders["h0"].drip = 5.0
+
+    result, data, got, holders, agent, swarm_, clock, _ = run_swarm(
+        tmp_path, 2 * 2**20, [(2**20, None, None, 0, frozenset())], 4, setup=drips
+    )
+    assert isinstance(result, Failure) and result.check(Broke)
+    assert str(result.value) == "h0: piece 0 did not arrive within 64 s"
+    assert clock.seconds() < 64 + 1
+
+
+def test_holders_found_while_it_runs_are_tried_only_while_the_budget_lasts(tmp_path):
+    """
+    A slow honest holder, and twenty addresses that refuse connections,
+    found while the download runs: eight are tried, once each, and the
+    file arrives.
+    """
+    def later(holders, swarm_, clock):
+        def found():
+            for i in range(20):
+                name = f"x{i}"
+                holders[name] = Holder(name, 2**20, refuses=True)
+                swarm_.add(source_of(name, holders[name]))
+
+        clock.callLater(1.0, found)
+
+    result, data, got, holders, agent, swarm_, clock, _ = run_swarm(
+        tmp_path, 4 * 2**20, [(64 * 1024, None, None, 0, frozenset())], 4, setup=later
+    )
+    assert not isinstance(result, Failure) and got == data
+    asked = [h.asked for name, h in holders.items() if name.startswith("x")]
+    assert sum(1 for n in asked if n) == BAD_ADDRESSES and max(asked) == 1, asked

@@ -27,6 +27,8 @@ PIECE_MIN = 1 << 20
 MAX_PIECES = 4096
 DIGEST = 32
 READ = 1 << 20
+MAX_PIECE = 32 << 20  # the largest piece a downloader takes: files up to 128 GiB
+MAX_SIZE = MAX_PIECE * MAX_PIECES
 
 
 def piece_size(size: int) -> int:
@@ -37,6 +39,15 @@ def piece_size(size: int) -> int:
     while piece * MAX_PIECES < size:
         piece *= 2
     return piece
+
+
+def too_large(size: int) -> bool:
+    """
+    Are a file of C{size} bytes' pieces larger than a downloader takes
+    (L{MAX_PIECE})?  A holder's claim of a huge size must not make it
+    allocate huge buffers.
+    """
+    return size > MAX_SIZE
 
 
 def piece_count(size: int) -> int:

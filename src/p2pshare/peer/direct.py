@@ -16,7 +16,14 @@ split (L{_DirectSender}).
 
 The swarm stays in charge: the thread reports each piece to the reactor
 (C{callFromThread}), and the reactor stops a run by L{Link.stop}, which
-shuts the socket down under the blocked read.
+shuts the socket down under the blocked read; that is also how the
+swarm's overall deadlines (for a response head, for each piece) end a run
+whose holder drips bytes too slowly for the socket's own timeout, which
+counts only the gap between two of them.
+
+The piece buffers are the download's, not a holder's: L{PieceBuffers}
+makes at most the number the swarm's memory budget allows, and every
+holder's runs read into those.
 """
 
 from __future__ import annotations
@@ -39,21 +46,51 @@ from twisted.python.failure import Failure
 BUFFERS = 3  # piece buffers per holder: one being read, two being hashed or written
 
 
+class PieceBuffers:
+    """
+    The piece buffers of one download, shared by the runs of all its
+    holders: at most C{most} are ever made (each C{piece} bytes), so what
+    a download holds in memory does not grow with the holders it meets.
+    Any thread may take and give back.
+    """
+
+    def __init__(self, piece: int, most: int) -> None:
+        self.piece = piece
+        self.most = max(1, most)
+        self.made = 0
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+
+    def take(self) -> memoryview:
+        """
+        A free buffer, waiting for one to be given back if all are in use
+        (the whole-file hash gives them back, and never waits for a run).
+        """
+        with self._lock:
+            make = self.made < self.most
+            if make:
+                self.made += 1
+        if make:
+            return memoryview(bytearray(self.piece))
+        return self._free.get()
+
+    def give(self, buffer: memoryview) -> None:
+        self._free.put(buffer)
+
+
 class Link:
     """
-    One holder's HTTP/1.1 connection, kept open from one run to the next,
-    and the L{BUFFERS} piece buffers its runs read into.  Used by one run
+    One holder's HTTP/1.1 connection, kept open from one run to the next;
+    its runs read into the download's L{PieceBuffers}.  Used by one run
     (one thread) at a time; L{stop} and L{drop} may also come from the
     reactor, between runs or to end one.
     """
 
-    def __init__(self, piece: int, tls: ssl.SSLContext | None = None) -> None:
-        self.piece = piece
+    def __init__(self, buffers: PieceBuffers, tls: ssl.SSLContext | None = None) -> None:
+        self.buffers = buffers
         self.tls = tls  # for https holders
         self._conn: http.client.HTTPConnection | None = None
         self._where: tuple[str, int] | None = None
-        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        self._made = 0
         self.stopping = False
 
     def connection(self, host: str, port: int, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
@@ -85,20 +122,15 @@ class Link:
 
     def buffer(self) -> memoryview:
         """
-        A free piece buffer, waiting for one to be released if all are in
-        use (they are released by the whole-file hash, which never waits
-        for a run).
+        A free piece buffer (see L{PieceBuffers.take}).
         """
-        if self._made < BUFFERS:
-            self._made += 1
-            return memoryview(bytearray(self.piece))
-        return self._free.get()
+        return self.buffers.take()
 
     def release(self, buffer: memoryview) -> None:
         """
         C{buffer} may be read into again (from any thread).
         """
-        self._free.put(buffer)
+        self.buffers.give(buffer)
 
     def stop(self) -> None:
         """
@@ -149,7 +181,9 @@ def fetch_run(
     it is read whole.  C{on_piece} returns False for a corrupt piece, which
     ends the run, and sees that C{release} is called once the bytes may
     be overwritten.  C{check(status, header)} says what is wrong with a
-    response, if anything.
+    response, if anything; it is called as soon as the head has arrived.
+    The timeouts are the socket's, for one connect or read at a time: the
+    overall deadlines are the caller's, who ends the run by L{Link.stop}.
     """
     result = RunResult()
     parts = urlsplit(url.decode("ascii"))

@@ -365,8 +365,14 @@ class PeerFiles(MultiService):
         # left may be back (perhaps at another address), and the download
         # resumes from what it has.  What happened on the way (holders
         # dropped, the file changed at its source) is told at the end.
+        downloader = self.downloader
         notes: list[str] = []
         first: str | None = None  # the version found first
+        # What this download learns of the addresses it is given, across
+        # all its searches (peer/swarm.py, Ledger): search results may be
+        # forged, and name any address.
+        ledger = downloader.new_ledger()
+        fetched: Fetched | None = None
         for pause in FETCH_PAUSES:
             found = await self._find(name, timeout, True)
             matches = [m for m in found if m.holder != self._me()]
@@ -376,25 +382,47 @@ class PeerFiles(MultiService):
                 matches = [m for m in matches if m.holder == only]
                 if not matches:
                     raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
-            first = first or matches[0].sha256
-            try:
-                fetched = await self.downloader.fetch(
-                    matches, directory, force, progress, 1 if only else sources,
-                    discover=None if only else lambda: Deferred.fromCoroutine(
-                        self._others(name, timeout)
-                    ),
-                )
+            failed: FetchError | None = None
+            # The version most addresses hold first; the next one at once
+            # only if none of its holders is left to try.
+            for version in downloader.versions(matches, ledger):
+                first = first or version[0].sha256
+                try:
+                    fetched = await downloader.fetch(
+                        version, directory, force, progress, 1 if only else sources,
+                        discover=None if only else lambda: Deferred.fromCoroutine(
+                            self._others(name, timeout)
+                        ),
+                        ledger=ledger,
+                    )
+                    break
+                except LocalFault:
+                    raise  # no holder can help with a fault of this machine
+                except FetchError as e:
+                    notes += [n for n in e.notes if n not in notes]
+                    if e.code != wire.E_FAILED:
+                        e.notes = notes
+                        raise
+                    failed = failed or e
+                    if downloader.versions(version, ledger):
+                        break  # its holders may do better after a pause
+            if fetched is not None:
                 break
-            except LocalFault:
-                raise  # no holder can help with a fault of this machine
-            except FetchError as e:
-                notes += [n for n in e.notes if n not in notes]
-                if e.code != wire.E_FAILED or pause is None:
-                    e.notes = notes
-                    raise
-                self.log.info("{why}; searching again in {pause} s", why=e.text, pause=pause)
-                await deferLater(self.clock, pause)
-        if first is not None and fetched.sha256 != first:
+            found_versions = {(m.sha256, m.size) for m in matches}
+            refused = [ledger.refused[v] for v in found_versions if v in ledger.refused]
+            if ledger.spent or failed is None:
+                failed = FetchError(wire.E_FAILED, ledger.exhausted(name))
+            if refused and len(refused) == len(found_versions):
+                failed = FetchError(wire.E_FAILED, refused[0])
+            # Searching again helps only if someone may yet be tried: an
+            # address that served, or a new one while the budget lasts.
+            if pause is None or (ledger.spent and not ledger.good) or len(refused) == len(found_versions):
+                failed.notes = notes
+                raise failed
+            self.log.info("{why}; searching again in {pause} s", why=failed.text, pause=pause)
+            await deferLater(self.clock, pause)
+        assert fetched is not None
+        if first is not None and fetched.sha256 != first and first in ledger.progressed:
             notes.append(
                 f"{name}: the version found first (sha256 {first[:16]}...) could not be fetched "
                 f"any more; this is the version its holders have now "

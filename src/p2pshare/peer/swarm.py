@@ -20,15 +20,31 @@ stalls, or answers C{503} gives its pieces back to the others and is tried
 again later (a busy one after its C{Retry-After}); one that no longer
 holds that version is dropped.  The download fails only when no holder is
 left, saying which were tried and why.
+
+A holder is held to overall deadlines, not only to gaps between bytes:
+its response head must be whole within L{HEADER_TIMEOUT}, and each piece
+within L{piece_deadline} (a floor rate), however slowly the bytes drip.
+
+What one download learns of the addresses it is given is its L{Ledger}:
+an address that has not yet sent a verified piece is dropped at its
+first failure and never tried again in that download, and at most
+L{BAD_ADDRESSES} such addresses are ever tried, so a forged search result
+cannot turn a download into a flood of connections to somebody else.
+One holder per address: many names at one host and port are one source.
+
+The pieces in memory are bounded per download (L{PIECE_MEMORY}): the
+holders fetched from at once, each with L{BUFFERS} piece buffers, fit in
+it, whatever size a holder claims (pieces.py bounds the piece size).
 """
 
 from __future__ import annotations
 
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
@@ -41,12 +57,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare.peer import storing
-from p2pshare.peer.direct import Link, RunResult, fetch_run, in_thread
+from p2pshare.peer.direct import BUFFERS, Link, PieceBuffers, RunResult, fetch_run, in_thread
 from p2pshare.peer.storing import Parts, WholeHash
 from p2pshare.pieces import DIGEST, digest_of, from_bitfield, piece_count, piece_size, piece_span
 
-HEADER_TIMEOUT = 30.0
-IDLE_TIMEOUT = 30.0
+HEADER_TIMEOUT = 30.0  # seconds for a whole response head, however slowly it comes
+IDLE_TIMEOUT = 30.0  # seconds a response may send nothing
+PIECE_TIMEOUT = 30.0  # seconds a piece may take in any case (see piece_deadline)
+PIECE_FLOOR = 16 * 1024  # bytes a second: a larger piece may take as long as this rate needs
+PIECE_MEMORY = 192 << 20  # bytes of pieces one download holds in memory, at most
+BAD_ADDRESSES = 8  # addresses one download tries that turn out not to hold the file, at most
 FIRST_RUN = 4 << 20  # bytes a holder is first asked for in one request
 MAX_RUN = 64 << 20
 RUN_SECONDS = 2.0  # later runs: about this long at the holder's rate
@@ -64,6 +84,113 @@ PARTIAL_PATIENCE = 60.0  # seconds a partial holder may have nothing we need
 FAST_ENOUGH = 250e6
 FIRST_ALONE = 0.1  # seconds the nearest holder works alone, unless it is slower
 ENDGAME_LOOK = 0.25  # seconds between looks for late pieces, while there is nothing else
+
+
+Address = tuple[str, int]  # where a holder serves: (host, port)
+
+
+def piece_deadline(length: int) -> float:
+    """
+    Seconds a piece of C{length} bytes may take to arrive, from the end of
+    the one before it (or of the response head): L{PIECE_TIMEOUT}, or
+    longer for a piece that needs it at L{PIECE_FLOOR} bytes a second.
+    """
+    return max(PIECE_TIMEOUT, length / PIECE_FLOOR)
+
+
+def seconds(t: float) -> str:
+    return f"{t:.0f}" if t >= 10 else f"{t:g}"
+
+
+def no_answer(result: object, timeout: float) -> NoReturn:
+    """
+    For C{Deferred.addTimeout}: a request that missed its deadline is a
+    holder that did not answer in time (not whatever the cancelled
+    request reports).
+    """
+    raise Broke(f"no answer in {seconds(timeout)} s")
+
+
+class Ledger:
+    """
+    What one download has learned of the holder addresses it was given,
+    across every search, piece list and swarm of it: which failed (they
+    never sent a verified piece, and are never tried again), which sent
+    verified pieces (good), and which are on trial now.  An address not
+    yet tried is tried only while the failed ones and those on trial are
+    fewer than C{budget}, so at most C{budget} addresses that do not hold
+    the file are ever connected to, however many a search result names.
+    Also the piece roots and versions found bad, and what each address
+    answered for its piece list.
+    """
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = BAD_ADDRESSES if budget is None else budget
+        self.failed: dict[Address, str] = {}  # address -> why
+        self.good: set[Address] = set()
+        self.bad_roots: set[str] = set()
+        self.refused: dict[tuple[str, int], str] = {}  # (sha256, size) -> why it is not fetched
+        self.lists: dict[tuple[Address, str], str] = {}  # (address, sha256) -> root of its piece list
+        self.progressed: set[str] = set()  # versions (sha256) of which a piece verified
+        self._using: Counter[Address] = Counter()  # begun and not done, by how many
+
+    def usable(self, address: Address) -> bool:
+        return address not in self.failed
+
+    def _on_trial(self) -> int:
+        return sum(1 for a in self._using if a not in self.good)
+
+    def begin(self, address: Address) -> bool:
+        """
+        May C{address} be connected to now?  If so it is in use (on trial,
+        unless good) until L{done}.
+        """
+        if address in self.failed:
+            return False
+        if (address not in self.good and address not in self._using
+                and len(self.failed) + self._on_trial() >= self.budget):
+            return False
+        self._using[address] += 1
+        return True
+
+    def done(self, address: Address) -> None:
+        """
+        A use of C{address} begun by L{begin} has ended.
+        """
+        self._using[address] -= 1
+        if self._using[address] <= 0:
+            del self._using[address]
+
+    def held(self, address: Address) -> None:
+        """
+        C{address} sent a piece that verified.
+        """
+        if address not in self.failed:
+            self.good.add(address)
+
+    def fail(self, address: Address, why: str) -> None:
+        """
+        C{address} turned out not to hold the file (or to send bad data).
+        """
+        self.good.discard(address)
+        self.failed.setdefault(address, why)
+
+    @property
+    def spent(self) -> bool:
+        return len(self.failed) >= self.budget
+
+    def exhausted(self, name: str) -> str:
+        """
+        The sentence for a download left with no holder to try.
+        """
+        n = len(self.failed)
+        if not n:
+            return f"could not download {name}: no holder is left to try"
+        most = " (the most one download tries)" if self.spent else ""
+        return (
+            f"could not download {name}: {n} address{'' if n == 1 else 'es'} said to hold it "
+            f"failed{most}, and no other holder is left"
+        )
 
 
 class PieceBook:
@@ -237,6 +364,15 @@ class Source:
     useless_since: float | None = None  # since when it has had nothing for us
     run_began: float | None = None  # when its run under way began
     run_served: int = 0  # what it had served then
+    where: Address | None = None  # its host and port, if known
+
+    @property
+    def address(self) -> Address:
+        """
+        What the download's L{Ledger} knows it by: its host and port (a
+        holder known only by name, by that).
+        """
+        return self.where if self.where is not None else (self.name, 0)
 
     def ran(self, seconds: float, received: int) -> None:
         """
@@ -268,12 +404,15 @@ class _RunReceiver(Protocol):
         self.received = 0
         self.done: Deferred[BaseException] = Deferred(lambda d: self.stop())
         self._idle: IDelayedCall | None = None
+        self._late: IDelayedCall | None = None  # the next piece's deadline
         self.stalled = False
+        self.late: str | None = None  # why the run was ended: a piece came too slowly
         self.paused = False
         self.stopped = False  # no more pieces are handed on once stopped
 
     def connectionMade(self) -> None:
         self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
+        self._expect_piece()
         # Read up to 512 KiB at a time rather than Twisted's 64 KiB: an eighth
         # of the system calls and callbacks for a large body.
         tcp: Any = getattr(self.transport, "_producer", None)
@@ -284,6 +423,7 @@ class _RunReceiver(Protocol):
         if self.stopped:
             return
         self.stopped = True
+        self._cancel_late()
         transport: Any = self.transport
         if transport is not None:
             transport.stopProducing()
@@ -293,6 +433,27 @@ class _RunReceiver(Protocol):
         self.stalled = True
         self.stop()
 
+    def _expect_piece(self) -> None:
+        """
+        The next piece asked for must be whole within its deadline (from
+        now: the end of the one before it, or of the response head).
+        """
+        self._cancel_late()
+        if self.spans and not (self.stopped or self.paused):
+            index, start, stop = self.spans[0]
+            allowed = piece_deadline(stop - start)
+            self._late = self.clock.callLater(allowed, self._too_slow, index, allowed)
+
+    def _too_slow(self, index: int, allowed: float) -> None:
+        self._late = None
+        self.late = f"piece {index} did not arrive within {seconds(allowed)} s"
+        self.stop()
+
+    def _cancel_late(self) -> None:
+        if self._late is not None and self._late.active():
+            self._late.cancel()
+        self._late = None
+
     def pause(self) -> None:
         transport: Any = self.transport
         if not self.paused and transport is not None:
@@ -301,12 +462,14 @@ class _RunReceiver(Protocol):
             if self._idle is not None and self._idle.active():
                 self._idle.cancel()  # our own pause is no stall
                 self._idle = None
+            self._cancel_late()  # nor does it count against the holder
 
     def resume(self) -> None:
         transport: Any = self.transport
         if self.paused and transport is not None and not self.stopped:
             self.paused = False
             self._idle = self.clock.callLater(IDLE_TIMEOUT, self._stall)
+            self._expect_piece()  # the piece under way is given its time afresh
             transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
@@ -335,13 +498,44 @@ class _RunReceiver(Protocol):
             self.held -= stop - self.position
             self.position = stop
             self.spans.pop(0)
+            self._expect_piece()
             self.on_piece(index, piece)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
+        self._cancel_late()
         if not self.done.called:
             self.done.callback(reason.value)
+
+
+class _Deadline:
+    """
+    One timer at a time on C{clock}, for what a run waits for now (its
+    head, its next piece): if it rings, why is kept in C{missed} and
+    C{stop} is called.
+    """
+
+    def __init__(self, clock: IReactorTime, stop: Callable[[], None]) -> None:
+        self.clock = clock
+        self.stop = stop
+        self.missed: str | None = None
+        self._call: IDelayedCall | None = None
+
+    def expect(self, after: float, why: str) -> None:
+        self.cancel()
+        if self.missed is None:
+            self._call = self.clock.callLater(after, self._ring, why)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _ring(self, why: str) -> None:
+        self._call = None
+        self.missed = why
+        self.stop()
 
 
 class _Collect(Protocol):
@@ -411,7 +605,13 @@ class Swarm:
         progress: Callable[[int, int, int], None],
         direct: IReactorFromThreads | None = None,
         tls: ssl.SSLContext | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
+        """
+        @param ledger: what the download has learned of holder addresses
+            (shared with its other swarms and searches); a fresh one if
+            not given.
+        """
         assert len(digests) == book.count * DIGEST
         self.agent = agent
         self.clock = clock
@@ -444,6 +644,9 @@ class Swarm:
         self.tls = tls  # for those runs from https holders (None: they go through the agent)
         self._links: dict[str, Link] = {}  # by holder, for those runs
         self._running: set[Link] = set()  # those with a run under way
+        self._buffers = PieceBuffers(book.piece, BUFFERS)  # their pieces (see run)
+        self.ledger = ledger if ledger is not None else Ledger()
+        self._limit = 1
 
     # Running.
 
@@ -457,7 +660,10 @@ class Swarm:
         written any more, so the part file may be closed at once.
         """
         self._report()
-        self._limit = limit
+        # Each holder fetched from at once holds up to BUFFERS pieces in
+        # memory: as many at once as PIECE_MEMORY holds (one at least).
+        self._limit = max(1, min(limit, PIECE_MEMORY // (BUFFERS * self.book.piece)))
+        self._buffers = PieceBuffers(self.book.piece, self._limit * BUFFERS)
         self._error: Failure | None = None
         self._live = 0
         self._all_ended: Deferred[None] = Deferred()
@@ -498,7 +704,13 @@ class Swarm:
             raise self._local.error
         if not self.book.done:
             tried = [s for s in self.sources if s.problem is not None]
-            raise Broke("; ".join(f"{s.name}: {s.problem}" for s in tried) or "no holder")
+            why = [f"{s.name}: {s.problem}" for s in tried]
+            untried = [s for s in self._reserve if s.problem is None]
+            if untried:  # the ledger let no more be tried
+                why.append(
+                    f"{len(untried)} more not tried: {len(self.ledger.failed)} addresses failed already"
+                )
+            raise Broke("; ".join(why) or "no holder")
 
     def _start(self, source: Source) -> None:
         self._live += 1
@@ -552,11 +764,33 @@ class Swarm:
             first_run_going = self._live and not any(s.rate for s in self.sources)
             if first_run_going and self.clock.seconds() < self._alone_until:
                 return
-            self._start(self._reserve.pop(0))
+            source = self._admit()
+            if source is None:
+                return
+            self._start(source)
+
+    def _admit(self) -> Source | None:
+        """
+        The first holder in reserve that the ledger lets us try now (taken
+        out of the reserve); those at an address that failed are let go.
+        """
+        for source in list(self._reserve):
+            if not self.ledger.usable(source.address):
+                self._reserve.remove(source)
+                if source.problem is None:
+                    source.problem = (
+                        f"its address failed already ({self.ledger.failed[source.address]})"
+                    )
+                continue
+            if self.ledger.begin(source.address):
+                self._reserve.remove(source)
+                return source
+        return None
 
     def _ended(self, result: object, source: Source) -> None:
         self._live -= 1
         self._working.discard(source.name)
+        self.ledger.done(source.address)
         if isinstance(result, Failure) and self._error is None:
             self._error = result  # a bug: stop everything, and say so
             self._halt()
@@ -693,7 +927,7 @@ class Swarm:
                 raise
             except Corrupt as e:
                 source.corrupt = True
-                self._drop(source, f"sent a corrupt piece ({e.index})")
+                self._drop(source, f"sent a corrupt piece ({e.index})", bad=True)
                 self.notes.append(f"{source.name} sent a corrupt piece of {self.name}; dropped")
                 self.log.warn(
                     "{holder} sent a corrupt piece ({index}) of {name}; dropped",
@@ -721,6 +955,11 @@ class Swarm:
                 await self._sleep(e.retry_after)
             except Broke as e:
                 if not self._going:
+                    return
+                if source.address not in self.ledger.good:
+                    # It has sent nothing that verified: one failure and it
+                    # is done with (an address a search named, not a holder).
+                    self._drop(source, str(e))
                     return
                 source.tries += 1
                 if source.tries >= TRIES:
@@ -766,7 +1005,7 @@ class Swarm:
             raise
         except Exception as e:
             source.tries += 1
-            if source.tries >= TRIES:
+            if source.tries >= TRIES or source.address not in self.ledger.good:
                 self._drop(source, f"no answer about its pieces ({why_failed(e)})")
             return
         finally:
@@ -791,9 +1030,12 @@ class Swarm:
         A holder found while the download runs (another peer fetching the
         same file, say): it joins at once if there is room, else waits.
         """
-        if not self._going:
+        if not self._going or not self.ledger.usable(source.address):
             return
-        known = next((s for s in self.sources if s.name == source.name), None)
+        # One source per address, whatever names it goes by.
+        known = next(
+            (s for s in self.sources if s.name == source.name or s.address == source.address), None
+        )
         if known is not None:
             # One that was partial and is now whole (it finished while we
             # fetch) comes back; one caught sending corrupt data never does.
@@ -805,8 +1047,15 @@ class Swarm:
         self._reserve.append(source)
         self._refill()
 
-    def _drop(self, source: Source, problem: str) -> None:
+    def _drop(self, source: Source, problem: str, bad: bool = False) -> None:
+        """
+        Let C{source} go for the rest of this swarm; if it never sent a
+        piece that verified (or sent a corrupt one: C{bad}), its address
+        failed, for the rest of the download.
+        """
         source.problem = problem
+        if bad or source.address not in self.ledger.good:
+            self.ledger.fail(source.address, problem)
         self.log.info(
             "download of {name}: {holder} is dropped ({why})",
             name=self.name, holder=source.name, why=problem,
@@ -837,11 +1086,15 @@ class Swarm:
         request = self.agent.request(b"GET", url, headers)
         self._requests.add(request)
         try:
-            response = await request.addTimeout(HEADER_TIMEOUT, self.clock)
+            # The whole head, however slowly it comes (the agent's request
+            # is cancelled, its connection aborted, at the deadline).
+            response = await request.addTimeout(HEADER_TIMEOUT, self.clock, no_answer)
+        except Broke:
+            raise
         except CancelledError:
             if self._halted:
                 raise
-            raise Broke(f"no answer in {HEADER_TIMEOUT:.0f} s") from None
+            raise Broke(f"no answer in {seconds(HEADER_TIMEOUT)} s") from None
         except Exception as e:
             raise Broke(f"no response ({why_failed(e)})") from None
         finally:
@@ -899,8 +1152,10 @@ class Swarm:
                 cast(Failure, result).raiseException()
         source.ran(self.clock.seconds() - started, receiver.received)
         if receiver.spans and not self.book.fetched_by_others(i for i, _, _ in receiver.spans):
+            if receiver.late is not None:
+                raise Broke(receiver.late)
             if receiver.stalled:
-                raise Broke(f"it sent nothing for {IDLE_TIMEOUT:.0f} s")
+                raise Broke(f"it sent nothing for {seconds(IDLE_TIMEOUT)} s")
             if isinstance(reason, ResponseDone):
                 raise Broke("it sent less than asked for")
             raise Broke(f"the transfer broke off ({why_failed(reason)})")
@@ -930,16 +1185,26 @@ class Swarm:
         """
         L{_get_run} in a thread, for a holder over plain TCP (see
         peer/direct.py): the thread reads, checks and writes the pieces;
-        the reactor hears of each and may stop the run.
+        the reactor hears of each and may stop the run, which it does when
+        the head or a piece misses its deadline (the socket's own timeout
+        counts only the gaps between bytes).
         """
         assert self.direct is not None
         reactor = self.direct
         link = self._links.get(source.name)
         if link is None:
-            link = self._links[source.name] = Link(self.book.piece, self.tls)
+            link = self._links[source.name] = Link(self._buffers, self.tls)
         link.stopping = False
         left = [i for i, _, _ in spans]  # not arrived yet, as the reactor knows
         first, last = spans[0][1], spans[-1][2] - 1
+        deadline = _Deadline(self.clock, link.stop)
+
+        def expect_piece() -> None:
+            if not left:
+                return
+            start, stop = piece_span(left[0], self.size)
+            allowed = piece_deadline(stop - start)
+            deadline.expect(allowed, f"piece {left[0]} did not arrive within {seconds(allowed)} s")
 
         def on_piece(index: int, data: memoryview, release: Callable[[], None]) -> bool:
             # In the run's thread; it owns the buffer until release().
@@ -965,9 +1230,17 @@ class Swarm:
                 self._verified(source, index, size)
             if left and self.book.fetched_by_others(left):
                 link.stop()  # the rest of this run came from elsewhere
+            elif left:
+                expect_piece()
+            else:
+                deadline.cancel()
 
         def check(code: int, header: Callable[[str], str | None]) -> Exception | None:
-            return self._problem(source, first, last, code, header)
+            # In the run's thread, once the head is in: the pieces' deadlines begin.
+            problem = self._problem(source, first, last, code, header)
+            if problem is None:
+                reactor.callFromThread(expect_piece)
+            return problem
 
         headers = {"If-Match": f'"{self.sha256}"', "Range": f"bytes={first}-{last}"}
         started = self.clock.seconds()
@@ -975,25 +1248,32 @@ class Swarm:
         self._running.add(link)
         if self.book.done or self._halted:
             link.stop()
+        # The connection and the whole head, however slowly it comes.
+        deadline.expect(HEADER_TIMEOUT, f"no answer in {seconds(HEADER_TIMEOUT)} s")
         try:
             result: RunResult = await in_thread(
                 reactor, fetch_run, link, url, headers, spans, check, on_piece,
                 HEADER_TIMEOUT, IDLE_TIMEOUT,
             )
         finally:
+            deadline.cancel()
             self._running.discard(link)
-        if result.problem is not None:
-            raise result.problem
         if result.local is not None:
             raise self._cannot_write(result.local)
+        if result.corrupt is not None:
+            source.ran(self.clock.seconds() - started, result.received)
+            raise Corrupt(result.corrupt)
+        if deadline.missed is not None and left and not self.book.fetched_by_others(left):
+            # Whatever the thread made of a response cut off under it.
+            raise Broke(deadline.missed)
+        if result.problem is not None:
+            raise result.problem
         if not result.answered:
             raise Broke(result.failed or "no response")
         source.ran(self.clock.seconds() - started, result.received)
-        if result.corrupt is not None:
-            raise Corrupt(result.corrupt)
         if left and not self.book.fetched_by_others(left):
             if result.stalled:
-                raise Broke(f"it sent nothing for {IDLE_TIMEOUT:.0f} s")
+                raise Broke(f"it sent nothing for {seconds(IDLE_TIMEOUT)} s")
             raise Broke(result.failed or "the transfer was stopped")
 
     def _store(self, index: int, data: Parts, release: Callable[[], None] | None = None) -> bool:
@@ -1038,6 +1318,8 @@ class Swarm:
         """
         Piece C{index} from C{source} is verified and written.
         """
+        self.ledger.held(source.address)
+        self.ledger.progressed.add(self.sha256)
         if self.book.got(index):
             source.verified += size
             self._report()

@@ -16,16 +16,27 @@ directory fsynced.  Data that fails the check is thrown away and the next
 holder is tried.  A half-written download never appears under the final
 name.  A fault of this machine (a full disk, a folder it may not write)
 ends the download at once with one sentence: other holders cannot help.
+
+Search results are input, and may be forged: of the versions found, the
+one that the most distinct addresses hold is fetched (then the nearest),
+not simply the nearest claim; holders are known by their address, so
+many names at one address are one source; and every address a download
+connects to goes through its L{Ledger}, which tries no address twice once
+it failed and at most L{BAD_ADDRESSES} that fail (peer/swarm.py).  A file
+whose pieces would be larger than this peer takes (pieces.py:
+L{MAX_PIECE}) is refused before anything is asked of its holders.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,14 +57,17 @@ from p2pshare.disk import fsync_directory, human_size
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
 from p2pshare.peer.storing import copy_matching_pieces, verified_pieces
 from p2pshare.peer.swarm import (
+    Address,
     Broke,
+    Ledger,
     PieceBook,
     Source,
     Swarm,
+    no_answer,
     read_at_most,
 )
 from p2pshare.peer.swarm import why_failed as _why
-from p2pshare.pieces import DIGEST, bitfield, check_list, piece_count, root_of
+from p2pshare.pieces import DIGEST, MAX_SIZE, bitfield, check_list, piece_count, root_of, too_large
 from p2pshare.wire import Match
 
 Progress = Callable[..., None]  # (bytes verified, size[, holders sending now])
@@ -66,6 +80,47 @@ SOURCES = 4  # holders a download fetches from at once
 MAX_LISTING = 64 * 2**20  # bytes of a holder's /index.json, at most
 DISCOVER_EVERY = 10.0  # at most this many seconds between searches for more holders
 Discover = Callable[[], Deferred[list[Match]]]
+
+
+def address_of(m: Match) -> Address:
+    """
+    Where C{m}'s holder serves, spelled one way, so that the spellings of
+    one address are one: an IP address in its canonical form (an IPv4
+    address however written, an IPv4-mapped IPv6 one as IPv4), a name in
+    lower case.
+    """
+    host = m.host.lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host = socket.inet_ntoa(socket.inet_aton(host))  # 127.1, 0x7f000001: as connect reads them
+        except OSError:
+            pass
+    else:
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        host = str(mapped or ip)
+    return host, m.port
+
+
+def versions(matches: list[Match], ledger: Ledger) -> list[list[Match]]:
+    """
+    The versions (SHA-256 and size) that C{matches} describe, each with
+    its matches in their order, the best first: the one that the most
+    distinct addresses hold (a forger may give one address any number of
+    names, and claim to be nearest), then the nearest.  Matches at an
+    address that failed in this download, or with a piece root found bad,
+    and versions it refused, are left out.
+    """
+    by: dict[tuple[str, int], list[Match]] = {}
+    for m in matches:
+        key = (m.sha256, m.size)
+        if (key not in ledger.refused and ledger.usable(address_of(m))
+                and not (m.root and m.root in ledger.bad_roots)):
+            by.setdefault(key, []).append(m)
+    return sorted(
+        by.values(), key=lambda ms: (-len({address_of(m) for m in ms}), min(m.hops for m in ms))
+    )
 
 
 class FetchError(Exception):
@@ -266,6 +321,19 @@ class Downloader:
         # Told of each file verified, with its hashes, just before it is kept.
         self.on_verified: Callable[[Path, SharedFile], None] | None = None
 
+    def new_ledger(self) -> Ledger:
+        """
+        A record for one download's addresses (see L{Ledger}), to be given
+        to each L{fetch} of it: every search round, every version tried.
+        """
+        return Ledger()
+
+    def versions(self, matches: list[Match], ledger: Ledger) -> list[list[Match]]:
+        """
+        The versions C{matches} describe, the best first (see L{versions}).
+        """
+        return versions(matches, ledger)
+
     async def fetch(
         self,
         matches: list[Match],
@@ -274,18 +342,34 @@ class Downloader:
         progress: Progress | None = None,
         sources: int = SOURCES,
         discover: Discover | None = None,
+        ledger: Ledger | None = None,
     ) -> Fetched:
         """
         Download the file that C{matches} (nearest first) describe into
-        C{directory}, from up to C{sources} of its holders at once.  A
-        download of the same target already running here is waited for
-        first (then the file is most likely there).
+        C{directory}, from up to C{sources} of its holders at once: the
+        version most holders confirm (see L{versions}).  A download of
+        the same target already running here is waited for first (then
+        the file is most likely there).  C{ledger} is what this download
+        learned of addresses before (a fresh one if not given).
         """
         if not matches:
             raise FetchError(wire.E_NOT_FOUND, "not found")
-        name = matches[0].name
+        ledger = ledger if ledger is not None else self.new_ledger()
+        found = versions(matches, ledger)
+        if not found:
+            raise FetchError(wire.E_FAILED, ledger.exhausted(matches[0].name))
+        matches = found[0]
+        name, size = matches[0].name, matches[0].size
         if not is_shareable_name(name):
             raise FetchError(wire.E_BAD_ARGS, f"{name!r} is not a file name this peer keeps")
+        if too_large(size):
+            # Its pieces would need buffers beyond what a download may hold.
+            why = (
+                f"could not download {name}: its holders say it is {human_size(size)}, "
+                f"larger than the {human_size(MAX_SIZE)} this peer downloads"
+            )
+            ledger.refused[(matches[0].sha256, size)] = why
+            raise FetchError(wire.E_FAILED, why)
         target = directory / name
         while target in self._running:
             waiter: Deferred[None] = Deferred(lambda d: self._running[target].remove(d))
@@ -293,7 +377,7 @@ class Downloader:
             await waiter
         self._running[target] = []
         try:
-            return await self._fetch(matches, target, force, progress, sources, discover)
+            return await self._fetch(matches, target, force, progress, sources, discover, ledger)
         finally:
             for waiter in self._running.pop(target):
                 waiter.callback(None)
@@ -301,7 +385,8 @@ class Downloader:
     async def _fetch(
         self, matches: list[Match], target: Path, force: bool, progress: Progress | None,
         sources: int,
-        discover: Discover | None = None,
+        discover: Discover | None,
+        ledger: Ledger,
     ) -> Fetched:
         name, size, sha = matches[0].name, matches[0].size, matches[0].sha256
         directory = target.parent
@@ -331,7 +416,7 @@ class Downloader:
                 return already
             older = await self.run_blocking(_other_versions, directory, base, path)
             fetched = await self._download(
-                holders, part, target, size, sha, force, progress, sources, discover, older
+                holders, part, target, size, sha, force, progress, sources, ledger, discover, older
             )
         except CancelledError:
             kept = part.kept
@@ -386,6 +471,7 @@ class Downloader:
         force: bool,
         progress: Progress | None,
         sources: int,
+        ledger: Ledger,
         discover: Discover | None = None,
         older: list[PartFile] | None = None,
     ) -> Fetched:
@@ -403,11 +489,23 @@ class Downloader:
         report: Progress = progress or (lambda *figures: None)
         problems: list[str] = []
         notes: list[str] = []
+        # The roots each address claims for this version: one that claims
+        # several is asked for its list before it serves any group.
+        claimed: dict[Address, set[str]] = {}
+        for m in holders:
+            claimed.setdefault(address_of(m), set()).add(m.root)
+        lists: dict[Address, tuple[bytes, int]] = {}  # the piece lists fetched, by address
         for root, group in _groups(holders):
-            listed = await self._piece_list(group, size, sha, root, problems)
+            if root in ledger.bad_roots:
+                continue
+            group = [m for m in group if _may_serve(m, sha, root, ledger, claimed, lists)]
+            if not group:
+                continue
+            listed = await self._piece_list(group, size, sha, root, problems, ledger, claimed, lists)
             if listed is None:
                 continue
             digests, suggested = listed
+            group = [m for m in group if _may_serve(m, sha, root, ledger, claimed, lists, strict=True)]
             try:
                 part.f.flush()
                 os.ftruncate(part.f.fileno(), size)
@@ -455,11 +553,12 @@ class Downloader:
                 name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
                 book=book, progress=track,
                 sources=[self._source(m) for m in group], direct=self.direct, tls=self.tls,
+                ledger=ledger,
             )
             looking = None
             if discover is not None:
                 looking = Deferred.fromCoroutine(
-                    self._look_for_more(swarm, discover, sha, size, partial.root)
+                    self._look_for_more(swarm, discover, sha, size, partial.root, ledger)
                 )
                 looking.addErrback(lambda f: f.trap(CancelledError))
             try:
@@ -490,6 +589,11 @@ class Downloader:
                     "SHA-256; dropped", name=name, names=names,
                 )
                 self._distrust(m.holder for m in group)
+                # That root is no version of the file: whoever gave its list
+                # or sent pieces of it does not hold the file.
+                ledger.bad_roots.add(root)
+                for where in {address_of(m) for m in group} & (set(lists) | ledger.good):
+                    ledger.fail(where, "piece hashes that do not lead to the file's SHA-256")
                 part.restart_at(0)
                 continue
             if self.on_verified is not None:  # before the file appears under its name
@@ -511,10 +615,10 @@ class Downloader:
                 name=name, size=size, sha=sha, holders=", ".join(served) or "(already here)",
             )
             return Fetched(target, size, sha, ", ".join(served) or None, notes=notes)
+        if ledger.spent or not problems:
+            raise FetchError(wire.E_FAILED, ledger.exhausted(name), notes)
         raise FetchError(
-            wire.E_FAILED,
-            f"could not download {name}: " + ("; ".join(problems[-4:]) or "no holder answered"),
-            notes,
+            wire.E_FAILED, f"could not download {name}: " + "; ".join(problems[-4:]), notes
         )
 
     async def _reuse(
@@ -545,14 +649,14 @@ class Downloader:
 
     def _source(self, m: Match) -> Source:
         if m.have is None:
-            return Source(m.holder, self._url_maker(m))
+            return Source(m.holder, self._url_maker(m), where=address_of(m))
         return Source(
             m.holder, self._url_maker(m), have_url=self._url_maker(m, f"/have/{m.sha256}"),
-            has=set(),
+            has=set(), where=address_of(m),
         )
 
     async def _look_for_more(
-        self, swarm: Swarm, discover: Discover, sha: str, size: int, root: str
+        self, swarm: Swarm, discover: Discover, sha: str, size: int, root: str, ledger: Ledger
     ) -> None:
         """
         While the swarm runs, search again now and then: peers that started
@@ -571,9 +675,11 @@ class Downloader:
                 continue
             now = self.clock.seconds()
             for m in found:
+                where = address_of(m)
                 if ((m.sha256, m.size) == (sha, size) and m.root in (root, "")
-                        and self.distrusted.get(m.holder, 0) <= now):
-                    swarm.add(self._source(m))
+                        and self.distrusted.get(m.holder, 0) <= now and ledger.usable(where)
+                        and ledger.lists.get((where, sha), root) == root):
+                    swarm.add(self._source(m))  # which tries it only as the ledger allows
 
     def _distrust(self, names: Iterable[str]) -> None:
         until = self.clock.seconds() + DISTRUST_FOR
@@ -611,35 +717,61 @@ class Downloader:
         return lambda: url_for(m, self.secret, self.clock.seconds(), self.scheme, path)
 
     async def _piece_list(
-        self, group: list[Match], size: int, sha: str, root: str, problems: list[str]
+        self, group: list[Match], size: int, sha: str, root: str, problems: list[str],
+        ledger: Ledger, claimed: dict[Address, set[str]], lists: dict[Address, tuple[bytes, int]],
     ) -> tuple[bytes, int] | None:
         """
         The piece list of C{group}'s version, from the first of them that
-        sends one matching C{root}, and the piece that holder suggests
-        beginning with; None (and why, in C{problems}) if none.
+        sends one matching C{root} (or has sent it already, in C{lists}),
+        and the piece that holder suggests beginning with; None (and why,
+        in C{problems}) if none.  At most three are asked, each only as
+        the C{ledger} allows; one whose list is not one it claims failed.
         """
-        for m in group[:3]:
+        for m in group:
+            known = lists.get(address_of(m))
+            if known is not None and (not root or root_of(known[0]) == root):
+                return known
+        asked = 0
+        for m in group:
+            where = address_of(m)
+            if asked == 3 or where in lists:
+                continue
+            if not ledger.begin(where):
+                continue  # it failed, or no more untried addresses may be
+            asked += 1
             url = self._url_maker(m, f"/pieces/{sha}")()
+            body = b""
+            problem: str | None
             try:
+                # The head and the body, each within its overall deadline.
                 response = await self.agent.request(b"GET", url).addTimeout(
-                    HEADER_TIMEOUT, self.clock
+                    HEADER_TIMEOUT, self.clock, no_answer
                 )
                 if response.code != 200:
                     response.deliverBody(Protocol())
-                    problems.append(f"{m.holder}: HTTP {response.code} for its piece list")
-                    continue
-                body = await read_at_most(response, piece_count(size) * DIGEST).addTimeout(
-                    HEADER_TIMEOUT, self.clock
-                )
+                    problem = f"HTTP {response.code} for its piece list"
+                else:
+                    body = await read_at_most(response, piece_count(size) * DIGEST).addTimeout(
+                        HEADER_TIMEOUT, self.clock, no_answer
+                    )
+                    problem = check_list(body, size, None)
             except CancelledError:
                 raise
             except Exception as e:
-                problems.append(f"{m.holder}: no piece list ({_why(e)})")
-                continue
-            problem = check_list(body, size, root or None)
+                problem = f"no piece list ({_why(e)})"
+            finally:
+                ledger.done(where)
             if problem is None:
-                return body, _start_piece(response.headers, piece_count(size))
+                got = root_of(body)
+                ledger.lists[(where, sha)] = got
+                lists[where] = body, _start_piece(response.headers, piece_count(size))
+                if not root or got == root:
+                    return lists[where]
+                if got in claimed.get(where, set()):
+                    continue  # the list of another root it holds: its group will use it
+                problem = "a piece list that does not match its root"
             problems.append(f"{m.holder}: {problem}")
+            ledger.fail(where, problem)
         return None
 
 
@@ -655,18 +787,42 @@ def _start_piece(headers: Headers, count: int) -> int:
 
 def _groups(holders: list[Match]) -> list[tuple[str, list[Match]]]:
     """
-    The holders by piece root, the largest group first (then the nearest).
+    The holders by piece root, the largest group first (then the nearest);
+    in a group, one holder per address (many names at one address are one
+    source).
     """
     by_root: dict[str, list[Match]] = {}
     for m in holders:
         by_root.setdefault(m.root, []).append(m)
-    for group in by_root.values():
+    for root, group in by_root.items():
         # Whole holders first (nearest first), then partial ones, fullest first.
         group.sort(key=lambda m: (m.have is not None, -(m.have or 0), m.hops))
+        unique: dict[Address, Match] = {}
+        for m in group:
+            unique.setdefault(address_of(m), m)
+        by_root[root] = list(unique.values())
     return sorted(
         by_root.items(),
         key=lambda kv: (-sum(m.have is None for m in kv[1]), -len(kv[1]), kv[1][0].hops),
     )
+
+
+def _may_serve(
+    m: Match, sha: str, root: str, ledger: Ledger, claimed: dict[Address, set[str]],
+    lists: dict[Address, tuple[bytes, int]], strict: bool = False,
+) -> bool:
+    """
+    May C{m} serve the pieces of C{root}?  Not if its address failed, or
+    the piece list it sent is another root's; C{strict}ly, also not if it
+    claims several roots for this version and has not said which it holds.
+    """
+    where = address_of(m)
+    if not ledger.usable(where):
+        return False
+    known = ledger.lists.get((where, sha))
+    if known is not None:
+        return not root or known == root
+    return not (strict and len(claimed.get(where, ())) > 1)
 
 
 def _allocated(part: PartFile) -> int:
