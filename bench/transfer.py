@@ -11,6 +11,8 @@ the same file over loopback.
     for a 64 MiB one.
 (d) The verified download of (b) over TLS (a CA from p2p certs, a second
     network), against (b)'s plain TCP: three alternating pairs.
+(e) The same in a private network (a secret, so mutual TLS made from it,
+    and signed URLs), against the open network's: three alternating pairs.
 
     python bench/transfer.py [--mib 1024]
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
+from p2pshare.admission import new_secret_text
 from p2pshare.launch import P2P, LocalNetwork
 
 
@@ -77,8 +80,11 @@ async def run(reactor: object, mib: int) -> None:
         root = Path(tmp)
         net = LocalNetwork(reactor, root / "plain", timeout=600)
         secure = LocalNetwork(reactor, root / "tls", timeout=600, certs=root / "certs")
-        (root / "plain").mkdir()
-        (root / "tls").mkdir()
+        secret = root / "network.secret"
+        secret.write_text(new_secret_text())
+        private = LocalNetwork(reactor, root / "private", timeout=600, secret_file=secret)
+        for each in ("plain", "tls", "private"):
+            (root / each).mkdir()
         try:
             getter = await bench(net, root / "plain", mib)
             # (d) Both networks up at once, three alternating pairs: a
@@ -88,15 +94,30 @@ async def run(reactor: object, mib: int) -> None:
             for _ in range(3):
                 plains.append(get_once(net, root / "plain", getter))
                 tlss.append(get_once(secure, root / "tls", secure_getter))
+            await secure.stop_all()
+            # (e) The same against a private network.
+            _, private_getter, _ = await two_peers(private, root / "private", mib)
+            opens, privates = [], []
+            for _ in range(3):
+                opens.append(get_once(net, root / "plain", getter))
+                privates.append(get_once(private, root / "private", private_getter))
         finally:
             await net.stop_all()
             await secure.stop_all()
+            await private.stop_all()
         ratios = sorted(p / t for p, t in zip(plains, tlss, strict=True))
         print("    pairs (plain / TLS, s): "
               + ", ".join(f"{p:.2f}/{t:.2f}" for p, t in zip(plains, tlss, strict=True)))
         print(f"(d) verified download over TLS, 3 alternating runs: best {mib * 1.048576 / min(tlss):,.0f} "
               f"MB/s, plain TCP best {mib * 1.048576 / min(plains):,.0f} MB/s; ratio min "
               f"{ratios[0]:.2f}, median {ratios[1]:.2f}, max {ratios[2]:.2f} (target 0.6)")
+        ratios = sorted(o / p for o, p in zip(opens, privates, strict=True))
+        print("    pairs (open / private, s): "
+              + ", ".join(f"{o:.2f}/{p:.2f}" for o, p in zip(opens, privates, strict=True)))
+        print(f"(e) verified download in a private network, 3 alternating runs: best "
+              f"{mib * 1.048576 / min(privates):,.0f} MB/s, open network best "
+              f"{mib * 1.048576 / min(opens):,.0f} MB/s; ratio min {ratios[0]:.2f}, median "
+              f"{ratios[1]:.2f}, max {ratios[2]:.2f}")
 
 
 async def two_peers(net: LocalNetwork, root: Path, mib: int) -> tuple[str, str, int]:
@@ -213,9 +234,12 @@ def _wait_listening(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--sizes", default="64", help="other sizes to run first, in MiB (comma)")
     args = parser.parse_args()
+
     async def all_sizes(reactor: object) -> None:
-        for mib in sorted({64, args.mib}):
+        extra = {int(m) for m in args.sizes.split(",") if m}
+        for mib in sorted(extra | {args.mib}):
             print(f"== {mib} MiB (fresh processes)", flush=True)
             await run(reactor, mib)
 
