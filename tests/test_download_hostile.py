@@ -278,6 +278,34 @@ async def test_a_download_tries_at_most_eight_addresses_that_fail(
 
 
 @pytest_twisted.ensureDeferred
+async def test_forged_versions_at_many_addresses_cost_eight_connections_and_leave_nothing(
+        reactor, tmp_path, listen, downloader, monkeypatch):
+    """
+    Forty versions nobody holds, each at an address of its own and
+    nearest: eight addresses are tried, the real holder (one address, as
+    each forged version has) is not reached, and no part file is left.
+    """
+    victims = [VictimFactory("404") for _ in range(40)]
+    found = [
+        match(listen(v), f"forger{i}", 0, hashlib.sha256(b"%d" % i).hexdigest(), fake_root(i))
+        for i, v in enumerate(victims)
+    ]
+    real = match(listen(honest(reactor, tmp_path, "h")), "h", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    d, searches = get(reactor, downloader, out, [*found, real], monkeypatch)
+    with pytest.raises(FetchError) as e:
+        await d
+    assert e.value.text == (
+        "could not download file.bin: 8 addresses said to hold it failed "
+        "(the most one download tries), and no other holder is left"
+    )
+    assert [v.connections for v in victims] == [1] * 8 + [0] * 32
+    assert os.listdir(out) == []
+    assert len(searches) == 1  # no search again once nobody may be tried
+
+
+@pytest_twisted.ensureDeferred
 async def test_many_names_at_one_address_are_one_holder(reactor, tmp_path, listen, downloader):
     port = listen(honest(reactor, tmp_path, "h"))
     out = tmp_path / "out"
@@ -395,3 +423,20 @@ async def test_the_pieces_in_memory_stay_within_the_download_budget(
     assert (out / "file.bin").read_bytes() == data
     assert max(sending) == 1, sending
     assert sum(made) <= 3 * MiB, made
+
+
+def test_holders_distrusted_are_forgotten_once_their_time_is_up():
+    """
+    The names of holders caught sending bad data come from search results,
+    which a forger fills with new ones: the record does not grow forever.
+    """
+    from twisted.internet.task import Clock
+
+    from p2pshare.peer.transfer import DISTRUST_FOR
+
+    clock = Clock()
+    d = Downloader(None, clock, maybeDeferred)
+    d._distrust(f"forged{i}" for i in range(500))
+    clock.advance(DISTRUST_FOR + 1)
+    d._distrust(["liar"])
+    assert list(d.distrusted) == ["liar"]

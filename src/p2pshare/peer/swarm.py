@@ -140,15 +140,21 @@ class Ledger:
     def _on_trial(self) -> int:
         return sum(1 for a in self._using if a not in self.good)
 
-    def begin(self, address: Address) -> bool:
+    def may_try(self, address: Address) -> bool:
         """
-        May C{address} be connected to now?  If so it is in use (on trial,
-        unless good) until L{done}.
+        May C{address} be connected to now?
         """
         if address in self.failed:
             return False
-        if (address not in self.good and address not in self._using
-                and len(self.failed) + self._on_trial() >= self.budget):
+        return (address in self.good or address in self._using
+                or len(self.failed) + self._on_trial() < self.budget)
+
+    def begin(self, address: Address) -> bool:
+        """
+        If C{address} may be connected to now (L{may_try}), it is in use
+        (on trial, unless good) until L{done}.
+        """
+        if not self.may_try(address):
             return False
         self._using[address] += 1
         return True

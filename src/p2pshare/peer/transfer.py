@@ -109,13 +109,14 @@ def versions(matches: list[Match], ledger: Ledger) -> list[list[Match]]:
     its matches in their order, the best first: the one that the most
     distinct addresses hold (a forger may give one address any number of
     names, and claim to be nearest), then the nearest.  Matches at an
-    address that failed in this download, or with a piece root found bad,
-    and versions it refused, are left out.
+    address this download may not try (it failed, or the budget of
+    failures is spent and it never served), or with a piece root found
+    bad, and versions it refused, are left out.
     """
     by: dict[tuple[str, int], list[Match]] = {}
     for m in matches:
         key = (m.sha256, m.size)
-        if (key not in ledger.refused and ledger.usable(address_of(m))
+        if (key not in ledger.refused and ledger.may_try(address_of(m))
                 and not (m.root and m.root in ledger.bad_roots)):
             by.setdefault(key, []).append(m)
     return sorted(
@@ -431,6 +432,8 @@ class Downloader:
             raise
         except FetchError as e:
             kept = part.kept
+            if part.size() == 0:
+                part.discard()  # nothing came (no piece list): nothing to resume
             part.close()  # kept, for the next try to resume
             if e.code == wire.E_FAILED and kept:
                 e.text += f"; the {human_size(kept)} that arrived are kept: the same command resumes"
@@ -682,9 +685,12 @@ class Downloader:
                     swarm.add(self._source(m))  # which tries it only as the ledger allows
 
     def _distrust(self, names: Iterable[str]) -> None:
-        until = self.clock.seconds() + DISTRUST_FOR
+        now = self.clock.seconds()
+        # Those whose time is up are forgotten: names come from search
+        # results, which anyone may fill with new ones.
+        self.distrusted = {n: t for n, t in self.distrusted.items() if t > now}
         for n in names:
-            self.distrusted[n] = until
+            self.distrusted[n] = now + DISTRUST_FOR
 
     async def listing(self, m: Match) -> list[dict[str, Any]]:
         """
