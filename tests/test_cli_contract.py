@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 import sys
 
 from hypothesis import HealthCheck, given, settings
@@ -107,12 +108,12 @@ def test_ctrl_c_is_130_with_one_sentence(tmp_path):
     # A command that waits (a peer port that accepts and never answers).
     import socket
 
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "control.sock"))
         server.listen()
-        port = server.getsockname()[1]
+        server.settimeout(30)
         proc = subprocess.Popen(
-            P2P + ["status", "--peer", f"tcp:127.0.0.1:{port}"], cwd=tmp_path,
+            P2P + ["status", "--peer", f"unix:{tmp_path / 'control.sock'}"], cwd=tmp_path,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         conn, _ = server.accept()  # it has connected and now waits for a reply
@@ -135,7 +136,7 @@ SHA = "ab" * 32
 
 def fake_peer(replies):
     """
-    A control endpoint on 127.0.0.1 that answers each request with what
+    A control endpoint (a unix socket) that answers each request with what
     C{replies(msg)} gives (wire messages), as a peer's control channel
     does; returns its endpoint and a function that closes it.
     """
@@ -145,8 +146,11 @@ def fake_peer(replies):
 
     from p2pshare import wire
 
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="p2p-fake-")) / "control.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
     server.listen()
 
     def serve():
@@ -170,10 +174,12 @@ def fake_peer(replies):
         server.shutdown(socket.SHUT_RDWR)  # wakes the accept
         server.close()
         thread.join(10)
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    return f"tcp:127.0.0.1:{server.getsockname()[1]}", stop
+    return f"unix:{path}", stop
 
 
 def network_with_an_evil_name(msg):
