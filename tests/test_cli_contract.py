@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -142,11 +142,10 @@ def fake_peer(replies):
     """
     import json
     import socket
+    import tempfile
     import threading
 
     from p2pshare import wire
-
-    import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="p2p-fake-")) / "control.sock"
     server = socket.socket(socket.AF_UNIX)

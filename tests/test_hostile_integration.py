@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from hostile import Participant, Relay, VictimPort, forged
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from p2pshare import wire
@@ -325,14 +324,6 @@ async def test_a_live_name_cannot_be_taken_by_hello(reactor, tmp_path, net):
     assert [n["name"] for n in after["neighbours"]] == ["s1"]
 
 
-@pytest.fixture
-def net(reactor, tmp_path):
-    network = LocalNetwork(reactor, tmp_path / "net")
-    (tmp_path / "net").mkdir()
-    yield network
-    pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
-
-
 # 7. Descriptors.
 
 
@@ -430,9 +421,9 @@ async def test_a_relayed_handshake_gets_nothing_and_a_capture_shows_nothing(
             (net.root / keys["alice-keeps-the-plans"] / "shared" / "q3-secret-plans.bin"
              ).write_bytes(data)
             await net.peers[keys["alice-keeps-the-plans"]].wait_for("sharing q3-secret-plans", 30)
-            seen = await captured(reactor, tmp_path / f"{net.root.name}.pcap", lambda: arun(
-                *P2P, "get", "q3-secret-plans.bin", "--peer",
-                net.control(keys["bob-wants-the-plans"]),
+            control = net.control(keys["bob-wants-the-plans"])
+            seen = await captured(reactor, tmp_path / f"{net.root.name}.pcap", lambda c=control: arun(
+                *P2P, "get", "q3-secret-plans.bin", "--peer", c,
             ))
             readable = [b"q3-secret-plans", b"alice-keeps-the-plans", data[1000:1064]]
             if net is private:

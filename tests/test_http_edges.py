@@ -44,7 +44,7 @@ def peer_port(reactor, tmp_path):
     share = ShareIndex(shared)
     share.refresh()
     node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
-                           messages=Counter())
+                           messages=Counter(), advertised=lambda: None)
     node.site = make_site(node, reactor)
     sniffing = SniffingFactory(node.site, PeerFactory(node))
     port = reactor.listenTCP(0, LimitedFactory(sniffing, clock=reactor), interface="127.0.0.1")
@@ -76,8 +76,9 @@ def head_of(response: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
     return status, headers, body
 
 
-async def get(port: int, *headers: str, method: str = "GET", target: str = "/files/file.bin"):
-    request = f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+async def get(port: int, *headers: str, method: str = "GET", target: str = "/files/file.bin",
+              host: str = "x"):
+    request = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
     request += "".join(h + "\r\n" for h in headers) + "\r\n"
     return head_of(await deferToThread(exchange, port, request.encode()))
 
@@ -617,13 +618,27 @@ async def test_in_a_private_network_browsing_needs_a_signed_url_and_links_are_si
 
     secret = Secret(b"k" * 32)
     peer_port.node.secret = secret
+    here = f"127.0.0.1:{peer_port.port}"
     for target in ("/", "/index.json"):
-        status, _, body = await get(peer_port.port, target=target)
+        status, _, body = await get(peer_port.port, target=target, host=here)
         assert status == 403 and b"signed URL" in body, target
-        status, _, _ = await get(peer_port.port, target=secret.sign_path(target, time.time()))
+        signed = secret.sign_path(target, time.time(), where=here)
+        status, _, _ = await get(peer_port.port, target=signed, host=here)
         assert status == 200, target
-    _, _, page = await get(peer_port.port, target=secret.sign_path("/", time.time()))
+        # Signed for this peer, but asked under another peer's name: refused.
+        status, _, body = await get(peer_port.port, target=signed, host="127.0.0.2:5001")
+        assert status == 403 and b"or this peer" in body, target
+        # Signed for another peer (the URL names it): refused here.
+        elsewhere = secret.sign_path(target, time.time(), where="127.0.0.2:5001")
+        status, _, _ = await get(peer_port.port, target=elsewhere, host=here)
+        assert status == 403, target
+    # localhost names this peer too, on loopback.
+    status, _, _ = await get(peer_port.port, host=f"localhost:{peer_port.port}", target=secret.sign_path(
+        "/files/file.bin", time.time(), where=f"localhost:{peer_port.port}"))
+    assert status == 200
+    _, _, page = await get(peer_port.port, target=secret.sign_path("/", time.time(), where=here),
+                           host=here)
     [link] = re.findall(r'href="(/files/file\.bin[^"]*)"', page.decode())
     assert "sig=" in link
-    status, _, body = await get(peer_port.port, target=link.replace("&amp;", "&"))
+    status, _, body = await get(peer_port.port, target=link.replace("&amp;", "&"), host=here)
     assert (status, body) == (200, DATA)

@@ -111,7 +111,7 @@ def test_mtls_is_an_endpoint_like_any_other(tmp_path, reactor):
     description = f"mtls:0:interface=127.0.0.1:privateKey={tmp_path / 's1.pem'}:trustRoots={tmp_path / 'trust'}"
     ep = serverFromString(reactor, description)
     assert type(ep).__name__ == "TLSServerEndpoint"
-    assert ep._port == 0 and ep._interface == "127.0.0.1"
+    assert ep.inner._port == 0 and ep.inner._interface == "127.0.0.1"
     tls = peer_tls(description)
     assert tls is not None and len(tls.authorities) == 1
     old = server_endpoint(reactor, "ssl" + description[len("mtls"):])

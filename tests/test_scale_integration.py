@@ -2,9 +2,10 @@
 Scale, on a real metadata server process: 10,000 synthetic registrants
 speaking the documented wire protocol (docs/protocol.rst), one
 connection each, from 100 loopback addresses, all held open by this
-process.  Each registers (P2P), asks where to join (PLACE) and reports
-its link as a real peer would (NEIGHBOURS at both ends, with up=), one
-after another.  All are admitted; the server's CPU per join over the
+process.  Each registers (P2P, with the nonce the server's dial-back is
+answered with, at one port of this process's that answers for all), asks
+where to join (PLACE) and reports its link as a real peer would
+(NEIGHBOURS at both ends, with up=), one after another.  All are admitted; the server's CPU per join over the
 last 500 is at most twice that over the first 500; its peak RSS stays
 under 150 MB; topo.txt matches the network once the server says it
 settled; and `p2p topo --meta` answers at 10,000 peers.
@@ -31,11 +32,13 @@ from pathlib import Path
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineReceiver
 
 from p2pshare.launch import P2P
+from p2pshare.tickets import answer
 from p2pshare.topo import parse_topo
 
 PEERS = 10_000
@@ -53,7 +56,7 @@ class Registrant(LineReceiver):
         self.replies: deque[Deferred[bytes]] = deque()
 
     def lineReceived(self, line: bytes) -> None:
-        if line.startswith(b"COMPLETE "):
+        if line.startswith((b"COMPLETE ", b"TICKET ")):
             return
         if self.replies:
             self.replies.popleft().callback(line)
@@ -66,6 +69,23 @@ class Registrant(LineReceiver):
 
     def tell(self, line: str) -> None:
         self.sendLine(line.encode())
+
+
+NONCE = "5a" * 16  # every registrant's check= nonce: one port answers all dial-backs
+
+
+class Answers(LineReceiver):
+    """
+    Where every synthetic peer says it listens: it answers the metadata
+    server's dial-back (VERIFY) for any of them, as each real peer would
+    for itself.
+    """
+
+    def lineReceived(self, line: bytes) -> None:
+        words = line.decode().split()
+        if words[:1] == ["VERIFY"]:
+            self.sendLine(f"VERIFIED {answer(NONCE, words[1], words[2])}".encode())
+        self.transport.loseConnection()
 
 
 def _get(url: str) -> bytes:
@@ -91,6 +111,10 @@ async def test_ten_thousand_registrants_from_a_hundred_addresses(reactor, net):
     web = (await meta.wait_for("p2pmeta web page on port", 30)).rsplit(" ", 1)[1]
     port, pid = net.meta_port, meta.pid
     rss_at_start = peak_rss_mib(pid)
+    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Answers)
+    )
+    answers_at = listening.getHost().port
     links: dict[str, list[str]] = {}
     conns: dict[str, Registrant] = {}
     up: dict[str, str | None] = {}
@@ -102,7 +126,9 @@ async def test_ten_thousand_registrants_from_a_hundred_addresses(reactor, net):
             source = f"127.0.1.{2 + i % ADDRESSES}"
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
             proto = await connectProtocol(endpoint, Registrant())
-            welcome = (await proto.ask(f"P2P port={10000 + i % 50000} max=2")).split()
+            welcome = (await proto.ask(
+                f"P2P port={answers_at} host=127.0.0.1 max=2 check={NONCE}"
+            )).split()
             assert welcome[0] == b"WELCOME", welcome
             name = welcome[1].decode()
             conns[name] = proto
@@ -155,3 +181,4 @@ async def test_ten_thousand_registrants_from_a_hundred_addresses(reactor, net):
     finally:
         for proto in conns.values():
             proto.transport.abortConnection()
+        await listening.stopListening()

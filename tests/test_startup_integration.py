@@ -137,9 +137,21 @@ async def test_bad_tls_files_end_either_role(reactor, tmp_path):
          "its certificate or key files hold no usable PEM data"),
         (f"tls:127.0.0.1:1:trustRoots={tmp_path / 'nowhere'}", "its trustRoots directory cannot be read"),
     ]:
-        said = await fails(reactor, tmp_path, "p2ppeer", "--port", "0", "--meta", meta,
-                           "--data-dir", str(tmp_path / "p"))
+        said = await fails(reactor, tmp_path, "p2ppeer", "--port",
+                           f"mtls:0:privateKey={certs / 's1.pem'}:trustRoots={trust}",
+                           "--meta", meta, "--data-dir", str(tmp_path / "p"))
         assert said.endswith(f"--meta {meta} is not a usable endpoint: {why}"), said
+    # TLS on one side and plain on the other, or TLS that checks nobody.
+    for args, why in [
+        (["p2ppeer", "--port", "0", "--meta", f"tls:127.0.0.1:1:trustRoots={trust}"],
+         "--meta is TLS but --port tcp:0 is not"),
+        (["p2ppeer", "--port", f"mtls:0:privateKey={certs / 's1.pem'}:trustRoots={trust}"],
+         "--port is TLS but --meta tcp:127.0.0.1:5000 is not"),
+        (["p2pmeta", "--port", f"tls:0:privateKey={certs / 'meta.pem'}"],
+         "tls: listens without asking clients for a certificate"),
+    ]:
+        said = await fails(reactor, tmp_path, *args, "--data-dir", str(tmp_path / "q"))
+        assert why in said, said
 
 
 def read_only_dir(path: Path) -> None:

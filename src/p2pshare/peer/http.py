@@ -221,7 +221,7 @@ class ShareListing(Resource):
             return json.dumps({"peer": name, "files": listing}, ensure_ascii=False).encode()
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         # Links on the page are signed for this peer, as the viewer reached it.
-        where = this_peer(self.node, request) or ""
+        where = (this_peer(self.node, request) or "") if self.node.secret is not None else ""
         return self._page(name, files, where).encode("utf-8")
 
     def _link(self, name: str, where: str) -> str:
@@ -273,10 +273,8 @@ def refused(node: IFileHost, request: Request) -> IResource | None:
     expires = (args.get(b"expires") or [b""])[0].decode("ascii", "replace")
     sig = (args.get(b"sig") or [b""])[0].decode("ascii", "replace")
     path = (request.path or b"").decode("ascii", "replace")
-    where = this_peer(node, request)
-    if where is None:
-        return errorPage(403, "Forbidden", "the URL does not name this peer (its Host)")
-    problem = secret.check_path(path, expires, sig, node.clock.seconds(), where)
+    where = this_peer(node, request)  # None: the Host names another; no signature fits
+    problem = secret.check_path(path, expires, sig, node.clock.seconds(), where or "-")
     if problem is None:
         return None
     return errorPage(403, "Forbidden", problem)
