@@ -307,11 +307,21 @@ def _alias(description: str) -> str:
     return description
 
 
+BACKLOG = 1024  # connections the kernel queues before the role accepts them
+
+
 def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
-    L{serverFromString}, with C{ssl:...:trustRoots=} read as C{mtls:}.
+    L{serverFromString}, with C{ssl:...:trustRoots=} read as C{mtls:}, and
+    a listen queue of L{BACKLOG} unless one is given: with Twisted's 50, a
+    burst of connections (every peer coming back to a restarted metadata
+    server, a flood from one host) overflowed it, and each connection
+    dropped then waited a second for the kernel to try again.
     """
-    return serverFromString(reactor, _alias(description))
+    description = _alias(description)
+    if description.split(":", 1)[0] in ("tcp", "tcp6", "mtls") and "backlog=" not in description:
+        description += f":backlog={BACKLOG}"
+    return serverFromString(reactor, description)
 
 
 def peer_tls(description: str) -> PeerTLS | None:
