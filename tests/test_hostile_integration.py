@@ -372,7 +372,9 @@ async def test_a_flood_from_one_address_leaves_room_for_others(reactor, tmp_path
             return held, busy
 
         held, busy = await deferToThread(open_flood)
-        assert busy and held <= 1024 // 2  # one address holds at most half
+        # One address holds at most half the descriptors; the rest of its
+        # connections were refused (busy) or, idle still, made room.
+        assert 0 < held <= 1024 // 2, (held, busy)
         await net.start_peer()
         await meta.wait_for("topology settled: 1 peers", 30)
         topo = run(*P2P, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}")
@@ -485,3 +487,35 @@ async def captured(reactor, pcap: Path, work) -> bytes:
         dump.signal(2)
         await dump.when_ended(10)
     return pcap.read_bytes()
+
+
+# After a leak.
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leaked_token_is_replaced_and_then_worthless(reactor, tmp_path, net):
+    """
+    A peer's token leaked while the peer was away (its name held for it):
+    started with --reset-token, the peer gets its name back with a new
+    token, and the old one no longer takes the name.
+    """
+    import signal
+
+    await net.start_meta(2)
+    key, proc = await net.start_peer("--name", "alice", "--heartbeat", "1")
+    leaked = (net.root / key / "token").read_text().strip()
+    proc.signal(signal.SIGKILL)  # no goodbye: the name is held for its owner
+    await proc.when_ended(10)
+    _, again = await net.start_peer("--name", "alice", "--heartbeat", "1", "--reset-token", key=key)
+    new = (net.root / key / "token").read_text().strip()
+    assert new != leaked and not (net.root / key / "token.old").exists()
+    assert any("peer alice registered" in line for line in again.lines)
+    thief = Participant(reactor, net.meta_port, source="127.0.0.2")
+    try:
+        await thief.listen()
+        with pytest.raises(wire.RemoteError) as refused:
+            await thief.register(name="alice", token=leaked)
+        assert refused.value.code == wire.E_NAME_TAKEN
+    finally:
+        thief.close()
+    assert oct((net.root / key / "token").stat().st_mode & 0o777) == "0o600"

@@ -345,3 +345,58 @@ def test_a_private_networks_tls_is_the_same_for_every_holder_of_its_secret(tmp_p
     assert not verifies(one, other) and not verifies(other, two)
     assert oct((tmp_path / "one" / "member.pem").stat().st_mode & 0o777) == "0o600"
     assert Path(tmp_path / "one" / "trust" / "ca.pem").exists()
+
+
+def test_the_manhole_credentials_can_be_replaced(tmp_path):
+    from p2pshare.manhole import HOST_KEY, PASSWD, credentials, host_key, reset_manhole
+
+    _, before = credentials(tmp_path)
+    print_before = host_key(tmp_path)
+    reset_manhole(tmp_path)
+    _, after = credentials(tmp_path)
+    assert after != before and host_key(tmp_path) != print_before
+    for name in (PASSWD, HOST_KEY):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_name_moves_to_a_new_token_once_the_old_one_is_shown(tmp_path):
+    meta = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, signer=SIGNER)
+    meta.startService()
+    old, new = "a" * 32, "b" * 32
+    proto, _ = conn(MetaFactory(meta))
+    proto.dataReceived(f"P2P port=6000 name=alice token={old} beat=5\r\n".encode())
+    proto.connectionLost(None)  # gone; the name is held for the old token
+    thief, out = conn(MetaFactory(meta), host="127.0.0.66")
+    thief.dataReceived(f"P2P port=6000 name=alice token={new}\r\n".encode())
+    assert out.value().startswith(b"ERROR name-taken")
+    owner, out = conn(MetaFactory(meta))
+    owner.dataReceived(f"P2P port=6000 name=alice token={new} old={old}\r\n".encode())
+    assert out.value().startswith(b"WELCOME alice ")
+    owner.connectionLost(None)
+    thief, out = conn(MetaFactory(meta), host="127.0.0.66")
+    thief.dataReceived(f"P2P port=6000 name=alice token={old}\r\n".encode())
+    assert out.value().startswith(b"ERROR name-taken")  # the old token is worthless now
+    meta.stopService()
+
+
+def test_a_whois_asked_while_a_place_waits_is_answered_after_it(tmp_path):
+    """
+    A peer's requests are matched to replies by their order: a WHOIS sent
+    while its PLACE waits for the dial-back must not be answered first.
+    """
+    from twisted.internet.defer import Deferred
+
+    meta = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, signer=SIGNER)
+    meta.startService()
+    proto, transport = conn(MetaFactory(meta))
+    proto.dataReceived(b"P2P port=6000 name=alice\r\n")
+    checking: Deferred[None] = Deferred()
+    meta._checked["alice"] = checking  # its dial-back runs
+    transport.clear()
+    proto.dataReceived(b"PLACE\r\nWHOIS alice bob\r\n")
+    assert transport.value() == b""
+    checking.callback(None)
+    del meta._checked["alice"]
+    lines = transport.value().split(b"\r\n")
+    assert lines[0] == b"ROOT" and lines[1] == b"KNOWN alice/127.0.0.9/6000"
+    meta.stopService()

@@ -10,6 +10,7 @@ import hashlib
 import heapq
 import math
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -800,6 +801,9 @@ class MetaProtocol(LineChannel):
         self.name: str | None = None
         self.beat = 0
         self.ticket_at = 0.0  # when its last ticket was sent
+        # Requests answered in the order they came, though a PLACE waits
+        # for the dial-back: its client matches replies to requests by order.
+        self._turn: Deferred[None] = succeed(None)
         self._neighbours: list[str] = []  # a NEIGHBOURS report arriving over lines
         self._transfers: list[dict[str, object]] = []  # TRANSFER lines before a SUMMARY
 
@@ -871,7 +875,16 @@ class MetaProtocol(LineChannel):
         assert self.name is not None
         name = self.name
         # Where it listens is known first (a moment, while it is checked).
-        self.server.when_checked(name).addCallback(lambda _: self._place(name, msg))
+        self._in_turn(lambda: self.server.when_checked(name).addCallback(
+            lambda _: self._place(name, msg)
+        ))
+
+    def _in_turn(self, answer: Callable[[], Deferred[None] | None]) -> None:
+        """
+        Answer once every earlier request of this connection is answered.
+        """
+        self._turn.addCallback(lambda _: answer())
+        self._turn.addErrback(lambda f: self.log.failure("answering a request failed", f))
 
     def _place(self, name: str, msg: Message) -> None:
         if self.name != name or not self.connected:
@@ -893,10 +906,15 @@ class MetaProtocol(LineChannel):
         """
         if not self._registered():
             return
-        if len(msg.args) > WHOIS_MAX:
-            self.sendError(wire.E_BAD_ARGS, f"WHOIS takes at most {WHOIS_MAX} names")
-            return
-        self.send("KNOWN", *(f"{p.name}/{p.host}/{p.port}" for p in self.server.whois(list(msg.args))))
+        names = list(msg.args)
+
+        def known() -> None:
+            if len(names) > WHOIS_MAX:
+                self.sendError(wire.E_BAD_ARGS, f"WHOIS takes at most {WHOIS_MAX} names")
+            else:
+                self.send("KNOWN", *(f"{p.name}/{p.host}/{p.port}" for p in self.server.whois(names)))
+
+        self._in_turn(known)
 
     def msg_NEIGHBOURS(self, msg: Message) -> None:
         if not self._registered():
