@@ -160,7 +160,7 @@ class Participant:
         if self.tls is not None:
             from p2pshare.tls import TLSServerEndpoint
 
-            endpoint = TLSServerEndpoint(endpoint, self.tls)
+            endpoint = TLSServerEndpoint(endpoint, self.tls, self.reactor)
         factory = Factory.forProtocol(lambda: _Answers(self))
         self._listening = await endpoint.listen(factory)
         self.port = self._listening.getHost().port

@@ -46,9 +46,9 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -210,7 +210,7 @@ class TLSServerParser:
             raise TLSConfigError("backlog= is a number")
         tls = PeerTLS.load(privateKey, certificate or privateKey, trustRoots)
         inner = TCP4ServerEndpoint(reactor, int(port), backlog=int(backlog), interface=interface)
-        return TLSServerEndpoint(inner, tls)
+        return TLSServerEndpoint(inner, tls, reactor)
 
 
 @implementer(IStreamServerEndpoint)
@@ -224,13 +224,14 @@ class TLSServerEndpoint:
     to time out.
     """
 
-    def __init__(self, inner: IStreamServerEndpoint, tls: PeerTLS) -> None:
+    def __init__(self, inner: IStreamServerEndpoint, tls: PeerTLS, clock: Any = None) -> None:
         self.inner = inner
         self.tls = tls
+        self.clock = clock or getattr(inner, "_reactor", None)
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         tls_factory = TLSMemoryBIOFactory(self.tls.options(), False, factory)
-        return self.inner.listen(_TLSOnly(tls_factory))
+        return self.inner.listen(_TLSOnly(tls_factory, self.clock))
 
 
 PLAIN_REFUSAL = (
@@ -239,27 +240,45 @@ PLAIN_REFUSAL = (
 )
 
 
-class _TLSOnlyProtocol(ProtocolWrapper):
+class _TLSOnlyProtocol(Protocol):
     """
-    The first byte of a TLS connection is a handshake record (22): anything
-    else is plain text at a TLS port.
+    Looks at the first byte a client sends: a TLS handshake record (22)
+    hands the connection to the TLS protocol for good (the transport talks
+    to it directly from then on: nothing stays in between); anything else
+    is plain text at a TLS port, answered and closed.  The TLS protocol is
+    made at once, so that connection caps count a client that says
+    nothing, and deadlines watch it.
     """
 
-    _decided = False
+    def __init__(self, owner: _TLSOnly, addr: Any) -> None:
+        self.owner = owner
+        self.tls: Any = owner.wrapped.buildProtocol(addr)
+
+    def connectionMade(self) -> None:
+        if self.tls is None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.tls.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._decided and data:
-            self._decided = True
-            if data[0] != 0x16:
-                self.refusePlain(data)
-                return
-        super().dataReceived(data)
+        transport: Any = self.transport
+        if not data:
+            return
+        if data[0] == 0x16:
+            transport.protocol = self.tls
+            self.tls.dataReceived(data)
+        else:
+            self.refusePlain(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.tls is not None:
+            self.tls.connectionLost(reason)
 
     def refusePlain(self, data: bytes) -> None:
         transport: Any = self.transport
         host = str(getattr(transport.getPeer(), "host", "?"))
-        factory: Any = self.factory
-        if factory.told.due(host, factory.clock.seconds()):
+        now = self.owner.clock.seconds() if self.owner.clock is not None else 0.0
+        if self.owner.told.due(host, now):
             log.warn("refused {host}: it spoke plain text to this TLS port", host=host)
         if _HTTP_REQUEST.match(data):
             body = f"This port speaks HTTPS only: {PLAIN_REFUSAL}.\n".encode()
@@ -272,18 +291,18 @@ class _TLSOnlyProtocol(ProtocolWrapper):
         transport.loseConnection()
 
 
-class _TLSOnly(WrappingFactory):
-    protocol = _TLSOnlyProtocol
+class _TLSOnly(Factory):
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory) -> None:
-        super().__init__(wrapped)
-        from twisted.internet import reactor  # only the time, for the log's pace
-
+    def __init__(self, wrapped: IProtocolFactory, clock: Any) -> None:
         from p2pshare.common import OncePerMinute
 
-        self.clock: Any = reactor
+        self.wrapped = wrapped
+        self.clock = clock
         self.told = OncePerMinute()
+
+    def buildProtocol(self, addr: Any) -> _TLSOnlyProtocol:
+        return _TLSOnlyProtocol(self, addr)
 
 
 _HTTP_REQUEST = re.compile(rb"[A-Za-z]+ (/|https?://)")

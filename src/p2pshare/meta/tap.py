@@ -166,7 +166,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         interface = endpoint_interface(options["port"])
         hosts = ([interface] if interface else []) + local_addresses()
         tls = network_tls(options["secret"], hosts, data_dir / "tls")
-        listen = TLSServerEndpoint(listen, tls)
+        listen = TLSServerEndpoint(listen, tls, reactor)
 
     def connect(host: str, port: int) -> Any:
         # The dial-back to a registrant: as a peer would reach it.

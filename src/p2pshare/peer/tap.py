@@ -212,7 +212,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         # the secret: nobody without it can read or relay a connection.
         hosts = [h for h in (options["advertise"],) if h] + local_addresses()
         tls = network_tls(options["secret"], hosts, data_dir / "tls")
-        listen = TLSServerEndpoint(listen, tls)
+        listen = TLSServerEndpoint(listen, tls, reactor)
         meta = tls.client(meta)
     if options["reset-token"]:
         Identity.reset(data_dir)
