@@ -38,7 +38,8 @@ async def run_demo(reactor: Any, peers: int = 5, private: bool = False, tls: boo
         if private:
             secret_file = root / "network.secret"
             private_write(secret_file, new_secret_text().encode())
-            say(f"a private network: every role holds the secret in {secret_file}")
+            say(f"a private network: every role holds the secret in {secret_file}, and "
+                "every connection is TLS made from it")
         if tls:
             certs = root / "certs"
             make_certs(certs, ["meta", *(f"p{i}" for i in range(1, peers + 1))])
