@@ -56,7 +56,7 @@ def main() -> None:
                     net.crash(v)
                 else:
                     net.freeze(v._listening.getHost().host)
-                    v._beating.stop()
+                    v._beating.stopService()
                     hung.add(v)
             for _ in victims:
                 net.make_peer(3).startService()

@@ -1,0 +1,35 @@
+"""
+The benchmarks under bench/ run at a tiny size, so that none of them rots
+unnoticed (bench/churn.py crashed for weeks once the heartbeat became a
+TimerService): each ends with status 0 and prints its figures.  Their
+figures are not judged here; docs/performance.rst records full runs.
+bench/transfer.py and bench/swarm.py start many processes even at a tiny
+size; the integration tests exercise the same paths.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.parametrize("script, args, printed", [
+    ("churn.py", ["--peers", "20", "--minutes", "2"], "searches answered correctly:"),
+    ("search.py", ["--peers", "20"], "found in"),
+    ("rescan.py", ["--files", "200"], "unchanged rescan"),
+    ("join.py", ["--peers", "20", "--processes", "2"], "private network:"),
+])
+def test_a_bench_runs_at_a_tiny_size(tmp_path, script, args, printed):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300, env={**os.environ, "BENCH_DIR": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert printed in out.stdout, out.stdout[-2000:]
+    assert "Traceback" not in out.stderr
