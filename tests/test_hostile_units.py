@@ -400,3 +400,26 @@ def test_a_whois_asked_while_a_place_waits_is_answered_after_it(tmp_path):
     lines = transport.value().split(b"\r\n")
     assert lines[0] == b"ROOT" and lines[1] == b"KNOWN alice/127.0.0.9/6000"
     meta.stopService()
+
+
+def test_any_roles_data_dir_in_a_share_is_never_shared(tmp_path):
+    """
+    The metadata server's data dir (its ticket key, its registry), or
+    another peer's, inside a peer's share: each holds the mark every role
+    puts in its data dir, and is passed over, by any path.
+    """
+    from p2pshare.disk import mark_data_dir
+
+    share = tmp_path / "share"
+    meta = share / "p2pmeta-data"
+    meta.mkdir(parents=True)
+    (meta / "ticket.key").write_text("-----BEGIN PRIVATE KEY-----")
+    mark_data_dir(meta)
+    (share / "ok.txt").write_text("ok")
+    os.symlink(meta, share / "via-link")
+    index = ShareIndex(share)
+    index.refresh()
+    assert sorted(index.files) == ["ok.txt"]
+    assert "p2pmeta-data/" in index.withheld
+    for name in ("p2pmeta-data/ticket.key", "via-link/ticket.key"):
+        assert index.resolve(name) is None, name

@@ -67,3 +67,16 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+DATA_DIR_MARK = ".p2pshare-data-dir"
+"""
+A file in every role's data dir (peer or metadata server): a share that
+holds such a folder, anywhere, never shares it (its tokens, keys, registry).
+"""
+
+
+def mark_data_dir(directory: Path) -> None:
+    mark = directory / DATA_DIR_MARK
+    if not mark.exists():
+        private_write(mark, b"this folder is a p2pshare data dir: it is never shared\n")

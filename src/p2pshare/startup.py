@@ -33,6 +33,8 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from p2pshare.disk import mark_data_dir
+
 log = Logger()
 
 
@@ -248,6 +250,7 @@ def prepare_data_dir(directory: Path, role: str) -> DataDirLock:
         probe = directory / f".probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+        mark_data_dir(directory)  # whatever share holds it, it is not shared
     except OSError as e:
         raise StartupError(
             f"cannot write in the data dir {directory}: {(e.strerror or str(e)).lower()}"

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pshare.disk import DATA_DIR_MARK
 from p2pshare.pieces import hash_file, root_of
 
 CHUNK = 1 << 20
@@ -128,8 +129,9 @@ def _walk(
 ) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """
     Every entry under C{top} that could be a shared file, with its path
-    relative to C{top}: hidden entries, symlinked folders and the folders
-    in C{private} are skipped (the names of those are added to C{found}).
+    relative to C{top}: hidden entries, symlinked folders, the folders in
+    C{private} and any role's data dir (it holds L{DATA_DIR_MARK}) are
+    skipped (the names of those last two are added to C{found}).
     """
     stack = [("", top)]
     while stack:
@@ -146,7 +148,8 @@ def _walk(
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if private and inode_of(entry.stat(follow_symlinks=False)) in private:
+                    if (private and inode_of(entry.stat(follow_symlinks=False)) in private) \
+                            or os.path.lexists(os.path.join(entry.path, DATA_DIR_MARK)):
                         if found is not None:
                             found.add(name + "/")
                         continue
@@ -241,7 +244,7 @@ class ShareIndex:
         except OSError:
             self.files = {}
             return self.files
-        if inode_of(top) in private:
+        if inode_of(top) in private or os.path.lexists(os.path.join(real_dir, DATA_DIR_MARK)):
             self.withheld = frozenset({"./"})  # the share is itself private
             self.files = {}
             return self.files
@@ -322,15 +325,15 @@ class ShareIndex:
         including the share), private?
         """
         private = self._private_inodes()
-        if not private:
-            return False
         folder = path
         while True:
             try:
-                if inode_of(os.stat(folder)) in private:
+                if private and inode_of(os.stat(folder)) in private:
                     return True
             except OSError:
                 return True
+            if folder != path and os.path.lexists(os.path.join(folder, DATA_DIR_MARK)):
+                return True  # some role's data dir
             if folder == real_dir or len(folder) <= len(real_dir):
                 return False
             folder = os.path.dirname(folder)
