@@ -423,3 +423,33 @@ def test_any_roles_data_dir_in_a_share_is_never_shared(tmp_path):
     assert "p2pmeta-data/" in index.withheld
     for name in ("p2pmeta-data/ticket.key", "via-link/ticket.key"):
         assert index.resolve(name) is None, name
+
+
+def test_whois_of_the_longest_names_and_hosts_fits_one_line(tmp_path):
+    """
+    Twelve holders with 64-character names and 255-character hosts: the
+    answer still fits one line (a longer one could not be sent, and the
+    starter would have had no answer at all).
+    """
+    from p2pshare.meta.server import WHOIS_MAX
+
+    meta = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, signer=SIGNER)
+    meta.startService()
+    names = []
+    for i in range(WHOIS_MAX):
+        name = f"{i:02d}" + "n" * 62
+        host = "h" * 250 + f"{i:05d}"
+        proto, _ = conn(MetaFactory(meta), host=f"127.0.0.{i + 1}")
+        proto.dataReceived(f"P2P port=65535 name={name} host={host}\r\n".encode())
+        names.append(name)
+    asker, out = conn(MetaFactory(meta), host="127.0.1.1")
+    asker.dataReceived(b"P2P port=6000 name=asker\r\n")
+    out.clear()
+    asker.dataReceived(("WHOIS " + " ".join(names) + "\r\n").encode())
+    [line] = out.value().split(b"\r\n")[:-1]
+    assert line.startswith(b"KNOWN ") and len(line) + 2 <= wire.MAX_LINE
+    assert len(line.split()) == WHOIS_MAX + 1
+    out.clear()
+    asker.dataReceived(("WHOIS " + " ".join(names + ["one-more"]) + "\r\n").encode())
+    assert out.value().startswith(b"ERROR bad-args WHOIS takes at most 12 names")
+    meta.stopService()

@@ -40,7 +40,9 @@ FLUSH_INTERVAL = 0.2  # seconds: the longest topo.txt lags behind the network
 MAX_PEERS = 10_000  # registered peers at once (--max-peers)
 MAX_PER_ADDRESS = 1_000  # of them from one source address (--max-per-address)
 OBSERVER_RESERVE = 64  # connections beyond those, for p2p topo and the operator
-WHOIS_MAX = 32  # names one WHOIS may ask about (the answer fits one line)
+# Names one WHOIS may ask about: the answer fits one line whatever the
+# names and hosts (64 + 255 + 5 characters and two slashes each).
+WHOIS_MAX = 12
 GOAL_TIMEOUT = 30.0  # seconds a newcomer referred to a peer has to arrive there
 
 

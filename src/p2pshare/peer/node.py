@@ -78,7 +78,7 @@ Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[..., Deferred[Any]]
 
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
-WHOIS_MAX = 32  # holders asked about in one WHOIS (the metadata server's limit)
+WHOIS_MAX = 12  # holders asked about in one WHOIS (the metadata server's limit)
 SUMMARY_INTERVAL = 2.0  # seconds between checks of what we tell the page
 
 
@@ -738,14 +738,23 @@ class PeerNode(MultiService):
                 reply = await meta.request("WHOIS", *others[i:i + WHOIS_MAX]).addTimeout(
                     self.hop_timeout, self.clock
                 )
-                for entry in reply.args if reply.verb == "KNOWN" else ():
+                if reply.verb != "KNOWN":
+                    raise RemoteError(wire.E_UNEXPECTED, f"it answered {reply.verb}")
+                for entry in reply.args:
                     name, _, rest = entry.partition("/")
                     host, _, port = rest.rpartition("/")
                     known[name] = (host, int(port))
+        except RemoteError as e:
+            # The metadata server is there and would not vouch: keep only
+            # what is ours (a search must not be opened by an odd answer).
+            self.log.warn("search results dropped: the metadata server did not check their "
+                          "holders ({why})", why=e.text)
+            return [m for m in matches if m.holder == self.peer_name]
         except Exception as e:
+            # It is away, or too slow: searching goes on without it, and
+            # each download tries a bounded number of addresses.
             if self._told_unvouched.due("meta", self.clock.seconds()):
-                self.log.info("search results are not checked for now: {why}",
-                              why=str(e) or type(e).__name__)
+                self.log.info("search results are not checked for now: {why}", why=_why_not(e))
             return matches
         return [
             m for m in matches
@@ -771,6 +780,14 @@ class PeerNode(MultiService):
             ],
             **self.files.status(),
         }
+
+
+def _why_not(e: Exception) -> str:
+    from twisted.internet.defer import TimeoutError
+
+    if isinstance(e, TimeoutError):
+        return "the metadata server did not answer in time"
+    return str(e) or type(e).__name__
 
 
 def _field(text: str, check: wire.Check) -> str:
