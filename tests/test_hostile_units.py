@@ -453,3 +453,80 @@ def test_whois_of_the_longest_names_and_hosts_fits_one_line(tmp_path):
     asker.dataReceived(("WHOIS " + " ".join(names + ["one-more"]) + "\r\n").encode())
     assert out.value().startswith(b"ERROR bad-args WHOIS takes at most 12 names")
     meta.stopService()
+
+
+class _Dials:
+    """
+    Where the metadata server's dial-backs go, in one process: every
+    target accepts nothing and says nothing (a victim, or a hung host),
+    and each dial is remembered, with whether it was cancelled.
+    """
+
+    def __init__(self):
+        self.dials = []
+
+    def __call__(self, host, port):
+        from twisted.internet.defer import Deferred
+
+        dials = self.dials
+
+        class Endpoint:
+            def connect(self, factory):
+                d = Deferred()
+                dials.append([(host, port), d])
+                return d
+
+        return Endpoint()
+
+
+def test_dial_backs_are_taken_in_turn_one_per_target_and_failures_remembered(monkeypatch):
+    import p2pshare.meta.checks as checks
+
+    monkeypatch.setattr(checks, "AT_ONCE", 2)
+    clock = Clock()
+    dials = _Dials()
+    c = checks.AddressChecks(dials, clock, None)
+    # One address registers eight times, naming eight victims; then an
+    # honest newcomer from another address.
+    flood = [c.check(f"f{i}", "10.9.9.9", 7000 + i, "ab" * 16, "10.6.6.6") for i in range(8)]
+    refused = []
+    c.check("f9", "10.9.9.9", 7100, "ab" * 16, "10.6.6.6").addCallback(refused.append)
+    assert refused == ["8 checks are under way for registrations from 10.6.6.6"]
+    honest = []
+    c.check("s7", "10.0.0.7", 5001, "cd" * 16, "10.0.0.7").addCallback(honest.append)
+    assert [t for t, _ in dials.dials] == [("10.9.9.9", 7000), ("10.9.9.9", 7001)]
+    clock.advance(checks.CHECK_TIMEOUT)  # the two victims never answer
+    # The honest newcomer goes next, before the flood's six others.
+    assert [t for t, _ in dials.dials][2:4] == [("10.0.0.7", 5001), ("10.9.9.9", 7002)]
+    # A registration naming a victim that just failed is not dialled again.
+    again = []
+    c.check("f10", "10.9.9.9", 7000, "ab" * 16, "10.5.5.5").addCallback(again.append)
+    assert again and "did not answer a check" in again[0]
+    # Two registrations naming one target: one dial at a time.
+    c2 = checks.AddressChecks(dials, clock, None)
+    before = len(dials.dials)
+    c2.check("x", "10.1.1.1", 9, "ab" * 16, "10.2.2.2")
+    c2.check("y", "10.1.1.1", 9, "ab" * 16, "10.3.3.3")
+    assert len(dials.dials) == before + 1
+    assert all(isinstance(d, checks.Deferred) for d in flood)
+
+
+def test_a_check_whose_registrant_has_gone_is_given_up(monkeypatch):
+    import p2pshare.meta.checks as checks
+
+    monkeypatch.setattr(checks, "AT_ONCE", 1)
+    clock = Clock()
+    dials = _Dials()
+    c = checks.AddressChecks(dials, clock, None)
+    first = c.check("a", "10.1.1.1", 1, "ab" * 16, "10.6.6.6")
+    waiting = c.check("b", "10.1.1.2", 2, "ab" * 16, "10.6.6.6")
+    got = []
+    waiting.addCallback(got.append)
+    waiting.cancel()  # gone before its turn: it never dials
+    assert got == ["cancelled"] and len(dials.dials) == 1
+    first.cancel()  # gone while its dial runs: the dial is stopped
+    assert dials.dials[0][1].called  # the connect was cancelled
+    assert c._counts == {} and c._running == set()
+    # And the address it named is not remembered as failed.
+    c.check("c", "10.1.1.1", 1, "ab" * 16, "10.6.6.6")
+    assert len(dials.dials) == 2

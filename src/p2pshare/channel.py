@@ -89,6 +89,7 @@ class LineChannel(LineReceiver, TimeoutMixin):
     secret: Secret | None = None
     expect: tuple[str, str] | None = None
     engaged = False  # has said something well-formed (idle ones are evicted first)
+    _heard_bytes = False  # anything at all arrived yet (set on the instance then)
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self._waiting: deque[Deferred[Message]] = deque()
@@ -101,7 +102,6 @@ class LineChannel(LineReceiver, TimeoutMixin):
         # When this side last heard and said anything (for heartbeats).
         self.clock = clock
         self.bad_lines = 0
-        self._heard_bytes = False
         self.heard_at = self.said_at = clock.seconds() if clock is not None else 0.0
 
     # Sending.

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
@@ -34,8 +36,20 @@ from p2pshare.wire import Message
 
 CHECK_TIMEOUT = 5.0  # seconds for the whole dial-back (under a peer's 10 s wait for PLACE)
 AT_ONCE = 32  # dial-backs in flight at once; more wait their turn
+PER_SOURCE = 8  # checks waiting or running for registrations from one address
+FAILED_FOR = 30.0  # seconds an address that did not answer is not dialled again
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
+
+
+@dataclass
+class _Check:
+    name: str
+    target: tuple[str, int]
+    nonce: str
+    source: str
+    done: Deferred[str | None]
+    running: Deferred[Any] | None = None  # the dial, once it has begun
 
 
 class _Dialler(LineChannel):
@@ -57,7 +71,14 @@ class _DiallerFactory(ChannelFactory):
 
 class AddressChecks:
     """
-    Dial-backs, at most L{AT_ONCE} in flight.
+    Dial-backs, at most L{AT_ONCE} in flight, taken in turn from the
+    addresses registrations come from (one address that registers a
+    thousand times waits behind itself, not in front of everybody else),
+    at most L{PER_SOURCE} from one address, and one at a time to any one
+    target: a registrant naming a victim's address gets it dialled once,
+    and an address that did not answer is not dialled again for
+    L{FAILED_FOR} seconds.  A check whose registrant has gone is
+    cancelled (L{MetaServer} cancels it).
     """
 
     log = Logger()
@@ -66,27 +87,117 @@ class AddressChecks:
         self.connect = connect
         self.clock = clock
         self.secret = secret
-        self._turns = DeferredSemaphore(AT_ONCE)
+        self._waiting: dict[str, deque[_Check]] = {}  # by source, in order
+        self._turn: deque[str] = deque()  # sources with checks waiting, round robin
+        self._busy: set[tuple[str, int]] = set()  # targets being dialled
         self._running: set[Deferred[Any]] = set()
+        self._failed: dict[tuple[str, int], float] = {}  # target -> when it did not answer
+        self._counts: dict[str, int] = {}  # source -> checks waiting or running
+        self._dialling: dict[str, int] = {}  # source -> checks running
 
-    def check(self, name: str, host: str, port: int, nonce: str) -> Deferred[str | None]:
+    def check(
+        self, name: str, host: str, port: int, nonce: str, source: str = "local"
+    ) -> Deferred[str | None]:
         """
         Fires with L{None} if the registrant answered at C{host}:C{port},
-        else with why not, in a few words; never fails.
+        else with why not, in a few words; never fails.  Cancelling it
+        gives up the check (its turn, or the dial under way).
         """
-        d: Deferred[str | None] = self._turns.run(
-            lambda: Deferred.fromCoroutine(self._check(name, host, port, nonce))
-            .addTimeout(CHECK_TIMEOUT, self.clock)
+        target = (host, port)
+        now = self.clock.seconds()
+        failed = self._failed.get(target)
+        if failed is not None and now - failed < FAILED_FOR:
+            return succeed(f"{host}:{port} did not answer a check {now - failed:.0f} s ago")
+        if self._counts.get(source, 0) >= PER_SOURCE:
+            return succeed(f"{PER_SOURCE} checks are under way for registrations from {source}")
+        self._counts[source] = self._counts.get(source, 0) + 1
+        item = _Check(name, target, nonce, source, Deferred(lambda d: self._cancel(item)))
+        if source not in self._waiting:
+            self._waiting[source] = deque()
+            self._turn.append(source)
+        self._waiting[source].append(item)
+        self._next()
+        return item.done
+
+    def _cancel(self, item: _Check) -> None:
+        """
+        A check was cancelled (its registrant has gone): a waiting one
+        leaves the queue, a running one's dial is stopped.
+        """
+        if item.running is not None:
+            item.running.cancel()  # its end fires item.done
+            return
+        queue = self._waiting.get(item.source)
+        if queue is not None and item in queue:
+            queue.remove(item)
+            self._ended(item)
+        item.done.callback("cancelled")
+
+    def _ended(self, item: _Check) -> None:
+        left = self._counts.get(item.source, 1) - 1
+        if left > 0:
+            self._counts[item.source] = left
+        else:
+            self._counts.pop(item.source, None)
+
+    def _next(self) -> None:
+        """
+        Start waiting checks while there is room: from the source with the
+        fewest dials under way (the first in turn among equals), skipping
+        targets that are being dialled.
+        """
+        while len(self._running) < AT_ONCE and self._turn:
+            ready = [
+                (self._dialling.get(source, 0), position, source)
+                for position, source in enumerate(self._turn)
+                if any(i.target not in self._busy for i in self._waiting[source])
+            ]
+            if not ready:
+                return  # every waiting check names a target being dialled
+            _, _, source = min(ready)
+            self._turn.remove(source)
+            queue = self._waiting[source]
+            item = next(i for i in queue if i.target not in self._busy)
+            queue.remove(item)
+            if queue:
+                self._turn.append(source)
+            else:
+                del self._waiting[source]
+            self._start(item)
+
+    def _start(self, item: _Check) -> None:
+        self._busy.add(item.target)
+        self._dialling[item.source] = self._dialling.get(item.source, 0) + 1
+        running = item.running = Deferred.fromCoroutine(
+            self._check(item.name, *item.target, item.nonce)
         )
-        self._running.add(d)
+        running.addTimeout(CHECK_TIMEOUT, self.clock)
+        self._running.add(running)
+        outer = item.done
 
-        def done(result: Any) -> str | None:
-            self._running.discard(d)
-            if isinstance(result, str) or result is None:
-                return result
-            return _why(result.value)
+        def ended(result: Any) -> None:
+            self._running.discard(running)
+            self._busy.discard(item.target)
+            left = self._dialling.get(item.source, 1) - 1
+            if left > 0:
+                self._dialling[item.source] = left
+            else:
+                self._dialling.pop(item.source, None)
+            self._ended(item)
+            why = result if isinstance(result, str) or result is None else _why(result.value)
+            if why is not None and not outer.called and not _cancelled(result):
+                self._failed[item.target] = self.clock.seconds()
+                self._forget_old_failures()
+            if not outer.called:
+                outer.callback(why)
+            self._next()
 
-        return d.addBoth(done)
+        running.addBoth(ended)
+
+    def _forget_old_failures(self) -> None:
+        if len(self._failed) > 10_000:
+            now = self.clock.seconds()
+            self._failed = {t: at for t, at in self._failed.items() if now - at < FAILED_FOR}
 
     async def _check(self, name: str, host: str, port: int, nonce: str) -> str | None:
         factory = _DiallerFactory((self.clock, self.secret), expect=("peer", name))
@@ -104,8 +215,18 @@ class AddressChecks:
         return None
 
     def stop(self) -> None:
-        for d in list(self._running):
-            d.cancel()
+        for running in list(self._running):
+            running.cancel()
+        for queue in list(self._waiting.values()):
+            for item in list(queue):
+                item.done.cancel()
+
+
+def _cancelled(result: Any) -> bool:
+    from twisted.internet.defer import CancelledError
+    from twisted.python.failure import Failure
+
+    return isinstance(result, Failure) and result.check(CancelledError) is not None
 
 
 def _why(e: BaseException) -> str:

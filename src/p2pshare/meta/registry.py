@@ -43,6 +43,7 @@ class PeerRecord:
     # registration came from.  Not stored: checked at every registration.
     reachable: bool | None = None
     source: str = ""
+    ticket_at: float = 0.0  # when its last ticket was sent
 
 
 def _sql(name: str) -> str:

@@ -364,6 +364,9 @@ class MetaServer(MultiService):
         record = self.registry.get(name)
         if record is None:
             return
+        earlier = self._checked.pop(name, None)
+        if earlier is not None:
+            earlier.cancel()  # a check of its previous registration
         if self.checks is None or nonce is None:
             self._checked_as(name, record, self.checks is None, "it gave no check= nonce")
             return
@@ -379,7 +382,7 @@ class MetaServer(MultiService):
 
     async def _check(self, name: str, record: PeerRecord, nonce: str) -> None:
         assert self.checks is not None
-        problem = await self.checks.check(name, record.host, record.port, nonce)
+        problem = await self.checks.check(name, record.host, record.port, nonce, record.source)
         if self.running and self.registry.get(name) is record and name in self.sessions:
             self._checked_as(name, record, problem is None, problem)
         # else: gone, or registered again meanwhile (that registration is checked)
@@ -422,7 +425,7 @@ class MetaServer(MultiService):
             name, record.host, record.port, record.source or record.host,
             bool(record.reachable), self.clock.seconds(),
         )
-        proto.ticket_at = self.clock.seconds()
+        record.ticket_at = self.clock.seconds()
         proto.send("TICKET", ticket.field())
 
     def _refresh_tickets(self) -> None:
@@ -434,7 +437,7 @@ class MetaServer(MultiService):
         for name, proto in list(self.sessions.items()):
             record = self.registry.get(name)
             if record is not None and record.reachable is not None \
-                    and now - proto.ticket_at >= REFRESH:
+                    and now - record.ticket_at >= REFRESH:
                 self._send_ticket(name, record)
 
     def whois(self, names: list[str]) -> list[PeerRecord]:
@@ -620,7 +623,11 @@ class MetaServer(MultiService):
         """
         The registration connection of C{name} closed.  Unless the peer said
         goodbye, its name stays held for its owner for three heartbeats.
+        A check of where it listens, if one waits or runs, is given up.
         """
+        checking = self._checked.pop(name, None)
+        if checking is not None:
+            checking.cancel()
         proto = self.sessions.pop(name, None)
         if proto is not None:
             self._left(name)
@@ -802,10 +809,7 @@ class MetaProtocol(LineChannel):
         self.greeted = False
         self.name: str | None = None
         self.beat = 0
-        self.ticket_at = 0.0  # when its last ticket was sent
-        # Requests answered in the order they came, though a PLACE waits
-        # for the dial-back: its client matches replies to requests by order.
-        self._turn: Deferred[None] = succeed(None)
+
         self._neighbours: list[str] = []  # a NEIGHBOURS report arriving over lines
         self._transfers: list[dict[str, object]] = []  # TRANSFER lines before a SUMMARY
 
@@ -881,10 +885,17 @@ class MetaProtocol(LineChannel):
             lambda _: self._place(name, msg)
         ))
 
+    # Requests answered in the order they came, though a PLACE waits for the
+    # dial-back: its client matches replies to requests by order.  Made on
+    # first use: a registered peer's connection stays small.
+    _turn: Deferred[None] | None = None
+
     def _in_turn(self, answer: Callable[[], Deferred[None] | None]) -> None:
         """
         Answer once every earlier request of this connection is answered.
         """
+        if self._turn is None:
+            self._turn = succeed(None)
         self._turn.addCallback(lambda _: answer())
         self._turn.addErrback(lambda f: self.log.failure("answering a request failed", f))
 
