@@ -434,7 +434,7 @@ class MetaServer(MultiService):
         last L{tickets.LIFETIME}; peers use them while this server is away).
         """
         now = self.clock.seconds()
-        for name, proto in list(self.sessions.items()):
+        for name in list(self.sessions):
             record = self.registry.get(name)
             if record is not None and record.reachable is not None \
                     and now - record.ticket_at >= REFRESH:
