@@ -572,15 +572,37 @@ def test_a_neighbour_that_floods_searches_is_cut_off():
 
 
 def test_a_neighbour_that_claims_its_searches_come_from_further_away_is_bounded_too():
-    from p2pshare.peer.search import FLOOD_LIMIT, FORWARD_BURST
+    """
+    Searches a neighbour passes on from its subtree are bounded by their
+    own allowance; over it they get empty answers, but the link is not cut
+    (the neighbour may be honest, relaying a liar below it), and a claim
+    of 0 hops counts as the neighbour's own search.
+    """
+    from p2pshare.peer.search import FLOOD_LIMIT, FORWARD_BURST, SEARCH_BURST
 
     node, link = linked_peer()
     flood = b"".join(b"SEARCH far%d 5 7 1000 x.txt\r\n" % i
                      for i in range(int(FORWARD_BURST) + FLOOD_LIMIT + 5))
     out = link.say(flood)
     assert len(node.search.handled) == FORWARD_BURST
-    assert b"ERROR cooling-off " in out
-    assert link.transport.disconnecting
+    assert out.count(b"RESULTS ") == FORWARD_BURST + FLOOD_LIMIT + 5
+    assert b"ERROR" not in out and not link.transport.disconnecting
+    node, link = linked_peer()
+    zero = b"".join(b"SEARCH zero%d 5 0 1000 x.txt\r\n" % i
+                    for i in range(int(SEARCH_BURST) + FLOOD_LIMIT + 5))
+    out = link.say(zero)
+    assert len(node.search.handled) == SEARCH_BURST  # its own allowance, not the larger one
+    assert b"ERROR cooling-off " in out and link.transport.disconnecting
+    # What such a search claims does not carry on: it goes on as coming
+    # from two hops away, so the next peer counts it against the sender's
+    # subtree, not against this peer's own searches.
+    node, link = linked_peer()
+    other = Conn(PeerFactory(node), host="127.0.0.3")
+    other.say(hello("s3", 7003, "127.0.0.3"))
+    other.transport.clear()
+    link.say(b"SEARCH claims-zero 5 0 1000 x.txt\r\n")
+    forwarded = wire.decode(other.transport.value().split(b"\r\n")[0])
+    assert (forwarded.verb, forwarded.args[2]) == ("SEARCH", "2")
 
 
 def test_results_kept_per_search_are_bounded():

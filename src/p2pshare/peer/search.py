@@ -139,21 +139,28 @@ class SearchEngine:
             self.handled[search_id] = self.handled.get(search_id, 0) + 1
             proto.send("RESULTS", search_id)
             return
-        bucket = proto.search_allowance if int(hops) <= 1 else proto.forward_allowance
+        # A search comes at least one hop: a neighbour's own arrives with 1,
+        # so a claim of 0 cannot pass its own searches off as another's...
+        distance = max(int(hops), 1)
+        own = distance <= 1
+        bucket = proto.search_allowance if own else proto.forward_allowance
         if not bucket.take(self.node.clock.seconds()):
             # Over the neighbour's allowance (for searches it started, or
             # for those it passes on): an empty answer at once, and nobody
             # else is bothered.
             self.throttled += 1
             proto.send("RESULTS", search_id)
-            proto.searches_refused += 1
-            if proto.searches_refused > FLOOD_LIMIT:
-                proto.misbehaved(f"{proto.searches_refused} searches over its allowance")
+            if own:
+                # ... and only its own flood gets a link cut: one that passes
+                # on its subtree's may be an honest peer relaying a liar.
+                proto.searches_refused += 1
+                if proto.searches_refused > FLOOD_LIMIT:
+                    proto.misbehaved(f"{proto.searches_refused} searches over its allowance")
             return
         self._handle(
             search_id,
             min(int(ttl), DEFAULT_TTL),  # clamped: nobody searches further than we would
-            int(hops),
+            distance,
             min(int(wait), MAX_WAIT_MS),
             wire.unquote_name(pattern),
             proto,
