@@ -440,3 +440,23 @@ def test_holders_distrusted_are_forgotten_once_their_time_is_up():
     clock.advance(DISTRUST_FOR + 1)
     d._distrust(["liar"])
     assert list(d.distrusted) == ["liar"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forged_version_at_the_real_holders_address_does_not_bar_it(
+        reactor, tmp_path, listen, downloader, monkeypatch):
+    """
+    A liar says the one real holder, at its real address (so the metadata
+    server vouches for it), holds another version, nearer: that version's
+    piece list is refused there, and the real version is still fetched from
+    the same address.
+    """
+    at = listen(honest(reactor, tmp_path, "h"))
+    forged = match(at, "h", 0, FAKE_SHA, fake_root(1))
+    real = match(at, "h", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    d, _ = get(reactor, downloader, out, [forged, real], monkeypatch)
+    fetched = await d
+    assert (out / "file.bin").read_bytes() == DATA
+    assert fetched.sha256 == SHA

@@ -111,6 +111,9 @@ def no_answer(result: object, timeout: float) -> NoReturn:
     raise Broke(f"no answer in {seconds(timeout)} s")
 
 
+VERSIONS_PER_ADDRESS = 2  # versions one address may say it lacks before it failed
+
+
 class Ledger:
     """
     What one download has learned of the holder addresses it was given,
@@ -127,6 +130,12 @@ class Ledger:
     def __init__(self, budget: int | None = None) -> None:
         self.budget = BAD_ADDRESSES if budget is None else budget
         self.failed: dict[Address, str] = {}  # address -> why
+        # Versions an address said it does not hold (a match may name a
+        # real holder with another's content): it stays usable for others,
+        # until it has said so VERSIONS_PER_ADDRESS times.  It counts
+        # against the budget from the first.
+        self.lacks: dict[Address, set[str]] = {}
+        self._refusals: Counter[Address] = Counter()
         self.good: set[Address] = set()
         self.bad_roots: set[str] = set()
         self.refused: dict[tuple[str, int], str] = {}  # (sha256, size) -> why it is not fetched
@@ -137,8 +146,32 @@ class Ledger:
     def usable(self, address: Address) -> bool:
         return address not in self.failed
 
+    def _counted(self) -> int:
+        """
+        Addresses that turned out not to hold the file (or a version of it).
+        """
+        return len(self.failed.keys() | self.lacks.keys())
+
+    def holds_maybe(self, address: Address, sha256: str) -> bool:
+        """
+        May C{address} still hold version C{sha256} (as far as this
+        download knows)?
+        """
+        return address not in self.failed and sha256 not in self.lacks.get(address, ())
+
+    def lacked(self, address: Address, sha256: str, why: str) -> None:
+        """
+        C{address} answered that it does not hold version C{sha256}: it
+        may still hold another, unless it has said so of
+        L{VERSIONS_PER_ADDRESS} already (then it failed).
+        """
+        self.lacks.setdefault(address, set()).add(sha256)
+        self._refusals[address] += 1
+        if self._refusals[address] >= VERSIONS_PER_ADDRESS:
+            self.fail(address, why)
+
     def _on_trial(self) -> int:
-        return sum(1 for a in self._using if a not in self.good)
+        return sum(1 for a in self._using if a not in self.good and a not in self.lacks)
 
     def may_try(self, address: Address) -> bool:
         """
@@ -146,8 +179,8 @@ class Ledger:
         """
         if address in self.failed:
             return False
-        return (address in self.good or address in self._using
-                or len(self.failed) + self._on_trial() < self.budget)
+        return (address in self.good or address in self._using or address in self.lacks
+                or self._counted() + self._on_trial() < self.budget)
 
     def begin(self, address: Address) -> bool:
         """
@@ -183,13 +216,13 @@ class Ledger:
 
     @property
     def spent(self) -> bool:
-        return len(self.failed) >= self.budget
+        return self._counted() >= self.budget
 
     def exhausted(self, name: str) -> str:
         """
         The sentence for a download left with no holder to try.
         """
-        n = len(self.failed)
+        n = self._counted()
         if not n:
             return f"could not download {name}: no holder is left to try"
         most = " (the most one download tries)" if self.spent else ""

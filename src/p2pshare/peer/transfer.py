@@ -117,6 +117,7 @@ def versions(matches: list[Match], ledger: Ledger) -> list[list[Match]]:
     for m in matches:
         key = (m.sha256, m.size)
         if (key not in ledger.refused and ledger.may_try(address_of(m))
+                and ledger.holds_maybe(address_of(m), m.sha256)
                 and not (m.root and m.root in ledger.bad_roots)):
             by.setdefault(key, []).append(m)
     return sorted(
@@ -740,14 +741,15 @@ class Downloader:
         asked = 0
         for m in group:
             where = address_of(m)
-            if asked == 3 or where in lists:
-                continue
+            if asked == 3 or where in lists or not ledger.holds_maybe(where, sha):
+                continue  # enough asked; or its list is here; or it said it lacks this version
             if not ledger.begin(where):
                 continue  # it failed, or no more untried addresses may be
             asked += 1
             url = self._url_maker(m, f"/pieces/{sha}")()
             body = b""
             problem: str | None
+            lacks = False  # it answered that it does not hold this version
             try:
                 # The head and the body, each within its overall deadline.
                 response = await self.agent.request(b"GET", url).addTimeout(
@@ -756,6 +758,7 @@ class Downloader:
                 if response.code != 200:
                     response.deliverBody(Protocol())
                     problem = f"HTTP {response.code} for its piece list"
+                    lacks = response.code in (404, 410)
                 else:
                     body = await read_at_most(response, piece_count(size) * DIGEST).addTimeout(
                         HEADER_TIMEOUT, self.clock, no_answer
@@ -777,7 +780,10 @@ class Downloader:
                     continue  # the list of another root it holds: its group will use it
                 problem = "a piece list that does not match its root"
             problems.append(f"{m.holder}: {problem}")
-            ledger.fail(where, problem)
+            if lacks:
+                ledger.lacked(where, sha, problem)  # it may hold another version
+            else:
+                ledger.fail(where, problem)
         return None
 
 
