@@ -185,13 +185,12 @@ async def test_a_full_disk_ends_the_get_at_once_with_one_sentence(net, tmp_path)
     small = tmp_path / "small"
     small_disk(small, 40)
     try:
-        started = time.monotonic()
         get = net.p2p("get", "big.bin", "--peer", net.control(requester), "-o", str(small))
         assert await get.when_ended(60) == 1
-        took = time.monotonic() - started
         check_sentence(get)
         assert get.lines[-1].startswith(f"p2p get: the peer says: no space left on {small}: 60.0 MB needed")
-        assert took < 10  # no retries against other holders: the fault is ours
+        # No search again, no retry against other holders: the fault is ours.
+        assert not any("searching again" in line for line in net.peers[requester].lines)
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
@@ -199,6 +198,15 @@ async def test_a_full_disk_ends_the_get_at_once_with_one_sentence(net, tmp_path)
 
 def hold_idle(port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def still_open(sockets: list[socket.socket]) -> int:
+    """
+    How many of C{sockets} the server has not closed yet (it says nothing
+    to an idle one before it closes it, or an ERROR line).
+    """
+    ready, _, _ = select.select(sockets, [], [], 0)
+    return len(sockets) - len(ready)
 
 
 def closed_within(sockets: list[socket.socket], seconds: float) -> int:
@@ -229,10 +237,8 @@ async def test_idle_sockets_do_not_lock_out_honest_clients(net, tmp_path):
     peer_port = int((net.root / holder / "port").read_text())
     idle = await deferToThread(hold_idle, peer_port, 250)
     idle += await deferToThread(hold_idle, net.meta_port, 250)
-    opened = time.monotonic()  # the last was accepted by now (a full backlog makes connects slow)
 
     # While they are held, honest clients from the same host get through.
-    started = time.monotonic()
     search = net.p2p("search", "f.bin", "--peer", net.control(requester))
     topo = net.p2p("topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}")
     get = net.p2p("get", "f.bin", "--peer", net.control(requester), "-o", str(tmp_path))
@@ -243,12 +249,14 @@ async def test_idle_sockets_do_not_lock_out_honest_clients(net, tmp_path):
     for proc in (search, topo, get):
         assert await proc.when_ended(35) == 0, proc.output()
     assert (await curled).stdout == data
-    assert time.monotonic() - started < 30 + 5
     assert hashlib.sha256((tmp_path / "f.bin").read_bytes()).hexdigest() == sha
+    # They did not wait for the idle ones' deadline: most are still held
+    # (a few were closed to make room).
+    assert still_open(idle) > len(idle) // 2
 
-    # Every silent socket is closed within the first-line deadline (30 s).
-    left = 30 + 5 - (time.monotonic() - opened)
-    assert await deferToThread(closed_within, idle, left) == len(idle)
+    # Every silent socket is closed at the first-line deadline (30 s; the
+    # wait is bounded well beyond it).
+    assert await deferToThread(closed_within, idle, 60) == len(idle)
     assert net.peers[holder].running and net.meta.running
 
 

@@ -13,7 +13,6 @@ import re
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -65,11 +64,8 @@ async def test_share_joins_in_the_background_and_stop_ends_it(net, tmp_path):
     home = tmp_path / "home"
     (home / "music" / "live").mkdir(parents=True)
     (home / "music" / "live" / "set.ogg").write_bytes(b"ogg")
-    started = time.monotonic()
     out = await deferToThread(run, "share", "music", "--meta", meta, "--port", "tcp:0:interface=127.0.0.1", cwd=home)
-    took = time.monotonic() - started
     assert out.returncode == 0, out.stderr
-    assert took < 10
     data = home / "p2ppeer-data"
     lines = out.stdout.splitlines()
     assert re.fullmatch(rf"sharing {re.escape(str(home / 'music'))} as s\d+ \(127\.0\.0\.1:\d+\)", lines[0])
