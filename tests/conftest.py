@@ -79,49 +79,56 @@ def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
         pytest.fail("failures were logged during the test:\n" + "\n".join(texts))
 
 
-# Long watches of real processes (tests/idle_watch.py) start when the
-# session does and are judged by their test, which runs last: their wall
-# time passes while the rest of the suite runs.
+# Long watches of real processes (a script in tests/, started with the
+# session, each writing a JSON report) are judged by their tests, which run
+# last: their wall time passes while the rest of the suite runs.
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "idle_watch(seconds): the test judges a tests/idle_watch.py run started with the session"
+        "markers",
+        "watch(script, *args): the test judges the report of tests/SCRIPT, started with the "
+        "session as `python tests/SCRIPT REPORT WORKDIR ARGS...`",
     )
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    watched = [item for item in items if item.get_closest_marker("idle_watch") is not None]
+    watched = [item for item in items if item.get_closest_marker("watch") is not None]
     if not watched or config.option.collectonly:
         return
     items[:] = [item for item in items if item not in watched] + watched
-    marker = watched[0].get_closest_marker("idle_watch")
-    assert marker is not None
-    workdir = Path(str(config._tmp_path_factory.mktemp("idle-watch")))  # type: ignore[attr-defined]
-    report = workdir / "report.json"
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "idle_watch.py"), str(report),
-         str(workdir / "net"), str(marker.kwargs["seconds"])],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    config._idle_watch = (process, report)  # type: ignore[attr-defined]
+    config._watches = {}  # type: ignore[attr-defined]
+    for item in watched:
+        marker = item.get_closest_marker("watch")
+        assert marker is not None
+        script, *args = marker.args
+        workdir = Path(str(config._tmp_path_factory.mktemp("watch")))  # type: ignore[attr-defined]
+        report = workdir / "report.json"
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / script), str(report),
+             str(workdir / "net"), *map(str, args)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        config._watches[item.nodeid] = (process, report)  # type: ignore[attr-defined]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    watch = getattr(config, "_idle_watch", None)
-    if watch is not None and watch[0].poll() is None:
-        watch[0].terminate()  # the session ended early (-x, Ctrl-C): stop its network too
-        try:
-            watch[0].wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            watch[0].kill()
+    for process, _ in getattr(config, "_watches", {}).values():
+        if process.poll() is None:
+            process.terminate()  # the session ended early (-x, Ctrl-C): stop its network too
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @pytest.fixture
-def idle_watch(request: pytest.FixtureRequest) -> Any:
-    watch = getattr(request.config, "_idle_watch", None)
-    assert watch is not None, "the idle watch was not started (collected without its marker?)"
-    return watch
+def watch(request: pytest.FixtureRequest) -> Any:
+    """
+    The background watch of this test (its process and report), started
+    with the session.
+    """
+    entry = getattr(request.config, "_watches", {}).get(request.node.nodeid)
+    assert entry is not None, "the watch was not started (collected without its marker?)"
+    return entry

@@ -18,9 +18,9 @@ import pytest
 IDLE = float(os.environ.get("P2P_IDLE_WATCH", "300"))  # seconds: twenty beats of the slowest peer
 
 
-@pytest.mark.idle_watch(seconds=IDLE)
-def test_peers_with_heartbeats_1_5_15_stay_linked_for_five_idle_minutes(idle_watch):
-    process, report = idle_watch
+@pytest.mark.watch("idle_watch.py", IDLE)
+def test_peers_with_heartbeats_1_5_15_stay_linked_for_five_idle_minutes(watch):
+    process, report = watch
     # Bounded: the watch itself stops after IDLE seconds and its network.
     process.wait(timeout=IDLE + 180)
     assert process.returncode == 0, process.stderr.read() if process.stderr else ""
