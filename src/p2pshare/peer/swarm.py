@@ -423,6 +423,43 @@ class Source:
         self.rate = self.fetched / max(self.fetch_time, 1e-3)
 
 
+class _Deadline:
+    """
+    One timer at a time on C{clock}, for what a run waits for now (its
+    head, its next piece): if it rings, why is kept in C{missed} and
+    C{stop} is called.
+    """
+
+    def __init__(self, clock: IReactorTime, stop: Callable[[], None]) -> None:
+        self.clock = clock
+        self.stop = stop
+        self.missed: str | None = None
+        self._call: IDelayedCall | None = None
+
+    def expect(self, after: float, why: str) -> None:
+        self.cancel()
+        if self.missed is None:
+            self._call = self.clock.callLater(after, self._ring, why)
+
+    def expect_piece(self, index: int, length: int) -> None:
+        """
+        Piece C{index} (C{length} bytes) must be whole within its deadline
+        (L{piece_deadline}), from now.
+        """
+        allowed = piece_deadline(length)
+        self.expect(allowed, f"piece {index} did not arrive within {seconds(allowed)} s")
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _ring(self, why: str) -> None:
+        self._call = None
+        self.missed = why
+        self.stop()
+
+
 class _RunReceiver(Protocol):
     """
     The body of one range response: cut into pieces as it arrives, each
@@ -443,9 +480,9 @@ class _RunReceiver(Protocol):
         self.received = 0
         self.done: Deferred[BaseException] = Deferred(lambda d: self.stop())
         self._idle: IDelayedCall | None = None
-        self._late: IDelayedCall | None = None  # the next piece's deadline
+        # The next piece's deadline; its missed says why it ended the run.
+        self.deadline = _Deadline(clock, self.stop)
         self.stalled = False
-        self.late: str | None = None  # why the run was ended: a piece came too slowly
         self.paused = False
         self.stopped = False  # no more pieces are handed on once stopped
 
@@ -462,7 +499,7 @@ class _RunReceiver(Protocol):
         if self.stopped:
             return
         self.stopped = True
-        self._cancel_late()
+        self.deadline.cancel()
         transport: Any = self.transport
         if transport is not None:
             transport.stopProducing()
@@ -477,21 +514,11 @@ class _RunReceiver(Protocol):
         The next piece asked for must be whole within its deadline (from
         now: the end of the one before it, or of the response head).
         """
-        self._cancel_late()
         if self.spans and not (self.stopped or self.paused):
             index, start, stop = self.spans[0]
-            allowed = piece_deadline(stop - start)
-            self._late = self.clock.callLater(allowed, self._too_slow, index, allowed)
-
-    def _too_slow(self, index: int, allowed: float) -> None:
-        self._late = None
-        self.late = f"piece {index} did not arrive within {seconds(allowed)} s"
-        self.stop()
-
-    def _cancel_late(self) -> None:
-        if self._late is not None and self._late.active():
-            self._late.cancel()
-        self._late = None
+            self.deadline.expect_piece(index, stop - start)
+        else:
+            self.deadline.cancel()
 
     def pause(self) -> None:
         transport: Any = self.transport
@@ -501,7 +528,7 @@ class _RunReceiver(Protocol):
             if self._idle is not None and self._idle.active():
                 self._idle.cancel()  # our own pause is no stall
                 self._idle = None
-            self._cancel_late()  # nor does it count against the holder
+            self.deadline.cancel()  # nor does it count against the holder
 
     def resume(self) -> None:
         transport: Any = self.transport
@@ -543,38 +570,9 @@ class _RunReceiver(Protocol):
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
-        self._cancel_late()
+        self.deadline.cancel()
         if not self.done.called:
             self.done.callback(reason.value)
-
-
-class _Deadline:
-    """
-    One timer at a time on C{clock}, for what a run waits for now (its
-    head, its next piece): if it rings, why is kept in C{missed} and
-    C{stop} is called.
-    """
-
-    def __init__(self, clock: IReactorTime, stop: Callable[[], None]) -> None:
-        self.clock = clock
-        self.stop = stop
-        self.missed: str | None = None
-        self._call: IDelayedCall | None = None
-
-    def expect(self, after: float, why: str) -> None:
-        self.cancel()
-        if self.missed is None:
-            self._call = self.clock.callLater(after, self._ring, why)
-
-    def cancel(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _ring(self, why: str) -> None:
-        self._call = None
-        self.missed = why
-        self.stop()
 
 
 class _Collect(Protocol):
@@ -1191,8 +1189,8 @@ class Swarm:
                 cast(Failure, result).raiseException()
         source.ran(self.clock.seconds() - started, receiver.received)
         if receiver.spans and not self.book.fetched_by_others(i for i, _, _ in receiver.spans):
-            if receiver.late is not None:
-                raise Broke(receiver.late)
+            if receiver.deadline.missed is not None:
+                raise Broke(receiver.deadline.missed)
             if receiver.stalled:
                 raise Broke(f"it sent nothing for {seconds(IDLE_TIMEOUT)} s")
             if isinstance(reason, ResponseDone):
@@ -1242,8 +1240,7 @@ class Swarm:
             if not left:
                 return
             start, stop = piece_span(left[0], self.size)
-            allowed = piece_deadline(stop - start)
-            deadline.expect(allowed, f"piece {left[0]} did not arrive within {seconds(allowed)} s")
+            deadline.expect_piece(left[0], stop - start)
 
         def on_piece(index: int, data: memoryview, release: Callable[[], None]) -> bool:
             # In the run's thread; it owns the buffer until release().
