@@ -116,9 +116,8 @@ async def watch(reactor, report: Path, workdir: Path) -> None:
         result["error"] = repr(e)
     finally:
         await net.stop_all()
-        tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.rename(report)  # the test sees a whole report or none
+        # The test sees a whole report or none.
+        atomic_write(report, json.dumps(result, indent=1).encode())
 
 
 def main(reactor, report: str, workdir: str) -> Deferred[None]:

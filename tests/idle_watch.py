@@ -21,6 +21,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater, react
 
+from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork
 
 HEARTBEATS = ("1", "5", "15")
@@ -53,9 +54,8 @@ async def watch(reactor, report: Path, workdir: Path, seconds: float) -> None:
         result["error"] = repr(e)
     finally:
         await net.stop_all()
-        tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.rename(report)  # the test sees a whole report or none
+        # The test sees a whole report or none.
+        atomic_write(report, json.dumps(result, indent=1).encode())
 
 
 def main(reactor, report: str, workdir: str, seconds: str) -> Deferred[None]:

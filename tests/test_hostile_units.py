@@ -431,7 +431,7 @@ def test_whois_of_the_longest_names_and_hosts_fits_one_line(tmp_path):
     answer still fits one line (a longer one could not be sent, and the
     starter would have had no answer at all).
     """
-    from p2pshare.meta.server import WHOIS_MAX
+    from p2pshare.wire import WHOIS_MAX
 
     meta = MetaServer(Registry(":memory:"), Clock(), data_dir=tmp_path, signer=SIGNER)
     meta.startService()

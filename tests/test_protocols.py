@@ -370,6 +370,19 @@ def linked_peer():
     return node, link
 
 
+def forwarded_search(line: bytes) -> wire.Message:
+    """
+    What a peer with two neighbours, s2 and s3, passes on to s3 when s2
+    says C{line}: the first line s3 hears.
+    """
+    node, link = linked_peer()
+    other = Conn(PeerFactory(node), host="127.0.0.3")
+    other.say(hello("s3", 7003, "127.0.0.3"))
+    other.transport.clear()
+    link.say(line)
+    return wire.decode(other.transport.value().split(b"\r\n")[0])
+
+
 def test_a_neighbour_flooding_searches_is_throttled():
     from p2pshare.peer.search import SEARCH_BURST
 
@@ -390,12 +403,7 @@ def test_a_neighbour_flooding_searches_is_throttled():
 def test_ttl_and_wait_are_clamped():
     from p2pshare.peer.search import DEFAULT_TTL, MAX_WAIT_MS
 
-    node, link = linked_peer()
-    other = Conn(PeerFactory(node), host="127.0.0.3")
-    other.say(hello("s3", 7003, "127.0.0.3"))
-    other.transport.clear()
-    link.say(b"SEARCH big 999999999 1 999999999 x.txt\r\n")
-    forwarded = wire.decode(other.transport.value().split(b"\r\n")[0])
+    forwarded = forwarded_search(b"SEARCH big 999999999 1 999999999 x.txt\r\n")
     assert forwarded.verb == "SEARCH"
     assert int(forwarded.args[1]) == DEFAULT_TTL - 1
     assert int(forwarded.args[3]) < MAX_WAIT_MS
@@ -596,12 +604,7 @@ def test_a_neighbour_that_claims_its_searches_come_from_further_away_is_bounded_
     # What such a search claims does not carry on: it goes on as coming
     # from two hops away, so the next peer counts it against the sender's
     # subtree, not against this peer's own searches.
-    node, link = linked_peer()
-    other = Conn(PeerFactory(node), host="127.0.0.3")
-    other.say(hello("s3", 7003, "127.0.0.3"))
-    other.transport.clear()
-    link.say(b"SEARCH claims-zero 5 0 1000 x.txt\r\n")
-    forwarded = wire.decode(other.transport.value().split(b"\r\n")[0])
+    forwarded = forwarded_search(b"SEARCH claims-zero 5 0 1000 x.txt\r\n")
     assert (forwarded.verb, forwarded.args[2]) == ("SEARCH", "2")
 
 

@@ -29,6 +29,7 @@ from p2pshare.admission import (
     URL_LIFETIME_MAX,
     Secret,
     SecretError,
+    authority,
     load_secret,
     new_secret_text,
 )
@@ -467,8 +468,6 @@ def _where(parts: Any) -> str:
     """
     The holder a URL names, as a signature binds it (HOST:PORT).
     """
-    from p2pshare.admission import authority
-
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:

@@ -53,6 +53,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from p2pshare.admission import Secret
+from p2pshare.common import OncePerMinute
 from p2pshare.disk import private_write
 
 CERT_DAYS = 825
@@ -295,8 +296,6 @@ class _TLSOnly(Factory):
     noisy = False
 
     def __init__(self, wrapped: IProtocolFactory, clock: Any) -> None:
-        from p2pshare.common import OncePerMinute
-
         self.wrapped = wrapped
         self.clock = clock
         self.told = OncePerMinute()

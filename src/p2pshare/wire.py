@@ -31,6 +31,11 @@ NAME_MAX = 64
 MAX_REPORTED = 8
 """The most transfers a peer reports to the metadata server at once."""
 
+WHOIS_MAX = 12
+"""The most names one WHOIS asks about: the KNOWN answer fits one line
+whatever the names and hosts (64 + 255 + 5 characters and two slashes
+each)."""
+
 # What a peer may claim of itself, on every side: its neighbour limit
 # (P2P max=) and its heartbeat (P2P beat=, HELLO and ACCEPT beat=) are
 # clamped into these ranges wherever they are heard.

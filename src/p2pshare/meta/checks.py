@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2pshare import wire
 from p2pshare.admission import META_IDENTITY, Secret
@@ -134,11 +136,7 @@ class AddressChecks:
         item.done.callback("cancelled")
 
     def _ended(self, item: _Check) -> None:
-        left = self._counts.get(item.source, 1) - 1
-        if left > 0:
-            self._counts[item.source] = left
-        else:
-            self._counts.pop(item.source, None)
+        _less(self._counts, item.source)
 
     def _next(self) -> None:
         """
@@ -178,11 +176,7 @@ class AddressChecks:
         def ended(result: Any) -> None:
             self._running.discard(running)
             self._busy.discard(item.target)
-            left = self._dialling.get(item.source, 1) - 1
-            if left > 0:
-                self._dialling[item.source] = left
-            else:
-                self._dialling.pop(item.source, None)
+            _less(self._dialling, item.source)
             self._ended(item)
             why = result if isinstance(result, str) or result is None else _why(result.value)
             if why is not None and not outer.called and not _cancelled(result):
@@ -222,17 +216,22 @@ class AddressChecks:
                 item.done.cancel()
 
 
-def _cancelled(result: Any) -> bool:
-    from twisted.internet.defer import CancelledError
-    from twisted.python.failure import Failure
+def _less(counts: dict[str, int], key: str) -> None:
+    """
+    One fewer for C{key} in C{counts}; none left, and it is forgotten.
+    """
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
+
+def _cancelled(result: Any) -> bool:
     return isinstance(result, Failure) and result.check(CancelledError) is not None
 
 
 def _why(e: BaseException) -> str:
-    from twisted.internet import error
-    from twisted.internet.defer import CancelledError, TimeoutError
-
     if isinstance(e, (TimeoutError, CancelledError, error.TimeoutError)):
         return "no answer in time"
     if isinstance(e, error.ConnectionRefusedError):

@@ -40,9 +40,6 @@ FLUSH_INTERVAL = 0.2  # seconds: the longest topo.txt lags behind the network
 MAX_PEERS = 10_000  # registered peers at once (--max-peers)
 MAX_PER_ADDRESS = 1_000  # of them from one source address (--max-per-address)
 OBSERVER_RESERVE = 64  # connections beyond those, for p2p topo and the operator
-# Names one WHOIS may ask about: the answer fits one line whatever the
-# names and hosts (64 + 255 + 5 characters and two slashes each).
-WHOIS_MAX = 12
 GOAL_TIMEOUT = 30.0  # seconds a newcomer referred to a peer has to arrive there
 
 
@@ -809,7 +806,6 @@ class MetaProtocol(LineChannel):
         self.greeted = False
         self.name: str | None = None
         self.beat = 0
-
         self._neighbours: list[str] = []  # a NEIGHBOURS report arriving over lines
         self._transfers: list[dict[str, object]] = []  # TRANSFER lines before a SUMMARY
 
@@ -922,8 +918,8 @@ class MetaProtocol(LineChannel):
         names = list(msg.args)
 
         def known() -> None:
-            if len(names) > WHOIS_MAX:
-                self.sendError(wire.E_BAD_ARGS, f"WHOIS takes at most {WHOIS_MAX} names")
+            if len(names) > wire.WHOIS_MAX:
+                self.sendError(wire.E_BAD_ARGS, f"WHOIS takes at most {wire.WHOIS_MAX} names")
             else:
                 self.send("KNOWN", *(f"{p.name}/{p.host}/{p.port}" for p in self.server.whois(names)))
 

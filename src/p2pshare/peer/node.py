@@ -78,7 +78,6 @@ Connect = Callable[[str, int], IStreamClientEndpoint]
 RunBlocking = Callable[..., Deferred[Any]]
 
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
-WHOIS_MAX = 12  # holders asked about in one WHOIS (the metadata server's limit)
 SUMMARY_INTERVAL = 2.0  # seconds between checks of what we tell the page
 
 
@@ -731,11 +730,11 @@ class PeerNode(MultiService):
             return matches
         known: dict[str, tuple[str, int]] = {}
         try:
-            for i in range(0, len(others), WHOIS_MAX):
+            for i in range(0, len(others), wire.WHOIS_MAX):
                 meta = self.meta
                 if meta is None:
                     raise ConnectionError("the metadata server is away")
-                reply = await meta.request("WHOIS", *others[i:i + WHOIS_MAX]).addTimeout(
+                reply = await meta.request("WHOIS", *others[i:i + wire.WHOIS_MAX]).addTimeout(
                     self.hop_timeout, self.clock
                 )
                 if reply.verb != "KNOWN":
