@@ -1,14 +1,14 @@
 """
 Searching whole networks in one process: every file is found from every
-peer, with 2(N-1) messages per search, each peer handling it once, and a
-bounded wait when a branch is dead.
+peer, with 2(N-1) messages per search, each peer handling it once, every
+answer saying what it covered, and a bounded wait when a branch is dead.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from p2pshare.peer.search import DEFAULT_TTL, margin_for, results_lines
+from p2pshare.peer.search import QUIET, SEARCH_BURST, results_lines
 from p2pshare.simnet import SimNet
 
 
@@ -31,7 +31,10 @@ def run_search(net, origin, pattern, search_id, timeout=10.0):
     after = sum(sum(p.messages[v] for v in ("SEARCH", "RESULTS")) for p in net.peers)
     for p in net.peers:
         assert p.search.handled.get(search_id) == 1, f"{p.peer_name} handled it {p.search.handled.get(search_id)} times"
-    return result[0], after - before
+    coverage = result[0].coverage
+    assert coverage.complete, coverage.sentence()
+    assert (coverage.answered, coverage.total) == (len(net.peers), len(net.peers))
+    return result[0].matches, after - before
 
 
 @pytest.mark.parametrize("max_neighbours", [2, 4])
@@ -76,43 +79,143 @@ def test_results_that_do_not_fit_one_line_cost_one_message_per_extra_line(tmp_pa
     assert messages == 2 * (len(net.peers) - 1) + distance * extra
 
 
-def test_a_silent_branch_delays_the_answer_by_at_most_the_timeout(tmp_path):
+def test_a_silent_branch_is_named_and_asked_again_until_the_timeout(tmp_path):
     net = network(tmp_path, 20, 2)
     origin = net.peers[0]  # the root: two branches
     left, right = list(origin.neighbours)
     by_name = {p.peer_name: p for p in net.peers}
     put(net, by_name[left], "left.txt", b"l")
     put(net, by_name[right], "right.txt", b"r")
+    below_right = _subtree(net, right, origin.peer_name)
     # The whole right branch hangs (its first peer stops answering).
     net.freeze(_host_of(net, by_name[right]))
-    result = []
+    result, ended = [], []
     started = net.clock.seconds()
-    origin.search.start("*.txt", 2.0, "dead").addCallback(result.append)
-    net.flush()
-    assert not result
-    net.clock.advance(2.0 - margin_for(2000, DEFAULT_TTL) / 1000 - 0.001)
-    net.flush()
-    assert not result
-    net.clock.advance(0.002)
-    net.flush()
-    assert result and net.clock.seconds() - started <= 2.0
-    assert [m.name for m in result[0]] == ["left.txt"]
+    d = origin.search.start("*.txt", 6.0, "dead").addCallback(result.append)
+    d.addCallback(lambda _: ended.append(net.clock.seconds()))
+    net.idle(QUIET * 1.5)
+    assert not result, "a silent branch ended the search before its time"
+    assert origin.search.rounds >= 2, "what was missed is not asked again"
+    net.idle(6.0)
+    assert result and ended[0] - started <= 6.0
+    found = result[0]
+    assert [m.name for m in found.matches] == ["left.txt"]
+    assert not found.coverage.complete
+    assert found.coverage.missed == ((right, "silent"),)
+    assert found.coverage.total == 20
+    assert found.coverage.answered == 20 - len(below_right)
+    assert found.coverage.sentence() == (
+        f"searched {20 - len(below_right)} of 20 peers; no answer from {right} "
+        f"(and the {len(below_right) - 1} peers below it)"
+    )
 
 
-def test_a_dropped_branch_answers_at_once(tmp_path):
+def test_a_branch_that_answers_again_is_found_within_the_search(tmp_path):
+    net = network(tmp_path, 20, 2)
+    origin = net.peers[0]
+    left, right = list(origin.neighbours)
+    by_name = {p.peer_name: p for p in net.peers}
+    put(net, by_name[right], "right.txt", b"r")
+    net.freeze(_host_of(net, by_name[right]))
+    result = []
+    origin.search.start("*.txt", 10.0, "back").addCallback(result.append)
+    net.idle(QUIET * 1.5)
+    assert not result
+    net.thaw(_host_of(net, by_name[right]))
+    net.idle(10.0)
+    assert result
+    assert [m.name for m in result[0].matches] == ["right.txt"]
+    assert result[0].coverage.complete, result[0].coverage.sentence()
+
+
+def test_a_dropped_branch_is_named_at_once_and_found_once_repaired(tmp_path):
+    net = network(tmp_path, 10, 2)
+    origin = net.peers[0]
+    left, right = list(origin.neighbours)
+    by_name = {p.peer_name: p for p in net.peers}
+    put(net, by_name[left], "left.txt", b"l")
+    put(net, by_name[right], "right.txt", b"r")
+    result = []
+    origin.search.start("*.txt", 10.0, "drop").addCallback(result.append)
+    # The right neighbour's link resets before it can answer.
+    origin.neighbours[right].proto.transport.loseConnection()
+    net.flush()
+    assert not result, "a search that missed a branch gave up before its time"
+    assert origin.search.rounds == 1
+    net.idle(10.0)
+    assert result
+    assert sorted(m.name for m in result[0].matches) == ["left.txt", "right.txt"]
+    assert result[0].coverage.complete, result[0].coverage.sentence()
+    assert origin.search.rounds >= 2
+
+
+def test_a_dropped_branch_that_never_comes_back_is_named_as_lost(tmp_path):
     net = network(tmp_path, 10, 2)
     origin = net.peers[0]
     left, right = list(origin.neighbours)
     by_name = {p.peer_name: p for p in net.peers}
     put(net, by_name[left], "left.txt", b"l")
     result = []
-    started = net.clock.seconds()
-    origin.search.start("*.txt", 5.0, "drop").addCallback(result.append)
-    # The right neighbour's link resets before it can answer.
-    origin.neighbours[right].proto.transport.loseConnection()
+    origin.search.start("*.txt", 3.0, "lost").addCallback(result.append)
+    for peer in [by_name[right], *(by_name[n] for n in _subtree(net, right, origin.peer_name))]:
+        if peer.running:
+            net.crash(peer)
+    net.idle(3.0)
+    found = result[0]
+    assert [m.name for m in found.matches] == ["left.txt"]
+    # Once the metadata server knows they are gone, the rest is complete.
+    assert found.coverage.complete, found.coverage.sentence()
+    assert found.coverage.total == found.coverage.answered < 10
+
+
+def test_a_neighbour_over_its_allowance_is_named_as_refusing_and_asked_again(tmp_path):
+    net = network(tmp_path, 3, 2)
+    a, b, c = net.peers
+    put(net, c, "far.txt", b"f")
+    # Everything the origin's neighbours allow it is spent.
+    for n in a.neighbours.values():
+        n.proto.transport  # the link exists
+    for p in net.peers:
+        for n in p.neighbours.values():
+            if n.name == a.peer_name:
+                n.proto.search_allowance.tokens = 0
+                n.proto.search_allowance.at = net.clock.seconds()
+    result = []
+    a.search.start("far.txt", 5.0, "busy").addCallback(result.append)
     net.flush()
-    assert result and [m.name for m in result[0]] == ["left.txt"]
-    assert net.clock.seconds() == started
+    assert not result, "a refused search counted as an empty answer"
+    assert sum(p.search.throttled for p in net.peers) >= 1
+    net.idle(5.0)
+    assert [m.holder for m in result[0].matches] == [c.peer_name]
+    assert result[0].coverage.complete
+
+
+def test_a_refusal_for_the_whole_time_is_said_not_found_definitively(tmp_path):
+    net = network(tmp_path, 3, 2)
+    a = net.peers[0]
+    result = []
+    for p in net.peers:
+        for n in p.neighbours.values():
+            if n.name == a.peer_name:
+                n.proto.search_allowance.rate = 0.0001
+                n.proto.search_allowance.tokens = 0
+    a.search.start("far.txt", 1.0, "busy").addCallback(result.append)
+    net.idle(2.0)
+    coverage = result[0].coverage
+    assert result[0].matches == [] and not coverage.complete
+    assert all(why == "refused" for _, why in coverage.missed) and coverage.missed
+    assert "over its search allowance" in coverage.sentence()
+
+
+def test_a_newcomer_does_not_stand_in_for_a_peer_that_did_not_answer(tmp_path):
+    net = network(tmp_path, 6, 2)
+    origin = net.peers[0]
+    # Counted: registered up to the latest registration the starter was told of.
+    upto = max(p.registration_seq for p in net.peers)
+    assert origin.search._counted(upto)
+    late = net.peers[-1]
+    assert not late.search._counted(late.registration_seq - 1)
+    assert not late.search._counted(upto - 1) or late.registration_seq < upto
 
 
 def test_new_and_removed_files_are_noticed_without_a_restart(tmp_path):
@@ -136,6 +239,21 @@ def _host_of(net, node):
     return node._listening.getHost().host
 
 
+def _subtree(net, top, above):
+    """
+    The names of the peers in C{top}'s branch, seen from its neighbour
+    C{above}, C{top} included.
+    """
+    views = net.views()
+    seen, todo = {top}, [top]
+    while todo:
+        for n in views[todo.pop()]:
+            if n != above and n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
 def test_many_searches_at_once_from_every_peer(tmp_path):
     net = network(tmp_path, 30, 3)
     holders = net.rng.sample(net.peers, 5)
@@ -149,7 +267,9 @@ def test_many_searches_at_once_from_every_peer(tmp_path):
             )
     net.flush()
     assert len(results) == 30 * 3
-    for (i, pattern), found in results.items():
+    for (i, pattern), searched in results.items():
+        assert searched.coverage.complete, searched.coverage.sentence()
+        found = searched.matches
         if pattern == "absent":
             assert found == []
         elif pattern == "file-*.dat":

@@ -52,12 +52,19 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 DEFAULT_META = "tcp:127.0.0.1:5000"
 DEFAULT_PEER = "unix:./p2ppeer-data/control.sock"
+INCOMPLETE = 3  # exit status: nothing found among the peers that answered, some did not
 
 
 class Failed(Exception):
     """
-    The operation failed; the message is the one sentence to print.
+    The operation failed; the message is the one sentence to print, and
+    C{status} the exit status (3: nothing found among the peers that
+    answered, while part of the network did not).
     """
+
+    def __init__(self, text: str, status: int = 1) -> None:
+        super().__init__(text)
+        self.status = status
 
 
 def _topo_output(entries: list[TopoEntry]) -> str:
@@ -124,9 +131,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     options = {"exact": 1} if args.exact else {}
     found = _asked(args.peer, "FIND", wire.quote_name(args.pattern), timeout=30, **options)
     matches = found["matches"]
+    coverage = found.get("coverage") or {"complete": True}
+    try:
+        return _print_matches(args, matches, coverage)
+    finally:
+        if not coverage["complete"]:
+            print(_shown(coverage["text"], sentence=True), file=sys.stderr)
+
+
+def _print_matches(args: argparse.Namespace, matches: list[dict[str, Any]],
+                   coverage: dict[str, Any]) -> int:
+    """
+    What a search found, on stdout; the exit status: 0 something found, 1
+    nothing and every peer answered, 3 nothing among those that did.
+    """
     if not matches:
-        print("not found")
-        return 1
+        if coverage["complete"]:
+            print("not found")
+            return 1
+        print("not found among the peers that answered")
+        return INCOMPLETE
     if args.json:
         for m in _distinct_holders(matches):
             keys = ("name", "size", "sha256", "holder", "host", "port")
@@ -205,7 +229,7 @@ def _asked(peer: str, verb: str, *args: object, **options: Any) -> Any:
     try:
         return _ask(peer, verb, *args, **options)
     except Failed as e:
-        raise Failed(_shown(e, sentence=True)) from None
+        raise Failed(_shown(e, sentence=True), e.status) from None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -252,7 +276,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     try:
         result = _asked(
             args.peer, "FETCH", wire.quote_name(args.name),
-            on_progress=bar.update, timeout=120, **options,
+            on_progress=bar.update, on_note=bar.note, timeout=120, **options,
         )
     finally:
         bar.close()
@@ -305,6 +329,14 @@ class ProgressBar:
         elif int(share * 10) > self.shown:
             self.shown = int(share * 10)
             print(f"progress: {figures}", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """
+        A line from the peer (what the download waits for), under the bar.
+        """
+        self.close()
+        self.drawn = False
+        print(_shown(text, sentence=True), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.drawn:
@@ -551,7 +583,8 @@ def _talk(where: str, what: str, call: Callable[[], T]) -> T:
     except NoToken as e:
         raise Failed(str(e)) from None
     except RemoteError as e:
-        raise Failed(f"{what} says: {e.text}") from None
+        status = INCOMPLETE if e.code == wire.E_INCOMPLETE else 1
+        raise Failed(f"{what} says: {e.text}", status) from None
     except WireError as e:
         # Our own request breaks the grammar: a bug of this command, not the endpoint's.
         raise Failed(f"this p2p cannot ask {what} that: {e}") from None
@@ -801,7 +834,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except Failed as e:
         print(f"p2p {args.command}: {one_line(str(e))}", file=sys.stderr)
-        code = 1
+        code = e.status
     except BrokenPipeError:
         _silence_stdout()
         code = 1

@@ -130,6 +130,7 @@ def control_request(
     *args: object,
     timeout: float = TIMEOUT,
     on_progress: Callable[[int, int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
     **options: Any,
 ) -> Any:
     """
@@ -173,6 +174,9 @@ def control_request(
                     on_progress(
                         int(msg.args[0]), int(msg.args[1]), int(msg.options.get("sources", 0))
                     )
+            elif msg.verb == "NOTE":
+                if on_note is not None:
+                    on_note(msg.text or "")
             elif msg.verb == "ERROR":
                 error = RemoteError(msg.args[0], msg.text or "")
                 raise _not_control(error) or error

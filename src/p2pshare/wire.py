@@ -101,6 +101,8 @@ E_AUTH_FAILED = "auth-failed"
 E_BAD_TICKET = "bad-ticket"
 E_UNREACHABLE = "unreachable"
 E_TLS_REQUIRED = "tls-required"
+# Nothing found among the peers that answered, while some did not.
+E_INCOMPLETE = "incomplete"
 
 ERROR_CODES = (
     E_BAD_FLAG,
@@ -123,6 +125,7 @@ ERROR_CODES = (
     E_BAD_TICKET,
     E_UNREACHABLE,
     E_TLS_REQUIRED,
+    E_INCOMPLETE,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -296,6 +299,24 @@ def _check_known(value: str) -> str | None:
 
 KNOWN: Check = _check_known  # NAME/HOST/PORT: a live peer, where it listens
 
+# Why a peer is named as missing from a search's answer.
+MISSED_REASONS = ("silent", "lost", "refused")
+MISSED_MAX = 16  # peers one RESULTS names as missing; more are only counted
+
+
+def _check_missed(value: str) -> str | None:
+    items = value.split(",")
+    if len(items) > MISSED_MAX:
+        return f"missed names at most {MISSED_MAX} peers"
+    for item in items:
+        name, _, why = item.partition(":")
+        if NAME(name) is not None or why not in MISSED_REASONS:
+            return "missed is NAME:REASON,... with a reason of " + ", ".join(MISSED_REASONS)
+    return None
+
+
+MISSED: Check = _check_missed
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -330,7 +351,11 @@ SPECS: dict[str, Spec] = {
     "CHALLENGE": Spec(args=(("nonce", TOKEN_HEX),)),
     "PROOF": Spec(args=(("mac", TOKEN_HEX),)),
     # key=HEX: the metadata server's public key, which signs tickets.
-    "WELCOME": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT)), keys={"key": TOKEN_HEX}),
+    # seq=N: the registration's number, increasing (searches count the
+    # peers registered up to a number, see SIZE).
+    "WELCOME": Spec(
+        args=(("name", NAME), ("host", HOST), ("port", PORT)), keys={"key": TOKEN_HEX, "seq": SIZE}
+    ),
     # The metadata server's word on a peer (p2pshare.tickets), pushed to it.
     "TICKET": Spec(args=(("ticket", TICKET),)),
     # The metadata server's dial-back: prove you are who registered.
@@ -340,6 +365,10 @@ SPECS: dict[str, Spec] = {
     "WHOIS": Spec(rest=NAME),
     "KNOWN": Spec(rest=KNOWN),
     "PLACE": Spec(keys={"rejoin": COUNT}),
+    # How many peers are registered (placed or not) and the number of the
+    # latest registration: what a search's coverage is measured against.
+    "SIZE": Spec(),
+    "NETWORK": Spec(args=(("peers", COUNT), ("last", SIZE))),
     "ROOT": Spec(),
     "REJOIN": Spec(),
     "REFER": Spec(args=(("name", NAME), ("host", HOST), ("port", PORT))),
@@ -372,11 +401,22 @@ SPECS: dict[str, Spec] = {
     # Parent to child: where the parent hangs from (nothing: it is the root).
     "UP": Spec(rest=TOKEN),
     # Searching: a convergecast over the overlay tree.
+    # upto=N: count only peers registered up to N (see SIZE).
     "SEARCH": Spec(
-        args=(("id", NAME), ("ttl", COUNT), ("hops", COUNT), ("wait", COUNT), ("pattern", FILE)),
-        keys={"exact": COUNT},
+        args=(("id", NAME), ("hops", COUNT), ("wait", COUNT), ("pattern", FILE)),
+        keys={"exact": COUNT, "upto": SIZE},
     ),
-    "RESULTS": Spec(args=(("id", NAME),), rest=MATCH, keys={"more": COUNT}),
+    # The last line says who the sender's subtree covered: peers=N answered,
+    # missed=NAME:REASON,... did not (and unnamed=N more); retry=MS: a peer
+    # refused it, over its allowance, and may take it again after MS;
+    # refused=MS: this sender itself refused it.
+    "RESULTS": Spec(
+        args=(("id", NAME),), rest=MATCH,
+        keys={"more": COUNT, "peers": COUNT, "missed": MISSED, "unnamed": COUNT,
+              "retry": COUNT, "refused": COUNT},
+    ),
+    # Still collecting answers for this search from further away.
+    "WORKING": Spec(args=(("id", NAME),)),
     # The local control channel.
     "STATUS": Spec(),
     "STOP": Spec(),
@@ -384,6 +424,8 @@ SPECS: dict[str, Spec] = {
     "LS": Spec(args=(("holder", NAME),)),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE)), keys={"sources": COUNT}),
+    # A line for the person waiting on a request (what a download waits for).
+    "NOTE": Spec(text="required"),
     # One entry of a reply's list (a shared file, a match, a neighbour), as
     # JSON: a reply of any size is ITEM lines, then OK.
     "ITEM": Spec(args=(("list", NAME),), text="required"),

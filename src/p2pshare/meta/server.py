@@ -90,6 +90,8 @@ class MetaServer(MultiService):
         self.data_dir = data_dir
         self.expect = expect
         self.sessions: dict[str, MetaProtocol] = {}
+        # Each registration's number: increasing, across restarts too.
+        self.last_seq = int(clock.seconds() * 1000)
         self.complete = False
         self.stopped = False  # once stopped, its registry is closed
         # target name -> newcomers referred there that have not arrived yet,
@@ -200,6 +202,13 @@ class MetaServer(MultiService):
             )
             for p in peers
         ]
+
+    def size(self) -> int:
+        """
+        The peers of the network: those registered now, placed or not, and
+        after a restart those known from before that may yet come back.
+        """
+        return len(self.sessions) + len(self.unverified)
 
     def verified(self) -> list[PeerRecord]:
         """
@@ -330,6 +339,7 @@ class MetaServer(MultiService):
         record = self.registry.add(name, host, port, max_neighbours, token_hash)
         self.tally.add_member(name)
         self._version += 1
+        self.last_seq += 1
         self.sessions[name] = proto
         self._sources[source] = self._sources.get(source, 0) + 1
         self._source[name] = source
@@ -868,7 +878,10 @@ class MetaProtocol(LineChannel):
             return
         self.greeted = True
         self.name = record.name
-        self.send("WELCOME", record.name, record.host, record.port, key=self.server.signer.public)
+        self.send(
+            "WELCOME", record.name, record.host, record.port, key=self.server.signer.public,
+            seq=self.server.last_seq,
+        )
         self.server.check_address(record.name, opts.get("check"))
 
     def msg_PLACE(self, msg: Message) -> None:
@@ -924,6 +937,16 @@ class MetaProtocol(LineChannel):
                 self.send("KNOWN", *(f"{p.name}/{p.host}/{p.port}" for p in self.server.whois(names)))
 
         self._in_turn(known)
+
+    def msg_SIZE(self, msg: Message) -> None:
+        """
+        How many peers are registered (placed or re-attaching alike), and
+        the latest registration's number: what a search's coverage is
+        measured against.
+        """
+        if not self._registered():
+            return
+        self._in_turn(lambda: self.send("NETWORK", self.server.size(), self.server.last_seq))
 
     def msg_NEIGHBOURS(self, msg: Message) -> None:
         if not self._registered():

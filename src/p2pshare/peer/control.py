@@ -26,6 +26,7 @@ from p2pshare import wire
 from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, new_secret_text
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import private_write
+from p2pshare.peer.search import Found
 from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Message
 
@@ -103,11 +104,16 @@ class ControlProtocol(LineChannel):
     def msg_FIND(self, msg: Message) -> None:
         pattern = wire.unquote_name(msg.args[0])
 
-        def found(matches: list[wire.Match]) -> None:
-            self.reply({"count": len(matches)}, matches=(asdict(m) for m in matches))
+        def found(result: Found) -> None:
+            self.reply(
+                {"count": len(result.matches), "coverage": result.coverage.as_dict()},
+                matches=(asdict(m) for m in result.matches),
+            )
 
         exact = msg.options.get("exact") == "1"
-        self.node.search.start(pattern, exact=exact).addCallback(found).addErrback(self._failed)
+        d = self.node.search.start(pattern, exact=exact)
+        self._running.add(d)
+        d.addBoth(self._done, d).addCallback(found).addErrback(self._failed)
 
     def msg_LS(self, msg: Message) -> None:
         holder = msg.args[0]
@@ -152,11 +158,15 @@ class ControlProtocol(LineChannel):
         d = Deferred.fromCoroutine(
             self.node.fetch(
                 name, path, msg.options.get("force") == "1", progress,
-                sources=int(sources), only=holder,
+                sources=int(sources), only=holder, note=self._note,
             )
         )
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(fetched).addErrback(self._failed)
+
+    def _note(self, text: str) -> None:
+        if self.connected:
+            self.send("NOTE", text=text)
 
     def _done(self, result: Any, d: Deferred[Any]) -> Any:
         self._running.discard(d)
@@ -171,7 +181,7 @@ class ControlProtocol(LineChannel):
 
     def _failed(self, failure: Any) -> None:
         if failure.check(CancelledError):
-            self.log.info("a download was stopped: the command that asked for it went away")
+            self.log.info("a request was stopped: the command that asked for it went away")
             return
         if failure.check(FetchError):
             code, text = failure.value.code, failure.value.text

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from p2pshare import wire
 from p2pshare.admission import Secret
 from p2pshare.peer.interfaces import IFileHost
-from p2pshare.peer.search import DEFAULT_TIMEOUT
+from p2pshare.peer.search import DEFAULT_TIMEOUT, Found
 from p2pshare.peer.serving import MAX_UPLOADS, UploadRate, UploadSlots
 from p2pshare.peer.share import SharedFile, ShareIndex, by_content, is_pattern
 from p2pshare.peer.share import matches as name_matches
@@ -46,7 +46,9 @@ from p2pshare.wire import Match
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
 SCAN_SHARE = 20  # periodic scans of the share take at most 1/20 of the time
 RunBlocking = Callable[..., Deferred[Any]]
-Find = Callable[[str, float, bool], Deferred[list[Match]]]  # pattern, timeout, exact
+# pattern, timeout, exact, enough: a search (SearchEngine.start)
+Find = Callable[[str, float, bool, Callable[[list[Match]], bool] | None], Deferred[Found]]
+Note = Callable[[str], None]  # a line for the person waiting
 
 
 @dataclass
@@ -98,16 +100,21 @@ class PeerFiles(MultiService):
         upload_rate: float | None = None,
         private: tuple[Path, ...] = (),
         advertised: Callable[[], str | None] = lambda: None,
+        repair_time: float = 20.0,
     ) -> None:
         """
         @param private: never shared, wherever they lie (the data dir, the
             files holding secrets): see L{ShareIndex}.
+        @param repair_time: how long a download that found nothing, while
+            part of the network did not answer, waits for the tree to be
+            repaired (three heartbeats and a margin).
         """
         super().__init__()
         self.clock = clock
         self.secret = secret
         self.run_blocking = run_blocking
         self._find = find
+        self.repair_time = repair_time
         self._me = me
         self.advertised = advertised
         self._files_changed = on_files_changed
@@ -238,15 +245,62 @@ class PeerFiles(MultiService):
                     for f in sorted(files, key=lambda f: f.name)]
         if self.downloader is None:
             raise FetchError(wire.E_FAILED, "this peer does not fetch from others")
-        found = [m for m in await self._find("*", timeout, False) if m.holder == holder]
+        searched = await self._find(
+            "*", timeout, False, lambda found: any(m.holder == holder for m in found)
+        )
+        found = [m for m in searched.matches if m.holder == holder]
         if not found:
+            if not searched.coverage.complete:
+                raise FetchError(
+                    wire.E_INCOMPLETE, f"{holder} was not found among the peers that answered "
+                    f"(or shares nothing); {searched.coverage.sentence()}"
+                )
             raise FetchError(
                 wire.E_NOT_FOUND, f"{holder} shares nothing, or is not in the network"
             )
         return await self.downloader.listing(found[0])
 
     async def _others(self, name: str, timeout: float) -> list[Match]:
-        return [m for m in await self._find(name, timeout, True) if m.holder != self._me()]
+        found = await self._find(name, timeout, True, None)
+        return [m for m in found.matches if m.holder != self._me()]
+
+    async def _holders(
+        self, name: str, timeout: float, note: Note | None, only: str | None = None
+    ) -> list[Match]:
+        """
+        Those who hold C{name}, but us.  When nobody that answered holds
+        it while part of the network did not answer, wait (a bounded time,
+        saying so) for the tree to be repaired before saying it is not
+        there; refused as L{wire.E_INCOMPLETE} if it still did not answer.
+        """
+        me = self._me()
+
+        def others(found: list[Match]) -> list[Match]:
+            return [m for m in found if m.holder != me and only in (None, m.holder)]
+
+        searched = await self._find(name, timeout, True, lambda found: bool(others(found)))
+        if not others(searched.matches) and not searched.coverage.complete:
+            self.log.info("{name}: not found yet; {covered}; waiting up to {wait:.0f} s for "
+                          "the network to repair", name=name,
+                          covered=searched.coverage.sentence(), wait=self.repair_time)
+            if note is not None:
+                note(f"{name}: not found among the peers that answered "
+                     f"({searched.coverage.sentence()}); waiting up to "
+                     f"{self.repair_time:.0f} s for the network to repair")
+            searched = await self._find(
+                name, self.repair_time, True, lambda found: bool(others(found))
+            )
+        matches = others(searched.matches)
+        if matches:
+            return matches
+        if searched.coverage.complete:
+            if only is not None and any(m.holder != me for m in searched.matches):
+                raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
+            raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
+        raise FetchError(
+            wire.E_INCOMPLETE, f"{name} was not found among the peers that answered; "
+            f"{searched.coverage.sentence()}"
+        )
 
     # Downloads in progress, which others may fetch from (swarming).
 
@@ -326,6 +380,7 @@ class PeerFiles(MultiService):
         timeout: float = DEFAULT_TIMEOUT,
         sources: int = SOURCES,
         only: str | None = None,
+        note: Note | None = None,
     ) -> Fetched:
         """
         Find C{name} (or C{sha256:HEX}: a file by its content) in the
@@ -348,14 +403,14 @@ class PeerFiles(MultiService):
                 progress(done, total, sending)
 
         try:
-            return await self._fetch(name, directory, force, track, timeout, sources, only)
+            return await self._fetch(name, directory, force, track, timeout, sources, only, note)
         finally:
             del self.transfers[key]
             self._transfers_changed()
 
     async def _fetch(
         self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float,
-        sources: int = SOURCES, only: str | None = None,
+        sources: int = SOURCES, only: str | None = None, note: Note | None = None,
     ) -> Fetched:
         if self.downloader is None or directory is None:
             raise FetchError(wire.E_FAILED, "this peer does not download files")
@@ -374,14 +429,7 @@ class PeerFiles(MultiService):
         ledger = downloader.new_ledger()
         fetched: Fetched | None = None
         for pause in FETCH_PAUSES:
-            found = await self._find(name, timeout, True)
-            matches = [m for m in found if m.holder != self._me()]
-            if not matches:
-                raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
-            if only is not None:
-                matches = [m for m in matches if m.holder == only]
-                if not matches:
-                    raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
+            matches = await self._holders(name, timeout, note, only)
             failed: FetchError | None = None
             # The version most addresses hold first; the next one at once
             # only if none of its holders is left to try.

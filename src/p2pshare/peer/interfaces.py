@@ -51,9 +51,13 @@ class ISearch(Interface):
     The searches passing through one peer.
     """
 
-    def start(pattern: str, timeout: float = ..., search_id: str | None = None) -> Any:
+    def start(
+        pattern: str, timeout: float = ..., search_id: str | None = None, exact: bool = False,
+        enough: Any = None,
+    ) -> Any:
         """
-        Search the whole network; a Deferred that fires with every match.
+        Search the whole network; a Deferred that fires with a Found: every
+        match, and what the search covered.
         """
 
     def received(proto: ILink, msg: Any) -> None:
@@ -64,6 +68,11 @@ class ISearch(Interface):
     def results(proto: ILink, msg: Any) -> None:
         """
         A neighbour answers a search we forwarded.
+        """
+
+    def working(proto: ILink, msg: Any) -> None:
+        """
+        A neighbour is still collecting answers to a search we forwarded.
         """
 
     def link_lost(name: str) -> None:
@@ -84,6 +93,17 @@ class ISearchHost(Interface):
 
     clock = Attribute("an IReactorTime")
     neighbours = Attribute("the overlay links, by name: objects with .name and .proto (ILink)")
+    registration_seq = Attribute(
+        "the number the metadata server gave this peer's registration, or None"
+    )
+
+    def network_size() -> Any:
+        """
+        A Deferred that fires with C{(peers, last)}: how many peers the
+        metadata server has, placed or not, and the number of its latest
+        registration; the last known (or C{(None, None)}) when it cannot
+        be asked now.  It never fails.
+        """
 
     def local_matches(pattern: str, hops: int, exact: bool = False) -> list[Any]:
         """

@@ -79,6 +79,8 @@ RunBlocking = Callable[..., Deferred[Any]]
 
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
 SUMMARY_INTERVAL = 2.0  # seconds between checks of what we tell the page
+REPAIR_MARGIN = 5.0  # seconds beyond three heartbeats that a download waits for a repair
+SIZE_TIMEOUT = 2.0  # seconds a search waits for the metadata server to say how many peers it has
 
 
 def _run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -211,7 +213,9 @@ class PeerNode(MultiService):
         self.files = PeerFiles(
             clock=clock,
             run_blocking=self.run_blocking,
-            find=lambda pattern, timeout, exact: self.search.start(pattern, timeout, exact=exact),
+            find=lambda pattern, timeout, exact, enough: self.search.start(
+                pattern, timeout, exact=exact, enough=enough
+            ),
             me=lambda: self.peer_name,
             on_files_changed=self._files_changed,
             on_transfers_changed=self._activity,
@@ -232,6 +236,7 @@ class PeerNode(MultiService):
             upload_rate=settings.upload_rate,
             private=(*((settings.state_dir,) if settings.state_dir else ()), *settings.private),
             advertised=lambda: self.host,
+            repair_time=3 * settings.heartbeat + REPAIR_MARGIN,
         )
         self.files.setServiceParent(self)
         self.site = make_site(self.files, clock)
@@ -252,6 +257,10 @@ class PeerNode(MultiService):
         self.tickets: TicketChecker | None = None
         self._check_nonce: str | None = None
         self._told_unvouched = OncePerMinute()
+        # What the metadata server last said of the network's size (peers,
+        # latest registration number), and our own registration's number.
+        self.network: tuple[int | None, int | None] = (None, None)
+        self.registration_seq: int | None = None
 
     # Who and where we are, as the rest of the peer reads it.
 
@@ -449,6 +458,8 @@ class PeerNode(MultiService):
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args
         self.identity.named(name)
+        seq = msg.options.get("seq")
+        self.registration_seq = int(seq) if seq is not None else None
         self.identity.moved()  # a replaced token is forgotten once the server took the new one
         key = msg.options.get("key")
         if key is not None and (self.tickets is None or self.tickets.public != key):
@@ -713,6 +724,28 @@ class PeerNode(MultiService):
         ]
         return whole + partial
 
+    def network_size(self) -> Deferred[tuple[int | None, int | None]]:
+        return Deferred.fromCoroutine(self._network_size())
+
+    async def _network_size(self) -> tuple[int | None, int | None]:
+        """
+        Ask the metadata server how many peers it has, placed or not, and
+        its latest registration's number; the last it said when it is away
+        or slow (a search goes on without it).
+        """
+        meta = self.meta
+        if meta is not None:
+            try:
+                reply = await meta.request("SIZE").addTimeout(
+                    min(self.hop_timeout, SIZE_TIMEOUT), self.clock
+                )
+                if reply.verb == "NETWORK":
+                    self.network = (int(reply.args[0]), int(reply.args[1]))
+            except Exception as e:
+                if self._told_unvouched.due("size", self.clock.seconds()):
+                    self.log.info("the network's size is not known now: {why}", why=_why_not(e))
+        return self.network
+
     def vouch(self, matches: list[Match]) -> Deferred[list[Match]]:
         return Deferred.fromCoroutine(self._vouch(matches))
 
@@ -773,6 +806,7 @@ class PeerNode(MultiService):
             "parent": self.uplink,
             "max_neighbours": self.max_neighbours,
             "network_complete": self.network_complete,
+            "network_peers": self.network[0],
             "neighbours": [
                 {"name": n.name, "host": n.host, "port": n.port}
                 for n in self.neighbours.values()

@@ -26,7 +26,7 @@ class PeerProtocol(LineChannel):
     newcomer is accepted.
     """
 
-    pushed = frozenset({"FREE", "SEARCH", "RESULTS", "UP"})
+    pushed = frozenset({"FREE", "SEARCH", "RESULTS", "WORKING", "UP"})
 
     def __init__(self, node: IOverlay) -> None:
         super().__init__(node.clock)
@@ -74,6 +74,12 @@ class PeerProtocol(LineChannel):
             self.sendError(wire.E_UNEXPECTED, "RESULTS is for overlay links")
             return
         self.node.search.results(self, msg)
+
+    def msg_WORKING(self, msg: Message) -> None:
+        if self.link is None:
+            self.sendError(wire.E_UNEXPECTED, "WORKING is for overlay links")
+            return
+        self.node.search.working(self, msg)
 
     def msg_UP(self, msg: Message) -> None:
         if self.link is not None:

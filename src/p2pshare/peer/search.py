@@ -1,39 +1,57 @@
 """
-Searching the whole overlay: a convergecast over the tree.
+Searching the whole overlay: a convergecast over the tree that counts who
+answered.
 
 A search has a unique id.  The peer that starts it sends C{SEARCH} to every
 neighbour; each peer adds its own matches, forwards the search to every
 neighbour but the one it came from, and answers upstream once, with every
 match of its whole subtree (C{RESULTS}, split over several lines only when
-they do not fit in one), as soon as all its branches have answered or its
-deadline has passed.  So a search costs 2(N-1) messages on a tree of N
-peers, every peer handles it once, and the starter gets every match or a
-definitive empty answer.
+they do not fit in one), as soon as all its branches have answered.  So a
+search costs 2(N-1) messages on a tree of N peers, and every peer handles
+it once.
+
+Every answer carries its coverage: the last C{RESULTS} line of a branch
+says how many peers of that branch answered (C{peers=N}) and names those
+that did not (C{missed=s4:silent,s9:refused}).  A peer gives a branch up
+only for a reason it can name: the link dropped (C{lost}), the neighbour
+refused the search over its allowance (C{refused}), or it went silent
+(C{silent}): no answer and no C{WORKING} line for L{QUIET} seconds.  A
+peer still waiting for its own branches says C{WORKING} upstream every
+L{TICK} seconds, so a deep branch that is busy is never mistaken for a
+dead one, and no fixed hop limit or per-hop margin cuts a deep tree
+short: the only deadline is the starter's (C{wait}, which every peer
+keeps as the time after which nobody waits for its answer).
+
+The starter compares the count with the network's size at the metadata
+server (C{SIZE}, asked at each round: peers registered, placed or not, so
+a subtree re-attaching after a crash counts as missing), counting only
+peers registered up to the latest registration it was told of (C{upto}),
+so that a newcomer cannot stand in for a peer that did not answer.  A
+round that missed something is run again, after a pause that grows, until
+the search's time is up: what was silent may answer, a repaired subtree is
+reachable again, a refusing neighbour's allowance refills.  Only a round
+that every peer answered is I{complete}: a definitive answer.
 
 Matches are other peers' word, and a neighbour may lie: each branch keeps
 at most L{MAX_RESULTS} of its own, and when all together have more the
 answer takes an equal share from each, so one branch cannot crowd out the
 others; and the starter keeps only the matches whose holder the metadata
 server knows as a live peer at that address (L{ISearchHost.vouch}), logging
-once which branch sent the others.
-
-Deadlines nest: C{SEARCH} carries how long the sender will wait (C{wait},
-in ms); a peer answers a margin before that and gives its own branches two
-margins less, so a dead or silent branch costs at most the time the starter
-chose, and the answer still has everything the living branches found.  The
-margin spreads the time left over the hops the search may still travel
-(its TTL), within bounds, so deep trees (with two neighbours each, a tree is
-two long chains) are searched to the end.  A link that drops counts as an
-empty answer at once.
+once which branch sent the others.  A member can misstate its own
+subtree's count as it can hide its subtree's matches; it cannot make a
+silent neighbour elsewhere look answered.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -43,8 +61,11 @@ from p2pshare.peer.interfaces import ILink, ISearch, ISearchHost
 from p2pshare.wire import Match, Message
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_TTL = 1000
 MAX_WAIT_MS = 60_000
+QUIET = 2.0  # seconds a branch may say nothing before it is given up as silent
+TICK = QUIET / 4  # how often a peer still waiting says WORKING, and checks its branches
+FIRST_PAUSE = 0.25  # seconds before a round that missed something runs again; doubles
+MAX_PAUSE = 2.0
 SEARCH_RATE = 20.0  # searches a neighbour may start per second, sustained
 SEARCH_BURST = 100.0
 # Searches a neighbour passes on from further away: its whole subtree's,
@@ -53,22 +74,116 @@ FORWARD_RATE = 10 * SEARCH_RATE
 FORWARD_BURST = 10 * SEARCH_BURST
 FLOOD_LIMIT = 200  # searches refused on one link before it is cut
 MAX_RESULTS = 10_000  # matches one search keeps; more are dropped
-MIN_MARGIN_MS = 2
-MAX_MARGIN_MS = 250
 SEEN_FOR = 600.0  # how long a search id is remembered
+
+_REASONS = {
+    "silent": "",
+    "lost": "its link was lost",
+    "refused": "it refused: over its search allowance",
+}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """
+    Who a search reached.
+
+    @ivar answered: the peers that answered, this one included.
+    @ivar total: the peers the metadata server has (placed or not), or
+        L{None} when it could not be asked.
+    @ivar missed: peers that did not answer, with why (C{silent}, C{lost},
+        C{refused}), nearest first; their subtrees did not answer either.
+    @ivar unnamed: peers known to be missing beyond those named.
+    """
+
+    answered: int
+    total: int | None
+    missed: tuple[tuple[str, str], ...] = ()
+    unnamed: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """
+        Every peer answered: nothing found is a definitive "not found".
+        """
+        return (
+            not self.missed and not self.unnamed
+            and self.total is not None and self.answered >= self.total
+        )
+
+    def sentence(self) -> str:
+        """
+        What the search covered, for a person: C{searched 187 of 200 peers;
+        no answer from s4 (and the 12 peers below it)}.
+        """
+        if self.total is None:
+            head = f"searched {_peers(self.answered)} (the network's size is not known now)"
+        else:
+            head = f"searched {self.answered} of {_peers(self.total)}"
+        missing = max(0, (self.total or 0) - self.answered)
+        if self.missed:
+            who = ", ".join(
+                name + (f" ({_REASONS[why]})" if _REASONS.get(why) else "")
+                for name, why in self.missed
+            )
+            below = missing - len(self.missed)
+            if below > 0:
+                them = "it" if len(self.missed) == 1 else "them"
+                who += f" (and the {_peers(below)} below {them})"
+            return f"{head}; no answer from {who}"
+        if missing or self.unnamed:
+            n = max(missing, self.unnamed)
+            verb = "is" if n == 1 else "are"
+            return f"{head}; {_peers(n)} {verb} not in the tree now (joining, or re-attaching after a repair)"
+        return head
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "answered": self.answered, "total": self.total, "complete": self.complete,
+            "missed": [{"name": n, "reason": why} for n, why in self.missed],
+            "unnamed": self.unnamed, "text": self.sentence(),
+        }
+
+
+def _peers(n: int) -> str:
+    return "1 peer" if n == 1 else f"{n:,} peers"
+
+
+@dataclass(frozen=True)
+class Found:
+    """
+    What a search found, and what it covered.
+    """
+
+    matches: list[Match]
+    coverage: Coverage
 
 
 @dataclass
 class Search:
+    """
+    One search as it passes through this peer.
+
+    @ivar waiting: the branches not yet answered, and when each was last
+        heard from (a C{WORKING} line, or part of its answer).
+    @ivar answered: the peers counted so far, this one included.
+    """
+
     id: str
     pattern: str
     upstream: ILink | None
     exact: bool = False
-    waiting: set[str] = field(default_factory=set)
+    upto: int | None = None
+    waiting: dict[str, float] = field(default_factory=dict)
     # What each branch sent (None: this peer's own), at most MAX_RESULTS each.
     branches: dict[str | None, list[Match]] = field(default_factory=dict)
+    answered: int = 0
+    missed: dict[str, str] = field(default_factory=dict)
+    unnamed: int = 0
+    retry_ms: int = 0
     timer: IDelayedCall | None = None
-    done: Deferred[list[Match]] | None = None
+    ticker: IDelayedCall | None = None
+    done: Deferred[Search] | None = None
 
     @property
     def matches(self) -> list[Match]:
@@ -77,6 +192,20 @@ class Search:
         branch when they sent more together.
         """
         return fair_share(list(self.branches.values()), MAX_RESULTS)
+
+    def miss(self, name: str, why: str) -> None:
+        if len(self.missed) < wire.MISSED_MAX:
+            self.missed.setdefault(name, why)
+        else:
+            self.unnamed += 1
+
+    def coverage_options(self) -> dict[str, object]:
+        return {
+            "peers": self.answered,
+            "missed": ",".join(f"{n}:{why}" for n, why in self.missed.items()) or None,
+            "unnamed": self.unnamed or None,
+            "retry": self.retry_ms or None,
+        }
 
 
 def fair_share(lists: list[list[Match]], room: int) -> list[Match]:
@@ -96,6 +225,10 @@ def fair_share(lists: list[list[Match]], room: int) -> list[Match]:
     return kept
 
 
+def _key(m: Match) -> tuple[object, ...]:
+    return (m.holder, m.host, m.port, m.name, m.sha256, m.have)
+
+
 @implementer(ISearch)
 class SearchEngine:
     """
@@ -113,43 +246,110 @@ class SearchEngine:
         self.seen: dict[str, float] = {}
         self.handled: dict[str, int] = {}
         self.throttled = 0  # searches refused over a neighbour's allowance
+        self.rounds = 0  # rounds this peer started (a search that missed something runs again)
         self._told = OncePerMinute()  # which branches' forged matches were logged
+        self._pauses: set[Deferred[None]] = set()
+        self._stopped = False
 
     def start(
         self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None,
-        exact: bool = False,
-    ) -> Deferred[list[Match]]:
+        exact: bool = False, enough: Callable[[list[Match]], bool] | None = None,
+    ) -> Deferred[Found]:
         """
-        Search the whole network; fires with every match, nearest first.
-        C{pattern} is read as L{p2pshare.peer.share.matches} says; C{exact}:
-        the whole name, ignoring case.
+        Search the whole network; fires with every match (nearest first)
+        and what the search covered.  C{pattern} is read as
+        L{p2pshare.peer.share.matches} says; C{exact}: the whole name,
+        ignoring case.  A round that missed part of the network runs again
+        until C{timeout} is up, or until C{enough} says the matches found
+        so far will do.
         """
-        search_id = search_id or uuid.uuid4().hex
-        done: Deferred[list[Match]] = Deferred()
-        self._handle(search_id, DEFAULT_TTL, 0, int(timeout * 1000), pattern, None, done, exact)
-        self.log.info(
-            "search {id} for {pattern!r} started", id=search_id[:8], pattern=pattern
+        self._stopped = False
+        return Deferred.fromCoroutine(
+            self._search(pattern, timeout, search_id or uuid.uuid4().hex, exact, enough)
         )
-        return done
+
+    async def _search(
+        self, pattern: str, timeout: float, search_id: str, exact: bool,
+        enough: Callable[[list[Match]], bool] | None,
+    ) -> Found:
+        clock = self.node.clock
+        end = clock.seconds() + timeout
+        self.log.info("search {id} for {pattern!r} started", id=search_id[:8], pattern=pattern)
+        found: dict[tuple[object, ...], Match] = {}
+        came: dict[tuple[object, ...], str | None] = {}  # the branch each match came through
+        best: Coverage | None = None
+        pause = FIRST_PAUSE
+        while True:
+            total, upto = await self.node.network_size()
+            wait_ms = max(0, int((end - clock.seconds()) * 1000))
+            self.rounds += 1
+            done: Deferred[Search] = Deferred()
+            self._handle(search_id, 0, min(wait_ms, MAX_WAIT_MS), pattern, None, done, exact, upto)
+            search = await done
+            for branch, sent in search.branches.items():
+                for m in sent:
+                    found.setdefault(_key(m), m)
+                    came.setdefault(_key(m), branch)
+            coverage = Coverage(
+                search.answered, total, tuple(search.missed.items()), search.unnamed
+            )
+            if best is None or coverage.complete or coverage.answered > best.answered:
+                best = coverage
+            matches = list(found.values())
+            missing = coverage.missed or coverage.unnamed or (
+                total is not None and coverage.answered < total
+            )
+            if not missing or self._stopped or (enough is not None and enough(matches)):
+                break
+            left = end - clock.seconds()
+            pause = max(pause, search.retry_ms / 1000)
+            if left <= pause:
+                break
+            self.log.info("search {id}: {covered}; asking again in {pause:.2f} s",
+                          id=search_id[:8], covered=coverage.sentence(), pause=pause)
+            if not await self._pause(pause):
+                break
+            pause = min(pause * 2, MAX_PAUSE)
+            search_id = uuid.uuid4().hex
+        ordered = sorted(found.values(), key=lambda m: (m.hops, m.name, m.holder))
+        kept = await self.node.vouch(ordered)
+        self._dropped(kept, ordered, came, search_id)
+        return Found(kept, best)
+
+    async def _pause(self, seconds: float) -> bool:
+        """
+        Wait C{seconds}; C{False} if the peer stopped meanwhile.
+        """
+        d = deferLater(self.node.clock, seconds, lambda: None)
+        self._pauses.add(d)
+        try:
+            await d
+        except CancelledError:
+            return False
+        finally:
+            self._pauses.discard(d)
+        return not self._stopped
 
     def received(self, proto: ILink, msg: Message) -> None:
-        search_id, ttl, hops, wait, pattern = msg.args
+        search_id, hops, wait, pattern = msg.args
         if search_id in self.seen:
-            # Cannot happen on a tree; answer at once so nobody waits.
+            # Cannot happen on a tree; answer at once so nobody waits, and
+            # count nobody twice.
             self.handled[search_id] = self.handled.get(search_id, 0) + 1
-            proto.send("RESULTS", search_id)
+            proto.send("RESULTS", search_id, peers=0)
             return
         # A search comes at least one hop: a neighbour's own arrives with 1,
         # so a claim of 0 cannot pass its own searches off as another's...
         distance = max(int(hops), 1)
         own = distance <= 1
         bucket = proto.search_allowance if own else proto.forward_allowance
-        if not bucket.take(self.node.clock.seconds()):
+        now = self.node.clock.seconds()
+        if not bucket.take(now):
             # Over the neighbour's allowance (for searches it started, or
-            # for those it passes on): an empty answer at once, and nobody
-            # else is bothered.
+            # for those it passes on): refused at once, saying when it may
+            # come again, and nobody else is bothered.
             self.throttled += 1
-            proto.send("RESULTS", search_id)
+            proto.send("RESULTS", search_id, refused=bucket.refill_ms())
             if own:
                 # ... and only its own flood gets a link cut: one that passes
                 # on its subtree's may be an honest peer relaying a liar.
@@ -157,125 +357,198 @@ class SearchEngine:
                 if proto.searches_refused > FLOOD_LIMIT:
                     proto.misbehaved(f"{proto.searches_refused} searches over its allowance")
             return
+        upto = msg.options.get("upto")
         self._handle(
             search_id,
-            min(int(ttl), DEFAULT_TTL),  # clamped: nobody searches further than we would
             distance,
             min(int(wait), MAX_WAIT_MS),
             wire.unquote_name(pattern),
             proto,
             None,
             msg.options.get("exact") == "1",
+            int(upto) if upto is not None else None,
         )
 
     def _handle(
         self,
         search_id: str,
-        ttl: int,
         hops: int,
         wait_ms: int,
         pattern: str,
         upstream: ILink | None,
-        done: Deferred[list[Match]] | None,
+        done: Deferred[Search] | None,
         exact: bool = False,
+        upto: int | None = None,
     ) -> None:
         now = self.node.clock.seconds()
         self._forget_before(now - SEEN_FOR)
         self.seen[search_id] = now
         self.handled[search_id] = self.handled.get(search_id, 0) + 1
-        search = Search(search_id, pattern, upstream, exact, done=done)
+        search = Search(search_id, pattern, upstream, exact, upto, done=done)
         search.branches[None] = self.node.local_matches(pattern, hops, exact)[:MAX_RESULTS]
-        margin_ms = margin_for(wait_ms, ttl)
-        child_wait = wait_ms - 2 * margin_ms
-        if ttl > 0 and child_wait > margin_ms:
-            came_from = upstream.link if upstream is not None else None
-            for n in list(self.node.neighbours.values()):
-                if n.name != came_from:
-                    n.proto.send(
-                        "SEARCH", search_id, ttl - 1, hops + 1, child_wait,
-                        wire.quote_name(pattern), exact=1 if exact else None,
-                    )
-                    search.waiting.add(n.name)
+        search.answered = 1 if self._counted(upto) else 0
+        came_from = upstream.link if upstream is not None else None
+        for n in list(self.node.neighbours.values()):
+            if n.name != came_from:
+                n.proto.send(
+                    "SEARCH", search_id, hops + 1, wait_ms, wire.quote_name(pattern),
+                    exact=1 if exact else None, upto=upto,
+                )
+                search.waiting[n.name] = now
         if not search.waiting:
             self._finish(search)
             return
         self.pending[search_id] = search
-        deadline = max(wait_ms - margin_ms, 0) / 1000
-        search.timer = self.node.clock.callLater(deadline, self._expired, search)
+        search.timer = self.node.clock.callLater(wait_ms / 1000, self._expired, search)
+        search.ticker = self.node.clock.callLater(TICK, self._tick, search)
+
+    def _counted(self, upto: int | None) -> bool:
+        """
+        Does this peer count in a search of the peers registered up to
+        C{upto}?  A peer registered later (or not at all) answers, but a
+        newcomer must not stand in for a peer that did not answer.
+        """
+        if upto is None:
+            return True
+        seq = self.node.registration_seq
+        return seq is not None and seq <= upto
 
     def results(self, proto: ILink, msg: Message) -> None:
         search = self.pending.get(msg.args[0])
         if search is None or proto.link not in search.waiting:
-            return  # late, after our deadline: already answered without it
+            return  # late, after we gave it up: already answered without it
+        search.waiting[proto.link] = self.node.clock.seconds()
+        opts = msg.options
+        if "refused" in opts:
+            del search.waiting[proto.link]
+            search.miss(proto.link, "refused")
+            search.retry_ms = max(search.retry_ms, int(opts["refused"]))
+            self._maybe_finish(search)
+            return
         sent = search.branches.setdefault(proto.link, [])
         room = MAX_RESULTS - len(sent)
         if room > 0:
             sent.extend(Match.parse(f) for f in msg.args[1 : 1 + room])
-        if "more" not in msg.options:
-            search.waiting.discard(proto.link)
-            if not search.waiting:
-                self._finish(search)
+        if "more" in opts:
+            return
+        del search.waiting[proto.link]
+        search.answered += int(opts.get("peers", "1"))
+        for item in opts["missed"].split(",") if "missed" in opts else ():
+            name, _, why = item.partition(":")
+            search.miss(name, why)
+        search.unnamed += int(opts.get("unnamed", "0"))
+        search.retry_ms = max(search.retry_ms, int(opts.get("retry", "0")))
+        self._maybe_finish(search)
+
+    def working(self, proto: ILink, msg: Message) -> None:
+        """
+        A branch is still collecting answers from further away: it is alive.
+        """
+        search = self.pending.get(msg.args[0])
+        if search is not None and proto.link in search.waiting:
+            search.waiting[proto.link] = self.node.clock.seconds()
 
     def link_lost(self, name: str) -> None:
         for search in list(self.pending.values()):
             if name in search.waiting:
-                search.waiting.discard(name)
-                if not search.waiting:
-                    self._finish(search)
+                del search.waiting[name]
+                search.miss(name, "lost")
+                self._maybe_finish(search)
 
     def stop(self) -> None:
         """
         The peer stops: every search still waiting ends now, with what it
-        has, and no deadline is left behind.
+        has, and no deadline or pause is left behind.
         """
+        self._stopped = True
         for search in list(self.pending.values()):
+            for name in list(search.waiting):
+                search.miss(name, "lost")
+            search.waiting.clear()
+            self._finish(search)
+        for d in list(self._pauses):
+            d.cancel()
+
+    def _tick(self, search: Search) -> None:
+        """
+        Still waiting: say so upstream, and give up the branches silent
+        for L{QUIET} seconds.
+        """
+        search.ticker = None
+        now = self.node.clock.seconds()
+        for name, heard in list(search.waiting.items()):
+            if now - heard >= QUIET:
+                del search.waiting[name]
+                search.miss(name, "silent")
+        if search.waiting:
+            self.log.debug("search {id}: waiting for {peers}", id=search.id[:8],
+                           peers=" ".join(sorted(search.waiting)))
+            if search.upstream is not None and search.upstream.connected:
+                search.upstream.send("WORKING", search.id)
+            search.ticker = self.node.clock.callLater(TICK, self._tick, search)
+        else:
+            self._give_up_log(search)
             self._finish(search)
 
     def _expired(self, search: Search) -> None:
         search.timer = None
-        self.log.info(
-            "search {id}: no answer in time from {peers}",
-            id=search.id[:8],
-            peers=" ".join(sorted(search.waiting)),
-        )
+        for name in list(search.waiting):
+            search.miss(name, "silent")
+        search.waiting.clear()
+        self._give_up_log(search)
         self._finish(search)
 
+    def _give_up_log(self, search: Search) -> None:
+        silent = [n for n, why in search.missed.items() if why == "silent"]
+        if silent:
+            self.log.info("search {id}: no answer in time from {peers}",
+                          id=search.id[:8], peers=" ".join(sorted(silent)))
+
+    def _maybe_finish(self, search: Search) -> None:
+        if not search.waiting:
+            self._finish(search)
+
     def _finish(self, search: Search) -> None:
-        self.pending.pop(search.id, None)
-        if search.timer is not None and search.timer.active():
-            search.timer.cancel()
-        search.timer = None
+        if self.pending.get(search.id) is search:
+            del self.pending[search.id]
+        for call in (search.timer, search.ticker):
+            if call is not None and call.active():
+                call.cancel()
+        search.timer = search.ticker = None
         if search.done is not None:
-            matches = sorted(search.matches, key=lambda m: (m.hops, m.name, m.holder))
-            done = search.done
-            vouched = self.node.vouch(matches)
-            vouched.addCallback(self._dropped, search, matches)
-            vouched.chainDeferred(done)
+            done, search.done = search.done, None
+            done.callback(search)
             return
         upstream = search.upstream
         if upstream is None or not upstream.connected:
             return
-        for line in results_lines(search.id, search.matches):
+        for line in results_lines(search.id, search.matches, search.coverage_options()):
             upstream.sendMessage(line)
 
-    def _dropped(self, kept: list[Match], search: Search, matches: list[Match]) -> list[Match]:
+    def _dropped(
+        self, kept: list[Match], matches: list[Match],
+        came: dict[tuple[object, ...], str | None], search_id: str,
+    ) -> None:
         """
         Log, once a minute per branch, the branches whose matches named a
         holder that is not a live peer at that address.
         """
         if len(kept) == len(matches):
-            return kept
+            return
         good = set(map(id, kept))
-        for branch, sent in search.branches.items():
-            bad = [m for m in sent if id(m) not in good]
-            if bad and branch is not None and self._told.due(branch, self.node.clock.seconds()):
+        bad: dict[str, list[Match]] = {}
+        for m in matches:
+            branch = came.get(_key(m))
+            if id(m) not in good and branch is not None:
+                bad.setdefault(branch, []).append(m)
+        for branch, sent in bad.items():
+            if self._told.due(branch, self.node.clock.seconds()):
                 self.log.warn(
                     "search {id}: dropped {n} matches that came through {branch}: their holders "
                     "are not live peers at those addresses (e.g. {holder} at {host}:{port})",
-                    id=search.id[:8], n=len(bad), branch=branch, holder=bad[0].holder,
-                    host=bad[0].host, port=bad[0].port,
+                    id=search_id[:8], n=len(sent), branch=branch, holder=sent[0].holder,
+                    host=sent[0].host, port=sent[0].port,
                 )
-        return kept
 
     def _forget_before(self, oldest: float) -> None:
         while self.seen:
@@ -306,18 +579,27 @@ class TokenBucket:
             return True
         return False
 
-
-def margin_for(wait_ms: int, ttl: int) -> int:
-    """
-    How long before its upstream's deadline a peer answers: the time left
-    shared out over the hops still allowed, within bounds.
-    """
-    return max(MIN_MARGIN_MS, min(MAX_MARGIN_MS, wait_ms // (2 * (ttl + 1))))
+    def refill_ms(self) -> int:
+        """
+        How long until a token is there again, in whole milliseconds.
+        """
+        return max(1, int((1 - self.tokens) / self.rate * 1000) + 1)
 
 
-def results_lines(search_id: str, matches: list[Match]) -> list[Message]:
+def results_lines(
+    search_id: str, matches: list[Match], coverage: dict[str, object] | None = None
+) -> list[wire.Message]:
     """
     C{RESULTS} messages carrying C{matches}: as few lines as fit, every one
-    but the last marked C{more=1}.
+    but the last marked C{more=1}, the last saying what the answer covered.
     """
-    return wire.split_list("RESULTS", (search_id,), [m.field() for m in matches])
+    lines = wire.split_list("RESULTS", (search_id,), [m.field() for m in matches],
+                            **(coverage or {}))
+    # The coverage counts once: only the last line keeps it.
+    keep = set(coverage or ()) - {"more"}
+    return [
+        line if "more" not in line.options else wire.Message(
+            line.verb, line.args, {k: v for k, v in line.options.items() if k not in keep}
+        )
+        for line in lines
+    ]
