@@ -23,13 +23,14 @@ def ticket(name: str, port: int, host: str = "127.0.0.9", reachable: bool = True
 
 
 def welcomed(name: str, host: str, port: int, source: str | None = None,
-             reachable: bool = True, now: float = 0.0) -> bytes:
+             reachable: bool = True, now: float = 0.0, seq: int = 1) -> bytes:
     """
     What a metadata server signing with L{SIGNER} (and not checking
-    addresses) answers a registration: C{WELCOME}, then the ticket.
+    addresses) answers a registration: C{WELCOME} (C{seq}: the how-manyth
+    registration since it started), then the ticket.
     """
     return (
-        f"WELCOME {name} {host} {port} key={SIGNER.public}\r\n"
+        f"WELCOME {name} {host} {port} key={SIGNER.public} seq={seq}\r\n"
         f"TICKET {ticket(name, port, host, reachable, source, now)}\r\n"
     ).encode()
 

@@ -189,7 +189,7 @@ def test_a_private_network_forms_searches_and_keeps_strangers_out(tmp_path):
     net.peers[4].refresh_share()
     net.settle(3)
     found = []
-    net.peers[0].search.start("song.ogg").addCallback(found.extend)
+    net.peers[0].search.start("song.ogg").addCallback(lambda f: found.extend(f.matches))
     net.settle(30)
     assert [m.holder for m in found] == [net.peers[4].peer_name]
 

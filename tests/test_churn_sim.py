@@ -52,7 +52,8 @@ def find_everything(net):
         found = []
         origin.search.start("file-of-*", 10.0).addCallback(found.append)
         net.flush()
-        assert found and sorted(m.name for m in found[0]) == names
+        assert found and sorted(m.name for m in found[0].matches) == names
+        assert found[0].coverage.complete, found[0].coverage.sentence()
 
 
 def middle(net):

@@ -168,7 +168,7 @@ class Network(RuleBasedStateMachine):
             origin.search.start("held-by-*", 10.0, f"q{self.searches}").addCallback(found.append)
             self.net.flush()
             assert found, f"search from {origin.peer_name} did not finish"
-            assert sorted((m.name, m.holder) for m in found[0]) == expected
+            assert sorted((m.name, m.holder) for m in found[0].matches) == expected
 
 
 def _is_tree(views, limits):

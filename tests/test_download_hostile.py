@@ -27,6 +27,7 @@ from p2pshare import wire
 from p2pshare.peer import direct, files, swarm
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import FilesResource, PiecesResource
+from p2pshare.peer.search import Coverage, Found
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, FetchError
 from p2pshare.pieces import MAX_SIZE, piece_count, piece_span, root_of
@@ -202,9 +203,9 @@ def get(reactor, downloader, out, found, monkeypatch):
     monkeypatch.setattr(files, "FETCH_PAUSES", (0.0, 0.0, 0.0, None))
     searches = []
 
-    def find(pattern, timeout, exact):
+    def find(pattern, timeout, exact, enough):
         searches.append(pattern)
-        return succeed(list(found))
+        return succeed(Found(list(found), Coverage(1, 1)))
 
     peer = PeerFiles(
         clock=reactor, run_blocking=maybeDeferred, find=find, me=lambda: "me",

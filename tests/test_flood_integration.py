@@ -93,7 +93,7 @@ def flood(port: int, meta_port: int) -> dict[str, object]:
         try:
             while sent < FLOOD:
                 lines = b"".join(
-                    f"SEARCH {uuid.uuid4().hex} 1000 1 5000 held-by-*\r\n".encode()
+                    f"SEARCH {uuid.uuid4().hex} 1 5000 held-by-*\r\n".encode()
                     for _ in range(batch)
                 )
                 sent += batch  # attempted, whether or not the peer still listens

@@ -244,7 +244,7 @@ def test_matches_for_holders_not_live_at_that_address_are_dropped(tmp_path):
     original = b.local_matches
     b.local_matches = lambda pattern, hops, exact=False: original(pattern, hops, exact) + forged
     found = []
-    a.search.start("real.txt").addCallback(found.extend)
+    a.search.start("real.txt").addCallback(lambda f: found.extend(f.matches))
     net.idle(15)
     assert [(m.holder, m.host, m.port) for m in found] == [(c.peer_name, c.host, c.port)]
 

@@ -68,7 +68,7 @@ def test_referral_and_reports_make_topo_txt(meta, tmp_path):
     a.say(b"PLACE\r\n")
     b = Conn(MetaFactory(meta), host="127.0.0.8")
     assert b.say(b"P2P port=6002 name=bee max=4 host=10.9.8.7\r\n") == welcomed(
-        "bee", "10.9.8.7", 6002, source="127.0.0.8"
+        "bee", "10.9.8.7", 6002, source="127.0.0.8", seq=2
     )
     assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
     assert b.say(b"NEIGHBOURS s1\r\n") == b""
@@ -114,11 +114,11 @@ def test_live_duplicate_name_is_refused_and_the_connection_can_retry(meta):
     assert b.say(b"P2P port=6002 name=alice\r\n") == (
         b"ERROR name-taken the name alice is already live in this network\r\n"
     )
-    assert b.say(b"P2P port=6002 name=bob\r\n") == welcomed("bob", "127.0.0.9", 6002)
+    assert b.say(b"P2P port=6002 name=bob\r\n") == welcomed("bob", "127.0.0.9", 6002, seq=2)
     # Once alice has said goodbye, her name is free again.
     assert a.say(b"BYE\r\n") == b"OK bye\r\n"
     c = Conn(MetaFactory(meta))
-    assert c.say(b"P2P port=6003 name=alice\r\n") == welcomed("alice", "127.0.0.9", 6003)
+    assert c.say(b"P2P port=6003 name=alice\r\n") == welcomed("alice", "127.0.0.9", 6003, seq=3)
 
 
 TOKEN_A = b"a" * 32
@@ -136,7 +136,7 @@ def test_a_name_belongs_to_its_token(meta):
     # takes her name back at once, and the old connection is dropped.
     new = Conn(MetaFactory(meta))
     assert new.say(b"P2P port=6002 name=alice token=" + TOKEN_A + b"\r\n") == (
-        welcomed("alice", "127.0.0.9", 6002)
+        welcomed("alice", "127.0.0.9", 6002, seq=2)
     )
     assert old.transport.disconnecting
     old.proto.connectionLost(None)
@@ -345,7 +345,7 @@ def test_fetch_progress_comes_at_most_ten_times_a_second_and_at_the_end(monkeypa
     clock = node.clock
     total = 512 << 20
 
-    async def fetch(name, path, force, progress, sources, only):
+    async def fetch(name, path, force, progress, sources, only, note):
         for i in range(1, 513):  # a piece verified every 2 ms, for a second
             clock.advance(0.002)
             progress(i << 20, total, 1)
@@ -387,26 +387,28 @@ def test_a_neighbour_flooding_searches_is_throttled():
     from p2pshare.peer.search import SEARCH_BURST
 
     node, link = linked_peer()
-    flood = b"".join(b"SEARCH id%d 5 1 1000 x.txt\r\n" % i for i in range(int(SEARCH_BURST) + 50))
+    flood = b"".join(b"SEARCH id%d 1 1000 x.txt\r\n" % i for i in range(int(SEARCH_BURST) + 50))
     out = link.say(flood)
     # Each search is answered (there is nobody else to ask), and those over
     # the allowance are not even looked at.
     assert out.count(b"RESULTS ") == SEARCH_BURST + 50
-    assert node.search.throttled == 50
+    # Those over it are refused, saying when to come again: never an
+    # empty answer, which would read as "nothing here".
+    assert out.count(b" refused=") == node.search.throttled == 50
     assert len(node.search.handled) == SEARCH_BURST
     # Time refills the allowance.
     node.clock.advance(1.0)
-    link.say(b"SEARCH later 5 1 1000 x.txt\r\n")
+    link.say(b"SEARCH later 1 1000 x.txt\r\n")
     assert "later" in node.search.handled
 
 
-def test_ttl_and_wait_are_clamped():
-    from p2pshare.peer.search import DEFAULT_TTL, MAX_WAIT_MS
+def test_wait_is_clamped_and_hops_count_on():
+    from p2pshare.peer.search import MAX_WAIT_MS
 
-    forwarded = forwarded_search(b"SEARCH big 999999999 1 999999999 x.txt\r\n")
+    forwarded = forwarded_search(b"SEARCH big 1 999999999 x.txt\r\n")
     assert forwarded.verb == "SEARCH"
-    assert int(forwarded.args[1]) == DEFAULT_TTL - 1
-    assert int(forwarded.args[3]) < MAX_WAIT_MS
+    assert int(forwarded.args[1]) == 2
+    assert int(forwarded.args[2]) <= MAX_WAIT_MS
 
 
 def test_a_child_learns_its_grandparent():
@@ -572,7 +574,7 @@ def test_a_neighbour_that_floods_searches_is_cut_off():
     from p2pshare.peer.search import FLOOD_LIMIT, SEARCH_BURST
 
     node, link = linked_peer()
-    flood = b"".join(b"SEARCH f%d 5 1 1000 x.txt\r\n" % i
+    flood = b"".join(b"SEARCH f%d 1 1000 x.txt\r\n" % i
                      for i in range(int(SEARCH_BURST) + FLOOD_LIMIT + 5))
     out = link.say(flood)
     assert b"ERROR cooling-off " in out
@@ -582,21 +584,21 @@ def test_a_neighbour_that_floods_searches_is_cut_off():
 def test_a_neighbour_that_claims_its_searches_come_from_further_away_is_bounded_too():
     """
     Searches a neighbour passes on from its subtree are bounded by their
-    own allowance; over it they get empty answers, but the link is not cut
+    own allowance; over it they are refused (never an empty answer), but the link is not cut
     (the neighbour may be honest, relaying a liar below it), and a claim
     of 0 hops counts as the neighbour's own search.
     """
     from p2pshare.peer.search import FLOOD_LIMIT, FORWARD_BURST, SEARCH_BURST
 
     node, link = linked_peer()
-    flood = b"".join(b"SEARCH far%d 5 7 1000 x.txt\r\n" % i
+    flood = b"".join(b"SEARCH far%d 7 1000 x.txt\r\n" % i
                      for i in range(int(FORWARD_BURST) + FLOOD_LIMIT + 5))
     out = link.say(flood)
     assert len(node.search.handled) == FORWARD_BURST
     assert out.count(b"RESULTS ") == FORWARD_BURST + FLOOD_LIMIT + 5
     assert b"ERROR" not in out and not link.transport.disconnecting
     node, link = linked_peer()
-    zero = b"".join(b"SEARCH zero%d 5 0 1000 x.txt\r\n" % i
+    zero = b"".join(b"SEARCH zero%d 0 1000 x.txt\r\n" % i
                     for i in range(int(SEARCH_BURST) + FLOOD_LIMIT + 5))
     out = link.say(zero)
     assert len(node.search.handled) == SEARCH_BURST  # its own allowance, not the larger one
@@ -604,8 +606,8 @@ def test_a_neighbour_that_claims_its_searches_come_from_further_away_is_bounded_
     # What such a search claims does not carry on: it goes on as coming
     # from two hops away, so the next peer counts it against the sender's
     # subtree, not against this peer's own searches.
-    forwarded = forwarded_search(b"SEARCH claims-zero 5 0 1000 x.txt\r\n")
-    assert (forwarded.verb, forwarded.args[2]) == ("SEARCH", "2")
+    forwarded = forwarded_search(b"SEARCH claims-zero 0 1000 x.txt\r\n")
+    assert (forwarded.verb, forwarded.args[1]) == ("SEARCH", "2")
 
 
 def test_results_kept_per_search_are_bounded():
@@ -613,10 +615,11 @@ def test_results_kept_per_search_are_bounded():
 
     node, link = linked_peer()
     found = []
-    node.search.start("*.txt", 5.0, "big").addCallback(found.extend)
-    match = wire.Match("a.txt", 1, "0" * 64, "s2", "127.0.0.2", 7002, 1).field()
-    line = b"RESULTS big more=1 " + b" ".join([match.encode()] * 25) + b"\r\n"
-    link.say(line * (MAX_RESULTS // 25 + 100))  # 2,500 matches too many
+    node.search.start("*.txt", 5.0, "big").addCallback(lambda f: found.extend(f.matches))
+    matches = [wire.Match(f"a{i}.txt", 1, "0" * 64, "s2", "127.0.0.2", 7002, 1).field()
+               for i in range(MAX_RESULTS + 2500)]  # 2,500 too many
+    for i in range(0, len(matches), 25):
+        link.say(b"RESULTS big more=1 " + " ".join(matches[i:i + 25]).encode() + b"\r\n")
     link.say(b"RESULTS big\r\n")
     assert len(found) == MAX_RESULTS
 

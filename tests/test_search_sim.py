@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pshare.peer.search import QUIET, SEARCH_BURST, results_lines
+from p2pshare.peer.search import QUIET, results_lines
 from p2pshare.simnet import SimNet
 
 
@@ -173,8 +173,6 @@ def test_a_neighbour_over_its_allowance_is_named_as_refusing_and_asked_again(tmp
     a, b, c = net.peers
     put(net, c, "far.txt", b"f")
     # Everything the origin's neighbours allow it is spent.
-    for n in a.neighbours.values():
-        n.proto.transport  # the link exists
     for p in net.peers:
         for n in p.neighbours.values():
             if n.name == a.peer_name:

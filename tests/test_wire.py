@@ -42,6 +42,10 @@ KINDS = {wire.NAME: names, wire.HOST: hosts, wire.PORT: ports, wire.COUNT: count
          wire.TOKEN_HEX: st.from_regex(r"[0-9a-f]{32,128}", fullmatch=True),
          wire.ROLE: st.sampled_from(wire.ROLES),
          wire.DIRECTION: st.sampled_from(("up", "down")),
+         wire.MISSED: st.lists(
+             st.builds(lambda n, r: f"{n}:{r}", names, st.sampled_from(wire.MISSED_REASONS)),
+             min_size=1, max_size=wire.MISSED_MAX,
+         ).map(",".join),
          wire.KNOWN: st.builds(lambda n, h, p: f"{n}/{h}/{p}", names, hosts, ports),
          wire.TICKET: st.builds(
              lambda n, h, p, s, r, e, sig: f"{n}/{h}/{p}/{s}/{r}/{e}/{sig}",
