@@ -20,8 +20,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize("script, args, printed", [
-    ("churn.py", ["--peers", "20", "--minutes", "2"], "searches answered correctly:"),
-    ("search.py", ["--peers", "20"], "found in"),
+    ("churn.py", ["--peers", "20", "--minutes", "2"], "searches as p2p get runs them:"),
+    ("search.py", ["--peers", "20", "--limits", "2", "3"], "searched 20 of 20 peers"),
     ("rescan.py", ["--files", "200"], "unchanged rescan"),
     ("join.py", ["--peers", "20", "--processes", "2"], "private network:"),
 ])

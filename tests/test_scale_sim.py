@@ -4,7 +4,9 @@ the metadata server and the peers): 10,000 peers join one after another,
 with --max-neighbours 2 and 8.  A join must cost the same at any size:
 the joins per second over the last 1,000 are at least 0.7 of those over
 the first 1,000, and the messages a join takes do not grow either.  The
-test checks the whole topology, fully, every 2,000 joins.
+test checks the whole topology, fully, every 2,000 joins.  At 10,000 peers
+a search from one end of the tree finds the file held at the other end,
+and a search for nothing is definitive: both say that all 10,000 answered.
 
 Every peer lives in this process, so Python's garbage collector would
 walk 10,000 simulated peers on every full collection: a cost of this
@@ -21,11 +23,15 @@ from __future__ import annotations
 import gc
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from p2pshare import wire
+from p2pshare.peer import share
 from p2pshare.simnet import SimNet, assert_tree
+from p2pshare.topo import far_apart
+from p2pshare.wire import Match
 
 PEERS = 10_000
 BLOCK = 1_000
@@ -79,3 +85,31 @@ def test_ten_thousand_sequential_joins_cost_the_same_at_any_size(
           f"lines per join {[round(n, 1) for n in per_join]}")
     assert rates[-1] >= 0.7 * rates[0], rates
     assert per_join[-1] <= 1.1 * per_join[0], per_join
+    search_reaches_every_peer(net, max_neighbours)
+
+
+def search_reaches_every_peer(net, max_neighbours):
+    """
+    At 10,000 peers (with a limit of 2, two chains some 5,000 hops deep) a
+    search from one end finds the file held at the other, and a search for
+    nothing is definitive: both say 10,000 of 10,000 peers answered.
+    """
+    a, b, hops = far_apart(net.views())
+    by_name = {p.peer_name: p for p in net.peers}
+    holder, origin = by_name[a], by_name[b]
+    held = Match("far-away.bin", 1000, "f" * 64, a, holder.host, holder.port, 0)
+    holder.local_matches = lambda pattern, hops, exact=False: (
+        [replace(held, hops=hops)] if share.matches(pattern, held.name, exact) else []
+    )
+    for pattern, expected in (("far-away.bin", [a]), ("nobody-has-this", [])):
+        result = []
+        origin.search.start(pattern, 60.0).addCallback(result.append)
+        net.flush()
+        assert result, f"no answer at once for {pattern}"
+        found = result[0]
+        assert [m.holder for m in found.matches] == expected
+        assert (found.coverage.answered, found.coverage.total) == (PEERS, PEERS)
+        assert found.coverage.complete
+        assert found.coverage.sentence() == f"searched {PEERS:,} of {PEERS:,} peers"
+    if max_neighbours == 2:
+        assert hops > PEERS // 2, f"the tree is only {hops} hops across"

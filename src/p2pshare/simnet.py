@@ -145,7 +145,7 @@ class _Transport(iosim.FakeTransport):
 
     def _busy(self) -> None:
         if self.pump is not None:
-            self.net.active[self.pump] = None
+            self.net.busy(self.pump)
 
     def write(self, data: bytes) -> None:
         super().write(data)
@@ -174,6 +174,9 @@ class SimNet:
         # Connections with bytes or a close to deliver, in order.
         self.active: dict[iosim.IOPump, None] = {}
         self.down: set[str] = set()
+        # Seconds each hop takes (0: delivered at the next flush).
+        self.latency = 0.0
+        self._in_flight: set[iosim.IOPump] = set()
         self.frozen: set[str] = set()
         self.parked: dict[iosim.IOPump, None] = {}
         self.pumps: list[iosim.IOPump] = []  # every connection made
@@ -182,6 +185,22 @@ class SimNet:
         self.meta: MetaServer | None = None
         self.peers: list[PeerNode] = []
         self._unjoined: set[PeerNode] = set()  # peers not in the overlay (now)
+
+    def busy(self, pump: iosim.IOPump) -> None:
+        """
+        C{pump} has bytes or a close to deliver: at the next flush, or
+        L{latency} seconds from now.
+        """
+        if not self.latency:
+            self.active[pump] = None
+        elif pump not in self._in_flight:
+            self._in_flight.add(pump)
+            self.clock.callLater(self.latency, self._arrived, pump)
+
+    def _arrived(self, pump: iosim.IOPump) -> None:
+        self._in_flight.discard(pump)
+        self.active[pump] = None
+        self.flush()
 
     def free_port(self) -> int:
         self._port += 1
@@ -328,7 +347,7 @@ class SimNet:
                 self.parked[pump] = None
             elif self._finish_closed(pump):
                 continue
-            elif pump.pump():
+            elif pump.pump() and not self.latency:
                 self.active[pump] = None
         raise AssertionError("the network never went quiet")
 

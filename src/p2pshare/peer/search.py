@@ -119,7 +119,7 @@ class Coverage:
         if self.total is None:
             head = f"searched {_peers(self.answered)} (the network's size is not known now)"
         else:
-            head = f"searched {self.answered} of {_peers(self.total)}"
+            head = f"searched {self.answered:,} of {_peers(self.total)}"
         missing = max(0, (self.total or 0) - self.answered)
         if self.missed:
             who = ", ".join(
@@ -129,7 +129,7 @@ class Coverage:
             below = missing - len(self.missed)
             if below > 0:
                 them = "it" if len(self.missed) == 1 else "them"
-                who += f" (and the {_peers(below)} below {them})"
+                who += f" (and the {'peer' if below == 1 else _peers(below)} below {them})"
             return f"{head}; no answer from {who}"
         if missing or self.unnamed:
             n = max(missing, self.unnamed)
