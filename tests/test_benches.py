@@ -3,6 +3,7 @@ The benchmarks under bench/ run at a tiny size, so that none of them rots
 unnoticed (bench/churn.py crashed for weeks once the heartbeat became a
 TimerService): each ends with status 0 and prints its figures.  Their
 figures are not judged here; docs/performance.rst records full runs.
+bench/churn.py runs, judged, in tests/test_churn_search_sim.py.
 bench/transfer.py and bench/swarm.py start many processes even at a tiny
 size; the integration tests exercise the same paths.
 """
@@ -20,7 +21,6 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize("script, args, printed", [
-    ("churn.py", ["--peers", "20", "--minutes", "2"], "searches as p2p get runs them:"),
     ("search.py", ["--peers", "20", "--limits", "2", "3"], "searched 20 of 20 peers"),
     ("rescan.py", ["--files", "200"], "unchanged rescan"),
     ("join.py", ["--peers", "20", "--processes", "2"], "private network:"),

@@ -25,9 +25,9 @@ from twisted.web.server import Site
 
 from p2pshare import wire
 from p2pshare.peer import direct, files, swarm
+from p2pshare.peer.coverage import Coverage, Found
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import FilesResource, PiecesResource
-from p2pshare.peer.search import Coverage, Found
 from p2pshare.peer.share import ShareIndex
 from p2pshare.peer.transfer import Downloader, FetchError
 from p2pshare.pieces import MAX_SIZE, piece_count, piece_span, root_of

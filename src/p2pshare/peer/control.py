@@ -26,7 +26,7 @@ from p2pshare import wire
 from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, new_secret_text
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import private_write
-from p2pshare.peer.search import Found
+from p2pshare.peer.coverage import Found
 from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Message
 

@@ -27,8 +27,9 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
+from p2pshare.peer.coverage import Found
 from p2pshare.peer.interfaces import IFileHost
-from p2pshare.peer.search import DEFAULT_TIMEOUT, Found
+from p2pshare.peer.search import DEFAULT_TIMEOUT
 from p2pshare.peer.serving import MAX_UPLOADS, UploadRate, UploadSlots
 from p2pshare.peer.share import SharedFile, ShareIndex, by_content, is_pattern
 from p2pshare.peer.share import matches as name_matches
