@@ -91,13 +91,14 @@ def test_a_silent_branch_is_named_and_asked_again_until_the_timeout(tmp_path):
     net.freeze(_host_of(net, by_name[right]))
     result, ended = [], []
     started = net.clock.seconds()
-    d = origin.search.start("*.txt", 6.0, "dead").addCallback(result.append)
+    timeout = 3 * QUIET
+    d = origin.search.start("*.txt", timeout, "dead").addCallback(result.append)
     d.addCallback(lambda _: ended.append(net.clock.seconds()))
     net.idle(QUIET * 1.5)
     assert not result, "a silent branch ended the search before its time"
     assert origin.search.rounds >= 2, "what was missed is not asked again"
-    net.idle(6.0)
-    assert result and ended[0] - started <= 6.0
+    net.idle(timeout)
+    assert result and ended[0] - started <= timeout
     found = result[0]
     assert [m.name for m in found.matches] == ["left.txt"]
     assert not found.coverage.complete
@@ -118,11 +119,11 @@ def test_a_branch_that_answers_again_is_found_within_the_search(tmp_path):
     put(net, by_name[right], "right.txt", b"r")
     net.freeze(_host_of(net, by_name[right]))
     result = []
-    origin.search.start("*.txt", 10.0, "back").addCallback(result.append)
+    origin.search.start("*.txt", 3 * QUIET, "back").addCallback(result.append)
     net.idle(QUIET * 1.5)
     assert not result
     net.thaw(_host_of(net, by_name[right]))
-    net.idle(10.0)
+    net.idle(3 * QUIET)
     assert result
     assert [m.name for m in result[0].matches] == ["right.txt"]
     assert result[0].coverage.complete, result[0].coverage.sentence()

@@ -62,7 +62,7 @@ from p2pshare.wire import Match, Message
 
 DEFAULT_TIMEOUT = 10.0
 MAX_WAIT_MS = 60_000
-QUIET = 2.0  # seconds a branch may say nothing before it is given up as silent
+QUIET = 5.0  # seconds a branch may say nothing before it is given up as silent
 TICK = QUIET / 4  # how often a peer still waiting says WORKING, and checks its branches
 FIRST_PAUSE = 0.25  # seconds before a round that missed something runs again; doubles
 MAX_PAUSE = 2.0
