@@ -126,8 +126,11 @@ async def test_ten_thousand_registrants_from_a_hundred_addresses(reactor, net):
             source = f"127.0.1.{2 + i % ADDRESSES}"
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
             proto = await connectProtocol(endpoint, Registrant())
+            # beat=300: watched by a (long) heartbeat, not by the 30 s
+            # that an idle connection gets, so that a slow run on a busy
+            # machine does not lose its first registrants before the last.
             welcome = (await proto.ask(
-                f"P2P port={answers_at} host=127.0.0.1 max=2 check={NONCE}"
+                f"P2P port={answers_at} host=127.0.0.1 max=2 beat=300 check={NONCE}"
             )).split()
             assert welcome[0] == b"WELCOME", welcome
             name = welcome[1].decode()

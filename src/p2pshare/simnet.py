@@ -198,9 +198,10 @@ class SimNet:
             self.clock.callLater(self.latency, self._arrived, pump)
 
     def _arrived(self, pump: iosim.IOPump) -> None:
+        # Delivered by the next flush (L{idle} flushes after every call):
+        # flushing here would nest, since a pump advances the clock too.
         self._in_flight.discard(pump)
         self.active[pump] = None
-        self.flush()
 
     def free_port(self) -> int:
         self._port += 1
