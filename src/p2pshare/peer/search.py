@@ -76,6 +76,7 @@ FLOOD_LIMIT = 200  # searches refused on one link before it is cut
 MAX_RESULTS = 10_000  # matches one search keeps; more are dropped
 SEEN_FOR = 600.0  # how long a search id is remembered
 
+
 @dataclass
 class Search:
     """
@@ -207,7 +208,7 @@ class SearchEngine:
             self._handle(search_id, 0, min(wait_ms, MAX_WAIT_MS), pattern, None, done, exact, upto)
             search = await done
             for branch, sent in search.branches.items():
-                for m in sent:
+                for m in sent[: MAX_RESULTS - len(found)]:  # every round's together, bounded too
                     found.setdefault(_key(m), m)
                     came.setdefault(_key(m), branch)
             coverage = Coverage(
