@@ -1,7 +1,8 @@
 """
 The p2p command's contract, as a user meets it: exit status 0, 1 or 2
-(130 for Ctrl-C), errors in one sentence on stderr, never a traceback,
-whatever the arguments, also when the reader of its output goes away.
+(3 when nothing was found among the peers that answered, 130 for Ctrl-C),
+errors in one sentence on stderr, never a traceback, whatever the
+arguments, also when the reader of its output goes away.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def fake_peer(replies):
                         break
                     request += chunk
                 for verb, args, body in replies(wire.decode(request.rstrip(b"\n"))):
-                    text = json.dumps(body, separators=(",", ":")) if verb != "ERROR" else body
+                    raw = verb in ("ERROR", "NOTE")
+                    text = body if raw else json.dumps(body, separators=(",", ":"))
                     conn.sendall(wire.encode(wire.message(verb, *args, text=text)))
 
     def stop():
@@ -244,5 +246,66 @@ def test_names_from_the_network_are_printed_escaped_never_raw(tmp_path):
         out = run("get", "other.txt")
         assert out.returncode == 1
         assert out.stderr == f"p2p get: the peer says: every holder of {EVIL_SHOWN} failed\n"
+    finally:
+        close()
+
+
+COVERED = "searched 4 of 6 peers; no answer from s4 (and the peer below it)"
+
+
+def part_of_the_network_is_silent(msg):
+    match = {"name": "a.txt", "size": 4, "sha256": SHA, "holder": "s2", "host": "127.0.0.1",
+             "port": 5002, "hops": 1, "root": "", "have": None}
+    coverage = {"answered": 4, "total": 6, "complete": False, "unnamed": 0, "text": COVERED,
+                "missed": [{"name": "s4", "reason": "silent"}]}
+    if msg.verb == "FIND":
+        found = [match] if "a" in msg.args[0] else []
+        return [*(("ITEM", ["matches"], m) for m in found),
+                ("OK", [], {"count": len(found), "coverage": coverage, "matches": []})]
+    if msg.verb == "LS":
+        return [("ERROR", ["incomplete"], f"s9 was not found among the peers that answered "
+                                          f"(or shares nothing); {COVERED}")]
+    return [
+        ("NOTE", [], f"b.txt: not found among the peers that answered ({COVERED}); "
+                     "waiting up to 20 s for the network to repair"),
+        ("ERROR", ["incomplete"], f"b.txt was not found among the peers that answered; {COVERED}"),
+    ]
+
+
+def test_what_a_search_missed_is_said_and_nothing_found_there_exits_3(tmp_path):
+    """
+    Found among the peers that answered: exit 0, and one line on stderr
+    saying who did not.  Nothing found while some did not answer: exit 3,
+    never the definitive "not found" (exit 1); p2p ls and p2p get the same,
+    get saying first what it waits for.
+    """
+    peer, close = fake_peer(part_of_the_network_is_silent)
+    try:
+        def run(*argv):
+            out = p2p([*argv, "--peer", peer], tmp_path)
+            assert "Traceback" not in out.stderr
+            return out
+
+        out = run("search", "a")
+        assert (out.returncode, out.stdout) == (0, f"a.txt\t4\t{SHA[:12]}\t1\ts2\n")
+        assert out.stderr == COVERED + "\n"
+        out = run("search", "zzz")
+        assert (out.returncode, out.stdout, out.stderr) == (
+            3, "not found among the peers that answered\n", COVERED + "\n"
+        )
+        out = run("search", "zzz", "--json")
+        assert out.returncode == 3 and out.stderr == COVERED + "\n"
+        out = run("ls", "s9")
+        assert (out.returncode, out.stderr) == (3, (
+            "p2p ls: the peer says: s9 was not found among the peers that answered "
+            f"(or shares nothing); {COVERED}\n"
+        ))
+        out = run("get", "b.txt")
+        assert out.returncode == 3
+        assert out.stderr.splitlines() == [
+            f"b.txt: not found among the peers that answered ({COVERED}); "
+            "waiting up to 20 s for the network to repair",
+            f"p2p get: the peer says: b.txt was not found among the peers that answered; {COVERED}",
+        ]
     finally:
         close()

@@ -277,3 +277,53 @@ def test_many_searches_at_once_from_every_peer(tmp_path):
             assert [m.holder for m in found] == [holders[i % 5].peer_name]
     for p in net.peers:
         assert set(p.search.handled.values()) == {1}
+
+
+def behind_a_hung_peer(tmp_path):
+    """
+    Ten peers; the root's right neighbour hangs, and the peer below it
+    holds C{below.txt}.
+    """
+    net = network(tmp_path, 10, 2)
+    origin = net.peers[0]
+    right = list(origin.neighbours)[1]
+    by_name = {p.peer_name: p for p in net.peers}
+    below = next(n for n in by_name[right].neighbours if n != origin.peer_name)
+    put(net, by_name[below], "below.txt", b"b")
+    net.freeze(_host_of(net, by_name[right]))
+    return net, origin, right, below
+
+
+def test_ls_of_a_hung_peer_says_it_did_not_answer(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    from p2pshare import wire
+    from p2pshare.peer.transfer import FetchError
+
+    net, origin, right, _ = behind_a_hung_peer(tmp_path)
+    listed = []
+    Deferred.fromCoroutine(origin.files.listing(right, 1.5 * QUIET)).addErrback(listed.append)
+    net.idle(1.5 * QUIET)
+    assert listed and listed[0].check(FetchError)
+    assert listed[0].value.code == wire.E_INCOMPLETE  # not "shares nothing, or is not there"
+    assert f"no answer from {right}" in listed[0].value.text
+
+
+def test_get_of_a_file_behind_a_hung_peer_waits_for_the_repair(tmp_path):
+    """
+    p2p get of a file held below a hung peer says what it waits for, and
+    finds the file once the tree is repaired around the hung peer (three
+    heartbeats).
+    """
+    from twisted.internet.defer import Deferred
+
+    net, origin, right, below = behind_a_hung_peer(tmp_path)
+    notes, holders = [], []
+    d = Deferred.fromCoroutine(origin.files._holders("below.txt", 1.5 * QUIET, notes.append))
+    d.addBoth(holders.append)
+    net.idle(1.5 * QUIET)
+    assert not holders, "it gave up before the repair"
+    assert len(notes) == 1 and f"no answer from {right}" in notes[0]
+    assert "waiting up to 20 s for the network to repair" in notes[0]
+    net.idle(origin.files.repair_time)
+    assert [m.holder for m in holders[0]] == [below]

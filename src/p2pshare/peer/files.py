@@ -244,8 +244,6 @@ class PeerFiles(MultiService):
             files = self.share.files.values() if self.share is not None else []
             return [{"name": f.name, "size": f.size, "sha256": f.sha256}
                     for f in sorted(files, key=lambda f: f.name)]
-        if self.downloader is None:
-            raise FetchError(wire.E_FAILED, "this peer does not fetch from others")
         searched = await self._find(
             "*", timeout, False, lambda found: any(m.holder == holder for m in found)
         )
@@ -259,6 +257,8 @@ class PeerFiles(MultiService):
             raise FetchError(
                 wire.E_NOT_FOUND, f"{holder} shares nothing, or is not in the network"
             )
+        if self.downloader is None:
+            raise FetchError(wire.E_FAILED, "this peer does not fetch from others")
         return await self.downloader.listing(found[0])
 
     async def _others(self, name: str, timeout: float) -> list[Match]:
