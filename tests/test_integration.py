@@ -222,9 +222,10 @@ async def test_p2p_topo_and_status(net, tmp_path):
     # the root's child): the status says what topo.txt says.
     linked = {e.name: e.neighbours for e in parse_topo(expected)}[root]
     n = len(linked)
-    assert lines[3] == f"neighbours ({n} of at most 2):"
-    assert sorted(line.split()[0] for line in lines[4:4 + n]) == sorted(linked)
-    assert lines[4 + n:] == ["shared files (0):"]
+    assert lines[3] == "network: 3 peers"  # as the metadata server says it
+    assert lines[4] == f"neighbours ({n} of at most 2):"
+    assert sorted(line.split()[0] for line in lines[5:5 + n]) == sorted(linked)
+    assert lines[5 + n:] == ["shared files (0):"]
     # The default --peer is ./p2ppeer-data/control.sock.
     (tmp_path / "here").mkdir()
     out = await in_thread(p2p, "status", cwd=tmp_path / "here")

@@ -104,6 +104,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"name: {_shown(status['name'])}",
         f"address: {_shown(status['host'])}:{status['port']}",
         f"state: {role}",
+        "network: " + (
+            f"{status['network_peers']:,} peers" if status.get("network_peers") is not None
+            else "size not known now (the metadata server did not say)"
+        ),
         f"neighbours ({len(neighbours)} of at most {status['max_neighbours']}):",
     ]
     lines += [

@@ -93,9 +93,14 @@ class ControlProtocol(LineChannel):
         self.send("OK", text=_json({**summary, **{name: [] for name in lists}}))
 
     def msg_STATUS(self, msg: Message) -> None:
-        status = self.node.status()
-        lists: dict[str, Any] = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
-        self.reply(status, **lists)
+        def answer(_: object) -> None:
+            status = self.node.status()
+            lists: dict[str, Any] = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
+            self.reply(status, **lists)
+
+        # The network's size as the metadata server says it now (the last
+        # it said, when it is away): a moment's wait at most.
+        self.node.network_size().addCallback(answer).addErrback(self._failed)
 
     def msg_STOP(self, msg: Message) -> None:
         self.send("OK", text=_json({"name": self.node.peer_name}))
