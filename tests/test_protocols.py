@@ -832,3 +832,57 @@ def test_a_rejoining_subtree_is_placed_outside_itself(meta):
     assert new.say(b"PLACE\r\n") == b"REFER s1 10.0.0.1 6001\r\n"  # not into s3's subtree
     reply = conns["s3"].say(b"PLACE rejoin=1\r\n")
     assert reply.split()[:2] in ([b"REFER", b"s1"], [b"REFER", b"s5"]), reply
+
+
+def test_requests_piled_up_behind_a_slow_dial_back_close_the_connection(meta, monkeypatch):
+    """
+    A peer waits for each answer before its next request; one that piles
+    up requests behind a PLACE still waiting for its dial-back (SIZE is
+    the cheapest) is closed, not held in memory without bound.
+    """
+    from twisted.internet.defer import Deferred
+
+    from p2pshare.meta.server import MAX_QUEUED
+
+    c = Conn(MetaFactory(meta), host="127.0.0.7")
+    c.say(b"P2P port=6001\r\n")
+    monkeypatch.setattr(meta, "when_checked", lambda name: Deferred())  # a dial-back that hangs
+    assert c.say(b"PLACE\r\n" + b"SIZE\r\n" * (MAX_QUEUED - 2)) == b""
+    assert not c.transport.disconnecting
+    out = c.say(b"SIZE\r\n" * 5)
+    assert out.startswith(b"ERROR cooling-off ") and c.transport.disconnecting
+
+
+def test_the_size_of_the_network_counts_every_registered_peer(meta):
+    a = Conn(MetaFactory(meta), host="127.0.0.7")
+    a.say(b"P2P port=6001\r\n")
+    assert a.say(b"SIZE\r\n") == b"NETWORK 1 1\r\n"
+    b = Conn(MetaFactory(meta), host="127.0.0.8")
+    b.say(b"P2P port=6002\r\n")  # registered, not placed: still part of the network
+    assert a.say(b"SIZE\r\n") == b"NETWORK 2 2\r\n"
+    assert b.say(b"BYE\r\n") == b"OK bye\r\n"
+    assert a.say(b"SIZE\r\n") == b"NETWORK 1 2\r\n"  # numbers are never given again
+    assert Conn(MetaFactory(meta)).say(b"SIZE\r\n").startswith(b"ERROR bad-flag ")
+
+
+def test_a_hop_count_at_the_limit_is_clamped_not_a_crash():
+    from p2pshare.peer.search import MAX_HOPS
+
+    forwarded = forwarded_search(b"SEARCH deep 999999999 1000 x.txt\r\n")
+    assert (forwarded.verb, forwarded.args[1]) == ("SEARCH", str(MAX_HOPS + 1))
+
+
+def test_a_handler_that_fails_answers_error_and_the_link_goes_on(monkeypatch, no_unhandled_failures):
+    node, link = linked_peer()
+
+    def broken(proto, msg):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(node.search, "received", broken)
+    out = link.say(b"SEARCH x 1 1000 x.txt\r\n")
+    assert out == b"ERROR failed SEARCH could not be handled here\r\n"
+    assert not link.transport.disconnecting
+    assert link.say(b"PING\r\n") == b"PONG\r\n"
+    # The bug is logged, with its traceback, for whoever fixes it.
+    assert [e["log_failure"].value.args for e in no_unhandled_failures] == [("a bug of ours",)]
+    no_unhandled_failures.clear()

@@ -327,3 +327,64 @@ def test_get_of_a_file_behind_a_hung_peer_waits_for_the_repair(tmp_path):
     assert "waiting up to 20 s for the network to repair" in notes[0]
     net.idle(origin.files.repair_time)
     assert [m.holder for m in holders[0]] == [below]
+
+
+def test_a_member_that_overstates_its_subtree_cannot_make_a_search_definitive(tmp_path):
+    net = network(tmp_path, 10, 2)
+    origin = net.peers[0]
+    liar = net.peers[0].neighbours[list(origin.neighbours)[0]].name
+    by_name = {p.peer_name: p for p in net.peers}
+    honest_finish = by_name[liar].search._finish
+
+    def overstating(search):
+        search.answered += 1000  # "my subtree is huge, and all of it answered"
+        honest_finish(search)
+
+    by_name[liar].search._finish = overstating
+    result = []
+    origin.search.start("nobody-has-this", 3.0).addCallback(result.append)
+    net.idle(3.0)
+    coverage = result[0].coverage
+    assert result[0].matches == [] and not coverage.complete
+    assert coverage.sentence().startswith("searched 1,010 of 10 peers: more than the metadata")
+
+
+def test_get_waits_for_a_repair_only_when_something_is_known_to_be_missing():
+    """
+    With the network's size unknown (the metadata server never said) and
+    nobody named as silent, there is no repair to wait for: p2p get says
+    what it covered at once, and promises no wait.  With one named, it
+    waits, saying so, in spells that each end in a line.
+    """
+    from twisted.internet.defer import Deferred, maybeDeferred, succeed
+    from twisted.internet.task import Clock
+
+    from p2pshare import wire
+    from p2pshare.peer.coverage import Coverage, Found
+    from p2pshare.peer.files import NOTE_EVERY, PeerFiles
+    from p2pshare.peer.transfer import FetchError
+
+    def files(coverage, clock):
+        def find(pattern, timeout, exact, enough):
+            asked.append(timeout)
+            return succeed(Found([], coverage))
+
+        asked: list[float] = []
+        return PeerFiles(clock=clock, run_blocking=maybeDeferred, find=find, me=lambda: "s1",
+                         on_files_changed=lambda: None, repair_time=70.0), asked
+
+    clock = Clock()
+    peer, asked = files(Coverage(3, None), clock)
+    notes, failed = [], []
+    Deferred.fromCoroutine(peer._holders("x.txt", 10.0, notes.append)).addErrback(failed.append)
+    assert failed[0].check(FetchError) and failed[0].value.code == wire.E_INCOMPLETE
+    assert "the network's size is not known now" in failed[0].value.text
+    assert (notes, asked) == ([], [10.0])
+
+    peer, asked = files(Coverage(3, 5, (("s4", "silent"),)), clock)
+    notes, failed = [], []
+    Deferred.fromCoroutine(peer._holders("x.txt", 10.0, notes.append)).addErrback(failed.append)
+    assert failed[0].value.code == wire.E_INCOMPLETE
+    assert asked == [10.0, NOTE_EVERY, NOTE_EVERY, 70.0 - 2 * NOTE_EVERY]
+    assert len(notes) == 3 and "waiting up to 70 s" in notes[0]
+    assert all("still waiting for the network to repair" in n for n in notes[1:])

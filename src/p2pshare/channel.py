@@ -431,7 +431,16 @@ class LineChannel(LineReceiver, TimeoutMixin):
         if handler is None:
             self.sendError(wire.E_UNEXPECTED, f"{msg.verb} is not expected here")
             return
-        handler(msg)
+        try:
+            handler(msg)
+        except WireError as e:
+            self.badLine(e)  # well-formed, but a field cannot be used (a name that is not UTF-8)
+        except Exception:
+            # A fault of ours: this line gets an ERROR, and the connection,
+            # and everybody else's, goes on.
+            self.log.failure("handling {verb} from {peer} failed", verb=msg.verb,
+                             peer=self._peerText())
+            self.sendError(wire.E_FAILED, f"{msg.verb} could not be handled here")
 
     def msg_PING(self, msg: Message) -> None:
         self.send("PONG")  # every role answers a liveness probe

@@ -41,6 +41,7 @@ MAX_PEERS = 10_000  # registered peers at once (--max-peers)
 MAX_PER_ADDRESS = 1_000  # of them from one source address (--max-per-address)
 OBSERVER_RESERVE = 64  # connections beyond those, for p2p topo and the operator
 GOAL_TIMEOUT = 30.0  # seconds a newcomer referred to a peer has to arrive there
+MAX_QUEUED = 32  # requests one connection may have waiting for their answers
 
 
 class MetaServer(MultiService):
@@ -898,14 +899,27 @@ class MetaProtocol(LineChannel):
     # dial-back: its client matches replies to requests by order.  Made on
     # first use: a registered peer's connection stays small.
     _turn: Deferred[None] | None = None
+    _queued = 0  # requests waiting for their turn
 
     def _in_turn(self, answer: Callable[[], Deferred[None] | None]) -> None:
         """
         Answer once every earlier request of this connection is answered.
+        A peer waits for each answer before its next request (a few at
+        once at most): one that piles them up behind a slow dial-back is
+        closed, rather than held in memory without bound.
         """
+        if self._queued >= MAX_QUEUED:
+            self.misbehaved(f"{self._queued} requests waiting for their answers")
+            return
         if self._turn is None:
             self._turn = succeed(None)
-        self._turn.addCallback(lambda _: answer())
+        self._queued += 1
+
+        def answered(_: object) -> Deferred[None] | None:
+            self._queued -= 1
+            return answer()
+
+        self._turn.addCallback(answered)
         self._turn.addErrback(lambda f: self.log.failure("answering a request failed", f))
 
     def _place(self, name: str, msg: Message) -> None:

@@ -40,10 +40,22 @@ class Coverage:
     def complete(self) -> bool:
         """
         Every peer answered: nothing found is a definitive "not found".
+        More answers than the network has peers is not that: a member
+        misstated its subtree, or a peer lost its registration.
         """
         return (
             not self.missed and not self.unnamed
-            and self.total is not None and self.answered >= self.total
+            and self.total is not None and self.answered == self.total
+        )
+
+    @property
+    def missing(self) -> bool:
+        """
+        Is part of the network known not to have answered (so that asking
+        again, or waiting for a repair, may help)?
+        """
+        return bool(self.missed or self.unnamed) or (
+            self.total is not None and self.answered != self.total
         )
 
     def sentence(self) -> str:
@@ -66,6 +78,9 @@ class Coverage:
                 them = "it" if len(self.missed) == 1 else "them"
                 who += f" (and the {'peer' if below == 1 else _peers(below)} below {them})"
             return f"{head}; no answer from {who}"
+        if self.total is not None and self.answered > self.total:
+            return (f"{head}: more than the metadata server knows of (a peer misstated its "
+                    "part, or lost its registration), so not taken as every peer")
         if missing or self.unnamed:
             n = max(missing, self.unnamed)
             verb = "is" if n == 1 else "are"

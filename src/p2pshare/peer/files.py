@@ -11,6 +11,7 @@ files changes.  It is also what the HTTP side serves from (L{IFileHost}).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from p2pshare.peer.transfer import (
 from p2pshare.wire import Match
 
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
+NOTE_EVERY = 30.0  # seconds between lines while a download waits for a repair
 SCAN_SHARE = 20  # periodic scans of the share take at most 1/20 of the time
 RunBlocking = Callable[..., Deferred[Any]]
 # pattern, timeout, exact, enough: a search (SearchEngine.start)
@@ -280,17 +282,27 @@ class PeerFiles(MultiService):
             return [m for m in found if m.holder != me and only in (None, m.holder)]
 
         searched = await self._find(name, timeout, True, lambda found: bool(others(found)))
-        if not others(searched.matches) and not searched.coverage.complete:
+        if not others(searched.matches) and searched.coverage.missing:
             self.log.info("{name}: not found yet; {covered}; waiting up to {wait:.0f} s for "
                           "the network to repair", name=name,
                           covered=searched.coverage.sentence(), wait=self.repair_time)
-            if note is not None:
-                note(f"{name}: not found among the peers that answered "
-                     f"({searched.coverage.sentence()}); waiting up to "
-                     f"{self.repair_time:.0f} s for the network to repair")
-            searched = await self._find(
-                name, self.repair_time, True, lambda found: bool(others(found))
-            )
+            say = note or (lambda text: None)
+            say(f"{name}: not found among the peers that answered "
+                f"({searched.coverage.sentence()}); waiting up to "
+                f"{self.repair_time:.0f} s for the network to repair")
+            # In spells of at most NOTE_EVERY, each but the last ending in
+            # a line, so that whoever waits (p2p get) hears that it goes on.
+            spells = math.ceil(self.repair_time / NOTE_EVERY)
+            for spell in range(spells):
+                length = min(NOTE_EVERY, self.repair_time - spell * NOTE_EVERY)
+                searched = await self._find(
+                    name, length, True, lambda found: bool(others(found))
+                )
+                if others(searched.matches) or not searched.coverage.missing:
+                    break
+                if spell < spells - 1:
+                    say(f"{name}: still waiting for the network to repair "
+                        f"({searched.coverage.sentence()})")
         matches = others(searched.matches)
         if matches:
             return matches

@@ -480,6 +480,7 @@ class PeerNode(MultiService):
             self._report()
         self.membership.fire("welcomed")
         self._find_place()
+        self.network_size()  # known from the start, should the server go away
 
     def _find_place(self) -> None:
         """

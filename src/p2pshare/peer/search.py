@@ -66,6 +66,7 @@ QUIET = 5.0  # seconds a branch may say nothing before it is given up as silent
 TICK = QUIET / 4  # how often a peer still waiting says WORKING, and checks its branches
 FIRST_PAUSE = 0.25  # seconds before a round that missed something runs again; doubles
 MAX_PAUSE = 2.0
+MAX_RETRY_MS = 2_000  # a refusal's "again after" is taken as at most this
 SEARCH_RATE = 20.0  # searches a neighbour may start per second, sustained
 SEARCH_BURST = 100.0
 # Searches a neighbour passes on from further away: its whole subtree's,
@@ -75,6 +76,7 @@ FORWARD_BURST = 10 * SEARCH_BURST
 FLOOD_LIMIT = 200  # searches refused on one link before it is cut
 MAX_RESULTS = 10_000  # matches one search keeps; more are dropped
 SEEN_FOR = 600.0  # how long a search id is remembered
+MAX_HOPS = 1_000_000  # a hop count said is taken as at most this (trees are smaller)
 
 
 @dataclass
@@ -141,6 +143,19 @@ def fair_share(lists: list[list[Match]], room: int) -> list[Match]:
         kept.extend(items[:share])
         room -= min(share, len(items))
     return kept
+
+
+def _better(new: Coverage, best: Coverage) -> bool:
+    """
+    Does C{new} say more of the network than C{best}?  A complete round is
+    best; a count above the network's size is the least believable.
+    """
+    if new.complete or best.complete:
+        return new.complete and not best.complete
+    over = lambda c: c.total is not None and c.answered > c.total  # noqa: E731
+    if over(new) or over(best):
+        return over(best) and not over(new)
+    return new.answered > best.answered
 
 
 def _key(m: Match) -> tuple[object, ...]:
@@ -214,13 +229,10 @@ class SearchEngine:
             coverage = Coverage(
                 search.answered, total, tuple(search.missed.items()), search.unnamed
             )
-            if best is None or coverage.complete or coverage.answered > best.answered:
+            if best is None or _better(coverage, best):
                 best = coverage
             matches = list(found.values())
-            missing = coverage.missed or coverage.unnamed or (
-                total is not None and coverage.answered < total
-            )
-            if not missing or self._stopped or (enough is not None and enough(matches)):
+            if not coverage.missing or self._stopped or (enough is not None and enough(matches)):
                 break
             left = end - clock.seconds()
             pause = max(pause, search.retry_ms / 1000)
@@ -260,8 +272,9 @@ class SearchEngine:
             proto.send("RESULTS", search_id, peers=0)
             return
         # A search comes at least one hop: a neighbour's own arrives with 1,
-        # so a claim of 0 cannot pass its own searches off as another's...
-        distance = max(int(hops), 1)
+        # so a claim of 0 cannot pass its own searches off as another's; and
+        # no more than MAX_HOPS, so that counting on never overflows a field.
+        distance = min(max(int(hops), 1), MAX_HOPS)
         own = distance <= 1
         bucket = proto.search_allowance if own else proto.forward_allowance
         now = self.node.clock.seconds()
@@ -343,7 +356,7 @@ class SearchEngine:
         if "refused" in opts:
             del search.waiting[proto.link]
             search.miss(proto.link, "refused")
-            search.retry_ms = max(search.retry_ms, int(opts["refused"]))
+            search.retry_ms = max(search.retry_ms, min(int(opts["refused"]), MAX_RETRY_MS))
             self._maybe_finish(search)
             return
         sent = search.branches.setdefault(proto.link, [])
@@ -358,7 +371,7 @@ class SearchEngine:
             name, _, why = item.partition(":")
             search.miss(name, why)
         search.unnamed += int(opts.get("unnamed", "0"))
-        search.retry_ms = max(search.retry_ms, int(opts.get("retry", "0")))
+        search.retry_ms = max(search.retry_ms, min(int(opts.get("retry", "0")), MAX_RETRY_MS))
         self._maybe_finish(search)
 
     def working(self, proto: ILink, msg: Message) -> None:
