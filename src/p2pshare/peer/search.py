@@ -39,7 +39,8 @@ others; and the starter keeps only the matches whose holder the metadata
 server knows as a live peer at that address (L{ISearchHost.vouch}), logging
 once which branch sent the others.  A member can misstate its own
 subtree's count as it can hide its subtree's matches; it cannot make a
-silent neighbour elsewhere look answered.
+silent neighbour elsewhere look answered (its parent names it), and a
+count above the network's size is never taken as complete.
 """
 
 from __future__ import annotations
