@@ -91,8 +91,13 @@ class SortedClock(Clock):
 
     The calls are ordered by C{time}; a call pushed later (C{reset} or
     C{delay} to a later time only records C{delayed_time}, as in the real
-    reactor) is put in its true place when it reaches the head.
+    reactor) is put in its true place when it reaches the head.  A call
+    cancelled stays where it is until it reaches the head, or until the
+    cancelled are half the list (removing each at once cost a scan of the
+    list: a search of 10,000 peers cancels 20,000 timers).
     """
+
+    _dead = 0  # cancelled calls still in the list
 
     def callLater(  # type: ignore[override]
         self, delay: float, callable: Callable[..., Any], *args: object, **kw: object
@@ -105,20 +110,42 @@ class SortedClock(Clock):
         return call
 
     def _cancelled(self, call: DelayedCall) -> None:
-        self.calls.remove(call)
+        self._dead += 1  # (it says it is cancelled once this returns)
+        if self._dead > 64 and 2 * self._dead > len(self.calls):
+            self._compact(call)
+
+    def _compact(self, going: DelayedCall | None = None) -> None:
+        self.calls = [c for c in self.calls if not c.cancelled and c is not going]
+        self._dead = 0
 
     def _moved(self, call: DelayedCall) -> None:
         self.calls.remove(call)
         insort(self.calls, call, key=_time)
 
     def _head(self) -> None:
-        while self.calls and self.calls[0].delayed_time:
-            call = self.calls.pop(0)
-            call.activate_delay()
-            insort(self.calls, call, key=_time)
+        while self.calls:
+            first = self.calls[0]
+            if first.cancelled:
+                self.calls.pop(0)
+                self._dead -= 1
+            elif first.delayed_time:
+                self.calls.pop(0)
+                first.activate_delay()
+                insort(self.calls, first, key=_time)
+            else:
+                return
+
+    def next_call(self) -> DelayedCall | None:
+        """
+        The call due first, if any (what L{SimNet.idle} reads).
+        """
+        self._head()
+        return self.calls[0] if self.calls else None
 
     def getDelayedCalls(self) -> list[DelayedCall]:  # type: ignore[override]
-        self._head()  # the first is the next due (what SimNet.idle reads)
+        if self._dead:
+            self._compact()
+        self._head()
         return self.calls
 
     def advance(self, amount: float) -> None:
@@ -380,11 +407,11 @@ class SimNet:
         end = self.clock.seconds() + seconds
         while True:
             self.flush()
-            calls = self.clock.getDelayedCalls()
-            if not calls:
+            first = self.clock.next_call()
+            if first is None:
                 self.clock.advance(end - self.clock.seconds())
                 return
-            at = calls[0].getTime()  # a Clock keeps its calls in time order
+            at = first.getTime()
             if at > end:
                 self.clock.advance(end - self.clock.seconds())
                 return
