@@ -22,6 +22,18 @@ def put(net, peer, name, data: bytes):
     net.flush()
 
 
+def two_branches(tmp_path, n):
+    """
+    A network of C{n} peers searched from its root, whose two neighbours
+    head two branches: the network, the root, the two names, and the
+    peers by name.
+    """
+    net = network(tmp_path, n, 2)
+    origin = net.peers[0]
+    left, right = list(origin.neighbours)
+    return net, origin, left, right, {p.peer_name: p for p in net.peers}
+
+
 def run_search(net, origin, pattern, search_id, timeout=10.0):
     before = sum(sum(p.messages[v] for v in ("SEARCH", "RESULTS")) for p in net.peers)
     result = []
@@ -80,10 +92,7 @@ def test_results_that_do_not_fit_one_line_cost_one_message_per_extra_line(tmp_pa
 
 
 def test_a_silent_branch_is_named_and_asked_again_until_the_timeout(tmp_path):
-    net = network(tmp_path, 20, 2)
-    origin = net.peers[0]  # the root: two branches
-    left, right = list(origin.neighbours)
-    by_name = {p.peer_name: p for p in net.peers}
+    net, origin, left, right, by_name = two_branches(tmp_path, 20)
     put(net, by_name[left], "left.txt", b"l")
     put(net, by_name[right], "right.txt", b"r")
     below_right = _subtree(net, right, origin.peer_name)
@@ -112,10 +121,7 @@ def test_a_silent_branch_is_named_and_asked_again_until_the_timeout(tmp_path):
 
 
 def test_a_branch_that_answers_again_is_found_within_the_search(tmp_path):
-    net = network(tmp_path, 20, 2)
-    origin = net.peers[0]
-    left, right = list(origin.neighbours)
-    by_name = {p.peer_name: p for p in net.peers}
+    net, origin, left, right, by_name = two_branches(tmp_path, 20)
     put(net, by_name[right], "right.txt", b"r")
     net.freeze(_host_of(net, by_name[right]))
     result = []
@@ -130,10 +136,7 @@ def test_a_branch_that_answers_again_is_found_within_the_search(tmp_path):
 
 
 def test_a_dropped_branch_is_named_at_once_and_found_once_repaired(tmp_path):
-    net = network(tmp_path, 10, 2)
-    origin = net.peers[0]
-    left, right = list(origin.neighbours)
-    by_name = {p.peer_name: p for p in net.peers}
+    net, origin, left, right, by_name = two_branches(tmp_path, 10)
     put(net, by_name[left], "left.txt", b"l")
     put(net, by_name[right], "right.txt", b"r")
     result = []
@@ -151,10 +154,7 @@ def test_a_dropped_branch_is_named_at_once_and_found_once_repaired(tmp_path):
 
 
 def test_a_dropped_branch_that_never_comes_back_is_named_as_lost(tmp_path):
-    net = network(tmp_path, 10, 2)
-    origin = net.peers[0]
-    left, right = list(origin.neighbours)
-    by_name = {p.peer_name: p for p in net.peers}
+    net, origin, left, right, by_name = two_branches(tmp_path, 10)
     put(net, by_name[left], "left.txt", b"l")
     result = []
     origin.search.start("*.txt", 3.0, "lost").addCallback(result.append)
@@ -284,10 +284,7 @@ def behind_a_hung_peer(tmp_path):
     Ten peers; the root's right neighbour hangs, and the peer below it
     holds C{below.txt}.
     """
-    net = network(tmp_path, 10, 2)
-    origin = net.peers[0]
-    right = list(origin.neighbours)[1]
-    by_name = {p.peer_name: p for p in net.peers}
+    net, origin, _, right, by_name = two_branches(tmp_path, 10)
     below = next(n for n in by_name[right].neighbours if n != origin.peer_name)
     put(net, by_name[below], "below.txt", b"b")
     net.freeze(_host_of(net, by_name[right]))
@@ -330,10 +327,7 @@ def test_get_of_a_file_behind_a_hung_peer_waits_for_the_repair(tmp_path):
 
 
 def test_a_member_that_overstates_its_subtree_cannot_make_a_search_definitive(tmp_path):
-    net = network(tmp_path, 10, 2)
-    origin = net.peers[0]
-    liar = net.peers[0].neighbours[list(origin.neighbours)[0]].name
-    by_name = {p.peer_name: p for p in net.peers}
+    net, origin, liar, _, by_name = two_branches(tmp_path, 10)
     honest_finish = by_name[liar].search._finish
 
     def overstating(search):

@@ -281,7 +281,10 @@ class PeerFiles(MultiService):
         def others(found: list[Match]) -> list[Match]:
             return [m for m in found if m.holder != me and only in (None, m.holder)]
 
-        searched = await self._find(name, timeout, True, lambda found: bool(others(found)))
+        def enough(found: list[Match]) -> bool:
+            return bool(others(found))
+
+        searched = await self._find(name, timeout, True, enough)
         if not others(searched.matches) and searched.coverage.missing:
             self.log.info("{name}: not found yet; {covered}; waiting up to {wait:.0f} s for "
                           "the network to repair", name=name,
@@ -295,9 +298,7 @@ class PeerFiles(MultiService):
             spells = math.ceil(self.repair_time / NOTE_EVERY)
             for spell in range(spells):
                 length = min(NOTE_EVERY, self.repair_time - spell * NOTE_EVERY)
-                searched = await self._find(
-                    name, length, True, lambda found: bool(others(found))
-                )
+                searched = await self._find(name, length, True, enough)
                 if others(searched.matches) or not searched.coverage.missing:
                     break
                 if spell < spells - 1:

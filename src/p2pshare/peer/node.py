@@ -256,7 +256,7 @@ class PeerNode(MultiService):
         self.ticket: Ticket | None = None
         self.tickets: TicketChecker | None = None
         self._check_nonce: str | None = None
-        self._told_unvouched = OncePerMinute()
+        self._told_away = OncePerMinute()  # what was said of the metadata server being away
         # What the metadata server last said of the network's size (peers,
         # latest registration number), and our own registration's number.
         self.network: tuple[int | None, int | None] = (None, None)
@@ -743,7 +743,7 @@ class PeerNode(MultiService):
                 if reply.verb == "NETWORK":
                     self.network = (int(reply.args[0]), int(reply.args[1]))
             except Exception as e:
-                if self._told_unvouched.due("size", self.clock.seconds()):
+                if self._told_away.due("size", self.clock.seconds()):
                     self.log.info("the network's size is not known now: {why}", why=_why_not(e))
         return self.network
 
@@ -786,7 +786,7 @@ class PeerNode(MultiService):
         except Exception as e:
             # It is away, or too slow: searching goes on without it, and
             # each download tries a bounded number of addresses.
-            if self._told_unvouched.due("meta", self.clock.seconds()):
+            if self._told_away.due("meta", self.clock.seconds()):
                 self.log.info("search results are not checked for now: {why}", why=_why_not(e))
             return matches
         return [
