@@ -82,7 +82,7 @@ async def watch(reactor, report: Path, workdir: Path) -> None:
         data = os.urandom(1000 * 1000)
         sha = hashlib.sha256(data).hexdigest()
         atomic_write(net.root / holder / "shared" / "f.bin", data)
-        await net.peers[holder].wait_for(f"sharing f.bin ({len(data)} bytes, sha256 {sha})", 60)
+        await net.peers[holder].wait_for(f"sha256 {sha})", 60)
         peer_port = int((net.root / holder / "port").read_text())
         idle = await deferToThread(hold_idle, peer_port, IDLE)
         idle += await deferToThread(hold_idle, net.meta_port, IDLE)

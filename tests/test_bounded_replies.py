@@ -161,6 +161,8 @@ def test_status_and_search_of_ten_thousand_files_fit_the_wire(tmp_path):
     node = peer_sharing(tmp_path, 10_000)
     control = Client(ControlFactory(node))
     summary, items = read_reply(control.say("STATUS"))
+    assert summary["shared_count"] == 10_000 and "shared" not in items  # counts only
+    summary, items = read_reply(control.say("STATUS files=1"))
     assert summary["name"] == "s1" and summary["shared"] == []
     assert len(items["shared"]) == 10_000
     assert {f["name"] for f in items["shared"]} == set(node.share.files)

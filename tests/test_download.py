@@ -519,7 +519,7 @@ async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tm
     out.mkdir()
     with pytest.raises(transfer.LocalFault) as e:
         await fetch(downloader, [match(holders(first), "a", 1), match(holders(second), "b", 2)], out)
-    assert e.value.text == f"no space left on {out}: 3.1 MB needed"
+    assert e.value.text == f"no space left on {out}: 3.0 MiB needed"
     assert os.listdir(out) == []  # the part is gone: it only took space
 
 

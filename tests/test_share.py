@@ -186,22 +186,22 @@ class Terminal(io.StringIO):
 def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
     tty = Terminal()
     bar = ProgressBar(tty)
-    for done in (0, 5_000_000, 10_000_000):
-        bar.update(done, 10_000_000)
+    for done in (0, 5 * 2**20, 10 * 2**20):
+        bar.update(done, 10 * 2**20)
     bar.close()
     out = tty.getvalue()
     assert out.startswith("\r[") and out.endswith("\n")
-    assert "\r[" + "#" * 30 + "] 10.0 MB/10.0 MB 100%" in out
+    assert "\r[" + "#" * 30 + "] 10.0 MiB/10.0 MiB 100%" in out
     assert "B/s ETA" in out
 
     plain = io.StringIO()
     bar = ProgressBar(plain)
-    for done in range(0, 10_000_001, 500_000):
-        bar.update(done, 10_000_000)
+    for done in range(0, 10 * 2**20 + 1, 2**19):
+        bar.update(done, 10 * 2**20)
     bar.close()
     lines = plain.getvalue().splitlines()
     assert len(lines) == 11 and "\r" not in plain.getvalue()
-    assert lines[-1].startswith("progress: 10.0 MB/10.0 MB 100%")
+    assert lines[-1].startswith("progress: 10.0 MiB/10.0 MiB 100%")
 
 
 def test_periodic_scans_of_a_big_share_take_a_twentieth_of_the_time(tmp_path, monkeypatch):
@@ -234,3 +234,40 @@ def test_periodic_scans_of_a_big_share_take_a_twentieth_of_the_time(tmp_path, mo
     clock.pump([1.0] * 45)
     assert scans[6:] == [12, 32, 52]  # 19 s quiet after each such walk
     files.stopService()
+
+
+def test_a_file_is_offered_only_once_it_has_stopped_changing_for_the_settle_time(tmp_path):
+    import time
+
+    later = [0.0]
+    index = ShareIndex(tmp_path, settle=2.0, now=lambda: time.time() + later[0])
+    (tmp_path / "copying.bin").write_bytes(b"first half")
+    assert index.refresh() == {} and index.unsettled == {"copying.bin"}
+    assert index.settles_in is not None and 0 < index.settles_in <= 2.0
+    later[0] = 3.0  # three seconds on, nothing written since
+    assert sorted(index.refresh()) == ["copying.bin"] and index.unsettled == frozenset()
+    with open(tmp_path / "copying.bin", "ab") as f:
+        f.write(b" and the rest")  # it changes again: withdrawn until it settles
+    later[0] = 0.0
+    assert index.refresh() == {} and index.unsettled == {"copying.bin"}
+    later[0] = 3.0
+    assert index.refresh()["copying.bin"].size == len(b"first half and the rest")
+
+
+def test_a_file_that_changes_while_it_is_hashed_is_not_offered_until_it_settles(tmp_path, monkeypatch):
+    import p2pshare.peer.share as share_module
+
+    (tmp_path / "grow.bin").write_bytes(b"x" * 1000)
+    real = share_module.hash_file
+
+    def hash_while_written(path):
+        digest = real(path)
+        with open(path, "ab") as f:
+            f.write(b"more")
+        return digest
+
+    monkeypatch.setattr(share_module, "hash_file", hash_while_written)
+    index = ShareIndex(tmp_path)
+    assert index.refresh() == {} and index.unsettled == {"grow.bin"}
+    monkeypatch.setattr(share_module, "hash_file", real)
+    assert index.refresh()["grow.bin"].size == 1004

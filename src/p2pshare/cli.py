@@ -43,7 +43,8 @@ from p2pshare.control_client import (
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
 from p2pshare.display import json_text, shown
-from p2pshare.peer.share import is_pattern
+from p2pshare.options import connect_description, listen_description, parse_rate
+from p2pshare.peer.share import by_content, is_shareable_name
 from p2pshare.pieces import piece_count
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 from p2pshare.wire import RemoteError, WireError
@@ -51,7 +52,6 @@ from p2pshare.wire import RemoteError, WireError
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 DEFAULT_META = "tcp:127.0.0.1:5000"
-DEFAULT_PEER = "unix:./p2ppeer-data/control.sock"
 INCOMPLETE = 3  # exit status: nothing found among the peers that answered, some did not
 
 
@@ -97,7 +97,7 @@ def cmd_topo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _asked(args.peer, "STATUS")
+    status = _asked(args.peer, "STATUS", **({"files": 1} if args.files else {}))
     neighbours = status["neighbours"]
     role = "root" if status["root"] else ("joined" if status["joined"] else "joining")
     lines = [
@@ -113,12 +113,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines += [
         f"  {_shown(n['name'])} at {_shown(n['host'])}:{n['port']}" for n in neighbours
     ] or ["  (none)"]
-    shared = status["shared"]
-    lines.append(f"shared files ({len(shared)}):")
-    lines += [
-        f"  {_shown(f['name'])}  {_size(f['size'])}  sha256 {_shown(f['sha256'][:16])}..."
-        for f in shared
-    ]
+    lines.append(_sharing_line(status))
+    for f in status["shared"]:  # --files
+        lines.append(f"  {_shown(f['name'])}  {_size(f['size'])}  sha256 {_shown(f['sha256'][:12])}")
     for t in status["transfers"]:
         share = f"{t['done'] / t['total']:.0%}" if t["total"] else "starting"
         what, way = ("downloading", "from") if t["direction"] == "down" else ("uploading", "to")
@@ -129,6 +126,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print("\n".join(lines))
     return 0
+
+
+def _sharing_line(status: dict[str, Any]) -> str:
+    """
+    How much the peer shares, and how far it has indexed its share.
+    """
+    count = status.get("shared_count", len(status["shared"]))
+    size = status.get("shared_bytes", sum(f["size"] for f in status["shared"]))
+    line = f"sharing: {count:,} {'file' if count == 1 else 'files'}, {_size(size)}"
+    indexing = status.get("indexing") or {}
+    if not status.get("indexed", True) or indexing.get("files", 0) < indexing.get("of", 0):
+        line += f" (indexing: {_indexed(indexing)})"
+    if status.get("settling"):
+        line += f"; {status['settling']:,} still being written (offered once unchanged for a moment)"
+    return line
+
+
+def _indexed(indexing: dict[str, int]) -> str:
+    if not indexing.get("of"):
+        return "looking through the folder"
+    return (f"{indexing['files']:,} of {indexing['of']:,} files hashed, "
+            f"{_size(indexing['bytes'])} of {_size(indexing['of_bytes'])}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -267,8 +286,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.output is not None:
         directory = Path(args.output).absolute()
-        if not directory.is_dir():
-            raise Failed(f"{_shown(args.output)} is not a directory")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise Failed(f"{_shown(args.output)} exists and is not a directory") from None
+        except OSError as e:
+            raise Failed(f"cannot make the folder {_shown(args.output)}: {_reason(e)}") from None
         options["dir"] = wire.quote_path(str(directory))
     if args.force:
         options["force"] = 1
@@ -276,6 +299,11 @@ def cmd_get(args: argparse.Namespace) -> int:
         options["sources"] = args.sources
     if args.holder is not None:
         options["from"] = args.holder
+    if args.background:
+        entry = _asked(args.peer, "QUEUE", wire.quote_name(args.name), **options)
+        print(f"queued {_shown(entry['name'])} (download {entry['id']}); "
+              "p2p downloads shows how it goes")
+        return 0
     bar = ProgressBar(sys.stderr)
     try:
         result = _asked(
@@ -286,15 +314,80 @@ def cmd_get(args: argparse.Namespace) -> int:
         bar.close()
     for note in result.get("notes", []):
         print(_shown(note), file=sys.stderr)
+    if "files" in result:
+        return _folder_summary(result)
     sha = _shown(result["sha256"])
     if result["already"]:
         print(f"already here, identical (sha256 {sha})", file=sys.stderr)
-    else:
-        print(
-            f"verified {result['size']} bytes from {_shown(result['holder'])}, sha256 {sha}",
-            file=sys.stderr,
-        )
+    elif result.get("holder"):
+        print(f"verified {_size(result['size'])} from {_shown(result['holder'])}, sha256 {sha}",
+              file=sys.stderr)
+    else:  # an empty file: nothing to fetch, nothing from anyone
+        print(f"verified {_size(result['size'])}, sha256 {sha}", file=sys.stderr)
     print(_shown(result["path"]))
+    return 0
+
+
+def _folder_summary(result: dict[str, Any]) -> int:
+    """
+    What a folder's download kept and what failed, on stderr; its path
+    on stdout.  Exit 0 only when every file was kept.
+    """
+    failed = result["failed"]
+    new = result["kept"] - result["already"]
+    print(
+        f"kept {result['kept']:,} of {result['files']:,} files ({_size(result['bytes'])}): "
+        f"{new:,} downloaded and verified, {result['already']:,} already here",
+        file=sys.stderr,
+    )
+    for name, why in failed:
+        print(f"failed: {_shown(name)}: {_shown(why, sentence=True)}", file=sys.stderr)
+    print(_shown(result["path"]))
+    if failed:
+        raise Failed(f"{len(failed):,} of {result['files']:,} files could not be kept; "
+                     "the same command fetches what is missing")
+    return 0
+
+
+def cmd_downloads(args: argparse.Namespace) -> int:
+    listed = _asked(args.peer, "DOWNLOADS")
+    entries = listed["downloads"]
+    if args.json:
+        for e in entries:
+            print(json_text(e))
+        return 0
+    if not entries:
+        print("no downloads")
+        return 0
+    for e in entries:
+        print(_download_line(e))
+    return 0
+
+
+def _download_line(e: dict[str, Any]) -> str:
+    name = _shown(e["name"])
+    state = e["state"]
+    if state == "running":
+        share = f"{e['done'] / e['total']:.0%}" if e["total"] else "starting"
+        line = f"{e['id']:>4}  running   {name}: {_size(e['done'])} of {_size(e['total'])} ({share})"
+        if e["rate"]:
+            line += f", {_size(e['rate'])}/s"
+        if e["holders"]:
+            line += f", from {e['holders']} {'holder' if e['holders'] == 1 else 'holders'}"
+        if e.get("resumed_at"):
+            line += f"; resumed at {_size(e['resumed_at'])}"
+        return line
+    if state == "done":
+        return f"{e['id']:>4}  done      {name} -> {_shown(e['path'])} ({_shown(e['reason'])})"
+    if state == "queued":
+        return f"{e['id']:>4}  queued    {name}"
+    return f"{e['id']:>4}  {state:<9} {name}: {_shown(e['reason'], sentence=True)}"
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    result = _asked(args.peer, "CANCEL", wire.quote_name(args.name))
+    for name in result["cancelled"]:
+        print(f"cancelled {_shown(name)}")
     return 0
 
 
@@ -350,20 +443,39 @@ class ProgressBar:
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 SHARE_WAIT = 30.0  # seconds p2p share waits for its peer to join
+# The p2ppeer options p2p share passes on as they are given.
+PASSED = ("name", "secret_file", "downloads", "upload_rate", "advertise", "max_neighbours",
+          "max_uploads", "heartbeat", "manhole", "control")
+
+
+def user_data_dir() -> Path:
+    """
+    Where C{p2p share} keeps its peer's state when not told: the per-user
+    C{$XDG_STATE_HOME/p2pshare/peer} (C{~/.local/state/p2pshare/peer}),
+    so that every C{p2p} command finds the peer from any directory.
+    """
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "p2pshare" / "peer"
+
+
+def _unix(path: Path) -> str:
+    return "unix:" + str(path).replace(":", "\\:")
 
 
 def cmd_share(args: argparse.Namespace) -> int:
     """
     Start a peer in the background that shares C{args.dir}, wait until it
-    has joined, say where it is, and return.  It is twistd in its own
-    session (the terminal's signals do not reach it), logging to its data
-    dir; what it says when it cannot start is what this command says.
+    has joined and indexed its share, say where it is, and return.  It is
+    twistd in its own session (the terminal's signals do not reach it),
+    logging to its data dir; what it says when it cannot start is what
+    this command says.
     """
     folder = Path(args.dir).absolute()
     if not folder.is_dir():
         raise Failed(f"{args.dir} is not a directory")
-    data = Path(args.data_dir).absolute()
-    control = "unix:" + str(data / "control.sock").replace(":", "\\:")
+    data = Path(args.data_dir).absolute() if args.data_dir is not None else user_data_dir()
+    control = _unix(data / "control.sock")
     log = data / "p2ppeer.log"
     running = _status_of(control)
     if running is not None:
@@ -383,26 +495,60 @@ def cmd_share(args: argparse.Namespace) -> int:
         "--shared", str(folder), "--data-dir", str(data), "--meta", args.meta, "--port", args.port,
         "--log-level", args.log_level,
     ]
-    for flag in ("name", "secret_file"):
+    for flag in PASSED:
         if getattr(args, flag) is not None:
-            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.control is not None:
+        control = args.control
     with out:
         peer = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
+    progress = ShareProgress(sys.stderr)
     deadline = time.monotonic() + SHARE_WAIT
-    while time.monotonic() < deadline:
+    while True:
         if peer.poll() is not None:
+            progress.close()
             raise Failed(f"the peer did not start: {_last_words(log, before)}")
         status = _status_of(control)
-        if status is not None and status.get("joined"):
-            print(f"sharing {folder} as {status['name']} ({status['host']}:{status['port']})")
+        if status is not None and status.get("joined") and status.get("indexed", True):
+            progress.close()
+            print(f"sharing {folder} as {status['name']} ({status['host']}:{status['port']}): "
+                  f"{_sharing_line(status).removeprefix('sharing: ')}")
             print(f"control: {control}")
             print(f"log: {log}")
-            print(f"stop it with: p2p stop --peer {control}")
+            print(f"files page: http://{status['host']}:{status['port']}/")
+            print("stop it with: p2p stop" + ("" if args.data_dir is None else f" --peer {control}"))
             return 0
+        if status is not None and status.get("joined"):
+            progress.show(status)  # joined, still indexing: that takes as long as it takes
+        elif time.monotonic() > deadline:
+            peer.terminate()
+            progress.close()
+            raise Failed(f"the peer did not join within {SHARE_WAIT:.0f} s; see {log}")
         time.sleep(0.2)  # a command waiting for a daemon: nothing to be woken by
-    peer.terminate()
-    raise Failed(f"the peer did not join within {SHARE_WAIT:.0f} s; see {log}")
+
+
+class ShareProgress:
+    """
+    How far a new peer has indexed its share, on one line redrawn on a
+    terminal (nothing otherwise).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.drawn = False
+
+    def show(self, status: dict[str, Any]) -> None:
+        if self.stream.isatty():
+            self.stream.write(f"\rindexing the share: {_indexed(status.get('indexing') or {})}  ")
+            self.stream.flush()
+            self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
 
 
 def _status_of(control: str) -> dict[str, Any] | None:
@@ -455,6 +601,9 @@ def _last_words(log: Path, offset: int) -> str:
     except OSError:
         return "it said nothing"
     said = [line for line in lines if line.strip()]
+    for line in reversed(said):
+        if "peer stops: " in line:
+            return line.split("peer stops: ", 1)[1].strip()
     for line in reversed(said):
         if "cannot start" in line or ": error:" in line or line.startswith("twistd"):
             return line.split("] ", 1)[-1].strip()
@@ -691,28 +840,43 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--exact", action="store_true", help="the whole path exactly (any case)")
     search.add_argument("--json", action="store_true",
                         help="one JSON object per holder of each match, for scripts")
-    search.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    search.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
     search.set_defaults(run=cmd_search)
 
     ls = sub.add_parser("ls", help="the files a peer shares (found through the network by name)")
     ls.add_argument("holder", help="the peer's name (s1, s2, ...)")
-    ls.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    ls.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
     ls.add_argument("--json", action="store_true", help='{"peer": NAME, "files": [...]}')
     ls.set_defaults(run=cmd_ls)
 
-    get = sub.add_parser("get", help="find, download, verify and keep a file")
-    get.add_argument("name", help="the exact file name, or sha256:HEX for a file by its content")
-    get.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    get = sub.add_parser("get", help="find, download, verify and keep a file or a folder")
+    get.add_argument("name", help="a file's path (or a bare file name that only one path ends in), "
+                     "a FOLDER/, or sha256:HEX (12 to 64 hex digits) for a file by its content")
+    get.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
     get.add_argument("-o", "--output", default=None, help="directory to keep it in (default: the peer's downloads)")
     get.add_argument("--force", action="store_true", help="replace an existing different file")
     get.add_argument("--sources", type=int, default=4,
                      help="holders to fetch from at once (default 4)")
     get.add_argument("--from", dest="holder", default=None, metavar="HOLDER",
                      help="fetch only from this peer")
+    get.add_argument("--background", action="store_true",
+                     help="queue it in the peer and return at once (p2p downloads shows it)")
     get.set_defaults(run=cmd_get)
 
-    status = sub.add_parser("status", help="a peer's name, neighbours and shared files")
-    status.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    downloads = sub.add_parser("downloads", help="the peer's download queue: queued, running, "
+                               "finished and failed")
+    downloads.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
+    downloads.add_argument("--json", action="store_true", help="one JSON object per download")
+    downloads.set_defaults(run=cmd_downloads)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running download (or all under a FOLDER/)")
+    cancel.add_argument("name", help="the name it was queued under, or a FOLDER/")
+    cancel.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
+    cancel.set_defaults(run=cmd_cancel)
+
+    status = sub.add_parser("status", help="a peer's name, neighbours, share and transfers")
+    status.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
+    status.add_argument("--files", action="store_true", help="list every shared file")
     status.set_defaults(run=cmd_status)
 
     share = sub.add_parser("share", help="start a peer in the background that shares DIR")
@@ -721,16 +885,29 @@ def parser() -> argparse.ArgumentParser:
                        help="the metadata server, or auto: the one announced on the LAN "
                             "(default tcp:127.0.0.1:5000)")
     share.add_argument("--port", default="tcp:5001", help="where other peers reach it (default tcp:5001)")
-    share.add_argument("--data-dir", default="./p2ppeer-data",
-                       help="the peer's state, log and control socket (default ./p2ppeer-data)")
+    share.add_argument("--data-dir", default=None,
+                       help="the peer's state, log and control socket (default: the per-user "
+                            "$XDG_STATE_HOME/p2pshare/peer, ~/.local/state/p2pshare/peer)")
     share.add_argument("--name", default=None, help="this peer's name (default: assigned)")
     share.add_argument("--secret-file", default=None, help="the network secret (private networks)")
+    share.add_argument("--downloads", default=None, help="where downloads land (default: DIR)")
+    share.add_argument("--upload-rate", default=None,
+                       help="cap on all uploads, bytes/s with K, M, G (powers of 1024)")
+    share.add_argument("--advertise", default=None, help="the host other peers should use")
+    share.add_argument("--max-neighbours", type=int, default=None,
+                       help="neighbours before newcomers are referred on (default 2)")
+    share.add_argument("--max-uploads", type=int, default=None, help="files served at once (default 16)")
+    share.add_argument("--heartbeat", type=float, default=None,
+                       help="seconds between heartbeats (default 5)")
+    share.add_argument("--manhole", default=None, help="an SSH manhole on loopback (ENDPOINT)")
+    share.add_argument("--control", default=None,
+                       help="the control endpoint (default unix:DATA-DIR/control.sock)")
     share.add_argument("--log-level", default="info", choices=["debug", "info", "warn"],
                        help="what the log file gets (default info)")
     share.set_defaults(run=cmd_share)
 
     stop = sub.add_parser("stop", help="the peer leaves the network gracefully and exits")
-    stop.add_argument("--peer", default=DEFAULT_PEER, help=f"control endpoint (default {DEFAULT_PEER})")
+    stop.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
     stop.set_defaults(run=cmd_stop)
 
     demo = sub.add_parser("demo", help="run a local demonstration network")
@@ -783,12 +960,13 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"the {field} cannot be empty or hold control characters")
         if wire.FILE(wire.quote_name(value)) is not None:
             p.error(f"the {field} is too long ({len(value.encode())} bytes)")
-        if field == "name" and is_pattern(value):
-            p.error("get takes one exact file name, not a pattern (search finds patterns)")
+    if args.command in ("get", "cancel"):
+        _check_name(p, args.name)
     for field in ("peer", "meta"):
         value = getattr(args, field, None)
         if value is not None and not value.strip():
             p.error(f"--{field} cannot be empty")
+    _check_values(p, args)
     if args.command == "get" and not 1 <= args.sources <= 64:
         p.error("--sources is from 1 to 64")
     if args.command == "ls" and not wire.is_name(args.holder):
@@ -801,15 +979,80 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--lifetime is from 1 to {URL_LIFETIME_MAX} seconds")
 
 
+def _check_name(p: argparse.ArgumentParser, name: str) -> None:
+    """
+    What p2p get and cancel take: C{sha256:} and 12 to 64 hex digits, or
+    a path a peer could share (a folder ends in C{/}).
+    """
+    if name.startswith("sha256:"):
+        if by_content(name) is None:
+            p.error("sha256: takes the file's SHA-256, or its first 12 or more hex digits")
+        return
+    if not is_shareable_name(name.removesuffix("/")):
+        p.error(f"{name!r} is not a name a peer shares: a path inside a share, '/' between "
+                "folders, no segment empty or starting with '.'")
+
+
+def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """
+    Every option value, read as the peer would read it: a malformed one
+    is a usage error here rather than a failure later.
+    """
+    try:
+        if getattr(args, "meta", None) is not None:
+            args.meta = connect_description(args.meta)
+        if getattr(args, "peer", None) is not None:
+            args.peer = _peer_endpoint(args.peer)
+            address_of(args.peer)
+        if args.command == "share":
+            args.port = listen_description(args.port)
+            if args.upload_rate is not None:
+                parse_rate(args.upload_rate)
+            if args.manhole is not None:
+                listen_description(args.manhole, "--manhole")
+    except ValueError as e:
+        p.error(str(e))
+    if args.command != "share":
+        return
+    if args.max_neighbours is not None and not 1 <= args.max_neighbours <= wire.NEIGHBOURS_MAX:
+        p.error(f"--max-neighbours is from 1 to {wire.NEIGHBOURS_MAX}")
+    if args.max_uploads is not None and not 1 <= args.max_uploads <= 10000:
+        p.error("--max-uploads is from 1 to 10000")
+    if args.heartbeat is not None and not wire.BEAT_MIN <= args.heartbeat <= wire.BEAT_MAX:
+        p.error(f"--heartbeat is from {wire.BEAT_MIN} to {wire.BEAT_MAX:.0f} seconds")
+    if args.name is not None and not wire.is_name(args.name):
+        p.error("--name is 1 to 64 letters, digits or _ - . @")
+    if args.advertise is not None and wire.HOST(args.advertise) is not None:
+        p.error("--advertise is a host name or an IP address")
+
+
+def find_peer() -> str:
+    """
+    The peer a command talks to when C{--peer} is not given: C{$P2P_PEER},
+    else C{./p2ppeer-data/control.sock} if it is there, else the per-user
+    peer's socket (L{user_data_dir}) if it is there.
+    """
+    named = os.environ.get("P2P_PEER", "").strip()
+    if named:
+        return _peer_endpoint(named)
+    for sock in (Path("p2ppeer-data") / "control.sock", user_data_dir() / "control.sock"):
+        if sock.is_socket():
+            return _unix(sock.absolute())
+    raise Failed(
+        "no peer found: $P2P_PEER is not set, and neither ./p2ppeer-data/control.sock nor "
+        f"{user_data_dir() / 'control.sock'} exists; start one with p2p share DIR, or give --peer"
+    )
+
+
 def _peer_endpoint(value: str) -> str:
     """
-    C{--peer} as given, or C{unix:PATH} when it names an existing socket
-    without saying C{unix:} (what people type first).
+    C{--peer} as given, or C{unix:PATH} when it is a path (what people
+    type first): it starts with C{/}, C{./}, C{../} or C{~}, or names an
+    existing socket.
     """
-    if value.startswith(("/", ".")) or (":" not in value and not value.isdigit()):
-        path = Path(value)
-        if path.is_socket():
-            return "unix:" + str(path).replace(":", "\\:")
+    value = value.strip()
+    if value.startswith(("/", "./", "../", "~")) or Path(value).is_socket():
+        return _unix(Path(value).expanduser().absolute())
     return value
 
 
@@ -828,10 +1071,10 @@ def main(argv: list[str] | None = None) -> None:
     if getattr(args, "meta", "") is None and getattr(args, "data_dir", None) is None:
         args.meta = DEFAULT_META
     check_args(p, args)
-    if getattr(args, "peer", None) is not None:
-        args.peer = _peer_endpoint(args.peer)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        if hasattr(args, "peer") and args.peer is None:
+            args.peer = find_peer()
         code = run(args)
     except KeyboardInterrupt:
         print(f"p2p {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)

@@ -23,15 +23,16 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
+from p2pshare.options import connect_description, listen_description
+
 
 def server_endpoint_string(description: str) -> str:
     """
     A listening endpoint description; a bare number C{N} means C{tcp:N}.
+
+    @raise ValueError: one sentence, for what is no endpoint.
     """
-    description = description.strip()
-    if description.isdigit():
-        return f"tcp:{description}"
-    return description
+    return listen_description(description)
 
 
 def loopback_by_default(description: str) -> str:
@@ -97,15 +98,13 @@ def control_endpoint(description: str | None, data_dir: Path) -> str:
 def client_endpoint_string(description: str) -> str:
     """
     A connecting endpoint description; a bare number C{N} means
-    C{tcp:127.0.0.1:N} (a client needs a host), C{auto} the metadata
-    server that announces itself on the LAN (C{mdns:}, see p2pshare.lan).
+    C{tcp:127.0.0.1:N} (a client needs a host), C{HOST:PORT} means
+    C{tcp:HOST:PORT}, C{auto} the metadata server that announces itself
+    on the LAN (C{mdns:}, see p2pshare.lan).
+
+    @raise ValueError: one sentence, for what is no endpoint.
     """
-    description = description.strip()
-    if description.isdigit():
-        return f"tcp:127.0.0.1:{description}"
-    if description == "auto":
-        return "mdns:"
-    return description
+    return connect_description(description)
 
 
 def tcp_client_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:

@@ -103,6 +103,8 @@ E_UNREACHABLE = "unreachable"
 E_TLS_REQUIRED = "tls-required"
 # Nothing found among the peers that answered, while some did not.
 E_INCOMPLETE = "incomplete"
+# A name that means several files (paths, or versions of one): p2p get lists them.
+E_AMBIGUOUS = "ambiguous"
 
 ERROR_CODES = (
     E_BAD_FLAG,
@@ -126,6 +128,7 @@ ERROR_CODES = (
     E_UNREACHABLE,
     E_TLS_REQUIRED,
     E_INCOMPLETE,
+    E_AMBIGUOUS,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -418,11 +421,15 @@ SPECS: dict[str, Spec] = {
     # Still collecting answers for this search from further away.
     "WORKING": Spec(args=(("id", NAME),)),
     # The local control channel.
-    "STATUS": Spec(),
+    "STATUS": Spec(keys={"files": COUNT}),
     "STOP": Spec(),
     "FIND": Spec(args=(("pattern", FILE),), keys={"exact": COUNT}),
     "LS": Spec(args=(("holder", NAME),)),
     "FETCH": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
+    # FETCH's download put in the peer's queue (p2p get --background).
+    "QUEUE": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
+    "DOWNLOADS": Spec(),
+    "CANCEL": Spec(args=(("name", FILE),)),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE)), keys={"sources": COUNT}),
     # A line for the person waiting on a request (what a download waits for).
     "NOTE": Spec(text="required"),

@@ -27,6 +27,7 @@ from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, new_secr
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import private_write
 from p2pshare.peer.coverage import Found
+from p2pshare.peer.share import EXACT, WORDS, is_pattern
 from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Message
 
@@ -96,6 +97,8 @@ class ControlProtocol(LineChannel):
         def answer(_: object) -> None:
             status = self.node.status()
             lists: dict[str, Any] = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
+            if msg.options.get("files") != "1":
+                lists["shared"] = []  # counts and totals are in the status; the list on request
             self.reply(status, **lists)
 
         # The network's size as the metadata server says it now (the last
@@ -115,10 +118,20 @@ class ControlProtocol(LineChannel):
                 matches=(asdict(m) for m in result.matches),
             )
 
-        exact = msg.options.get("exact") == "1"
-        d = self.node.search.start(pattern, exact=exact)
+        exact = EXACT if msg.options.get("exact") == "1" else 0
+        d = Deferred.fromCoroutine(self._find(pattern, exact))
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(found).addErrback(self._failed)
+
+    async def _find(self, pattern: str, exact: int) -> Found:
+        """
+        A search; a glob that matches nothing is tried again as words, so
+        that a name holding C{[ ] ? *} is found by typing it.
+        """
+        found: Found = await self.node.search.start(pattern, exact=exact)
+        if not found.matches and not exact and is_pattern(pattern):
+            found = await self.node.search.start(pattern, exact=WORDS)
+        return found
 
     def msg_LS(self, msg: Message) -> None:
         holder = msg.args[0]
@@ -130,14 +143,32 @@ class ControlProtocol(LineChannel):
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(listed).addErrback(self._failed)
 
-    def msg_FETCH(self, msg: Message) -> None:
-        name = wire.unquote_name(msg.args[0])
+    def _fetch_options(self, msg: Message) -> dict[str, Any] | None:
+        """
+        What a C{FETCH} or C{QUEUE} asks for, checked; None when refused
+        (the error is sent).
+        """
         directory = msg.options.get("dir")
         path = Path(wire.unquote_name(directory)) if directory else None
-        if path is not None and not (path.is_absolute() and path.is_dir()):
-            self.sendError(wire.E_BAD_ARGS, f"{path} is not a directory")
-            return
+        if path is not None and not path.is_absolute():
+            self.sendError(wire.E_BAD_ARGS, f"{path} is not an absolute path")
+            return None
+        sources = msg.options.get("sources", "4")
+        holder = msg.options.get("from")
+        if not sources.isdigit() or not 1 <= int(sources) <= 64:
+            self.sendError(wire.E_BAD_ARGS, "sources is from 1 to 64")
+            return None
+        if holder is not None and not wire.is_name(holder):
+            self.sendError(wire.E_BAD_ARGS, "from names a peer")
+            return None
+        name = wire.unquote_name(msg.args[0])
+        return {"name": name, "directory": path, "force": msg.options.get("force") == "1",
+                "sources": int(sources), "only": holder}
 
+    def msg_FETCH(self, msg: Message) -> None:
+        asked = self._fetch_options(msg)
+        if asked is None:
+            return
         last = [-PROGRESS_EVERY]
 
         def progress(done: int, total: int, sending: int = 0) -> None:
@@ -152,22 +183,39 @@ class ControlProtocol(LineChannel):
             if self.connected:
                 self.send("OK", text=_json({**asdict(result), "path": str(result.path)}))
 
-        sources = msg.options.get("sources", "4")
-        holder = msg.options.get("from")
-        if not sources.isdigit() or not 1 <= int(sources) <= 64:
-            self.sendError(wire.E_BAD_ARGS, "sources is from 1 to 64")
-            return
-        if holder is not None and not wire.is_name(holder):
-            self.sendError(wire.E_BAD_ARGS, "from names a peer")
-            return
         d = Deferred.fromCoroutine(
             self.node.fetch(
-                name, path, msg.options.get("force") == "1", progress,
-                sources=int(sources), only=holder, note=self._note,
+                asked["name"], asked["directory"], asked["force"], progress,
+                sources=asked["sources"], only=asked["only"], note=self._note,
             )
         )
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(fetched).addErrback(self._failed)
+
+    def msg_QUEUE(self, msg: Message) -> None:
+        asked = self._fetch_options(msg)
+        if asked is None:
+            return
+        try:
+            entry = self.node.queue.add(
+                asked["name"], asked["directory"], asked["force"], asked["sources"], asked["only"]
+            )
+        except FetchError as e:
+            self.sendError(e.code, e.text)
+            return
+        self.send("OK", text=_json(asdict(entry)))
+
+    def msg_DOWNLOADS(self, msg: Message) -> None:
+        entries = list(self.node.queue.listing())
+        self.reply({"count": len(entries)}, downloads=entries)
+
+    def msg_CANCEL(self, msg: Message) -> None:
+        name = wire.unquote_name(msg.args[0])
+        cancelled = self.node.queue.cancel(name)
+        if not cancelled:
+            self.sendError(wire.E_NOT_FOUND, f"no queued or running download of {name}")
+            return
+        self.send("OK", text=_json({"cancelled": [e.name for e in cancelled]}))
 
     def _note(self, text: str) -> None:
         if self.connected:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -28,11 +28,14 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
+from p2pshare.disk import human_size
+from p2pshare.peer import naming
 from p2pshare.peer.coverage import Found
 from p2pshare.peer.interfaces import IFileHost
+from p2pshare.peer.naming import Wanted, below_pattern, folder_pattern, one_version, same_content
 from p2pshare.peer.search import DEFAULT_TIMEOUT
 from p2pshare.peer.serving import MAX_UPLOADS, UploadRate, UploadSlots
-from p2pshare.peer.share import SharedFile, ShareIndex, by_content, is_pattern
+from p2pshare.peer.share import EXACT, SharedFile, ShareIndex, by_content
 from p2pshare.peer.share import matches as name_matches
 from p2pshare.peer.transfer import (
     SOURCES,
@@ -46,12 +49,32 @@ from p2pshare.peer.transfer import (
 from p2pshare.wire import Match
 
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
+FOLDER_AT_ONCE = 4  # files of a folder downloaded at once
+SAME_CONTENT_WAIT = 5.0  # seconds a get looks for holders of its file under other paths
+FILES_LOGGED = 10  # a scan that changed more files logs them at debug level only
 NOTE_EVERY = 30.0  # seconds between lines while a download waits for a repair
 SCAN_SHARE = 20  # periodic scans of the share take at most 1/20 of the time
 RunBlocking = Callable[..., Deferred[Any]]
 # pattern, timeout, exact, enough: a search (SearchEngine.start)
-Find = Callable[[str, float, bool, Callable[[list[Match]], bool] | None], Deferred[Found]]
+Find = Callable[[str, float, int, Callable[[list[Match]], bool] | None], Deferred[Found]]
 Note = Callable[[str], None]  # a line for the person waiting
+
+
+@dataclass
+class FolderFetched:
+    """
+    What a folder's download did: how many files it holds, how many were
+    kept (C{already}: of them, were here, identical), their bytes, the
+    files that failed with why, and what happened on the way.
+    """
+
+    path: Path
+    files: int
+    kept: int = 0
+    already: int = 0
+    bytes: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +127,7 @@ class PeerFiles(MultiService):
         private: tuple[Path, ...] = (),
         advertised: Callable[[], str | None] = lambda: None,
         repair_time: float = 20.0,
+        settle: float = 0.0,
     ) -> None:
         """
         @param private: never shared, wherever they lie (the data dir, the
@@ -111,6 +135,8 @@ class PeerFiles(MultiService):
         @param repair_time: how long a download that found nothing, while
             part of the network did not answer, waits for the tree to be
             repaired (three heartbeats and a margin).
+        @param settle: seconds a file must stay unchanged before it is
+            offered (L{ShareIndex}).
         """
         super().__init__()
         self.clock = clock
@@ -122,7 +148,8 @@ class PeerFiles(MultiService):
         self.advertised = advertised
         self._files_changed = on_files_changed
         self._transfers_changed = on_transfers_changed
-        self.share = ShareIndex(shared, private) if shared is not None else None
+        self.share = ShareIndex(shared, private, settle) if shared is not None else None
+        self._settled_scan: Any = None  # a scan for when a file still changing has settled
         self._withheld: frozenset[str] = frozenset()  # private things the share holds, told
         self.downloads = downloads or shared
         self.downloader = downloader
@@ -175,10 +202,32 @@ class PeerFiles(MultiService):
             if self.share is not None:
                 self._quiet_until = self.clock.seconds() + (SCAN_SHARE - 1) * self.share.walked
                 self._tell_withheld(self.share.withheld)
+                self._scan_when_settled(self.share.settles_in)
             self._announce()
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def _scan_when_settled(self, wait: float | None) -> None:
+        """
+        A file was still changing: scan again as soon as it may have
+        settled, rather than at the next periodic scan, so that a file
+        copied in is offered the settle time after its last write.
+        """
+        if wait is None or (self._settled_scan is not None and self._settled_scan.active()):
+            return
+
+        def scan() -> None:
+            self._settled_scan = None
+            self.refresh()
+
+        self._settled_scan = self.clock.callLater(wait + 0.05, scan)
+
+    def stopService(self) -> Any:
+        if self._settled_scan is not None and self._settled_scan.active():
+            self._settled_scan.cancel()
+        self._settled_scan = None
+        return super().stopService()
 
     def _tell_withheld(self, withheld: frozenset[str]) -> None:
         """
@@ -194,21 +243,36 @@ class PeerFiles(MultiService):
 
     def _announce(self) -> None:
         """
-        Log what the share has gained and lost since it was last announced.
+        Log what the share has gained and lost since it was last announced:
+        one line for the scan (how many files, how many bytes), and one per
+        file only when a few changed (a share of 2,000 files is not 2,000
+        lines at start).
         """
-        if self.share is not None:
-            before, self._announced = self._announced, dict(self.share.files)
-            if before.keys() != self._announced.keys():
-                self._files_changed()  # the web page shows how many files each peer shares
-            gained = [f for name, f in self._announced.items()
-                      if (was := before.get(name)) is None or was.sha256 != f.sha256]
-            for f in sorted(gained, key=lambda f: f.name):  # what changed, not the whole share
-                self._log_sharing(f)
-            for name in sorted(before.keys() - self._announced.keys()):
-                self.log.info("no longer sharing {file}", file=name)
+        if self.share is None:
+            return
+        before, self._announced = self._announced, dict(self.share.files)
+        if before.keys() != self._announced.keys():
+            self._files_changed()  # the web page shows how many files each peer shares
+        gained = [f for name, f in self._announced.items()
+                  if (was := before.get(name)) is None or was.sha256 != f.sha256]
+        gone = sorted(before.keys() - self._announced.keys())
+        if not gained and not gone:
+            return
+        level = LogLevel.info if len(gained) + len(gone) <= FILES_LOGGED else LogLevel.debug
+        for f in sorted(gained, key=lambda f: f.name):  # what changed, not the whole share
+            self._log_sharing(f, level)
+        for name in gone:
+            self.log.emit(level, "no longer sharing {file}", file=name)
+        count, size = len(self._announced), sum(f.size for f in self._announced.values())
+        self.log.info(
+            "share: {count:,} {files}, {size} ({gained} new or changed, {gone} gone)",
+            count=count, files="file" if count == 1 else "files", size=human_size(size),
+            gained=len(gained), gone=len(gone),
+        )
 
-    def _log_sharing(self, f: SharedFile) -> None:
-        self.log.info("sharing {file} ({size} bytes, sha256 {sha})", file=f.name, size=f.size, sha=f.sha256)
+    def _log_sharing(self, f: SharedFile, level: LogLevel = LogLevel.info) -> None:
+        self.log.emit(level, "sharing {file} ({size}, sha256 {sha})",
+                      file=f.name, size=human_size(f.size), sha=f.sha256)
 
     def upload_began(self, name: str, host: str, total: int, sent: Callable[[], int]) -> object:
         """
@@ -263,18 +327,32 @@ class PeerFiles(MultiService):
             raise FetchError(wire.E_FAILED, "this peer does not fetch from others")
         return await self.downloader.listing(found[0])
 
-    async def _others(self, name: str, timeout: float) -> list[Match]:
-        found = await self._find(name, timeout, True, None)
+    async def _others(self, pattern: str, timeout: float) -> list[Match]:
+        found = await self._find(pattern, timeout, EXACT, None)
         return [m for m in found.matches if m.holder != self._me()]
 
     async def _holders(
-        self, name: str, timeout: float, note: Note | None, only: str | None = None
+        self, name: str, timeout: float, note: Note | None, only: str | None = None,
     ) -> list[Match]:
         """
-        Those who hold C{name}, but us.  When nobody that answered holds
-        it while part of the network did not answer, wait (a bounded time,
-        saying so) for the tree to be repaired before saying it is not
-        there; refused as L{wire.E_INCOMPLETE} if it still did not answer.
+        Those who hold the file C{name} (or C{sha256:HEX}), but us; refused
+        as not found, or as L{wire.E_INCOMPLETE} when part of the network
+        did not answer (see L{_searched}).
+        """
+        matches, searched = await self._searched(name, timeout, note, only)
+        if not matches:
+            self._absent(name, searched, only)
+        return matches
+
+    async def _searched(
+        self, name: str, timeout: float, note: Note | None, only: str | None = None,
+        how: int = EXACT,
+    ) -> tuple[list[Match], Found]:
+        """
+        Those who hold C{name} (read as C{how} says), but us, and what the
+        search covered.  When nobody that answered holds it while part of
+        the network did not answer, wait (a bounded time, saying so) for
+        the tree to be repaired before saying it is not there.
         """
         me = self._me()
 
@@ -284,7 +362,7 @@ class PeerFiles(MultiService):
         def enough(found: list[Match]) -> bool:
             return bool(others(found))
 
-        searched = await self._find(name, timeout, True, enough)
+        searched = await self._find(name, timeout, how, enough)
         if not others(searched.matches) and searched.coverage.missing:
             self.log.info("{name}: not found yet; {covered}; waiting up to {wait:.0f} s for "
                           "the network to repair", name=name,
@@ -298,15 +376,19 @@ class PeerFiles(MultiService):
             spells = math.ceil(self.repair_time / NOTE_EVERY)
             for spell in range(spells):
                 length = min(NOTE_EVERY, self.repair_time - spell * NOTE_EVERY)
-                searched = await self._find(name, length, True, enough)
+                searched = await self._find(name, length, how, enough)
                 if others(searched.matches) or not searched.coverage.missing:
                     break
                 if spell < spells - 1:
                     say(f"{name}: still waiting for the network to repair "
                         f"({searched.coverage.sentence()})")
-        matches = others(searched.matches)
-        if matches:
-            return matches
+        return others(searched.matches), searched
+
+    def _absent(self, name: str, searched: Found, only: str | None) -> NoReturn:
+        """
+        Refuse C{name}: not in the network, or not among those that answered.
+        """
+        me = self._me()
         if searched.coverage.complete:
             if only is not None and any(m.holder != me for m in searched.matches):
                 raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
@@ -315,6 +397,39 @@ class PeerFiles(MultiService):
             wire.E_INCOMPLETE, f"{name} was not found among the peers that answered; "
             f"{searched.coverage.sentence()}"
         )
+
+    async def wanted(
+        self, name: str, timeout: float = DEFAULT_TIMEOUT, note: Note | None = None,
+        only: str | None = None,
+    ) -> Wanted:
+        """
+        What C{name} means in the network now (see L{p2pshare.peer.naming}):
+        a file and its holders, or a folder and every file under it.
+        """
+        if name.startswith("sha256:"):
+            sha = by_content(name)
+            if sha is None:
+                raise FetchError(wire.E_BAD_ARGS, "sha256: takes 12 to 64 hex digits")
+            matches = one_version(name, await self._holders(name, timeout, note, only))
+            return Wanted(matches[0].name, matches)
+        if name.endswith("/"):
+            folder = name.rstrip("/")
+            matches, searched = await self._searched(
+                folder_pattern(folder), timeout, note, only, how=0
+            )
+            if not matches:
+                self._absent(name, searched, only)
+            return naming.choose(folder, matches, []) or self._absent(name, searched, only)
+        matches, searched = await self._searched(name, timeout, note, only)
+        if matches:
+            return Wanted(name, one_version(name, matches))
+        inside, below = await gatherResults([
+            Deferred.fromCoroutine(self._others(folder_pattern(name), timeout)),
+            Deferred.fromCoroutine(self._others(below_pattern(name), timeout)),
+        ])
+        keep = [m for m in inside if only in (None, m.holder)]
+        ends = [m for m in below if only in (None, m.holder)]
+        return naming.choose(name, keep, ends) or self._absent(name, searched, only)
 
     # Downloads in progress, which others may fetch from (swarming).
 
@@ -337,7 +452,7 @@ class PeerFiles(MultiService):
             return None
         return self.downloader.partials.get(sha)
 
-    def partial_matches(self, pattern: str, exact: bool = False) -> list[Partial]:
+    def partial_matches(self, pattern: str, exact: int = 0) -> list[Partial]:
         """
         Downloads in progress into the shared folder that C{pattern} finds,
         unless the whole file is shared here already.
@@ -349,7 +464,8 @@ class PeerFiles(MultiService):
         return [
             p for p in self.downloader.partials.values()
             if p.sha256 not in whole and self._into_share(p)
-            and (p.sha256 == sha if sha is not None else name_matches(pattern, p.name, exact))
+            and (p.sha256.startswith(sha) if sha is not None
+                 else name_matches(pattern, p.name, exact))
         ]
 
     def count(self) -> int:
@@ -357,13 +473,23 @@ class PeerFiles(MultiService):
 
     def status(self) -> dict[str, Any]:
         """
-        The files half of what C{p2p status} shows.
+        The files half of what C{p2p status} shows: how many files are
+        shared and their bytes, how far the share is indexed, the files
+        themselves (C{shared}) and the transfers.
         """
+        share = self.share
+        files = share.files.values() if share is not None else []
+        hashed, to_hash, done, total = share.progress if share is not None else (0, 0, 0, 0)
         return {
-            "shared": [
-                {"name": f.name, "size": f.size, "sha256": f.sha256}
-                for f in (self.share.files.values() if self.share is not None else [])
-            ],
+            "shared_count": len(files),
+            "shared_bytes": sum(f.size for f in files),
+            # Indexed: the first scan ended (a file still being written
+            # waits for its settle time, and is counted apart).
+            "indexed": share is None or share.scans > 0,
+            "indexing": {"files": hashed, "of": to_hash, "bytes": done, "of_bytes": total},
+            "settling": len(share.unsettled) if share is not None else 0,
+            "shared": [{"name": f.name, "size": f.size, "sha256": f.sha256}
+                       for f in sorted(files, key=lambda f: f.name)],
             "transfers": self._transfers(),
         }
 
@@ -395,14 +521,35 @@ class PeerFiles(MultiService):
         sources: int = SOURCES,
         only: str | None = None,
         note: Note | None = None,
-    ) -> Fetched:
+    ) -> Fetched | FolderFetched:
         """
-        Find C{name} (or C{sha256:HEX}: a file by its content) in the
-        network and download it from up to C{sources} holders at once (only
-        from C{only}, if given) into the downloads directory unless told
-        otherwise; it is then shared onward.
+        Find C{name} in the network (a path, a bare file name, a folder,
+        or C{sha256:HEX}: see L{wanted}) and download it from up to
+        C{sources} holders at once (only from C{only}, if given) into the
+        downloads directory unless told otherwise; it is then shared
+        onward.  A folder is every file under it, L{FOLDER_AT_ONCE} at a
+        time.
         """
         directory = directory or self.downloads
+        if self.downloader is None or directory is None:
+            raise FetchError(wire.E_FAILED, "this peer does not download files")
+        target = await self.wanted(name, timeout, note, only)
+        if target.folder:
+            return await self._fetch_folder(
+                target, directory, force, progress, timeout, sources, only, note
+            )
+        return await self._fetch_one(
+            target.name, directory, force, progress, timeout, sources, only, note, target.matches
+        )
+
+    async def _fetch_one(
+        self, name: str, directory: Path, force: bool, progress: Progress | None,
+        timeout: float, sources: int, only: str | None, note: Note | None,
+        first: list[Match] | None = None,
+    ) -> Fetched:
+        """
+        One file, shown in C{p2p status} while it runs.
+        """
         key = object()  # two downloads of one name (into two folders) are two
         transfer = self.transfers[key] = Transfer(name, "down", "", self.clock.seconds())
         self._transfers_changed()
@@ -417,19 +564,79 @@ class PeerFiles(MultiService):
                 progress(done, total, sending)
 
         try:
-            return await self._fetch(name, directory, force, track, timeout, sources, only, note)
+            return await self._fetch(
+                name, directory, force, track, timeout, sources, only, note, first
+            )
         finally:
             del self.transfers[key]
             self._transfers_changed()
 
+    async def _fetch_folder(
+        self, folder: Wanted, directory: Path, force: bool, progress: Progress | None,
+        timeout: float, sources: int, only: str | None, note: Note | None,
+    ) -> FolderFetched:
+        """
+        Every file under a folder, each from whoever holds it (the version
+        most hold, when holders differ), L{FOLDER_AT_ONCE} at a time, into
+        the same folders under C{directory}.  A file that fails does not
+        stop the others; the result counts what was kept and names what
+        failed.  Run again, it fetches only what is missing (a kept file
+        is checked, not fetched; a part file resumes).
+        """
+        by_name: dict[str, list[Match]] = {}
+        for m in folder.matches:
+            by_name.setdefault(m.name, []).append(m)
+        sizes = {name: max(m.size for m in ms) for name, ms in by_name.items()}
+        done_of: dict[str, int] = {}
+        total = sum(sizes.values())
+        sending_of: dict[str, int] = {}
+        result = FolderFetched(directory / folder.name, len(by_name))
+
+        def track(name: str) -> Progress:
+            def moved(done: int, of: int, sending: int = 0) -> None:
+                done_of[name], sending_of[name] = done, sending
+                if progress is not None:
+                    progress(sum(done_of.values()), total, sum(sending_of.values()))
+            return moved
+
+        async def one(name: str) -> None:
+            try:
+                fetched = await self._fetch_one(
+                    name, directory, force, track(name), timeout, sources, only, note,
+                    by_name[name],
+                )
+            except LocalFault:
+                raise  # the disk is full: every file would fail the same way
+            except FetchError as e:
+                result.failed.append((name, e.text))
+                if note is not None:
+                    note(f"{name}: {e.text}")
+                return
+            finally:
+                sending_of[name] = 0
+            done_of[name] = sizes[name]
+            result.kept += 1
+            result.already += fetched.already
+            result.bytes += fetched.size
+            result.notes += fetched.notes
+
+        at_once = DeferredSemaphore(FOLDER_AT_ONCE)
+        running = [at_once.run(one, name) for name in sorted(by_name)]
+        try:
+            await gatherResults(running, consumeErrors=True)
+        except BaseException:
+            for d in running:
+                d.cancel()  # Ctrl-C, or a fault of this machine: stop them all
+            raise
+        result.failed.sort()
+        return result
+
     async def _fetch(
-        self, name: str, directory: Path | None, force: bool, progress: Progress, timeout: float,
+        self, name: str, directory: Path, force: bool, progress: Progress, timeout: float,
         sources: int = SOURCES, only: str | None = None, note: Note | None = None,
+        first_matches: list[Match] | None = None,
     ) -> Fetched:
-        if self.downloader is None or directory is None:
-            raise FetchError(wire.E_FAILED, "this peer does not download files")
-        if is_pattern(name):
-            raise FetchError(wire.E_BAD_ARGS, "get takes one exact file name, not a pattern")
+        assert self.downloader is not None
         # If every holder fails, search again after a pause: a holder that
         # left may be back (perhaps at another address), and the download
         # resumes from what it has.  What happened on the way (holders
@@ -443,7 +650,10 @@ class PeerFiles(MultiService):
         ledger = downloader.new_ledger()
         fetched: Fetched | None = None
         for pause in FETCH_PAUSES:
-            matches = await self._holders(name, timeout, note, only)
+            if first_matches is not None:
+                matches, first_matches = await self._with_same_content(first_matches, only), None
+            else:
+                matches = await self._holders(name, timeout, note, only)
             failed: FetchError | None = None
             # The version most addresses hold first; the next one at once
             # only if none of its holders is left to try.
@@ -452,9 +662,7 @@ class PeerFiles(MultiService):
                 try:
                     fetched = await downloader.fetch(
                         version, directory, force, progress, 1 if only else sources,
-                        discover=None if only else lambda: Deferred.fromCoroutine(
-                            self._others(name, timeout)
-                        ),
+                        discover=None if only else self._discover(version[0].sha256, timeout),
                         ledger=ledger,
                     )
                     break
@@ -494,6 +702,29 @@ class PeerFiles(MultiService):
         if directory == self.downloads and not self._share_at_once(fetched):
             await self.refresh()
         return fetched
+
+    def _discover(self, sha: str, timeout: float) -> Callable[[], Deferred[list[Match]]]:
+        """
+        How a download finds more holders while it runs: everyone who
+        holds its content, under any path.
+        """
+        return lambda: Deferred.fromCoroutine(self._others(same_content(sha), timeout))
+
+    async def _with_same_content(self, matches: list[Match], only: str | None) -> list[Match]:
+        """
+        C{matches} of one version, and after them every other holder of
+        the same content, whatever path it holds it under.
+        """
+        if only is not None or not matches:
+            return matches
+        try:
+            more = await self._others(same_content(matches[0].sha256), SAME_CONTENT_WAIT)
+        except Exception as e:  # the holders found by name will do
+            self.log.info("looking for other holders of {name} failed: {why}",
+                          name=matches[0].name, why=str(e))
+            return matches
+        known = {(m.holder, m.name) for m in matches}
+        return matches + [m for m in more if (m.holder, m.name) not in known]
 
     def _share_at_once(self, fetched: Fetched) -> bool:
         """

@@ -52,7 +52,7 @@ class ISearch(Interface):
     """
 
     def start(
-        pattern: str, timeout: float = ..., search_id: str | None = None, exact: bool = False,
+        pattern: str, timeout: float = ..., search_id: str | None = None, exact: int = 0,
         enough: Any = None,
     ) -> Any:
         """
@@ -105,10 +105,10 @@ class ISearchHost(Interface):
         be asked now.  It never fails.
         """
 
-    def local_matches(pattern: str, hops: int, exact: bool = False) -> list[Any]:
+    def local_matches(pattern: str, hops: int, exact: int = 0) -> list[Any]:
         """
-        This peer's own files matching C{pattern} (C{exact}: the whole
-        name, ignoring case), as Matches.
+        This peer's own files matching C{pattern} (C{exact}: as
+        L{p2pshare.peer.share.matches} reads it), as Matches.
         """
 
     def vouch(matches: list[Any]) -> Any:

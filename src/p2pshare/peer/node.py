@@ -53,7 +53,7 @@ from p2pshare.admission import Secret
 from p2pshare.common import LimitedFactory, OncePerMinute
 from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
-from p2pshare.peer.files import PeerFiles
+from p2pshare.peer.files import FolderFetched, PeerFiles
 from p2pshare.peer.http import SniffingFactory, make_site
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.interfaces import IOverlay, ISearchHost
@@ -66,6 +66,7 @@ from p2pshare.peer.protocol import (
     PeerFactory,
     PeerProtocol,
 )
+from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
@@ -122,6 +123,7 @@ class PeerSettings:
     hop_timeout: float = 10.0
     max_hops: int = 64
     rescan_interval: float = 2.0
+    settle_time: float = 0.0  # a real peer: SETTLE_TIME (files still being written wait)
     max_uploads: int = MAX_UPLOADS
     upload_rate: float | None = None  # bytes per second over all uploads
     url_scheme: str = "http"
@@ -232,6 +234,7 @@ class PeerNode(MultiService):
             ),
             secret=secret,
             rescan_interval=settings.rescan_interval,
+            settle=settings.settle_time,
             max_uploads=settings.max_uploads,
             upload_rate=settings.upload_rate,
             private=(*((settings.state_dir,) if settings.state_dir else ()), *settings.private),
@@ -239,6 +242,11 @@ class PeerNode(MultiService):
             repair_time=3 * settings.heartbeat + REPAIR_MARGIN,
         )
         self.files.setServiceParent(self)
+        state = settings.state_dir
+        self.queue = DownloadQueue(
+            self.files.fetch, clock, state / QUEUE_FILE if state is not None else None
+        )
+        self.queue.setServiceParent(self)
         self.site = make_site(self.files, clock)
         self.join_hops = 0
         self.network_complete = False
@@ -583,6 +591,7 @@ class PeerNode(MultiService):
             )
         if self.settings.portfile is not None:
             atomic_write(self.settings.portfile, f"{self.port}\n".encode())
+        self.queue.open()
         self.log.info("peer {name} ready on port {port}", name=self.peer_name, port=self.port)
         held, self._held = self._held, []
         for proto, msg in held:
@@ -707,10 +716,10 @@ class PeerNode(MultiService):
     def refresh_share(self) -> Deferred[None]:
         return self.files.refresh()
 
-    async def fetch(self, name: str, *args: Any, **kwargs: Any) -> Fetched:
+    async def fetch(self, name: str, *args: Any, **kwargs: Any) -> Fetched | FolderFetched:
         return await self.files.fetch(name, *args, **kwargs)
 
-    def local_matches(self, pattern: str, hops: int, exact: bool = False) -> list[Match]:
+    def local_matches(self, pattern: str, hops: int, exact: int = 0) -> list[Match]:
         if self.share is None or self.peer_name is None or self.port is None:
             return []
         host = self.host or "127.0.0.1"

@@ -93,7 +93,7 @@ class Search:
     id: str
     pattern: str
     upstream: ILink | None
-    exact: bool = False
+    exact: int = 0  # see p2pshare.peer.share.matches
     upto: int | None = None
     waiting: dict[str, float] = field(default_factory=dict)
     # What each branch sent (None: this peer's own), at most MAX_RESULTS each.
@@ -190,13 +190,13 @@ class SearchEngine:
 
     def start(
         self, pattern: str, timeout: float = DEFAULT_TIMEOUT, search_id: str | None = None,
-        exact: bool = False, enough: Callable[[list[Match]], bool] | None = None,
+        exact: int = 0, enough: Callable[[list[Match]], bool] | None = None,
     ) -> Deferred[Found]:
         """
         Search the whole network; fires with every match (nearest first)
         and what the search covered.  C{pattern} is read as
-        L{p2pshare.peer.share.matches} says; C{exact}: the whole name,
-        ignoring case.  A round that missed part of the network runs again
+        L{p2pshare.peer.share.matches} says (C{exact}: 1 the whole name,
+        2 its words as they are, ignoring case).  A round that missed part of the network runs again
         until C{timeout} is up, or until C{enough} says the matches found
         so far will do.
         """
@@ -206,7 +206,7 @@ class SearchEngine:
         )
 
     async def _search(
-        self, pattern: str, timeout: float, search_id: str, exact: bool,
+        self, pattern: str, timeout: float, search_id: str, exact: int,
         enough: Callable[[list[Match]], bool] | None,
     ) -> Found:
         clock = self.node.clock
@@ -300,7 +300,7 @@ class SearchEngine:
             wire.unquote_name(pattern),
             proto,
             None,
-            msg.options.get("exact") == "1",
+            _how(msg.options.get("exact")),
             int(upto) if upto is not None else None,
         )
 
@@ -312,7 +312,7 @@ class SearchEngine:
         pattern: str,
         upstream: ILink | None,
         done: Deferred[Search] | None,
-        exact: bool = False,
+        exact: int = 0,
         upto: int | None = None,
     ) -> None:
         now = self.node.clock.seconds()
@@ -327,7 +327,7 @@ class SearchEngine:
             if n.name != came_from:
                 n.proto.send(
                     "SEARCH", search_id, hops + 1, wait_ms, wire.quote_name(pattern),
-                    exact=1 if exact else None, upto=upto,
+                    exact=exact or None, upto=upto,
                 )
                 search.waiting[n.name] = now
         if not search.waiting:
@@ -539,3 +539,11 @@ def results_lines(
         )
         for line in lines
     ]
+
+
+def _how(exact: str | None) -> int:
+    """
+    How a forwarded search reads its pattern (C{exact=}): 1 the whole
+    name, 2 its words as they are, anything else as its words or a glob.
+    """
+    return int(exact) if exact in ("1", "2") else 0

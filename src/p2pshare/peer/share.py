@@ -10,7 +10,11 @@ wherever they lie, recognised by device and inode rather than by name.
 Each file's size and SHA-256 are computed once and kept while its size,
 mtime and inode stay the same, so a rescan costs one C{stat} per file;
 files added, changed or removed are noticed at the next scan, without a
-restart.
+restart.  Only finished files are offered: a new or changed file is
+hashed once it has not changed for the settle time (L{SETTLE_TIME} in a
+real peer), and a file that changes while it is hashed is dropped until
+it settles again, so a file still being copied in is never offered with
+part of its bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from p2pshare.disk import DATA_DIR_MARK
 from p2pshare.pieces import hash_file, root_of
 
 CHUNK = 1 << 20
+SETTLE_TIME = 2.0  # seconds a new or changed file must stay unchanged before it is offered
 NAME_MAX = 255  # bytes in one segment of a path
 PATH_MAX = 1000  # bytes in a whole path (its percent-encoded form must fit a line)
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]|[\ud800-\udfff]")
@@ -45,6 +50,15 @@ class SharedFile:
     @property
     def root(self) -> str:
         return root_of(self.pieces)
+
+
+def changed_at(st: os.stat_result) -> float:
+    """
+    When the file last changed, as far as anyone can tell: its
+    modification time, or the time its inode changed (a copy that keeps
+    the source's mtime, C{cp -p}, still moves that), the later.
+    """
+    return max(st.st_mtime, st.st_ctime)
 
 
 def stamp_of(st: os.stat_result) -> tuple[int, int, int]:
@@ -82,28 +96,44 @@ def is_pattern(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
-CONTENT = re.compile(r"sha256:([0-9a-fA-F]{64})")
+SHA_PREFIX_MIN = 12  # hex digits of a SHA-256 that name a file (what search prints)
+CONTENT = re.compile(rf"sha256:([0-9a-fA-F]{{{SHA_PREFIX_MIN},64}})")
 
 
 def by_content(pattern: str) -> str | None:
     """
-    The SHA-256 that a C{sha256:HEX} pattern asks for (lower case), or None.
+    The SHA-256, or its first 12 to 64 hex digits, that a C{sha256:HEX}
+    pattern asks for (lower case), or None: a file's content is found by
+    any prefix at least as long as what search prints.
     """
     m = CONTENT.fullmatch(pattern)
     return m.group(1).lower() if m else None
 
 
-def matches(pattern: str, name: str, exact: bool = False) -> bool:
+def glob_escape(text: str) -> str:
     """
-    Does C{pattern} find C{name}, ignoring letter case?  With C{exact}, it
-    is the whole name; with C{* ? [}, a shell glob on the whole name (C{*}
-    also matches C{/}); otherwise every one of its space-separated words
-    appears somewhere in the name (C{live ogg} finds C{music/Live/set.ogg}).
+    C{text} as a glob (L{matches}) that matches only itself: C{[ ] ? *}
+    in a name are characters, not wildcards.
+    """
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
+
+
+EXACT = 1  # how a pattern is read: the whole name
+WORDS = 2  # ... its words as they are, even with * ? [ in them
+
+
+def matches(pattern: str, name: str, exact: int = 0) -> bool:
+    """
+    Does C{pattern} find C{name}, ignoring letter case?  With C{exact}
+    (L{EXACT}), it is the whole name; with C{* ? [} (unless C{exact} is
+    L{WORDS}), a shell glob on the whole name (C{*} also matches C{/});
+    otherwise every one of its space-separated words appears somewhere in
+    the name (C{live ogg} finds C{music/Live/set.ogg}).
     """
     name, pattern = name.casefold(), pattern.casefold()
-    if exact:
+    if exact == EXACT:
         return name == pattern
-    if is_pattern(pattern):
+    if exact != WORDS and is_pattern(pattern):
         return fnmatch.fnmatchcase(name, pattern)
     words = pattern.split()
     return bool(words) and all(word in name for word in words)
@@ -185,18 +215,33 @@ class ShareIndex:
     old index or the new one, never a mix.
     """
 
-    def __init__(self, directory: Path, private: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, private: tuple[Path, ...] = (), settle: float = 0.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         """
         @param private: folders and files never to share (the data dir, the
             secret and key files), wherever they lie: compared by device and
             inode, so no name or link leads to them.
+        @param settle: seconds a new or changed file must stay unchanged
+            before it is hashed and offered.
+        @param now: the wall clock that file times are compared with.
         """
         self.directory = Path(directory)
         self.private = private
+        self.settle = settle
+        self.now = now
         self.withheld: frozenset[str] = frozenset()  # what the last scan kept private
         self.files: dict[str, SharedFile] = {}
         self._learned: dict[str, SharedFile] = {}
         self.walked = 0.0  # seconds the last scan took, hashing new files aside
+        self.scans = 0  # scans finished
+        # Files seen but not offered yet: still changing (or changed while
+        # hashed).  The seconds until the first of them may have settled.
+        self.unsettled: frozenset[str] = frozenset()
+        self.settles_in: float | None = None
+        # The scan running now: files hashed and to hash, bytes likewise.
+        self.progress: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def learn(self, known: SharedFile) -> None:
         """
@@ -243,15 +288,21 @@ class ShareIndex:
             top = os.stat(real_dir)
         except OSError:
             self.files = {}
+            self.scans += 1
             return self.files
         if inode_of(top) in private or os.path.lexists(os.path.join(real_dir, DATA_DIR_MARK)):
             self.withheld = frozenset({"./"})  # the share is itself private
             self.files = {}
+            self.scans += 1
             return self.files
         old = self.files
         new: dict[str, SharedFile] = {}
         withheld: set[str] = set()
         started, hashing = time.monotonic(), 0.0
+        unsettled: set[str] = set()
+        settles_in: float | None = None
+        to_hash: list[tuple[str, str, os.stat_result]] = []
+        now = self.now()
         for name, entry in _walk(real_dir, private, withheld):
             try:
                 if entry.is_symlink():
@@ -276,14 +327,33 @@ class ShareIndex:
             if known is not None and known.stamp == stamp:
                 new[name] = known
                 continue
+            wait = changed_at(st) + self.settle - now
+            if wait > 0:
+                unsettled.add(name)  # still being written, perhaps: not yet
+                settles_in = wait if settles_in is None else min(settles_in, wait)
+                continue
+            to_hash.append((name, path, st))
+        total = sum(st.st_size for _, _, st in to_hash)
+        done_bytes = 0
+        for done, (name, path, st) in enumerate(to_hash):
+            self.progress = (done, len(to_hash), done_bytes, total)
             began = time.monotonic()
             try:
                 digest, pieces = hash_file(path)
+                after = os.stat(path)
             except OSError:
                 continue
             finally:
                 hashing += time.monotonic() - began
-            new[name] = SharedFile(name, st.st_size, digest, stamp, pieces)
+                done_bytes += st.st_size
+            if stamp_of(after) != stamp_of(st):
+                unsettled.add(name)  # it changed while it was read: later
+                settles_in = self.settle if settles_in is None else min(settles_in, self.settle)
+                continue
+            new[name] = SharedFile(name, st.st_size, digest, stamp_of(st), pieces)
+        self.progress = (len(to_hash), len(to_hash), total, total)
+        self.unsettled = frozenset(unsettled)
+        self.settles_in = settles_in
         # A file downloaded while the walk ran may have been added (add())
         # after the walk passed its folder: it stays.
         for name, known in list(self._learned.items()):
@@ -293,6 +363,7 @@ class ShareIndex:
         self.walked = time.monotonic() - started - hashing
         self.withheld = frozenset(withheld)
         self.files = new
+        self.scans += 1
         return new
 
     def _private_inodes(self) -> frozenset[Inode]:
@@ -355,14 +426,14 @@ class ShareIndex:
             return None
         return path
 
-    def search(self, pattern: str, exact: bool = False) -> list[SharedFile]:
+    def search(self, pattern: str, exact: int = 0) -> list[SharedFile]:
         """
         The files that C{pattern} finds (L{matches}), or (C{sha256:HEX})
         whose content has that SHA-256.
         """
         sha = by_content(pattern)
         if sha is not None:
-            return [f for _, f in sorted(self.files.items()) if f.sha256 == sha]
+            return [f for _, f in sorted(self.files.items()) if f.sha256.startswith(sha)]
         return [f for name, f in sorted(self.files.items()) if matches(pattern, name, exact)]
 
     def by_sha256(self, sha: str) -> SharedFile | None:

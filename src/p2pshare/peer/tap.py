@@ -34,6 +34,7 @@ from p2pshare.peer.control import ControlFactory, control_token
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.serving import parse_rate
+from p2pshare.peer.share import SETTLE_TIME
 from p2pshare.peer.storing import return_buffers_to_the_system
 from p2pshare.startup import (
     FD_CEILING,
@@ -109,8 +110,11 @@ class Options(RoleOptions):
                 raise usage.UsageError(f"--upload-rate: {e}") from None
         if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
             raise usage.UsageError("--advertise is a host name or an IP address")
-        self["port"] = server_endpoint_string(self["port"])
-        self["meta"] = client_endpoint_string(self["meta"])
+        try:
+            self["port"] = server_endpoint_string(self["port"])
+            self["meta"] = client_endpoint_string(self["meta"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         try:
             self["control"] = control_endpoint(self["control"], Path(self["data-dir"]).absolute())
         except ValueError as e:
@@ -247,6 +251,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
             downloads=options["downloads"],
             state_dir=data_dir,
             heartbeat=options["heartbeat"],
+            settle_time=SETTLE_TIME,
             max_uploads=options["max-uploads"],
             upload_rate=options["upload-rate"],
             url_scheme="https" if tls is not None else "http",

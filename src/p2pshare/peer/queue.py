@@ -1,0 +1,263 @@
+"""
+L{DownloadQueue}: downloads that outlive the command that asked for them.
+
+C{p2p get --background} puts a download here and returns at once; the
+peer runs at most L{AT_ONCE} of them together, oldest first, and keeps
+finished and failed ones (with the reason) for C{p2p downloads} until
+there are more than L{KEPT}.  The queue is written to the data dir
+(C{downloads.json}, replaced atomically) at every change of state, so
+queued and interrupted downloads survive a restart of the peer and
+resume from their verified pieces (the part files stay beside their
+targets).  C{p2p cancel} removes one, or every one under a folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from p2pshare.disk import atomic_write, human_size
+from p2pshare.peer.transfer import FetchError
+
+AT_ONCE = 2  # downloads of the queue running together
+KEPT = 200  # finished, failed and cancelled entries kept for p2p downloads
+MAX_QUEUED = 10_000  # entries waiting, at most
+QUEUE_FILE = "downloads.json"
+
+# fetch(name, directory, force, progress, sources=, only=, note=): PeerFiles.fetch
+Fetch = Callable[..., Any]
+
+
+@dataclass
+class Download:
+    """
+    One entry of the queue.  C{state}: C{queued}, C{running}, C{done},
+    C{failed} or C{cancelled}.
+    """
+
+    id: int
+    name: str
+    directory: str | None = None  # None: the peer's downloads folder
+    force: bool = False
+    sources: int = 4
+    holder: str | None = None  # --from
+    state: str = "queued"
+    reason: str = ""  # why it failed, or what it kept
+    path: str = ""  # where it was kept
+    done: int = 0  # bytes verified
+    total: int = 0
+    resumed_at: int | None = None  # bytes already verified when this run began
+    rate: int = 0  # bytes per second, this run
+    holders: int = 0  # holders sending now
+    added: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def covers(self, name: str) -> bool:
+        """
+        Does C{p2p cancel NAME} mean this one: its name, or a folder above it?
+        """
+        mine, asked = self.name.casefold().rstrip("/"), name.casefold().rstrip("/")
+        return mine == asked or mine.startswith(asked + "/")
+
+
+class DownloadQueue(Service):
+    log = Logger()
+
+    def __init__(self, fetch: Fetch, clock: IReactorTime, path: Path | None) -> None:
+        """
+        @param fetch: how one download runs (L{p2pshare.peer.files.PeerFiles.fetch}).
+        @param path: the file the queue is kept in; None: kept in memory only.
+        """
+        self._fetch = fetch
+        self.clock = clock
+        self.path = path
+        self.entries: dict[int, Download] = {}
+        self._running: dict[int, Deferred[Any]] = {}
+        self._next_id = 1
+        self._open = False  # downloads run only once the peer has joined
+        self._load()
+
+    # Keeping it.
+
+    def _load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            saved = json.loads(self.path.read_text("utf-8"))
+            known = {f.name for f in fields(Download)}
+            for raw in saved["downloads"]:
+                entry = Download(**{k: v for k, v in raw.items() if k in known})
+                if entry.state == "running":
+                    entry.state = "queued"  # the peer stopped under it: it resumes
+                entry.rate = entry.holders = 0
+                self.entries[entry.id] = entry
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.log.warn("the download queue in {path} could not be read ({why}); "
+                          "it starts empty", path=str(self.path), why=str(e))
+            return
+        self._next_id = max(self.entries, default=0) + 1
+        waiting = sum(not e.finished for e in self.entries.values())
+        if waiting:
+            self.log.info("{n} queued or interrupted downloads will resume once joined", n=waiting)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        data = {"downloads": [asdict(e) for e in self.entries.values()]}
+        try:
+            atomic_write(self.path, json.dumps(data, indent=1).encode("utf-8"))
+        except OSError as e:
+            self.log.warn("could not keep the download queue in {path}: {why}",
+                          path=str(self.path), why=e.strerror or str(e))
+
+    # What p2p asks.
+
+    def add(self, name: str, directory: Path | None = None, force: bool = False,
+            sources: int = 4, holder: str | None = None) -> Download:
+        """
+        Queue a download; it starts when its turn comes (at once, if fewer
+        than L{AT_ONCE} run).  The same name into the same folder while it
+        waits or runs is that one, not a second.
+        """
+        where = str(directory) if directory is not None else None
+        for e in self.entries.values():
+            if not e.finished and e.name == name and e.directory == where:
+                return e
+        if sum(not e.finished for e in self.entries.values()) >= MAX_QUEUED:
+            raise FetchError("busy", f"the download queue is full ({MAX_QUEUED:,} waiting)")
+        entry = Download(self._next_id, name, where, force, sources, holder,
+                         added=self.clock.seconds())
+        self._next_id += 1
+        self.entries[entry.id] = entry
+        self._forget_old()
+        self._save()
+        self._run_next()
+        return entry
+
+    def cancel(self, name: str) -> list[Download]:
+        """
+        Cancel every download that is C{name} or under the folder C{name}
+        and has not finished: those running stop (what they verified
+        stays on disk, for a later get to resume).
+        """
+        cancelled = [e for e in self.entries.values() if not e.finished and e.covers(name)]
+        for e in cancelled:
+            e.state, e.reason, e.ended = "cancelled", "cancelled by p2p cancel", self.clock.seconds()
+            running = self._running.pop(e.id, None)
+            if running is not None:
+                running.cancel()
+        if cancelled:
+            self._save()
+            self._run_next()
+        return cancelled
+
+    def listing(self) -> Iterator[dict[str, Any]]:
+        for e in sorted(self.entries.values(), key=lambda e: e.id):
+            yield asdict(e)
+
+    # Running it.
+
+    def open(self) -> None:
+        """
+        The peer has joined: downloads may run.
+        """
+        self._open = True
+        self._run_next()
+
+    def stopService(self) -> None:
+        """
+        The peer stops: what runs is interrupted, not failed; it stays
+        C{running} in the file and resumes at the next start.
+        """
+        self._open = False
+        running, self._running = self._running, {}
+        for d in running.values():
+            d.cancel()
+        self._save()
+        super().stopService()
+
+    def _run_next(self) -> None:
+        if not self._open:
+            return
+        for e in sorted(self.entries.values(), key=lambda e: e.id):
+            if len(self._running) >= AT_ONCE:
+                return
+            if e.state == "queued":
+                self._start(e)
+
+    def _start(self, e: Download) -> None:
+        e.state, e.started, e.reason = "running", self.clock.seconds(), ""
+        e.resumed_at = None
+        self._save()
+        self.log.info("download {id} of {name} started", id=e.id, name=e.name)
+
+        def progress(done: int, total: int, sending: int = 0) -> None:
+            if e.resumed_at is None:
+                e.resumed_at = done
+            elapsed = self.clock.seconds() - (e.started or 0)
+            e.done, e.total, e.holders = done, total, sending
+            e.rate = int((done - e.resumed_at) / elapsed) if elapsed > 0 else 0
+
+        d = Deferred.fromCoroutine(self._fetch(
+            e.name, Path(e.directory) if e.directory else None, e.force, progress,
+            sources=e.sources, only=e.holder, note=lambda text: self._note(e, text),
+        ))
+        self._running[e.id] = d
+        d.addCallbacks(self._kept, self._failed, callbackArgs=(e,), errbackArgs=(e,))
+
+    def _note(self, e: Download, text: str) -> None:
+        self.log.info("download {id}: {text}", id=e.id, text=text)
+
+    def _kept(self, result: Any, e: Download) -> None:
+        self._running.pop(e.id, None)
+        e.state, e.ended, e.path, e.holders, e.rate = "done", self.clock.seconds(), str(result.path), 0, 0
+        failed = getattr(result, "failed", [])
+        if failed:  # a folder: some of its files could not be kept
+            e.state = "failed"
+            e.reason = f"{len(failed)} of {result.files} files failed; first: {failed[0][0]}: {failed[0][1]}"
+        elif hasattr(result, "files"):
+            e.reason = f"{result.kept} files, {human_size(result.bytes)}"
+        else:
+            e.done = e.total = result.size
+            e.reason = "already here, identical" if result.already else "verified"
+        self.log.info("download {id} of {name}: {state} ({reason})", id=e.id, name=e.name,
+                      state=e.state, reason=e.reason)
+        self._save()
+        self._run_next()
+
+    def _failed(self, failure: Any, e: Download) -> None:
+        self._running.pop(e.id, None)
+        e.holders = e.rate = 0
+        if failure.check(CancelledError):
+            return  # cancelled (said already), or the peer stops: it resumes at the next start
+        e.state, e.ended = "failed", self.clock.seconds()
+        e.reason = failure.value.text if failure.check(FetchError) else (
+            failure.getErrorMessage() or "the download failed")
+        if not failure.check(FetchError):
+            self.log.failure("download {id} of {name} failed", failure, id=e.id, name=e.name)
+        else:
+            self.log.info("download {id} of {name} failed: {why}", id=e.id, name=e.name,
+                          why=e.reason)
+        self._save()
+        self._run_next()
+
+    def _forget_old(self) -> None:
+        ended = sorted((e for e in self.entries.values() if e.finished),
+                       key=lambda e: e.ended or 0)
+        for e in ended[: max(0, len(ended) - KEPT)]:
+            del self.entries[e.id]
