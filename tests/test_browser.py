@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 
 from p2pshare import wire
 from p2pshare.disk import atomic_write
-from p2pshare.launch import LocalNetwork
+from p2pshare.launch import CLEAN_EXITS, LocalNetwork
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
@@ -105,6 +105,9 @@ async def test_the_page_follows_a_live_network(reactor, tmp_path, browser):
         assert shown(browser, "return document.getElementById('state').textContent") == (
             "network complete: 6 peers"
         )
+        counts = shown(browser, "return document.getElementById('counts').innerText")
+        assert "peers: 6" in counts and "expected: 6" in counts  # --expect 6 was given
+        assert "NumberOfServers" not in shown(browser, "return document.body.innerText")
         assert shown(browser, "return document.querySelectorAll('g.peer.root').length") == 1
 
         # A newcomer appears, without a reload.
@@ -227,7 +230,8 @@ async def test_a_hundred_peers_are_drawn_apart_and_a_click_shows_one(
     protos[7].dataReceived(
         b"TRANSFER down 1048576 4194304 524288 2%20holders music/live%20set.ogg\r\n"
         b"TRANSFER up 100 200 50 127.0.0.9 %3Cb%3Ereport%3C%2Fb%3E.pdf\r\n"
-        b"SUMMARY files=7 bytes=3145728 transfers=2\r\n"
+        b"TRANSFER up 1536 4096 1280 127.0.0.1%3A6003 notes.txt\r\n"
+        b"SUMMARY files=7 bytes=3145728 transfers=3\r\n"
     )
     port = reactor.listenTCP(0, make_site(server, reactor), interface="127.0.0.1")
     try:
@@ -239,6 +243,8 @@ async def test_a_hundred_peers_are_drawn_apart_and_a_click_shows_one(
         assert shown(browser, "return document.getElementById('state').textContent") == (
             "network complete: 100 peers"
         )
+        assert shown(browser, "return document.getElementById('counts').innerText").startswith(
+            "peers: 100")
         # Every peer's drawing (circle, name, address, counts) is apart
         # from every other's.
         rects = shown(browser, """return [...document.querySelectorAll('g.peer')].map(g => {
@@ -259,13 +265,15 @@ async def test_a_hundred_peers_are_drawn_apart_and_a_click_shows_one(
         details = shown(browser, "return document.getElementById('details').innerText")
         assert "127.0.0.1:6007" in details
         assert "7 files, 3.0 MiB" in details
-        assert "2 in progress" in details
+        assert "3 in progress" in details
         rows = shown(browser, "return [...document.querySelectorAll('#transfers li')]"
                               ".map(r => r.innerText)")
-        assert len(rows) == 2
+        assert len(rows) == 3
         assert "music/live set.ogg" in rows[0] and "from 2 holders" in rows[0]
         assert "1.0 MiB of 4.0 MiB (25%), 512.0 KiB/s" in rows[0]
-        assert "<b>report</b>.pdf" in rows[1] and "to 127.0.0.9" in rows[1]
+        assert "<b>report</b>.pdf" in rows[1] and "to 127.0.0.9" in rows[1]  # nobody there
+        # An address where one peer is registered shows as its name.
+        assert "notes.txt" in rows[2] and "to s3: 1.5 KiB of 4.0 KiB (37%), 1.3 KiB/s" in rows[2]
         neighbours = shown(browser, "return [...document.querySelectorAll("
                                     "'#details button.neighbour')].map(b => b.textContent)")
         assert neighbours == server.registry.get(busy).neighbours
@@ -309,7 +317,7 @@ def details_of(driver, name):
 async def test_a_real_download_shows_in_both_peers_details(net, browser):
     """
     Real peers report what they move: while one fetches a file from a
-    holder capped at 2 MB/s, the page shows the download at the getter and
+    holder capped at 2 MiB/s, the page shows the download at the getter and
     the upload at the holder; once it is done, neither has a transfer.
     """
     meta = await net.start_meta(3, "--web", "tcp:0")
@@ -337,3 +345,84 @@ async def test_a_real_download_shows_in_both_peers_details(net, browser):
         d, names[getter]))
     await deferToThread(wait_until, browser, lambda d: "none in progress" in details_of(
         d, names[holder]))
+
+
+async def start_meta_without_expect(net, *extra):
+    """
+    C{twistd p2pmeta} as an operator starts it: no C{--expect}.
+    """
+    from p2pshare.launch import read_port, twistd
+
+    net.meta_dir.mkdir(parents=True, exist_ok=True)
+    portfile = net.meta_dir / "port"
+    proc = twistd(net.reactor, "p2pmeta", [
+        "--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(net.meta_dir),
+        "--portfile", str(portfile), *extra,
+    ], net.root, net.root / "meta.log").start()
+    net.meta = proc
+    await proc.wait_for("p2pmeta ready", 30)
+    net.meta_port = read_port(portfile)
+    return proc
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_expect_the_page_claims_no_expected_size_and_is_not_logged(net, browser):
+    """
+    Without --expect the page shows how many peers are in, and no
+    expectation ("forming: 2 of 5" was shown for ever); it says "peers",
+    never "NumberOfServers"; and its polling of /topology.json leaves no
+    line in the log at the default level.
+    """
+    meta = await start_meta_without_expect(net, "--web", "tcp:0")
+    line = await meta.wait_for("p2pmeta web page on port", 30)
+    for _ in range(2):
+        await net.start_peer()
+    await meta.wait_for("topology settled: 2 peers", 30)
+
+    await deferToThread(browser.get, f"http://127.0.0.1:{line.rsplit(' ', 1)[1]}/")
+    await deferToThread(wait_until, browser, lambda d: len(peers_shown(d)) == 2)
+    assert shown(browser, "return document.getElementById('count').textContent") == "2"
+    page = shown(browser, "return document.body.innerText")
+    assert "peers: 2" in page
+    assert "NumberOfServers" not in page
+    assert "of 5" not in page and "expected" not in page and "forming" not in page, page
+    assert shown(browser, "return document.getElementById('state').textContent") == ""
+    # Several polls later (the page redraws when a peer's summary changes,
+    # but asks every second), the server's whole log, read to its end:
+    # the requests were served, and not one is in it.
+    await deferToThread(wait_until, browser, lambda d: d.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.endsWith('/topology.json')).length") >= 3)
+    assert await meta.stop() in CLEAN_EXITS
+    assert not any("GET /" in line for line in meta.lines), meta.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_writes_sizes_as_the_command_does(reactor, tmp_path, browser):
+    """
+    The page's script and p2pshare.disk.human_size write every size alike:
+    powers of 1024, one decimal rounded half up, the next unit from 1024.
+    """
+    import random
+
+    from p2pshare.disk import human_size
+
+    server = MetaServer(Registry(), Clock(), data_dir=tmp_path)
+    server.startService()
+    port = reactor.listenTCP(0, make_site(server, reactor), interface="127.0.0.1")
+    rng = random.Random(7)
+    sizes = [0, 1, 512, 1023, 1024, 1280, 1536, 2**20 - 1, 2**20, 8 * 2**20, 2**30 - 1,
+             3 * 2**29, 2**40, 2**50, 2**60, 2**63 - 1, 10**6, 10**9, 10**12, 1023.5, 0.5,
+             *(k * 2**e + d for k in (1, 5, 13, 999, 1023, 1025) for e in (0, 10, 20, 30)
+               for d in (-1, 0, 1)),
+             *(rng.randrange(2**rng.randrange(1, 53)) for _ in range(300))]
+    try:
+        await deferToThread(browser.get, f"http://127.0.0.1:{port.getHost().port}/")
+        got = await deferToThread(browser.execute_script,
+                                  "return arguments[0].map(human)", sizes)
+        assert got == [human_size(n) for n in sizes]
+        assert got[:10] == ["0 B", "1 B", "512 B", "1023 B", "1.0 KiB", "1.3 KiB", "1.5 KiB",
+                            "1.0 MiB", "1.0 MiB", "8.0 MiB"]
+    finally:
+        await port.stopListening()
+        server.stopService()

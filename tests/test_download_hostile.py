@@ -383,8 +383,8 @@ async def test_a_file_said_to_be_huge_is_refused_before_anything_is_asked(
         with pytest.raises(FetchError) as e:
             await d
         assert e.value.text == (
-            "could not download file.bin: its holders say it is 1099.5 GB, larger than the "
-            "137.4 GB this peer downloads"
+            "could not download file.bin: its holders say it is 1.0 TiB, larger than the "
+            "128.0 GiB this peer downloads"
         )
         assert len(searches) == 1  # no point in searching again
         assert os.listdir(out) == []

@@ -185,7 +185,7 @@ async def test_a_full_disk_ends_the_get_at_once_with_one_sentence(net, tmp_path)
         get = net.p2p("get", "big.bin", "--peer", net.control(requester), "-o", str(small))
         assert await get.when_ended(60) == 1
         check_sentence(get)
-        assert get.lines[-1].startswith(f"p2p get: the peer says: no space left on {small}: 60.0 MB needed")
+        assert get.lines[-1].startswith(f"p2p get: the peer says: no space left on {small}: 57.2 MiB needed")
         # No search again, no retry against other holders: the fault is ours.
         assert not any("searching again" in line for line in net.peers[requester].lines)
         assert os.listdir(small) == []

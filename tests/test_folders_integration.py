@@ -84,9 +84,13 @@ async def test_folders_are_shared_searched_fetched_and_recreated(net, tmp_path):
         assert r.stdout == data + b"\n200", name
     for bad in [".private/secret.txt", "notes/.draft.txt", "escape/f.txt", "notes/link-out.txt",
                 "Music/../.private/secret.txt", "Music/Live%20Set/..%2F..%2F.private%2Fsecret.txt",
-                "Music", "Music/", "docs//Report%20FINAL.pdf"]:
+                "docs//Report%20FINAL.pdf", "notes/", ".private/"]:
         r = await deferToThread(curl, base + bad)
         assert r.stdout.endswith((b"\n404", b"\n400")), (bad, r.stdout[-200:])
+    # A folder is a page of its shared files (without its slash: sent there).
+    assert (await deferToThread(curl, base + "Music")).stdout.endswith(b"\n302")
+    page = await deferToThread(curl, base + "Music/")
+    assert page.stdout.endswith(b"\n200") and quote("Été 2026.ogg").encode() in page.stdout
 
     # Browsing: p2p ls finds the holder by name through the network and
     # lists exactly what / and /index.json show.

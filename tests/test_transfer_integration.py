@@ -117,10 +117,10 @@ async def test_twenty_megabytes_across_six_peers_and_curl(net, tmp_path):
     shown = await deferToThread(on_terminal, *P2P, "search", "random", "--peer", net.control(holder))
     header, line = shown.splitlines()
     assert header.split() == ["PATH", "SIZE", "SHA-256", "HOLDERS"]
-    assert line.split()[:5] == ["random.bin", "20.0", "MB", sha[:12], "2"]
+    assert line.split()[:5] == ["random.bin", "19.1", "MiB", sha[:12], "2"]
     # It is shared onward at once.
-    status = await deferToThread(run, *P2P, "status", "--peer", net.control(requester))
-    assert f"  random.bin  20.0 MB  sha256 {sha[:16]}..." in status.stdout.splitlines()
+    status = await deferToThread(run, *P2P, "status", "--files", "--peer", net.control(requester))
+    assert f"  random.bin  19.1 MiB  sha256 {sha[:12]}" in status.stdout.splitlines()
     # Again: already here, nothing to do.
     out = await deferToThread(run, *P2P, "get", "random.bin", "--peer", net.control(requester))
     assert out.returncode == 0 and "already here" in out.stderr

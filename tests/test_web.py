@@ -26,8 +26,8 @@ PEER_SHAPE = {
     "max_neighbours": int, "shared_files": int, "root": bool, "parent": (str, type(None)),
     "live": bool, "shared_bytes": int, "transfers": list, "transfer_count": int,
 }
-TOP_SHAPE = {"peers": list, "links": list, "count": int, "expect": int, "complete": bool,
-             "events": list}
+TOP_SHAPE = {"peers": list, "links": list, "count": int, "expect": (int, type(None)),
+             "complete": bool, "events": list}
 EVENT_SHAPE = {"time": (int, float), "event": str, "peer": str, "text": str}
 
 
@@ -96,6 +96,69 @@ async def test_topology_json_has_the_documented_shape(reactor, serve, tmp_path):
     assert response.code == 405
     response, _ = await get(reactor, base + "/nothing-here")
     assert response.code == 404
+    server.stopService()
+
+
+def test_an_expected_size_is_shown_only_when_the_operator_set_one(tmp_path):
+    from p2pshare.meta.server import DEFAULT_EXPECT
+    from p2pshare.meta.web import topology
+
+    # twistd p2pmeta without --expect: "network complete" is still logged
+    # at the default size, but no plan is claimed.
+    o = Options()
+    o.parseOptions([])
+    assert (o["expect"], o["expect-given"]) == (DEFAULT_EXPECT, False)
+    unset = MetaServer(Registry(), Clock(), data_dir=tmp_path)
+    assert (unset.expect, unset.planned) == (5, None)
+    assert topology(unset)["expect"] is None
+    # Given, even at the default's value, it is shown.
+    o = Options()
+    o.parseOptions(["--expect", "5"])
+    assert (o["expect"], o["expect-given"]) == (5, True)
+    given = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=5)
+    assert topology(given)["expect"] == 5
+
+
+def test_a_transfer_names_the_peer_at_the_address_it_reports(tmp_path):
+    """
+    A peer says whom it sends to by the address it sees; the server names
+    the peer when exactly one is registered there, and keeps what was said
+    otherwise.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare import wire
+    from p2pshare.meta.server import MetaFactory
+    from p2pshare.meta.web import topology
+
+    server = MetaServer(Registry(), Clock(), data_dir=tmp_path, expect=4)
+    server.startService()
+    protos = {}
+    for name, host, port in [("alone", "10.0.0.5", 6001), ("one", "10.0.0.7", 6002),
+                             ("two", "10.0.0.7", 6003), ("sender", "10.0.0.9", 6004)]:
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        proto = MetaFactory(server).buildProtocol(transport.getPeer())
+        proto.makeConnection(transport)
+        proto.dataReceived(f"P2P port={port} name={name}\r\n".encode())
+        assert transport.value().startswith(b"WELCOME "), transport.value()
+        protos[name] = proto
+    said = ["10.0.0.5", "10.0.0.7", "10.0.0.7:6003", "10.0.0.8", "2 holders", "one", "[::1]:6001"]
+    protos["sender"].dataReceived("".join(
+        f"TRANSFER up 1 2 0 {wire.quote_name(peer)} f{i}\r\n" for i, peer in enumerate(said)
+    ).encode() + b"SUMMARY files=0 bytes=0 transfers=7\r\n")
+    [sender] = [p for p in topology(server)["peers"] if p["name"] == "sender"]
+    assert [t["peer"] for t in sender["transfers"]] == [
+        "alone",  # the only peer at that host
+        "10.0.0.7",  # two peers there: which one is not known
+        "two",  # the port tells them apart
+        "10.0.0.8",  # nobody registered there
+        "2 holders",
+        "one",  # a name is a name
+        "[::1]:6001",
+    ]
+    # What the peer said is kept as it said it (p2p status reads the same record).
+    assert server.registry.get("sender").transfers[0]["peer"] == "10.0.0.5"
     server.stopService()
 
 

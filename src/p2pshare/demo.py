@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 
 from p2pshare.admission import new_secret_text
-from p2pshare.disk import atomic_write, private_write
+from p2pshare.disk import atomic_write, human_size, private_write
 from p2pshare.launch import LocalNetwork
 from p2pshare.tls import make_certs
 from p2pshare.topo import TopoEntry, far_apart, parse_topo, tree_text
@@ -93,7 +93,7 @@ async def _share_a_file(net: LocalNetwork, entries: list[TopoEntry]) -> int:
     holder, requester, hops = far_apart(views)
     data = os.urandom(DEMO_SIZE)
     sha = hashlib.sha256(data).hexdigest()
-    say(f"\nplacing demo.bin ({DEMO_SIZE // 1_000_000} MB, sha256 {sha[:16]}...) on {holder}")
+    say(f"\nplacing demo.bin ({human_size(DEMO_SIZE)}, sha256 {sha[:16]}...) on {holder}")
     atomic_write(net.root / keys[holder] / "shared" / "demo.bin", data)
     await net.peers[keys[holder]].wait_for("sharing demo.bin", net.timeout)
 

@@ -7,20 +7,41 @@ C{p2p} command imports this.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
 def human_size(n: float) -> str:
     """
-    A size for people: C{512 B}, C{1.2 GB} (powers of 1000, as disks say).
+    A size for people (a rate too, with C{/s} after it), in powers of 1024
+    as C{--upload-rate 8M} reads them: C{512 B}, C{8.0 MiB}, C{1.5 GiB}.
+
+    One decimal, rounded half up (as the topology page's script rounds, so
+    both show a size alike), and the next unit where the number would
+    round to 1024: C{1 MiB - 1} is C{1.0 MiB}, never C{1024.0 KiB}.
     """
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    if not math.isfinite(n):
+        return f"{n} B"
+    shown = _rounded(n, "1")
+    if shown < 1024:
+        return f"{shown} B"
+    for unit in _UNITS:
+        n /= 1024  # exact: a power of two
+        shown = _rounded(n, "0.1")
+        if shown < 1024 or unit == _UNITS[-1]:
+            break
+    return f"{shown} {unit}"
+
+
+def _rounded(n: float, places: str) -> Decimal:
+    # Decimal(n) is the float's exact value: halves are halves, as in
+    # JavaScript's toFixed.
+    return Decimal(n).quantize(Decimal(places), rounding=ROUND_HALF_UP)
 
 
 def atomic_write(path: Path | str, data: bytes) -> None:

@@ -12,7 +12,9 @@ invisible character as an escape such as C{\\u202e}, never raw.
 Twisted's own chatter -- factories starting and stopping (one pair per
 HTTP connection), ports opening and closing, connection retries being
 scheduled, twistd's start-up banner -- is shown only at C{--log-level
-debug}.  C{--log-level warn} keeps warnings and errors alone.
+debug}, and so is the access line of each request to a role's web side
+(the metadata server's page asks for C{/topology.json} every second).
+C{--log-level warn} keeps warnings and errors alone.
 
 The observer replaces twistd's default one through the application's
 L{ILogObserver} component (how twistd lets an application choose its
@@ -68,6 +70,10 @@ _CHATTER_FORMATS = frozenset({
 # A port's "SniffingFactory (LimitedFactory) starting on 5001" and
 # "(TCP Port 5001 Closed)": the role says itself where it listens.
 _PORT_CHATTER = re.compile(r".* starting on \S+|\((TCP |UNIX |)Port \S+ Closed\)")
+# A web site's access line, as twisted.web writes it (combinedLogFormatter)
+# to the log: '"127.0.0.1" - - [07/Dec/2026:02:06:17 +0000] "GET /topology.json
+# HTTP/1.1" 200 172 "-" "Mozilla/5.0 ..."'.
+_ACCESS_LINE = re.compile(r'"[^"]*" - - \[[^\]]*\] ".*" \d{3} (\d+|-) ".*" ".*"')
 
 
 def is_chatter(event: Mapping[str, Any]) -> bool:
@@ -77,6 +83,8 @@ def is_chatter(event: Mapping[str, Any]) -> bool:
     if event.get("isError") or event.get("log_failure") is not None:
         return False
     if event.get("log_format") in _CHATTER_FORMATS:
+        return True
+    if event.get("log_format") == "{log_io}" and _ACCESS_LINE.fullmatch(str(event.get("log_io"))):
         return True
     message: tuple[Any, ...] = tuple(event.get("message") or ())
     return len(message) == 1 and _PORT_CHATTER.fullmatch(str(message[0])) is not None

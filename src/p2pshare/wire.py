@@ -194,6 +194,15 @@ def quote_path(path: str) -> str:
     return quote(path, safe=_NAME_SAFE + "/", errors="strict")
 
 
+def url_path(name: str) -> str:
+    """
+    A name in the share as a URL path: each segment percent-encoded, every
+    character but letters, digits and C{-._~} (so C{?}, C{#}, C{%}, C{[]}
+    and the other reserved ones too), with C{/} between the segments.
+    """
+    return quote(name, safe="/", errors="strict")
+
+
 def unquote_name(field: str) -> str:
     """
     The file name in a field; raises L{WireError} if it does not decode to

@@ -42,6 +42,7 @@ MAX_PER_ADDRESS = 1_000  # of them from one source address (--max-per-address)
 OBSERVER_RESERVE = 64  # connections beyond those, for p2p topo and the operator
 GOAL_TIMEOUT = 30.0  # seconds a newcomer referred to a peer has to arrive there
 MAX_QUEUED = 32  # requests one connection may have waiting for their answers
+DEFAULT_EXPECT = 5  # "network complete" at this many peers when --expect is not given
 
 
 class MetaServer(MultiService):
@@ -62,7 +63,7 @@ class MetaServer(MultiService):
         registry: Registry,
         clock: IReactorTime,
         data_dir: Path | None = None,
-        expect: int = 5,
+        expect: int | None = None,
         grace: float = 15.0,
         secret: Secret | None = None,
         flush_interval: float = FLUSH_INTERVAL,
@@ -76,6 +77,10 @@ class MetaServer(MultiService):
             check it (L{AddressChecks}); without it (unit tests) every
             address is taken as it is said.
         @param signer: the key that signs tickets (a fresh one by default).
+        @param expect: the planned network size (C{--expect}): C{network
+            complete} is logged when it is reached.  L{None}: nobody set
+            one; it is logged at L{DEFAULT_EXPECT} all the same, but no
+            plan is shown (C{planned} stays L{None}).
         """
         super().__init__()
         # Bumped by every change the web page shows (it caches by it).
@@ -89,7 +94,8 @@ class MetaServer(MultiService):
         self.clock = clock
         self.secret = secret
         self.data_dir = data_dir
-        self.expect = expect
+        self.expect = expect if expect is not None else DEFAULT_EXPECT
+        self.planned = expect
         self.sessions: dict[str, MetaProtocol] = {}
         # Each registration's number: increasing, across restarts too.
         self.last_seq = int(clock.seconds() * 1000)

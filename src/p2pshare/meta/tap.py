@@ -29,6 +29,7 @@ from p2pshare.logs import RoleLog
 from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import (
+    DEFAULT_EXPECT,
     FLUSH_INTERVAL,
     MAX_PEERS,
     MAX_PER_ADDRESS,
@@ -70,7 +71,9 @@ class Options(RoleOptions):
     optParameters = [
         ["port", None, "tcp:5000", "Endpoint where peers register (a bare N means tcp:N)."],
         ["data-dir", None, "./p2pmeta-data", "Registry, topo.txt and NumberOfServers.txt."],
-        ["expect", None, 5, "Planned network size: log 'network complete' at N peers.", int],
+        ["expect", None, None,
+         f"Planned network size: log 'network complete' at N peers [default: {DEFAULT_EXPECT}]; "
+         "the web page shows it only when given.", int],
         ["portfile", None, None, "Write the bound port number here once listening."],
         ["web", None, None, "Serve the topology page here (loopback unless an interface is given)."],
         ["manhole", None, None, "SSH manhole here (loopback unless an interface is given)."],
@@ -88,6 +91,10 @@ class Options(RoleOptions):
     ]
 
     def postOptions(self) -> None:
+        # Whether the operator planned a size: the web page shows one only then.
+        self["expect-given"] = self["expect"] is not None
+        if self["expect"] is None:
+            self["expect"] = DEFAULT_EXPECT
         if self["expect"] < 1:
             raise usage.UsageError("--expect must be at least 1")
         if not 1 <= self["max-peers"] <= 1_000_000:
@@ -174,7 +181,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
         return tls.client(ep) if tls is not None else ep
 
     server = MetaServer(
-        registry, reactor, data_dir=data_dir, expect=options["expect"], secret=options["secret"],
+        registry, reactor, data_dir=data_dir,
+        expect=options["expect"] if options["expect-given"] else None, secret=options["secret"],
         flush_interval=options["flush-interval"], max_peers=options["max-peers"],
         max_per_address=options["max-per-address"], connect=connect,
         signer=TicketSigner.in_directory(data_dir),

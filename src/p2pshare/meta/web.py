@@ -11,6 +11,11 @@ C{<script>} shows as text.  The page's C{shown()} writes what would not
 show as itself (a bidi control, a zero-width or control character) as an
 escape, by the rule of L{p2pshare.display.shown}: a file named
 C{"evil\\u202egpj.exe"} shows so, not as C{evilexe.jpg}.
+
+The page shows an expected network size only when the operator set one
+(C{--expect}); a transfer's other end by its peer name where the server
+can tell it (L{who}).  Its requests are logged at debug level only
+(L{p2pshare.logs}): it asks for C{/topology.json} every second.
 """
 
 from __future__ import annotations
@@ -27,14 +32,17 @@ from p2pshare.httpserver import strict_site
 from p2pshare.topo import topo_text
 
 if TYPE_CHECKING:
+    from p2pshare.meta.registry import PeerRecord
     from p2pshare.meta.server import MetaServer
 
 
 def topology(server: MetaServer) -> dict[str, Any]:
     """
     The network as C{/topology.json} shows it (see docs/operations.rst).
+    C{expect} is L{None} unless the operator set it (C{--expect}).
     """
     peers = server.verified()
+    name_of = who(peers)
     shown = {e.name: e.neighbours for e in server.topology(peers)}  # links both ends report
     links = sorted({tuple(sorted((name, n))) for name, ns in shown.items() for n in ns})
     return {
@@ -48,7 +56,7 @@ def topology(server: MetaServer) -> dict[str, Any]:
                 "max_neighbours": p.max_neighbours,
                 "shared_files": p.shared_files,
                 "shared_bytes": p.shared_bytes,
-                "transfers": p.transfers,
+                "transfers": [{**t, "peer": name_of(str(t["peer"]))} for t in p.transfers],
                 "transfer_count": p.transfer_count,
                 "root": p.is_root and not p.uplink,
                 "parent": p.uplink,
@@ -58,13 +66,43 @@ def topology(server: MetaServer) -> dict[str, Any]:
         ],
         "links": [list(link) for link in links],
         "count": len(peers),
-        "expect": server.expect,
+        "expect": server.planned,
         "complete": server.complete,
         "events": [
             {"time": e.time, "event": e.kind, "peer": e.peer, "text": e.text}
             for e in server.events
         ],
     }
+
+
+def who(peers: list[PeerRecord]) -> Callable[[str], str]:
+    """
+    What a transfer's other end is called on the page.  A peer says who
+    it sends to by the address it sees (C{127.0.0.1}, or C{HOST:PORT}):
+    that is a peer's name when exactly one of C{peers} is there (by its
+    advertised address, or where its registration comes from, with the
+    port if one is said); otherwise, and for what is not an address at all
+    (C{"2 holders"}, a name), what the peer said.
+    """
+    names = {p.name for p in peers}
+    at_host: dict[str, set[str]] = {}
+    at_port: dict[tuple[str, int], set[str]] = {}
+    for p in peers:
+        for host in {p.host, p.source} - {"", "local"}:
+            at_host.setdefault(host, set()).add(p.name)
+        at_port.setdefault((p.host, p.port), set()).add(p.name)
+
+    def name(said: str) -> str:
+        if said in names:
+            return said
+        found = at_host.get(said)
+        if found is None:
+            host, _, port = said.rpartition(":")
+            if host and port.isdigit():
+                found = at_port.get((host.removeprefix("[").removesuffix("]"), int(port)))
+        return next(iter(found)) if found is not None and len(found) == 1 else said
+
+    return name
 
 
 def _cached(server: MetaServer, render: Callable[[], bytes]) -> Callable[[], bytes]:

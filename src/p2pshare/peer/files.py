@@ -327,8 +327,8 @@ class PeerFiles(MultiService):
             raise FetchError(wire.E_FAILED, "this peer does not fetch from others")
         return await self.downloader.listing(found[0])
 
-    async def _others(self, pattern: str, timeout: float) -> list[Match]:
-        found = await self._find(pattern, timeout, EXACT, None)
+    async def _others(self, pattern: str, timeout: float, how: int = 0) -> list[Match]:
+        found = await self._find(pattern, timeout, how, None)
         return [m for m in found.matches if m.holder != self._me()]
 
     async def _holders(
@@ -485,7 +485,7 @@ class PeerFiles(MultiService):
             "shared_bytes": sum(f.size for f in files),
             # Indexed: the first scan ended (a file still being written
             # waits for its settle time, and is counted apart).
-            "indexed": share is None or share.scans > 0,
+            "indexed": share is None or share.indexed,
             "indexing": {"files": hashed, "of": to_hash, "bytes": done, "of_bytes": total},
             "settling": len(share.unsettled) if share is not None else 0,
             "shared": [{"name": f.name, "size": f.size, "sha256": f.sha256}

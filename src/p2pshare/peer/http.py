@@ -1,7 +1,8 @@
 """
 The HTTP side of a peer's port: C{GET} and C{HEAD /files/NAME}, with single
 C{Range} requests, so that peers (and C{curl}) fetch files directly from a
-holder; C{/pieces/SHA256} and C{/have/SHA256} for downloaders.
+holder; C{/pieces/SHA256} and C{/have/SHA256} for downloaders; C{/}, and
+C{/files/FOLDER/} for one folder, the share as a page (L{ShareListing}).
 
 A request names a file; the name is looked up in the share's index, never
 joined onto a path, so C{..}, encoded traversal, absolute paths, dotfiles,
@@ -43,8 +44,10 @@ from p2pshare.peer.serving import (
     StartSpreader,
     peer_host,
 )
+from p2pshare.peer.share import is_shareable_name
 from p2pshare.pieces import DIGEST, bitfield, piece_count
 from p2pshare.tls import is_tls_hello, tls_failure
+from p2pshare.wire import url_path
 
 FIRST_LINE_TIMEOUT = 30  # seconds to finish the first line, whatever the protocol
 # An HTTP request line: method, target, version (RFC 9112 section 3).
@@ -147,7 +150,10 @@ def make_site(node: IFileHost, reactor: Any) -> Site:
 
 class FilesResource(Resource):
     """
-    C{/files/}: the share's own index as text; C{/files/NAME}: one file.
+    C{/files/}: the share's own index as text; C{/files/NAME}: one file;
+    C{/files/FOLDER/}: the page of the share's files under that folder
+    (C{/files/FOLDER} is sent there).  Only names the share's index holds
+    are found, so hidden folders, C{..} and links out have no page either.
     """
 
     isLeaf = False
@@ -171,12 +177,17 @@ class FilesResource(Resource):
             name = b"/".join([path, *(request.postpath or [])]).decode("utf-8")
         except UnicodeDecodeError:
             return errorPage(400, "Bad file name", "A file name is UTF-8.")
-        if name not in share.files:
-            partial = getattr(self.node, "partial_named", lambda name: None)(name)
-            if partial is not None:
-                return PartialFileResource(share, partial, self.node, self.starts)
-            return notFound("No such file", "This peer shares no such file.")
-        return SharedFileResource(share, name, self.node, self.starts)
+        if name in share.files:
+            return SharedFileResource(share, name, self.node, self.starts)
+        partial = getattr(self.node, "partial_named", lambda name: None)(name)
+        if partial is not None:
+            return PartialFileResource(share, partial, self.node, self.starts)
+        folder = name.removesuffix("/")
+        if is_shareable_name(folder) and any(n.startswith(folder + "/") for n in share.files):
+            if folder == name:  # no slash: where the page is
+                return _ToFolder(self.node, folder)
+            return ShareListing(self.node, as_json=False, folder=folder)
+        return notFound("No such file", "This peer shares no such file.")
 
     def _refused(self, request: Request) -> IResource | None:
         return refused(self.node, request)
@@ -195,17 +206,22 @@ class ShareListing(Resource):
     """
     C{GET /}: what this peer shares, as a page people read (a section per
     folder: name, size, the SHA-256's first digits, a link); C{GET
-    /index.json}: the same for programs, C{{"peer": NAME, "files": [{"name",
-    "size", "sha256"}]}}.  In a private network both need a signed URL,
-    and the page's links are signed in turn.
+    /files/FOLDER/}: the same page for the files under one folder (404
+    when it holds none); C{GET /index.json}: the whole share for programs,
+    C{{"peer": NAME, "files": [{"name", "size", "sha256"}]}}.  Every link
+    is percent-encoded (L{url_path}).  In a private network all of them
+    need a signed URL, and the page's links are signed in turn.
     """
 
     isLeaf = True
+    # The page runs nothing, and loads nothing but its own inline style.
+    POLICY = b"default-src 'none'; style-src 'unsafe-inline'"
 
-    def __init__(self, node: IFileHost, as_json: bool) -> None:
+    def __init__(self, node: IFileHost, as_json: bool, folder: str = "") -> None:
         super().__init__()
         self.node = node
         self.as_json = as_json
+        self.folder = folder
 
     def render_GET(self, request: Request) -> bytes:
         no = refused(self.node, request)
@@ -213,23 +229,36 @@ class ShareListing(Resource):
             return no.render(request)  # type: ignore[no-any-return]
         share = self.node.share
         files = sorted(share.files.values(), key=lambda f: f.name) if share is not None else []
+        if self.folder:
+            files = [f for f in files if f.name.startswith(self.folder + "/")]
+            if not files:
+                gone = notFound("No such folder", "This peer shares no file in that folder.")
+                return gone.render(request)  # type: ignore[no-any-return]
         name = getattr(self.node, "peer_name", None)
         request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
         if self.as_json:
             request.setHeader(b"content-type", b"application/json; charset=utf-8")
             listing = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
             return json.dumps({"peer": name, "files": listing}, ensure_ascii=False).encode()
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", self.POLICY)
         # Links on the page are signed for this peer, as the viewer reached it.
         where = (this_peer(self.node, request) or "") if self.node.secret is not None else ""
         return self._page(name, files, where).encode("utf-8")
 
-    def _link(self, name: str, where: str) -> str:
-        path = "/files/" + wire.quote_path(name)
+    def _link(self, path: str, where: str) -> str:
         secret = self.node.secret
         if secret is None:
             return path
         return secret.sign_path(path, self.node.clock.seconds(), where=where)
+
+    def _a(self, path: str, text: str, where: str) -> str:
+        """
+        A link to C{path} (percent-encoded already), signed if need be,
+        showing C{text}.
+        """
+        return f"<a href=\"{escape(self._link(path, where))}\">{escape(shown(text))}</a>"
 
     def _page(self, peer: str | None, files: list[Any], where: str = "") -> str:
         folders: dict[str, list[Any]] = {}
@@ -238,27 +267,68 @@ class ShareListing(Resource):
             folders.setdefault(folder, []).append(f)
         who = escape(shown(peer or "this peer"))
         total = human_size(sum(f.size for f in files))
+        title = f"{who}: {escape(shown(self.folder))}/" if self.folder else f"{who}: shared files"
+        within = f" in {escape(shown(self.folder))}/" if self.folder else ""
         parts = [
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-            f"<title>{who}: shared files</title>",
+            f"<title>{title}</title>",
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td{padding:.1em 1em .1em 0}td.n{text-align:right}code{color:#555}</style>",
-            f"</head><body><h1>{who} shares {len(files)} files ({total})</h1>",
+            "</head><body>",
         ]
+        if self.folder:  # where this folder is: every folder above it, each a link
+            above = self.folder.split("/")
+            trail = [self._a("/", "all files", where)] + [
+                self._a("/files/" + url_path("/".join(above[: i + 1])) + "/", segment, where)
+                for i, segment in enumerate(above[:-1])
+            ]
+            parts.append(f"<p class=\"up\">{' / '.join([*trail, escape(shown(above[-1]))])}</p>")
+        parts.append(f"<h1>{who} shares {len(files)} files ({total}){within}</h1>")
         if not files:
             parts.append("<p>Nothing yet.</p>")
         for folder in sorted(folders):
-            parts.append(f"<h2>{escape(shown(folder + '/' if folder else '/'))}</h2><table>")
+            parts.append(f"<h2>{escape(shown(folder + '/' if folder else '/'))}</h2>")
+            if folder and folder != self.folder:
+                page = "/files/" + url_path(folder) + "/"
+                parts.append(f"<p class=\"open\">{self._a(page, 'this folder alone', where)}</p>")
+            parts.append("<table>")
             for f in folders[folder]:
                 base = f.name.rpartition("/")[2]
                 parts.append(
-                    f"<tr><td><a href=\"{escape(self._link(f.name, where))}\">{escape(shown(base))}</a></td>"
+                    f"<tr><td>{self._a('/files/' + url_path(f.name), base, where)}</td>"
                     f"<td class=\"n\">{human_size(f.size)}</td>"
                     f"<td><code title=\"{f.sha256}\">{f.sha256[:12]}</code></td></tr>"
                 )
             parts.append("</table>")
-        parts.append("<p>Also as <a href=\"/index.json\">index.json</a>.</p></body></html>\n")
+        index = self._a("/index.json", "index.json", where)
+        parts.append(f"<p>The whole share also as {index}.</p></body></html>\n")
         return "\n".join(parts)
+
+
+class _ToFolder(Resource):
+    """
+    C{/files/FOLDER}: a folder's page is at C{/files/FOLDER/} (signed
+    again, in a private network: the request was).
+    """
+
+    isLeaf = True
+
+    def __init__(self, node: IFileHost, folder: str) -> None:
+        super().__init__()
+        self.node = node
+        self.folder = folder
+
+    def render_GET(self, request: Request) -> bytes:
+        path = "/files/" + url_path(self.folder) + "/"
+        secret = self.node.secret
+        if secret is not None:
+            where = this_peer(self.node, request) or ""
+            path = secret.sign_path(path, self.node.clock.seconds(), where=where)
+        request.setResponseCode(302)
+        request.setHeader(b"location", path.encode("ascii"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return f"A folder: its page is {path}\n".encode("ascii")
 
 
 def refused(node: IFileHost, request: Request) -> IResource | None:

@@ -146,6 +146,11 @@ class IOverlay(Interface):
         Our parent says where it hangs from.
         """
 
+    def goodbye_said(name: str, proto: Any) -> None:
+        """
+        A neighbour says it leaves the network (its link closes next).
+        """
+
     def link_lost(name: str, proto: Any) -> None:
         """
         An overlay link closed.

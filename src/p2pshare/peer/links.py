@@ -44,6 +44,7 @@ class Neighbour:
     hops: int | None = None  # what it says: hops to a free slot behind it
     sent: int | None | str = "unsent"  # what we last told it
     reachable: bool = True  # its ticket says the metadata server reached it there
+    said_goodbye: bool = False  # it leaves: its link closes next, and that is no failure
 
 
 class Links:
@@ -115,16 +116,27 @@ class Links:
         self._on_change()
         self.advertise()
 
-    def remove(self, name: str, proto: ILink) -> bool:
+    def remove(self, name: str, proto: ILink) -> Neighbour | None:
         """
-        The link C{proto} to C{name} closed; False if it was not (or no
-        longer) that neighbour's link.
+        The link C{proto} to C{name} closed: the neighbour it was (its
+        C{said_goodbye} tells a goodbye from a lost link), or L{None} if
+        it was not (or no longer) that neighbour's link.
         """
         n = self.neighbours.get(name)
         if n is None or n.proto is not proto:
-            return False
+            return None
         del self.neighbours[name]
-        return True
+        return n
+
+    def goodbye(self, name: str, proto: ILink) -> None:
+        """
+        C{name} said goodbye on C{proto} (it leaves the network): logged
+        as such; its link closes next (L{remove}).
+        """
+        n = self.neighbours.get(name)
+        if n is not None and n.proto is proto and not n.said_goodbye:
+            n.said_goodbye = True
+            self.log.info("peer {name}: {other} said goodbye", name=self._me(), other=name)
 
     def say_goodbye(self) -> None:
         for n in list(self.neighbours.values()):

@@ -687,13 +687,18 @@ class PeerNode(MultiService):
     def hops_for(self, neighbour: str) -> int | None:
         return self.links.hops_for(neighbour)
 
+    def goodbye_said(self, name: str, proto: PeerProtocol) -> None:
+        self.links.goodbye(name, proto)
+
     def link_lost(self, name: str, proto: PeerProtocol) -> None:
-        if not self.links.remove(name, proto):
+        gone = self.links.remove(name, proto)
+        if gone is None:
             return
         self.search.link_lost(name)
         if not self.running:
             return
-        self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
+        if not gone.said_goodbye:  # a goodbye was logged as one
+            self.log.info("peer {name} lost its link to {other}", name=self.peer_name, other=name)
         lost_parent = name == self.uplink and self.joined
         if lost_parent:
             self.uplink = None

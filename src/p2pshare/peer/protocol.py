@@ -86,6 +86,8 @@ class PeerProtocol(LineChannel):
             self.node.up_said(self.link, msg.args)
 
     def msg_BYE(self, msg: Message) -> None:
+        if self.link is not None:
+            self.node.goodbye_said(self.link, self)
         self.close()  # the other peer leaves; connectionLost does the rest
 
     def sendMessage(self, msg: Message) -> None:

@@ -12,6 +12,8 @@ L{p2pshare.peer.http} routes requests here.
 from __future__ import annotations
 
 import errno
+import functools
+import mimetypes
 import mmap
 import os
 import re
@@ -19,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -53,7 +56,30 @@ MAX_DIGITS = 18  # longer numbers in a Range header are absurd: 416
 WINDOW = 2**24
 CHUNK = 2**19  # also the buffer for files that cannot be mapped
 SHORTER = "the file became shorter while it was being served"
+NOT_YET = b"This peer is still downloading the file and has not these bytes yet.\n"
+BUSY = b"This peer is serving as many files as it may; try again soon.\n"
 _RANGE = re.compile(rb"bytes=(\d*)-(\d*)")
+# Content types (content_headers): what Python's own table lacks, for
+# common media and documents, so that every peer, on any host, serves a
+# name with the same type (the host's mime.types is not read).
+EXTRA_TYPES = {
+    ".flac": "audio/flac", ".m4a": "audio/mp4", ".oga": "audio/ogg", ".ogg": "audio/ogg",
+    ".mkv": "video/x-matroska", ".ogv": "video/ogg", ".webp": "image/webp",
+    ".md": "text/markdown", ".epub": "application/epub+zip",
+    ".xhtml": "application/xhtml+xml", ".xht": "application/xhtml+xml", ".shtml": "text/html",
+}
+# A compressed file is served as what it is (a .tar.gz as gzip), never with
+# a Content-Encoding a browser would undo.
+COMPRESSED_TYPES = {
+    "gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+    "compress": "application/x-compress",
+}
+# Types a browser shows as what they are, running nothing in the peer's
+# origin: served inline.  With them, text, images, audio and video, but
+# not the subtypes below, which a browser renders as a document or runs.
+INLINE_TYPES = frozenset({"application/pdf", "application/json"})
+INLINE_KINDS = frozenset({"text", "image", "audio", "video"})
+_ACTIVE_SUBTYPE = re.compile(r"html|xml|xsl|script|x-component")
 
 
 def peer_host(transport: Any) -> str:
@@ -595,6 +621,80 @@ def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str
     return (start, min(end, size - 1))
 
 
+@functools.cache
+def _types() -> mimetypes.MimeTypes:
+    types = mimetypes.MimeTypes()  # Python's table only, not the host's
+    for suffix, kind in EXTRA_TYPES.items():
+        types.add_type(kind, suffix)
+    return types
+
+
+def content_type(name: str) -> str:
+    """
+    The content type that file C{name} (a path in the share) implies, by
+    the suffixes of its last segment; C{application/octet-stream} when
+    none does.  No charset: a shared file's encoding is not known.
+    """
+    # "./" first: the name is read as a path, never as a URL with a scheme.
+    kind, compressed = _types().guess_type("./" + name.rpartition("/")[2], strict=True)
+    if compressed is not None:
+        return COMPRESSED_TYPES.get(compressed, "application/octet-stream")
+    return kind or "application/octet-stream"
+
+
+def is_inline(kind: str) -> bool:
+    """
+    May a file of content type C{kind} be shown in the browser?  Only what
+    a browser shows inertly: PDF, JSON, and text, images, audio and video
+    other than HTML, XML (SVG among it), XSL and scripts.  Everything else
+    (those, and every type not known to be inert) is an attachment.
+    """
+    top, _, sub = kind.lower().partition("/")
+    if _ACTIVE_SUBTYPE.search(sub):
+        return False
+    return kind.lower() in INLINE_TYPES or top in INLINE_KINDS
+
+
+def content_disposition(name: str, inline: bool) -> bytes:
+    """
+    C{inline} or C{attachment} with the file's own name (its last
+    segment): C{filename*} percent-encoded UTF-8 (RFC 6266, RFC 8187), and
+    an ASCII C{filename} for clients that know no better.
+    """
+    base = name.rpartition("/")[2]
+    ascii_name = re.sub(r"[^A-Za-z0-9 !#$&'()+,.;=@^_`{}~-]", "_", base)
+    encoded = quote(base, safe="!#$&+^`|", errors="strict")
+    disposition = "inline" if inline else "attachment"
+    return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}".encode("ascii")
+
+
+def content_headers(request: Request, name: str) -> None:
+    """
+    The headers that say what the bytes of file C{name} are: its content
+    type, C{nosniff} so that no browser guesses another, and its
+    disposition.  Active content (HTML, SVG, XML, scripts, anything not
+    known to be inert) is an attachment, so it is saved and never rendered
+    in the peer's origin, and sandboxed should a client render it anyway.
+    """
+    kind = content_type(name)
+    inline = is_inline(kind)
+    request.setHeader(b"content-type", kind.encode("ascii"))
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"content-disposition", content_disposition(name, inline))
+    if not inline:
+        request.setHeader(b"content-security-policy", b"sandbox; default-src 'none'")
+
+
+def _plain(request: Request, status: int, text: bytes) -> bytes:
+    """
+    An answer about the file instead of its bytes, as plain text.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return text
+
+
 def _etags(header: bytes) -> list[bytes]:
     """
     The entity-tags of an C{If-Match} / C{If-None-Match} list (C{*} too).
@@ -669,39 +769,38 @@ class SharedFileResource(Resource):
         shared = self.share.files.get(self.name)
         path = self.share.resolve(self.name)
         if shared is None or path is None:
-            request.setResponseCode(404)
-            return b"No such file.\n"
+            return _plain(request, 404, b"No such file.\n")
         try:
             f = open(path, "rb")  # noqa: SIM115 (closed when the transfer ends)
         except OSError:
-            request.setResponseCode(404)
-            return b"No such file.\n"
+            return _plain(request, 404, b"No such file.\n")
         st = os.fstat(f.fileno())
         if stamp_of(st) != shared.stamp:
             f.close()
-            request.setResponseCode(503)
             request.setHeader(b"retry-after", b"2")
-            return b"The file changed; it is being hashed again.\n"
+            return _plain(request, 503, b"The file changed; it is being hashed again.\n")
         size = st.st_size
         etag = f'"{shared.sha256}"'.encode()
         mtime = st.st_mtime_ns // 10**9
         request.setHeader(b"etag", etag)
         request.setHeader(b"last-modified", http_date(mtime))
         request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"x-content-type-options", b"nosniff")
         status = preconditions(request, etag, mtime)
+        if status == 304:
+            f.close()
+            request.setResponseCode(304)
+            return b""
         if status is not None:
             f.close()
-            request.setResponseCode(status)
-            return b"" if status == 304 else b"The file is not the version asked for.\n"
-        request.setHeader(b"content-type", b"application/octet-stream")
+            return _plain(request, status, b"The file is not the version asked for.\n")
         wanted = parse_range(request.getHeader(b"range"), size)
         if not range_applies(request, etag, mtime):
             wanted = None
         if wanted == "unsatisfiable":
             f.close()
-            request.setResponseCode(416)
             request.setHeader(b"content-range", f"bytes */{size}".encode())
-            return b""
+            return _plain(request, 416, b"")
         if wanted is None:
             start, length = 0, size
         else:
@@ -713,9 +812,9 @@ class SharedFileResource(Resource):
         upload = self._upload(request, body)
         if streaming and slots is not None and not slots.take(upload):
             f.close()
-            request.setResponseCode(503)
             request.setHeader(b"retry-after", b"5")
-            return b"This peer is serving as many files as it may; try again soon.\n"
+            return _plain(request, 503, BUSY)
+        content_headers(request, self.name)
         if wanted is not None:
             request.setResponseCode(206)
             request.setHeader(b"content-range", f"bytes {start}-{start + length - 1}/{size}".encode())
@@ -809,29 +908,25 @@ class PartialFileResource(SharedFileResource):
         request.setHeader(b"accept-ranges", b"bytes")
         wanted_tags = request.getHeader(b"if-match")
         if wanted_tags is not None and not _strong_match(_etags(wanted_tags), etag):
-            request.setResponseCode(412)
-            return b"The file is not the version asked for.\n"
+            return _plain(request, 412, b"The file is not the version asked for.\n")
         wanted = parse_range(request.getHeader(b"range"), p.size)
         if not isinstance(wanted, tuple) or not p.holds(*wanted):
-            request.setResponseCode(416)
             request.setHeader(b"content-range", f"bytes */{p.size}".encode())
-            return b"This peer is still downloading the file and has not these bytes yet.\n"
+            return _plain(request, 416, NOT_YET)
         start, length = wanted[0], wanted[1] - wanted[0] + 1
         try:
             f = open(p.path, "rb")  # noqa: SIM115 (closed when the transfer ends)
         except OSError:
-            request.setResponseCode(404)
-            return b"No such file.\n"
+            return _plain(request, 404, b"No such file.\n")
         slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
         body = _Slice(f, start, length, None)
         upload = self._upload(request, body)
         if request.method == b"GET" and slots is not None and not slots.take(upload):
             f.close()
-            request.setResponseCode(503)
             request.setHeader(b"retry-after", b"5")
-            return b"This peer is serving as many files as it may; try again soon.\n"
+            return _plain(request, 503, BUSY)
         request.setResponseCode(206)
-        request.setHeader(b"content-type", b"application/octet-stream")
+        content_headers(request, p.name)
         request.setHeader(b"content-range", f"bytes {start}-{wanted[1]}/{p.size}".encode())
         request.setHeader(b"content-length", str(length).encode())
         if request.method != b"GET":

@@ -236,6 +236,10 @@ class ShareIndex:
         self._learned: dict[str, SharedFile] = {}
         self.walked = 0.0  # seconds the last scan took, hashing new files aside
         self.scans = 0  # scans finished
+        # Indexed: a scan found nothing still changing, or a scan ran once
+        # the files changing at the first one had had their settle time.
+        self.indexed = False
+        self._first_scan: float | None = None
         # Files seen but not offered yet: still changing (or changed while
         # hashed).  The seconds until the first of them may have settled.
         self.unsettled: frozenset[str] = frozenset()
@@ -289,11 +293,13 @@ class ShareIndex:
         except OSError:
             self.files = {}
             self.scans += 1
+            self.indexed = True
             return self.files
         if inode_of(top) in private or os.path.lexists(os.path.join(real_dir, DATA_DIR_MARK)):
             self.withheld = frozenset({"./"})  # the share is itself private
             self.files = {}
             self.scans += 1
+            self.indexed = True
             return self.files
         old = self.files
         new: dict[str, SharedFile] = {}
@@ -354,6 +360,9 @@ class ShareIndex:
         self.progress = (len(to_hash), len(to_hash), total, total)
         self.unsettled = frozenset(unsettled)
         self.settles_in = settles_in
+        if self._first_scan is None:
+            self._first_scan = now
+        self.indexed = self.indexed or not unsettled or now >= self._first_scan + self.settle
         # A file downloaded while the walk ran may have been added (add())
         # after the walk passed its folder: it stays.
         for name, known in list(self._learned.items()):

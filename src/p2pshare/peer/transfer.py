@@ -190,7 +190,7 @@ def url_for(
     answers 403 to anything else).
     """
     where = authority(m.host, m.port)
-    path = path or f"/files/{wire.quote_path(m.name)}"
+    path = path or f"/files/{wire.url_path(m.name)}"
     if secret is not None:
         path = secret.sign_path(path, now, where=where)  # good at this holder only
     return f"{scheme}://{where}{path}".encode("ascii")
