@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import react
 
 from p2pshare.launch import LocalNetwork
-from p2pshare.peer.serving import parse_rate
+from p2pshare.options import parse_rate
 
 SENT = re.compile(r"sent big\.bin bytes \d+--?\d+ \((\d+) bytes\)")
 

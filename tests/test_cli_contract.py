@@ -13,18 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
-COMMANDS = ["topo", "search", "ls", "get", "status", "stop", "secret", "certs", "url", "demo", "frob", ""]
+COMMANDS = ["topo", "search", "ls", "get", "status", "stop", "secret", "certs", "url", "demo", "frob",
+            "downloads", "cancel", "share", ""]
 OPTIONS = ["--peer", "--meta", "--data-dir", "--tree", "--secret-file", "--force", "-o", "--output", "--json", "--exact",
-           "--lifetime", "--host", "--peers", "--private", "--tls", "--version", "-h", "--help", "--"]
+           "--lifetime", "--host", "--peers", "--private", "--tls", "--version", "-h", "--help", "--",
+           "--background", "--files", "--sources", "--from", "--port", "--upload-rate",
+           "--max-neighbours", "--max-uploads", "--heartbeat", "--advertise", "--name", "--manhole"]
 VALUES = st.one_of(
     st.sampled_from([
         "", " ", "x", "*", "a*b", "../..", "/", ".", "unix:", "unix:/nonexistent/sock", "tcp:",
         "tcp:127.0.0.1:1", "5000", "0", "-1", "99999999999999999999", "http://127.0.0.1:1/files/a",
         "http://x/files/", "ssl:0", "sha256:" + "0" * 64, "\u00e9t\u00e9", "a" * 5000, "\t", "s1",
+        "127.0.0.1:1", "foo:bar", "nonsense:xyz", "abc", "8M", "0.5", "nan", "inf", "1e999",
+        "sha256:zz", "sha256:" + "a" * 12, "Music/", "[2019] x?.mp3", "~", "-",
     ]),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
             max_size=20),
@@ -36,7 +42,8 @@ ARGV = st.tuples(
 
 
 def p2p(argv: list[str], cwd, **kwargs) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "XDG_STATE_HOME": str(cwd / "state")}
+    env.pop("P2P_PEER", None)
     return subprocess.run(P2P + argv, cwd=cwd, capture_output=True, text=True, timeout=60,
                           env=env, **kwargs)
 
@@ -53,8 +60,10 @@ def test_any_argv_gets_a_status_and_at_most_one_sentence(tmp_path, argv):
     command, rest = argv
     if command == "demo" and not ({"-h", "--help", "--version"} & set(rest)):
         rest = ["--peers", "0", *rest]  # a demo would start a network: only its usage errors
+    if command == "share":
+        rest = [*rest, "--meta", "127.0.0.1:1"]  # nothing listens there: no peer starts
     out = p2p([command, *rest] if command else rest, tmp_path)
-    assert out.returncode in (0, 1, 2), (argv, out.returncode, out.stderr)
+    assert out.returncode in (0, 1, 2, 3), (argv, out.returncode, out.stderr)
     if "-h" in rest or "--help" in rest or (not command and not rest):
         return  # help and usage text are several lines by nature
     one_sentence(out.stderr)
@@ -88,6 +97,51 @@ def test_usage_errors_and_version(tmp_path):
         one_sentence(out.stderr)
     out = p2p(["--version"], tmp_path)
     assert (out.returncode, out.stdout.startswith("p2p (p2pshare) ")) == (0, True)
+
+
+MALFORMED = [  # (command and its arguments, an option, a malformed value for it)
+    (["share", "."], "--port", "abc"),
+    (["share", "."], "--port", "tcp:99999"),
+    (["share", "."], "--meta", "foo:bar"),
+    (["share", "."], "--meta", "tcp::5000"),
+    (["share", "."], "--upload-rate", "8X"),
+    (["share", "."], "--upload-rate", "nan"),
+    (["share", "."], "--max-neighbours", "abc"),
+    (["share", "."], "--max-uploads", "0"),
+    (["share", "."], "--heartbeat", "inf"),
+    (["share", "."], "--name", "a b"),
+    (["share", "."], "--advertise", "bad host"),
+    (["share", "."], "--manhole", "nope:1"),
+    (["topo"], "--meta", "127.0.0.1:0"),
+    (["status"], "--peer", "nonsense:xyz"),
+    (["search", "x"], "--peer", "tcp:host"),
+    (["get", "x"], "--sources", "0"),
+    (["get", "x"], "--sources", "many"),
+    (["get", "x"], "--from", "not a name"),
+    (["ls", "s1"], "--peer", "unix:"),
+    (["downloads"], "--peer", "frob:1"),
+    (["cancel", "x"], "--peer", "frob:1"),
+    (["url", "http://x/files/a", "--secret-file", "s"], "--lifetime", "0"),
+]
+
+
+@pytest.mark.parametrize("command, option, value", MALFORMED)
+def test_every_malformed_option_value_is_a_usage_error_wherever_it_stands(tmp_path, command,
+                                                                         option, value):
+    first, *rest = command
+    for argv in ([first, option, value, *rest], [first, *rest, option, value],
+                 [first, f"{option}={value}", *rest]):
+        out = p2p(argv, tmp_path)
+        assert out.returncode == 2, (argv, out.stderr)
+        assert out.stderr.startswith("p2p") and "Traceback" not in out.stderr, out.stderr
+        one_sentence(out.stderr)
+
+
+def test_meta_as_host_and_port_is_tcp(tmp_path):
+    out = p2p(["topo", "--meta", "127.0.0.1:1"], tmp_path)
+    assert out.returncode == 1, out.stderr  # a usable endpoint: nothing listens there
+    assert "Unknown endpoint" not in out.stderr and "127.0.0.1:1" in out.stderr
+    one_sentence(out.stderr)
 
 
 def test_a_peer_that_is_not_there_and_a_wrong_kind_of_socket(tmp_path):

@@ -111,4 +111,8 @@ async def test_folders_are_shared_searched_fetched_and_recreated(net, tmp_path):
     mine = await deferToThread(run, *P2P, "ls", names[getter], "--json", "--peer", net.control(getter))
     assert [f["name"] for f in json.loads(mine.stdout)["files"]] == [SONG]
     nobody = await deferToThread(run, *P2P, "ls", "s99", "--peer", net.control(getter))
-    assert nobody.returncode == 1 and "s99 shares nothing, or is not in the network" in nobody.stderr
+    assert nobody.returncode == 1 and "s99 is not in the network" in nobody.stderr
+    (net.root / getter / "shared" / SONG).unlink()  # the getter now shares nothing
+    await net.peers[getter].wait_for(f"no longer sharing {SONG}", 30)
+    empty = await deferToThread(run, *P2P, "ls", names[getter], "--peer", net.control(holder))
+    assert (empty.returncode, empty.stdout) == (0, f"{names[getter]} shares nothing\n"), empty.stderr

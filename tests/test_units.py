@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from p2pshare.disk import human_size
-from p2pshare.peer.serving import parse_rate
+from p2pshare.options import parse_rate
 
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
 

@@ -285,7 +285,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.output is not None:
-        directory = Path(args.output).absolute()
+        directory = Path(os.path.abspath(args.output))  # printed resolved: no a/../b
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
@@ -1066,6 +1066,10 @@ def _silence_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Started from a background job (nohup, cron, a CI runner) a command
+    # inherits SIGINT ignored, and Python keeps it so: Ctrl-C and kill
+    # -INT must still stop it (exit 130).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     p = parser()
     args = p.parse_args(argv)
     if getattr(args, "meta", "") is None and getattr(args, "data_dir", None) is None:

@@ -128,6 +128,7 @@ class PeerFiles(MultiService):
         advertised: Callable[[], str | None] = lambda: None,
         repair_time: float = 20.0,
         settle: float = 0.0,
+        is_member: Callable[[str], Deferred[bool | None]] | None = None,
     ) -> None:
         """
         @param private: never shared, wherever they lie (the data dir, the
@@ -137,6 +138,8 @@ class PeerFiles(MultiService):
             repaired (three heartbeats and a margin).
         @param settle: seconds a file must stay unchanged before it is
             offered (L{ShareIndex}).
+        @param is_member: whether a name is a live peer, as the metadata
+            server says (None: it cannot say now).
         """
         super().__init__()
         self.clock = clock
@@ -144,6 +147,7 @@ class PeerFiles(MultiService):
         self.run_blocking = run_blocking
         self._find = find
         self.repair_time = repair_time
+        self._is_member = is_member
         self._me = me
         self.advertised = advertised
         self._files_changed = on_files_changed
@@ -320,6 +324,11 @@ class PeerFiles(MultiService):
                     wire.E_INCOMPLETE, f"{holder} was not found among the peers that answered "
                     f"(or shares nothing); {searched.coverage.sentence()}"
                 )
+            member = await self._is_member(holder) if self._is_member is not None else None
+            if member:
+                return []  # it answered with nothing: it shares nothing
+            if member is False:
+                raise FetchError(wire.E_NOT_FOUND, f"{holder} is not in the network")
             raise FetchError(
                 wire.E_NOT_FOUND, f"{holder} shares nothing, or is not in the network"
             )

@@ -240,6 +240,7 @@ class PeerNode(MultiService):
             private=(*((settings.state_dir,) if settings.state_dir else ()), *settings.private),
             advertised=lambda: self.host,
             repair_time=3 * settings.heartbeat + REPAIR_MARGIN,
+            is_member=lambda name: Deferred.fromCoroutine(self.is_member(name)),
         )
         self.files.setServiceParent(self)
         state = settings.state_dir
@@ -761,6 +762,37 @@ class PeerNode(MultiService):
                     self.log.info("the network's size is not known now: {why}", why=_why_not(e))
         return self.network
 
+    async def _whois(self, names: list[str]) -> dict[str, tuple[str, int]]:
+        """
+        Where the metadata server knows each of C{names} to be live (those
+        it does not know are left out); it must be there to be asked.
+        """
+        known: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(names), wire.WHOIS_MAX):
+            meta = self.meta
+            if meta is None:
+                raise ConnectionError("the metadata server is away")
+            reply = await meta.request("WHOIS", *names[i:i + wire.WHOIS_MAX]).addTimeout(
+                self.hop_timeout, self.clock
+            )
+            if reply.verb != "KNOWN":
+                raise RemoteError(wire.E_UNEXPECTED, f"it answered {reply.verb}")
+            for entry in reply.args:
+                name, _, rest = entry.partition("/")
+                host, _, port = rest.rpartition("/")
+                known[name] = (host, int(port))
+        return known
+
+    async def is_member(self, name: str) -> bool | None:
+        """
+        Is C{name} a live peer of the network, as the metadata server says?
+        None when it cannot be asked now.
+        """
+        try:
+            return name in await self._whois([name])
+        except Exception:
+            return None
+
     def vouch(self, matches: list[Match]) -> Deferred[list[Match]]:
         return Deferred.fromCoroutine(self._vouch(matches))
 
@@ -776,21 +808,8 @@ class PeerNode(MultiService):
         others = sorted({m.holder for m in matches if m.holder != self.peer_name})
         if not others:
             return matches
-        known: dict[str, tuple[str, int]] = {}
         try:
-            for i in range(0, len(others), wire.WHOIS_MAX):
-                meta = self.meta
-                if meta is None:
-                    raise ConnectionError("the metadata server is away")
-                reply = await meta.request("WHOIS", *others[i:i + wire.WHOIS_MAX]).addTimeout(
-                    self.hop_timeout, self.clock
-                )
-                if reply.verb != "KNOWN":
-                    raise RemoteError(wire.E_UNEXPECTED, f"it answered {reply.verb}")
-                for entry in reply.args:
-                    name, _, rest = entry.partition("/")
-                    host, _, port = rest.rpartition("/")
-                    known[name] = (host, int(port))
+            known = await self._whois(others)
         except RemoteError as e:
             # The metadata server is there and would not vouch: keep only
             # what is ours (a search must not be opened by an odd answer).

@@ -423,22 +423,6 @@ class UploadRate:
         return (n - self.tokens) / self.rate
 
 
-def parse_rate(text: str) -> float:
-    """
-    C{16M}, C{512K}, C{1G} or a number of bytes per second (powers of 1024).
-    """
-    text = text.strip()
-    factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
-    number = text[:-1] if factor > 1 else text
-    try:
-        value = float(number) * factor
-    except ValueError:
-        raise ValueError(f"{text!r} is not a rate (bytes per second, with K, M or G)") from None
-    if not 1024 <= value <= 2**40:
-        raise ValueError("the rate is from 1K to 1024G bytes per second")
-    return value
-
-
 class _BigFileSender(FileSender):
     """
     1 MiB reads (64 KiB ones serve a third slower), a client that reads
