@@ -10,7 +10,7 @@ Holders capped with --upload-rate stand in for slower links.
     (target: within 1.10 of the time, at most 3% of bytes fetched twice).
 (6) 1 seeder at RATE and 8 peers fetching at once, against one download
     alone from that seeder (target: all 8 within 3 times).
-(7) Peak RSS of the downloading peer, 4 holders (target: 80 MB for 1 GiB).
+(7) Peak RSS of the downloading peer, 4 holders (target: 80 MiB for 1 GiB).
 
     python bench/swarm.py [--mib 256] [--rate 16M]
 
@@ -114,13 +114,13 @@ async def run(reactor: Any, mib: int, rate: str, only: set[str]) -> None:
                 u1, u4 = one_free["times"][0], four_free["times"][0]
                 ratios.append(u1 / u4)
                 rss.append(four_free["rss"])
-                print(f"    1 holder {mib * 1.048576 / u1:,.0f} MB/s, 4 holders "
-                      f"{mib * 1.048576 / u4:,.0f} MB/s", flush=True)
+                print(f"    1 holder {mib / u1:,.0f} MiB/s, 4 holders "
+                      f"{mib / u4:,.0f} MiB/s", flush=True)
             print(f"(4) {mib} MiB unthrottled, 3 alternating pairs: speed of 4 holders / 1 holder "
                   f"min {min(ratios):.2f}, median {statistics.median(ratios):.2f}, max {max(ratios):.2f} "
                   f"(target 0.9)", flush=True)
             print(f"(7) peak RSS of the downloading peer, {mib} MiB from 4 holders: "
-                  f"{max(rss):.1f} MiB (target 80 MB for 1 GiB)", flush=True)
+                  f"{max(rss):.1f} MiB (target 80 MiB for 1 GiB)", flush=True)
 
         if "5" in only:
             three = await scenario(reactor, at("three"), mib, [capped] * 3)

@@ -108,15 +108,15 @@ async def run(reactor: object, mib: int) -> None:
         ratios = sorted(p / t for p, t in zip(plains, tlss, strict=True))
         print("    pairs (plain / TLS, s): "
               + ", ".join(f"{p:.2f}/{t:.2f}" for p, t in zip(plains, tlss, strict=True)))
-        print(f"(d) verified download over TLS, 3 alternating runs: best {mib * 1.048576 / min(tlss):,.0f} "
-              f"MB/s, plain TCP best {mib * 1.048576 / min(plains):,.0f} MB/s; ratio min "
+        print(f"(d) verified download over TLS, 3 alternating runs: best {mib / min(tlss):,.0f} "
+              f"MB/s, plain TCP best {mib / min(plains):,.0f} MiB/s; ratio min "
               f"{ratios[0]:.2f}, median {ratios[1]:.2f}, max {ratios[2]:.2f} (target 0.6)")
         ratios = sorted(o / p for o, p in zip(opens, privates, strict=True))
         print("    pairs (open / private, s): "
               + ", ".join(f"{o:.2f}/{p:.2f}" for o, p in zip(opens, privates, strict=True)))
         print(f"(e) verified download in a private network, 3 alternating runs: best "
-              f"{mib * 1.048576 / min(privates):,.0f} MB/s, open network best "
-              f"{mib * 1.048576 / min(opens):,.0f} MB/s; ratio min {ratios[0]:.2f}, median "
+              f"{mib / min(privates):,.0f} MiB/s, open network best "
+              f"{mib / min(opens):,.0f} MiB/s; ratio min {ratios[0]:.2f}, median "
               f"{ratios[1]:.2f}, max {ratios[2]:.2f}")
 
 
@@ -171,11 +171,11 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> str:
     finally:
         stock.terminate()
         stock.wait(10)
-    mbs = size / 1e6
+    mbs = size / 2**20  # MiB
     ratios.sort()
     print(f"(a) serving {mib} MiB to curl, 5 alternating runs: p2pshare best "
-          f"{mbs / min(ours_all):,.0f} MB/s, python -m http.server best "
-          f"{mbs / min(theirs_all):,.0f} MB/s; ratio min {ratios[0]:.2f}, median "
+          f"{mbs / min(ours_all):,.0f} MiB/s, python -m http.server best "
+          f"{mbs / min(theirs_all):,.0f} MiB/s; ratio min {ratios[0]:.2f}, median "
           f"{ratios[2]:.2f}, max {ratios[-1]:.2f} (target: min >= 1.0)")
     if shutil.which("nginx"):
         print("    nginx: installed, but not measured by this version of the benchmark")
@@ -210,8 +210,8 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> str:
         ratios.append(hand / ours)
     print("    pairs (p2p get / by hand, s): " + ", ".join(f"{o:.2f}/{h:.2f}" for o, h in zip(ourss, hands, strict=True)))
     ratios.sort()
-    print(f"(b) verified download, 5 alternating runs: p2p get best {mbs / min(ourss):,.0f} MB/s, "
-          f"by hand (curl, openssl dgst, sync) best {mbs / min(hands):,.0f} MB/s; ratio min "
+    print(f"(b) verified download, 5 alternating runs: p2p get best {mbs / min(ourss):,.0f} MiB/s, "
+          f"by hand (curl, openssl dgst, sync) best {mbs / min(hands):,.0f} MiB/s; ratio min "
           f"{ratios[0]:.2f}, median {ratios[2]:.2f}, max {ratios[-1]:.2f} (target 1.0)")
 
     # (c) memory
