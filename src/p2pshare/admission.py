@@ -22,10 +22,12 @@ peer it meant to reach; a recorded exchange does not fit a fresh nonce.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from pathlib import Path
+
+# hashlib (it loads OpenSSL's libcrypto), hmac and secrets are imported
+# where they are used: the p2p command imports this module for its
+# constants and its errors, and most of its commands never make a proof
+# or a nonce.
 
 META_IDENTITY = ("meta", "meta")  # the metadata server's role and name in the handshake
 CONTROL_IDENTITY = ("peer", "control")  # a peer's TCP control port, in the same handshake
@@ -58,6 +60,8 @@ def describe(secret: Secret | None, path: str | None) -> str:
 
 
 def new_nonce() -> str:
+    import secrets
+
     return secrets.token_hex(16)
 
 
@@ -65,6 +69,8 @@ def new_secret_text() -> str:
     """
     A fresh secret, as written by C{p2p secret}.
     """
+    import secrets
+
     return secrets.token_hex(32) + "\n"
 
 
@@ -106,10 +112,15 @@ class Secret:
         return bytes.fromhex(self.mac("derive", label))
 
     def mac(self, *parts: str) -> str:
+        import hashlib
+        import hmac
+
         data = "\n".join(("p2pshare-1", *parts)).encode("utf-8")
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
 
     def verify(self, proof: str, *parts: str) -> bool:
+        import hmac
+
         return hmac.compare_digest(proof.encode("ascii", "replace"), self.mac(*parts).encode("ascii"))
 
     # The handshake.

@@ -20,8 +20,10 @@ not lead to that SHA-256 is dropped with its holders.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+
+# hashlib (it loads OpenSSL's libcrypto) is imported where a digest is
+# made: the p2p command imports this module only to count pieces.
 
 PIECE_MIN = 1 << 20
 MAX_PIECES = 4096
@@ -68,6 +70,8 @@ def piece_span(index: int, size: int) -> tuple[int, int]:
 
 
 def root_of(digests: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(digests).hexdigest()
 
 
@@ -75,6 +79,8 @@ def hash_file(path: Path | str) -> tuple[str, bytes]:
     """
     The file's SHA-256 (hex) and its piece list, in one pass.
     """
+    import hashlib
+
     whole = hashlib.sha256()
     pieces: list[bytes] = []
     with open(path, "rb") as f:
