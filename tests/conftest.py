@@ -52,6 +52,19 @@ def net(reactor: Any, tmp_path: Path) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def own_state_home(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Every test (and every command it starts) has its own per-user state
+    dir and no C{$P2P_PEER}: a C{p2p share} without C{--data-dir} never
+    leaves a peer in the real user's C{~/.local/state}, and no command
+    finds a peer a test did not start.
+    """
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("P2P_PEER", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
     """
     Fail the test if a failure was logged while it ran, which includes

@@ -29,7 +29,7 @@ from p2pshare.peer.coverage import Coverage, Found
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import FilesResource, PiecesResource
 from p2pshare.peer.share import ShareIndex
-from p2pshare.peer.transfer import Downloader, FetchError
+from p2pshare.peer.transfer import SOURCES, Downloader, FetchError
 from p2pshare.pieces import MAX_SIZE, piece_count, piece_span, root_of
 
 MiB = 1 << 20
@@ -211,8 +211,37 @@ def get(reactor, downloader, out, found, monkeypatch):
         clock=reactor, run_blocking=maybeDeferred, find=find, me=lambda: "me",
         on_files_changed=lambda: None, downloads=out, downloader=downloader,
     )
-    d = Deferred.fromCoroutine(peer.fetch("file.bin", out))
+    # The download of a name once it is known to mean one file (p2p get
+    # refuses a name with several versions first: see the next test);
+    # its search rounds meet every forged version again.
+    d = Deferred.fromCoroutine(peer._fetch_one(
+        "file.bin", out, False, None, 10.0, SOURCES, None, None
+    ))
     return d.addTimeout(60, reactor), searches
+
+
+@pytest_twisted.ensureDeferred
+async def test_p2p_get_of_a_name_a_liar_gives_another_version_is_refused_untried(
+        reactor, tmp_path, listen, monkeypatch):
+    """
+    A name two versions answer (a liar's, nearest, and the real one) is
+    refused with both listed and how to choose; nobody is connected to.
+    """
+    victim = VictimFactory("404")
+    forged = [match(listen(victim), "forger", 0, FAKE_SHA, fake_root(1))]
+    real = [match(listen(VictimFactory("404")), "h", 2)]
+    peer = PeerFiles(
+        clock=reactor, run_blocking=maybeDeferred,
+        find=lambda *a: succeed(Found(forged + real, Coverage(1, 1))), me=lambda: "me",
+        on_files_changed=lambda: None, downloads=tmp_path, downloader=Downloader(
+            Agent(reactor), reactor, maybeDeferred),
+    )
+    with pytest.raises(FetchError) as e:
+        await Deferred.fromCoroutine(peer.fetch("file.bin", tmp_path))
+    assert e.value.code == wire.E_AMBIGUOUS
+    assert f"sha256:{FAKE_SHA[:12]}" in e.value.text and f"sha256:{SHA[:12]}" in e.value.text
+    assert "--from HOLDER" in e.value.text
+    assert victim.connections == 0 and os.listdir(tmp_path) == []
 
 
 # Forged search results.

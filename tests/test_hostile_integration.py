@@ -61,7 +61,7 @@ async def test_a_share_that_holds_the_data_dir_never_serves_it(reactor, tmp_path
     here.mkdir()
     (here / "hello.txt").write_text("hello\n")
     shared = run(*P2P, "share", ".", "--meta", f"tcp:127.0.0.1:{net.meta_port}",
-                 "--port", "tcp:0:interface=127.0.0.1", cwd=here)
+                 "--port", "tcp:0:interface=127.0.0.1", "--data-dir", "p2ppeer-data", cwd=here)
     assert shared.returncode == 0, shared.stderr
     data = here / "p2ppeer-data"
     # A second peer keeps its data dir, with a manhole, inside its share,

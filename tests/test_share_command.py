@@ -66,9 +66,10 @@ async def test_share_joins_in_the_background_and_stop_ends_it(net, tmp_path):
     (home / "music" / "live" / "set.ogg").write_bytes(b"ogg")
     out = await deferToThread(run, "share", "music", "--meta", meta, "--port", "tcp:0:interface=127.0.0.1", cwd=home)
     assert out.returncode == 0, out.stderr
-    data = home / "p2ppeer-data"
+    data = Path(os.environ["XDG_STATE_HOME"]) / "p2pshare" / "peer"  # the per-user peer
     lines = out.stdout.splitlines()
-    assert re.fullmatch(rf"sharing {re.escape(str(home / 'music'))} as s\d+ \(127\.0\.0\.1:\d+\)", lines[0])
+    assert re.fullmatch(rf"sharing {re.escape(str(home / 'music'))} as s\d+ \(127\.0\.0\.1:\d+\): "
+                        r"1 file, 3 B", lines[0])
     assert lines[1] == f"control: unix:{data / 'control.sock'}"
     assert lines[2] == f"log: {data / 'p2ppeer.log'}"
     assert out.stderr == ""  # no log line on the terminal
@@ -77,8 +78,8 @@ async def test_share_joins_in_the_background_and_stop_ends_it(net, tmp_path):
     assert "] peer s1 registered with the metadata server" in log or "registered" in log
     pid = int((data / "p2ppeer.pid").read_text())
     assert alive(pid)
-    # It is the peer of this directory: the other commands find it.
-    status = await deferToThread(run, "status", cwd=home)
+    # It is the user's peer: the other commands find it from anywhere.
+    status = await deferToThread(run, "status", "--files", cwd=tmp_path)
     assert status.returncode == 0 and "live/set.ogg" in status.stdout.replace("music/", "")
     again = await deferToThread(run, "share", "music", "--meta", meta, cwd=home)
     assert again.returncode == 1 and "a peer already runs from" in again.stderr

@@ -68,7 +68,10 @@ async def test_bad_endpoints_end_the_peer(reactor, tmp_path):
                        "--data-dir", str(tmp_path / "p"))
     assert said.endswith("cannot listen on --port unix:/nonexistent/dir/peer.sock: no such file or directory")
     said = await fails(reactor, tmp_path, "p2ppeer", "--port", "frob:1", "--data-dir", str(tmp_path / "p"))
-    assert said == "p2ppeer cannot start: --port frob:1 is not a usable endpoint: Unknown endpoint type: 'frob'"
+    assert said == ("twistd p2ppeer: --port 'frob:1': not an endpoint (a port number, tcp:PORT, "
+                    "ssl:PORT:..., unix:PATH) (see twistd p2ppeer --help)")
+    said = await fails(reactor, tmp_path, "p2ppeer", "--meta", "foo:bar", "--data-dir", str(tmp_path / "p"))
+    assert said.startswith("twistd p2ppeer: --meta 'foo:bar': not an endpoint (HOST:PORT, ")
     for role in ("p2pmeta", "p2ppeer"):
         said = await fails(reactor, tmp_path, role, "--port", "0", "--portfile", "/nonexistent/port",
                            "--data-dir", str(tmp_path / role))

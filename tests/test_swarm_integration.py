@@ -81,7 +81,7 @@ async def test_a_file_held_by_four_is_fetched_from_all_four_at_once(net):
     assert all(served.values()), served
     assert len(data) <= sum(served.values()) <= len(data) + 4 * piece_size(len(data))
     names = await names_of(net)
-    used = re.search(r"verified \d+ bytes from (.*), sha256", out.stderr).group(1).split(", ")
+    used = re.search(r"verified \S+ \S+ from (.*), sha256", out.stderr).group(1).split(", ")
     assert sorted(used) == sorted(names[key] for key in holders)
     # One source, when asked: one holder alone.
     target.unlink()

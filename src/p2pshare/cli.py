@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -44,7 +43,6 @@ from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
 from p2pshare.display import json_text, shown
 from p2pshare.options import connect_description, listen_description, parse_rate
-from p2pshare.peer.share import by_content, is_shareable_name
 from p2pshare.pieces import piece_count
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 from p2pshare.wire import RemoteError, WireError
@@ -471,6 +469,8 @@ def cmd_share(args: argparse.Namespace) -> int:
     logging to its data dir; what it says when it cannot start is what
     this command says.
     """
+    import subprocess
+
     folder = Path(args.dir).absolute()
     if not folder.is_dir():
         raise Failed(f"{args.dir} is not a directory")
@@ -984,6 +984,8 @@ def _check_name(p: argparse.ArgumentParser, name: str) -> None:
     What p2p get and cancel take: C{sha256:} and 12 to 64 hex digits, or
     a path a peer could share (a folder ends in C{/}).
     """
+    from p2pshare.peer.share import by_content, is_shareable_name
+
     if name.startswith("sha256:"):
         if by_content(name) is None:
             p.error("sha256: takes the file's SHA-256, or its first 12 or more hex digits")

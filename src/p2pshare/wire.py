@@ -483,11 +483,18 @@ def message(verb: str, *args: object, text: str | None = None, **options: object
     )
 
 
+ERROR_TEXT_MAX = 3800  # bytes of an error's sentence: the line keeps its room
+
+
 def error(code: str, text: str) -> Message:
     """
-    An C{ERROR} message; control characters in C{text} become C{?}.
+    An C{ERROR} message; control characters in C{text} become C{?}, and a
+    sentence too long for one line is cut (ending in an ellipsis).
     """
-    return Message("ERROR", (code,), {}, _CONTROL.sub("?", text).strip() or code)
+    text = _CONTROL.sub("?", text).strip() or code
+    if len(text.encode("utf-8")) > ERROR_TEXT_MAX:
+        text = text.encode("utf-8")[: ERROR_TEXT_MAX - 3].decode("utf-8", "ignore") + "\u2026"
+    return Message("ERROR", (code,), {}, text)
 
 
 def validate(msg: Message) -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 
 PROGRESS_EVERY = 0.1  # seconds between PROGRESS lines, at least
+QUEUED_NAMES_MAX = 1500  # JSON bytes of a queued name and folder: its ITEM line fits
 
 
 def _json(value: Any) -> str:
@@ -180,8 +181,11 @@ class ControlProtocol(LineChannel):
                 self.send("PROGRESS", done, total, sources=sending or None)
 
         def fetched(result: Any) -> None:
-            if self.connected:
-                self.send("OK", text=_json({**asdict(result), "path": str(result.path)}))
+            # What happened on the way (and a folder's failures) as lists:
+            # a line each, however many and however long their names.
+            summary = {**asdict(result), "path": str(result.path)}
+            lists = {k: summary.pop(k) for k in ("notes", "failed") if k in summary}
+            self.reply(summary, **lists)
 
         d = Deferred.fromCoroutine(
             self.node.fetch(
@@ -195,6 +199,10 @@ class ControlProtocol(LineChannel):
     def msg_QUEUE(self, msg: Message) -> None:
         asked = self._fetch_options(msg)
         if asked is None:
+            return
+        if len(_json([asked["name"], str(asked["directory"] or "")])) > QUEUED_NAMES_MAX:
+            self.sendError(wire.E_BAD_ARGS, "the name and the folder together are too long "
+                           "for the queue; use p2p get without --background")
             return
         try:
             entry = self.node.queue.add(

@@ -107,3 +107,4 @@ class Found:
 
     matches: list[Match]
     coverage: Coverage
+    full: bool = False  # it found as many as one search keeps: some may be left out

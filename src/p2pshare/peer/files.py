@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -33,7 +33,7 @@ from p2pshare.peer import naming
 from p2pshare.peer.coverage import Found
 from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.naming import Wanted, below_pattern, folder_pattern, one_version, same_content
-from p2pshare.peer.search import DEFAULT_TIMEOUT
+from p2pshare.peer.search import DEFAULT_TIMEOUT, MAX_RESULTS
 from p2pshare.peer.serving import MAX_UPLOADS, UploadRate, UploadSlots
 from p2pshare.peer.share import EXACT, SharedFile, ShareIndex, by_content
 from p2pshare.peer.share import matches as name_matches
@@ -58,6 +58,18 @@ RunBlocking = Callable[..., Deferred[Any]]
 # pattern, timeout, exact, enough: a search (SearchEngine.start)
 Find = Callable[[str, float, int, Callable[[list[Match]], bool] | None], Deferred[Found]]
 Note = Callable[[str], None]  # a line for the person waiting
+
+
+def _whole(folder: str, searched: Found) -> None:
+    """
+    Refuse a folder whose search found as many files as one search keeps:
+    a get of it would leave files out without a word.
+    """
+    if searched.full:
+        raise FetchError(
+            wire.E_FAILED, f"{folder}/ holds more files than one get can list (a search keeps "
+            f"{MAX_RESULTS:,} matches); get its folders one at a time"
+        )
 
 
 @dataclass
@@ -428,16 +440,19 @@ class PeerFiles(MultiService):
             )
             if not matches:
                 self._absent(name, searched, only)
+            _whole(folder, searched)
             return naming.choose(folder, matches, []) or self._absent(name, searched, only)
         matches, searched = await self._searched(name, timeout, note, only)
         if matches:
-            return Wanted(name, one_version(name, matches))
+            return Wanted(name, one_version(name, naming.same_case(name, matches)))
         inside, below = await gatherResults([
-            Deferred.fromCoroutine(self._others(folder_pattern(name), timeout)),
-            Deferred.fromCoroutine(self._others(below_pattern(name), timeout)),
+            self._find(folder_pattern(name), timeout, 0, None),
+            self._find(below_pattern(name), timeout, 0, None),
         ])
-        keep = [m for m in inside if only in (None, m.holder)]
-        ends = [m for m in below if only in (None, m.holder)]
+        _whole(name, inside)
+        me = self._me()
+        keep = [m for m in inside.matches if m.holder != me and only in (None, m.holder)]
+        ends = [m for m in below.matches if m.holder != me and only in (None, m.holder)]
         return naming.choose(name, keep, ends) or self._absent(name, searched, only)
 
     # Downloads in progress, which others may fetch from (swarming).
@@ -554,10 +569,12 @@ class PeerFiles(MultiService):
     async def _fetch_one(
         self, name: str, directory: Path, force: bool, progress: Progress | None,
         timeout: float, sources: int, only: str | None, note: Note | None,
-        first: list[Match] | None = None,
+        first: list[Match] | None = None, same_content: bool = True,
     ) -> Fetched:
         """
-        One file, shown in C{p2p status} while it runs.
+        One file, shown in C{p2p status} while it runs.  C{first}: its
+        holders as found (with C{same_content}, joined by every holder of
+        the same bytes under another name).
         """
         key = object()  # two downloads of one name (into two folders) are two
         transfer = self.transfers[key] = Transfer(name, "down", "", self.clock.seconds())
@@ -574,7 +591,7 @@ class PeerFiles(MultiService):
 
         try:
             return await self._fetch(
-                name, directory, force, track, timeout, sources, only, note, first
+                name, directory, force, track, timeout, sources, only, note, first, same_content
             )
         finally:
             del self.transfers[key]
@@ -612,7 +629,7 @@ class PeerFiles(MultiService):
             try:
                 fetched = await self._fetch_one(
                     name, directory, force, track(name), timeout, sources, only, note,
-                    by_name[name],
+                    by_name[name], same_content=False,
                 )
             except LocalFault:
                 raise  # the disk is full: every file would fail the same way
@@ -633,9 +650,11 @@ class PeerFiles(MultiService):
         running = [at_once.run(one, name) for name in sorted(by_name)]
         try:
             await gatherResults(running, consumeErrors=True)
-        except BaseException:
+        except BaseException as e:
             for d in running:
                 d.cancel()  # Ctrl-C, or a fault of this machine: stop them all
+            if isinstance(e, FirstError):
+                e.subFailure.raiseException()  # what went wrong, not its wrapping
             raise
         result.failed.sort()
         return result
@@ -643,7 +662,7 @@ class PeerFiles(MultiService):
     async def _fetch(
         self, name: str, directory: Path, force: bool, progress: Progress, timeout: float,
         sources: int = SOURCES, only: str | None = None, note: Note | None = None,
-        first_matches: list[Match] | None = None,
+        first_matches: list[Match] | None = None, same_content: bool = True,
     ) -> Fetched:
         assert self.downloader is not None
         # If every holder fails, search again after a pause: a holder that
@@ -660,7 +679,9 @@ class PeerFiles(MultiService):
         fetched: Fetched | None = None
         for pause in FETCH_PAUSES:
             if first_matches is not None:
-                matches, first_matches = await self._with_same_content(first_matches, only), None
+                if same_content:
+                    first_matches = await self._with_same_content(first_matches, only)
+                matches, first_matches = first_matches, None
             else:
                 matches = await self._holders(name, timeout, note, only)
             failed: FetchError | None = None

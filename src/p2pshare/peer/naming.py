@@ -60,6 +60,15 @@ def same_content(sha256: str) -> str:
     return f"sha256:{sha256}"
 
 
+def same_case(name: str, matches: list[Match]) -> list[Match]:
+    """
+    The matches of exactly C{name}, letter case included, when there are
+    any (a search ignores case: C{a.txt} and C{A.txt} are two files).
+    """
+    exact = [m for m in matches if m.name == name]
+    return exact or matches
+
+
 def one_version(name: str, matches: list[Match]) -> list[Match]:
     """
     C{matches} of one path (or one content), if they are all one version;
@@ -73,13 +82,13 @@ def one_version(name: str, matches: list[Match]) -> list[Match]:
     if len(versions) <= 1:
         return matches
     shown = [
-        f"sha256:{sha[:12]} ({size} bytes, held by {', '.join(holders[:3])}"
+        f"sha256:{sha[:12]} ({size} bytes, held by {', '.join(h[:16] for h in holders[:3])}"
         f"{' and more' if len(holders) > 3 else ''})"
         for (sha, size), holders in list(versions.items())[:LISTED]
     ]
     raise FetchError(
         wire.E_AMBIGUOUS,
-        f"{name} is {len(versions)} different files in the network: {'; '.join(shown)}"
+        f"{_short(name)} is {len(versions)} different files in the network: {'; '.join(shown)}"
         f"{_more(len(versions))}; choose one with p2p get sha256:HEX, or --from HOLDER",
     )
 
@@ -91,16 +100,22 @@ def choose(name: str, inside: list[Match], below: list[Match]) -> Wanted | None:
     """
     paths = sorted({m.name for m in below})
     if not paths:
-        return Wanted(_folder_name(name, inside), inside, folder=True) if inside else None
+        if not inside:
+            return None
+        # The folder as typed, letter case included, when it is there.
+        depth = name.strip("/").count("/") + 1
+        exact = [m for m in inside if "/".join(m.name.split("/")[:depth]) == name.strip("/")]
+        inside = exact or inside
+        return Wanted(_folder_name(name, inside), inside, folder=True)
     if len(paths) == 1 and not inside:
         return Wanted(paths[0], one_version(paths[0], below))
-    choices = [f"{p}" for p in paths[:LISTED]]
+    choices = [_short(p) for p in paths[:LISTED]]
     if inside:
-        choices.insert(0, f"the folder {_folder_name(name, inside)}/")
+        choices.insert(0, f"the folder {_short(_folder_name(name, inside))}/")
     count = len(paths) + (1 if inside else 0)
     raise FetchError(
         wire.E_AMBIGUOUS,
-        f"{name} names {count} things in the network: {', '.join(choices)}{_more(count)}; "
+        f"{_short(name)} names {count} things in the network: {', '.join(choices)}{_more(count)}; "
         "give the full path (a folder ends in /)",
     )
 
@@ -111,6 +126,16 @@ def _folder_name(name: str, inside: list[Match]) -> str:
     """
     depth = name.strip("/").count("/") + 1
     return "/".join(inside[0].name.split("/")[:depth])
+
+
+def _short(path: str, room: int = 120) -> str:
+    """
+    A path in a refusal, cut in its middle when long (the refusal must
+    fit in one line of the control channel however long the names).
+    """
+    if len(path) <= room:
+        return path
+    return path[: room // 2 - 1] + "\u2026" + path[-(room // 2):]
 
 
 def _more(count: int) -> str:

@@ -381,15 +381,17 @@ class PeerNode(MultiService):
         self.joining.cancel()
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        # Goodbyes: to the neighbours first (the metadata server, told
+        # first, would have them drop the link before our word came), then
+        # to the metadata server, so that it frees our name at once and the
+        # topology follows without waiting for a heartbeat.
+        self.links.say_goodbye()
         if self.meta is not None:
-            # A goodbye, so that the metadata server frees our name at once
-            # and the topology follows without waiting for a heartbeat.
             self.meta.send("BYE")
         if self._meta_service is not None:
             stopping: Any = self._meta_service.stopService()
             if stopping is not None:
                 await stopping
-        self.links.say_goodbye()
         if self._listening is not None:
             stopped: Any = self._listening.stopListening()
             if stopped is not None:

@@ -26,7 +26,7 @@ class PeerProtocol(LineChannel):
     newcomer is accepted.
     """
 
-    pushed = frozenset({"FREE", "SEARCH", "RESULTS", "WORKING", "UP"})
+    pushed = frozenset({"FREE", "SEARCH", "RESULTS", "WORKING", "UP", "BYE"})
 
     def __init__(self, node: IOverlay) -> None:
         super().__init__(node.clock)

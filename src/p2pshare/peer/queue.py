@@ -14,8 +14,9 @@ targets).  C{p2p cancel} removes one, or every one under a folder.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ from p2pshare.disk import atomic_write, human_size
 from p2pshare.peer.transfer import FetchError
 
 AT_ONCE = 2  # downloads of the queue running together
+REASON_MAX = 600  # bytes of a reason as JSON: each entry is one line of p2p downloads
 KEPT = 200  # finished, failed and cancelled entries kept for p2p downloads
-MAX_QUEUED = 10_000  # entries waiting, at most
+MAX_QUEUED = 1_000  # entries waiting, at most (the file is rewritten at every change)
 QUEUE_FILE = "downloads.json"
 
 # fetch(name, directory, force, progress, sources=, only=, note=): PeerFiles.fetch
@@ -73,6 +75,37 @@ class Download:
         return mine == asked or mine.startswith(asked + "/")
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int,), "name": (str,), "directory": (str, type(None)), "force": (bool,),
+    "sources": (int,), "holder": (str, type(None)), "state": (str,), "reason": (str,),
+    "path": (str,), "done": (int,), "total": (int,), "resumed_at": (int, type(None)),
+    "added": (int, float), "started": (int, float, type(None)),
+    "ended": (int, float, type(None)),
+}
+_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+def _entry(item: object) -> Download | None:
+    """
+    A kept entry, if it is one: every field of its type, a state, a name
+    and a folder this peer could have been given, counts in range.
+    """
+    if not isinstance(item, dict):
+        return None
+    fields_ = {k: v for k, v in item.items() if k in _TYPES}
+    for k, v in fields_.items():
+        if not isinstance(v, _TYPES[k]) or (isinstance(v, bool) and bool not in _TYPES[k]):
+            return None
+    if not {"id", "name"} <= fields_.keys():
+        return None
+    entry = Download(**fields_)
+    directory_ok = entry.directory is None or os.path.isabs(entry.directory)
+    if (entry.id < 1 or entry.state not in _STATES or not 1 <= entry.sources <= 64
+            or not entry.name or not directory_ok):
+        return None
+    return entry
+
+
 class DownloadQueue(Service):
     log = Logger()
 
@@ -93,23 +126,37 @@ class DownloadQueue(Service):
     # Keeping it.
 
     def _load(self) -> None:
+        """
+        The queue as it was kept; an entry that is not one (a field of the
+        wrong type, a file written by hand) is left out, a file that is not
+        a queue at all is an empty queue, each said in the log.
+        """
         if self.path is None:
             return
         try:
             saved = json.loads(self.path.read_text("utf-8"))
-            known = {f.name for f in fields(Download)}
-            for raw in saved["downloads"]:
-                entry = Download(**{k: v for k, v in raw.items() if k in known})
-                if entry.state == "running":
-                    entry.state = "queued"  # the peer stopped under it: it resumes
-                entry.rate = entry.holders = 0
-                self.entries[entry.id] = entry
+            raw = saved["downloads"]
+            if not isinstance(raw, list):
+                raise TypeError("its downloads are not a list")
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as e:
             self.log.warn("the download queue in {path} could not be read ({why}); "
                           "it starts empty", path=str(self.path), why=str(e))
             return
+        bad = 0
+        for item in raw[: MAX_QUEUED + KEPT]:
+            entry = _entry(item)
+            if entry is None or entry.id in self.entries:
+                bad += 1
+                continue
+            if entry.state == "running":
+                entry.state = "queued"  # the peer stopped under it: it resumes
+            self.entries[entry.id] = entry
+        if bad or len(raw) > MAX_QUEUED + KEPT:
+            self.log.warn("{n} entries of the download queue in {path} were left out (not "
+                          "downloads this peer wrote, or too many)",
+                          n=bad + max(0, len(raw) - MAX_QUEUED - KEPT), path=str(self.path))
         self._next_id = max(self.entries, default=0) + 1
         waiting = sum(not e.finished for e in self.entries.values())
         if waiting:
@@ -157,7 +204,7 @@ class DownloadQueue(Service):
         """
         cancelled = [e for e in self.entries.values() if not e.finished and e.covers(name)]
         for e in cancelled:
-            e.state, e.reason, e.ended = "cancelled", "cancelled by p2p cancel", self.clock.seconds()
+            self._ended(e, "cancelled", "cancelled by p2p cancel")
             running = self._running.pop(e.id, None)
             if running is not None:
                 running.cancel()
@@ -169,6 +216,12 @@ class DownloadQueue(Service):
     def listing(self) -> Iterator[dict[str, Any]]:
         for e in sorted(self.entries.values(), key=lambda e: e.id):
             yield asdict(e)
+
+    def _ended(self, e: Download, state: str, reason: str, path: str = "") -> None:
+        e.state, e.ended, e.holders, e.rate, e.path = state, self.clock.seconds(), 0, 0, path
+        while len(json.dumps(reason)) > REASON_MAX:  # as it travels: one line per entry
+            reason = reason[: len(reason) * 3 // 4] + "\u2026"
+        e.reason = reason
 
     # Running it.
 
@@ -225,16 +278,17 @@ class DownloadQueue(Service):
 
     def _kept(self, result: Any, e: Download) -> None:
         self._running.pop(e.id, None)
-        e.state, e.ended, e.path, e.holders, e.rate = "done", self.clock.seconds(), str(result.path), 0, 0
         failed = getattr(result, "failed", [])
         if failed:  # a folder: some of its files could not be kept
-            e.state = "failed"
-            e.reason = f"{len(failed)} of {result.files} files failed; first: {failed[0][0]}: {failed[0][1]}"
+            self._ended(e, "failed", f"{len(failed)} of {result.files} files failed; "
+                        f"first: {failed[0][0]}: {failed[0][1]}", str(result.path))
         elif hasattr(result, "files"):
-            e.reason = f"{result.kept} files, {human_size(result.bytes)}"
+            self._ended(e, "done", f"{result.kept} files, {human_size(result.bytes)}",
+                        str(result.path))
         else:
             e.done = e.total = result.size
-            e.reason = "already here, identical" if result.already else "verified"
+            self._ended(e, "done", "already here, identical" if result.already else "verified",
+                        str(result.path))
         self.log.info("download {id} of {name}: {state} ({reason})", id=e.id, name=e.name,
                       state=e.state, reason=e.reason)
         self._save()
@@ -245,14 +299,13 @@ class DownloadQueue(Service):
         e.holders = e.rate = 0
         if failure.check(CancelledError):
             return  # cancelled (said already), or the peer stops: it resumes at the next start
-        e.state, e.ended = "failed", self.clock.seconds()
-        e.reason = failure.value.text if failure.check(FetchError) else (
-            failure.getErrorMessage() or "the download failed")
-        if not failure.check(FetchError):
-            self.log.failure("download {id} of {name} failed", failure, id=e.id, name=e.name)
-        else:
+        if failure.check(FetchError):
+            self._ended(e, "failed", failure.value.text)
             self.log.info("download {id} of {name} failed: {why}", id=e.id, name=e.name,
                           why=e.reason)
+        else:
+            self._ended(e, "failed", failure.getErrorMessage() or "the download failed")
+            self.log.failure("download {id} of {name} failed", failure, id=e.id, name=e.name)
         self._save()
         self._run_next()
 

@@ -59,6 +59,7 @@ from p2pshare import wire
 from p2pshare.common import OncePerMinute
 from p2pshare.peer.coverage import Coverage, Found
 from p2pshare.peer.interfaces import ILink, ISearch, ISearchHost
+from p2pshare.peer.share import answers
 from p2pshare.wire import Match, Message
 
 DEFAULT_TIMEOUT = 10.0
@@ -224,7 +225,10 @@ class SearchEngine:
             self._handle(search_id, 0, min(wait_ms, MAX_WAIT_MS), pattern, None, done, exact, upto)
             search = await done
             for branch, sent in search.branches.items():
-                for m in sent[: MAX_RESULTS - len(found)]:  # every round's together, bounded too
+                # A match must answer the search: a member may send any name
+                # or content, and a get would keep what it was not asked for.
+                for m in [m for m in sent if answers(pattern, exact, m.name, m.sha256)][
+                        : MAX_RESULTS - len(found)]:  # every round's together, bounded too
                     found.setdefault(_key(m), m)
                     came.setdefault(_key(m), branch)
             coverage = Coverage(
@@ -248,7 +252,7 @@ class SearchEngine:
         ordered = sorted(found.values(), key=lambda m: (m.hops, m.name, m.holder))
         kept = await self.node.vouch(ordered)
         self._dropped(kept, ordered, came, search_id)
-        return Found(kept, best)
+        return Found(kept, best, full=len(found) >= MAX_RESULTS)
 
     async def _pause(self, seconds: float) -> bool:
         """

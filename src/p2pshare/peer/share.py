@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pshare import wire
 from p2pshare.disk import DATA_DIR_MARK
 from p2pshare.pieces import hash_file, root_of
 
@@ -58,6 +59,8 @@ def changed_at(st: os.stat_result) -> float:
     modification time, or the time its inode changed (a copy that keeps
     the source's mtime, C{cp -p}, still moves that), the later.
     """
+    if st.st_mtime > time.time():  # a date from the future (an archive, a clock skew)
+        return st.st_ctime
     return max(st.st_mtime, st.st_ctime)
 
 
@@ -77,7 +80,20 @@ def is_shareable_name(name: str) -> bool:
     255 bytes, no backslash or control character, and short enough to
     travel on the wire.
     """
-    return 0 < _size(name) <= PATH_MAX and all(map(_is_shareable_segment, name.split("/")))
+    return (0 < _size(name) <= PATH_MAX and all(map(_is_shareable_segment, name.split("/")))
+            and _travels(name))
+
+
+def _travels(name: str) -> bool:
+    """
+    Does C{name} fit a field of the wire once percent-encoded (a name of
+    accented letters takes six characters for each)?  A name that did not
+    would make every search answer of this peer unsendable.
+    """
+    try:
+        return wire.FILE(wire.quote_name(name)) is None
+    except (UnicodeError, wire.WireError):
+        return False
 
 
 def _is_shareable_segment(segment: str) -> bool:
@@ -139,6 +155,17 @@ def matches(pattern: str, name: str, exact: int = 0) -> bool:
     return bool(words) and all(word in name for word in words)
 
 
+def answers(pattern: str, exact: int, name: str, sha256: str) -> bool:
+    """
+    Does a file of this name and content answer the search C{pattern}
+    (read as L{matches} reads it, or C{sha256:HEX} by content)?
+    """
+    sha = by_content(pattern)
+    if sha is not None:
+        return sha256.startswith(sha)
+    return matches(pattern, name, exact)
+
+
 def sha256_of(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -174,7 +201,8 @@ def _walk(
             # The folders above were checked on the way down: only this
             # segment, and the whole path's length.
             name = prefix + entry.name
-            if not _is_shareable_segment(entry.name) or _size(name) > PATH_MAX:
+            if not _is_shareable_segment(entry.name) or _size(name) > PATH_MAX \
+                    or not _travels(name):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
