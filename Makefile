@@ -31,7 +31,7 @@ lint: $(BIN)/python
 	$(BIN)/mypy src
 
 bench: install
-	cd bench && ../$(BIN)/python join.py && ../$(BIN)/python search.py && ../$(BIN)/python transfer.py && ../$(BIN)/python swarm.py && ../$(BIN)/python churn.py && ../$(BIN)/python rescan.py
+	cd bench && ../$(BIN)/python join.py && ../$(BIN)/python search.py && ../$(BIN)/python transfer.py && ../$(BIN)/python swarm.py && ../$(BIN)/python churn.py && ../$(BIN)/python rescan.py && ../$(BIN)/python commands.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -203,6 +203,11 @@ async def test_p2p_topo_and_status(net, tmp_path):
 
     out = await in_thread(p2p, "topo", "--meta", f"tcp:127.0.0.1:{net.meta_port}")
     assert (out.returncode, out.stdout, out.stderr) == (0, expected, "")
+    # A peer's port is not a metadata server: said so, in one sentence.
+    peer_port = int((net.root / next(iter(net.peers)) / "port").read_text())
+    wrong = await in_thread(p2p, "topo", "--meta", f"127.0.0.1:{peer_port}")
+    assert wrong.returncode == 1
+    assert "is a peer's port (or another p2pshare role), not a metadata server" in wrong.stderr
     out = await in_thread(p2p, "topo", "--data-dir", str(net.meta_dir))
     assert (out.returncode, out.stdout) == (0, expected)
 

@@ -39,6 +39,7 @@ from p2pshare.control_client import (
     address_of,
     control_request,
 )
+from p2pshare.control_client import meta_topology as plain_topology
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
 from p2pshare.display import json_text, shown
@@ -86,7 +87,12 @@ def cmd_topo(args: argparse.Namespace) -> int:
 
             return meta_topology(reactor, args.meta, secret)
 
-        entries = _talk(args.meta, "the metadata server", lambda: on_twisted(topology))
+        if secret is None and args.meta.split(":", 1)[0] in ("tcp", "tcp6", "unix"):
+            # An open network over a plain socket: no Twisted to load.
+            entries = _talk(args.meta, "the metadata server",
+                            lambda: plain_topology(args.meta))
+        else:
+            entries = _talk(args.meta, "the metadata server", lambda: on_twisted(topology))
     if args.tree and entries:
         sys.stdout.write(tree_text(entries))
     else:

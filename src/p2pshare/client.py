@@ -14,15 +14,11 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from p2pshare.admission import META_IDENTITY, Secret
 from p2pshare.channel import LineChannel
 from p2pshare.common import client_endpoint_string
-from p2pshare.control_client import NotAControlChannel
+from p2pshare.control_client import NotAMetaServer
 from p2pshare.topo import TopoEntry
 from p2pshare.wire import Message, WireError
 
 TIMEOUT = 10.0
-
-
-class NotAMetaServer(NotAControlChannel):
-    wanted = "a metadata server"
 
 
 class _Client(LineChannel):

@@ -20,6 +20,7 @@ from typing import Any
 
 from p2pshare import wire
 from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, SecretError, new_nonce
+from p2pshare.topo import TopoEntry
 from p2pshare.wire import RemoteError, WireError
 
 TIMEOUT = 10.0  # seconds to connect, and to wait for each line
@@ -252,3 +253,66 @@ def _not_control(e: RemoteError) -> NotAControlChannel | None:
     if e.code in (wire.E_UNEXPECTED, wire.E_UNKNOWN_VERB) and "not expected here" in e.text:
         return NotAControlChannel("a peer's overlay port", CONTROL_HINT)
     return None
+
+
+class NotAMetaServer(NotAControlChannel):
+    wanted = "a metadata server"
+
+
+def meta_topology(description: str, timeout: float = TIMEOUT) -> list[TopoEntry]:
+    """
+    Every peer of an open network and its neighbours, as the metadata
+    server at C{description} (C{tcp:HOST:PORT} or C{unix:PATH}) says: an
+    observer's session (C{P2P}, then C{TOPO}) over a plain socket, so
+    that C{p2p topo} needs no Twisted (a private network's, with TLS, is
+    in L{p2pshare.client}).
+
+    @raise RemoteError: the server answered C{ERROR}.
+    @raise NotAMetaServer: something else answered.
+    @raise Closed: the connection ended before the answer.
+    @raise OSError: cannot connect.
+    """
+    family, address = address_of(description)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        lines = _lines(sock)
+        try:
+            sock.sendall(b"P2P\r\n")
+            _meta_reply(lines, "OK")
+            sock.sendall(b"TOPO\r\n")
+            entries: list[TopoEntry] = []
+            continued = False
+            while True:
+                msg = _meta_reply(lines, "PEER", "END")
+                if msg.verb == "END":
+                    return entries
+                name, host, port, *neighbours = msg.args
+                if continued and entries and entries[-1].name == name:
+                    entries[-1].neighbours.extend(neighbours)
+                else:
+                    entries.append(TopoEntry(name, list(neighbours), host, int(port)))
+                continued = "more" in msg.options
+        except NotAMetaServer:
+            raise
+        except NotAControlChannel:
+            raise NotAMetaServer("something else (it does not speak p2pshare)") from None
+
+
+def _meta_reply(lines: Any, *verbs: str) -> wire.Message:
+    for line in lines:
+        try:
+            msg = wire.decode(line)
+        except WireError:
+            break
+        if msg.verb == "ERROR":
+            if msg.args[0] in (wire.E_UNEXPECTED, wire.E_UNKNOWN_VERB):
+                raise NotAMetaServer("a peer's port (or another p2pshare role)")
+            raise RemoteError(msg.args[0], msg.text or "")
+        if msg.verb in verbs:
+            return msg
+        if msg.verb != "PING":
+            break
+    else:
+        raise Closed()
+    raise NotAMetaServer("something else (it does not speak p2pshare)")
