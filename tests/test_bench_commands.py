@@ -57,7 +57,8 @@ def imported_by(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", [
-    "p2pshare.control_client",  # status, search, ls
+    "p2pshare.cli",  # the command itself: what it runs for status, search, ls, topo
+    "p2pshare.control_client",  # status, search, ls, and an open network's topo
     "p2pshare.admission",
     "p2pshare.display",
     "p2pshare.topo",
@@ -67,7 +68,7 @@ def test_the_small_commands_modules_leave_twisted_and_cryptography_out(module):
     assert imported_by(module) & {"twisted", "cryptography", "OpenSSL", "zope"} == set()
 
 
-@pytest.mark.parametrize("module", ["p2pshare.admission", "p2pshare.pieces"])
+@pytest.mark.parametrize("module", ["p2pshare.cli", "p2pshare.admission", "p2pshare.pieces"])
 def test_hashing_is_imported_only_when_used(module):
     """
     The command imports these for their constants and errors; hashlib
