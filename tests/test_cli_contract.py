@@ -122,7 +122,19 @@ MALFORMED = [  # (command and its arguments, an option, a malformed value for it
     (["downloads"], "--peer", "frob:1"),
     (["cancel", "x"], "--peer", "frob:1"),
     (["url", "http://x/files/a", "--secret-file", "s"], "--lifetime", "0"),
+    (["share", "."], "--data-dir", ""),
+    (["share", "."], "--control", "tcp:0:interface=8.8.8.8"),
+    (["share", "."], "--control", "frob:1"),
+    (["get", "x"], "-o", ""),
+    (["topo"], "--data-dir", " "),
 ]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://h:99999/files/a", "http://h:x/files/a"])
+def test_a_malformed_url_is_a_usage_error(tmp_path, url):
+    out = p2p(["url", url, "--secret-file", "s"], tmp_path)
+    assert out.returncode == 2, out.stderr
+    one_sentence(out.stderr)
 
 
 @pytest.mark.parametrize("command, option, value", MALFORMED)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from p2pshare import __version__, wire
 from p2pshare.admission import (
+    CONTROL_TOKEN,
     URL_LIFETIME,
     URL_LIFETIME_MAX,
     Secret,
@@ -33,6 +34,7 @@ from p2pshare.admission import (
     new_secret_text,
 )
 from p2pshare.control_client import (
+    TOKEN_ENV,
     Closed,
     NotAControlChannel,
     NoToken,
@@ -43,7 +45,12 @@ from p2pshare.control_client import meta_topology as plain_topology
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
 from p2pshare.display import json_text, shown
-from p2pshare.options import connect_description, listen_description, parse_rate
+from p2pshare.options import (
+    connect_description,
+    control_endpoint,
+    listen_description,
+    parse_rate,
+)
 from p2pshare.pieces import piece_count
 from p2pshare.topo import TopoEntry, parse_topo, topo_text, tree_text
 from p2pshare.wire import RemoteError, WireError
@@ -505,7 +512,8 @@ def cmd_share(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.control is not None:
-        control = args.control
+        control = _client_control(control_endpoint(args.control, data))
+        os.environ.setdefault(TOKEN_ENV, str(data / CONTROL_TOKEN))  # a TCP one asks for it
     with out:
         peer = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
@@ -532,6 +540,20 @@ def cmd_share(args: argparse.Namespace) -> int:
             progress.close()
             raise Failed(f"the peer did not join within {SHARE_WAIT:.0f} s; see {log}")
         time.sleep(0.2)  # a command waiting for a daemon: nothing to be woken by
+
+
+def _client_control(listening: str) -> str:
+    """
+    Where the command reaches a control channel that listens at
+    C{listening} (C{unix:PATH:mode=600}, C{tcp:PORT:interface=HOST}).
+    """
+    kind, *fields = listening.replace("\\:", "\0").split(":")
+    plain = [f for f in fields if "=" not in f]
+    named = dict(f.split("=", 1) for f in fields if "=" in f)
+    if kind == "unix":
+        return "unix:" + (named.get("path") or plain[0]).replace("\0", "\\:")
+    host = named.get("interface", "127.0.0.1").replace("\0", "\\:")
+    return f"tcp:host={host}:port={named.get('port') or plain[0]}"
 
 
 class ShareProgress:
@@ -968,10 +990,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"the {field} is too long ({len(value.encode())} bytes)")
     if args.command in ("get", "cancel"):
         _check_name(p, args.name)
-    for field in ("peer", "meta"):
+    for field in ("peer", "meta", "data_dir", "output", "control", "downloads"):
         value = getattr(args, field, None)
         if value is not None and not value.strip():
-            p.error(f"--{field} cannot be empty")
+            p.error(f"{_flag(field)} cannot be empty")
     _check_values(p, args)
     if args.command == "get" and not 1 <= args.sources <= 64:
         p.error("--sources is from 1 to 64")
@@ -1018,6 +1040,11 @@ def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 parse_rate(args.upload_rate)
             if args.manhole is not None:
                 listen_description(args.manhole, "--manhole")
+            if args.control is not None:
+                control_endpoint(args.control, Path("."))  # a unix socket, or loopback TCP
+        if args.command == "url":
+            parts = urlsplit(args.url)
+            _ = parts.port  # a port that is no number raises here
     except ValueError as e:
         p.error(str(e))
     if args.command != "share":
@@ -1034,6 +1061,10 @@ def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--advertise is a host name or an IP address")
 
 
+def _flag(field: str) -> str:
+    return "-o" if field == "output" else "--" + field.replace("_", "-")
+
+
 def find_peer() -> str:
     """
     The peer a command talks to when C{--peer} is not given: C{$P2P_PEER},
@@ -1044,12 +1075,24 @@ def find_peer() -> str:
     if named:
         return _peer_endpoint(named)
     for sock in (Path("p2ppeer-data") / "control.sock", user_data_dir() / "control.sock"):
-        if sock.is_socket():
+        if sock.is_socket() and _ours(sock):
             return _unix(sock.absolute())
     raise Failed(
         "no peer found: $P2P_PEER is not set, and neither ./p2ppeer-data/control.sock nor "
         f"{user_data_dir() / 'control.sock'} exists; start one with p2p share DIR, or give --peer"
     )
+
+
+def _ours(sock: Path) -> bool:
+    """
+    Is this socket our user's (or root's)?  Another user's socket in a
+    shared folder is not our peer, whatever its name: its answers would be
+    theirs.
+    """
+    try:
+        return sock.stat().st_uid in (os.getuid(), 0)
+    except OSError:
+        return False
 
 
 def _peer_endpoint(value: str) -> str:

@@ -7,7 +7,9 @@ raises L{ValueError} with what is wrong, for a usage error (exit 2).
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from pathlib import Path
 
 _PORT = re.compile(r"[0-9]{1,5}")
 # What each kind needs is checked for TCP; the TLS kinds' own parsers say
@@ -107,3 +109,63 @@ def parse_rate(text: str) -> float:
     if not 1024 <= value <= 2**40:
         raise ValueError("the rate is from 1K to 1024G bytes per second")
     return value
+
+
+def loopback_by_default(description: str) -> str:
+    """
+    A TCP listening endpoint without an interface listens on loopback only:
+    operator pages and consoles are not for other hosts unless asked.
+    """
+    if description.split(":", 1)[0] in ("tcp", "tcp6") and "interface=" not in description:
+        return description + (
+            ":interface=\\:\\:1" if description.startswith("tcp6") else ":interface=127.0.0.1"
+        )
+    return description
+
+
+def _interface(description: str) -> str | None:
+    """
+    The C{interface=} of a listening description (C{\\:} unescaped).
+    """
+    fields = description.replace("\\:", "\0").split(":")[1:]
+    for f in fields:
+        key, eq, value = f.partition("=")
+        if eq and key == "interface":
+            return value.replace("\0", ":")
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def control_endpoint(description: str | None, data_dir: Path) -> str:
+    """
+    Where a peer listens for the C{p2p} command: C{unix:DATA-DIR/control.sock}
+    by default; a unix socket (mode 0600), or TCP on loopback only (a bare
+    number, or C{tcp:N} without an interface, means loopback).  A TCP
+    control port also asks for the token in the data dir (control.py).
+
+    @raise ValueError: one sentence, for anything reachable from elsewhere.
+    """
+    if description is None:
+        sock = data_dir / "control.sock"
+        description = "unix:" + str(sock).replace(":", "\\:")
+    description = loopback_by_default(listen_description(description, "--control"))
+    kind = description.split(":", 1)[0]
+    if kind == "unix":
+        return description if ":mode=" in description else description + ":mode=600"
+    if kind in ("tcp", "tcp6"):
+        interface = _interface(description) or ""
+        if is_loopback(interface):
+            return description
+        raise ValueError(
+            f"--control {description} would be reachable from other hosts: the control "
+            "channel listens only on a unix socket or on loopback (127.0.0.1, ::1)"
+        )
+    raise ValueError(
+        f"--control {description}: the control channel is a unix: socket or a loopback tcp: port"
+    )
