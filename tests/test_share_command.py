@@ -105,5 +105,15 @@ async def test_a_share_that_cannot_start_says_why_in_one_sentence(net, tmp_path)
     assert nometa.returncode == 1
     assert nometa.stderr.startswith("p2p share: cannot reach the metadata server at tcp:127.0.0.1:1")
     assert not (home / "d2").exists()
+    # A name that is live already: the real reason, not the log's last line.
+    await net.start_peer("--name", "taken")
+    (home / "docs" / "hi.txt").write_text("hi")
+    taken = await deferToThread(run, "share", "docs", "--meta", meta, "--name", "taken",
+                                "--port", "tcp:0:interface=127.0.0.1", "--data-dir", "d3",
+                                cwd=home)
+    assert taken.returncode == 1
+    assert taken.stderr.startswith("p2p share: the peer did not start: ") and "taken" in \
+        taken.stderr.split("did not start: ")[1], taken.stderr
+    assert "sharing" not in taken.stderr and len(taken.stderr.splitlines()) == 1
     missing = await deferToThread(run, "share", "nowhere", "--meta", meta, cwd=home)
     assert (missing.returncode, missing.stderr) == (1, "p2p share: nowhere is not a directory\n")
