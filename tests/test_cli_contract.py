@@ -383,3 +383,27 @@ def test_what_a_search_missed_is_said_and_nothing_found_there_exits_3(tmp_path):
         ]
     finally:
         close()
+
+
+def a_peer_still_registering(msg):
+    if msg.verb == "STATUS":
+        return [("OK", [], {"name": None, "host": None, "port": None, "root": False,
+                            "joined": False, "max_neighbours": 2, "neighbours": [],
+                            "shared": [], "transfers": [], "network_peers": None})]
+    if msg.verb == "FETCH":
+        return [("OK", [], {"path": "/downloads/empty.txt", "size": 0, "sha256": "e3" * 32,
+                            "holder": None, "already": False, "notes": []})]
+    return [("ERROR", ["failed"], "no")]
+
+
+def test_no_none_where_a_user_reads(tmp_path):
+    peer, close = fake_peer(a_peer_still_registering)
+    try:
+        status = p2p(["status", "--peer", peer], tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert "None" not in status.stdout and "not given yet" in status.stdout
+        got = p2p(["get", "empty.txt", "--peer", peer], tmp_path)
+        assert got.returncode == 0 and "None" not in got.stderr
+        assert got.stderr.startswith("verified 0 B, sha256 ")
+    finally:
+        close()

@@ -112,8 +112,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     neighbours = status["neighbours"]
     role = "root" if status["root"] else ("joined" if status["joined"] else "joining")
     lines = [
-        f"name: {_shown(status['name'])}",
-        f"address: {_shown(status['host'])}:{status['port']}",
+        f"name: {_shown(status['name'] or '(not given yet: registering)')}",
+        "address: " + (f"{_shown(status['host'])}:{status['port']}" if status["host"]
+                       else f"port {status['port'] or '(not listening yet)'}, host not known yet"),
         f"state: {role}",
         "network: " + (
             f"{status['network_peers']:,} peers" if status.get("network_peers") is not None
