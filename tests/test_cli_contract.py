@@ -407,3 +407,22 @@ def test_no_none_where_a_user_reads(tmp_path):
         assert got.stderr.startswith("verified 0 B, sha256 ")
     finally:
         close()
+
+
+def test_a_search_of_several_words_needs_no_quotes(tmp_path):
+    from p2pshare import wire
+
+    asked = []
+
+    def answer(msg):
+        asked.append(wire.unquote_name(msg.args[0]))
+        return [("OK", [], {"count": 0, "matches": [],
+                            "coverage": {"complete": True, "text": ""}})]
+
+    peer, close = fake_peer(answer)
+    try:
+        out = p2p(["search", "live", "ogg", "--peer", peer], tmp_path)
+        assert (out.returncode, out.stdout) == (1, "not found\n"), out.stderr
+        assert asked == ["live ogg"]
+    finally:
+        close()

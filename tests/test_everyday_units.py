@@ -182,3 +182,27 @@ def test_a_folder_with_more_files_than_a_search_keeps_is_refused_whole(tmp_path)
     failure = []
     d.addErrback(failure.append)
     assert "holds more files than one get can list" in failure[0].value.text
+
+
+def test_a_name_only_this_peer_holds_is_said_to_be_its_own(tmp_path):
+    own = Match("Live Set/set.ogg", 6, "ab" * 32, "s1", "127.0.0.1", 5001, 0, "")
+
+    def find(pattern, timeout, how, enough):
+        return succeed(Found([own] if answers(pattern, how, own.name, own.sha256) else [],
+                             Coverage(2, 2)))
+
+    peer = PeerFiles(clock=Clock(), run_blocking=succeed, find=find, me=lambda: "s1",
+                     on_files_changed=lambda: None, downloads=tmp_path,
+                     downloader=SimpleNamespace(on_verified=None))  # type: ignore[arg-type]
+    failure = []
+    Deferred.fromCoroutine(peer.wanted("set.ogg")).addErrback(failure.append)
+    assert failure[0].value.text == (
+        "set.ogg is only in this peer's own share (Live Set/set.ogg); no other peer holds it"
+    )
+
+
+def test_search_takes_its_words_unquoted(tmp_path):
+    from p2pshare.cli import parser
+
+    args = parser().parse_args(["search", "live", "ogg", "--peer", "unix:/x"])
+    assert args.pattern == ["live", "ogg"]  # main() joins them: "live ogg"

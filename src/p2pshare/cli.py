@@ -117,7 +117,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                        else f"port {status['port'] or '(not listening yet)'}, host not known yet"),
         f"state: {role}",
         "network: " + (
-            f"{status['network_peers']:,} peers" if status.get("network_peers") is not None
+            f"{status['network_peers']:,} {'peer' if status['network_peers'] == 1 else 'peers'}"
+            if status.get("network_peers") is not None
             else "size not known now (the metadata server did not say)"
         ),
         f"neighbours ({len(neighbours)} of at most {status['max_neighbours']}):",
@@ -863,8 +864,8 @@ def parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="every match in the whole network, ignoring case")
     search.add_argument(
-        "pattern", help="words found anywhere in the path (any order), a glob with * ? [ on the "
-        "whole path, or sha256:HEX"
+        "pattern", nargs="+", help="words found anywhere in the path (any order: p2p search live "
+        "ogg), a glob with * ? [ on the whole path, or sha256:HEX"
     )
     search.add_argument("--exact", action="store_true", help="the whole path exactly (any case)")
     search.add_argument("--json", action="store_true",
@@ -1126,6 +1127,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if getattr(args, "meta", "") is None and getattr(args, "data_dir", None) is None:
         args.meta = DEFAULT_META
+    if isinstance(getattr(args, "pattern", None), list):
+        args.pattern = " ".join(args.pattern)  # the words of a search, however they were quoted
     check_args(p, args)
     run: Callable[[argparse.Namespace], int] = args.run
     try:

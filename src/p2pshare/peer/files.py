@@ -405,14 +405,20 @@ class PeerFiles(MultiService):
                         f"({searched.coverage.sentence()})")
         return others(searched.matches), searched
 
-    def _absent(self, name: str, searched: Found, only: str | None) -> NoReturn:
+    def _absent(self, name: str, searched: Found, only: str | None,
+                seen: list[Match] | None = None) -> NoReturn:
         """
-        Refuse C{name}: not in the network, or not among those that answered.
+        Refuse C{name}: not in the network, or not among those that
+        answered (C{seen}: what other searches for it found, ours too).
         """
         me = self._me()
+        mine = [m.name for m in [*searched.matches, *(seen or [])] if m.holder == me]
         if searched.coverage.complete:
             if only is not None and any(m.holder != me for m in searched.matches):
                 raise FetchError(wire.E_NOT_FOUND, f"{only} does not hold {name}")
+            if mine:
+                raise FetchError(wire.E_NOT_FOUND, f"{name} is only in this peer's own share "
+                                 f"({mine[0]}); no other peer holds it")
             raise FetchError(wire.E_NOT_FOUND, f"{name} was not found in the network")
         raise FetchError(
             wire.E_INCOMPLETE, f"{name} was not found among the peers that answered; "
@@ -453,7 +459,9 @@ class PeerFiles(MultiService):
         me = self._me()
         keep = [m for m in inside.matches if m.holder != me and only in (None, m.holder)]
         ends = [m for m in below.matches if m.holder != me and only in (None, m.holder)]
-        return naming.choose(name, keep, ends) or self._absent(name, searched, only)
+        return naming.choose(name, keep, ends) or self._absent(
+            name, searched, only, inside.matches + below.matches
+        )
 
     # Downloads in progress, which others may fetch from (swarming).
 
