@@ -6,9 +6,9 @@ C{.NAME.SHA16.part}: named by the version it is for, and owned by one
 download at a time (an exclusive lock, so a second download of the same
 file into the same folder, from this peer or another process, waits or is
 refused, never writing beside it).  An interrupted transfer keeps its
-prefix and goes on from there with a C{Range} request guarded by
-C{If-Range: "SHA-256"}, so a holder whose file has changed since sends the
-new version whole (and is passed over) rather than the rest of it.  Once
+verified pieces and goes on from there with C{Range} requests guarded by
+C{If-Match: "SHA-256"}, so a holder whose file has changed since answers
+C{412} (and is passed over) rather than sending bytes of another version.  Once
 all bytes are in, the file is fsynced and what is I{on disk} is hashed:
 size and SHA-256 must match what the search reported; then it is moved
 into place without overwriting anything (unless asked to), and the
