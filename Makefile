@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.14 python3.13 python3.12 python3.11 python3 p
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean bench lint
+.PHONY: demo test check install clean bench lint
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or newer found (tried python3.14 ... python3.11, python3, python); install one, or give it: make PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -24,6 +24,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fast tier: units, byte-level protocols and simulations; no real
+# processes, browser or namespaces (tests/conftest.py marks those slow).
+check: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(BIN)/python
 	$(BIN)/pip install --quiet ".[test,lint]"

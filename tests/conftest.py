@@ -97,7 +97,24 @@ def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
 # last: their wall time passes while the rest of the suite runs.
 
 
+# The fast tier (make check) leaves out what starts real processes, drives a
+# browser or namespaces, or simulates for minutes: marked "slow" here, by
+# module or by the fixtures a test uses, so no test has to remember it.
+SLOW_MODULES = (
+    "_integration.py", "test_browser.py", "test_browser_files.py", "test_netns.py",
+    "test_bench_commands.py", "test_benches.py", "test_share_command.py",
+    "test_scale_sim.py", "test_churn_search_sim.py", "test_makefile.py",
+    "test_heartbeat_sim.py", "test_backpressure.py", "test_churn_stateful.py", "test_manhole.py",
+    "test_cli_contract.py",
+)
+SLOW_FIXTURES = {"net", "watch"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: left out of the fast tier (make check): real processes, a browser, "
+        "namespaces, or minutes of simulation",
+    )
     config.addinivalue_line(
         "markers",
         "watch(script, *args): the test judges the report of tests/SCRIPT, started with the "
@@ -106,6 +123,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.name.endswith(SLOW_MODULES) or fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
     watched = [item for item in items if item.get_closest_marker("watch") is not None]
     if not watched or config.option.collectonly:
         return
