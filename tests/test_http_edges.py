@@ -409,8 +409,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(peer_po
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(b"GET /files/file.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
-        await freed.addTimeout(20, reactor)
-        assert 0.9 < time.monotonic() - started < 10
+        await freed.addTimeout(120, reactor)  # a hang, not a speed: the event itself is awaited
+        assert time.monotonic() - started > 0.9  # never before the stall deadline
         assert slots.used == 0
         assert senders[0] is (serving._DirectSender if path == "direct" else serving._BigFileSender)
 
