@@ -9,10 +9,10 @@ as markup.  Skipped, with the reason, where the browser is not installed.
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import pytest_twisted
+from chromium import By, needs_chromium, start_chromium, wait_until
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,34 +26,12 @@ from p2pshare.meta.server import MetaFactory, MetaServer
 from p2pshare.meta.web import make_site
 from p2pshare.topo import parse_topo
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # pragma: no cover - the test extra installs it
-    webdriver = None
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None or webdriver is None,
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them) and selenium",
-)
-WAIT = 15  # seconds any state may take to show on the page
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_chromium(tmp_path / "chromium-profile")
     yield driver
     driver.quit()
 
@@ -73,10 +51,6 @@ def links_shown(driver):
     pairs = shown(driver, "return [...document.querySelectorAll('line.link')]"
                           ".map(l => [l.getAttribute('data-a'), l.getAttribute('data-b')])")
     return sorted(tuple(sorted(p)) for p in pairs)
-
-
-def wait_until(driver, condition):
-    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(lambda d: condition(d))
 
 
 def topo_links(net):

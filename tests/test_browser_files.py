@@ -12,30 +12,16 @@ not installed.
 from __future__ import annotations
 
 import base64
-import shutil
 from urllib.parse import unquote, urlsplit
 
 import pytest
 import pytest_twisted
+from chromium import By, needs_chromium, start_chromium, wait_until
 from twisted.internet.threads import deferToThread
 
 from p2pshare.disk import atomic_write
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # pragma: no cover - the test extra installs it
-    webdriver = None
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None or webdriver is None,
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them) and selenium",
-)
-WAIT = 15  # seconds any state may take to show in the browser
+pytestmark = needs_chromium
 
 
 def tiny_pdf(text: str) -> bytes:
@@ -98,27 +84,9 @@ def downloads(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path, downloads):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads), "download.prompt_for_download": False,
-    })
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(30)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
-                           {"behavior": "allow", "downloadPath": str(downloads)})
+    driver = start_chromium(tmp_path / "chromium-profile", downloads)
     yield driver
     driver.quit()
-
-
-def wait_until(driver, condition):
-    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(lambda d: condition(d))
 
 
 LINKS = """

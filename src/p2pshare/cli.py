@@ -48,6 +48,7 @@ from p2pshare.display import json_text, shown
 from p2pshare.options import (
     connect_description,
     control_endpoint,
+    endpoint_fields,
     listen_description,
     parse_rate,
 )
@@ -549,12 +550,12 @@ def _client_control(listening: str) -> str:
     Where the command reaches a control channel that listens at
     C{listening} (C{unix:PATH:mode=600}, C{tcp:PORT:interface=HOST}).
     """
-    kind, *fields = listening.replace("\\:", "\0").split(":")
+    kind, *fields = endpoint_fields(listening)
     plain = [f for f in fields if "=" not in f]
     named = dict(f.split("=", 1) for f in fields if "=" in f)
     if kind == "unix":
-        return "unix:" + (named.get("path") or plain[0]).replace("\0", "\\:")
-    host = named.get("interface", "127.0.0.1").replace("\0", "\\:")
+        return _unix(Path(named.get("path") or plain[0]))
+    host = named.get("interface", "127.0.0.1").replace(":", "\\:")
     return f"tcp:host={host}:port={named.get('port') or plain[0]}"
 
 

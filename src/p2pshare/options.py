@@ -18,7 +18,7 @@ _KINDS_LISTEN = ("tcp", "tcp6", "ssl", "tls", "mtls", "unix")
 _KINDS_CONNECT = ("tcp", "tcp6", "ssl", "tls", "mtls", "unix", "mdns")
 
 
-def _fields(description: str) -> list[str]:
+def endpoint_fields(description: str) -> list[str]:
     """
     The colon-separated fields of an endpoint description (C{\\:} is a
     colon inside a field).
@@ -41,7 +41,7 @@ def listen_description(text: str, what: str = "--port") -> str:
     if _PORT.fullmatch(text):
         _port(text, what, zero=True)
         return f"tcp:{text}"
-    kind, *rest = _fields(text)
+    kind, *rest = endpoint_fields(text)
     if kind not in _KINDS_LISTEN:
         raise ValueError(
             f"{what} {text!r}: not an endpoint (a port number, tcp:PORT, ssl:PORT:..., unix:PATH)"
@@ -70,7 +70,7 @@ def connect_description(text: str, what: str = "--meta") -> str:
         return f"tcp:127.0.0.1:{text}"
     if text == "auto":
         return "mdns:"
-    kind, *rest = _fields(text)
+    kind, *rest = endpoint_fields(text)
     if kind not in _KINDS_CONNECT:
         if len(rest) == 1 and kind and _PORT.fullmatch(rest[0]):  # HOST:PORT
             _port(rest[0], what)
