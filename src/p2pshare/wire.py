@@ -178,7 +178,8 @@ HOPS: Check = _check_hops
 # and anything else a file system allows fit in one field; the glob
 # characters stay readable.
 _NAME_SAFE = "!$&'()*+,;:@[]?"
-_QUOTED = re.compile(r"[A-Za-z0-9_.~!$&'()*+,;:@\[\]?%-]{1,1000}")
+QUOTED_MAX = 1000  # characters of a percent-encoded name or pattern
+_QUOTED = re.compile(rf"[A-Za-z0-9_.~!$&'()*+,;:@\[\]?%-]{{1,{QUOTED_MAX}}}")
 _QUOTED_PATH = re.compile(r"[A-Za-z0-9_.~!$&'()*+,;:@\[\]?%/-]{1,2000}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -88,8 +88,13 @@ def _travels(name: str) -> bool:
     """
     Does C{name} fit a field of the wire once percent-encoded (a name of
     accented letters takes six characters for each)?  A name that did not
-    would make every search answer of this peer unsendable.
+    would make every search answer of this peer unsendable.  A name of
+    at most a third of the field's length in bytes always fits (each byte
+    takes three characters at most): only longer ones are encoded, so a
+    scan of a big share does not encode every name.
     """
+    if _size(name) * 3 <= wire.QUOTED_MAX:
+        return True
     try:
         return wire.FILE(wire.quote_name(name)) is None
     except (UnicodeError, wire.WireError):
