@@ -26,7 +26,7 @@ needs_chromium = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None or webdriver is None,
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them) and selenium",
 )
-WAIT = 15  # seconds any state may take to show in the browser
+WAIT = 60  # seconds any state may take to show in the browser (a hang guard)
 
 
 def start_chromium(profile: Path, downloads: Path | None = None) -> Any:
