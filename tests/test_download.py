@@ -20,10 +20,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from p2pshare import wire
+from p2pshare.peer.download.transfer import Downloader, FetchError, part_path
 from p2pshare.peer.http import FilesResource, PiecesResource
 from p2pshare.peer.serving import parse_range
 from p2pshare.peer.share import ShareIndex
-from p2pshare.peer.transfer import Downloader, FetchError, part_path
 from p2pshare.pieces import piece_count, piece_span, root_of
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -163,7 +163,7 @@ def downloader(reactor, request, monkeypatch):
     these tests are about several at once, so none ever is, but in
     test_a_holder_fast_enough_alone_keeps_the_others_waiting.
     """
-    from p2pshare.peer import swarm
+    from p2pshare.peer.download import swarm
 
     monkeypatch.setattr(swarm, "FAST_ENOUGH", float("inf"))
     pool = HTTPConnectionPool(reactor, persistent=False)
@@ -213,7 +213,7 @@ async def test_a_holder_fast_enough_alone_keeps_the_others_waiting(holders, down
     FAST_ENOUGH alone, the others are never asked (more holders would only
     add contention), else they join.
     """
-    from p2pshare.peer import swarm
+    from p2pshare.peer.download import swarm
 
     monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
     monkeypatch.setattr(swarm, "FIRST_RUN", MiB)
@@ -237,7 +237,7 @@ async def test_a_holders_runs_share_one_connection(holders, downloader, tmp_path
     Over plain TCP, the runs of one holder go over one HTTP/1.1 connection
     kept open between them (through the agent, a connection per run).
     """
-    from p2pshare.peer import swarm
+    from p2pshare.peer.download import swarm
 
     monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
     files = honest_files(reactor, tmp_path, "h")
@@ -257,7 +257,7 @@ async def test_over_tls_runs_are_read_in_threads_on_one_kept_open_connection(rea
     by the same threads as over plain TCP, through Python's ssl with the
     peer's certificate: one connection for every run.
     """
-    from p2pshare.peer import swarm
+    from p2pshare.peer.download import swarm
     from p2pshare.peer.tap import _Endpoints
     from p2pshare.tls import PeerTLS, make_certs
 
@@ -501,7 +501,7 @@ async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders
 async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
     import errno
 
-    from p2pshare.peer import storing, transfer
+    from p2pshare.peer.download import storing, transfer
 
     real = storing.verify_and_write
     room = [MiB]
@@ -527,7 +527,7 @@ async def test_a_full_disk_mid_download_is_a_local_fault(holders, downloader, tm
 async def test_a_folder_it_may_not_write_is_a_local_fault(holders, downloader, tmp_path, reactor, monkeypatch):
     import errno
 
-    from p2pshare.peer import transfer
+    from p2pshare.peer.download import transfer
 
     def read_only(self, path):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -616,7 +616,7 @@ async def test_a_stalled_holders_pieces_are_fetched_from_another(holders, downlo
 
 @pytest_twisted.ensureDeferred
 async def test_a_holder_that_stalls_alone_is_left_at_the_idle_deadline(holders, downloader, tmp_path, reactor, monkeypatch):
-    from p2pshare.peer import swarm
+    from p2pshare.peer.download import swarm
 
     monkeypatch.setattr(swarm, "IDLE_TIMEOUT", 0.2)
     stalled = Resource()
@@ -678,7 +678,7 @@ def test_parse_range(header, size, expected):
 
 
 def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
-    from p2pshare.peer.transfer import PartFile
+    from p2pshare.peer.download.transfer import PartFile
 
     path = tmp_path / ".f.part"
     held = PartFile(path)
@@ -689,7 +689,7 @@ def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
 
 
 def test_only_the_same_names_other_versions_are_taken_and_forgotten(tmp_path):
-    from p2pshare.peer.transfer import _other_versions
+    from p2pshare.peer.download.transfer import _other_versions
 
     mine = part_path(tmp_path, "a", "1" * 64)
     old = part_path(tmp_path, "a", "2" * 64)

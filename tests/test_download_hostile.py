@@ -24,12 +24,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from p2pshare import wire
-from p2pshare.peer import direct, files, swarm
+from p2pshare.peer import files
 from p2pshare.peer.coverage import Coverage, Found
+from p2pshare.peer.download import direct, swarm
+from p2pshare.peer.download.transfer import SOURCES, Downloader, FetchError
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import FilesResource, PiecesResource
 from p2pshare.peer.share import ShareIndex
-from p2pshare.peer.transfer import SOURCES, Downloader, FetchError
 from p2pshare.pieces import MAX_SIZE, piece_count, piece_span, root_of
 
 MiB = 1 << 20
@@ -462,7 +463,7 @@ def test_holders_distrusted_are_forgotten_once_their_time_is_up():
     """
     from twisted.internet.task import Clock
 
-    from p2pshare.peer.transfer import DISTRUST_FOR
+    from p2pshare.peer.download.transfer import DISTRUST_FOR
 
     clock = Clock()
     d = Downloader(None, clock, maybeDeferred)

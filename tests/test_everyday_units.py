@@ -22,11 +22,11 @@ from p2pshare import wire
 from p2pshare.peer import naming
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.coverage import Coverage, Found
+from p2pshare.peer.download.transfer import FetchError
 from p2pshare.peer.files import FolderFetched, PeerFiles
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.queue import DownloadQueue
 from p2pshare.peer.share import ShareIndex, answers, is_shareable_name
-from p2pshare.peer.transfer import FetchError
 from p2pshare.simnet import SimNet
 from p2pshare.wire import Match
 

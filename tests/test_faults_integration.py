@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 
 from p2pshare.disk import atomic_write
 from p2pshare.launch import LocalNetwork
-from p2pshare.peer.storing import verified_pieces
+from p2pshare.peer.download.storing import verified_pieces
 from p2pshare.pieces import hash_file, piece_count
 
 CURL = shutil.which("curl") or "curl"

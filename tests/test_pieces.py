@@ -20,10 +20,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
 from p2pshare import wire
+from p2pshare.peer.download.swarm import PieceBook
+from p2pshare.peer.download.transfer import Partial
 from p2pshare.peer.http import HaveResource, PiecesResource, make_site
 from p2pshare.peer.share import ShareIndex
-from p2pshare.peer.swarm import PieceBook
-from p2pshare.peer.transfer import Partial
 from p2pshare.pieces import (
     MAX_PIECES,
     PIECE_MIN,
@@ -186,7 +186,7 @@ def test_pieces_are_written_from_their_blocks_whatever_the_blocks(tmp_path, monk
     longer than one write); short writes are carried on.
     """
 
-    from p2pshare.peer import storing
+    from p2pshare.peer.download import storing
 
     data = os.urandom(300_000)
     cuts = sorted({0, *range(0, 5000, 97), 5000, len(data)})  # small blocks, then one large

@@ -339,7 +339,7 @@ def test_control_status():
 def test_fetch_progress_comes_at_most_ten_times_a_second_and_at_the_end(monkeypatch):
     from pathlib import Path
 
-    from p2pshare.peer.transfer import Fetched
+    from p2pshare.peer.download.transfer import Fetched
 
     node = joined_peer()
     clock = node.clock

@@ -295,7 +295,7 @@ def test_ls_of_a_hung_peer_says_it_did_not_answer(tmp_path):
     from twisted.internet.defer import Deferred
 
     from p2pshare import wire
-    from p2pshare.peer.transfer import FetchError
+    from p2pshare.peer.download.transfer import FetchError
 
     net, origin, right, _ = behind_a_hung_peer(tmp_path)
     listed = []
@@ -355,8 +355,8 @@ def test_get_waits_for_a_repair_only_when_something_is_known_to_be_missing():
 
     from p2pshare import wire
     from p2pshare.peer.coverage import Coverage, Found
+    from p2pshare.peer.download.transfer import FetchError
     from p2pshare.peer.files import NOTE_EVERY, PeerFiles
-    from p2pshare.peer.transfer import FetchError
 
     def files(coverage, clock):
         def find(pattern, timeout, exact, enough):

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from p2pshare.peer.swarm import BAD_ADDRESSES, Broke, PieceBook, Source, Swarm
+from p2pshare.peer.download.swarm import BAD_ADDRESSES, Broke, PieceBook, Source, Swarm
 from p2pshare.pieces import bitfield, piece_count, piece_size, piece_span
 
 TICK = 0.05

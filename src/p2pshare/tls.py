@@ -135,7 +135,7 @@ class PeerTLS:
     def stdlib_client(self) -> stdlib_ssl.SSLContext:
         """
         The same client side for Python's own C{ssl} module, used where a
-        download reads a holder from a thread (peer/direct.py): our
+        download reads a holder from a thread (peer/download/direct.py): our
         certificate presented, the holder's checked against the CA only.
         """
         context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_CLIENT)

@@ -27,8 +27,8 @@ from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, new_secr
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import private_write
 from p2pshare.peer.coverage import Found
+from p2pshare.peer.download.transfer import FetchError
 from p2pshare.peer.share import EXACT, WORDS, is_pattern
-from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Message
 
 if TYPE_CHECKING:

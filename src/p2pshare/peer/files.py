@@ -31,13 +31,7 @@ from p2pshare.admission import Secret
 from p2pshare.disk import human_size
 from p2pshare.peer import naming
 from p2pshare.peer.coverage import Found
-from p2pshare.peer.interfaces import IFileHost
-from p2pshare.peer.naming import Wanted, below_pattern, folder_pattern, one_version, same_content
-from p2pshare.peer.search import DEFAULT_TIMEOUT, MAX_RESULTS
-from p2pshare.peer.serving import MAX_UPLOADS, UploadRate, UploadSlots
-from p2pshare.peer.share import EXACT, SharedFile, ShareIndex, by_content
-from p2pshare.peer.share import matches as name_matches
-from p2pshare.peer.transfer import (
+from p2pshare.peer.download.transfer import (
     SOURCES,
     Downloader,
     Fetched,
@@ -46,6 +40,12 @@ from p2pshare.peer.transfer import (
     Partial,
     Progress,
 )
+from p2pshare.peer.interfaces import IFileHost
+from p2pshare.peer.naming import Wanted, below_pattern, folder_pattern, one_version, same_content
+from p2pshare.peer.search import DEFAULT_TIMEOUT, MAX_RESULTS
+from p2pshare.peer.serving import MAX_UPLOADS, UploadRate, UploadSlots
+from p2pshare.peer.share import EXACT, SharedFile, ShareIndex, by_content
+from p2pshare.peer.share import matches as name_matches
 from p2pshare.wire import Match
 
 FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
@@ -681,7 +681,7 @@ class PeerFiles(MultiService):
         notes: list[str] = []
         first: str | None = None  # the version found first
         # What this download learns of the addresses it is given, across
-        # all its searches (peer/swarm.py, Ledger): search results may be
+        # all its searches (peer/download/swarm.py, Ledger): search results may be
         # forged, and name any address.
         ledger = downloader.new_ledger()
         fetched: Fetched | None = None

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from p2pshare import wire
+from p2pshare.peer.download.transfer import FetchError
 from p2pshare.peer.share import glob_escape
-from p2pshare.peer.transfer import FetchError
 from p2pshare.wire import Match
 
 LISTED = 8  # choices named in a refusal; the rest are counted

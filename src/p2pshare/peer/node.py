@@ -53,6 +53,7 @@ from p2pshare.admission import Secret
 from p2pshare.common import LimitedFactory, OncePerMinute
 from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
+from p2pshare.peer.download.transfer import Downloader, Fetched
 from p2pshare.peer.files import FolderFetched, PeerFiles
 from p2pshare.peer.http import SniffingFactory, make_site
 from p2pshare.peer.identity import Identity
@@ -70,7 +71,6 @@ from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
-from p2pshare.peer.transfer import Downloader, Fetched
 from p2pshare.startup import listen_now, listen_problem
 from p2pshare.tickets import Ticket, TicketChecker, TicketError, answer
 from p2pshare.wire import Match, Message, RemoteError

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from p2pshare.disk import atomic_write, human_size
-from p2pshare.peer.transfer import FetchError
+from p2pshare.peer.download.transfer import FetchError
 
 AT_ONCE = 2  # downloads of the queue running together
 REASON_MAX = 600  # bytes of a reason as JSON: each entry is one line of p2p downloads

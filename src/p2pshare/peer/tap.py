@@ -32,10 +32,10 @@ from p2pshare.logs import RoleLog
 from p2pshare.manhole import manhole_service, reset_manhole
 from p2pshare.options import parse_rate
 from p2pshare.peer.control import ControlFactory, control_token
+from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.share import SETTLE_TIME
-from p2pshare.peer.storing import return_buffers_to_the_system
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,

@@ -7,8 +7,8 @@ fetched and from whom.  L{Swarm} runs one download of one group of holders
 per holder asks the book for a run of consecutive pieces, fetches it with a
 C{Range} request guarded by C{If-Match}, and each piece, as soon as its
 last byte arrives, is checked against the list's SHA-256 and written in
-place (peer/storing.py) by a thread: over plain TCP the thread that reads
-the run (peer/direct.py), otherwise a pool thread given the piece by
+place (peer/download/storing.py) by a thread: over plain TCP the thread that reads
+the run (peer/download/direct.py), otherwise a pool thread given the piece by
 Twisted's agent.  A faster holder finishes its runs sooner and
 so asks for more of them, and its runs grow with its measured rate; once no
 piece is left unclaimed, an idle worker asks for a piece another holder is
@@ -56,9 +56,16 @@ from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
-from p2pshare.peer import storing
-from p2pshare.peer.direct import BUFFERS, Link, PieceBuffers, RunResult, fetch_run, in_thread
-from p2pshare.peer.storing import Parts, WholeHash
+from p2pshare.peer.download import storing
+from p2pshare.peer.download.direct import (
+    BUFFERS,
+    Link,
+    PieceBuffers,
+    RunResult,
+    fetch_run,
+    in_thread,
+)
+from p2pshare.peer.download.storing import Parts, WholeHash
 from p2pshare.pieces import DIGEST, digest_of, from_bitfield, piece_count, piece_size, piece_span
 
 HEADER_TIMEOUT = 30.0  # seconds for a whole response head, however slowly it comes
@@ -675,7 +682,7 @@ class Swarm:
         self._writing = threading.Lock()
         self._whole: WholeHash | None = None  # while running
         self._digest: str | None = None  # the whole file's SHA-256, once run
-        # Runs from plain-TCP holders are read in threads (peer/direct.py),
+        # Runs from plain-TCP holders are read in threads (peer/download/direct.py),
         # which report to this reactor; None: through the agent.
         self.direct = direct
         self.tls = tls  # for those runs from https holders (None: they go through the agent)
@@ -1221,7 +1228,7 @@ class Swarm:
     async def _get_run_direct(self, source: Source, url: bytes, spans: list[tuple[int, int, int]]) -> None:
         """
         L{_get_run} in a thread, for a holder over plain TCP (see
-        peer/direct.py): the thread reads, checks and writes the pieces;
+        peer/download/direct.py): the thread reads, checks and writes the pieces;
         the reactor hears of each and may stop the run, which it does when
         the head or a piece misses its deadline (the socket's own timeout
         counts only the gaps between bytes).

@@ -22,7 +22,7 @@ one that the most distinct addresses hold is fetched (then the nearest),
 not simply the nearest claim; holders are known by their address, so
 many names at one address are one source; and every address a download
 connects to goes through its L{Ledger}, which tries no address twice once
-it failed and at most L{BAD_ADDRESSES} that fail (peer/swarm.py).  A file
+it failed and at most L{BAD_ADDRESSES} that fail (peer/download/swarm.py).  A file
 whose pieces would be larger than this peer takes (pieces.py:
 L{MAX_PIECE}) is refused before anything is asked of its holders.
 """
@@ -54,9 +54,8 @@ from twisted.web.iweb import IAgent
 from p2pshare import wire
 from p2pshare.admission import Secret, authority
 from p2pshare.disk import fsync_directory, human_size
-from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
-from p2pshare.peer.storing import copy_matching_pieces, verified_pieces
-from p2pshare.peer.swarm import (
+from p2pshare.peer.download.storing import copy_matching_pieces, verified_pieces
+from p2pshare.peer.download.swarm import (
     Address,
     Broke,
     Ledger,
@@ -66,7 +65,8 @@ from p2pshare.peer.swarm import (
     no_answer,
     read_at_most,
 )
-from p2pshare.peer.swarm import why_failed as _why
+from p2pshare.peer.download.swarm import why_failed as _why
+from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
 from p2pshare.pieces import DIGEST, MAX_SIZE, bitfield, check_list, piece_count, root_of, too_large
 from p2pshare.wire import Match
 
@@ -303,7 +303,7 @@ class Downloader:
     ) -> None:
         self.agent = agent
         # Runs are read in threads that report to this reactor
-        # (peer/direct.py), over TLS with this context; None: every
+        # (peer/download/direct.py), over TLS with this context; None: every
         # transfer through the agent.
         self.direct = direct if scheme == "http" or tls is not None else None
         self.tls = tls

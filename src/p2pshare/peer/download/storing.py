@@ -5,7 +5,7 @@ L{verify_and_write} checks one piece against its digest and writes it in
 place; L{WholeHash} computes the whole file's SHA-256 in order, in a thread
 of its own, as pieces are stored; L{verified_pieces} finds what a resumed
 download already has.  Pure file work, no Twisted: the swarm calls these
-from threads (peer/swarm.py, peer/direct.py).
+from threads (peer/download/swarm.py, peer/download/direct.py).
 """
 
 from __future__ import annotations

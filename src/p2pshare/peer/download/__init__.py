@@ -1,0 +1,4 @@
+"""
+Downloading one file from its holders, verified piece by piece, kept only
+when whole.
+"""
