@@ -163,9 +163,9 @@ def downloader(reactor, request, monkeypatch):
     these tests are about several at once, so none ever is, but in
     test_a_holder_fast_enough_alone_keeps_the_others_waiting.
     """
-    from p2pshare.peer.download import swarm
+    from p2pshare.peer.download import pacing
 
-    monkeypatch.setattr(swarm, "FAST_ENOUGH", float("inf"))
+    monkeypatch.setattr(pacing, "FAST_ENOUGH", float("inf"))
     pool = HTTPConnectionPool(reactor, persistent=False)
     d = Downloader(
         Agent(reactor, pool=pool), reactor, lambda f, *a: _now(f, *a),
@@ -213,12 +213,12 @@ async def test_a_holder_fast_enough_alone_keeps_the_others_waiting(holders, down
     FAST_ENOUGH alone, the others are never asked (more holders would only
     add contention), else they join.
     """
-    from p2pshare.peer.download import swarm
+    from p2pshare.peer.download import pacing
 
-    monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
-    monkeypatch.setattr(swarm, "FIRST_RUN", MiB)
-    monkeypatch.setattr(swarm, "FAST_ENOUGH", fast_enough)
-    monkeypatch.setattr(swarm, "FIRST_ALONE", 60.0)  # judged by its first run, however long
+    monkeypatch.setattr(pacing, "MAX_RUN", MiB)  # a piece per run
+    monkeypatch.setattr(pacing, "FIRST_RUN", MiB)
+    monkeypatch.setattr(pacing, "FAST_ENOUGH", fast_enough)
+    monkeypatch.setattr(pacing, "FIRST_ALONE", 60.0)  # judged by its first run, however long
     files = [honest_files(reactor, tmp_path, f"h{i}") for i in range(4)]
     out = tmp_path / "out"
     out.mkdir()
@@ -237,9 +237,9 @@ async def test_a_holders_runs_share_one_connection(holders, downloader, tmp_path
     Over plain TCP, the runs of one holder go over one HTTP/1.1 connection
     kept open between them (through the agent, a connection per run).
     """
-    from p2pshare.peer.download import swarm
+    from p2pshare.peer.download import pacing
 
-    monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
+    monkeypatch.setattr(pacing, "MAX_RUN", MiB)  # a piece per run
     files = honest_files(reactor, tmp_path, "h")
     out = tmp_path / "out"
     out.mkdir()
@@ -257,12 +257,12 @@ async def test_over_tls_runs_are_read_in_threads_on_one_kept_open_connection(rea
     by the same threads as over plain TCP, through Python's ssl with the
     peer's certificate: one connection for every run.
     """
-    from p2pshare.peer.download import swarm
+    from p2pshare.peer.download import pacing
     from p2pshare.peer.tap import _Endpoints
     from p2pshare.tls import PeerTLS, make_certs
 
-    monkeypatch.setattr(swarm, "MAX_RUN", MiB)  # a piece per run
-    monkeypatch.setattr(swarm, "FAST_ENOUGH", float("inf"))
+    monkeypatch.setattr(pacing, "MAX_RUN", MiB)  # a piece per run
+    monkeypatch.setattr(pacing, "FAST_ENOUGH", float("inf"))
     certs = tmp_path / "certs"
     make_certs(certs, ["holder", "getter"])
 
@@ -616,9 +616,9 @@ async def test_a_stalled_holders_pieces_are_fetched_from_another(holders, downlo
 
 @pytest_twisted.ensureDeferred
 async def test_a_holder_that_stalls_alone_is_left_at_the_idle_deadline(holders, downloader, tmp_path, reactor, monkeypatch):
-    from p2pshare.peer.download import swarm
+    from p2pshare.peer.download import fetch as fetching
 
-    monkeypatch.setattr(swarm, "IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(fetching, "IDLE_TIMEOUT", 0.2)
     stalled = Resource()
     stalled.putChild(b"file.bin", Stalls())
     out = tmp_path / "out"

@@ -26,7 +26,7 @@ from twisted.web.server import Site
 from p2pshare import wire
 from p2pshare.peer import files
 from p2pshare.peer.coverage import Coverage, Found
-from p2pshare.peer.download import direct, swarm
+from p2pshare.peer.download import direct, fetch, pacing, swarm
 from p2pshare.peer.download.transfer import SOURCES, Downloader, FetchError
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import FilesResource, PiecesResource
@@ -181,7 +181,7 @@ def honest(reactor, tmp_path, label, data=DATA):
 
 @pytest.fixture(params=["direct", "agent"])
 def downloader(reactor, request, monkeypatch):
-    monkeypatch.setattr(swarm, "FAST_ENOUGH", float("inf"))  # every holder joins (see test_download)
+    monkeypatch.setattr(pacing, "FAST_ENOUGH", float("inf"))  # every holder joins (see test_download)
     d = Downloader(
         Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), reactor,
         lambda f, *a: maybeDeferred(f, *a),
@@ -353,7 +353,7 @@ async def test_many_names_at_one_address_are_one_holder(reactor, tmp_path, liste
 @pytest_twisted.ensureDeferred
 async def test_a_holder_that_drips_its_response_head_is_left_at_the_header_deadline(
         reactor, tmp_path, listen, downloader, monkeypatch):
-    monkeypatch.setattr(swarm, "HEADER_TIMEOUT", 0.5)  # 30 s in a peer
+    monkeypatch.setattr(fetch, "HEADER_TIMEOUT", 0.5)  # 30 s in a peer
     port = listen(DripperFactory(reactor, "head"))
     out = tmp_path / "out"
     out.mkdir()
@@ -367,8 +367,8 @@ async def test_a_holder_that_drips_its_response_head_is_left_at_the_header_deadl
 @pytest_twisted.ensureDeferred
 async def test_a_holder_that_drips_a_piece_is_left_at_the_piece_deadline(
         reactor, tmp_path, listen, downloader, monkeypatch):
-    monkeypatch.setattr(swarm, "PIECE_TIMEOUT", 0.5)  # 30 s in a peer
-    monkeypatch.setattr(swarm, "PIECE_FLOOR", 1e12)  # so that a MiB gets no longer
+    monkeypatch.setattr(fetch, "PIECE_TIMEOUT", 0.5)  # 30 s in a peer
+    monkeypatch.setattr(fetch, "PIECE_FLOOR", 1e12)  # so that a MiB gets no longer
     port = listen(DripperFactory(reactor, "body"))
     out = tmp_path / "out"
     out.mkdir()
@@ -380,10 +380,10 @@ async def test_a_holder_that_drips_a_piece_is_left_at_the_piece_deadline(
 
 
 def test_a_piece_is_given_thirty_seconds_or_what_the_floor_rate_needs():
-    assert swarm.HEADER_TIMEOUT == 30.0
-    assert swarm.piece_deadline(MiB) == max(30.0, MiB / swarm.PIECE_FLOOR) == 64.0
-    assert swarm.piece_deadline(32 * MiB) == 2048.0
-    assert swarm.piece_deadline(1000) == 30.0
+    assert fetch.HEADER_TIMEOUT == 30.0
+    assert fetch.piece_deadline(MiB) == max(30.0, MiB / fetch.PIECE_FLOOR) == 64.0
+    assert fetch.piece_deadline(32 * MiB) == 2048.0
+    assert fetch.piece_deadline(1000) == 30.0
 
 
 # Memory.

@@ -1,9 +1,15 @@
 """
 The piece scheduler in one process, on a Clock: 1 to 16 in-memory holders
-of different speeds, some of which stall, vanish, answer 503 or send
-corrupt pieces.  Every run ends with the right bytes or a clear failure
-naming the holders, no piece is asked for once it is verified, and a
-holder that sent a corrupt piece is named and never asked again.
+of different speeds, some of which stall, vanish, answer 503, send
+corrupt pieces or change version under the download.  Every run ends
+with the right bytes or a clear failure naming the holders, no piece is
+asked for once it is verified, a holder that sent a corrupt piece is
+named and never asked again, and the holders' table
+(peer/download/holders.py) keeps its invariants at every step.
+
+The holders are served by an in-memory agent behind the agent fetcher;
+tests/test_download.py and tests/test_download_hostile.py run the same
+failures against both real fetchers over loopback.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from p2pshare.peer.download.swarm import BAD_ADDRESSES, Broke, PieceBook, Source, Swarm
+from p2pshare.peer.download.agent import AgentFetcher
+from p2pshare.peer.download.book import BAD_ADDRESSES, PieceBook
+from p2pshare.peer.download.fetch import Broke
+from p2pshare.peer.download.holders import CORRUPT, DROPPED, Source
+from p2pshare.peer.download.swarm import Swarm, Target
 from p2pshare.pieces import bitfield, piece_count, piece_size, piece_span
 
 TICK = 0.05
@@ -41,6 +51,8 @@ class Holder:
     boasts: bool = False  # a partial holder that says it has every piece
     drip: float | None = None  # sends one byte every this many seconds, however long
     refuses: bool = False  # nothing listens at its address
+    changes_after: int | None = None  # requests it serves before its file changes (then 412)
+    said_changed: bool = False  # it answered 412
     asked: int = 0  # requests it received (or refused)
     sent: int = 0
     dead: bool = False
@@ -52,7 +64,7 @@ class Holder:
         """
         return (self.stall_after is None and self.dies_after is None and self.has is None
                 and not self.corrupt & set(range(piece_count(size)))
-                and self.drip is None and not self.refuses)
+                and self.drip is None and not self.refuses and self.changes_after is None)
 
 
 class Body:
@@ -172,6 +184,11 @@ class Agent:
         if holder.busy:
             holder.busy -= 1
             return succeed(Response(503, Headers({b"retry-after": [b"1"]})))
+        if holder.changes_after is not None:
+            if holder.changes_after <= 0:  # its file is another version now: If-Match fails
+                holder.said_changed = True
+                return succeed(Response(412, Headers()))
+            holder.changes_after -= 1
         if holder.has is not None and not pieces <= holder.has:
             self.violations.append((holder.name, "asked for pieces it has not"))
             return succeed(Response(416, Headers()))
@@ -184,13 +201,16 @@ class Agent:
 
 
 holder_strategy = st.builds(
-    lambda rate, stall, dies, busy, corrupt, has: (rate, stall, dies, busy, corrupt, has),
+    lambda rate, stall, dies, busy, corrupt, has, changes: (
+        rate, stall, dies, busy, corrupt, has, False, changes
+    ),
     st.sampled_from([32 * 1024, 256 * 1024, 2 * 2**20, 8 * 2**20]),
     st.one_of(st.none(), st.integers(0, 3 * 2**20)),
     st.one_of(st.none(), st.integers(0, 3 * 2**20)),
     st.integers(0, 3),
     st.frozensets(st.integers(0, 5), max_size=3),
     st.one_of(st.none(), st.frozensets(st.integers(0, 6))),  # partial holders
+    st.one_of(st.none(), st.integers(0, 3)),  # holders whose file changes
 )
 
 
@@ -218,8 +238,8 @@ def run_swarm(tmp_path, size, specs, limit, first=0, setup=None):
     )
     clock = Clock()
     holders = {
-        f"h{i}": Holder(f"h{i}", rate, stall, dies, busy, corrupt, *has)
-        for i, (rate, stall, dies, busy, corrupt, *has) in enumerate(specs)
+        f"h{i}": Holder(f"h{i}", *spec[:7], changes_after=spec[7] if len(spec) > 7 else None)
+        for i, spec in enumerate(specs)
     }
     book = PieceBook(size, first=first)
     agent = Agent(clock, holders, data, book)
@@ -228,8 +248,8 @@ def run_swarm(tmp_path, size, specs, limit, first=0, setup=None):
     os.ftruncate(fd, size)
     progress = []
     swarm = Swarm(
-        agent=agent, clock=clock, run_blocking=maybeDeferred, name="f.bin", size=size,
-        sha256=hashlib.sha256(data).hexdigest(), digests=digests, fd=fd, book=book,
+        fetcher=AgentFetcher(agent, clock), clock=clock, run_blocking=maybeDeferred,
+        target=Target("f.bin", size, hashlib.sha256(data).hexdigest(), digests, fd), book=book,
         sources=[source_of(name, h) for name, h in holders.items()],
         progress=lambda done, total, sending: progress.append(done),
     )
@@ -239,6 +259,7 @@ def run_swarm(tmp_path, size, specs, limit, first=0, setup=None):
     d = Deferred.fromCoroutine(swarm.run(limit))
     d.addBoth(outcome.append)
     for _ in range(200_000):  # bounded: at worst 10,000 simulated seconds
+        swarm.holders.check(book.fetching, swarm.limit)  # the table, at every step
         if outcome:
             break
         clock.advance(TICK)
@@ -264,7 +285,11 @@ def test_every_run_ends_with_the_right_bytes_or_a_clear_failure(tmp_path, size, 
     for h in holders.values():
         if any(n.startswith(f"{h.name} sent a corrupt piece") for n in swarm.notes):
             bad = next(s for s in swarm.sources if s.name == h.name)
-            assert bad.problem and "corrupt" in bad.problem
+            assert bad.problem and "corrupt" in bad.problem and bad.state == CORRUPT
+        if h.said_changed:
+            changed = next(s for s in swarm.sources if s.name == h.name)
+            assert changed.state == DROPPED
+            assert changed.problem == "it no longer holds this version", changed
     if isinstance(result, Failure):
         result.trap(Broke)
         # Only when no holder could deliver, or when BAD_ADDRESSES of them

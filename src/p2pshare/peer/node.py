@@ -131,6 +131,9 @@ class PeerSettings:
     private: tuple[Path, ...] = ()  # never shared: the data dir, files holding secrets
     connections: int = 1000  # connections our port takes at once (in total)
     connections_per_host: int = 200  # ... and from one remote host
+    # Downloads read each run in a thread (a real reactor); False: through
+    # Twisted's agent, which a simulated network's memory transports serve.
+    fetch_in_threads: bool = True
 
 
 @implementer(IOverlay, ISearchHost)
@@ -226,7 +229,7 @@ class PeerNode(MultiService):
             downloader=(
                 Downloader(
                     agent, clock, self.run_blocking, secret, settings.url_scheme,
-                    direct=clock if IReactorFromThreads.providedBy(clock) else None,
+                    direct=_thread_reactor(clock) if settings.fetch_in_threads else None,
                     tls=client_tls,
                 )
                 if agent is not None
@@ -869,3 +872,15 @@ def _field(text: str, check: wire.Check) -> str:
         text = text[: len(text) * 3 // 4]
         quoted = wire.quote_path(text + "\u2026")
     return quoted
+
+
+def _thread_reactor(clock: IReactorTime) -> IReactorFromThreads:
+    """
+    The reactor that threads reading downloads report to: the peer's own.
+    """
+    if not IReactorFromThreads.providedBy(clock):
+        raise TypeError(
+            "fetch_in_threads needs a reactor that threads can call into; "
+            "give PeerSettings(fetch_in_threads=False) with a simulated clock"
+        )
+    return clock  # type: ignore[return-value]

@@ -54,18 +54,14 @@ from twisted.web.iweb import IAgent
 from p2pshare import wire
 from p2pshare.admission import Secret, authority
 from p2pshare.disk import fsync_directory, human_size
+from p2pshare.peer.download.agent import AgentFetcher, read_at_most
+from p2pshare.peer.download.book import Address, Ledger, PieceBook
+from p2pshare.peer.download.fetch import Broke, IFetcher, no_answer
+from p2pshare.peer.download.fetch import why_failed as _why
+from p2pshare.peer.download.holders import Source
 from p2pshare.peer.download.storing import copy_matching_pieces, verified_pieces
-from p2pshare.peer.download.swarm import (
-    Address,
-    Broke,
-    Ledger,
-    PieceBook,
-    Source,
-    Swarm,
-    no_answer,
-    read_at_most,
-)
-from p2pshare.peer.download.swarm import why_failed as _why
+from p2pshare.peer.download.swarm import Swarm, Target
+from p2pshare.peer.download.threads import ThreadFetcher
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
 from p2pshare.pieces import DIGEST, MAX_SIZE, bitfield, check_list, piece_count, root_of, too_large
 from p2pshare.wire import Match
@@ -323,6 +319,16 @@ class Downloader:
         # Told of each file verified, with its hashes, just before it is kept.
         self.on_verified: Callable[[Path, SharedFile], None] | None = None
 
+    def _fetcher(self) -> IFetcher:
+        """
+        A fetcher for one swarm: the thread one if this peer reads in
+        threads, else the agent's.
+        """
+        agent = AgentFetcher(self.agent, self.clock)
+        if self.direct is None:
+            return agent
+        return ThreadFetcher(self.direct, self.clock, agent, self.tls)
+
     def new_ledger(self) -> Ledger:
         """
         A record for one download's addresses (see L{Ledger}), to be given
@@ -553,10 +559,9 @@ class Downloader:
             partial = Partial(name, size, sha, root_of(digests), book, part.path, digests)
             self.partials[sha] = partial
             swarm = Swarm(
-                agent=self.agent, clock=self.clock, run_blocking=self.run_blocking,
-                name=name, size=size, sha256=sha, digests=digests, fd=part.f.fileno(),
-                book=book, progress=track,
-                sources=[self._source(m) for m in group], direct=self.direct, tls=self.tls,
+                fetcher=self._fetcher(), clock=self.clock, run_blocking=self.run_blocking,
+                target=Target(name, size, sha, digests, part.f.fileno()),
+                book=book, progress=track, sources=[self._source(m) for m in group],
                 ledger=ledger,
             )
             looking = None
