@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from p2pshare.peer.download.book import Address
+from p2pshare.peer.download.book import Address, Ledger
 from p2pshare.peer.download.outcomes import Broke, Busy, Corrupt, Gone, NotYet
 
 TRIES = 3  # times a holder may break off in a row before it is dropped
@@ -235,8 +235,65 @@ class Holders:
         source.queued = self._line
         self.all.append(source)
 
-    def remove(self, source: Source) -> None:
-        self.all.remove(source)
+    def join(self, source: Source, ledger: Ledger) -> bool:
+        """
+        A holder found while the swarm runs joins the reserve (True), if
+        the ledger lets its address be tried and it is new: one holder per
+        address, whatever names it goes by.  One that was partial and was
+        let go, and is now whole (it finished while we fetch), comes back;
+        one caught sending corrupt data never does.
+        """
+        if not ledger.usable(source.address):
+            return False
+        known = next(
+            (s for s in self.all if s.name == source.name or s.address == source.address), None
+        )
+        if known is not None:
+            if (known.problem is None or known.corrupt
+                    or known.has is None or source.has is not None):
+                return False
+            self.all.remove(known)
+        self.add(source)
+        return True
+
+    def failure(self, ledger: Ledger) -> str:
+        """
+        Why a swarm ended without every piece: each holder let go and why,
+        and how many the ledger let no more be tried.
+        """
+        why = [f"{s.name}: {s.problem}" for s in self.all if s.problem is not None]
+        untried = [s for s in self.reserve() if s.problem is None]
+        if untried:
+            why.append(f"{len(untried)} more not tried: {len(ledger.failed)} addresses failed already")
+        return "; ".join(why) or "no holder"
+
+    def let_go(self, source: Source, verdict: Verdict, ledger: Ledger) -> None:
+        """
+        C{source} is let go for the rest of this swarm, by C{verdict}; if
+        it never sent a piece that verified (or sent a corrupt one), its
+        address failed, for the rest of the download.
+        """
+        assert verdict.problem is not None
+        self.fire(source, verdict.input)
+        source.problem = verdict.problem
+        if verdict.bad or source.address not in ledger.good:
+            ledger.fail(source.address, verdict.problem)
+
+    def admit(self, ledger: Ledger) -> Source | None:
+        """
+        The first holder in reserve that C{ledger} lets us try now, given a
+        place; those at an address that failed are let go on the way.
+        """
+        for source in self.reserve():
+            if not ledger.usable(source.address):
+                self.fire(source, "refuse")
+                source.problem = source.problem or (
+                    f"its address failed already ({ledger.failed[source.address]})"
+                )
+            elif ledger.begin(source.address):
+                self.fire(source, "admit")
+                return source
+        return None
 
     def fire(self, source: Source, input: str) -> None:
         """

@@ -77,3 +77,14 @@ def patience(source: Source, piece: int) -> float:
     if not source.rate:
         return ENDGAME_WAIT
     return max(ENDGAME_WAIT, 2 * piece / source.rate)
+
+
+def useless(source: Source, now: float, patience: float) -> bool:
+    """
+    True once the partial holder C{source} has had none of the pieces we
+    need for C{patience} seconds (counted from the first time it had
+    none, until it has some again: see C{useless_since}).
+    """
+    if source.useless_since is None:
+        source.useless_since = now
+    return now - source.useless_since >= patience

@@ -118,7 +118,7 @@ class Swarm:
         self.notes: list[str] = []
         self._progress = progress
         self._crew = _Crew(clock)
-        self._store: PieceStore | None = None  # while running
+        self._pieces: _Pieces | None = None  # while running
         self._digest: str | None = None  # the whole file's SHA-256, once run
         self._local: LocalWriteError | None = None
         self._alone_until = 0.0  # the nearest holder works alone until then, at most
@@ -152,7 +152,8 @@ class Swarm:
         probe.clock = self.clock
         probe.start(pacing.FIRST_ALONE, now=False)
         t = self.target
-        store = self._store = PieceStore(t.fd, t.size, t.digests, self.book.verified)
+        store = PieceStore(t.fd, t.size, t.digests, self.book.verified)
+        self._pieces = _Pieces(self, store)
         try:
             self._refill()
             try:
@@ -166,20 +167,14 @@ class Swarm:
             # Every run has ended: nothing writes or reads the part file
             # once this returns, so it may be closed.
             self.fetcher.close()
-            self._store = None
+            self._pieces = None
             self._digest = await self.run_blocking(store.close)
         self._report()  # every worker has ended: nobody is sending any more
         self._crew.raise_error()
         if self._local is not None:
             raise self._local.error
         if not self.book.done:
-            why = [f"{s.name}: {s.problem}" for s in self.sources if s.problem is not None]
-            untried = [s for s in self.holders.reserve() if s.problem is None]
-            if untried:  # the ledger let no more be tried
-                why.append(
-                    f"{len(untried)} more not tried: {len(self.ledger.failed)} addresses failed already"
-                )
-            raise Broke("; ".join(why) or "no holder")
+            raise Broke(self.holders.failure(self.ledger))
 
     @property
     def _going(self) -> bool:
@@ -198,26 +193,10 @@ class Swarm:
             first_run_going = self._crew.live and not any(s.rate for s in self.sources)
             if first_run_going and now < self._alone_until:
                 return
-            source = self._admit()
+            source = self.holders.admit(self.ledger)
             if source is None:
                 return
             self._crew.start(source, self._work(source), self._ended)
-
-    def _admit(self) -> Source | None:
-        """
-        The first holder in reserve that the ledger lets us try now; those
-        at an address that failed are let go.
-        """
-        for source in self.holders.reserve():
-            if not self.ledger.usable(source.address):
-                self.holders.fire(source, "refuse")
-                source.problem = source.problem or (
-                    f"its address failed already ({self.ledger.failed[source.address]})"
-                )
-            elif self.ledger.begin(source.address):
-                self.holders.fire(source, "admit")
-                return source
-        return None
 
     def _ended(self, source: Source) -> None:
         self.ledger.done(source.address)
@@ -247,11 +226,26 @@ class Swarm:
             self.fetcher.stop(halt=False)
         self._crew.wake(finished=self.book.done or self._crew.halted)
 
+    @property
+    def halted(self) -> bool:
+        return self._crew.halted
+
+    def cannot_write(self, error: OSError) -> None:
+        """
+        Writing here failed: the download stops (no holder can help).
+        """
+        self._local = LocalWriteError(error)
+        self._halt()
+
+    def progressed(self) -> None:
+        """
+        A piece more is verified.
+        """
+        self._report()
+        self._wake()
+
     def _report(self) -> None:
         self._progress(self.book.verified_bytes(), self.target.size, self.holders.sending())
-
-    def active(self) -> int:
-        return self.holders.active()
 
     def whole_sha256(self) -> str | None:
         """
@@ -272,7 +266,7 @@ class Swarm:
                 if not self._going or source.state != READY:
                     return
             run = self.book.take(
-                source.name, pacing.run_pieces(source, self.book, self.active()),
+                source.name, pacing.run_pieces(source, self.book, self.holders.active()),
                 self.clock.seconds(), pacing.patience(source, self.book.piece), source.has,
             )
             if not run:
@@ -287,10 +281,10 @@ class Swarm:
             verdict = await self._fetch(source, run)
             if verdict is None:
                 return
-            self.holders.fire(source, verdict.input)
             if verdict.problem is not None:
                 self._let_go(source, verdict)
                 return
+            self.holders.fire(source, verdict.input)
             if verdict.input == "again":
                 source.asked_has = float("-inf")  # ask it again what it has
             elif verdict.input in ("busy", "backoff"):
@@ -312,7 +306,10 @@ class Swarm:
         pace = source.pace
         pace.run_began, pace.run_served = self.clock.seconds(), pace.served
         try:
-            await self.fetcher.fetch(Run.of(source, run, self.target.size, self.target.sha256), self)
+            assert self._pieces is not None
+            await self.fetcher.fetch(
+                Run.of(source, run, self.target.size, self.target.sha256), self._pieces
+            )
             outcome: Exception | None = None
         except CancelledError:
             if self._crew.halted:
@@ -346,13 +343,11 @@ class Swarm:
                 return
             raise
         except Gone as e:
-            self.holders.fire(source, "drop")
             self._let_go(source, Verdict("drop", problem=str(e)))
             return
         except Exception as e:
             verdict = judge_question(source, why_failed(e), source.address in self.ledger.good)
             if verdict is not None:
-                self.holders.fire(source, "drop")
                 self._let_go(source, verdict)
             return
         if has is not None:
@@ -363,12 +358,8 @@ class Swarm:
         A partial holder that has had nothing we need for a long while is
         let go (True), so a download never waits on it forever.
         """
-        now = self.clock.seconds()
-        if source.useless_since is None:
-            source.useless_since = now
-        if now - source.useless_since < PARTIAL_PATIENCE:
+        if not pacing.useless(source, self.clock.seconds(), PARTIAL_PATIENCE):
             return False
-        self.holders.fire(source, "useless")
         self._let_go(source, Verdict(
             "useless", problem=f"it had none of the missing pieces for {PARTIAL_PATIENCE:.0f} s"
         ))
@@ -376,51 +367,42 @@ class Swarm:
 
     def _let_go(self, source: Source, verdict: Verdict) -> None:
         """
-        C{source} is let go for the rest of this swarm; if it never sent a
-        piece that verified (or sent a corrupt one), its address failed,
-        for the rest of the download.
+        C{source} is let go for the rest of this swarm (L{Holders.let_go}).
         """
-        assert verdict.problem is not None
-        source.problem = verdict.problem
-        if verdict.bad or source.address not in self.ledger.good:
-            self.ledger.fail(source.address, verdict.problem)
-        if source.corrupt:
-            self.notes.append(f"{source.name} sent a corrupt piece of {self.target.name}; dropped")
-            self.log.warn(
-                "{holder} {why} of {name}; dropped",
-                holder=source.name, why=verdict.problem, name=self.target.name,
-            )
-        else:
-            self.log.info(
-                "download of {name}: {holder} is dropped ({why})",
-                name=self.target.name, holder=source.name, why=verdict.problem,
-            )
+        self.holders.let_go(source, verdict, self.ledger)
+        if not source.corrupt:
+            self.log.info("download of {name}: {holder} is dropped ({why})",
+                          name=self.target.name, holder=source.name, why=verdict.problem)
+            return
+        self.notes.append(f"{source.name} sent a corrupt piece of {self.target.name}; dropped")
+        self.log.warn("{holder} {why} of {name}; dropped",
+                      holder=source.name, why=verdict.problem, name=self.target.name)
 
     def add(self, source: Source) -> None:
         """
         A holder found while the download runs (another peer fetching the
         same file, say): it joins at once if there is room, else waits.
         """
-        if not self._going or not self.ledger.usable(source.address):
-            return
-        # One source per address, whatever names it goes by.
-        known = next(
-            (s for s in self.sources if s.name == source.name or s.address == source.address), None
-        )
-        if known is not None:
-            # One that was partial and is now whole (it finished while we
-            # fetch) comes back; one caught sending corrupt data never does.
-            if (known.problem is None or known.corrupt
-                    or known.has is None or source.has is not None):
-                return
-            self.holders.remove(known)
-        self.holders.add(source)
-        self._refill()
+        if self._going and self.holders.join(source, self.ledger):
+            self._refill()
 
-    # What the fetcher hands pieces to (IPieceSink).
+
+class _Pieces:
+    """
+    Where the fetchers hand what they fetched (L{IPieceSink}): the book,
+    the part file's store and the ledger of one swarm.
+    """
+
+    def __init__(self, swarm: Swarm, store: PieceStore) -> None:
+        self.swarm = swarm
+        self.book = swarm.book
+        self.ledger = swarm.ledger
+        self.target = swarm.target
+        self.run_blocking = swarm.run_blocking
+        self._store = store
 
     def stopping(self) -> bool:
-        return self.book.done or self._crew.halted
+        return self.book.done or self.swarm.halted
 
     def verified_already(self, index: int) -> bool:
         return index in self.book.verified
@@ -432,7 +414,6 @@ class Swarm:
         holder.sending = True
 
     def store(self, index: int, data: Parts, release: Callable[[], None] | None = None) -> bool:
-        assert self._store is not None
         return self._store.store(index, data, release)
 
     def write(self, holder: Source, index: int, data: Parts) -> Deferred[None]:
@@ -448,8 +429,7 @@ class Swarm:
         self.stored(holder, index, sum(len(p) for p in data))
 
     def cannot_write(self, error: OSError) -> Broke:
-        self._local = LocalWriteError(error)
-        self._halt()
+        self.swarm.cannot_write(error)
         return Broke("could not write")
 
     def stored(self, holder: Source, index: int, size: int) -> None:
@@ -457,8 +437,7 @@ class Swarm:
         self.ledger.progressed.add(self.target.sha256)
         if self.book.got(index):
             holder.pace.verified += size
-            self._report()
-            self._wake()
+            self.swarm.progressed()
 
 
 class _Crew:
