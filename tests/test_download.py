@@ -689,7 +689,7 @@ def test_a_part_file_in_use_elsewhere_is_refused(tmp_path):
 
 
 def test_only_the_same_names_other_versions_are_taken_and_forgotten(tmp_path):
-    from p2pshare.peer.download.transfer import _other_versions
+    from p2pshare.peer.download.keeping import other_versions as _other_versions
 
     mine = part_path(tmp_path, "a", "1" * 64)
     old = part_path(tmp_path, "a", "2" * 64)

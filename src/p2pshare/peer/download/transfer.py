@@ -29,114 +29,71 @@ L{MAX_PIECE}) is refused before anything is asked of its holders.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import ipaddress
 import json
 import os
 import re
 import shutil
-import socket
 import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from p2pshare import wire
 from p2pshare.admission import Secret, authority
-from p2pshare.disk import fsync_directory, human_size
+from p2pshare.disk import human_size
 from p2pshare.peer.download.agent import AgentFetcher, read_at_most
 from p2pshare.peer.download.book import Address, Ledger, PieceBook
-from p2pshare.peer.download.fetch import Broke, IFetcher, no_answer
+from p2pshare.peer.download.fetch import HEADER_TIMEOUT, IFetcher
 from p2pshare.peer.download.fetch import why_failed as _why
 from p2pshare.peer.download.holders import Source
+from p2pshare.peer.download.keeping import (
+    Fetched,
+    FetchError,
+    LocalFault,
+    PartFile,
+    allocated,
+    keep,
+    local_fault,
+    other_versions,
+    part_path,
+)
+from p2pshare.peer.download.outcomes import Broke
 from p2pshare.peer.download.storing import copy_matching_pieces, verified_pieces
 from p2pshare.peer.download.swarm import Swarm, Target
 from p2pshare.peer.download.threads import ThreadFetcher
+from p2pshare.peer.download.versions import (
+    PieceLists,
+    address_of,
+    groups,
+    may_serve,
+    versions,
+)
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
-from p2pshare.pieces import DIGEST, MAX_SIZE, bitfield, check_list, piece_count, root_of, too_large
+from p2pshare.pieces import MAX_SIZE, bitfield, piece_count, root_of, too_large
 from p2pshare.wire import Match
+
+# Names the rest of the peer and its tests know this module by.
+__all__ = [
+    "Downloader", "Fetched", "FetchError", "LocalFault", "Partial", "PartFile", "address_of",
+    "part_path", "url_for", "versions",
+]
 
 Progress = Callable[..., None]  # (bytes verified, size[, holders sending now])
 RunBlocking = Callable[..., Deferred[Any]]
 
-HEADER_TIMEOUT = 30.0
-IDLE_TIMEOUT = 30.0
 DISTRUST_FOR = 600.0  # seconds a holder that served corrupt data is passed over
 SOURCES = 4  # holders a download fetches from at once
 MAX_LISTING = 64 * 2**20  # bytes of a holder's /index.json, at most
 DISCOVER_EVERY = 10.0  # at most this many seconds between searches for more holders
 Discover = Callable[[], Deferred[list[Match]]]
-
-
-def address_of(m: Match) -> Address:
-    """
-    Where C{m}'s holder serves, spelled one way, so that the spellings of
-    one address are one: an IP address in its canonical form (an IPv4
-    address however written, an IPv4-mapped IPv6 one as IPv4), a name in
-    lower case.
-    """
-    host = m.host.lower().rstrip(".")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            host = socket.inet_ntoa(socket.inet_aton(host))  # 127.1, 0x7f000001: as connect reads them
-        except OSError:
-            pass
-    else:
-        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-        host = str(mapped or ip)
-    return host, m.port
-
-
-def versions(matches: list[Match], ledger: Ledger) -> list[list[Match]]:
-    """
-    The versions (SHA-256 and size) that C{matches} describe, each with
-    its matches in their order, the best first: the one that the most
-    distinct addresses hold (a forger may give one address any number of
-    names, and claim to be nearest), then the nearest.  Matches at an
-    address this download may not try (it failed, or the budget of
-    failures is spent and it never served), or with a piece root found
-    bad, and versions it refused, are left out.
-    """
-    by: dict[tuple[str, int], list[Match]] = {}
-    for m in matches:
-        key = (m.sha256, m.size)
-        if (key not in ledger.refused and ledger.may_try(address_of(m))
-                and ledger.holds_maybe(address_of(m), m.sha256)
-                and not (m.root and m.root in ledger.bad_roots)):
-            by.setdefault(key, []).append(m)
-    return sorted(
-        by.values(), key=lambda ms: (-len({address_of(m) for m in ms}), min(m.hops for m in ms))
-    )
-
-
-class FetchError(Exception):
-    def __init__(self, code: str, text: str, notes: list[str] | None = None) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.notes = notes or []  # what happened on the way (holders dropped)
-
-
-class LocalFault(FetchError):
-    """
-    This machine cannot keep the file (no space, no permission): no other
-    holder would help, so nothing is retried.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(wire.E_FAILED, text)
 
 
 @dataclass
@@ -166,16 +123,6 @@ class Partial:
         return bitfield(self.book.verified, self.book.count)
 
 
-@dataclass
-class Fetched:
-    path: Path
-    size: int
-    sha256: str
-    holder: str | None  # who sent it ("s2, s3"); None when the file was already there
-    already: bool = False
-    notes: list[str] = field(default_factory=list)  # holders dropped, and why
-
-
 def url_for(
     m: Match, secret: Secret | None = None, now: float = 0.0, scheme: str = "http",
     path: str | None = None,
@@ -190,98 +137,6 @@ def url_for(
     if secret is not None:
         path = secret.sign_path(path, now, where=where)  # good at this holder only
     return f"{scheme}://{where}{path}".encode("ascii")
-
-
-def part_path(directory: Path, name: str, sha256: str) -> Path:
-    """
-    The hidden file a download of version C{sha256} of C{name} grows in
-    (a long name is cut so that the part's name fits in 255 bytes).
-    """
-    return directory / f".{_part_stem(name)}.{sha256[:16]}.part"
-
-
-def _part_stem(name: str) -> str:
-    room = 255 - len(".") - len(".0123456789abcdef.part")
-    return name.encode("utf-8")[:room].decode("utf-8", "ignore")
-
-
-def local_fault(e: OSError, directory: Path, needed: int) -> LocalFault:
-    """
-    One sentence for a fault of this machine.
-    """
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return LocalFault(f"no space left on {directory}: {human_size(needed)} needed")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return LocalFault(f"cannot write into {directory}: {(e.strerror or str(e)).lower()}")
-    return LocalFault(f"cannot write into {directory}: {(e.strerror or str(e)).lower()}")
-
-
-class PartFile:
-    """
-    The temporary file of one download, locked for as long as it is open.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # as any new file: the umask decides
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise
-        self.f: BinaryIO = os.fdopen(fd, "r+b")
-        self.kept = 0  # bytes verified in it, as far as this download knows
-
-    def size(self) -> int:
-        self.f.flush()  # what was written, not only what reached the file
-        return os.fstat(self.f.fileno()).st_size
-
-    def restart_at(self, offset: int) -> None:
-        self.f.truncate(offset)
-        self.f.seek(offset)
-
-    def sync(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        if not self.f.closed:
-            self.f.close()  # and the lock goes with it
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.close()
-
-
-def _other_versions(directory: Path, name: str, keep: Path) -> list[PartFile]:
-    """
-    The parts of other versions of C{name} that no download holds, locked:
-    their pieces may serve this version, then they are discarded.
-    """
-    stem = _part_stem(name)
-    mine = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{16}}\.part")
-    found = []
-    for other in directory.glob(f".{_glob_escape(stem)}.*.part"):
-        if other == keep or not mine.fullmatch(other.name):
-            continue  # ours, or another name's (".a.b.SHA.part" is not a part of "a")
-        try:
-            found.append(PartFile(other))
-        except (BlockingIOError, OSError):
-            continue  # in use, or gone
-    return found
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _keep(part: Path, target: Path, replace: bool) -> None:
-    if replace:
-        os.replace(part, target)
-    else:
-        os.link(part, target)  # fails if target exists: nothing is overwritten
-        os.unlink(part)
-    fsync_directory(target.parent)
 
 
 class Downloader:
@@ -307,6 +162,7 @@ class Downloader:
         self.run_blocking = run_blocking
         self.secret = secret
         self.scheme = scheme
+        self.lists = PieceLists(agent, clock, lambda m, path: self._url_maker(m, path))
         # Holders that served data failing its SHA-256: name -> until when
         # they are passed over (while any other holder is left).
         self.distrusted: dict[str, float] = {}
@@ -422,7 +278,7 @@ class Downloader:
             if already is not None:
                 part.discard()
                 return already
-            older = await self.run_blocking(_other_versions, directory, base, path)
+            older = await self.run_blocking(other_versions, directory, base, path)
             fetched = await self._download(
                 holders, part, target, size, sha, force, progress, sources, ledger, discover, older
             )
@@ -505,17 +361,17 @@ class Downloader:
         for m in holders:
             claimed.setdefault(address_of(m), set()).add(m.root)
         lists: dict[Address, tuple[bytes, int]] = {}  # the piece lists fetched, by address
-        for root, group in _groups(holders):
+        for root, group in groups(holders):
             if root in ledger.bad_roots:
                 continue
-            group = [m for m in group if _may_serve(m, sha, root, ledger, claimed, lists)]
+            group = [m for m in group if may_serve(m, sha, root, ledger, claimed, lists)]
             if not group:
                 continue
-            listed = await self._piece_list(group, size, sha, root, problems, ledger, claimed, lists)
+            listed = await self.lists.fetch(group, size, sha, root, problems, ledger, claimed, lists)
             if listed is None:
                 continue
             digests, suggested = listed
-            group = [m for m in group if _may_serve(m, sha, root, ledger, claimed, lists, strict=True)]
+            group = [m for m in group if may_serve(m, sha, root, ledger, claimed, lists, strict=True)]
             try:
                 part.f.flush()
                 os.ftruncate(part.f.fileno(), size)
@@ -540,7 +396,7 @@ class Downloader:
             first = missing[0] if have and missing else (suggested if self.spread else 0)
             book = PieceBook(size, have, first)
             needed = size - book.verified_bytes()
-            free = shutil.disk_usage(directory).free + _allocated(part)
+            free = shutil.disk_usage(directory).free + allocated(part)
             if free < needed:
                 raise LocalFault(
                     f"no space left on {directory}: {human_size(needed)} needed, "
@@ -610,7 +466,7 @@ class Downloader:
                     name, size, sha, stamp_of(st), digests
                 ))
             try:
-                await self.run_blocking(_keep, part.path, target, force)
+                await self.run_blocking(keep, part.path, target, force)
             except FileExistsError:
                 raise FetchError(
                     wire.E_EXISTS,
@@ -727,123 +583,3 @@ class Downloader:
 
     def _url_maker(self, m: Match, path: str | None = None) -> Callable[[], bytes]:
         return lambda: url_for(m, self.secret, self.clock.seconds(), self.scheme, path)
-
-    async def _piece_list(
-        self, group: list[Match], size: int, sha: str, root: str, problems: list[str],
-        ledger: Ledger, claimed: dict[Address, set[str]], lists: dict[Address, tuple[bytes, int]],
-    ) -> tuple[bytes, int] | None:
-        """
-        The piece list of C{group}'s version, from the first of them that
-        sends one matching C{root} (or has sent it already, in C{lists}),
-        and the piece that holder suggests beginning with; None (and why,
-        in C{problems}) if none.  At most three are asked, each only as
-        the C{ledger} allows; one whose list is not one it claims failed.
-        """
-        for m in group:
-            known = lists.get(address_of(m))
-            if known is not None and (not root or root_of(known[0]) == root):
-                return known
-        asked = 0
-        for m in group:
-            where = address_of(m)
-            if asked == 3 or where in lists or not ledger.holds_maybe(where, sha):
-                continue  # enough asked; or its list is here; or it said it lacks this version
-            if not ledger.begin(where):
-                continue  # it failed, or no more untried addresses may be
-            asked += 1
-            url = self._url_maker(m, f"/pieces/{sha}")()
-            body = b""
-            problem: str | None
-            lacks = False  # it answered that it does not hold this version
-            try:
-                # The head and the body, each within its overall deadline.
-                response = await self.agent.request(b"GET", url).addTimeout(
-                    HEADER_TIMEOUT, self.clock, no_answer
-                )
-                if response.code != 200:
-                    response.deliverBody(Protocol())
-                    problem = f"HTTP {response.code} for its piece list"
-                    lacks = response.code in (404, 410)
-                else:
-                    body = await read_at_most(response, piece_count(size) * DIGEST).addTimeout(
-                        HEADER_TIMEOUT, self.clock, no_answer
-                    )
-                    problem = check_list(body, size, None)
-            except CancelledError:
-                raise
-            except Exception as e:
-                problem = f"no piece list ({_why(e)})"
-            finally:
-                ledger.done(where)
-            if problem is None:
-                got = root_of(body)
-                ledger.lists[(where, sha)] = got
-                lists[where] = body, _start_piece(response.headers, piece_count(size))
-                if not root or got == root:
-                    return lists[where]
-                if got in claimed.get(where, set()):
-                    continue  # the list of another root it holds: its group will use it
-                problem = "a piece list that does not match its root"
-            problems.append(f"{m.holder}: {problem}")
-            if lacks:
-                ledger.lacked(where, sha, problem)  # it may hold another version
-            else:
-                ledger.fail(where, problem)
-        return None
-
-
-def _start_piece(headers: Headers, count: int) -> int:
-    """
-    The holder's C{P2P-Start-Piece} suggestion, if it is one (else 0).
-    """
-    value = (headers.getRawHeaders(b"p2p-start-piece") or [b"0"])[0]
-    if not value.isdigit() or len(value) > 9 or int(value) >= count:
-        return 0
-    return int(value)
-
-
-def _groups(holders: list[Match]) -> list[tuple[str, list[Match]]]:
-    """
-    The holders by piece root, the largest group first (then the nearest);
-    in a group, one holder per address (many names at one address are one
-    source).
-    """
-    by_root: dict[str, list[Match]] = {}
-    for m in holders:
-        by_root.setdefault(m.root, []).append(m)
-    for root, group in by_root.items():
-        # Whole holders first (nearest first), then partial ones, fullest first.
-        group.sort(key=lambda m: (m.have is not None, -(m.have or 0), m.hops))
-        unique: dict[Address, Match] = {}
-        for m in group:
-            unique.setdefault(address_of(m), m)
-        by_root[root] = list(unique.values())
-    return sorted(
-        by_root.items(),
-        key=lambda kv: (-sum(m.have is None for m in kv[1]), -len(kv[1]), kv[1][0].hops),
-    )
-
-
-def _may_serve(
-    m: Match, sha: str, root: str, ledger: Ledger, claimed: dict[Address, set[str]],
-    lists: dict[Address, tuple[bytes, int]], strict: bool = False,
-) -> bool:
-    """
-    May C{m} serve the pieces of C{root}?  Not if its address failed, or
-    the piece list it sent is another root's; C{strict}ly, also not if it
-    claims several roots for this version and has not said which it holds.
-    """
-    where = address_of(m)
-    if not ledger.usable(where):
-        return False
-    known = ledger.lists.get((where, sha))
-    if known is not None:
-        return not root or known == root
-    return not (strict and len(claimed.get(where, ())) > 1)
-
-
-def _allocated(part: PartFile) -> int:
-    try:
-        return os.fstat(part.f.fileno()).st_blocks * 512
-    except OSError:
-        return 0
