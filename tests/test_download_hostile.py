@@ -467,9 +467,9 @@ def test_holders_distrusted_are_forgotten_once_their_time_is_up():
 
     clock = Clock()
     d = Downloader(None, clock, maybeDeferred)
-    d._distrust(f"forged{i}" for i in range(500))
+    d.distrust(f"forged{i}" for i in range(500))
     clock.advance(DISTRUST_FOR + 1)
-    d._distrust(["liar"])
+    d.distrust(["liar"])
     assert list(d.distrusted) == ["liar"]
 
 

@@ -30,19 +30,15 @@ L{MAX_PIECE}) is refused before anything is asked of its holders.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 
@@ -50,7 +46,8 @@ from p2pshare import wire
 from p2pshare.admission import Secret, authority
 from p2pshare.disk import human_size
 from p2pshare.peer.download.agent import AgentFetcher, read_at_most
-from p2pshare.peer.download.book import Address, Ledger, PieceBook
+from p2pshare.peer.download.attempt import Attempt, Discover, Partial, Progress
+from p2pshare.peer.download.book import Ledger
 from p2pshare.peer.download.fetch import HEADER_TIMEOUT, IFetcher
 from p2pshare.peer.download.fetch import why_failed as _why
 from p2pshare.peer.download.holders import Source
@@ -59,25 +56,18 @@ from p2pshare.peer.download.keeping import (
     FetchError,
     LocalFault,
     PartFile,
-    allocated,
-    keep,
     local_fault,
     other_versions,
     part_path,
 )
-from p2pshare.peer.download.outcomes import Broke
-from p2pshare.peer.download.storing import copy_matching_pieces, verified_pieces
-from p2pshare.peer.download.swarm import Swarm, Target
 from p2pshare.peer.download.threads import ThreadFetcher
 from p2pshare.peer.download.versions import (
     PieceLists,
     address_of,
-    groups,
-    may_serve,
     versions,
 )
-from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of, stamp_of
-from p2pshare.pieces import MAX_SIZE, bitfield, piece_count, root_of, too_large
+from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
+from p2pshare.pieces import MAX_SIZE, too_large
 from p2pshare.wire import Match
 
 # Names the rest of the peer and its tests know this module by.
@@ -86,41 +76,11 @@ __all__ = [
     "part_path", "url_for", "versions",
 ]
 
-Progress = Callable[..., None]  # (bytes verified, size[, holders sending now])
 RunBlocking = Callable[..., Deferred[Any]]
 
 DISTRUST_FOR = 600.0  # seconds a holder that served corrupt data is passed over
 SOURCES = 4  # holders a download fetches from at once
 MAX_LISTING = 64 * 2**20  # bytes of a holder's /index.json, at most
-DISCOVER_EVERY = 10.0  # at most this many seconds between searches for more holders
-Discover = Callable[[], Deferred[list[Match]]]
-
-
-@dataclass
-class Partial:
-    """
-    A download in progress, as others may fetch from it: the pieces it has
-    verified are served (swarming), and searches list it as a partial
-    holder.
-    """
-
-    name: str
-    size: int
-    sha256: str
-    root: str
-    book: PieceBook
-    path: Path
-    pieces: bytes  # the piece list
-
-    def holds(self, first: int, last: int) -> bool:
-        """
-        Are bytes C{first} to C{last} all in verified pieces?
-        """
-        piece = self.book.piece
-        return all(i in self.book.verified for i in range(first // piece, last // piece + 1))
-
-    def bits(self) -> bytes:
-        return bitfield(self.book.verified, self.book.count)
 
 
 def url_for(
@@ -175,7 +135,7 @@ class Downloader:
         # Told of each file verified, with its hashes, just before it is kept.
         self.on_verified: Callable[[Path, SharedFile], None] | None = None
 
-    def _fetcher(self) -> IFetcher:
+    def new_fetcher(self) -> IFetcher:
         """
         A fetcher for one swarm: the thread one if this peer reads in
         threads, else the agent's.
@@ -279,9 +239,9 @@ class Downloader:
                 part.discard()
                 return already
             older = await self.run_blocking(other_versions, directory, base, path)
-            fetched = await self._download(
-                holders, part, target, size, sha, force, progress, sources, ledger, discover, older
-            )
+            fetched = await Attempt(
+                self, holders, part, target, force, progress, sources, ledger, discover, older
+            ).run()
         except CancelledError:
             kept = part.kept
             part.close()
@@ -327,192 +287,7 @@ class Downloader:
             )
         return None
 
-    async def _download(
-        self,
-        holders: list[Match],
-        part: PartFile,
-        target: Path,
-        size: int,
-        sha: str,
-        force: bool,
-        progress: Progress | None,
-        sources: int,
-        ledger: Ledger,
-        discover: Discover | None = None,
-        older: list[PartFile] | None = None,
-    ) -> Fetched:
-        """
-        Fetch the file's pieces from its holders, a group of holders that
-        agree on the piece list at a time (the largest first), up to
-        C{sources} of them at once; keep it once the whole file verifies.
-        Pieces already here in C{older} parts of other versions (or in the
-        file this one replaces) are copied, not fetched; those parts are
-        then discarded.
-        """
-        # The file's name is its path in the share (music/live/set.ogg), as
-        # its holders give it; the target may be elsewhere (-o DIR).
-        name, directory = holders[0].name, target.parent
-        report: Progress = progress or (lambda *figures: None)
-        problems: list[str] = []
-        notes: list[str] = []
-        # The roots each address claims for this version: one that claims
-        # several is asked for its list before it serves any group.
-        claimed: dict[Address, set[str]] = {}
-        for m in holders:
-            claimed.setdefault(address_of(m), set()).add(m.root)
-        lists: dict[Address, tuple[bytes, int]] = {}  # the piece lists fetched, by address
-        for root, group in groups(holders):
-            if root in ledger.bad_roots:
-                continue
-            group = [m for m in group if may_serve(m, sha, root, ledger, claimed, lists)]
-            if not group:
-                continue
-            listed = await self.lists.fetch(group, size, sha, root, problems, ledger, claimed, lists)
-            if listed is None:
-                continue
-            digests, suggested = listed
-            group = [m for m in group if may_serve(m, sha, root, ledger, claimed, lists, strict=True)]
-            try:
-                part.f.flush()
-                os.ftruncate(part.f.fileno(), size)
-                have = await self.run_blocking(verified_pieces, str(part.path), size, digests)
-                if older is not None:
-                    reused = await self._reuse(older, target, force, part, size, digests, have)
-                    older = None  # once, with the first piece list that came
-                    if reused:
-                        have |= reused
-                        notes.append(
-                            f"{len(reused)} of {piece_count(size)} pieces of {name} were already "
-                            f"here, in an older copy, and were not fetched again"
-                        )
-            except OSError as e:
-                raise local_fault(e, directory, size) from None
-            # A fresh download begins where the holder suggests: the first
-            # piece when nobody else is fetching the file there, elsewhere
-            # when others are, so that peers starting together hold different
-            # pieces and trade them (the whole-file hash then reads back what
-            # was stored ahead of its turn); a resumed one where it left off.
-            missing = [i for i in range(piece_count(size)) if i not in have]
-            first = missing[0] if have and missing else (suggested if self.spread else 0)
-            book = PieceBook(size, have, first)
-            needed = size - book.verified_bytes()
-            free = shutil.disk_usage(directory).free + allocated(part)
-            if free < needed:
-                raise LocalFault(
-                    f"no space left on {directory}: {human_size(needed)} needed, "
-                    f"{human_size(free)} free"
-                )
-            if have:
-                self.log.info(
-                    "download of {name} resumes with {n} of {total} pieces verified",
-                    name=name, n=len(have), total=book.count,
-                )
-
-            def track(done: int, total: int, sending: int = 0) -> None:
-                part.kept = done
-                report(done, total, sending)
-
-            partial = Partial(name, size, sha, root_of(digests), book, part.path, digests)
-            self.partials[sha] = partial
-            swarm = Swarm(
-                fetcher=self._fetcher(), clock=self.clock, run_blocking=self.run_blocking,
-                target=Target(name, size, sha, digests, part.f.fileno()),
-                book=book, progress=track, sources=[self._source(m) for m in group],
-                ledger=ledger,
-            )
-            looking = None
-            if discover is not None:
-                looking = Deferred.fromCoroutine(
-                    self._look_for_more(swarm, discover, sha, size, partial.root, ledger)
-                )
-                looking.addErrback(lambda f: f.trap(CancelledError))
-            try:
-                await swarm.run(sources)
-            except OSError as e:
-                raise local_fault(e, directory, size) from None
-            except Broke as e:
-                problems.append(str(e))
-                continue
-            finally:
-                if looking is not None:
-                    looking.cancel()
-                notes += [n for n in swarm.notes if n not in notes]
-                self._distrust(s.name for s in swarm.sources if s.corrupt)
-            try:
-                part.sync()
-                on_disk = swarm.whole_sha256() or await self.run_blocking(sha256_of, part.path)
-                st = os.fstat(part.f.fileno())
-            except OSError as e:
-                raise local_fault(e, directory, size) from None
-            served = [s.name for s in swarm.sources if s.verified]
-            if on_disk != sha:
-                names = ", ".join(m.holder for m in group)
-                problems.append(f"{names}: piece hashes that do not lead to the file's SHA-256")
-                notes.append(f"{names} gave piece hashes that do not match {name}; dropped")
-                self.log.warn(
-                    "download of {name}: the piece list of {names} does not lead to its "
-                    "SHA-256; dropped", name=name, names=names,
-                )
-                self._distrust(m.holder for m in group)
-                # That root is no version of the file: whoever gave its list
-                # or sent pieces of it does not hold the file.
-                ledger.bad_roots.add(root)
-                for where in {address_of(m) for m in group} & (set(lists) | ledger.good):
-                    ledger.fail(where, "piece hashes that do not lead to the file's SHA-256")
-                part.restart_at(0)
-                continue
-            if self.on_verified is not None:  # before the file appears under its name
-                self.on_verified(target, SharedFile(
-                    name, size, sha, stamp_of(st), digests
-                ))
-            try:
-                await self.run_blocking(keep, part.path, target, force)
-            except FileExistsError:
-                raise FetchError(
-                    wire.E_EXISTS,
-                    f"{target} appeared while downloading; the download is kept hidden "
-                    f"beside it, and the same command resumes it",
-                ) from None
-            except OSError as e:
-                raise local_fault(e, directory, size) from None
-            self.log.info(
-                "downloaded {name} ({size} bytes, sha256 {sha}) from {holders}",
-                name=name, size=size, sha=sha, holders=", ".join(served) or "(already here)",
-            )
-            return Fetched(target, size, sha, ", ".join(served) or None, notes=notes)
-        if ledger.spent or not problems:
-            raise FetchError(wire.E_FAILED, ledger.exhausted(name), notes)
-        raise FetchError(
-            wire.E_FAILED, f"could not download {name}: " + "; ".join(problems[-4:]), notes
-        )
-
-    async def _reuse(
-        self, older: list[PartFile], target: Path, force: bool, part: PartFile, size: int,
-        digests: bytes, have: set[int],
-    ) -> set[int]:
-        """
-        Copy into C{part} the pieces it lacks that the parts of C{older}
-        versions, or the file it is to replace, hold right; discard those
-        parts: which pieces were copied.
-        """
-        local = [str(other.path) for other in older]
-        if force and target.is_file():
-            local.append(str(target))
-        reused: set[int] = set()
-        if local and len(have) < piece_count(size):
-            reused = await self.run_blocking(
-                copy_matching_pieces, local, str(part.path), size, digests, have
-            )
-        for other in older:
-            other.discard()  # what was worth keeping is in the part now
-        if reused:
-            self.log.info(
-                "download of {name}: {n} pieces copied from an older copy here",
-                name=target.name, n=len(reused),
-            )
-        return reused
-
-    def _source(self, m: Match) -> Source:
+    def source(self, m: Match) -> Source:
         if m.have is None:
             return Source(m.holder, self._url_maker(m), where=address_of(m))
         return Source(
@@ -520,33 +295,7 @@ class Downloader:
             has=set(), where=address_of(m),
         )
 
-    async def _look_for_more(
-        self, swarm: Swarm, discover: Discover, sha: str, size: int, root: str, ledger: Ledger
-    ) -> None:
-        """
-        While the swarm runs, search again now and then: peers that started
-        fetching the same file since (partial holders) join as sources.
-        """
-        pause = 1.0
-        while True:
-            await deferLater(self.clock, pause)
-            pause = min(pause * 2, DISCOVER_EVERY)
-            try:
-                found = await discover()
-            except CancelledError:
-                raise
-            except Exception as e:
-                self.log.info("looking for more holders failed: {why}", why=_why(e))
-                continue
-            now = self.clock.seconds()
-            for m in found:
-                where = address_of(m)
-                if ((m.sha256, m.size) == (sha, size) and m.root in (root, "")
-                        and self.distrusted.get(m.holder, 0) <= now and ledger.usable(where)
-                        and ledger.lists.get((where, sha), root) == root):
-                    swarm.add(self._source(m))  # which tries it only as the ledger allows
-
-    def _distrust(self, names: Iterable[str]) -> None:
+    def distrust(self, names: Iterable[str]) -> None:
         now = self.clock.seconds()
         # Those whose time is up are forgotten: names come from search
         # results, which anyone may fill with new ones.
