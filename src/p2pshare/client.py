@@ -6,7 +6,6 @@ channel has a plain client of its own (L{p2pshare.control_client}).
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -22,7 +21,10 @@ TIMEOUT = 10.0
 
 
 class _Client(LineChannel):
-    pushed = frozenset({"PEER"})
+    """
+    An observer: C{P2P} (answered C{OK}), then C{TOPO}, whose C{PEER}
+    lines L{msg_PEER} collects until C{END} answers it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,9 +37,7 @@ class _Client(LineChannel):
         self._mismatch(NotAMetaServer("something else (it does not speak p2pshare)"))
 
     def _mismatch(self, error: Exception) -> None:
-        waiting, self._waiting = self._waiting, deque()
-        for d in waiting:
-            d.errback(error)
+        self.replies.fail(error)
         self.abort()
 
     def msg_PEER(self, msg: Message) -> None:
@@ -78,8 +78,8 @@ async def meta_topology(
     """
     proto = await _connect(reactor, description, secret=secret, expect=META_IDENTITY)
     try:
-        await proto.request("P2P").addTimeout(TIMEOUT, reactor)
-        await proto.request("TOPO").addTimeout(TIMEOUT, reactor)
+        await proto.request("P2P", answers={"OK"}).addTimeout(TIMEOUT, reactor)
+        await proto.request("TOPO", answers={"END"}).addTimeout(TIMEOUT, reactor)
         return proto.entries
     finally:
         proto.close()

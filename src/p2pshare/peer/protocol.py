@@ -26,8 +26,6 @@ class PeerProtocol(LineChannel):
     newcomer is accepted.
     """
 
-    pushed = frozenset({"FREE", "SEARCH", "RESULTS", "WORKING", "UP", "BYE"})
-
     def __init__(self, node: IOverlay) -> None:
         super().__init__(node.clock)
         self.node = node
@@ -108,7 +106,6 @@ class MetaClientProtocol(LineChannel):
     The peer's side of its registration link to the metadata server.
     """
 
-    pushed = frozenset({"COMPLETE", "PONG", "REJOIN", "TICKET"})
     link = None
 
     def __init__(self, node: IOverlay) -> None:
@@ -120,15 +117,11 @@ class MetaClientProtocol(LineChannel):
         return ("peer", self.node.peer_name or "-")
 
     def linkMade(self) -> None:
-        d = self.request("P2P", **self.node.registration())
+        d = self.request("P2P", answers={"WELCOME"}, **self.node.registration())
         d.addCallbacks(self._welcomed, self._refused)
         d.addErrback(lambda f: self.log.failure("registering with the metadata server failed", f))
 
     def _welcomed(self, msg: Message) -> None:
-        if msg.verb != "WELCOME":
-            self.sendError(wire.E_UNEXPECTED, "expected WELCOME")
-            self.close()
-            return
         self.node.meta_welcomed(self, msg)
 
     def _refused(self, failure: Failure) -> None:
