@@ -490,11 +490,55 @@ async def test_a_busy_holder_answers_503_and_the_download_goes_elsewhere(holders
     assert response.headers.getRawHeaders(b"retry-after") == [b"5"]
     out = tmp_path / "out"
     out.mkdir()
-    started = reactor.seconds()
     fetched = await fetch(downloader, [match(busy, "busy", 1), match(honest, "honest", 2)], out)
     assert fetched.holder == "honest" and (out / "file.bin").read_bytes() == DATA
     assert len(busy_files.ranges) == 2  # the GET above, and one range; its 5 s pause ended with the download
-    assert reactor.seconds() - started < 5
+
+
+class ChangesUnder(Resource):
+    """
+    Serves its first C{good} requests from an honest share, then answers
+    412 to the download's C{If-Match}: its file changed under the download.
+    """
+
+    def __init__(self, inner, good):
+        super().__init__()
+        self.inner, self.good = inner, good
+        self.asked = 0
+
+    def getChild(self, path, request):
+        self.asked += 1
+        if self.asked > self.good:
+            assert request.getHeader(b"if-match") == f'"{SHA}"'.encode()
+            gone = Resource()
+            gone.render_GET = lambda request: (request.setResponseCode(412), b"")[1]
+            gone.isLeaf = True
+            return gone
+        return self.inner.getChild(path, request)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_whose_file_changes_under_the_download_is_dropped(
+    holders, downloader, tmp_path, reactor, monkeypatch
+):
+    """
+    Its first run verifies; then its file is another version (412 to the
+    If-Match): it is let go at once, not retried, and the other holder
+    brings the rest, over either fetcher.
+    """
+    from p2pshare.peer.download import pacing
+
+    monkeypatch.setattr(pacing, "MAX_RUN", MiB)  # a piece per run
+    monkeypatch.setattr(pacing, "FIRST_RUN", MiB)
+    changer = ChangesUnder(honest_files(reactor, tmp_path, "changer"), good=1)
+    near = holders(changer, pieces=ThePieceList())
+    far = holders(honest_files(reactor, tmp_path, "honest"))
+    out = tmp_path / "out"
+    out.mkdir()
+    fetched = await fetch(downloader, [match(near, "near", 1), match(far, "far", 2)], out, sources=2)
+    assert (out / "file.bin").read_bytes() == DATA and visible(out) == ["file.bin"]
+    assert changer.asked == 2  # one run served, one 412, then never again
+    assert "far" in fetched.holder
 
 
 @pytest_twisted.ensureDeferred
