@@ -34,6 +34,7 @@ lint: $(BIN)/python
 	$(BIN)/pip install --quiet ".[test,lint]"
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/mypy --strict src/p2pshare/peer/download
 
 bench: install
 	cd bench && ../$(BIN)/python join.py && ../$(BIN)/python search.py && ../$(BIN)/python transfer.py && ../$(BIN)/python swarm.py && ../$(BIN)/python churn.py && ../$(BIN)/python rescan.py && ../$(BIN)/python commands.py

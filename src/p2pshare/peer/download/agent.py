@@ -16,7 +16,8 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
@@ -144,7 +145,7 @@ class _RunReceiver(Protocol):
             self._idle.cancel()
         self.deadline.cancel()
         if not self.done.called:
-            self.done.callback(reason.value)
+            self.done.callback(reason.value or ResponseDone())
 
 
 class _Collect(Protocol):
@@ -173,7 +174,7 @@ class _Collect(Protocol):
             return
         if len(self.data) > self.limit:
             self.done.errback(ValueError(f"it sent more than the {self.limit} bytes expected"))
-        elif reason.check(ResponseDone, PotentialDataLoss):
+        elif isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             self.done.callback(bytes(self.data))
         else:
             self.done.errback(reason)
@@ -184,7 +185,7 @@ def read_at_most(response: Any, limit: int) -> Deferred[bytes]:
     The body of C{response}, if it is at most C{limit} bytes long.
     """
     collect = _Collect(limit)
-    response.deliverBody(collect)
+    deliver(response, collect)
     return collect.done
 
 
@@ -241,7 +242,7 @@ class AgentFetcher:
         assert holder.have_url is not None
         response = await self._head(holder.have_url())
         if response.code != 200:
-            response.deliverBody(Protocol())
+            deliver(response, Protocol())
             if response.code in (404, 410):
                 raise Gone("it no longer holds the file")
             return None
@@ -265,10 +266,10 @@ class AgentFetcher:
         response = await self._head(run.url, headers)
         problem = run.problem(response.code, lambda name: _header(response, name))
         if problem is not None:
-            response.deliverBody(Protocol())
+            deliver(response, Protocol())
             raise problem
         if run.size == 0:
-            response.deliverBody(Protocol())
+            deliver(response, Protocol())
             await sink.write(source, 0, [])
             return
         started = self.clock.seconds()
@@ -302,7 +303,7 @@ class AgentFetcher:
         self._receivers.add(receiver)
         sink.sending(source)
         try:
-            response.deliverBody(receiver)
+            deliver(response, receiver)
             if sink.stopping():
                 receiver.stop()
             reason = await receiver.done
@@ -332,3 +333,11 @@ def _header(response: IResponse, name: str) -> str | None:
     """
     values = response.headers.getRawHeaders(name.encode())
     return values[0].decode("latin-1") if values else None
+
+
+def deliver(response: IResponse, protocol: Protocol) -> None:
+    """
+    C{response.deliverBody(protocol)}: Twisted declares it on an interface
+    without types.
+    """
+    cast(Any, response).deliverBody(protocol)

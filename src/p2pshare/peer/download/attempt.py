@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2pshare import wire
 from p2pshare.disk import human_size
@@ -271,7 +272,7 @@ class Attempt:
         looking = None
         if self.discover is not None:
             looking = Deferred.fromCoroutine(self._look_for_more(swarm, self.discover, partial.root))
-            looking.addErrback(lambda f: f.trap(CancelledError))
+            looking.addErrback(_cancelled)
         try:
             await swarm.run(self.sources)
         except OSError as e:
@@ -361,3 +362,7 @@ class Attempt:
                         and d.distrusted.get(m.holder, 0) <= now and self.ledger.usable(where)
                         and self.ledger.lists.get((where, self.sha), root) == root):
                     swarm.add(d.source(m))  # which tries it only as the ledger allows
+
+
+def _cancelled(f: Failure) -> Failure | None:
+    return None if isinstance(f.value, CancelledError) else f

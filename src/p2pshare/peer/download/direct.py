@@ -41,7 +41,6 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.python.failure import Failure
 
 BUFFERS = 3  # piece buffers per holder: one being read, two being hashed or written
 
@@ -273,9 +272,8 @@ def in_thread(reactor: IReactorFromThreads, f: Callable[..., Any], *args: Any) -
     def run() -> None:
         try:
             result = f(*args)
-        except BaseException:
-            failure = Failure()
-            reactor.callFromThread(d.errback, failure)
+        except BaseException as e:
+            reactor.callFromThread(d.errback, e)
         else:
             reactor.callFromThread(d.callback, result)
 

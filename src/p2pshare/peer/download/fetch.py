@@ -20,7 +20,8 @@ from typing import NoReturn, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.web.client import PotentialDataLoss, ResponseFailed
+from twisted.web.client import ResponseFailed
+from twisted.web.http import PotentialDataLoss
 
 from p2pshare.peer.download.holders import Source
 from p2pshare.peer.download.outcomes import Broke, Busy, Corrupt, Gone, NotYet

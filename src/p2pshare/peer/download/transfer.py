@@ -45,7 +45,7 @@ from twisted.web.iweb import IAgent
 from p2pshare import wire
 from p2pshare.admission import Secret, authority
 from p2pshare.disk import human_size
-from p2pshare.peer.download.agent import AgentFetcher, read_at_most
+from p2pshare.peer.download.agent import AgentFetcher, deliver, read_at_most
 from p2pshare.peer.download.attempt import Attempt, Discover, Partial, Progress
 from p2pshare.peer.download.book import Ledger
 from p2pshare.peer.download.fetch import HEADER_TIMEOUT, IFetcher
@@ -311,7 +311,7 @@ class Downloader:
         try:
             response = await self.agent.request(b"GET", url).addTimeout(HEADER_TIMEOUT, self.clock)
             if response.code != 200:
-                response.deliverBody(Protocol())
+                deliver(response, Protocol())
                 raise FetchError(wire.E_FAILED, f"{m.holder} answered HTTP {response.code}")
             body = await read_at_most(response, MAX_LISTING).addTimeout(
                 HEADER_TIMEOUT, self.clock

@@ -19,7 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
-from p2pshare.peer.download.agent import read_at_most
+from p2pshare.peer.download.agent import deliver, read_at_most
 from p2pshare.peer.download.book import Address, Ledger
 from p2pshare.peer.download.fetch import HEADER_TIMEOUT, no_answer, why_failed
 from p2pshare.pieces import DIGEST, check_list, piece_count, root_of
@@ -115,7 +115,7 @@ class PieceLists:
                     HEADER_TIMEOUT, self.clock, no_answer
                 )
                 if response.code != 200:
-                    response.deliverBody(Protocol())
+                    deliver(response, Protocol())
                     problem = f"HTTP {response.code} for its piece list"
                     lacks = response.code in (404, 410)
                 else:
