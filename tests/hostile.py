@@ -34,8 +34,6 @@ class _Link(LineChannel):
     One connection of the participant's (to the metadata server or a peer).
     """
 
-    pushed = frozenset({"TICKET", "COMPLETE", "PONG", "REJOIN", "FREE", "UP", "SEARCH", "PING"})
-
     def __init__(self, who: Participant, expect: tuple[str, str]) -> None:
         super().__init__()
         self.who = who
@@ -178,7 +176,9 @@ class Participant:
         if "check" not in options:
             options["check"] = self.nonce = os.urandom(16).hex()
         options.setdefault("port", self.port)
-        reply = await self.meta.request("P2P", **options).addTimeout(WAIT, self.reactor)
+        reply = await self.meta.request("P2P", answers={"WELCOME"}, **options).addTimeout(
+            WAIT, self.reactor
+        )
         if reply.verb == "WELCOME":
             self.name = reply.args[0]
         return reply
@@ -209,9 +209,9 @@ class Participant:
         ).addTimeout(WAIT, self.reactor)
         await link.whenAdmitted().addTimeout(WAIT, self.reactor)
         options.setdefault("beat", 5000)
-        reply = await link.request("HELLO", as_name or self.name, self.port, **options).addTimeout(
-            WAIT, self.reactor
-        )
+        reply = await link.request(
+            "HELLO", as_name or self.name, self.port, answers={"ACCEPT", "REFER"}, **options
+        ).addTimeout(WAIT, self.reactor)
         self.links.append(link)
         return reply, link
 

@@ -135,14 +135,12 @@ class Joining:
         else:
             meta = await self._meta().addTimeout(self.hop_timeout, self.clock)
             rejoin = 1 if self.membership.joined else None
-            reply = await meta.request("PLACE", rejoin=rejoin).addTimeout(
+            reply = await meta.request("PLACE", answers={"ROOT", "REFER"}, rejoin=rejoin).addTimeout(
                 self.hop_timeout, self.clock
             )
             if reply.verb == "ROOT":
                 self._placed(None, 0)
                 return
-            if reply.verb != "REFER":
-                raise JoinFailed(f"the metadata server answered {reply.verb}")
             target = reply.args
         visited: set[str] = set()
         via: str | None = None
@@ -167,8 +165,6 @@ class Joining:
                 self._placed(reply.args[0], len(visited))
                 return
             proto.close()
-            if reply.verb != "REFER":
-                raise JoinFailed(f"{name} answered {reply.verb}")
             via, target = name, reply.args
 
     def _check_parent(self, reply: Message, name: str, port: int, host: str) -> str | None:
@@ -200,7 +196,8 @@ class Joining:
         try:
             await proto.whenAdmitted().addTimeout(self.hop_timeout, self.clock)
             reply = await proto.request(
-                "HELLO", me, my_port, host=advertise, via=via, beat=self.links.beat_ms(),
+                "HELLO", me, my_port, answers={"ACCEPT", "REFER"}, host=advertise, via=via,
+                beat=self.links.beat_ms(),
                 ticket=mine.field() if mine is not None else None,
             ).addTimeout(self.hop_timeout, self.clock)
         except BaseException:

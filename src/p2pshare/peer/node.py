@@ -757,11 +757,10 @@ class PeerNode(MultiService):
         meta = self.meta
         if meta is not None:
             try:
-                reply = await meta.request("SIZE").addTimeout(
+                reply = await meta.request("SIZE", answers={"NETWORK"}).addTimeout(
                     min(self.hop_timeout, SIZE_TIMEOUT), self.clock
                 )
-                if reply.verb == "NETWORK":
-                    self.network = (int(reply.args[0]), int(reply.args[1]))
+                self.network = (int(reply.args[0]), int(reply.args[1]))
             except Exception as e:
                 if self._told_away.due("size", self.clock.seconds()):
                     self.log.info("the network's size is not known now: {why}", why=_why_not(e))
@@ -777,11 +776,9 @@ class PeerNode(MultiService):
             meta = self.meta
             if meta is None:
                 raise ConnectionError("the metadata server is away")
-            reply = await meta.request("WHOIS", *names[i:i + wire.WHOIS_MAX]).addTimeout(
-                self.hop_timeout, self.clock
-            )
-            if reply.verb != "KNOWN":
-                raise RemoteError(wire.E_UNEXPECTED, f"it answered {reply.verb}")
+            reply = await meta.request(
+                "WHOIS", *names[i:i + wire.WHOIS_MAX], answers={"KNOWN"}
+            ).addTimeout(self.hop_timeout, self.clock)
             for entry in reply.args:
                 name, _, rest = entry.partition("/")
                 host, _, port = rest.rpartition("/")
