@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
 
 from p2pshare.options import (  # noqa: F401 (used here, and imported from here)
     connect_description,
@@ -63,6 +64,30 @@ def tcp_client_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndp
     return HostnameEndpoint(reactor, host, port, timeout=10)
 
 
+class InOrder(MultiService):
+    """
+    A service whose children start in the order they were added and stop
+    one at a time in the reverse order, each once the one added after it
+    has stopped (L{MultiService} stops them all at once): the tree says
+    what depends on what.
+    """
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                stopping = child.stopService()
+                if stopping is not None:
+                    await stopping
+            except Exception:
+                self.log.failure("{child} did not stop cleanly", child=child)
+
+
 class ListenService(Service):
     """
     Listen on an endpoint while running, like Twisted's
@@ -79,10 +104,12 @@ class ListenService(Service):
         factory: IProtocolFactory,
         on_listening: Callable[[IListeningPort], None] | None = None,
         what: str = "an endpoint",
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.on_listening = on_listening
+        self.on_failed = on_failed  # a listen that failed later than at once
         self.what = what
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
@@ -93,9 +120,15 @@ class ListenService(Service):
         self._listening = listen_now(self.endpoint, self.factory, self.what)
         super().startService()
         self._listening.addCallback(self._listened)
-        self._listening.addErrback(
-            lambda f: self.log.failure("could not listen on {what}", f, what=self.what)
-        )
+        self._listening.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, CancelledError):
+            return
+        if self.on_failed is not None:
+            self.on_failed(failure.value)
+        else:
+            self.log.failure("could not listen on {what}", failure, what=self.what)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port

@@ -301,13 +301,9 @@ class SimNet:
         at once, as the kernel tells them), it says no goodbye, and it does
         nothing more.
         """
-        for timer in list(node):  # the peer's periodic jobs end with it
-            if timer.running:
-                timer.stopService()
-        node.running = False
-        if node._meta_service is not None:
-            node._meta_service.stopService()
-        host = getattr(node._listening.getHost(), "host", None) if node._listening else None
+        port = node._listening  # the network takes it down, below
+        node.vanish()  # its jobs and its link end with it, without a goodbye
+        host = getattr(port.getHost(), "host", None) if port else None
         if host is None:
             return
         self.down.add(host)

@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import ClientService, TimerService, backoffPolicy
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet.defer import (
-    CancelledError,
     Deferred,
     fail,
-    gatherResults,
     succeed,
 )
 from twisted.internet.interfaces import (
@@ -50,7 +48,7 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.admission import Secret
-from p2pshare.common import LimitedFactory, OncePerMinute
+from p2pshare.common import InOrder, LimitedFactory, ListenService, OncePerMinute
 from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
 from p2pshare.peer.download.transfer import Downloader, Fetched
@@ -71,7 +69,7 @@ from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
-from p2pshare.startup import listen_now, listen_problem
+from p2pshare.startup import listen_problem
 from p2pshare.tickets import Ticket, TicketChecker, TicketError, answer
 from p2pshare.wire import Match, Message, RemoteError
 
@@ -137,7 +135,7 @@ class PeerSettings:
 
 
 @implementer(IOverlay, ISearchHost)
-class PeerNode(MultiService):
+class PeerNode(InOrder):
     """
     One peer of the overlay.
 
@@ -189,10 +187,6 @@ class PeerNode(MultiService):
             on_change=self._report,
             reachable=lambda: self.ticket is None or self.ticket.reachable,
         )
-        # The periodic jobs are child services, started and stopped with us.
-        self._beating = TimerService(settings.heartbeat, lambda: self.links.beat(self.meta))
-        self._beating.clock = clock
-        self._beating.setServiceParent(self)
         # What we share and move, for the metadata server's page: sent
         # when it changes, every SUMMARY_INTERVAL while transfers run (for
         # their rates); an idle peer has no timer for it.
@@ -245,21 +239,39 @@ class PeerNode(MultiService):
             repair_time=3 * settings.heartbeat + REPAIR_MARGIN,
             is_member=lambda name: Deferred.fromCoroutine(self.is_member(name)),
         )
-        self.files.setServiceParent(self)
         state = settings.state_dir
         self.queue = DownloadQueue(
             self.files.fetch, clock, state / QUEUE_FILE if state is not None else None
         )
-        self.queue.setServiceParent(self)
         self.site = make_site(self.files, clock)
+        # Our children, in the order they start (and stop, backwards, each
+        # once the next has stopped): our port; the heartbeat; what we
+        # share and fetch; the download queue; our presence in the network
+        # (the metadata server's link, begun once our port listens, and the
+        # goodbyes when we leave).
+        self._port_service = ListenService(
+            listen,
+            LimitedFactory(
+                SniffingFactory(self.site, PeerFactory(self)), clock=clock,
+                total=settings.connections, per_host=settings.connections_per_host,
+            ),
+            on_listening=self._listened, what=settings.listen_description,
+            on_failed=lambda e: self._fatal(f"could not start: {listen_problem(e)}"),
+        )
+        self._port_service.setServiceParent(self)
+        self._beating = TimerService(settings.heartbeat, lambda: self.links.beat(self.meta))
+        self._beating.clock = clock
+        self._beating.setServiceParent(self)
+        _Stops(self._summarising).setServiceParent(self)
+        self.files.setServiceParent(self)
+        self.queue.setServiceParent(self)
+        self._presence = _Presence(self)
+        self._presence.setServiceParent(self)
         self.join_hops = 0
         self.network_complete = False
         self.meta: MetaClientProtocol | None = None
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self._meta_waiters: list[Deferred[MetaClientProtocol]] = []
-        self._listening: IListeningPort | None = None
-        self._meta_service: ClientService | None = None
-        self._starting: Deferred[None] | None = None
         self._held: list[tuple[PeerProtocol, Message]] = []
         self._stopping = False  # asked to leave (STOP)
         # The metadata server's word on us (our ticket) and its key, which
@@ -334,79 +346,70 @@ class PeerNode(MultiService):
 
     # Life cycle.
 
+    @property
+    def _listening(self) -> IListeningPort | None:
+        return self._port_service.port
+
+    @property
+    def _meta_service(self) -> ClientService | None:
+        return self._presence.client
+
     def startService(self) -> None:
-        listening = self._listen()  # first: if it fails, nothing else has started
-        self.links.restart_beats()
-        self.membership.fire("start")
-        super().startService()  # and the timers, our children
-        self._starting = Deferred.fromCoroutine(self._start(listening))
-        self._starting.addErrback(self._startFailed)
-
-    def _listen(self) -> Deferred[IListeningPort]:
-        """
-        Listen on our port; a port that cannot be had (in use, a bad path)
-        raises L{StartupError} at once, so the peer never starts half-way.
-        """
+        # Our name first: the port's first connection may ask for it.  A
+        # port that cannot be had raises StartupError from the first
+        # child, so the peer never starts half-way.
         self.identity.load()
-        factory = LimitedFactory(
-            SniffingFactory(self.site, PeerFactory(self)), clock=self.clock,
-            total=self.settings.connections, per_host=self.settings.connections_per_host,
-        )
-        return listen_now(self._listen_endpoint, factory, self.settings.listen_description)
+        self.links.restart_beats()
+        try:
+            super().startService()
+        except BaseException:
+            self.running = False
+            raise
 
-    async def _start(self, listening: Deferred[IListeningPort]) -> None:
-        self._listening = await listening
-        address: Any = self._listening.getHost()
+    def _listened(self, port: IListeningPort) -> None:
+        address: Any = port.getHost()
         self.port = address.port
         self.log.info("peer listening on port {port}", port=self.port)
-        self._meta_service = ClientService(
+        self._presence.listening()
+
+    def _meta_client(self) -> ClientService:
+        return ClientService(
             self._meta_endpoint,
             MetaClientFactory(self),
             # Back within a heartbeat of the metadata server's return.
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=max(0.5, self.heartbeat - 1)),
             clock=self.clock,
         )
-        self._meta_service.startService()
-
-    def _startFailed(self, failure: Any) -> None:
-        if failure.check(CancelledError):
-            return
-        self._fatal(f"could not start: {listen_problem(failure.value)}")
 
     def _fatal(self, why: str) -> None:
         self.log.critical("peer stops: {why}", why=why)
         if self.on_fatal is not None:
             self.on_fatal(why)
 
-    async def _stop(self) -> None:
+    def goodbye(self) -> None:
+        """
+        We leave: to the neighbours first (the metadata server, told
+        first, would have them drop the link before our word came), then
+        to the metadata server, so that it frees our name at once and the
+        topology follows without waiting for a heartbeat.
+        """
         self.membership.fire("stop")
         self.search.stop()
         self.joining.cancel()
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
-        # Goodbyes: to the neighbours first (the metadata server, told
-        # first, would have them drop the link before our word came), then
-        # to the metadata server, so that it frees our name at once and the
-        # topology follows without waiting for a heartbeat.
         self.links.say_goodbye()
         if self.meta is not None:
             self.meta.send("BYE")
-        if self._meta_service is not None:
-            stopping: Any = self._meta_service.stopService()
-            if stopping is not None:
-                await stopping
-        if self._listening is not None:
-            stopped: Any = self._listening.stopListening()
-            if stopped is not None:
-                await stopped
 
-    def stopService(self) -> Deferred[None]:
-        timers = super().stopService()  # the children: every periodic job
-        if self._summarising.running:
-            self._summarising.stop()
-        leaving = Deferred.fromCoroutine(self._stop())
-        both = gatherResults([timers, leaving], consumeErrors=True)
-        return both.addCallback(lambda _: None)
+    def vanish(self) -> None:
+        """
+        Stop as a crashed process would (a simulated network's crash): no
+        goodbye; the port is left to the network to take down.
+        """
+        self._presence.silent = True
+        for child in reversed(list(self)):
+            if child is not self._port_service and child.running:
+                child.stopService()
+        self.running = False
 
     def stop_requested(self) -> None:
         if self._stopping:
@@ -881,3 +884,54 @@ def _thread_reactor(clock: IReactorTime) -> IReactorFromThreads:
             "give PeerSettings(fetch_in_threads=False) with a simulated clock"
         )
     return clock  # type: ignore[return-value]
+
+
+class _Presence(Service):
+    """
+    Our presence in the network, the last of a peer's children: the link
+    to the metadata server (a L{ClientService}, begun once our port
+    listens, since our registration names it) and, when we stop, the
+    goodbyes before that link goes.
+    """
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+        self.client: ClientService | None = None
+        self.silent = False  # a crash says no goodbye
+
+    def startService(self) -> None:
+        super().startService()
+        self.node.membership.fire("start")
+        if self.node.port is not None:
+            self.listening()
+
+    def listening(self) -> None:
+        """
+        Our port listens: register.
+        """
+        if self.running and self.client is None:
+            self.client = self.node._meta_client()
+            self.client.startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if not self.silent:
+            self.node.goodbye()
+        client, self.client = self.client, None
+        return client.stopService() if client is not None else None
+
+
+class _Stops(Service):
+    """
+    Stops a L{LoopingCall} that runs only now and then (started by its
+    owner) with the service it belongs to.
+    """
+
+    def __init__(self, call: LoopingCall) -> None:
+        self.call = call
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.call.running:
+            self.call.stop()
+        return None
