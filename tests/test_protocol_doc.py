@@ -1,8 +1,12 @@
 """
-The session typed with nc in docs/protocol.rst, run: each line after ``>``
-is sent to a real metadata server and peer, and what comes back must be
-what the page shows (ports as they are here; ``...`` in the page stands
-for what differs from run to run: keys, signatures, expiry times).
+docs/protocol.rst against the code.  The session typed with nc, run: each
+line after ``>`` is sent to a real metadata server and peer, and what
+comes back must be what the page shows (ports as they are here; ``...``
+in the page stands for what differs from run to run: keys, signatures,
+expiry times).  And the message reference, read: every verb the code
+speaks is on the page, every option the page names is one the code
+takes for that verb and every option the code takes is named, and every
+message the page spells out whole is one the code parses.
 """
 
 from __future__ import annotations
@@ -14,7 +18,59 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from p2pshare import wire
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.rst"
+
+
+def templates() -> list[tuple[str, list[str]]]:
+    """
+    Every message the page shows as a literal (``VERB ...``) or in a block
+    (the handshake's ``I -> R   AUTH ROLE NAME NONCE``): (verb, words).
+    """
+    text = DOC.read_text()
+    found = [lit.split() for lit in re.findall(r"``([A-Z][A-Z0-9]+(?:\s[^`]*)?)``", text)]
+    found += [line.split()[3:] for line in text.splitlines() if re.match(r"    [IR] -> [IR]   ", line)]
+    return [(words[0], words[1:]) for words in found if words and words[0] in wire.SPECS]
+
+
+def test_every_verb_the_code_speaks_is_on_the_page():
+    assert sorted(set(wire.SPECS) - {verb for verb, _ in templates()}) == []
+
+
+def test_the_options_on_the_page_are_the_codes():
+    named: dict[str, set[str]] = {}
+    for verb, words in templates():
+        for word in words:
+            key = word.strip("[]").split("=")[0] if "=" in word else None
+            if key:
+                assert key in wire.SPECS[verb].keys, f"{verb} takes no {key}= (the page says it does)"
+                named.setdefault(verb, set()).add(key)
+    for verb, spec in wire.SPECS.items():
+        missing = set(spec.keys) - named.get(verb, set())
+        assert not missing, f"{verb}'s options {sorted(missing)} are not on the page"
+
+
+def test_every_message_the_page_spells_out_whole_parses():
+    """
+    A literal of concrete words only (no placeholder in capitals, no
+    ellipsis, no brackets), as ``ERROR full`` or ``PLACE rejoin=1`` (a
+    verb alone, as ``PEER``, names the verb: it is no message).
+    """
+    whole = [
+        " ".join([verb, *words]) for verb, words in templates()
+        if words and not any(w.isupper() or "..." in w or w.startswith(("[", "{")) or w.endswith("]")
+                   or "=" in w and w.split("=", 1)[1].isupper() for w in words)
+    ]
+    assert len(whole) >= 10, whole  # the page has that many; fewer means this reads it wrong
+    codes = {v for k, v in vars(wire).items() if k.startswith("E_") and isinstance(v, str)}
+    for line in whole:
+        verb, _, rest = line.partition(" ")
+        if verb == "ERROR" and " " not in rest:
+            # ``ERROR CODE`` names an error by its code (the text varies).
+            assert rest in codes, f"the page names an error code the code has not: {rest}"
+        else:
+            wire.decode(line.encode())  # raises WireError if the code refuses it
 
 
 def session() -> list[tuple[str, list[tuple[str, list[str]]]]]:
