@@ -34,6 +34,7 @@ lint: $(BIN)/python
 	$(BIN)/pip install --quiet ".[test,lint]"
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/mypy --strict src/p2pshare/meta
 	$(BIN)/mypy --strict src/p2pshare/peer/download
 
 bench: install

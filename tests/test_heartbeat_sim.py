@@ -98,10 +98,10 @@ def test_a_peer_that_keeps_reporting_transfers_keeps_its_metadata_link():
     assert sum(p.links_dropped for p in net.peers) == 0
     assert sorted(net.meta.sessions) == sorted(p.peer_name for p in net.peers)
     record = net.meta.registry.get(busy.peer_name)
-    assert record.transfer_count == 2 and record.transfers[1]["done"] > 100
+    assert record.activity.transfer_count == 2 and record.activity.transfers[1]["done"] > 100
     # Once nothing moves, the page hears so, and the peer's timer stops.
     busy.files.transfers.clear()
     busy._activity()
     net.idle(10)
-    assert (record.transfers, record.transfer_count) == ([], 0)
+    assert (record.activity.transfers, record.activity.transfer_count) == ([], 0)
     assert not busy._summarising.running

@@ -91,10 +91,10 @@ def test_beats_and_neighbour_limits_claimed_are_clamped(tmp_path):
     assert meta.registry.get("slow").max_neighbours == wire.NEIGHBOURS_MAX
     # Gone without a goodbye: its name is held three clamped beats at most.
     proto.connectionLost(None)
-    owner, until = meta._held_names["slow"]
+    owner, until = meta.held["slow"]
     assert until - meta.clock.seconds() == 3 * wire.BEAT_MAX
     meta.clock.advance(3 * wire.BEAT_MAX + 1)
-    assert "slow" not in meta._held_names
+    assert "slow" not in meta.held
     meta.stopService()
 
 
@@ -106,9 +106,9 @@ def test_the_held_names_table_is_bounded(tmp_path):
         proto, _ = conn(MetaFactory(meta), host=f"127.0.0.{i + 1}")
         proto.dataReceived(f"P2P port=6000 name=n{i} beat={i + 1}\r\n".encode())
         proto.connectionLost(None)
-    assert len(meta._held_names) == 5
+    assert len(meta.held) == 5
     # The ones soonest to expire gave way.
-    assert sorted(meta._held_names) == ["n10", "n11", "n7", "n8", "n9"]
+    assert sorted(meta.held) == ["n10", "n11", "n7", "n8", "n9"]
     meta.stopService()
 
 
@@ -156,8 +156,8 @@ def test_the_dial_back_finds_only_the_registrant(tmp_path):
     for liar in (at_honest, nowhere, no_check):
         [ticket] = [m for m in liar.heard if m.verb == "TICKET"]
         assert ticket.args[0].split("/")[4] == "0", liar.heard
-    assert meta.registry.get("s1").reachable
-    assert not any(meta.registry.get(n).reachable for n in ("s2", "s3", "s4"))
+    assert meta.peers["s1"].reachable
+    assert not any(meta.peers[n].reachable for n in ("s2", "s3", "s4"))
     # Newcomers all go to the honest peer (or each other), never to a liar.
     for _ in range(6):
         net.make_peer(2).startService()
@@ -200,7 +200,7 @@ def test_a_link_only_one_side_reports_places_nobody_below_it(tmp_path):
     )
     claims.sendLine(f"P2P port=6000 max=64 check={'ef' * 16}".encode())
     net.idle(5)
-    assert meta.registry.get("s2").reachable  # it really listens there
+    assert meta.peers["s2"].reachable  # it really listens there
     claims.sendLine(b"NEIGHBOURS s1 up=s1")
     net.idle(5)
     assert meta.slots.depth.get("s2") is None
@@ -391,12 +391,12 @@ def test_a_whois_asked_while_a_place_waits_is_answered_after_it(tmp_path):
     proto, transport = conn(MetaFactory(meta))
     proto.dataReceived(b"P2P port=6000 name=alice\r\n")
     checking: Deferred[None] = Deferred()
-    meta._checked["alice"] = checking  # its dial-back runs
+    meta.peers["alice"].checking = checking  # its dial-back runs
     transport.clear()
     proto.dataReceived(b"PLACE\r\nWHOIS alice bob\r\n")
     assert transport.value() == b""
     checking.callback(None)
-    del meta._checked["alice"]
+    meta.peers["alice"].checking = None
     lines = transport.value().split(b"\r\n")
     assert lines[0] == b"ROOT" and lines[1] == b"KNOWN alice/127.0.0.9/6000"
     meta.stopService()

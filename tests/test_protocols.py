@@ -71,8 +71,8 @@ def test_referral_and_reports_make_topo_txt(meta, tmp_path):
         "bee", "10.9.8.7", 6002, source="127.0.0.8", seq=2
     )
     assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
-    assert b.say(b"NEIGHBOURS s1\r\n") == b""
-    assert a.say(b"NEIGHBOURS bee\r\n") == b""
+    assert b.say(b"NEIGHBOURS s1 up=s1\r\n") == b""
+    assert a.say(b"NEIGHBOURS bee root=1\r\n") == b""
     meta.clock.advance(meta.flush_interval)
     assert (tmp_path / "topo.txt").read_text() == "s1: bee\nbee: s1\n"
     assert (tmp_path / "NumberOfServers.txt").read_text() == "2\n"
@@ -191,7 +191,7 @@ def test_error_replies_after_registration(meta, line, reply):
     assert not c.transport.disconnecting
     assert c.say(b"PING\r\n") == b"PONG\r\n"
     assert c.say(b"SUMMARY files=1 bytes=2\r\n") == b""
-    assert meta.registry.get("s1").shared_bytes == 2
+    assert meta.registry.get("s1").activity.shared_bytes == 2
 
 
 def test_bad_registrations(meta):
@@ -435,8 +435,8 @@ def test_a_slot_promised_to_a_newcomer_that_vanishes_is_released(meta):
     b = Conn(MetaFactory(meta), host="127.0.0.8")
     b.say(b"P2P port=6002\r\n")
     assert b.say(b"PLACE\r\n") == b"REFER s1 127.0.0.7 6001\r\n"
-    b.say(b"NEIGHBOURS s1\r\n")
-    a.say(b"NEIGHBOURS s2\r\n")
+    b.say(b"NEIGHBOURS s1 up=s1\r\n")
+    a.say(b"NEIGHBOURS s2 root=1\r\n")
     # s1's last slot is promised to s3 ...
     c = Conn(MetaFactory(meta), host="127.0.0.9")
     c.say(b"P2P port=6003\r\n")
@@ -654,8 +654,9 @@ def test_a_summary_reaches_the_peers_record(meta):
                  + f"TRANSFER up 7 9 0 127.0.0.1 {longest}\r\n".encode()
                  + b"SUMMARY files=2 bytes=300 transfers=5\r\n") == b""
     record = meta.registry.get("s1")
-    assert (record.shared_files, record.shared_bytes, record.transfer_count) == (2, 300, 5)
-    assert record.transfers == [
+    activity = record.activity
+    assert (activity.shared_files, activity.shared_bytes, activity.transfer_count) == (2, 300, 5)
+    assert activity.transfers == [
         {"direction": "down", "done": 10, "total": 100, "rate": 5, "peer": "3 holders",
          "name": "music/a b.ogg"},
         {"direction": "up", "done": 7, "total": 9, "rate": 0, "peer": "127.0.0.1",
@@ -663,7 +664,7 @@ def test_a_summary_reaches_the_peers_record(meta):
     ]
     # The next summary replaces the last; none in progress is none.
     assert c.say(b"SUMMARY files=2 bytes=300 transfers=0\r\n") == b""
-    assert (record.transfers, record.transfer_count) == ([], 0)
+    assert (record.activity.transfers, record.activity.transfer_count) == ([], 0)
 
 
 def test_a_summary_holds_a_bounded_number_of_transfers(meta):
@@ -680,7 +681,7 @@ def test_a_summary_holds_a_bounded_number_of_transfers(meta):
         f"ERROR bad-args a summary holds at most {wire.MAX_REPORTED} transfers\r\n".encode()
     )
     c.say(b"SUMMARY transfers=9\r\n")
-    assert meta.registry.get("s1").transfers == []  # what came before the error is dropped
+    assert meta.registry.get("s1").activity.transfers == []  # what came before the error is dropped
 
 
 def test_a_peer_reports_its_transfers_only_when_something_changed():
@@ -785,13 +786,13 @@ def test_a_silent_session_is_dropped_after_three_beats_without_looking_at_all(tm
     for i, c in enumerate(quiet):
         c.say(b"P2P port=%d beat=600\r\n" % (7000 + i))
     looked = []
-    alive = server._watch
+    alive = server.peers.watch
 
-    def watch(name, proto):
-        looked.append(name)
-        alive(name, proto)
+    def watch(peer):
+        looked.append(peer.name)
+        alive(peer)
 
-    server._watch = watch
+    server.peers.watch = watch
     for _ in range(17):
         clock.advance(1)
         talker.say(b"PING\r\n")

@@ -158,7 +158,7 @@ def test_a_transfer_names_the_peer_at_the_address_it_reports(tmp_path):
         "[::1]:6001",
     ]
     # What the peer said is kept as it said it (p2p status reads the same record).
-    assert server.registry.get("sender").transfers[0]["peer"] == "10.0.0.5"
+    assert server.registry.get("sender").activity.transfers[0]["peer"] == "10.0.0.5"
     server.stopService()
 
 

@@ -22,7 +22,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
@@ -51,7 +51,7 @@ class _Check:
     nonce: str
     source: str
     done: Deferred[str | None]
-    running: Deferred[Any] | None = None  # the dial, once it has begun
+    running: Deferred[str | None] | None = None  # the dial, once it has begun
 
 
 class _Dialler(LineChannel):
@@ -92,7 +92,7 @@ class AddressChecks:
         self._waiting: dict[str, deque[_Check]] = {}  # by source, in order
         self._turn: deque[str] = deque()  # sources with checks waiting, round robin
         self._busy: set[tuple[str, int]] = set()  # targets being dialled
-        self._running: set[Deferred[Any]] = set()
+        self._running: set[Deferred[str | None]] = set()
         self._failed: dict[tuple[str, int], float] = {}  # target -> when it did not answer
         self._counts: dict[str, int] = {}  # source -> checks waiting or running
         self._dialling: dict[str, int] = {}  # source -> checks running
@@ -173,12 +173,12 @@ class AddressChecks:
         self._running.add(running)
         outer = item.done
 
-        def ended(result: Any) -> None:
+        def ended(result: str | None | Failure) -> None:
             self._running.discard(running)
             self._busy.discard(item.target)
             _less(self._dialling, item.source)
             self._ended(item)
-            why = result if isinstance(result, str) or result is None else _why(result.value)
+            why = _why(result.value) if isinstance(result, Failure) else result
             if why is not None and not outer.called and not _cancelled(result):
                 self._failed[item.target] = self.clock.seconds()
                 self._forget_old_failures()
@@ -195,7 +195,7 @@ class AddressChecks:
 
     async def _check(self, name: str, host: str, port: int, nonce: str) -> str | None:
         factory = _DiallerFactory((self.clock, self.secret), expect=("peer", name))
-        proto: Any = await self.connect(host, port).connect(factory)
+        proto = cast(_Dialler, await self.connect(host, port).connect(factory))
         try:
             await proto.whenAdmitted()
             challenge = secrets.token_hex(16)
@@ -227,11 +227,13 @@ def _less(counts: dict[str, int], key: str) -> None:
         counts.pop(key, None)
 
 
-def _cancelled(result: Any) -> bool:
-    return isinstance(result, Failure) and result.check(CancelledError) is not None
+def _cancelled(result: object) -> bool:
+    return isinstance(result, Failure) and isinstance(result.value, CancelledError)
 
 
-def _why(e: BaseException) -> str:
+def _why(e: BaseException | None) -> str:
+    if e is None:
+        return "it failed"
     if isinstance(e, (TimeoutError, CancelledError, error.TimeoutError)):
         return "no answer in time"
     if isinstance(e, error.ConnectionRefusedError):

@@ -15,11 +15,35 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from p2pshare.topo import TopoEntry
+
 SCHEMA_VERSION = 2
 
 
 @dataclass
+class Activity:
+    """
+    What a peer last said it is doing (C{SUMMARY}, and the file count of
+    C{NEIGHBOURS}), for the web page.  Not stored: peers say it again.
+    """
+
+    shared_files: int = 0
+    shared_bytes: int = 0
+    transfers: list[dict[str, object]] = field(default_factory=list)
+    transfer_count: int = 0
+
+
+@dataclass
 class PeerRecord:
+    """
+    One peer of the network as the registry knows it: where it listens,
+    its place in the join order, the token hash that owns its name, and
+    its own list of neighbours (all stored); what it last said of its
+    place and of its activity (not stored: peers say both again when they
+    re-register).  What the server keeps about a I{live} peer beside this
+    (its connection, its dial-back, referrals) is a L{p2pshare.meta.records.Peer}.
+    """
+
     name: str
     host: str
     port: int
@@ -27,23 +51,27 @@ class PeerRecord:
     joined: int
     placed: bool = False
     neighbours: list[str] = field(default_factory=list)
-    # What the peer last said of its place (not stored: peers say it again
-    # when they re-register): the neighbour it hangs from, or that it is
-    # the root.  A placed peer with neither has lost its parent.
+    token_hash: str | None = None
+    # The neighbour it hangs from, or that it is the root.  A placed peer
+    # with neither has lost its parent.
     uplink: str | None = None
     is_root: bool = False
-    shared_files: int = 0
-    token_hash: str | None = None
-    # What the peer last said it is doing (SUMMARY; not stored either).
-    shared_bytes: int = 0
-    transfers: list[dict[str, object]] = field(default_factory=list)
-    transfer_count: int = 0
-    # Whether the dial-back found it at host:port (None: not known yet);
-    # only reachable peers are named to others.  And the address its
-    # registration came from.  Not stored: checked at every registration.
-    reachable: bool | None = None
-    source: str = ""
-    ticket_at: float = 0.0  # when its last ticket was sent
+    activity: Activity = field(default_factory=Activity)
+
+
+def both_ends(peers: list[PeerRecord]) -> list[TopoEntry]:
+    """
+    The network as C{topo.txt} shows it: C{peers} in their order, each with
+    the links that both of its ends report (a name that is not among
+    C{peers}, or a link only one side claims, is not shown).
+    """
+    # Each list has a few names: looking in it beats building a set per
+    # peer at every flush.
+    by_name = {p.name: p.neighbours for p in peers}
+    return [
+        TopoEntry(p.name, [n for n in p.neighbours if p.name in by_name.get(n, ())], p.host, p.port)
+        for p in peers
+    ]
 
 
 def _sql(name: str) -> str:

@@ -16,20 +16,23 @@ outnumber the peers.
 from __future__ import annotations
 
 import heapq
-from typing import Any
 
+from p2pshare.meta.interfaces import LivePeers, SlotHolder
 from p2pshare.meta.registry import PeerRecord
 
 Entry = tuple[int, int, str]
 
 
 class FreeSlots:
-    def __init__(self, server: Any) -> None:
-        """
-        @param server: the L{MetaServer} (its registry, sessions, unverified
-            peers and promised slots are read, never changed).
-        """
-        self.server = server
+    """
+    Free slots by depth, over the live peers.  Only what L{LivePeers} and
+    L{SlotHolder} declare is read of them, never changed; the owner tells
+    this index what may have changed (L{changed}, L{moved}, L{referred},
+    L{forget}).
+    """
+
+    def __init__(self, peers: LivePeers) -> None:
+        self.peers = peers
         self.depth: dict[str, int] = {}
         self._parent: dict[str, str] = {}
         self._children: dict[str, set[str]] = {}
@@ -40,23 +43,18 @@ class FreeSlots:
         The heap entry C{name} deserves now, or None if it has no free slot
         (or is not a live, verified peer of known depth).
         """
-        server = self.server
-        record = server.registry.get(name)
-        if (
-            record is None or name not in server.sessions or name in server.unverified
-            or not record.reachable  # never name a peer whose address did not answer
-        ):
+        peer = self.peers.live(name)
+        if peer is None or not peer.reachable:  # never name a peer whose address did not answer
             return None
-        promised = len(server._reserved.get(name, ()))
+        record = peer.record
+        promised = len(peer.promised)
         if record.placed:
-            depth = self.depth.get(name)
             free = record.max_neighbours - len(record.neighbours) - promised
-        else:
-            goal = server._goal.get(name)  # on its way there
-            if goal is None or goal not in self.depth:
-                return None
-            depth = self.depth[goal] + 1
+        elif peer.heading_to is not None:  # on its way: its link there takes a slot
             free = record.max_neighbours - 1 - promised
+        else:
+            return None
+        depth = self.depth.get(name)
         if depth is None or free <= 0:
             return None
         return (depth, record.joined, name)
@@ -68,29 +66,29 @@ class FreeSlots:
         entry = self._entry(name)
         if entry is not None:
             heapq.heappush(self._heap, entry)
-            if len(self._heap) > 2 * len(self.server.registry) + 1000:
+            if len(self._heap) > 2 * len(self.peers) + 1000:
                 self._rebuild()
 
     def _rebuild(self) -> None:
-        entries = (self._entry(p.name) for p in self.server.registry.peers())
+        entries = (self._entry(name) for name in self.peers)
         self._heap = [e for e in entries if e is not None]
         heapq.heapify(self._heap)
 
     def referred(self, newcomer: str, target: str) -> None:
         self.changed(target)
-        self.changed(newcomer)  # a place-to-be below its target
+        self.moved(newcomer)  # a place-to-be below its target
 
     def moved(self, name: str) -> None:
         """
         C{name} reported its place (its parent, or that it is the root)
         and its links: its depth and its subtree's may have changed.
         """
-        record = self.server.registry.get(name)
-        if record is None:
+        peer = self.peers.live(name)
+        if peer is None:
             self.forget(name)
             return
-        self._set_parent(name, record.uplink or None)
-        self._set_depth(name, self._own_depth(record))
+        self._set_parent(name, _parent(peer))
+        self._set_depth(name, self._own_depth(peer))
 
     def forget(self, name: str) -> None:
         """
@@ -122,7 +120,8 @@ class FreeSlots:
             elif entry[2] == newcomer or (placed_itself and self._below(entry[2], newcomer)):
                 aside.append(heapq.heappop(self._heap))
             else:
-                found = self.server.registry.get(entry[2])
+                holder = self.peers.live(entry[2])
+                found = holder.record if holder is not None else None
                 break
         for entry in aside:
             heapq.heappush(self._heap, entry)
@@ -142,22 +141,26 @@ class FreeSlots:
                 return True
         return False
 
-    def _own_depth(self, record: PeerRecord) -> int | None:
+    def _own_depth(self, peer: SlotHolder) -> int | None:
         """
         The root's depth is 0; another peer's is one more than its parent's,
         if the parent reports the link too, or this server has just sent it
         there (until L{GOAL_TIMEOUT}): a link that one side claims on its
-        own places nobody.
+        own places nobody.  A newcomer not placed yet that is on its way
+        to a peer is a place-to-be one level below it (so a newcomer sent
+        to it is two below, and so on: concurrent joins cost one hop).
         """
+        record = peer.record
         if record.is_root and not record.uplink:
             return 0
-        if not record.uplink:
+        parent_name = _parent(peer)
+        if parent_name is None:
             return None
-        parent = self.server.registry.get(record.uplink)
-        arriving = self.server._goal.get(record.name) == record.uplink  # sent there, just now
-        if parent is None or (record.name not in parent.neighbours and not arriving):
+        parent = self.peers.live(parent_name)
+        arriving = peer.heading_to == parent_name  # sent there, just now
+        if parent is None or (record.name not in parent.record.neighbours and not arriving):
             return None
-        above = self.depth.get(record.uplink)
+        above = self.depth.get(parent_name)
         return None if above is None else above + 1
 
     def _set_parent(self, name: str, parent: str | None) -> None:
@@ -195,5 +198,15 @@ class FreeSlots:
                 self.depth[n] = d
             self.changed(n)
             for c in self._children.get(n, ()):
-                child = self.server.registry.get(c)
+                child = self.peers.live(c)
                 todo.append((c, None if d is None or child is None else self._own_depth(child)))
+
+
+def _parent(peer: SlotHolder) -> str | None:
+    """
+    The peer C{peer} hangs from: the one it reports, else, while it is not
+    placed, the one it is on its way to.
+    """
+    if peer.record.uplink:
+        return peer.record.uplink
+    return peer.heading_to if not peer.record.placed else None

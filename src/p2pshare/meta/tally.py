@@ -17,8 +17,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from p2pshare.meta.interfaces import Reported
+
 
 class Tally:
+    """
+    Told each event (L{set_links}, L{set_placed}, L{add_member},
+    L{remove}); reads nothing of the server.  Its own index of who
+    reports whom is what lets an event cost only the links it touches.
+    """
+
     def __init__(self) -> None:
         self.members: set[str] = set()
         self._placed: set[str] = set()
@@ -47,6 +55,16 @@ class Tally:
         self.one_sided -= sum(self._one_sided(a, b) for a, b in before)
         change()
         self.one_sided += sum(self._one_sided(a, b) for a, b in before | self._pairs(name))
+
+    def seed(self, peers: Iterable[Reported]) -> None:
+        """
+        Start from what the registry kept: each peer's links, and whether
+        it was placed (none of them a member until it registers again).
+        """
+        for p in peers:
+            self.set_links(p.name, p.neighbours)
+            if p.placed:
+                self.set_placed(p.name)
 
     def set_links(self, name: str, neighbours: Iterable[str]) -> None:
         new = list(neighbours)

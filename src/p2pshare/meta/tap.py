@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -19,7 +19,6 @@ from p2pshare.admission import SecretError, describe, load_secret
 from p2pshare.common import (
     LimitedFactory,
     ListenService,
-    loopback_by_default,
     server_endpoint_string,
     tcp_client_endpoint,
 )
@@ -38,6 +37,7 @@ from p2pshare.meta.server import (
     MetaServer,
 )
 from p2pshare.meta.web import make_site
+from p2pshare.options import loopback_by_default
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,
@@ -175,7 +175,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         tls = network_tls(options["secret"], hosts, data_dir / "tls")
         listen = TLSServerEndpoint(listen, tls, reactor)
 
-    def connect(host: str, port: int) -> Any:
+    def connect(host: str, port: int) -> IStreamClientEndpoint:
         # The dial-back to a registrant: as a peer would reach it.
         ep = tcp_client_endpoint(reactor, host, port)
         return tls.client(ep) if tls is not None else ep
@@ -227,28 +227,29 @@ def _assemble(options: Options, reactor: Any) -> IService:
         )
     top = RoleService("p2pmeta", RoleLog("p2pmeta", lambda: None, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]
-    server.setServiceParent(top)
-    ListenService(
+    children: list[IService] = [server, ListenService(
         listen,
         LimitedFactory(MetaFactory(server), clock=reactor, total=total, per_host=per_host),
         listening,
         what=f"--port {options['port']}",
-    ).setServiceParent(top)
+    )]
     if announcer is not None:
-        announcer.setServiceParent(top)
+        children.append(announcer)
     if options["web"] is not None:
 
         def web_listening(port: IListeningPort) -> None:
             number = getattr(port.getHost(), "port", None)
             log.info("p2pmeta web page on port {port}", port=number)
 
-        ListenService(
+        children.append(ListenService(
             endpoint(reactor, "--web", options["web"]),
             make_site(server, reactor),
             web_listening,
             what=f"--web {options['web']}",
-        ).setServiceParent(top)
+        ))
     if options["manhole"] is not None:
         namespace = {"service": top, "server": server, "registry": registry}
-        manhole_service(options["manhole"], data_dir, namespace).setServiceParent(top)
+        children.append(manhole_service(options["manhole"], data_dir, namespace))
+    for child in children:
+        child.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -21,11 +21,13 @@ can tell it (L{who}).  Its requests are logged at debug level only
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from twisted.web.resource import Resource
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from p2pshare.httpserver import strict_site
@@ -36,13 +38,13 @@ if TYPE_CHECKING:
     from p2pshare.meta.server import MetaServer
 
 
-def topology(server: MetaServer) -> dict[str, Any]:
+def topology(server: MetaServer) -> dict[str, object]:
     """
     The network as C{/topology.json} shows it (see docs/operations.rst).
     C{expect} is L{None} unless the operator set it (C{--expect}).
     """
     peers = server.verified()
-    name_of = who(peers)
+    name_of = who(peers, {name: peer.source for name, peer in server.peers.items()})
     shown = {e.name: e.neighbours for e in server.topology(peers)}  # links both ends report
     links = sorted({tuple(sorted((name, n))) for name, ns in shown.items() for n in ns})
     return {
@@ -54,13 +56,13 @@ def topology(server: MetaServer) -> dict[str, Any]:
                 "neighbours": shown[p.name],
                 "neighbour_count": len(shown[p.name]),
                 "max_neighbours": p.max_neighbours,
-                "shared_files": p.shared_files,
-                "shared_bytes": p.shared_bytes,
-                "transfers": [{**t, "peer": name_of(str(t["peer"]))} for t in p.transfers],
-                "transfer_count": p.transfer_count,
+                "shared_files": p.activity.shared_files,
+                "shared_bytes": p.activity.shared_bytes,
+                "transfers": [{**t, "peer": name_of(str(t["peer"]))} for t in p.activity.transfers],
+                "transfer_count": p.activity.transfer_count,
                 "root": p.is_root and not p.uplink,
                 "parent": p.uplink,
-                "live": p.name in server.sessions,
+                "live": p.name in server.peers,
             }
             for p in peers
         ],
@@ -75,20 +77,20 @@ def topology(server: MetaServer) -> dict[str, Any]:
     }
 
 
-def who(peers: list[PeerRecord]) -> Callable[[str], str]:
+def who(peers: list[PeerRecord], sources: Mapping[str, str]) -> Callable[[str], str]:
     """
     What a transfer's other end is called on the page.  A peer says who
     it sends to by the address it sees (C{127.0.0.1}, or C{HOST:PORT}):
     that is a peer's name when exactly one of C{peers} is there (by its
-    advertised address, or where its registration comes from, with the
-    port if one is said); otherwise, and for what is not an address at all
-    (C{"2 holders"}, a name), what the peer said.
+    advertised address, or where its registration comes from, C{sources},
+    with the port if one is said); otherwise, and for what is not an
+    address at all (C{"2 holders"}, a name), what the peer said.
     """
     names = {p.name for p in peers}
     at_host: dict[str, set[str]] = {}
     at_port: dict[tuple[str, int], set[str]] = {}
     for p in peers:
-        for host in {p.host, p.source} - {"", "local"}:
+        for host in {p.host, sources.get(p.name, "")} - {"", "local"}:
             at_host.setdefault(host, set()).add(p.name)
         at_port.setdefault((p.host, p.port), set()).add(p.name)
 
@@ -128,19 +130,19 @@ class _Rendered(Resource):
     isLeaf = True
 
     def __init__(self, headers: dict[bytes, bytes], body: Callable[[], bytes]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.headers = headers
         self.body = body
 
     def render_GET(self, request: Request) -> bytes:
         for name, value in self.headers.items():
-            request.setHeader(name, value)
+            request.responseHeaders.setRawHeaders(name, [value])
         return self.body()
 
 
 class _Root(Resource):
     def __init__(self, server: MetaServer) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         page = resources.files("p2pshare.meta").joinpath("page.html").read_bytes()
         self.page = _Rendered(
             {
@@ -158,11 +160,11 @@ class _Root(Resource):
             lambda: topo_text(server.topology()).encode("utf-8"),
         ))
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"" and not request.postpath:
             return self.page
-        return super().getChild(path, request)
+        return notFound()
 
 
-def make_site(server: MetaServer, reactor: Any) -> Site:
+def make_site(server: MetaServer, reactor: IReactorTime) -> Site:
     return strict_site(_Root(server), reactor)

@@ -1,0 +1,129 @@
+"""
+L{Vouching}: what the metadata server says of each live peer.  It checks
+that a registrant listens where it registered (the dial-back of
+L{p2pshare.meta.checks}), then gives it a ticket that says what was found
+(L{p2pshare.tickets}), and a fresh one before the last grows old.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2pshare.meta.checks import AddressChecks
+from p2pshare.meta.records import Peer
+from p2pshare.meta.roster import Roster
+from p2pshare.meta.slots import FreeSlots
+from p2pshare.tickets import REFRESH, TicketSigner
+
+
+class Vouching:
+    """
+    Only peers whose address answered are named to others (C{reachable}
+    in their record, which L{FreeSlots} reads); without address checks
+    (C{checks} is L{None}: unit tests) every address is taken as it is
+    said.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        peers: Roster,
+        clock: IReactorTime,
+        signer: TicketSigner,
+        checks: AddressChecks | None,
+        slots: FreeSlots,
+    ) -> None:
+        self.peers = peers
+        self.clock = clock
+        self.signer = signer
+        self.checks = checks
+        self.slots = slots
+
+    def check_address(self, peer: Peer, nonce: str | None) -> None:
+        """
+        Check that C{peer} listens where it registered, then send it its
+        ticket.  Without a nonce nothing can be checked: it may join, as a
+        leaf that nobody is sent to.
+        """
+        peer.give_up_check()  # a check of its previous registration
+        if self.checks is None or nonce is None:
+            self._checked(peer, self.checks is None, "it gave no check= nonce")
+            return
+        record = peer.record
+        checking = peer.checking = self.checks.check(
+            peer.name, record.host, record.port, nonce, peer.source
+        )
+        # Set before the callback: a check that ended at once is applied now.
+        checking.addCallback(self._ended, peer, checking)
+        checking.addErrback(self._failed, peer.name)
+
+    def _ended(self, problem: str | None, peer: Peer, checking: Deferred[str | None]) -> str | None:
+        if peer.checking is checking:  # else: given up (gone, or registered again)
+            peer.checking = None
+            self._checked(peer, problem is None, problem)
+        return problem
+
+    def _failed(self, failure: Failure, name: str) -> None:
+        self.log.failure("checking {name} failed", failure, name=name)
+
+    def _checked(self, peer: Peer, reachable: bool, problem: str | None) -> None:
+        peer.reachable = reachable
+        record = peer.record
+        if not reachable:
+            self.log.info(
+                "peer {name} cannot be reached at {host}:{port} ({why}): a leaf, "
+                "never named to newcomers", name=peer.name, host=record.host, port=record.port,
+                why=problem,
+            )
+        self._send_ticket(peer)
+        self.slots.changed(peer.name)
+        self.slots.moved(peer.name)
+
+    def when_checked(self, peer: Peer | None) -> Deferred[None]:
+        """
+        Fires once the check of C{peer}'s address has ended.
+        """
+        running = peer.checking if peer is not None else None
+        if running is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+
+        def ended(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        running.addBoth(ended)
+        return waiter
+
+    def _send_ticket(self, peer: Peer) -> None:
+        record = peer.record
+        now = self.clock.seconds()
+        ticket = self.signer.issue(
+            record.name, record.host, record.port, peer.source or record.host,
+            bool(peer.reachable), now,
+        )
+        peer.ticket_at = now
+        peer.session.send("TICKET", ticket.field())
+
+    def refresh(self) -> None:
+        """
+        A fresh ticket for each peer whose ticket is getting old (tickets
+        last L{tickets.LIFETIME}; peers use them while this server is away).
+        """
+        now = self.clock.seconds()
+        for peer in list(self.peers.values()):
+            if peer.reachable is not None and now - peer.ticket_at >= REFRESH:
+                self._send_ticket(peer)
+
+    def stop(self) -> None:
+        """
+        Give up every check: nothing found from now on is applied.
+        """
+        for peer in self.peers.values():
+            peer.give_up_check()
+        if self.checks is not None:
+            self.checks.stop()
