@@ -128,6 +128,10 @@ def test_no_class_of_the_metadata_server_is_oversized():
     assert oversized_classes(SRC / "meta") == []
 
 
+def test_no_class_of_the_download_package_is_oversized():
+    assert oversized_classes(SRC / "peer" / "download") == []
+
+
 def test_the_size_check_finds_long_classes_and_crowded_records(tmp_path):
     body = "".join(f"        self.a{i} = {i}\n" for i in range(16))
     (tmp_path / "crowded.py").write_text(
