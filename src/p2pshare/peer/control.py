@@ -16,9 +16,10 @@ import struct
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -27,12 +28,49 @@ from p2pshare.admission import CONTROL_IDENTITY, CONTROL_TOKEN, Secret, new_secr
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.disk import private_write
 from p2pshare.peer.coverage import Found
-from p2pshare.peer.download.transfer import FetchError
+from p2pshare.peer.download.transfer import Fetched, FetchError
+from p2pshare.peer.files import FolderFetched
+from p2pshare.peer.queue import DownloadQueue
 from p2pshare.peer.share import EXACT, WORDS, is_pattern
 from p2pshare.wire import Message
 
-if TYPE_CHECKING:
-    from p2pshare.peer.node import PeerNode
+
+class ISearcher(Protocol):
+    def start(self, pattern: str, *, exact: int = 0) -> Deferred[Found]: ...
+
+
+class IListings(Protocol):
+    async def listing(self, holder: str) -> list[dict[str, Any]]: ...
+
+
+class IControlled(Protocol):
+    """
+    What a C{p2p} command may ask of its peer: all a control channel sees
+    of it.
+    """
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def search(self) -> ISearcher: ...
+
+    @property
+    def files(self) -> IListings: ...
+
+    @property
+    def queue(self) -> DownloadQueue: ...
+
+    @property
+    def peer_name(self) -> str | None: ...
+
+    def status(self) -> dict[str, object]: ...
+
+    def network_size(self) -> Deferred[tuple[int | None, int | None]]: ...
+
+    def stop_requested(self) -> None: ...
+
+    async def fetch(self, name: str, *args: Any, **kwargs: Any) -> Fetched | FolderFetched: ...
 
 
 PROGRESS_EVERY = 0.1  # seconds between PROGRESS lines, at least
@@ -54,7 +92,7 @@ class ControlProtocol(LineChannel):
     any folder it can write.
     """
 
-    def __init__(self, node: PeerNode, token: Secret | None = None) -> None:
+    def __init__(self, node: IControlled, token: Secret | None = None) -> None:
         super().__init__(node.clock)
         self.node = node
         self.secret = token
@@ -277,7 +315,7 @@ class ControlFactory(ChannelFactory):
         (L{None} on a unix socket, guarded by its mode and owner).
     """
 
-    def __init__(self, node: PeerNode, token: Secret | None = None) -> None:
+    def __init__(self, node: IControlled, token: Secret | None = None) -> None:
         super().__init__(node)
         self.token = token
 

@@ -13,8 +13,8 @@ the membership machine says we are looking for a place.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -22,7 +22,6 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from p2pshare.peer.links import Links
 from p2pshare.peer.membership import ORPHANED, Membership
 from p2pshare.tickets import Ticket, TicketChecker, TicketError
 from p2pshare.wire import Message, RemoteError
@@ -30,6 +29,27 @@ from p2pshare.wire import Message, RemoteError
 FIRST_PAUSE = 0.5
 LONGEST_PAUSE = 30.0
 
+
+
+class IJoinLinks(Protocol):
+    """
+    What a join uses of the neighbour table: whom we are linked to, where
+    our parent hung from (tried first by an orphan), and where an accepted
+    link goes.
+    """
+
+    grandparent: tuple[str, ...] | None
+    uplink: str | None
+
+    @property
+    def neighbours(self) -> Mapping[str, object]: ...
+
+    def beat_ms(self) -> int: ...
+
+    def add(
+        self, name: str, host: str, port: int, proto: Any, beat_ms: str | None = None,
+        reachable: bool = True,
+    ) -> None: ...
 
 class JoinFailed(Exception):
     """
@@ -52,7 +72,7 @@ class Joining:
         clock: IReactorTime,
         rng: random.Random,
         membership: Membership,
-        links: Links,
+        links: IJoinLinks,
         connect: Callable[[str, int], IStreamClientEndpoint],
         factory: Callable[[str], Factory],
         meta: Callable[[], Deferred[Any]],
