@@ -1,10 +1,10 @@
 """
 A peer's place in the overlay, as one explicit state machine.
 
-The peer used to keep its place in flags (joined, is_root, orphaned, a
-running join) whose combinations nobody could list.  Here the states and
-the inputs that move between them are one table; an input that does not
-fit the state is logged and changes nothing, never silently ignored.
+The states and the inputs that move between them are one table, so every
+combination of being joined, the root, orphaned or joining can be listed;
+an input that does not fit the state is logged and changes nothing, never
+silently ignored.
 
 ::
 

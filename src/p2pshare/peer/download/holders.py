@@ -2,12 +2,11 @@
 Each holder of one download, as one explicit state machine, and the one
 policy that decides what a holder's failure means.
 
-A holder's life used to be spread over a record of seventeen fields,
-eight sets of the swarm and the exceptions its worker caught; which
-combinations could happen, nobody could list.  Here the states and the
-inputs that move between them are one table (as the peer's membership
-is, peer/membership.py), and an input that does not fit the state is a
-bug, raised at once rather than lived with::
+A holder's life is one state of one table, and the inputs that move it
+between states are listed (as the peer's membership is,
+peer/membership.py), so every combination that can happen can be read
+here and checked at every step of a simulation; an input that does not
+fit the state is a bug, raised at once rather than lived with::
 
                  admit            fetch
       reserve ─────────► ready ─────────► fetching ── corrupt ──► corrupt
