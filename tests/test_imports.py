@@ -80,3 +80,20 @@ def test_no_import_circle_in_src():
     graph = import_graph()
     assert "p2pshare.peer.node" in graph and graph["p2pshare.peer.node"]
     assert cycles(graph) == []
+
+
+def test_every_package_in_src_is_installed():
+    """
+    pyproject.toml lists the packages a regular install copies: one left
+    out imports here (src is on the path) and nowhere else.
+    """
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    src = root / "src"
+    found = {
+        ".".join(init.parent.relative_to(src).parts) for init in src.rglob("__init__.py")
+        if "egg-info" not in str(init)
+    }
+    assert found - listed == set()
