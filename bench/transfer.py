@@ -10,13 +10,15 @@ the same file over loopback.
 (c) Peak RSS of the serving and the downloading peer, for the big file and
     for a 64 MiB one.
 (d) The verified download of (b) over TLS (a CA from p2p certs, a second
-    network), against (b)'s plain TCP: three alternating pairs.
+    network), against (b)'s plain TCP: five alternating pairs.
 (e) The same in a private network (a secret, so mutual TLS made from it,
     and signed URLs), against the open network's: three alternating pairs.
 
-    python bench/transfer.py [--mib 1024]
+    python bench/transfer.py [--mib 512] [--sizes 64]
 
-It prints its figures; docs/performance.rst records them.
+It prints its figures, and last the two ratios the issue judges, both
+from this run: TLS / plain TCP (d) and p2p get / by hand (b), the
+median of their pairs.  docs/performance.rst records them.
 """
 
 from __future__ import annotations
@@ -86,12 +88,12 @@ async def run(reactor: object, mib: int) -> None:
         for each in ("plain", "tls", "private"):
             (root / each).mkdir()
         try:
-            getter = await bench(net, root / "plain", mib)
-            # (d) Both networks up at once, three alternating pairs: a
+            getter, by_hand = await bench(net, root / "plain", mib)
+            # (d) Both networks up at once, five alternating pairs: a
             # plain get and a TLS one meet the same state of the machine.
             _, secure_getter, _ = await two_peers(secure, root / "tls", mib)
             plains, tlss = [], []
-            for _ in range(3):
+            for _ in range(5):
                 plains.append(get_once(net, root / "plain", getter))
                 tlss.append(get_once(secure, root / "tls", secure_getter))
             await secure.stop_all()
@@ -106,11 +108,13 @@ async def run(reactor: object, mib: int) -> None:
             await secure.stop_all()
             await private.stop_all()
         ratios = sorted(p / t for p, t in zip(plains, tlss, strict=True))
+        over_tls = ratios[len(ratios) // 2]
         print("    pairs (plain / TLS, s): "
               + ", ".join(f"{p:.2f}/{t:.2f}" for p, t in zip(plains, tlss, strict=True)))
-        print(f"(d) verified download over TLS, 3 alternating runs: best {mib / min(tlss):,.0f} "
-              f"MB/s, plain TCP best {mib / min(plains):,.0f} MiB/s; ratio min "
-              f"{ratios[0]:.2f}, median {ratios[1]:.2f}, max {ratios[2]:.2f} (target 0.6)")
+        print(f"(d) verified download over TLS, {len(ratios)} alternating runs: best "
+              f"{mib / min(tlss):,.0f} MiB/s, plain TCP best {mib / min(plains):,.0f} MiB/s; "
+              f"ratio min {ratios[0]:.2f}, median {over_tls:.2f}, max {ratios[-1]:.2f} "
+              f"(target 0.9)")
         ratios = sorted(o / p for o, p in zip(opens, privates, strict=True))
         print("    pairs (open / private, s): "
               + ", ".join(f"{o:.2f}/{p:.2f}" for o, p in zip(opens, privates, strict=True)))
@@ -118,6 +122,8 @@ async def run(reactor: object, mib: int) -> None:
               f"{mib / min(privates):,.0f} MiB/s, open network best "
               f"{mib / min(opens):,.0f} MiB/s; ratio min {ratios[0]:.2f}, median "
               f"{ratios[1]:.2f}, max {ratios[2]:.2f}")
+        print(f"ratios at {mib} MiB, this run: TLS / plain TCP {over_tls:.2f} (target 0.9); "
+              f"p2p get / curl + openssl + sync {by_hand:.2f} (target 1.3)")
 
 
 async def two_peers(net: LocalNetwork, root: Path, mib: int) -> tuple[str, str, int]:
@@ -142,9 +148,9 @@ def get_once(net: LocalNetwork, root: Path, getter: str) -> float:
     return timed(P2P + ["get", "big.bin", "--peer", net.control(getter)], stderr=subprocess.DEVNULL)
 
 
-async def bench(net: LocalNetwork, root: Path, mib: int) -> str:
+async def bench(net: LocalNetwork, root: Path, mib: int) -> tuple[str, float]:
     """
-    (a) to (c); returns the getter's key.
+    (a) to (c); returns the getter's key and (b)'s median ratio.
     """
     holder, getter, port = await two_peers(net, root, mib)
     holder_proc, getter_proc = net.peers[holder], net.peers[getter]
@@ -212,13 +218,13 @@ async def bench(net: LocalNetwork, root: Path, mib: int) -> str:
     ratios.sort()
     print(f"(b) verified download, 5 alternating runs: p2p get best {mbs / min(ourss):,.0f} MiB/s, "
           f"by hand (curl, openssl dgst, sync) best {mbs / min(hands):,.0f} MiB/s; ratio min "
-          f"{ratios[0]:.2f}, median {ratios[2]:.2f}, max {ratios[-1]:.2f} (target 1.0)")
+          f"{ratios[0]:.2f}, median {ratios[2]:.2f}, max {ratios[-1]:.2f} (target 1.3)")
 
     # (c) memory
     assert holder_proc.pid and getter_proc.pid
     print(f"(c) peak RSS after {mib} MiB: serving peer {peak_rss_mib(holder_proc.pid):.1f} MiB, "
           f"downloading peer {peak_rss_mib(getter_proc.pid):.1f} MiB")
-    return getter
+    return getter, ratios[2]
 
 
 def _wait_listening(port: int) -> None:
@@ -233,8 +239,9 @@ def _wait_listening(port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mib", type=int, default=1024)
-    parser.add_argument("--sizes", default="64", help="other sizes to run first, in MiB (comma)")
+    parser.add_argument("--mib", type=int, default=512, help="the size judged, in MiB")
+    parser.add_argument("--sizes", default="64",
+                        help="other sizes to run first, in MiB (comma; empty: none)")
     args = parser.parse_args()
 
     async def all_sizes(reactor: object) -> None:

@@ -495,19 +495,21 @@ def read_all(port: int, request: bytes, source: str, tls) -> bytes:
 @pytest.mark.parametrize("kind", ["shared", "partial"])
 @pytest_twisted.ensureDeferred
 async def test_an_address_holding_every_slot_loses_one_to_a_newcomer(
-    peer_port, reactor, tmp_path, kind, path
+    peer_port, reactor, tmp_path, kind, path, monkeypatch
 ):
     """
     Every upload slot (4 here) is held by clients from one address that
     read nothing.  A GET from another address is served all the same, for
     a shared file or a download in progress, however its bytes go out
-    (straight to a TCP socket, through a producer, over TLS): one of the
-    first address's uploads is cut off for it, and the log says so.
+    (straight to a TCP socket, through a producer, over TLS sealed by the
+    sender itself): one of the first address's uploads is cut off for it,
+    and the log says so.
     """
+    from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.logger import formatEvent, globalLogPublisher
 
     from p2pshare.peer import serving
-    from p2pshare.tls import PeerTLS, make_certs
+    from p2pshare.tls import PeerTLS, TLSServerEndpoint, make_certs
 
     big = bytes(range(256)) * (2**24 // 256)  # more than a reader's socket buffers take
     if kind == "shared":
@@ -531,10 +533,18 @@ async def test_an_address_holding_every_slot_loses_one_to_a_newcomer(
             pem = str(tmp_path / "certs" / f"{name}.pem")
             return PeerTLS.load(pem, pem, str(tmp_path / "certs" / "trust"))
 
-        listening = reactor.listenSSL(0, LimitedFactory(peer_port.sniffing, clock=reactor),
-                                      load("holder").options(), interface="127.0.0.1")
+        # As a peer listens (mtls:): the body sealed by the sender itself.
+        endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+                                     load("holder"), reactor)
+        listening = await endpoint.listen(LimitedFactory(peer_port.sniffing, clock=reactor))
         tls = load("client").stdlib_client()
     port = listening.getHost().port if listening is not None else peer_port.port
+    senders: list[str] = []
+    for sender in (serving._DirectSender, serving._BigFileSender):
+        begin = sender.beginFileTransfer
+        monkeypatch.setattr(sender, "beginFileTransfer", lambda self, *a, begin=begin: (
+            senders.append(type(self).__name__) or begin(self, *a)
+        ))
     cuts: list[str] = []
 
     def observe(event: dict) -> None:
@@ -554,6 +564,8 @@ async def test_an_address_holding_every_slot_loses_one_to_a_newcomer(
         assert cuts == ["cut an upload to 127.0.0.1, which held 4 of 4 slots while 2 addresses "
                         "wanted them, to serve 127.0.0.2"]
         assert [u.host for u in slots.uploads] == ["127.0.0.1"] * 3
+        expected = {"direct": "_DirectSender", "producer": "_BigFileSender", "tls": "_TLSSender"}
+        assert set(senders) == {expected[path]}
         # Its client sees its download break; the others' go on.
         counts = await deferToThread(taken, readers, 2**20)
         assert sorted(n == 2**20 for n in counts) == [False, True, True, True], counts

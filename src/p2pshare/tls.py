@@ -29,14 +29,14 @@ import hashlib
 import ipaddress
 import re
 import ssl as stdlib_ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from OpenSSL.crypto import FILETYPE_PEM
-from OpenSSL.SSL import Error
-from twisted.internet import ssl
+from OpenSSL.SSL import Error, WantReadError
+from twisted.internet import ssl, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.interfaces import (
@@ -49,7 +49,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from p2pshare.admission import Secret
@@ -58,6 +59,12 @@ from p2pshare.disk import private_write
 
 CERT_DAYS = 825
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+# OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h): pyOpenSSL sets it on
+# every context it makes and exports no name for it (see whole_writes).
+SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+# Bytes of records taken out of OpenSSL at a time (DirectTLS.seal), and
+# written to the socket in one call.
+SEALED_READ = 2**16
 log = Logger()
 
 
@@ -231,8 +238,134 @@ class TLSServerEndpoint:
         self.clock = clock or getattr(inner, "_reactor", None)
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        tls_factory = TLSMemoryBIOFactory(self.tls.options(), False, factory)
+        tls_factory = TLSMemoryBIOFactory(whole_writes(self.tls.options()), False, factory)
         return self.inner.listen(_TLSOnly(tls_factory, self.clock))
+
+
+def whole_writes(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
+    """
+    C{options}, with their connections taking a large write whole: one
+    call to OpenSSL makes every record of it (OpenSSL's own default).
+    pyOpenSSL's contexts return after each 16 KiB record instead, so a
+    sender in Python paid a round trip through it per record
+    (L{DirectTLS}).  Twisted's own writes hand OpenSSL one record's worth
+    at a time and loop over what it took, so nothing else changes.  Call
+    it before the options make any connection.
+    """
+    options.getContext().clear_mode(SSL_MODE_ENABLE_PARTIAL_WRITE)
+    return options
+
+
+@dataclass
+class DirectTLS:
+    """
+    An accepted connection's TLS, for a sender that seals a response body
+    in records itself and writes them straight to the socket
+    (L{p2pshare.peer.serving._TLSSender}), where Twisted's TLS layer would
+    copy each 16 KiB record through Python and a fresh buffer or two.  The
+    session, its keys and its checks stay Twisted's (the handshake, the
+    peer's certificate, the request, the end of the response); only the
+    body's records take a shorter way, and only on the reactor thread,
+    between the layer's own writes: so they go on the wire in the order
+    OpenSSL made them, which TLS requires.
+
+    Neither Twisted nor pyOpenSSL offers a way in, so this reads a few
+    private fields: what Twisted's layer and its TCP transport hold back
+    (L{waiting}), and pyOpenSSL's memory BIO (L{seal}).  Where they are
+    missing (another version), L{under} finds nothing and the body goes
+    through the layer as before, or L{seal} reads the records out with
+    pyOpenSSL's public call.
+    """
+
+    protocol: TLSMemoryBIOProtocol
+    tcp: tcp.Connection
+    _out: memoryview | None = None  # where seal() reads records to
+    _pointer: Any = None  # the same, for OpenSSL
+
+    @classmethod
+    def under(cls, transport: Any) -> DirectTLS | None:
+        """
+        The TLS of the connection under C{transport} (a request's channel's
+        transport), if it is Twisted's memory-BIO TLS straight over TCP
+        (an C{mtls:} port); else L{None}.
+        """
+        while isinstance(transport, ProtocolWrapper) and not isinstance(
+            transport, TLSMemoryBIOProtocol
+        ):
+            transport = transport.transport
+        if not isinstance(transport, TLSMemoryBIOProtocol):
+            return None
+        below = transport.transport
+        if not isinstance(below, tcp.Connection) or getattr(below, "TLS", True):
+            return None  # TLS started inside the TCP transport (listenSSL): its own buffering
+        if not all(hasattr(transport, f) for f in ("_appSendBuffer", "_lostTLSConnection")):
+            return None
+        return cls(transport, below)
+
+    def waiting(self) -> str | None:
+        """
+        What records written to the socket now would overtake, if
+        anything: C{"layer"} while the TLS layer holds writes of its own
+        (or the session is ending), C{"socket"} while TCP's buffer holds
+        bytes (the response's head, through the layer); L{None}: nothing,
+        write away.  Twisted holds small writes to the layer until the
+        reactor's next turn: they are flushed here, into TCP's buffer.
+        """
+        layer: Any = self.protocol
+        if layer.disconnecting or layer._lostTLSConnection or layer._appSendBuffer:
+            return "layer"
+        aggregator = getattr(layer, "_aggregator", None)
+        if aggregator is not None:
+            aggregator.flush()
+        if layer._appSendBuffer:
+            return "layer"
+        below: Any = self.tcp
+        if len(below.dataBuffer) - below.offset + getattr(below, "_tempDataLen", 1):
+            return "socket"
+        return None
+
+    def seal(self, plain: memoryview) -> Iterator[memoryview]:
+        """
+        C{plain} in TLS records, in the order they must go on the wire
+        (after anything OpenSSL had waiting to send), in blocks of at most
+        L{SEALED_READ} bytes.  Each block is read into one buffer reused
+        for the next: use it before asking for the next.  OpenSSL's errors
+        (L{Error}) pass through: the connection cannot go on.
+        """
+        connection = self.protocol.getHandle()
+        while plain:
+            taken = connection.send(plain)  # all of it (whole_writes), else a record
+            plain = plain[taken:]
+        sealed = getattr(connection, "_from_ssl", None)  # the memory BIO OpenSSL writes to
+        if _OPENSSL is None or sealed is None:
+            while True:  # pyOpenSSL's way: a fresh buffer and a copy of it each time
+                try:
+                    yield memoryview(connection.bio_read(SEALED_READ))
+                except WantReadError:  # nothing more to send
+                    return
+        ffi, lib = _OPENSSL
+        if self._out is None:
+            self._out = memoryview(bytearray(SEALED_READ))
+            self._pointer = ffi.from_buffer(self._out)
+        while (n := lib.BIO_read(sealed, self._pointer, SEALED_READ)) > 0:
+            yield self._out[:n]
+
+
+def _openssl_bindings() -> tuple[Any, Any] | None:
+    """
+    The C functions under pyOpenSSL, to read records out of a memory BIO
+    into a buffer of ours (its own C{bio_read} allocates a fresh one and
+    copies it into a fresh C{bytes} each time, a good part of a TLS
+    sender's CPU); L{None} if this pyOpenSSL has them elsewhere.
+    """
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:
+        return None
+    return (ffi, lib) if hasattr(lib, "BIO_read") and hasattr(ffi, "from_buffer") else None
+
+
+_OPENSSL = _openssl_bindings()
 
 
 PLAIN_REFUSAL = (

@@ -3,9 +3,11 @@ Sending the bytes of one file over HTTP (L{SharedFileResource}, and
 L{PartialFileResource} for a download in progress): single ranges and the
 validators of RFC 9110, upload slots (C{--max-uploads}, shared fairly
 between addresses: L{UploadSlots}) and the rate cap (C{--upload-rate}),
-where each downloader is told to begin (L{StartSpreader}), and the two ways
-a body goes out: straight to the socket (L{_DirectSender}) or through a
-producer (L{_BigFileSender}).
+where each downloader is told to begin (L{StartSpreader}), and the three
+ways a body goes out: straight to the socket from the mapped file
+(L{_DirectSender}), sealed in TLS records by the sender and written
+straight to the socket (L{_TLSSender}), or through a producer and
+Twisted's transports (L{_BigFileSender}: under a rate cap).
 L{p2pshare.peer.http} routes requests here.
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
@@ -35,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from p2pshare.httpserver import http_date, parse_http_date
 from p2pshare.peer.share import stamp_of
+from p2pshare.tls import DirectTLS
 
 if TYPE_CHECKING:
     from p2pshare.peer.share import ShareIndex
@@ -376,6 +380,24 @@ class _Slice:
         i = offset - self._at
         return self._view[i : i + min(self.remaining, CHUNK)]
 
+    def read_block(self) -> memoryview:
+        """
+        The next bytes (at most L{CHUNK}), read into a buffer reused from
+        one call to the next and counted as sent (empty at the end or when
+        broken): for a sender that reads them in this process (TLS seals
+        them), never from the mapped pages, which a file shrinking under
+        them would turn into a C{SIGBUS}.
+        """
+        if not self._going():
+            return memoryview(b"")
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(CHUNK))
+        n = os.preadv(self.f.fileno(), [self._buffer[: min(self.remaining, CHUNK)]], self.start + self.sent)
+        if n == 0:
+            self.broken = SHORTER
+        self.remaining -= n
+        return self._buffer[:n]
+
     def close(self) -> None:
         """
         Unmap the window (the file itself is closed by whoever opened it).
@@ -572,6 +594,84 @@ class _DirectSender:
     def done(self) -> None:
         if self._stall.active():
             self._stall.cancel()
+
+
+class _TLSSender(_DirectSender):
+    """
+    A response body over TLS with no rate cap: read a block at a time
+    into one reused buffer (L{_Slice.read_block}), sealed in records by
+    OpenSSL in one call per block (L{DirectTLS.seal}) and written straight
+    to the socket, on the reactor thread like L{_DirectSender} and with
+    its rules: nothing is read while the socket is full, at most L{TURN}
+    bytes a turn, and a client that takes nothing for L{STALL_TIMEOUT}
+    seconds is cut off.  Through Twisted's TLS layer each 16 KiB record
+    cost a round through Python, copies and fresh buffers: that, not the
+    encryption, was most of a TLS holder's CPU (docs/performance.rst).
+
+    Records must reach the wire in the order they were made.  They are
+    written here only while TCP's own buffer is empty; when the socket
+    takes part of a block, the rest goes into that buffer, behind which
+    anything the TLS layer writes later (a response's end, an alert)
+    waits its turn, and this sender waits for the buffer to drain.
+    """
+
+    TURN = 2**22  # sealing costs more than copying: a shorter turn, so others wait no longer
+
+    def __init__(self, clock: Any, on_stall: Any, tls: DirectTLS) -> None:
+        super().__init__(clock, on_stall, tls.tcp)
+        self._tls = tls
+
+    def _paused(self) -> None:
+        # Paused through the TLS layer's stand-in producer, which passes a
+        # resume (the transport's, or the layer's own) on only to a
+        # producer it paused.
+        membrane: Any = self._tcp.producer
+        if membrane is not None:
+            membrane.pauseProducing()
+
+    def _when_writable(self) -> None:
+        self._paused()
+        super()._when_writable()
+
+    def resumeProducing(self) -> None:
+        body, d = self._body, self.deferred
+        if body is None or d is None or d.called:
+            return
+        waiting = self._tls.waiting()
+        if waiting == "socket":
+            self._when_writable()  # bytes written before go first
+            return
+        if waiting is not None:
+            self._paused()  # the layer resumes its producer once its own writes are out
+            return
+        fd, turn, full = self._tcp.fileno(), 0, False
+        try:
+            while turn < self.TURN and not full:
+                block = body.read_block()
+                if not block:
+                    break
+                for record in self._tls.seal(block):
+                    if full:  # behind what TCP's buffer holds already
+                        self._tcp.write(bytes(record))
+                        continue
+                    try:
+                        written = os.write(fd, record)
+                    except BlockingIOError:
+                        written = 0
+                    turn += written
+                    if written < len(record):  # the socket is full: TCP's buffer keeps the rest
+                        full = True
+                        self._tcp.write(bytes(record[written:]))
+        except (OSError, SSLError) as e:
+            self._end(Failure(e))
+            self._tcp.abortConnection()
+            return
+        if turn and self._stall.active():
+            self._stall.reset(STALL_TIMEOUT)
+        if body.remaining == 0 or body.broken:
+            self._end(None)  # what TCP's buffer holds goes out before anything written after
+        else:
+            self._when_writable()
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | str:
@@ -833,9 +933,12 @@ class SharedFileResource(Resource):
         )
         rate = getattr(self.node, "upload_rate", None)
         connection = plain_tcp(request)
+        tls = DirectTLS.under(request.channel.transport) if connection is None else None
         sender: _BigFileSender | _DirectSender
         if rate is None and connection is not None:
             sender = _DirectSender(self.node.clock, cut_off, connection)
+        elif rate is None and tls is not None:
+            sender = _TLSSender(self.node.clock, cut_off, tls)
         else:
             sender = _BigFileSender(self.node.clock, cut_off, rate)
         sending = sender.beginFileTransfer(body, request)

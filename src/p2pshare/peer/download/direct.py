@@ -5,14 +5,15 @@ The swarm fetches each run of pieces in a thread of its own: a blocking
 HTTP/1.1 request (C{http.client}, on a connection kept open between the
 holder's runs; TLS through Python's C{ssl} with the peer's certificate),
 then C{recv_into()} each piece into one of a few reused piece-sized
-buffers, where it is checked, written and handed to the in-order
-whole-file hash without the reactor thread touching a byte.  Through
-Twisted every received block is a fresh C{bytes} object handed from the
-reactor thread to a hashing thread and back; a verified 512 MiB download
-took 1.2 to 1.3 s that way and 0.8 to 0.9 s this way
-(docs/performance.rst).  In-process tests on a L{Clock} use Twisted's
-client (L{Swarm} without C{direct}); the serving side makes a similar
-split (L{_DirectSender}).
+buffers, which a second thread of the run checks, writes and hands to
+the in-order whole-file hash while the first reads (over TLS: receives
+and decrypts) the next, without the reactor thread touching a byte.
+Through Twisted every received block was a fresh C{bytes} object handed
+from the reactor thread to a hashing thread and back, which cost a
+verified download a third of its time (docs/performance.rst has the
+figures).  In-process tests on a L{Clock} use Twisted's client (the
+agent fetcher); the serving side makes a similar split
+(L{p2pshare.peer.serving._DirectSender}, and C{_TLSSender} over TLS).
 
 The swarm stays in charge: the thread reports each piece to the reactor
 (C{callFromThread}), and the reactor stops a run by L{Link.stop}, which
@@ -177,9 +178,11 @@ def fetch_run(
     """
     In a thread: ask for the pieces C{spans} (index, start, stop) in one
     range, and hand each to C{on_piece(index, bytes, release)} as soon as
-    it is read whole.  C{on_piece} returns False for a corrupt piece, which
-    ends the run, and sees that C{release} is called once the bytes may
-    be overwritten.  C{check(status, header)} says what is wrong with a
+    it is read whole: in a second thread (L{_Storer}), in order, while
+    this one reads the next; every piece read is stored or given back
+    before this returns.  C{on_piece} returns False for a corrupt piece,
+    which ends the run, and sees that C{release} is called once the bytes
+    may be overwritten.  C{check(status, header)} says what is wrong with a
     response, if anything; it is called as soon as the head has arrived.
     The timeouts are the socket's, for one connect or read at a time: the
     overall deadlines are the caller's, who ends the run by L{Link.stop}.
@@ -216,11 +219,12 @@ def fetch_run(
         return result
     result.answered = True
     reusable = False
+    storer = _Storer(on_piece)
     try:
         if conn.sock is not None:
             conn.sock.settimeout(idle_timeout)
         for index, start, stop in spans:
-            if link.stopping:
+            if link.stopping or storer.stopped:
                 break
             size = stop - start
             buffer = link.buffer()
@@ -239,14 +243,7 @@ def fetch_run(
                     else "the transfer broke off (the holder closed the connection early)"
                 )
                 break
-            try:  # on_piece owns the buffer now, whatever happens
-                ok = on_piece(index, view, functools.partial(link.release, buffer))
-            except OSError as e:
-                result.local = e
-                break
-            if not ok:
-                result.corrupt = index
-                break
+            storer.put(index, view, functools.partial(link.release, buffer))
         else:
             reusable = not response.read(1)  # nothing more: the connection may serve again
     except TimeoutError:
@@ -254,11 +251,73 @@ def fetch_run(
     except (OSError, ValueError, http.client.HTTPException) as e:  # ValueError: TLS torn down
         result.failed = f"the transfer broke off ({_why(e)})"
     finally:
+        storer.close()  # every piece read is stored (or refused) before the run ends
+        if storer.stopped:
+            reusable = False
         if not reusable:
             link.drop()
+    result.corrupt, result.local = storer.corrupt, storer.local
+    if storer.error is not None:
+        raise storer.error
     if link.stopping:
         result.stopped = True
     return result
+
+
+class _Storer:
+    """
+    The second thread of a run: it hands each piece the run's thread has
+    read to C{on_piece} (which checks and writes it), in the order read,
+    while the run's thread reads the next one.  So receiving a piece (and
+    over TLS decrypting it) overlaps checking and writing the one before,
+    on the other core; the run's pool of piece buffers bounds how far the
+    reading gets ahead.  Once a piece is corrupt or cannot be written, or
+    C{on_piece} fails otherwise, the pieces still queued are only given
+    back, and the run stops at its next piece (L{stopped}).
+    """
+
+    def __init__(self, on_piece: Callable[[int, memoryview, Callable[[], None]], bool]) -> None:
+        self.on_piece = on_piece
+        self.corrupt: int | None = None  # the piece that did not verify
+        self.local: OSError | None = None  # writing here failed
+        self.error: BaseException | None = None  # anything else on_piece raised
+        self._queue: queue.SimpleQueue[tuple[int, memoryview, Callable[[], None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="p2p piece store", daemon=True)
+        self._thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        return self.corrupt is not None or self.local is not None or self.error is not None
+
+    def put(self, index: int, view: memoryview, release: Callable[[], None]) -> None:
+        """
+        Piece C{index}, read whole into C{view}; C{release} gives its
+        buffer back (C{on_piece} sees to it, or this does).
+        """
+        self._queue.put((index, view, release))
+
+    def close(self) -> None:
+        """
+        Wait until every piece put is stored or given back.
+        """
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            index, view, release = item
+            if self.stopped:
+                release()
+                continue
+            try:  # on_piece owns the buffer now, whatever happens
+                if not self.on_piece(index, view, release):
+                    self.corrupt = index
+            except OSError as e:
+                self.local = e
+            except BaseException as e:
+                self.error = e
 
 
 def in_thread(reactor: IReactorFromThreads, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
