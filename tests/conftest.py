@@ -127,6 +127,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         fixtures = set(getattr(item, "fixturenames", ()))
         if item.path.name.endswith(SLOW_MODULES) or fixtures & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """
+    Once -m and -k have chosen the tests: the watches of those chosen
+    start now, and their tests run last (a watch left out is not started:
+    the fast tier runs no background network).
+    """
+    config, items = session.config, session.items
     watched = [item for item in items if item.get_closest_marker("watch") is not None]
     if not watched or config.option.collectonly:
         return
