@@ -491,3 +491,43 @@ async def test_a_forged_version_at_the_real_holders_address_does_not_bar_it(
     fetched = await d
     assert (out / "file.bin").read_bytes() == DATA
     assert fetched.sha256 == SHA
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_whose_holders_all_left_waits_for_one_to_come_back(
+        reactor, tmp_path, listen, downloader, monkeypatch):
+    """
+    Its only holder fails, then a search finds nobody at all (the holder
+    crashed, and the network has healed without it), then the holder is
+    back at another address: the download goes on and keeps the file;
+    the person waiting was told each time that it searches again.
+    """
+    monkeypatch.setattr(files, "FETCH_PAUSES", (0.0, 0.0, 0.0, None))
+    gone = VictimFactory("500")
+    rounds = [
+        [match(listen(gone), "h", 1)],
+        [],
+        [match(listen(honest(reactor, tmp_path, "h")), "h", 1)],
+    ]
+    searches = []
+
+    def find(pattern, timeout, exact, enough):
+        searches.append(pattern)
+        return succeed(Found(rounds[min(len(searches), len(rounds)) - 1], Coverage(3, 3)))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = []
+    peer = PeerFiles(
+        clock=reactor, run_blocking=maybeDeferred, find=find, me=lambda: "me",
+        on_files_changed=lambda: None, downloads=out, downloader=downloader,
+    )
+    fetched = await Deferred.fromCoroutine(peer._fetch_one(
+        "file.bin", out, False, None, 10.0, SOURCES, None, notes.append
+    )).addTimeout(60, reactor)
+    assert (out / "file.bin").read_bytes() == DATA and fetched.holder == "h"
+    assert gone.connections >= 1 and len(searches) == 3
+    assert [n for n in notes if "searching again" in n] == [
+        "could not download file.bin: h: HTTP 500 for its piece list; searching again in 0 s",
+        "file.bin: no holder of it is in the network now; searching again in 0 s",
+    ]

@@ -48,7 +48,7 @@ from p2pshare.peer.share import EXACT, SharedFile, ShareIndex, by_content
 from p2pshare.peer.share import matches as name_matches
 from p2pshare.wire import Match
 
-FETCH_PAUSES = (2.0, 5.0, 10.0, None)  # between searches for a file's holders
+FETCH_PAUSES = (2.0, 5.0, 10.0, 20.0, None)  # between searches for a file's holders
 FOLDER_AT_ONCE = 4  # files of a folder downloaded at once
 SAME_CONTENT_WAIT = 5.0  # seconds a get looks for holders of its file under other paths
 FILES_LOGGED = 10  # a scan that changed more files logs them at debug level only
@@ -685,14 +685,29 @@ class PeerFiles(MultiService):
         # forged, and name any address.
         ledger = downloader.new_ledger()
         fetched: Fetched | None = None
-        for pause in FETCH_PAUSES:
+        failed: FetchError | None = None
+        for searches, pause in enumerate(FETCH_PAUSES):
             if first_matches is not None:
                 if same_content:
                     first_matches = await self._with_same_content(first_matches, only)
                 matches, first_matches = first_matches, None
-            else:
+            elif searches == 0:
                 matches = await self._holders(name, timeout, note, only)
-            failed: FetchError | None = None
+            else:
+                # Its holders were found before: one that left may be on
+                # its way back, so finding nobody now is one more round.
+                try:
+                    matches = await self._holders(name, timeout, note, only)
+                except FetchError as e:
+                    if e.code not in (wire.E_NOT_FOUND, wire.E_INCOMPLETE):
+                        raise
+                    if pause is None:
+                        e.notes = notes
+                        raise
+                    self._pause_note(f"{name}: no holder of it is in the network now", pause, note)
+                    await deferLater(self.clock, pause)
+                    continue
+            failed = None
             # The version most addresses hold first; the next one at once
             # only if none of its holders is left to try.
             for version in downloader.versions(matches, ledger):
@@ -727,7 +742,7 @@ class PeerFiles(MultiService):
             if pause is None or (ledger.spent and not ledger.good) or len(refused) == len(found_versions):
                 failed.notes = notes
                 raise failed
-            self.log.info("{why}; searching again in {pause} s", why=failed.text, pause=pause)
+            self._pause_note(failed.text, pause, note)
             await deferLater(self.clock, pause)
         assert fetched is not None
         if first is not None and fetched.sha256 != first and first in ledger.progressed:
@@ -740,6 +755,15 @@ class PeerFiles(MultiService):
         if directory == self.downloads and not self._share_at_once(fetched):
             await self.refresh()
         return fetched
+
+    def _pause_note(self, why: str, pause: float, note: Note | None) -> None:
+        """
+        Say (in the log, and to whoever waits) that a download searches for
+        its holders again after C{pause} seconds, and why.
+        """
+        self.log.info("{why}; searching again in {pause} s", why=why, pause=pause)
+        if note is not None:
+            note(f"{why}; searching again in {pause:.0f} s")
 
     def _discover(self, sha: str, timeout: float) -> Callable[[], Deferred[list[Match]]]:
         """
