@@ -22,13 +22,18 @@ install: $(BIN)/python
 demo: install
 	$(BIN)/p2p demo
 
+# Tests run in parallel processes (pytest-xdist): most of a real-process
+# test's time is waiting for its processes, so one more worker than cores
+# keeps the cores busy.  JOBS=0 runs them all in this process.
+JOBS ?= 3
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal
 
 # The fast tier: units, byte-level protocols and simulations; no real
 # processes, browser or namespaces (tests/conftest.py marks those slow).
 check: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal -m "not slow"
 
 lint: $(BIN)/python
 	$(BIN)/pip install --quiet ".[test,lint]"

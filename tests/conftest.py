@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,14 @@ import pytest_twisted  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.logger import formatEvent, globalLogPublisher  # noqa: E402
+from watching import Watch, home_of  # noqa: E402
 
 from p2pshare.launch import LocalNetwork  # noqa: E402
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.load_profile("default")
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1 ... under pytest-xdist
 
 
 @pytest.fixture
@@ -49,6 +52,18 @@ def net(reactor: Any, tmp_path: Path) -> Any:
     network = LocalNetwork(reactor, tmp_path)
     yield network
     pytest_twisted.blockon(Deferred.fromCoroutine(network.stop_all()))
+
+
+@pytest.fixture
+def short_tmp() -> Any:
+    """
+    A directory of its own, removed after the test, whose paths are short
+    enough for the control sockets that processes started in it make (a
+    Unix socket's address holds 107 bytes; a deep pytest temp dir, one more
+    level under pytest-xdist, may not leave room for them).
+    """
+    with tempfile.TemporaryDirectory(prefix="p2p-") as short:
+        yield Path(short)
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +107,9 @@ def no_unhandled_failures(request: pytest.FixtureRequest) -> Any:
         pytest.fail("failures were logged during the test:\n" + "\n".join(texts))
 
 
-# Long watches of real processes (a script in tests/, started with the
-# session, each writing a JSON report) are judged by their tests, which run
-# last: their wall time passes while the rest of the suite runs.
+# Long watches of real processes (tests/watching.py) are judged by their
+# tests, which run last: their wall time passes while the rest of the suite
+# runs.
 
 
 # The fast tier (make check) leaves out what starts real processes, drives a
@@ -129,49 +144,55 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.slow)
 
 
+def _watches_home(config: pytest.Config) -> Path:
+    """
+    The session's directory of watches, the same for every process of the
+    session (an xdist worker's base temp dir is in the controller's).
+    """
+    base = Path(str(config._tmp_path_factory.getbasetemp()))  # type: ignore[attr-defined]
+    return (base.parent if WORKER else base) / "watches"
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """
     Once -m and -k have chosen the tests: the watches of those chosen
-    start now, and their tests run last (a watch left out is not started:
-    the fast tier runs no background network).
+    start now (in one process of the session), and their tests run last (a
+    watch left out is not started: the fast tier runs no background
+    network).
     """
     config, items = session.config, session.items
+    # What exists now (modules, the collected tests) lives as long as the
+    # session: out of the collector's sight, the gc.collect() after every
+    # test walks only what tests made.
+    gc.collect()
+    gc.freeze()
     watched = [item for item in items if item.get_closest_marker("watch") is not None]
     if not watched or config.option.collectonly:
         return
     items[:] = [item for item in items if item not in watched] + watched
-    env = dict(os.environ)
-    config._watches = {}  # type: ignore[attr-defined]
+    if WORKER not in (None, "gw0"):
+        return  # the first worker starts them, for every worker
+    started = config._watches = []  # type: ignore[attr-defined]
     for item in watched:
         marker = item.get_closest_marker("watch")
         assert marker is not None
         script, *args = marker.args
-        workdir = Path(str(config._tmp_path_factory.mktemp("watch")))  # type: ignore[attr-defined]
-        report = workdir / "report.json"
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parent / script), str(report),
-             str(workdir / "net"), *map(str, args)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        config._watches[item.nodeid] = (process, report)  # type: ignore[attr-defined]
+        started.append(Watch.start(home_of(_watches_home(config), item.nodeid), script, tuple(args)))
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    for process, _ in getattr(config, "_watches", {}).values():
-        if process.poll() is None:
-            process.terminate()  # the session ended early (-x, Ctrl-C): stop its network too
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A session that ran its course lets its watches end by themselves:
+    # another worker's test may be waiting for one.  One cut short (-x,
+    # Ctrl-C, an internal error) stops them and their networks now.
+    ran = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+    for watch in getattr(session.config, "_watches", []):
+        watch.finish(keep_running=ran and not session.shouldstop, timeout=900)
 
 
 @pytest.fixture
-def watch(request: pytest.FixtureRequest) -> Any:
+def watch(request: pytest.FixtureRequest) -> Watch:
     """
-    The background watch of this test (its process and report), started
-    with the session.
+    The background watch of this test, started with the session.
     """
-    entry = getattr(request.config, "_watches", {}).get(request.node.nodeid)
-    assert entry is not None, "the watch was not started (collected without its marker?)"
-    return entry
+    assert request.node.get_closest_marker("watch") is not None, "a watch test needs its marker"
+    return Watch(home_of(_watches_home(request.config), request.node.nodeid))

@@ -29,10 +29,10 @@ TIMED = [
 ]
 
 
-def test_the_commands_bench_runs_at_a_tiny_size(tmp_path):
+def test_the_commands_bench_runs_at_a_tiny_size(short_tmp):
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--runs", "2"], cwd=tmp_path, capture_output=True,
-        text=True, timeout=300, env={**os.environ, "BENCH_DIR": str(tmp_path)},
+        [sys.executable, str(BENCH), "--runs", "2"], cwd=short_tmp, capture_output=True,
+        text=True, timeout=300, env={**os.environ, "BENCH_DIR": str(short_tmp)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Traceback" not in out.stderr

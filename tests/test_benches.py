@@ -29,10 +29,10 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("rescan.py", ["--files", "200"], "unchanged rescan"),
     ("join.py", ["--peers", "20", "--processes", "2"], "private network:"),
 ])
-def test_a_bench_runs_at_a_tiny_size(tmp_path, script, args, printed):
+def test_a_bench_runs_at_a_tiny_size(short_tmp, script, args, printed):
     out = subprocess.run(
-        [sys.executable, str(BENCH / script), *args], cwd=tmp_path, capture_output=True,
-        text=True, timeout=300, env={**os.environ, "BENCH_DIR": str(tmp_path)},
+        [sys.executable, str(BENCH / script), *args], cwd=short_tmp, capture_output=True,
+        text=True, timeout=300, env={**os.environ, "BENCH_DIR": str(short_tmp)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert printed in out.stdout, out.stdout[-2000:]
@@ -41,10 +41,10 @@ def test_a_bench_runs_at_a_tiny_size(tmp_path, script, args, printed):
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")),
                     reason="the baselines need curl and openssl")
-def test_the_transfer_bench_prints_both_ratios_at_a_tiny_size(tmp_path):
+def test_the_transfer_bench_prints_both_ratios_at_a_tiny_size(short_tmp):
     out = subprocess.run(
-        [sys.executable, str(BENCH / "transfer.py"), "--mib", "4", "--sizes", ""], cwd=tmp_path,
-        capture_output=True, text=True, timeout=600, env={**os.environ, "BENCH_DIR": str(tmp_path)},
+        [sys.executable, str(BENCH / "transfer.py"), "--mib", "4", "--sizes", ""], cwd=short_tmp,
+        capture_output=True, text=True, timeout=600, env={**os.environ, "BENCH_DIR": str(short_tmp)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Traceback" not in out.stderr

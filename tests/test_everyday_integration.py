@@ -187,7 +187,8 @@ async def test_queued_downloads_survive_a_restart_of_the_peer_and_resume(net, tm
 
 
 @pytest_twisted.ensureDeferred
-async def test_commands_find_the_per_user_peer_from_any_directory(net, tmp_path):
+async def test_commands_find_the_per_user_peer_from_any_directory(net, short_tmp):
+    tmp_path = short_tmp  # a home of a usual length: the per-user socket is in it
     meta = await net.start_meta(expect=2)
     holder, holder_proc = await net.start_peer()
     put(net.root / holder / "shared", "far away.txt", b"found from anywhere")

@@ -203,10 +203,9 @@ def test_idle_sockets_do_not_lock_out_honest_clients(watch):
     did not wait for the deadline; a few were closed to make room), and
     every silent one is closed at the first-line deadline.
     """
-    process, report = watch
-    process.wait(timeout=300)  # bounded: the watch ends by itself
-    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
-    result = json.loads(report.read_text())
+    watch.wait(timeout=300)  # bounded: the watch ends by itself
+    assert watch.returncode == 0, watch.stderr
+    result = json.loads(watch.report.read_text())
     assert "error" not in result, result.get("error")
     for name, client in result["clients"].items():
         assert client["code"] == 0, (name, client["output"])

@@ -11,7 +11,9 @@ pytest_plugins = ["pytester"]
 
 
 def test_an_unhandled_deferred_error_fails_the_test(pytester):
-    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    here = Path(__file__).parent
+    pytester.makeconftest((here / "conftest.py").read_text())
+    pytester.makepyfile(watching=(here / "watching.py").read_text())  # what conftest imports
     pytester.makepyfile(
         """
         from twisted.internet.defer import fail

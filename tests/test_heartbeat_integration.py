@@ -20,11 +20,10 @@ IDLE = float(os.environ.get("P2P_IDLE_WATCH", "300"))  # seconds: twenty beats o
 
 @pytest.mark.watch("idle_watch.py", IDLE)
 def test_peers_with_heartbeats_1_5_15_stay_linked_for_five_idle_minutes(watch):
-    process, report = watch
     # Bounded: the watch itself stops after IDLE seconds and its network.
-    process.wait(timeout=IDLE + 180)
-    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
-    result = json.loads(report.read_text())
+    watch.wait(timeout=IDLE + 180)
+    assert watch.returncode == 0, watch.stderr
+    result = json.loads(watch.report.read_text())
     assert "error" not in result, result.get("error")
     assert result["settled"]
     assert result["watched"] >= IDLE

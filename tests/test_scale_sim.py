@@ -42,7 +42,9 @@ CHECK_EVERY = 2_000
 @pytest.fixture
 def frozen_gc():
     yield
-    gc.unfreeze()
+    gc.unfreeze()  # the simulated network is garbage now
+    gc.collect()
+    gc.freeze()  # and what the session had frozen (conftest) is out of sight again
 
 
 @pytest.mark.parametrize("max_neighbours", [2, 8])

@@ -97,10 +97,20 @@ class ChildProcess(ProcessProtocol):
         self.exit_code = code if code is not None else -(sig or 0)
         waiters, self._waiters = self._waiters, []
         for text, d in waiters:
-            d.errback(ProcessFailed(f"{self.role} exited ({self.exit_code}) before logging {text!r}"))
+            d.errback(ProcessFailed(
+                f"{self.role} exited ({self.exit_code}) before logging {text!r}{self._last_words()}"
+            ))
         enders, self._enders = self._enders, []
         for ended in enders:
             ended.callback(self.exit_code)
+
+    def _last_words(self) -> str:
+        """
+        The end of what the process said, for the error that it ended: the
+        reason it gave is there.
+        """
+        tail = self.lines[-5:]
+        return "; its last lines:\n" + "\n".join(tail) if tail else "; it said nothing"
 
     @property
     def running(self) -> bool:
@@ -132,7 +142,7 @@ class ChildProcess(ProcessProtocol):
                 found.callback(line)
                 return found
         if self.exit_code is not None:
-            raise ProcessFailed(f"{self.role} has exited ({self.exit_code})")
+            raise ProcessFailed(f"{self.role} has exited ({self.exit_code}){self._last_words()}")
         d: Deferred[str] = Deferred(lambda d: self._waiters.remove((text, d)))
         self._waiters.append((text, d))
         clock: IReactorTime = self.reactor
