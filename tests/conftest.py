@@ -177,7 +177,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         marker = item.get_closest_marker("watch")
         assert marker is not None
         script, *args = marker.args
-        started.append(Watch.start(home_of(_watches_home(config), item.nodeid), script, tuple(args)))
+        home = home_of(_watches_home(config), script, item.nodeid)
+        started.append(Watch.start(home, script, tuple(args)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -194,5 +195,6 @@ def watch(request: pytest.FixtureRequest) -> Watch:
     """
     The background watch of this test, started with the session.
     """
-    assert request.node.get_closest_marker("watch") is not None, "a watch test needs its marker"
-    return Watch(home_of(_watches_home(request.config), request.node.nodeid))
+    marker = request.node.get_closest_marker("watch")
+    assert marker is not None, "a watch test needs its marker"
+    return Watch(home_of(_watches_home(request.config), marker.args[0], request.node.nodeid))

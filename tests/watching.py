@@ -12,8 +12,8 @@ ends, and whichever process runs its test waits for that file.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -95,8 +95,9 @@ class Watch:
             self._reaper.join(30)
 
 
-def home_of(shared: Path, nodeid: str) -> Path:
+def home_of(shared: Path, script: str, nodeid: str) -> Path:
     """
-    Where the watch of the test C{nodeid} lives under C{shared}.
+    Where the watch of the test C{nodeid} lives under C{shared}: a short
+    path, for the control sockets of the processes it starts.
     """
-    return shared / re.sub(r"[^A-Za-z0-9]+", "_", nodeid)[-120:]
+    return shared / f"{Path(script).stem}-{hashlib.sha256(nodeid.encode()).hexdigest()[:8]}"
