@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -38,7 +38,7 @@ def holder(reactor, tmp_path):
     share = ShareIndex(shared)
     share.refresh()
     root = Resource()
-    root.putChild(b"files", FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
+    root.putChild(b"files", FilesResource(StaticFileHost(reactor, share)))
     port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
     yield f"http://127.0.0.1:{port.getHost().port}/files/file.bin".encode()
     pytest_twisted.blockon(port.stopListening())

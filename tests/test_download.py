@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -150,7 +150,7 @@ def match(port, holder, hops, root=ROOT):
 
 def honest_files(reactor, tmp_path, label, **extra):
     share = share_with(tmp_path, label, DATA)
-    return Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share, **extra)))
+    return Recorded(FilesResource(StaticFileHost(reactor, share, **extra)))
 
 
 @pytest.fixture(params=["direct", "agent"])
@@ -338,7 +338,7 @@ async def test_a_corrupt_piece_names_its_holder_who_is_dropped(holders, download
     real = liar_share.files["file.bin"]
     # It claims the honest hash and piece list but serves zeros.
     liar_share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp, PIECES)
-    liar_files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=liar_share)))
+    liar_files = Recorded(FilesResource(StaticFileHost(reactor, liar_share)))
     liar = holders(liar_files)
     honest = holders(honest_files(reactor, tmp_path, "honest"))
     out = tmp_path / "out"
@@ -370,7 +370,7 @@ async def test_holders_whose_piece_list_leads_elsewhere_are_dropped_as_a_group(h
         share = share_with(tmp_path, label, zeros)
         real = share.files["file.bin"]
         share.files["file.bin"] = type(real)(real.name, real.size, SHA, real.stamp, real.pieces)
-        liars.append((label, holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share))), real.root))
+        liars.append((label, holders(FilesResource(StaticFileHost(reactor, share))), real.root))
     honest = holders(honest_files(reactor, tmp_path, "honest"))
     out = tmp_path / "out"
     out.mkdir()
@@ -608,7 +608,7 @@ async def test_a_name_of_255_bytes_downloads(holders, downloader, tmp_path, reac
     (d / name).write_bytes(DATA)
     share = ShareIndex(d)
     share.refresh()
-    port = holders(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
+    port = holders(FilesResource(StaticFileHost(reactor, share)))
     out = tmp_path / "out"
     out.mkdir()
     m = wire.Match(name, len(DATA), SHA, "h", "127.0.0.1", port, 1, ROOT)
@@ -798,7 +798,7 @@ async def test_a_file_in_a_folder_keeps_its_path_as_its_name(holders, downloader
     (d / "music" / "file.bin").write_bytes(DATA)
     share = ShareIndex(d)
     share.refresh()
-    files = Recorded(FilesResource(SimpleNamespace(clock=reactor, secret=None, share=share)))
+    files = Recorded(FilesResource(StaticFileHost(reactor, share)))
     m = wire.Match("music/file.bin", len(DATA), SHA, "h0", "127.0.0.1", holders(files), 0, ROOT)
     told = []
     downloader.on_verified = lambda path, known: told.append(

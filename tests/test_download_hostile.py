@@ -13,10 +13,10 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -172,7 +172,7 @@ def honest(reactor, tmp_path, label, data=DATA):
     (d / "file.bin").write_bytes(data)
     share = ShareIndex(d)
     share.refresh()
-    node = SimpleNamespace(clock=reactor, secret=None, share=share)
+    node = StaticFileHost(reactor, share)
     root = Resource()
     root.putChild(b"files", FilesResource(node))
     root.putChild(b"pieces", PiecesResource(node))

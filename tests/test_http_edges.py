@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from twisted.internet.threads import deferToThread
 
 from p2pshare.common import LimitedFactory
@@ -43,10 +44,10 @@ def peer_port(reactor, tmp_path):
     (shared / "empty").write_bytes(b"")
     share = ShareIndex(shared)
     share.refresh()
-    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
-                           messages=Counter(), advertised=lambda: None)
-    node.site = make_site(node, reactor)
-    sniffing = SniffingFactory(node.site, PeerFactory(node))
+    node = StaticFileHost(reactor, share, upload_slots=UploadSlots(4))
+    # What the line protocol reads of its node, for lines that are only ever refused here.
+    overlay = SimpleNamespace(clock=reactor, secret=None, peer_name=None, messages=Counter())
+    sniffing = SniffingFactory(make_site(node, reactor), PeerFactory(overlay))
     port = reactor.listenTCP(0, LimitedFactory(sniffing, clock=reactor), interface="127.0.0.1")
     yield SimpleNamespace(port=port.getHost().port, node=node, share=share, path=shared / "file.bin",
                           sniffing=sniffing)
@@ -81,6 +82,25 @@ async def get(port: int, *headers: str, method: str = "GET", target: str = "/fil
     request = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
     request += "".join(h + "\r\n" for h in headers) + "\r\n"
     return head_of(await deferToThread(exchange, port, request.encode()))
+
+
+def test_a_peer_and_the_stand_in_provide_all_the_http_side_reads():
+    """
+    The HTTP side knows its host only as IFileHost: a peer's site serves
+    from its files, which provide all of it, as the stand-in these tests
+    serve from does.
+    """
+    from twisted.internet.task import Clock
+    from zope.interface.verify import verifyObject
+
+    from p2pshare.peer.interfaces import IFileHost
+    from p2pshare.peer.node import PeerNode, PeerSettings
+
+    node = PeerNode(clock=Clock(), listen=None, meta=None, connect=None,
+                    settings=PeerSettings(name="s1"))
+    assert node.site.resource.children[b"files"].node is node.files
+    assert verifyObject(IFileHost, node.files)
+    assert verifyObject(IFileHost, StaticFileHost(Clock(), None))
 
 
 @pytest_twisted.ensureDeferred
@@ -520,7 +540,7 @@ async def test_an_address_holding_every_slot_loses_one_to_a_newcomer(
         partial = SimpleNamespace(name="part.bin", sha256="ab" * 32, size=len(big),
                                   path=tmp_path / "part.bin", holds=lambda first, last: True)
         partial.path.write_bytes(big)
-        peer_port.node.partial_named = lambda name: partial if name == "part.bin" else None
+        peer_port.node.partials.append(partial)
         request = (b"GET /files/part.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-\r\n"
                    b"Connection: close\r\n\r\n")
     if path == "producer":

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from twisted.internet.threads import deferToThread
 
 from p2pshare.admission import Secret
@@ -82,10 +83,11 @@ def peer_port(reactor, tmp_path):
     share = ShareIndex(shared)
     share.refresh()
     assert sorted(share.files) == sorted([*TYPED, *ODD])
-    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
-                           messages=Counter(), advertised=lambda: None, peer_name="s7")
+    node = StaticFileHost(reactor, share, peer_name="s7", upload_slots=UploadSlots(4))
+    # What the line protocol reads of its node, for lines that are only ever refused here.
+    overlay = SimpleNamespace(clock=reactor, secret=None, peer_name="s7", messages=Counter())
     site = make_site(node, reactor)
-    port = reactor.listenTCP(0, LimitedFactory(SniffingFactory(site, PeerFactory(node)),
+    port = reactor.listenTCP(0, LimitedFactory(SniffingFactory(site, PeerFactory(overlay)),
                                                clock=reactor), interface="127.0.0.1")
     yield SimpleNamespace(port=port.getHost().port, node=node, share=share)
     pytest_twisted.blockon(port.stopListening())
@@ -209,7 +211,7 @@ async def test_a_file_still_downloading_is_served_with_its_type(peer_port, tmp_p
         name="in progress/live.html", size=len(data), sha256="ab" * 32, path=tmp_path / ".part",
         holds=lambda first, last: last < 1000,
     )
-    peer_port.node.partial_named = lambda name: partial if name == partial.name else None
+    peer_port.node.partials.append(partial)
     target = "/files/" + url_path(partial.name)
     status, h, body = await fetch(peer_port.port, target, range="bytes=0-99")
     assert (status, body) == (206, data[:100])

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -122,11 +122,7 @@ def downloading(tmp_path):
     sha = hashlib.sha256(data).hexdigest()
     partial = Partial("f.bin", size, sha, root_of(digests), book, Path(part), digests)
     share = ShareIndex(tmp_path)
-    node = SimpleNamespace(
-        clock=None, secret=None, share=share,
-        partial_named=lambda name: partial if name == "f.bin" else None,
-        partial_by_sha=lambda s: partial if s == sha else None,
-    )
+    node = StaticFileHost(None, share, partials=[partial])
     return node, partial, data
 
 

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
+from hosts import StaticFileHost
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
@@ -57,10 +58,11 @@ def tls_port(reactor, tmp_path):
         pem = str(certs / f"{name}.pem")
         return PeerTLS.load(pem, pem, str(certs / "trust"))
 
-    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
-                           messages=Counter(), advertised=lambda: None)
-    node.site = make_site(node, reactor)
-    factory = LimitedFactory(SniffingFactory(node.site, PeerFactory(node)), clock=reactor)
+    node = StaticFileHost(reactor, share, upload_slots=UploadSlots(4))
+    # What the line protocol reads of its node, for lines that are only ever refused here.
+    overlay = SimpleNamespace(clock=reactor, secret=None, peer_name=None, messages=Counter())
+    factory = LimitedFactory(SniffingFactory(make_site(node, reactor), PeerFactory(overlay)),
+                             clock=reactor)
     endpoint = TLSServerEndpoint(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
                                  load("holder"), reactor)
     port = pytest_twisted.blockon(endpoint.listen(factory))

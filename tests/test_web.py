@@ -276,8 +276,7 @@ async def test_the_share_page_shows_hidden_characters_of_names_as_escapes(reacto
     and line separators as escapes, in file and folder names alike, while
     its links still fetch the file by its real name.
     """
-    from collections import Counter
-    from types import SimpleNamespace
+    from hosts import StaticFileHost
 
     from p2pshare import wire
     from p2pshare.peer.http import make_site as peer_site
@@ -291,8 +290,7 @@ async def test_the_share_page_shows_hidden_characters_of_names_as_escapes(reacto
     (shared / "été 東京.ogg").write_bytes(b"song")
     share = ShareIndex(shared)
     share.refresh()
-    node = SimpleNamespace(clock=reactor, secret=None, share=share, upload_slots=UploadSlots(4),
-                           messages=Counter(), peer_name="s9")
+    node = StaticFileHost(reactor, share, peer_name="s9", upload_slots=UploadSlots(4))
     port = reactor.listenTCP(0, peer_site(node, reactor), interface="127.0.0.1")
     try:
         base = f"http://127.0.0.1:{port.getHost().port}"

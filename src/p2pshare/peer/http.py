@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -44,10 +44,13 @@ from p2pshare.peer.serving import (
     StartSpreader,
     peer_host,
 )
-from p2pshare.peer.share import is_shareable_name
+from p2pshare.peer.share import SharedFile, is_shareable_name
 from p2pshare.pieces import DIGEST, bitfield, piece_count
 from p2pshare.tls import is_tls_hello, tls_failure
 from p2pshare.wire import url_path
+
+if TYPE_CHECKING:
+    from p2pshare.peer.download.attempt import Partial
 
 FIRST_LINE_TIMEOUT = 30  # seconds to finish the first line, whatever the protocol
 # An HTTP request line: method, target, version (RFC 9112 section 3).
@@ -179,7 +182,7 @@ class FilesResource(Resource):
             return errorPage(400, "Bad file name", "A file name is UTF-8.")
         if name in share.files:
             return SharedFileResource(share, name, self.node, self.starts)
-        partial = getattr(self.node, "partial_named", lambda name: None)(name)
+        partial = self.node.partial_named(name)
         if partial is not None:
             return PartialFileResource(share, partial, self.node, self.starts)
         folder = name.removesuffix("/")
@@ -234,7 +237,7 @@ class ShareListing(Resource):
             if not files:
                 gone = notFound("No such folder", "This peer shares no file in that folder.")
                 return gone.render(request)  # type: ignore[no-any-return]
-        name = getattr(self.node, "peer_name", None)
+        name = self.node.peer_name
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if self.as_json:
@@ -260,8 +263,8 @@ class ShareListing(Resource):
         """
         return f"<a href=\"{escape(self._link(path, where))}\">{escape(shown(text))}</a>"
 
-    def _page(self, peer: str | None, files: list[Any], where: str = "") -> str:
-        folders: dict[str, list[Any]] = {}
+    def _page(self, peer: str | None, files: list[SharedFile], where: str = "") -> str:
+        folders: dict[str, list[SharedFile]] = {}
         for f in files:
             folder, _, _ = f.name.rpartition("/")
             folders.setdefault(folder, []).append(f)
@@ -395,12 +398,16 @@ class _BySha256(Resource):
         sha = path.decode("ascii", "replace")
         if share is not None and not request.postpath:
             shared = share.by_sha256(sha)
-            partial = getattr(self.node, "partial_by_sha", lambda sha: None)(sha)
-            if shared is not None or partial is not None:
-                return self.found(shared, partial)
+            held = shared if shared is not None else self.node.partial_by_sha(sha)
+            if held is not None:
+                return self.found(held)
         return notFound("No such file", "This peer shares no file with that SHA-256.")
 
-    def found(self, shared: Any, partial: Any) -> IResource:
+    def found(self, held: SharedFile | Partial) -> IResource:
+        """
+        The answer about C{held}: a file shared here, or one being
+        downloaded here.
+        """
         raise NotImplementedError
 
     def render_GET(self, request: Request) -> bytes:
@@ -423,9 +430,8 @@ class PiecesResource(_BySha256):
         super().__init__(node)
         self.starts = starts or StartSpreader(node.clock)
 
-    def found(self, shared: Any, partial: Any) -> IResource:
-        f = shared or partial
-        return _PieceList(f.pieces, f.root, self.starts, f.sha256)
+    def found(self, held: SharedFile | Partial) -> IResource:
+        return _PieceList(held.pieces, held.root, self.starts, held.sha256)
 
 
 class HaveResource(_BySha256):
@@ -435,11 +441,11 @@ class HaveResource(_BySha256):
     for a download in progress.
     """
 
-    def found(self, shared: Any, partial: Any) -> IResource:
-        if shared is not None:
-            count = piece_count(shared.size)
+    def found(self, held: SharedFile | Partial) -> IResource:
+        if isinstance(held, SharedFile):
+            count = piece_count(held.size)
             return _Bits(bitfield(set(range(count)), count))
-        return _Bits(partial.bits())
+        return _Bits(held.bits())
 
 
 class _Bits(Resource):

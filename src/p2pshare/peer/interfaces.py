@@ -8,14 +8,18 @@ circle and each part can be tested against a fake.
     files.py (PeerFiles) -- provides IFileHost
     protocol.py ----------- PeerProtocol provides ILink; uses IOverlay
     search.py ------------- SearchEngine provides ISearch; uses ISearchHost, ILink
-    http.py --------------- uses IFileHost
+    http.py, serving.py --- use IFileHost
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from p2pshare.peer.download.attempt import Partial
 
 
 class ILink(Interface):
@@ -199,18 +203,47 @@ class IOverlay(Interface):
 
 class IFileHost(Interface):
     """
-    The peer as its HTTP side sees it.
+    The peer as its HTTP side sees it: what it shares, the downloads in
+    progress others may fetch from, and what bounds and records its
+    uploads.  A host provides all of it; where a thing is absent (no
+    share, no cap) the attribute says so with None.
     """
 
     clock = Attribute("an IReactorTime")
     secret = Attribute("the network's Secret, or None in an open network")
-    share = Attribute("the ShareIndex of the shared folder, or None")
-    peer_name = Attribute("this peer's name, once known (optional)")
-    upload_slots = Attribute("the UploadSlots that bound files served at once (optional)")
-    upload_rate = Attribute("the UploadRate that caps all uploads together, or None (optional)")
+    share = Attribute("the ShareIndex of the shared folder, or None when nothing is shared")
+    peer_name = Attribute("this peer's name, or None until it is known")
+    upload_slots = Attribute(
+        "the UploadSlots that bound the files served at once, or None where nothing bounds them"
+    )
+    upload_rate = Attribute("the UploadRate that caps all uploads together, or None: no cap")
 
     def advertised() -> str | None:
         """
         The host others reach this peer at, as the network knows it (a
         signed URL names it).
+        """
+
+    def partial_named(name: str) -> Partial | None:
+        """
+        The download in progress that becomes the shared file C{name}, or
+        None: its verified pieces are served under that name.
+        """
+
+    def partial_by_sha(sha: str) -> Partial | None:
+        """
+        The download in progress of the content with SHA-256 C{sha}, or
+        None: its piece list and the pieces it has are served.
+        """
+
+    def upload_began(name: str, host: str, total: int, sent: Callable[[], int]) -> object:
+        """
+        A response of C{name} to C{host} began, C{total} bytes long;
+        C{sent} says how many have gone so far.  The key given back ends
+        it (L{upload_ended}).
+        """
+
+    def upload_ended(key: object) -> None:
+        """
+        The response L{upload_began} gave C{key} for ended, finished or not.
         """

@@ -37,10 +37,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from p2pshare.httpserver import http_date, parse_http_date
+from p2pshare.peer.interfaces import IFileHost
 from p2pshare.peer.share import stamp_of
 from p2pshare.tls import DirectTLS
 
 if TYPE_CHECKING:
+    from p2pshare.peer.download.attempt import Partial
     from p2pshare.peer.share import ShareIndex
 
 MAX_UPLOADS = 16  # files served at once; more get 503 and a Retry-After
@@ -838,7 +840,7 @@ class SharedFileResource(Resource):
     log = Logger()
 
     def __init__(
-        self, share: ShareIndex, name: str, node: Any, starts: StartSpreader | None = None
+        self, share: ShareIndex, name: str, node: IFileHost, starts: StartSpreader | None = None
     ) -> None:
         super().__init__()
         self.share = share
@@ -891,7 +893,7 @@ class SharedFileResource(Resource):
             assert isinstance(wanted, tuple)
             start, length = wanted[0], wanted[1] - wanted[0] + 1
         streaming = request.method == b"GET" and length > 0
-        slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
+        slots: UploadSlots | None = self.node.upload_slots
         body = _Slice(f, start, length, shared.stamp)
         upload = self._upload(request, body)
         if streaming and slots is not None and not slots.take(upload):
@@ -927,11 +929,8 @@ class SharedFileResource(Resource):
         cut_off = upload.cut
         if self.starts is not None:
             self.starts.sending(sha256, 1)
-        began = getattr(self.node, "upload_began", None)
-        shown = (
-            began(self.name, upload.host, body.length, upload.sent) if began is not None else None
-        )
-        rate = getattr(self.node, "upload_rate", None)
+        shown = self.node.upload_began(self.name, upload.host, body.length, upload.sent)
+        rate: UploadRate | None = self.node.upload_rate
         connection = plain_tcp(request)
         tls = DirectTLS.under(request.channel.transport) if connection is None else None
         sender: _BigFileSender | _DirectSender
@@ -942,6 +941,7 @@ class SharedFileResource(Resource):
         else:
             sender = _BigFileSender(self.node.clock, cut_off, rate)
         sending = sender.beginFileTransfer(body, request)
+        lost = False  # the connection went before the response ended (set by gone)
 
         def finished(result: object) -> None:
             sender.done()
@@ -949,8 +949,7 @@ class SharedFileResource(Resource):
             f.close()
             if self.starts is not None:
                 self.starts.sending(sha256, -1)
-            if shown is not None:
-                self.node.upload_ended(shown)
+            self.node.upload_ended(shown)
             if slots is not None:
                 slots.give(upload)
             self.log.info(
@@ -963,10 +962,12 @@ class SharedFileResource(Resource):
                 cut_off()  # the client sees the transfer break, at once
             elif isinstance(result, Failure):
                 pass  # stopped because the connection is going: nothing to finish
-            elif not request.finished and not getattr(request, "_disconnected", False):
+            elif not request.finished and not lost:
                 request.finish()
 
         def gone(failure: object) -> None:
+            nonlocal lost
+            lost = True
             if sender.deferred is not None and not sender.deferred.called:
                 sender.stopProducing()
 
@@ -983,7 +984,8 @@ class PartialFileResource(SharedFileResource):
     """
 
     def __init__(
-        self, share: ShareIndex, partial: Any, node: Any, starts: StartSpreader | None = None
+        self, share: ShareIndex, partial: Partial, node: IFileHost,
+        starts: StartSpreader | None = None,
     ) -> None:
         super().__init__(share, partial.name, node, starts)
         self.partial = partial
@@ -1005,7 +1007,7 @@ class PartialFileResource(SharedFileResource):
             f = open(p.path, "rb")  # noqa: SIM115 (closed when the transfer ends)
         except OSError:
             return _plain(request, 404, b"No such file.\n")
-        slots: UploadSlots | None = getattr(self.node, "upload_slots", None)
+        slots: UploadSlots | None = self.node.upload_slots
         body = _Slice(f, start, length, None)
         upload = self._upload(request, body)
         if request.method == b"GET" and slots is not None and not slots.take(upload):
