@@ -204,8 +204,8 @@ class PeerFiles(MultiService):
         """
         The periodic scan, every C{rescan_interval} seconds unless the last
         one's walk took so long that scanning that often would cost more
-        than 1/L{SCAN_SHARE} of the time (a share of 50,000 files took 13%
-        of a core at every 2 s).
+        than 1/L{SCAN_SHARE} of the time (a share of tens of thousands of
+        files would otherwise keep a core busy walking it).
         """
         if self.clock.seconds() < self._quiet_until:
             return None

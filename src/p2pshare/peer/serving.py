@@ -54,11 +54,9 @@ STALL_TIMEOUT = 60  # seconds a response may wait for a client that does not rea
 MAX_DIGITS = 18  # longer numbers in a Range header are absurd: 416
 # A plain TCP response is sent from the file's page cache itself, mapped
 # WINDOW bytes at a time (see _Slice.send), CHUNK bytes between two checks
-# that the file has not changed.  512 MiB to curl took 0.12 to 0.16 s
-# (median 0.14) this way, against 0.13 to 0.20 s (median 0.17) read into a
-# 512 KiB buffer, because the sender's second copy is gone; from a file
-# not in the page cache, 0.34 to 0.62 s (python -m http.server: 0.44 to
-# 0.75 s).  docs/performance.rst has the figures and what else was tried.
+# that the file has not changed: faster than reading into a buffer,
+# because the sender's second copy is gone.  docs/performance.rst has the
+# figures and what else was tried.
 WINDOW = 2**24
 CHUNK = 2**19  # also the buffer for files that cannot be mapped
 SHORTER = "the file became shorter while it was being served"
@@ -449,7 +447,7 @@ class UploadRate:
 
 class _BigFileSender(FileSender):
     """
-    1 MiB reads (64 KiB ones serve a third slower), a client that reads
+    1 MiB reads (small reads cost a Python round each), a client that reads
     nothing for L{STALL_TIMEOUT} seconds is cut off, and an L{UploadRate}
     (if any) is obeyed.
     """
@@ -514,7 +512,7 @@ class _DirectSender:
     is plain TCP and no rate cap applies: written from the mapped file
     (L{_Slice.send}) until the socket is full, with no allocation, no copy
     into Twisted's buffer and no callback per chunk.  (C{sendfile(2)} was
-    measured too: 13% slower to C{curl} on loopback, because the receiver
+    measured too, and was slower to C{curl} on loopback, because the receiver
     then copies from page-cache pages that are not in any CPU cache,
     where here the sender copies them into the socket and the receiver
     reads them back while they are still in cache; see

@@ -80,7 +80,7 @@ def verify_and_write(
     joined: no copy, and no fresh MiB-sized buffer per piece.  Writes to
     one file take C{writing} (a lock), if given: the kernel lets only one
     writer into a file at a time, and the others would spin on a CPU
-    meanwhile (7% of a downloading peer's time with two at once).
+    meanwhile.
     """
     h = hashlib.sha256()
     for part in parts:
