@@ -144,6 +144,39 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.slow)
 
 
+# The longest tests (pytest --durations): under pytest-xdist each starts
+# first in one worker's share of the suite, so that none begins near the
+# end and keeps the run going alone after the others are done.
+LONG = (
+    "tests/test_scale_sim.py::",
+    "tests/test_heartbeat_sim.py::test_three_days",
+    "tests/test_scale_integration.py::",
+    "tests/test_everyday_integration.py::test_queued_downloads",
+    "tests/test_churn_integration.py::test_metadata_server_killed",
+    "tests/test_backpressure.py::",
+    "tests/test_benches.py::test_the_transfer_bench",
+    "tests/test_swarm_integration.py::test_a_file_held_by_four",
+    "tests/test_churn_stateful.py::",
+    "tests/test_faults_integration.py::test_a_resume_never_mixes",
+    "tests/test_flood_integration.py::",
+    "tests/test_swarm_integration.py::test_peers_fetching_one_file",
+)
+
+
+def _longest_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """
+    C{items} with the long ones dealt out to the heads of C{workers} equal
+    shares (pytest-xdist's worksteal gives each worker one such share,
+    in order, to begin with).
+    """
+    long = [item for item in items if item.nodeid.startswith(LONG)]
+    rest = [item for item in items if not item.nodeid.startswith(LONG)]
+    ordered: list[pytest.Item] = []
+    for w in range(workers):
+        ordered += long[w::workers] + rest[len(rest) * w // workers:len(rest) * (w + 1) // workers]
+    return ordered
+
+
 def _watches_home(config: pytest.Config) -> Path:
     """
     The session's directory of watches, the same for every process of the
@@ -161,6 +194,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     network).
     """
     config, items = session.config, session.items
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    items[:] = _longest_first(items, workers)
     # What exists now (modules, the collected tests) lives as long as the
     # session: out of the collector's sight, the gc.collect() after every
     # test walks only what tests made.
