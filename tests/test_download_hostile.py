@@ -24,9 +24,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from p2pshare import wire
-from p2pshare.peer import files
 from p2pshare.peer.coverage import Coverage, Found
-from p2pshare.peer.download import direct, fetch, pacing, swarm
+from p2pshare.peer.download import direct, fetch, pacing, rounds, swarm
 from p2pshare.peer.download.transfer import SOURCES, Downloader, FetchError
 from p2pshare.peer.files import PeerFiles
 from p2pshare.peer.http import FilesResource, PiecesResource
@@ -201,7 +200,7 @@ def get(reactor, downloader, out, found, monkeypatch):
     C{p2p get file.bin} through a peer whose every search finds C{found}
     (its four search rounds without pauses between them).
     """
-    monkeypatch.setattr(files, "FETCH_PAUSES", (0.0, 0.0, 0.0, None))
+    monkeypatch.setattr(rounds, "PAUSES", (0.0, 0.0, 0.0))
     searches = []
 
     def find(pattern, timeout, exact, enough):
@@ -502,9 +501,9 @@ async def test_a_download_whose_holders_all_left_waits_for_one_to_come_back(
     back at another address: the download goes on and keeps the file;
     the person waiting was told each time that it searches again.
     """
-    monkeypatch.setattr(files, "FETCH_PAUSES", (0.0, 0.0, 0.0, None))
+    monkeypatch.setattr(rounds, "PAUSES", (0.0, 0.0, 0.0))
     gone = VictimFactory("500")
-    rounds = [
+    found_by_round = [
         [match(listen(gone), "h", 1)],
         [],
         [match(listen(honest(reactor, tmp_path, "h")), "h", 1)],
@@ -513,7 +512,7 @@ async def test_a_download_whose_holders_all_left_waits_for_one_to_come_back(
 
     def find(pattern, timeout, exact, enough):
         searches.append(pattern)
-        return succeed(Found(rounds[min(len(searches), len(rounds)) - 1], Coverage(3, 3)))
+        return succeed(Found(found_by_round[min(len(searches), len(found_by_round)) - 1], Coverage(3, 3)))
 
     out = tmp_path / "out"
     out.mkdir()

@@ -31,6 +31,7 @@ from p2pshare.admission import Secret
 from p2pshare.disk import human_size
 from p2pshare.peer import naming
 from p2pshare.peer.coverage import Found
+from p2pshare.peer.download.rounds import Rounds
 from p2pshare.peer.download.transfer import (
     SOURCES,
     Downloader,
@@ -48,7 +49,6 @@ from p2pshare.peer.share import EXACT, SharedFile, ShareIndex, by_content
 from p2pshare.peer.share import matches as name_matches
 from p2pshare.wire import Match
 
-FETCH_PAUSES = (2.0, 5.0, 10.0, 20.0, None)  # between searches for a file's holders
 FOLDER_AT_ONCE = 4  # files of a folder downloaded at once
 SAME_CONTENT_WAIT = 5.0  # seconds a get looks for holders of its file under other paths
 FILES_LOGGED = 10  # a scan that changed more files logs them at debug level only
@@ -673,41 +673,34 @@ class PeerFiles(MultiService):
         first_matches: list[Match] | None = None, same_content: bool = True,
     ) -> Fetched:
         assert self.downloader is not None
-        # If every holder fails, search again after a pause: a holder that
-        # left may be back (perhaps at another address), and the download
-        # resumes from what it has.  What happened on the way (holders
-        # dropped, the file changed at its source) is told at the end.
+        # Rounds of searching and fetching, as peer/download/rounds.py says;
+        # what happened on the way (holders dropped, the file changed at its
+        # source) is told at the end.
         downloader = self.downloader
         notes: list[str] = []
         first: str | None = None  # the version found first
         # What this download learns of the addresses it is given, across
-        # all its searches (peer/download/swarm.py, Ledger): search results may be
-        # forged, and name any address.
+        # all its searches (peer/download/book.py, Ledger): search results
+        # may be forged, and name any address.
         ledger = downloader.new_ledger()
+        rounds = Rounds(name, ledger)
         fetched: Fetched | None = None
-        failed: FetchError | None = None
-        for searches, pause in enumerate(FETCH_PAUSES):
+        for searches, pause in enumerate(rounds):
             if first_matches is not None:
                 if same_content:
                     first_matches = await self._with_same_content(first_matches, only)
                 matches, first_matches = first_matches, None
-            elif searches == 0:
-                matches = await self._holders(name, timeout, note, only)
             else:
-                # Its holders were found before: one that left may be on
-                # its way back, so finding nobody now is one more round.
                 try:
                     matches = await self._holders(name, timeout, note, only)
                 except FetchError as e:
-                    if e.code not in (wire.E_NOT_FOUND, wire.E_INCOMPLETE):
-                        raise
-                    if pause is None:
+                    if searches == 0 or pause is None or not rounds.nobody_found(e):
                         e.notes = notes
                         raise
                     self._pause_note(f"{name}: no holder of it is in the network now", pause, note)
                     await deferLater(self.clock, pause)
                     continue
-            failed = None
+            failed: FetchError | None = None
             # The version most addresses hold first; the next one at once
             # only if none of its holders is left to try.
             for version in downloader.versions(matches, ledger):
@@ -723,7 +716,7 @@ class PeerFiles(MultiService):
                     raise  # no holder can help with a fault of this machine
                 except FetchError as e:
                     notes += [n for n in e.notes if n not in notes]
-                    if e.code != wire.E_FAILED:
+                    if not rounds.holders_failed(e):
                         e.notes = notes
                         raise
                     failed = failed or e
@@ -731,18 +724,11 @@ class PeerFiles(MultiService):
                         break  # its holders may do better after a pause
             if fetched is not None:
                 break
-            found_versions = {(m.sha256, m.size) for m in matches}
-            refused = [ledger.refused[v] for v in found_versions if v in ledger.refused]
-            if ledger.spent or failed is None:
-                failed = FetchError(wire.E_FAILED, ledger.exhausted(name))
-            if refused and len(refused) == len(found_versions):
-                failed = FetchError(wire.E_FAILED, refused[0])
-            # Searching again helps only if someone may yet be tried: an
-            # address that served, or a new one while the budget lasts.
-            if pause is None or (ledger.spent and not ledger.good) or len(refused) == len(found_versions):
-                failed.notes = notes
-                raise failed
-            self._pause_note(failed.text, pause, note)
+            error, again = rounds.failed(matches, failed)
+            if pause is None or not again:
+                error.notes = notes
+                raise error
+            self._pause_note(error.text, pause, note)
             await deferLater(self.clock, pause)
         assert fetched is not None
         if first is not None and fetched.sha256 != first and first in ledger.progressed:
