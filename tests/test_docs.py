@@ -30,3 +30,7 @@ def test_the_module_map_counts_the_lines_the_code_has():
         for module in mm.modules_of(m.group(1)):
             assert (mm.SRC / module).is_file(), f"the module map names {module}, which is gone"
     assert mm.generated(text) == text, "docs/design.rst: run python docs/module_map.py"
+    # And every module is in it: a new one is placed, and said what it owns.
+    mapped = {module for m in named for module in mm.modules_of(m.group(1))}
+    modules = {str(p.relative_to(mm.SRC)) for p in mm.SRC.rglob("*.py") if p.name != "__init__.py"}
+    assert modules <= mapped, f"the module map leaves out {sorted(modules - mapped)}"
