@@ -19,8 +19,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
+from types import FrameType
+from typing import Any, NoReturn, Protocol, TextIO, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from p2pshare import __version__, wire
 from p2pshare.admission import (
@@ -62,6 +63,22 @@ DEFAULT_META = "tcp:127.0.0.1:5000"
 INCOMPLETE = 3  # exit status: nothing found among the peers that answered, some did not
 
 
+class _Reactor(Protocol):
+    """
+    What L{on_twisted} asks of Twisted's reactor: the parts of
+    C{IReactorCore} and C{IReactorFromThreads} it calls (Twisted's reactor
+    provides both; a zope interface cannot say so in one type).
+    """
+
+    def callWhenRunning(
+        self, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> object: ...
+
+    def callFromThread(
+        self, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> None: ...
+
+
 class Failed(Exception):
     """
     The operation failed; the message is the one sentence to print, and
@@ -90,7 +107,7 @@ def cmd_topo(args: argparse.Namespace) -> int:
     else:
         secret = _secret(args.secret_file)
 
-        def topology(reactor: Any) -> Awaitable[list[TopoEntry]]:
+        def topology(reactor: _Reactor) -> Awaitable[list[TopoEntry]]:
             from p2pshare.client import meta_topology
 
             return meta_topology(reactor, args.meta, secret)
@@ -297,7 +314,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {}
+    options: dict[str, object] = {}
     if args.output is not None:
         directory = Path(os.path.abspath(args.output))  # printed resolved: no a/../b
         try:
@@ -411,7 +428,7 @@ class ProgressBar:
     plain line every 10% otherwise.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.started = time.monotonic()
@@ -565,7 +582,7 @@ class ShareProgress:
     terminal (nothing otherwise).
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.drawn = False
 
@@ -680,7 +697,7 @@ def cmd_url(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(parts: Any) -> str:
+def _where(parts: SplitResult) -> str:
     """
     The holder a URL names, as a signature binds it (HOST:PORT).
     """
@@ -781,7 +798,7 @@ def _talk(where: str, what: str, call: Callable[[], T]) -> T:
         raise Failed(f"{where} is not a usable endpoint: {_reason(e)}{hint}") from None
 
 
-def on_twisted(work: Callable[[Any], Awaitable[T]]) -> T:
+def on_twisted(work: Callable[[_Reactor], Awaitable[T]]) -> T:
     """
     Run C{work(reactor)} on Twisted's reactor and return what it returns,
     for the commands that need Twisted (only they import it).  Ctrl-C
@@ -796,11 +813,11 @@ def on_twisted(work: Callable[[Any], Awaitable[T]]) -> T:
 
     outcome: list[tuple[bool, Any]] = []
 
-    async def body(reactor: Any) -> None:
+    async def body(reactor: _Reactor) -> None:
         work_done: Deferred[T] = Deferred.fromCoroutine(work(reactor))  # type: ignore[arg-type]
         interrupted: list[bool] = []
 
-        def on_sigint(signum: int, frame: Any) -> None:
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
             if interrupted:  # a second Ctrl-C: leave now
                 os._exit(130)
             interrupted.append(True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def token_for(environ: dict[str, str] | None = None) -> Secret:
         ) from None
 
 
-def address_of(description: str) -> tuple[socket.AddressFamily, Any]:
+def address_of(description: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
     """
     Where to connect for a control endpoint: C{unix:PATH} (C{\\:} for a
     colon in it), C{tcp:HOST:PORT}, C{tcp:host=HOST:port=PORT}, or a bare
@@ -160,7 +160,7 @@ def control_request(
             sock.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused at once: its reason may be waiting to be read
-        items: dict[str, list[Any]] = {}
+        items: dict[str, list[object]] = {}
         for line in lines:
             try:
                 msg = wire.decode(line)
@@ -189,7 +189,7 @@ def control_request(
     raise Closed()
 
 
-def _prove(sock: socket.socket, lines: Any, token: Secret) -> None:
+def _prove(sock: socket.socket, lines: Iterator[bytes], token: Secret) -> None:
     """
     The challenge-response of private networks, with the control token as
     the secret (the token itself never crosses the connection).
@@ -208,7 +208,7 @@ def _prove(sock: socket.socket, lines: Any, token: Secret) -> None:
         raise NotAControlChannel("a port that does not hold this peer's control token", "")
 
 
-def _next(lines: Any) -> wire.Message:
+def _next(lines: Iterator[bytes]) -> wire.Message:
     for line in lines:
         try:
             return wire.decode(line)
@@ -227,7 +227,7 @@ def _refused(msg: wire.Message) -> None:
     raise NotAControlChannel("something else (it does not speak p2pshare)", CONTROL_HINT)
 
 
-def _lines(sock: socket.socket) -> Any:
+def _lines(sock: socket.socket) -> Iterator[bytes]:
     """
     The lines the other side sends, without their LF, until it closes.
     A line longer than the wire allows is not our protocol.
@@ -299,7 +299,7 @@ def meta_topology(description: str, timeout: float = TIMEOUT) -> list[TopoEntry]
             raise NotAMetaServer("something else (it does not speak p2pshare)") from None
 
 
-def _meta_reply(lines: Any, *verbs: str) -> wire.Message:
+def _meta_reply(lines: Iterator[bytes], *verbs: str) -> wire.Message:
     for line in lines:
         try:
             msg = wire.decode(line)

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TextIO, cast
 
 from twisted.logger import (
     FileLogObserver,
@@ -76,7 +76,7 @@ _PORT_CHATTER = re.compile(r".* starting on \S+|\((TCP |UNIX |)Port \S+ Closed\)
 _ACCESS_LINE = re.compile(r'"[^"]*" - - \[[^\]]*\] ".*" \d{3} (\d+|-) ".*" ".*"')
 
 
-def is_chatter(event: Mapping[str, Any]) -> bool:
+def is_chatter(event: Mapping[str, object]) -> bool:
     """
     Is this one of Twisted's routine messages (debug level here)?
     """
@@ -86,11 +86,11 @@ def is_chatter(event: Mapping[str, Any]) -> bool:
         return True
     if event.get("log_format") == "{log_io}" and _ACCESS_LINE.fullmatch(str(event.get("log_io"))):
         return True
-    message: tuple[Any, ...] = tuple(event.get("message") or ())
+    message = tuple(cast("Iterable[object]", event.get("message") or ()))
     return len(message) == 1 and _PORT_CHATTER.fullmatch(str(message[0])) is not None
 
 
-def level_of(event: Mapping[str, Any]) -> LogLevel:
+def level_of(event: Mapping[str, object]) -> LogLevel:
     """
     The level a line is shown at: chatter is debug, whatever Twisted said.
     """
@@ -99,7 +99,7 @@ def level_of(event: Mapping[str, Any]) -> LogLevel:
     level = event.get("log_level")
     if level is None:  # a legacy event
         return LogLevel.error if event.get("isError") else LogLevel.info
-    return level  # type: ignore[no-any-return]
+    return cast(LogLevel, level)
 
 
 # Of Twisted's own fields (its format, time, level, failure ...) these two
@@ -108,7 +108,7 @@ def level_of(event: Mapping[str, Any]) -> LogLevel:
 _TEXT_FIELDS = frozenset({"log_text", "log_io"})
 
 
-def shown_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+def shown_fields(event: Mapping[str, object]) -> dict[str, object]:
     """
     C{event} with every string field the readable line shows passed
     through L{shown} (an exception, as its message), so that a name from
@@ -117,7 +117,7 @@ def shown_fields(event: Mapping[str, Any]) -> dict[str, Any]:
     be ours.  A legacy message keeps its own line breaks (the line goes on
     indented, as Twisted writes every line after the first).
     """
-    kept: dict[str, Any] = {}
+    kept: dict[str, object] = {}
     for key, value in event.items():
         if key in _TEXT_FIELDS and isinstance(value, str):
             value = "\n".join(shown(line) for line in value.split("\n"))
@@ -127,7 +127,7 @@ def shown_fields(event: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def _shown_value(value: Any) -> Any:
+def _shown_value(value: object) -> object:
     if isinstance(value, str):
         return shown(value)
     if isinstance(value, BaseException):
@@ -142,7 +142,7 @@ def role_observer(
     Lines for C{role} (its C{name} as it is when each event happens) at
     C{threshold} and above, written to C{out}.
     """
-    def line(event: Mapping[str, Any]) -> str | None:
+    def line(event: Mapping[str, object]) -> str | None:
         level = level_of(event)
         named = name()  # a peer has none until the metadata server gives it one
         system = f"{role} {named}" if named else role
@@ -158,12 +158,12 @@ class _AtLeast:
     def __init__(self, threshold: LogLevel) -> None:
         self.threshold = threshold
 
-    def __call__(self, event: Mapping[str, Any]) -> PredicateResult:
+    def __call__(self, event: Mapping[str, object]) -> PredicateResult:
         ok = _RANK.get(level_of(event), 1) >= _RANK[self.threshold]
         return PredicateResult.yes if ok else PredicateResult.no
 
 
-def twistd_output(parent: Mapping[str, Any] | None) -> TextIO:
+def twistd_output(parent: Mapping[str, object] | None) -> TextIO:
     """
     Where twistd would have written the log, from its own options.
     """
@@ -191,7 +191,7 @@ class RoleLog:
         self.parent = getattr(options, "parent", None)
         self._observer: ILogObserver | None = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: dict[str, object]) -> None:
         if self._observer is None:
             self._observer = role_observer(
                 self.role, self.name, self.threshold, twistd_output(self.parent)

@@ -12,13 +12,18 @@ import random
 from bisect import insort
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -39,7 +44,7 @@ class _Port:
     def getHost(self) -> IPv4Address:
         return self.address
 
-    def stopListening(self) -> Any:
+    def stopListening(self) -> Deferred[None]:
         self.net.listeners.pop((self.address.host, self.address.port), None)
         return succeed(None)
 
@@ -49,7 +54,7 @@ class ServerEndpoint:
     def __init__(self, net: SimNet, host: str, port: int) -> None:
         self.net, self.host, self.port = net, host, port
 
-    def listen(self, factory: Any) -> Any:
+    def listen(self, factory: IProtocolFactory) -> Deferred[Any]:  # a _Port: no whole IListeningPort
         port = self.port or self.net.free_port()
         self.net.listeners[(self.host, port)] = factory
         return succeed(_Port(self.net, IPv4Address("TCP", self.host, port)))
@@ -60,14 +65,15 @@ class ClientEndpoint:
     def __init__(self, net: SimNet, source: str, host: str, port: int) -> None:
         self.net, self.source, self.host, self.port = net, source, host, port
 
-    def connect(self, factory: Any) -> Any:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         listener = self.net.listeners.get((self.host, self.port))
         if listener is None or {self.host, self.source} & self.net.down:
             return fail(ConnectionRefusedError(f"{self.host}:{self.port}"))
         server_addr = IPv4Address("TCP", self.host, self.port)
         client_addr = IPv4Address("TCP", self.source, self.net.free_port())
-        server = listener.buildProtocol(client_addr)
-        client = factory.buildProtocol(server_addr)
+        # The factories here always build a protocol (none refuses with None).
+        server = cast(IProtocol, listener.buildProtocol(client_addr))
+        client = cast(IProtocol, factory.buildProtocol(server_addr))
         server_io = _Transport(self.net, server, True, server_addr, client_addr)
         client_io = _Transport(self.net, client, False, client_addr, server_addr)
         pump = iosim.IOPump(client, server, client_io, server_io, False, self.net.clock)
@@ -100,7 +106,7 @@ class SortedClock(Clock):
     _dead = 0  # cancelled calls still in the list
 
     def callLater(  # type: ignore[override]
-        self, delay: float, callable: Callable[..., Any], *args: object, **kw: object
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
     ) -> DelayedCall:
         call = DelayedCall(
             self.seconds() + delay, callable, args, kw, self._cancelled, self._moved,
@@ -165,7 +171,7 @@ class _Transport(iosim.FakeTransport):
     deliver, so that a flush pumps only the busy connections.
     """
 
-    def __init__(self, net: SimNet, *args: Any) -> None:
+    def __init__(self, net: SimNet, *args: object) -> None:
         super().__init__(*args)
         self.net = net
         self.pump: iosim.IOPump | None = None
@@ -197,7 +203,7 @@ class SimNet:
         self.secret = secret  # the network's, given to the meta and to peers by default
         self.tmp = tmp
         self.rng = random.Random(seed)
-        self.listeners: dict[tuple[str, int], Any] = {}
+        self.listeners: dict[tuple[str, int], IProtocolFactory] = {}
         # Connections with bytes or a close to deliver, in order.
         self.active: dict[iosim.IOPump, None] = {}
         self.down: set[str] = set()
@@ -207,7 +213,7 @@ class SimNet:
         self.frozen: set[str] = set()
         self.parked: dict[iosim.IOPump, None] = {}
         self.pumps: list[iosim.IOPump] = []  # every connection made
-        self._closed_here: set[Any] = set()  # ends closed while frozen
+        self._closed_here: set[_Transport] = set()  # ends closed while frozen
         self._port = 40000
         self.meta: MetaServer | None = None
         self.peers: list[PeerNode] = []

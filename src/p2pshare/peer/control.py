@@ -16,10 +16,10 @@ import struct
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -34,13 +34,19 @@ from p2pshare.peer.queue import DownloadQueue
 from p2pshare.peer.share import EXACT, WORDS, is_pattern
 from p2pshare.wire import Message
 
+if TYPE_CHECKING:
+    from p2pshare.peer.download.attempt import Progress
+    from p2pshare.peer.files import Note
+
+_T = TypeVar("_T")
+
 
 class ISearcher(Protocol):
     def start(self, pattern: str, *, exact: int = 0) -> Deferred[Found]: ...
 
 
 class IListings(Protocol):
-    async def listing(self, holder: str) -> list[dict[str, Any]]: ...
+    async def listing(self, holder: str) -> list[dict[str, object]]: ...
 
 
 class IControlled(Protocol):
@@ -70,14 +76,30 @@ class IControlled(Protocol):
 
     def stop_requested(self) -> None: ...
 
-    async def fetch(self, name: str, *args: Any, **kwargs: Any) -> Fetched | FolderFetched: ...
+    async def fetch(
+        self, name: str, directory: Path | None = ..., force: bool = ...,
+        progress: Progress | None = ..., *, sources: int = ..., only: str | None = ...,
+        note: Note | None = ...,
+    ) -> Fetched | FolderFetched: ...
 
 
 PROGRESS_EVERY = 0.1  # seconds between PROGRESS lines, at least
 QUEUED_NAMES_MAX = 1500  # JSON bytes of a queued name and folder: its ITEM line fits
 
 
-def _json(value: Any) -> str:
+class _FetchAsked(TypedDict):
+    """
+    What a C{FETCH} or C{QUEUE} asks for (L{ControlProtocol._fetch_options}).
+    """
+
+    name: str
+    directory: Path | None
+    force: bool
+    sources: int
+    only: str | None
+
+
+def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -120,7 +142,7 @@ class ControlProtocol(LineChannel):
     def idle_deadline(self) -> float | None:
         return None  # a local command may wait for a long download
 
-    def reply(self, summary: dict[str, Any], **lists: Iterable[Any]) -> None:
+    def reply(self, summary: dict[str, object], **lists: Iterable[object]) -> None:
         """
         Send each entry of each list as an C{ITEM} line, then C{OK summary}
         (which names each list, empty: the client fills it in).
@@ -175,14 +197,14 @@ class ControlProtocol(LineChannel):
     def msg_LS(self, msg: Message) -> None:
         holder = msg.args[0]
 
-        def listed(files: list[dict[str, Any]]) -> None:
+        def listed(files: list[dict[str, object]]) -> None:
             self.reply({"peer": holder, "count": len(files)}, files=files)
 
         d = Deferred.fromCoroutine(self.node.files.listing(holder))
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(listed).addErrback(self._failed)
 
-    def _fetch_options(self, msg: Message) -> dict[str, Any] | None:
+    def _fetch_options(self, msg: Message) -> _FetchAsked | None:
         """
         What a C{FETCH} or C{QUEUE} asks for, checked; None when refused
         (the error is sent).
@@ -218,7 +240,7 @@ class ControlProtocol(LineChannel):
                 last[0] = now
                 self.send("PROGRESS", done, total, sources=sending or None)
 
-        def fetched(result: Any) -> None:
+        def fetched(result: Fetched | FolderFetched) -> None:
             # What happened on the way (and a folder's failures) as lists:
             # a line each, however many and however long their names.
             summary = {**asdict(result), "path": str(result.path)}
@@ -267,7 +289,7 @@ class ControlProtocol(LineChannel):
         if self.connected:
             self.send("NOTE", text=text)
 
-    def _done(self, result: Any, d: Deferred[Any]) -> Any:
+    def _done(self, result: _T, d: Deferred[Any]) -> _T:
         self._running.discard(d)
         return result
 
@@ -278,7 +300,7 @@ class ControlProtocol(LineChannel):
             d.cancel()
         super().connectionLost(reason)
 
-    def _failed(self, failure: Any) -> None:
+    def _failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
             self.log.info("a request was stopped: the command that asked for it went away")
             return
@@ -291,7 +313,7 @@ class ControlProtocol(LineChannel):
             self.sendError(code, text)
 
 
-def _other_user(transport: Any) -> str | None:
+def _other_user(transport: ITransport | None) -> str | None:
     """
     Who connected to a unix socket, if it is neither this process's user
     nor root (then L{None}); L{None} too where the kernel cannot say.

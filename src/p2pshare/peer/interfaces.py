@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from p2pshare.peer.coverage import Found
     from p2pshare.peer.download.attempt import Partial
+    from p2pshare.wire import Match, Message, RemoteError
 
 
 class ILink(Interface):
@@ -34,12 +38,12 @@ class ILink(Interface):
     forward_allowance = Attribute("a TokenBucket for the searches it passes on")
     searches_refused = Attribute("how many of its searches were over its allowance")
 
-    def send(verb: str, *args: object, text: str | None = None, **options: Any) -> None:
+    def send(verb: str, *args: object, text: str | None = None, **options: object) -> None:
         """
         Send one message.
         """
 
-    def sendMessage(msg: Any) -> None:
+    def sendMessage(msg: Message) -> None:
         """
         Send one parsed message.
         """
@@ -57,24 +61,24 @@ class ISearch(Interface):
 
     def start(
         pattern: str, timeout: float = ..., search_id: str | None = None, exact: int = 0,
-        enough: Any = None,
-    ) -> Any:
+        enough: Callable[[list[Match]], bool] | None = None,
+    ) -> Deferred[Found]:
         """
         Search the whole network; a Deferred that fires with a Found: every
         match, and what the search covered.
         """
 
-    def received(proto: ILink, msg: Any) -> None:
+    def received(proto: ILink, msg: Message) -> None:
         """
         A neighbour asks us to search our side of the tree.
         """
 
-    def results(proto: ILink, msg: Any) -> None:
+    def results(proto: ILink, msg: Message) -> None:
         """
         A neighbour answers a search we forwarded.
         """
 
-    def working(proto: ILink, msg: Any) -> None:
+    def working(proto: ILink, msg: Message) -> None:
         """
         A neighbour is still collecting answers to a search we forwarded.
         """
@@ -101,7 +105,7 @@ class ISearchHost(Interface):
         "the number the metadata server gave this peer's registration, or None"
     )
 
-    def network_size() -> Any:
+    def network_size() -> Deferred[tuple[int | None, int | None]]:
         """
         A Deferred that fires with C{(peers, last)}: how many peers the
         metadata server has, placed or not, and the number of its latest
@@ -109,13 +113,13 @@ class ISearchHost(Interface):
         be asked now.  It never fails.
         """
 
-    def local_matches(pattern: str, hops: int, exact: int = 0) -> list[Any]:
+    def local_matches(pattern: str, hops: int, exact: int = 0) -> list[Match]:
         """
         This peer's own files matching C{pattern} (C{exact}: as
         L{p2pshare.peer.share.matches} reads it), as Matches.
         """
 
-    def vouch(matches: list[Any]) -> Any:
+    def vouch(matches: list[Match]) -> Deferred[list[Match]]:
         """
         A Deferred that fires with those of C{matches} whose holder is a
         live peer at the address the match gives (as the metadata server
@@ -135,7 +139,11 @@ class IOverlay(Interface):
     messages = Attribute("a Counter of the overlay messages sent, by verb")
     search = Attribute("the ISearch of this peer")
 
-    def hello(proto: Any, msg: Any) -> None:
+    # A proto below is a PeerProtocol (a MetaClientProtocol for the meta_
+    # ones): Any, since naming it would import protocol.py, which imports
+    # this module (tests/test_imports.py counts TYPE_CHECKING imports too).
+
+    def hello(proto: Any, msg: Message) -> None:
         """
         A newcomer asks to join through us.
         """
@@ -160,7 +168,7 @@ class IOverlay(Interface):
         An overlay link closed.
         """
 
-    def verify(proto: Any, msg: Any) -> None:
+    def verify(proto: Any, msg: Message) -> None:
         """
         The metadata server dials back to check where we listen.
         """
@@ -175,12 +183,12 @@ class IOverlay(Interface):
         The options of our registration line.
         """
 
-    def meta_welcomed(proto: Any, msg: Any) -> None:
+    def meta_welcomed(proto: Any, msg: Message) -> None:
         """
         The metadata server registered us.
         """
 
-    def meta_refused(error: Any) -> None:
+    def meta_refused(error: RemoteError) -> None:
         """
         The metadata server refused our registration.
         """
