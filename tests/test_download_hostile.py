@@ -20,6 +20,7 @@ from hosts import StaticFileHost
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.pages import errorPage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -492,25 +493,51 @@ async def test_a_forged_version_at_the_real_holders_address_does_not_bar_it(
     assert fetched.sha256 == SHA
 
 
+def tired(reactor, tmp_path, label):
+    """
+    A real holder of file.bin that answers its first request for the file
+    and then only C{500}: it served some pieces, then went.
+    """
+    site = honest(reactor, tmp_path, label)
+    files = site.resource.children[b"files"]
+
+    class Tired(Resource):
+        answered = 0
+
+        def getChild(self, path, request):
+            Tired.answered += 1
+            if Tired.answered > 1:
+                return errorPage(500, "Gone", "This holder has gone.")
+            return files.getChild(path, request)
+
+    site.resource.putChild(b"files", Tired())
+    return site
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_download_whose_holders_all_left_waits_for_one_to_come_back(
         reactor, tmp_path, listen, downloader, monkeypatch):
     """
-    Its only holder fails, then a search finds nobody at all (the holder
-    crashed, and the network has healed without it), then the holder is
-    back at another address: the download goes on and keeps the file;
-    the person waiting was told each time that it searches again.
+    Its only holder serves a piece and fails, then a search finds nobody
+    at all (the holder crashed, and the network has healed without it),
+    then the holder is back at another address: the download goes on from
+    its verified piece and keeps the file; the person waiting was told
+    each time that it searches again.  A download with nothing yet gives
+    up at the first search that finds nobody.
     """
     monkeypatch.setattr(rounds, "PAUSES", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(pacing, "FIRST_RUN", 1)  # a piece a request
     gone = VictimFactory("500")
     found_by_round = [
-        [match(listen(gone), "h", 1)],
+        [match(listen(tired(reactor, tmp_path, "first")), "h", 1)],
         [],
         [match(listen(honest(reactor, tmp_path, "h")), "h", 1)],
     ]
     searches = []
 
     def find(pattern, timeout, exact, enough):
+        if pattern.startswith("sha256:"):  # a running download looking for more holders
+            return succeed(Found([], Coverage(3, 3)))
         searches.append(pattern)
         return succeed(Found(found_by_round[min(len(searches), len(found_by_round)) - 1], Coverage(3, 3)))
 
@@ -525,8 +552,19 @@ async def test_a_download_whose_holders_all_left_waits_for_one_to_come_back(
         "file.bin", out, False, None, 10.0, SOURCES, None, notes.append
     )).addTimeout(60, reactor)
     assert (out / "file.bin").read_bytes() == DATA and fetched.holder == "h"
-    assert gone.connections >= 1 and len(searches) == 3
-    assert [n for n in notes if "searching again" in n] == [
-        "could not download file.bin: h: HTTP 500 for its piece list; searching again in 0 s",
-        "file.bin: no holder of it is in the network now; searching again in 0 s",
-    ]
+    assert len(searches) == 3
+    again = [n for n in notes if "searching again" in n]
+    assert len(again) == 2 and again[1] == (
+        "file.bin: no holder of it is in the network now; searching again in 0 s"
+    ), notes
+
+    # Nothing verified: the first search that finds nobody is the answer.
+    searches.clear()
+    found_by_round[0] = [match(listen(gone), "h", 1)]
+    (out / "file.bin").unlink()
+    with pytest.raises(FetchError) as e:
+        await Deferred.fromCoroutine(peer._fetch_one(
+            "file.bin", out, True, None, 10.0, SOURCES, None, None
+        )).addTimeout(60, reactor)
+    assert e.value.text == "file.bin was not found in the network"
+    assert gone.connections >= 1 and len(searches) == 2

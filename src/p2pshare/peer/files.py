@@ -694,7 +694,7 @@ class PeerFiles(MultiService):
                 try:
                     matches = await self._holders(name, timeout, note, only)
                 except FetchError as e:
-                    if searches == 0 or pause is None or not rounds.nobody_found(e):
+                    if searches == 0 or pause is None or not rounds.wait_for_holders(e):
                         e.notes = notes
                         raise
                     self._pause_note(f"{name}: no holder of it is in the network now", pause, note)

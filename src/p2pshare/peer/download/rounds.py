@@ -18,8 +18,11 @@ one's holders is left to try.  After a round:
     verified pieces.  Unless nobody is left worth trying: the ledger's
     allowance of new addresses is spent and none of them served, or every
     version found was refused as such (said too large to download);
-  - a later search that finds nobody is one more round: the holders were
-    found before, and may be on their way back.
+  - a later search that finds nobody is one more round if the download
+    has verified pieces of the file: its holders served, and may be on
+    their way back (a holder restarting).  One that has nothing yet gives
+    up at once, so that a folder whose holder has gone fails its files in
+    a look each, not in every pause each.
 
 After the last pause, the download gives up with what the last round
 learnt.  The failures are the codes of L{wire}, so that what a code means
@@ -65,13 +68,13 @@ class Rounds:
         """
         return error.code == wire.E_FAILED
 
-    @staticmethod
-    def nobody_found(error: FetchError) -> bool:
+    def wait_for_holders(self, error: FetchError) -> bool:
         """
-        Whether C{error}, from a search, says that nobody holds the file
-        now (or nobody among those that answered).
+        Whether C{error}, from a later search, says that nobody holds the
+        file now (or nobody among those that answered) while the download
+        has pieces of it from holders that did: worth another round.
         """
-        return error.code in (wire.E_NOT_FOUND, wire.E_INCOMPLETE)
+        return error.code in (wire.E_NOT_FOUND, wire.E_INCOMPLETE) and bool(self.ledger.progressed)
 
     def failed(self, matches: list[Match], first: FetchError | None) -> tuple[FetchError, bool]:
         """
