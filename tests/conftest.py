@@ -207,13 +207,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     items[:] = [item for item in items if item not in watched] + watched
     if WORKER not in (None, "gw0"):
         return  # the first worker starts them, for every worker
-    started = config._watches = []  # type: ignore[attr-defined]
+    started: dict[Path, Watch] = {}
+    config._watches = started  # type: ignore[attr-defined]
     for item in watched:
         marker = item.get_closest_marker("watch")
         assert marker is not None
         script, *args = marker.args
         home = home_of(_watches_home(config), script, item.nodeid)
-        started.append(Watch.start(home, script, tuple(args)))
+        started[home] = Watch.start(home, script, tuple(args))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -221,15 +222,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # another worker's test may be waiting for one.  One cut short (-x,
     # Ctrl-C, an internal error) stops them and their networks now.
     ran = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
-    for watch in getattr(session.config, "_watches", []):
+    for watch in getattr(session.config, "_watches", {}).values():
         watch.finish(keep_running=ran and not session.shouldstop, timeout=900)
 
 
 @pytest.fixture
 def watch(request: pytest.FixtureRequest) -> Watch:
     """
-    The background watch of this test, started with the session.
+    The background watch of this test, started with the session: by this
+    process (waited for on its process), or by another worker (waited for
+    on the exit code it leaves).
     """
     marker = request.node.get_closest_marker("watch")
     assert marker is not None, "a watch test needs its marker"
-    return Watch(home_of(_watches_home(request.config), marker.args[0], request.node.nodeid))
+    home = home_of(_watches_home(request.config), marker.args[0], request.node.nodeid)
+    started: dict[Path, Watch] = getattr(request.config, "_watches", {})
+    return started.get(home) or Watch(home)
