@@ -153,6 +153,18 @@ def test_unexpected_messages_count_as_bad_lines():
     assert transport.disconnecting
 
 
+def test_nothing_follows_the_last_word():
+    # An answer that comes after the cut (a search forwarded before it)
+    # would follow the ERROR on a transport that is still flushing.
+    proto, transport = connected()
+    for _ in range(MAX_BAD_LINES):
+        proto.dataReceived(b"WELCOME s1 127.0.0.1 7001\r\n")
+    assert transport.disconnecting
+    proto.send("PONG")
+    proto.sendError(wire.E_FAILED, "late")
+    assert transport.value().endswith(b"ERROR cooling-off 10 bad lines; this connection is closed\r\n")
+
+
 def test_a_request_must_say_what_answers_it():
     proto, transport = connected()
     transport.clear()

@@ -86,6 +86,7 @@ class LineChannel(LineReceiver):
     MAX_LENGTH = wire.MAX_LINE - 1
     secret: Secret | None = None
     expect: tuple[str, str] | None = None
+    closing = False  # close() or abort() was called: nothing more is sent
     engaged = False  # has said something well-formed (idle ones are evicted first)
     _heard_bytes = False  # anything at all arrived yet (set on the instance then)
 
@@ -109,6 +110,11 @@ class LineChannel(LineReceiver):
 
     def sendMessage(self, msg: Message) -> None:
         data = wire.encode(msg)
+        if self.closing:
+            # A closing transport still sends what is written to it; an
+            # answer that comes after the goodbye (a search forwarded before
+            # the cut) would follow the last word.
+            return
         if self.transport is not None:
             self.transport.write(data)
             if self.clock is not None:
@@ -143,8 +149,10 @@ class LineChannel(LineReceiver):
 
     def close(self) -> None:
         """
-        Close after what was written has been sent.
+        Close after what was written has been sent; nothing written after
+        this is sent.
         """
+        self.closing = True
         if self.transport is not None:
             self.back_pressure.release(self.transport)
             self.transport.loseConnection()
@@ -153,6 +161,7 @@ class LineChannel(LineReceiver):
         """
         Close at once (a peer that does not answer may never read).
         """
+        self.closing = True
         transport: Any = self.transport
         if transport is not None:
             transport.abortConnection()
