@@ -106,7 +106,7 @@ def expected(line: str, ports: dict[str, int]) -> re.Pattern[str]:
 
 def mine(line: str, ports: dict[str, int]) -> str:
     for page, here in ports.items():
-        line = re.sub(rf"(127\.0\.0\.1[ /]){page}\b", rf"\g<1>{here}", line)
+        line = re.sub(rf"(127\.0\.0\.1[ /:]){page}\b", rf"\g<1>{here}", line)
         line = line.replace(f'"port":{page}', f'"port":{here}')
     return line
 
@@ -149,7 +149,9 @@ async def test_the_session_typed_with_nc_in_the_protocol_page(net):
     (net.root / key / "shared" / "docs").mkdir()
     (net.root / key / "shared" / "docs" / "notes.txt").write_text("hello\n")
     await peer.wait_for("sharing docs/notes.txt", 30)
-    ports = {"5000": net.meta_port, "5001": int((net.root / key / "port").read_text())}
+    page = await peer.wait_for("web page at http://127.0.0.1:", 30)
+    ports = {"5000": net.meta_port, "5001": int((net.root / key / "port").read_text()),
+             "8300": int(re.search(r"127\.0\.0\.1:(\d+)/", page).group(1))}
     control = str(net.root / key / "control.sock")
     conversations = session()
     assert [where for where, _ in conversations] == [

@@ -39,7 +39,7 @@ REPLIES: Mapping[str, frozenset[str]] = {
     "PING": frozenset({"PONG"}),
     # To a peer's control channel (ITEM, PROGRESS and NOTE lines come first).
     **{verb: _OK for verb in ("STATUS", "STOP", "FIND", "LS", "FETCH", "QUEUE", "DOWNLOADS",
-                              "CANCEL")},
+                              "CANCEL", "UI")},
 }
 """The verbs the protocol answers each request with, besides C{ERROR}."""
 

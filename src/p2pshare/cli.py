@@ -145,6 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  {_shown(n['name'])} at {_shown(n['host'])}:{n['port']}" for n in neighbours
     ] or ["  (none)"]
     lines.append(_sharing_line(status))
+    if status.get("ui"):
+        lines.append(f"web page: {status['ui']} (p2p ui prints its login address)")
     for f in status["shared"]:  # --files
         lines.append(f"  {_shown(f['name'])}  {_size(f['size'])}  sha256 {_shown(f['sha256'][:12])}")
     for t in status["transfers"]:
@@ -410,8 +412,9 @@ def _download_line(e: dict[str, Any]) -> str:
         return line
     if state == "done":
         return f"{e['id']:>4}  done      {name} -> {_shown(e['path'])} ({_shown(e['reason'])})"
-    if state == "queued":
-        return f"{e['id']:>4}  queued    {name}"
+    if state in ("queued", "paused"):
+        done = f": {_size(e['done'])} of {_size(e['total'])} verified" if e["total"] else ""
+        return f"{e['id']:>4}  {state:<9} {name}{done}"
     return f"{e['id']:>4}  {state:<9} {name}: {_shown(e['reason'], sentence=True)}"
 
 
@@ -476,7 +479,7 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 SHARE_WAIT = 30.0  # seconds p2p share waits for its peer to join
 # The p2ppeer options p2p share passes on as they are given.
 PASSED = ("name", "secret_file", "downloads", "upload_rate", "advertise", "max_neighbours",
-          "max_uploads", "heartbeat", "manhole", "control")
+          "max_uploads", "heartbeat", "manhole", "control", "ui")
 
 
 def user_data_dir() -> Path:
@@ -551,6 +554,8 @@ def cmd_share(args: argparse.Namespace) -> int:
             print(f"control: {control}")
             print(f"log: {log}")
             print(f"files page: http://{status['host']}:{status['port']}/")
+            if status.get("ui"):
+                print(f"web page: {status['ui']} (p2p ui prints its login address)")
             print("stop it with: p2p stop" + ("" if args.data_dir is None else f" --peer {control}"))
             return 0
         if status is not None and status.get("joined"):
@@ -656,6 +661,22 @@ def _last_words(log: Path, offset: int) -> str:
         if "cannot start" in line or ": error:" in line or line.startswith("twistd"):
             return line.split("] ", 1)[-1].strip()
     return said[-1].split("] ", 1)[-1].strip() if said else "it said nothing"
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """
+    The peer's web page: its address with a one-time login token (good
+    for ten minutes; the browser then keeps a session).
+    """
+    url = _ask(args.peer, "UI")["url"]
+    print(url)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            print("no web browser could be started here: open the address above in one",
+                  file=sys.stderr)
+    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -948,11 +969,18 @@ def parser() -> argparse.ArgumentParser:
     share.add_argument("--heartbeat", type=float, default=None,
                        help="seconds between heartbeats (default 5)")
     share.add_argument("--manhole", default=None, help="an SSH manhole on loopback (ENDPOINT)")
+    share.add_argument("--ui", default=None,
+                       help="the web page's endpoint (default a free loopback port), or off")
     share.add_argument("--control", default=None,
                        help="the control endpoint (default unix:DATA-DIR/control.sock)")
     share.add_argument("--log-level", default="info", choices=["debug", "info", "warn"],
                        help="what the log file gets (default info)")
     share.set_defaults(run=cmd_share)
+
+    ui = sub.add_parser("ui", help="print the address of the peer's web page, with a login token")
+    ui.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
+    ui.add_argument("--open", action="store_true", help="open it in a web browser too")
+    ui.set_defaults(run=cmd_ui)
 
     stop = sub.add_parser("stop", help="the peer leaves the network gracefully and exits")
     stop.add_argument("--peer", default=None, help="the peer's control endpoint (default: $P2P_PEER, ./p2ppeer-data/control.sock, or the per-user peer's)")
@@ -1060,6 +1088,8 @@ def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 parse_rate(args.upload_rate)
             if args.manhole is not None:
                 listen_description(args.manhole, "--manhole")
+            if args.ui is not None and args.ui != "off":
+                listen_description(args.ui, "--ui")
             if args.control is not None:
                 control_endpoint(args.control, Path("."))  # a unix socket, or loopback TCP
         if args.command == "url":

@@ -34,14 +34,18 @@ class StrictRequest(Request):
     A request whose method is checked before any resource is looked up.
     """
 
+    served: tuple[bytes, ...] = SERVED
+
     def process(self) -> None:
-        if self.method not in SERVED:
+        if self.method not in self.served:
             known = self.method in KNOWN_METHODS
             self.setResponseCode(405 if known else 501)
+            allowed = b", ".join(self.served)
             if known:
-                self.setHeader(b"allow", b"GET, HEAD")
+                self.setHeader(b"allow", allowed)
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            text = "this port serves GET and HEAD only\n"
+            names = [m.decode() for m in self.served]
+            text = f"this port serves {', '.join(names[:-1])} and {names[-1]} only\n"
             self.setHeader(b"content-length", str(len(text)).encode())
             self.write(text.encode())
             self.finish()
@@ -85,12 +89,12 @@ class StrictSite(Site):
     requestFactory = StrictRequest
 
 
-def strict_site(root: Any, reactor: Any) -> Site:
+def strict_site(root: Any, reactor: Any, kind: type[StrictSite] = StrictSite) -> Site:
     """
     A L{Site} for C{root} with the rules above, quiet, and without
     tracebacks in error pages.
     """
-    site = StrictSite(root, reactor=reactor, timeout=HEAD_TIMEOUT)
+    site = kind(root, reactor=reactor, timeout=HEAD_TIMEOUT)
     site.displayTracebacks = False
     site.noisy = False
     return site

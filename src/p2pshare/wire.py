@@ -439,6 +439,8 @@ SPECS: dict[str, Spec] = {
     # FETCH's download put in the peer's queue (p2p get --background).
     "QUEUE": Spec(args=(("name", FILE),), keys={"dir": PATH, "force": COUNT, "sources": COUNT, "from": NAME}),
     "DOWNLOADS": Spec(),
+    # A login address for the peer's web page (p2p ui).
+    "UI": Spec(),
     "CANCEL": Spec(args=(("name", FILE),)),
     "PROGRESS": Spec(args=(("done", SIZE), ("total", SIZE)), keys={"sources": COUNT}),
     # A line for the person waiting on a request (what a download waits for).

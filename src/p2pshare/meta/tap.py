@@ -25,7 +25,6 @@ from p2pshare.common import (
 from p2pshare.disk import atomic_write
 from p2pshare.lan import Announcer, endpoint_interface
 from p2pshare.logs import RoleLog
-from p2pshare.manhole import manhole_service
 from p2pshare.meta.registry import Registry
 from p2pshare.meta.server import (
     DEFAULT_EXPECT,
@@ -248,6 +247,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
             what=f"--web {options['web']}",
         ))
     if options["manhole"] is not None:
+        from p2pshare.manhole import manhole_service  # conch: only when asked
+
         namespace = {"service": top, "server": server, "registry": registry}
         children.append(manhole_service(options["manhole"], data_dir, namespace))
     for child in children:

@@ -114,10 +114,12 @@ class ControlProtocol(LineChannel):
     any folder it can write.
     """
 
-    def __init__(self, node: IControlled, token: Secret | None = None) -> None:
+    def __init__(self, node: IControlled, token: Secret | None = None,
+                 page: IPage | None = None) -> None:
         super().__init__(node.clock)
         self.node = node
         self.secret = token
+        self.page = page
         self._running: set[Deferred[Any]] = set()  # requests to cancel if we are left
 
     def identity(self) -> tuple[str, str]:
@@ -157,6 +159,7 @@ class ControlProtocol(LineChannel):
     def msg_STATUS(self, msg: Message) -> None:
         def answer(_: object) -> None:
             status = self.node.status()
+            status["ui"] = self.page.address if self.page is not None else None
             lists: dict[str, Any] = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
             if msg.options.get("files") != "1":
                 lists["shared"] = []  # counts and totals are in the status; the list on request
@@ -165,6 +168,14 @@ class ControlProtocol(LineChannel):
         # The network's size as the metadata server says it now (the last
         # it said, when it is away): a moment's wait at most.
         self.node.network_size().addCallback(answer).addErrback(self._failed)
+
+    def msg_UI(self, msg: Message) -> None:
+        url = self.page.login_url() if self.page is not None else None
+        if url is None:
+            why = "is off (--ui off)" if self.page is None else "is not listening yet"
+            self.sendError(wire.E_NOT_FOUND, f"this peer's web page {why}")
+            return
+        self.send("OK", text=_json({"url": url}))
 
     def msg_STOP(self, msg: Message) -> None:
         self.send("OK", text=_json({"name": self.node.peer_name}))
@@ -179,20 +190,9 @@ class ControlProtocol(LineChannel):
                 matches=(asdict(m) for m in result.matches),
             )
 
-        exact = EXACT if msg.options.get("exact") == "1" else 0
-        d = Deferred.fromCoroutine(self._find(pattern, exact))
+        d = Deferred.fromCoroutine(find(self.node.search, pattern, msg.options.get("exact") == "1"))
         self._running.add(d)
         d.addBoth(self._done, d).addCallback(found).addErrback(self._failed)
-
-    async def _find(self, pattern: str, exact: int) -> Found:
-        """
-        A search; a glob that matches nothing is tried again as words, so
-        that a name holding C{[ ] ? *} is found by typing it.
-        """
-        found: Found = await self.node.search.start(pattern, exact=exact)
-        if not found.matches and not exact and is_pattern(pattern):
-            found = await self.node.search.start(pattern, exact=WORDS)
-        return found
 
     def msg_LS(self, msg: Message) -> None:
         holder = msg.args[0]
@@ -313,6 +313,18 @@ class ControlProtocol(LineChannel):
             self.sendError(code, text)
 
 
+async def find(search: ISearcher, pattern: str, exact: bool = False) -> Found:
+    """
+    A search as C{p2p search} makes it: a glob that matches nothing is
+    tried again as words, so that a name holding C{[ ] ? *} is found by
+    typing it.
+    """
+    found: Found = await search.start(pattern, exact=EXACT if exact else 0)
+    if not found.matches and not exact and is_pattern(pattern):
+        found = await search.start(pattern, exact=WORDS)
+    return found
+
+
 def _other_user(transport: ITransport | None) -> str | None:
     """
     Who connected to a unix socket, if it is neither this process's user
@@ -331,18 +343,32 @@ def _other_user(transport: ITransport | None) -> str | None:
     return f"user {uid} (pid {pid})"
 
 
+class IPage(Protocol):
+    """
+    The peer's web page, as a command sees it.
+    """
+
+    @property
+    def address(self) -> str | None: ...
+
+    def login_url(self) -> str | None: ...
+
+
 class ControlFactory(ChannelFactory):
     """
     @param token: the secret a TCP control connection must prove it holds
         (L{None} on a unix socket, guarded by its mode and owner).
+    @param page: the peer's web page, unless it has none (C{--ui off}).
     """
 
-    def __init__(self, node: IControlled, token: Secret | None = None) -> None:
+    def __init__(self, node: IControlled, token: Secret | None = None,
+                 page: IPage | None = None) -> None:
         super().__init__(node)
         self.token = token
+        self.page = page
 
     def buildProtocol(self, addr: object) -> ControlProtocol:
-        proto = ControlProtocol(self.owner, self.token)
+        proto = ControlProtocol(self.owner, self.token, self.page)
         proto.factory = self
         return proto
 

@@ -525,6 +525,32 @@ class PeerFiles(MultiService):
             "transfers": self._transfers(),
         }
 
+    @property
+    def max_uploads(self) -> int:
+        return self.upload_slots.limit
+
+    @property
+    def upload_cap(self) -> float | None:
+        return self.upload_rate.rate if self.upload_rate is not None else None
+
+    def set_upload_limits(self, max_uploads: int, upload_rate: float | None) -> None:
+        """
+        Change C{--max-uploads} and C{--upload-rate} while the peer runs
+        (from its web page).  A changed cap holds at once for every upload
+        begun under a cap; an upload keeps the way it began otherwise
+        (uncapped, or under the cap just removed) and the new limits hold
+        for every upload that begins from now on.
+        """
+        self.upload_slots.set_limit(max_uploads, upload_rate)
+        if upload_rate is None:
+            self.upload_rate = None
+        elif self.upload_rate is None:
+            self.upload_rate = UploadRate(upload_rate, self.clock)
+        else:
+            self.upload_rate.set_rate(upload_rate)
+        self.log.info("uploads now: at most {n} at once, {rate}", n=max_uploads,
+                      rate=f"{human_size(upload_rate)}/s in all" if upload_rate else "no rate cap")
+
     def _transfers(self) -> list[dict[str, object]]:
         now = self.clock.seconds()
         return [

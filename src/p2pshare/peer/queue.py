@@ -8,7 +8,10 @@ there are more than L{KEPT}.  The queue is written to the data dir
 (C{downloads.json}, replaced atomically) at every change of state, so
 queued and interrupted downloads survive a restart of the peer and
 resume from their verified pieces (the part files stay beside their
-targets).  C{p2p cancel} removes one, or every one under a folder.
+targets).  C{p2p cancel} removes one, or every one under a folder.  The
+web page also pauses one (it stops, keeping what it verified, and waits
+until it is resumed, across restarts too) and resumes one (a paused one,
+or one that failed or was cancelled: it is queued again).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from p2pshare import wire
 from p2pshare.disk import atomic_write, human_size
 from p2pshare.peer.download.transfer import FetchError
 
@@ -41,8 +45,8 @@ Fetch = Callable[..., Any]
 @dataclass
 class Download:
     """
-    One entry of the queue.  C{state}: C{queued}, C{running}, C{done},
-    C{failed} or C{cancelled}.
+    One entry of the queue.  C{state}: C{queued}, C{running}, C{paused},
+    C{done}, C{failed} or C{cancelled}.
     """
 
     id: int
@@ -82,7 +86,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "added": (int, float), "started": (int, float, type(None)),
     "ended": (int, float, type(None)),
 }
-_STATES = ("queued", "running", "done", "failed", "cancelled")
+_STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
 
 
 def _entry(item: object) -> Download | None:
@@ -205,13 +209,63 @@ class DownloadQueue(Service):
         cancelled = [e for e in self.entries.values() if not e.finished and e.covers(name)]
         for e in cancelled:
             self._ended(e, "cancelled", "cancelled by p2p cancel")
-            running = self._running.pop(e.id, None)
-            if running is not None:
-                running.cancel()
+            self._stop(e)
         if cancelled:
             self._save()
             self._run_next()
         return cancelled
+
+    def cancel_one(self, ident: int) -> Download:
+        """
+        Cancel the download C{ident} unless it has ended.
+        """
+        e = self._by_id(ident)
+        if not e.finished:
+            self._ended(e, "cancelled", "cancelled")
+            self._stop(e)
+            self._save()
+            self._run_next()
+        return e
+
+    def pause(self, ident: int) -> Download:
+        """
+        Stop the download C{ident} (what it verified stays in its part
+        file) and keep it waiting until L{resume}.
+        """
+        e = self._by_id(ident)
+        if e.finished:
+            raise FetchError(wire.E_UNEXPECTED, f"download {ident} has ended ({e.state})")
+        if e.state != "paused":
+            e.state, e.rate, e.holders = "paused", 0, 0
+            self._stop(e)
+            self._save()
+            self._run_next()
+        return e
+
+    def resume(self, ident: int) -> Download:
+        """
+        Queue the download C{ident} again: a paused one, or one that failed
+        or was cancelled (it resumes from what it verified).
+        """
+        e = self._by_id(ident)
+        if e.state in ("paused", "failed", "cancelled"):
+            e.state, e.reason, e.ended = "queued", "", None
+            self._save()
+            self._run_next()
+        elif e.state == "done":
+            raise FetchError(wire.E_UNEXPECTED, f"download {ident} is done")
+        return e
+
+    def _by_id(self, ident: int) -> Download:
+        e = self.entries.get(ident)
+        if e is None:
+            raise FetchError(wire.E_NOT_FOUND, f"there is no download {ident}")
+        return e
+
+    def _stop(self, e: Download) -> None:
+        running = self._running.pop(e.id, None)
+        if running is not None:
+            running.cancel()
 
     def listing(self) -> Iterator[dict[str, Any]]:
         for e in sorted(self.entries.values(), key=lambda e: e.id):

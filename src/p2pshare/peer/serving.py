@@ -208,10 +208,17 @@ class UploadSlots:
             at most half of one slot's part of it, so that uploads slowed by
             the cap itself are not cut for being slow.
         """
-        self.limit = limit
-        self.floor = min(FLOOR_RATE, cap / max(limit, 1) / 2) if cap else FLOOR_RATE
         self.uploads: list[Upload] = []
         self._waiting: dict[str, float] = {}  # address -> when it was last refused
+        self.set_limit(limit, cap)
+
+    def set_limit(self, limit: int, cap: float | None) -> None:
+        """
+        New limits, for the uploads that ask from now on (those running
+        keep their slots).
+        """
+        self.limit = limit
+        self.floor = min(FLOOR_RATE, cap / max(limit, 1) / 2) if cap else FLOOR_RATE
 
     @property
     def used(self) -> int:
@@ -419,11 +426,18 @@ class UploadRate:
     """
 
     def __init__(self, rate: float, clock: Any) -> None:
-        self.rate = rate
         self.clock = clock
-        self.capacity = max(16384.0, rate / 4)  # a quarter second's worth
+        self.set_rate(rate)
         self.tokens = self.capacity
         self.last = clock.seconds()
+
+    def set_rate(self, rate: float) -> None:
+        """
+        A new cap, at once for every upload (they all draw from this bucket).
+        """
+        self.rate = rate
+        self.capacity = max(16384.0, rate / 4)  # a quarter second's worth
+        self.tokens = min(getattr(self, "tokens", 0.0), self.capacity)
 
     def chunk(self) -> int:
         """

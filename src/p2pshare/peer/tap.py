@@ -29,13 +29,15 @@ from p2pshare.common import (
     tcp_client_endpoint,
 )
 from p2pshare.logs import RoleLog
-from p2pshare.manhole import manhole_service, reset_manhole
 from p2pshare.options import parse_rate
 from p2pshare.peer.control import ControlFactory, control_token
 from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.share import SETTLE_TIME
+from p2pshare.peer.ui.api import Api
+from p2pshare.peer.ui.guard import Guard
+from p2pshare.peer.ui.site import Page, UIService
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,
@@ -83,6 +85,8 @@ class Options(RoleOptions):
         ["secret-file", None, None, "The network secret: admit only peers that hold it."],
         ["max-uploads", None, 16, "Files served at once; more requests get 503.", int],
         ["upload-rate", None, None, "Cap on all uploads together, bytes/s (K, M, G suffixes)."],
+        ["ui", None, "tcp:0:interface=127.0.0.1",
+         "The web page for people (loopback unless an interface is given), or off."],
     ]
     optFlags = [
         ["reset-token", None,
@@ -121,6 +125,13 @@ class Options(RoleOptions):
             raise usage.UsageError(str(e)) from None
         if self["manhole"] is not None:
             self["manhole"] = loopback_by_default(server_endpoint_string(self["manhole"]))
+        if self["ui"] == "off":
+            self["ui"] = None
+        else:
+            try:
+                self["ui"] = loopback_by_default(server_endpoint_string(self["ui"]))
+            except ValueError as e:
+                raise usage.UsageError(f"--ui: {e}") from None
         try:
             self["secret"] = load_secret(self["secret-file"])
             self["tls"] = peer_tls(self["port"])
@@ -221,6 +232,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
     if options["reset-token"]:
         Identity.reset(data_dir)
     if options["reset-manhole"]:
+        from p2pshare.manhole import reset_manhole  # conch: only when asked (see below)
+
         reset_manhole(data_dir)
     # Never shared, wherever they lie: the data dir (PeerSettings.state_dir)
     # and the files that hold the network's secrets.
@@ -282,14 +295,26 @@ def _assemble(options: Options, reactor: Any) -> IService:
             log.info("control channel on loopback port {port}; it asks for the token in "
                      "{path}", port=number, path=str(data_dir / CONTROL_TOKEN))
 
+    ui = None
+    if options["ui"] is not None:
+        page = Page(Api(node, node.files, shared=options["shared"], downloads=options["downloads"]),
+                    Guard(reactor), reactor)
+        ui = UIService(endpoint(reactor, "--ui", options["ui"]), page, reactor,
+                       what=f"--ui {options['ui']}")
     ListenService(
         endpoint(reactor, "--control", options["control"]),
-        ControlFactory(node, token),
+        ControlFactory(node, token, ui),
         control_listening,
         what=f"--control {options['control']}",
     ).setServiceParent(top)
     node.setServiceParent(top)
+    if ui is not None:
+        ui.setServiceParent(top)
     if options["manhole"] is not None:
+        # Conch is some sixty modules: a start without a manhole (every
+        # start of a test's network) does not load it.
+        from p2pshare.manhole import manhole_service
+
         namespace = {"service": top, "peer": node}
         manhole_service(options["manhole"], data_dir, namespace).setServiceParent(top)
     return top

@@ -1,0 +1,143 @@
+"""
+Who may use the peer's web page: the rules, without HTTP.
+
+A person gets in through a login address that C{p2p ui} prints (as
+Jupyter does): it carries a one-time token, good for
+L{LOGIN_LIFETIME} seconds.  Opening it trades the token for a session,
+held in an C{HttpOnly}, C{SameSite=Strict} cookie that the page's
+script cannot read and that no other site's page makes the browser
+send.  Each session has its own CSRF token, which the page reads from
+the API and sends back in a header with every request that changes
+something; a form or a script on another origin cannot learn it.
+
+Every request must also name the page's own address in its C{Host}
+header (the address it listens on, or C{localhost} with its port): a
+DNS-rebinding page (a stranger's name that resolves to 127.0.0.1) sends
+its own name there and is refused (Transmission's CVE-2018-5702).
+
+Sessions end after L{SESSION_IDLE} seconds unused, or when the peer
+stops; at most L{MAX_SESSIONS} live at once (the oldest goes first).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+LOGIN_LIFETIME = 600.0  # seconds a login address printed by p2p ui stays good
+SESSION_IDLE = 7 * 24 * 3600.0  # seconds a session may stay unused
+MAX_SESSIONS = 64
+MAX_LOGINS = 64  # login tokens handed out and not yet used
+COOKIE = "p2pshare-session"
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclass
+class Session:
+    key: str
+    csrf: str
+    used: float
+
+
+class Guard:
+    """
+    The login tokens and sessions of one page, on C{clock}.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._logins: dict[str, float] = {}  # token -> when it expires
+        self._sessions: dict[str, Session] = {}
+
+    def new_login(self) -> str:
+        """
+        A one-time login token (for the address that C{p2p ui} prints).
+        """
+        now = self.clock.seconds()
+        self._logins = {t: end for t, end in self._logins.items() if end > now}
+        while len(self._logins) >= MAX_LOGINS:
+            del self._logins[min(self._logins, key=self._logins.__getitem__)]
+        token = _token()
+        self._logins[token] = now + LOGIN_LIFETIME
+        return token
+
+    def log_in(self, token: str) -> Session | None:
+        """
+        Trade a login token for a new session; L{None} if the token is not
+        one (unknown, used already, or too old).
+        """
+        now = self.clock.seconds()
+        match = next((t for t in self._logins if hmac.compare_digest(t, token)), None)
+        if match is None:
+            return None
+        expires = self._logins.pop(match)
+        if expires <= now:
+            return None
+        self._forget_idle(now)
+        while len(self._sessions) >= MAX_SESSIONS:
+            oldest = min(self._sessions.values(), key=lambda s: s.used)
+            del self._sessions[oldest.key]
+        session = Session(_token(), _token(), now)
+        self._sessions[session.key] = session
+        return session
+
+    def session(self, key: str | None) -> Session | None:
+        """
+        The live session whose cookie is C{key}, marked as used now.
+        """
+        if not key:
+            return None
+        now = self.clock.seconds()
+        self._forget_idle(now)
+        found = self._sessions.get(key)
+        if found is not None:
+            found.used = now
+        return found
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, s in self._sessions.items() if now - s.used > SESSION_IDLE]:
+            del self._sessions[key]
+
+    def end_all(self) -> None:
+        self._logins.clear()
+        self._sessions.clear()
+
+
+def csrf_ok(session: Session, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(session.csrf, given)
+
+
+def own_hosts(host: str, port: int) -> frozenset[str]:
+    """
+    The C{Host} headers that name a page listening on C{host}:C{port}:
+    that address (an IPv6 one in brackets), and C{localhost} when it is
+    a loopback address.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return frozenset({f"{host}:{port}".lower()})
+    shown = f"[{address.compressed}]" if address.version == 6 else address.compressed
+    names = {f"{shown}:{port}"}
+    if address.is_loopback:
+        names.add(f"localhost:{port}")
+    if address.is_unspecified:  # every interface: its loopback names at least
+        names |= {f"127.0.0.1:{port}", f"[::1]:{port}", f"localhost:{port}"}
+    return frozenset(names)
+
+
+def origin_ok(origin: str | None, hosts: frozenset[str]) -> bool:
+    """
+    Is a request's C{Origin} (when the browser sent one) the page itself?
+    """
+    if origin is None:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme == "http" and rest.lower() in hosts

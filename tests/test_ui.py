@@ -1,0 +1,373 @@
+"""
+The peer's web page in one process, on a Clock: who gets in (login
+tokens, sessions, CSRF, Host, Origin), what every answer forbids, the
+JSON API over the real download queue, and the live stream; the bytes
+on the wire of an HTTP/1.1 connection (a StringTransport).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from p2pshare.peer.coverage import Coverage, Found
+from p2pshare.peer.download.transfer import FetchError
+from p2pshare.peer.queue import DownloadQueue
+from p2pshare.peer.ui import guard as guard_module
+from p2pshare.peer.ui.api import Api
+from p2pshare.peer.ui.guard import LOGIN_LIFETIME, SESSION_IDLE, Guard, origin_ok, own_hosts
+from p2pshare.peer.ui.site import MAX_BODY, STREAM_EVERY, Page, make_site
+from p2pshare.pieces import piece_count
+from p2pshare.wire import Match
+
+PORT = 8300
+SIZE = 2**30  # a file of many pieces
+HOST = f"127.0.0.1:{PORT}"
+
+
+# The guard alone.
+
+
+def test_a_login_token_opens_one_session_once_and_only_while_fresh():
+    clock = Clock()
+    guard = Guard(clock)
+    token = guard.new_login()
+    session = guard.log_in(token)
+    assert session is not None and guard.session(session.key) is session
+    assert guard.log_in(token) is None  # used
+    late = guard.new_login()
+    clock.advance(LOGIN_LIFETIME + 1)
+    assert guard.log_in(late) is None  # too old
+    assert guard.log_in("") is None and guard.log_in("x" * 10_000) is None
+    assert guard.session(session.key) is session  # the session itself lives on
+
+
+def test_a_session_unused_for_a_week_ends_and_the_oldest_make_room():
+    clock = Clock()
+    guard = Guard(clock)
+    first = guard.log_in(guard.new_login())
+    clock.advance(SESSION_IDLE - 1)
+    assert guard.session(first.key) is first  # used: its week starts again
+    clock.advance(SESSION_IDLE + 1)
+    assert guard.session(first.key) is None
+    keys = []
+    for _ in range(guard_module.MAX_SESSIONS + 3):
+        clock.advance(1)
+        keys.append(guard.log_in(guard.new_login()).key)
+    assert [guard.session(k) is not None for k in keys[:3]] == [False] * 3
+    assert all(guard.session(k) is not None for k in keys[3:])
+    assert guard.session(None) is None and guard.session("") is None
+
+
+def test_the_page_knows_its_own_names():
+    assert own_hosts("127.0.0.1", 8300) == {"127.0.0.1:8300", "localhost:8300"}
+    assert own_hosts("::1", 8300) == {"[::1]:8300", "localhost:8300"}
+    assert own_hosts("192.168.1.5", 80) == {"192.168.1.5:80"}
+    assert "127.0.0.1:80" in own_hosts("0.0.0.0", 80)
+    hosts = own_hosts("127.0.0.1", 8300)
+    assert origin_ok(None, hosts) and origin_ok("http://localhost:8300", hosts)
+    for foreign in ("http://evil.example:8300", "https://127.0.0.1:8300", "null",
+                    "http://127.0.0.1:8301", ""):
+        assert not origin_ok(foreign, hosts), foreign
+
+
+# The page over HTTP, with a node that answers from memory.
+
+
+class Search:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    def start(self, pattern: str, *, exact: int = 0) -> Deferred[Found]:
+        self.asked.append((pattern, exact))
+        matches = []
+        if "song" in pattern:
+            matches = [
+                Match("music/song.ogg", SIZE, "a" * 64, "s2", "127.0.0.1", 7002, 1),
+                Match("other/tune.ogg", SIZE, "a" * 64, "s3", "127.0.0.1", 7003, 2,
+                      have=piece_count(SIZE) // 2),
+            ]
+        return succeed(Found(matches, Coverage(answered=5, total=5)))
+
+
+class Files:
+    max_uploads = 16
+    upload_cap: float | None = None
+
+    async def listing(self, holder: str) -> list[dict[str, object]]:
+        if holder == "s9":
+            raise FetchError("not-found", "s9 is not in the network")
+        return [{"name": "a/b.txt", "size": 3, "sha256": "b" * 64}]
+
+    def set_upload_limits(self, max_uploads: int, upload_rate: float | None) -> None:
+        self.max_uploads, self.upload_cap = max_uploads, upload_rate
+
+
+class Node:
+    peer_name = "s1"
+
+    def __init__(self, clock: Clock, tmp: Path) -> None:
+        self.clock = clock
+        self.search = Search()
+        self.files = Files()
+        self.fetches: list[Deferred[object]] = []
+        self.queue = DownloadQueue(self.fetch, clock, tmp / "downloads.json")
+        self.queue.open()
+
+    async def fetch(self, name, directory, force, progress, **kw):
+        d: Deferred[object] = Deferred()
+        self.fetches.append(d)
+        progress(10, 100, 2)
+        return await d
+
+    def status(self) -> dict[str, object]:
+        return {"name": "s1", "shared": [{"name": "x"}], "transfers": [], "neighbours": []}
+
+    def network_size(self):
+        return succeed((5, 5))
+
+
+@pytest.fixture
+def page(tmp_path):
+    clock = Clock()
+    node = Node(clock, tmp_path)
+    page = Page(Api(node, node.files), Guard(clock), clock)
+    page.listening(own_hosts("127.0.0.1", PORT), PORT, f"http://{HOST}")
+    page.node = node  # for the tests
+    yield page
+    page.stop()
+
+
+class Answer:
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(": ")
+            self.headers.setdefault(name.lower(), []).append(value)
+        if self.headers.get("transfer-encoding") == ["chunked"]:
+            self.body = dechunked(self.body)
+
+    def header(self, name: str) -> str:
+        return self.headers[name][0]
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def dechunked(data: bytes) -> bytes:
+    """
+    The body of a chunked response (an answer written later, a stream).
+    """
+    body = b""
+    while data:
+        size, _, data = data.partition(b"\r\n")
+        n = int(size, 16)
+        body, data = body + data[:n], data[n + 2:]
+    return body
+
+
+def ask(page: Page, method: str, path: str, *, host: str = HOST, cookie: str | None = None,
+        headers: dict[str, str] | None = None, body: bytes = b"") -> Answer:
+    site = make_site(page, page.clock)
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+    proto.makeConnection(transport)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    if cookie is not None:
+        lines.append(f"Cookie: {cookie}")
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    return Answer(transport.value())
+
+
+def log_in(page: Page) -> tuple[str, str]:
+    """
+    Open the login address; the session cookie and the page's CSRF token.
+    """
+    url = page.login_url(page.guard.new_login())
+    answer = ask(page, "GET", url.removeprefix(f"http://{HOST}"))
+    assert answer.status == 303 and answer.header("location") == "/"
+    cookie = answer.header("set-cookie")
+    parts = [p.strip() for p in cookie.split(";")]
+    assert parts[0].startswith(f"p2pshare-session-{PORT}=")
+    assert {"httponly", "samesite=strict", "path=/"} <= {p.lower() for p in parts}
+    csrf = ask(page, "GET", "/api/session", cookie=parts[0]).json()["csrf"]
+    return parts[0], csrf
+
+
+def post(page: Page, path: str, value: object, cookie: str, csrf: str, **extra: str) -> Answer:
+    return ask(page, "POST", path, cookie=cookie, body=json.dumps(value).encode(),
+               headers={"Content-Type": "application/json", "X-CSRF-Token": csrf,
+                        "Origin": f"http://{HOST}", **extra})
+
+
+def test_without_a_session_every_page_and_call_is_403(page):
+    for path in ("/", "/app.js", "/app.css", "/api/status", "/api/session", "/api/search?q=a",
+                 "/api/downloads", "/api/events", "/nothing", "/login", "/login?token=forged"):
+        answer = ask(page, "GET", path)
+        assert answer.status == 403, path
+        assert answer.header("x-frame-options") == "DENY"
+        assert b"csrf" not in answer.body
+    stale = "p2pshare-session-8300=made-up"
+    assert ask(page, "GET", "/api/status", cookie=stale).status == 403
+    assert ask(page, "POST", "/api/get", body=b'{"name": "x"}').status == 403
+    assert page.node.queue.entries == {}
+
+
+def test_a_foreign_host_header_is_refused_even_with_a_session(page):
+    cookie, _ = log_in(page)
+    assert ask(page, "GET", "/", cookie=cookie).status == 200
+    for host in ("evil.example:8300", "127.0.0.1:8301", "127.0.0.1", "", "localhost.evil:8300"):
+        answer = ask(page, "GET", "/api/status", cookie=cookie, host=host)
+        assert answer.status == 403, host
+        assert answer.json() == {"error": "this page answers only at its own address"}
+    assert ask(page, "GET", "/", cookie=cookie, host=f"localhost:{PORT}").status == 200
+
+
+def test_every_answer_forbids_framing_inline_script_and_caching(page):
+    cookie, _ = log_in(page)
+    html = ask(page, "GET", "/", cookie=cookie)
+    assert html.status == 200 and html.header("content-type") == "text/html; charset=utf-8"
+    csp = html.header("content-security-policy")
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "default-src 'none'" in csp
+    assert html.header("x-frame-options") == "DENY"
+    assert html.header("x-content-type-options") == "nosniff"
+    assert html.header("referrer-policy") == "no-referrer"
+    assert html.header("cache-control") == "no-store"
+    assert b'<script src="/app.js"' in html.body
+    script = ask(page, "GET", "/app.js", cookie=cookie)
+    assert script.header("content-type").startswith("text/javascript")
+    assert b"innerHTML" not in script.body
+
+
+def test_a_change_needs_the_csrf_token_and_the_pages_origin(page):
+    cookie, csrf = log_in(page)
+    refused = [
+        post(page, "/api/get", {"name": "a.txt"}, cookie, ""),
+        post(page, "/api/get", {"name": "a.txt"}, cookie, csrf + "x"),
+        post(page, "/api/get", {"name": "a.txt"}, cookie, csrf, Origin="http://evil.example"),
+        post(page, "/api/get", {"name": "a.txt"}, "p2pshare-session-8300=other", csrf),
+    ]
+    assert [a.status for a in refused] == [403] * 4
+    assert page.node.queue.entries == {}
+    # A form of another site cannot send JSON, nor the header.
+    form = ask(page, "POST", "/api/get", cookie=cookie, body=b"name=a.txt",
+               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status == 403
+    sent = post(page, "/api/get", {"name": "a.txt"}, cookie, csrf)
+    assert sent.status == 200 and sent.json()["download"]["name"] == "a.txt"
+    assert [e.name for e in page.node.queue.entries.values()] == ["a.txt"]
+    # Only POST changes anything; other methods are refused as on every port.
+    assert ask(page, "GET", "/api/get?name=b.txt", cookie=cookie).status == 404
+    assert ask(page, "DELETE", "/api/get", cookie=cookie).status == 405
+
+
+def test_bad_bodies_get_one_sentence_and_change_nothing(page):
+    cookie, csrf = log_in(page)
+    big = post(page, "/api/get", {"name": "a" * (MAX_BODY + 10)}, cookie, csrf)
+    assert big.status == 413 and "at most 64 KiB" in big.json()["error"]
+    for body in (b"not json", b"[1, 2]", b"\xff\xfe"):
+        answer = ask(page, "POST", "/api/get", cookie=cookie, body=body, headers={
+            "Content-Type": "application/json", "X-CSRF-Token": csrf})
+        assert answer.status == 400, body
+    for value in ({}, {"name": ""}, {"name": 5}, {"name": "a\x00b"}, {"name": "x" * 5000}):
+        assert post(page, "/api/get", value, cookie, csrf).status == 400, value
+    assert post(page, "/api/pause", {"id": "1"}, cookie, csrf).status == 400
+    assert post(page, "/api/pause", {"id": 99}, cookie, csrf).json() == {
+        "error": "there is no download 99"}
+    assert post(page, "/api/settings", {"upload_rate": "fast"}, cookie, csrf).status == 400
+    assert post(page, "/api/settings", {"max_uploads": 0}, cookie, csrf).status == 400
+    assert ask(page, "GET", "/api/search?q=", cookie=cookie).status == 400
+    assert ask(page, "GET", "/api/search?q=%FF", cookie=cookie).status == 400
+    assert ask(page, "GET", "/api/ls?holder=<b>", cookie=cookie).status == 400
+    assert page.node.queue.entries == {}
+
+
+def test_search_groups_by_content_and_says_what_it_covered(page):
+    cookie, _ = log_in(page)
+    found = ask(page, "GET", "/api/search?q=song", cookie=cookie).json()
+    assert found["coverage"]["text"] == "searched 5 of 5 peers"
+    [result] = found["results"]
+    assert result["name"] == "music/song.ogg" and result["size"] == SIZE
+    assert result["paths"] == ["music/song.ogg", "other/tune.ogg"]
+    assert [(h["name"], h["partial"]) for h in result["holders"]] == [("s2", None), ("s3", 0.5)]
+    # A glob that finds nothing is tried again as words, as p2p search does.
+    ask(page, "GET", "/api/search?q=%5Bx%5D", cookie=cookie)
+    assert page.node.search.asked[-2:] == [("[x]", 0), ("[x]", 2)]
+    listed = ask(page, "GET", "/api/ls?holder=s2", cookie=cookie).json()
+    assert listed == {"peer": "s2", "files": [{"name": "a/b.txt", "size": 3, "sha256": "b" * 64}]}
+    gone = ask(page, "GET", "/api/ls?holder=s9", cookie=cookie)
+    assert gone.status == 404 and gone.json() == {"error": "s9 is not in the network"}
+
+
+def test_downloads_are_queued_paused_resumed_and_cancelled(page):
+    cookie, csrf = log_in(page)
+    queue = page.node.queue
+    first = post(page, "/api/get", {"name": "music/"}, cookie, csrf).json()["download"]
+    assert first["state"] == "running" and len(page.node.fetches) == 1
+    paused = post(page, "/api/pause", {"id": first["id"]}, cookie, csrf).json()["download"]
+    assert paused["state"] == "paused" and page.node.fetches[0].called  # cancelled
+    assert json.loads((queue.path).read_text())["downloads"][0]["state"] == "paused"
+    resumed = post(page, "/api/resume", {"id": first["id"]}, cookie, csrf).json()["download"]
+    assert resumed["state"] == "running" and len(page.node.fetches) == 2
+    page.node.fetches[1].callback(type("Kept", (), {"size": 3, "already": False, "path": "/x"})())
+    done = ask(page, "GET", "/api/downloads", cookie=cookie).json()["downloads"][0]
+    assert done["state"] == "done"
+    assert post(page, "/api/pause", {"id": first["id"]}, cookie, csrf).status == 409
+    second = post(page, "/api/get", {"name": "b.txt"}, cookie, csrf).json()["download"]
+    cancelled = post(page, "/api/cancel", {"id": second["id"]}, cookie, csrf).json()["download"]
+    assert cancelled["state"] == "cancelled"
+    again = post(page, "/api/resume", {"id": second["id"]}, cookie, csrf).json()["download"]
+    assert again["state"] == "running"  # a cancelled one may be started again
+
+
+def test_settings_change_the_upload_limits(page):
+    cookie, csrf = log_in(page)
+    status = post(page, "/api/settings", {"upload_rate": "8M", "max_uploads": 4}, cookie,
+                  csrf).json()
+    assert (status["upload_rate"], status["max_uploads"]) == (8 * 2**20, 4)
+    status = post(page, "/api/settings", {"upload_rate": ""}, cookie, csrf).json()
+    assert (status["upload_rate"], status["max_uploads"]) == (None, 4)
+    assert "shared" not in status  # counts, never the whole list
+
+
+def test_the_stream_sends_state_at_once_then_each_change(page):
+    cookie, csrf = log_in(page)
+    site = make_site(page, page.clock)
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(f"GET /api/events HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n\r\n"
+                       .encode())
+    answer = Answer(transport.value())
+    head = answer.body
+    assert answer.status == 200 and answer.header("content-type").startswith("text/event-stream")
+    assert b"event: downloads\ndata: {\"downloads\":[]}\n\n" in head
+    assert b"event: status\n" in head
+    transport.clear()
+    page.clock.advance(STREAM_EVERY)
+    assert transport.value() == b""  # nothing changed: nothing sent
+    post(page, "/api/get", {"name": "a.txt"}, cookie, csrf)
+    page.clock.advance(STREAM_EVERY)
+    events = dechunked(transport.value()).split(b"\n\n")
+    assert events[0].startswith(b"event: downloads\ndata: ")
+    assert json.loads(events[0].split(b"data: ", 1)[1])["downloads"][0]["name"] == "a.txt"
+    proto.connectionLost(Failure(ConnectionDone()))  # the page was closed
+    assert page.streams.open == {}
+    page.clock.advance(STREAM_EVERY)
+    assert not page.streams.loop.running
