@@ -1,0 +1,131 @@
+"""
+Real processes and real clients: a peer's web page as a stranger meets
+it.  Without the login token every page and call is 403; a token works
+once; a foreign C{Host} (DNS rebinding) is 403 even with the session; a
+cross-origin POST is refused and changes nothing; the default binding
+does not answer from 127.0.0.2; C{--ui off} has no page, and C{p2p ui}
+says so.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
+CURL = shutil.which("curl") or "curl"
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def curl(url: str, *extra: str) -> tuple[int, dict[str, str], str]:
+    """
+    One request by curl: its status, headers (the last of each) and body.
+    """
+    done = run(CURL, "-s", "-i", "--max-time", "30", *extra, url)
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = head.split("\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(": ")
+        headers[name.lower()] = value
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stranger_gets_nothing_from_the_page(net):
+    await net.start_meta(2)
+    key, peer = await net.start_peer()
+    control = net.control(key)
+    said = await deferToThread(run, *P2P, "ui", "--peer", control)
+    assert said.returncode == 0, said.stderr
+    login = said.stdout.strip()
+    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/login\?token=([A-Za-z0-9_-]{40,})", login)
+    assert m, login
+    port = int(m.group(1))
+    base = f"http://127.0.0.1:{port}"
+
+    # Without the token: every page and call is 403.
+    for path in ("/", "/app.js", "/api/status", "/api/session", "/api/downloads",
+                 "/api/search?q=a", "/api/events", "/login?token=guessed"):
+        status, headers, _ = await deferToThread(curl, base + path)
+        assert status == 403, path
+        assert headers["x-frame-options"] == "DENY"
+    # The token, once: a session cookie.
+    jar = net.root / "cookies"
+    status, headers, _ = await deferToThread(curl, login, "-c", str(jar))
+    assert status == 303 and headers["location"] == "/"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    status, _, _ = await deferToThread(curl, login)
+    assert status == 403  # used
+    status, headers, body = await deferToThread(curl, base + "/", "-b", str(jar))
+    assert status == 200 and "<script src=\"/app.js\"" in body
+    assert "script-src 'self'" in headers["content-security-policy"]
+    status, _, body = await deferToThread(curl, base + "/api/session", "-b", str(jar))
+    session = json.loads(body)
+    assert status == 200 and (await net.names())[session["peer"]] == key
+
+    # A foreign Host header (a DNS-rebinding page): 403, with the session too.
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}"):
+        status, _, _ = await deferToThread(curl, base + "/api/status", "-b", str(jar),
+                                           "-H", f"Host: {host}")
+        assert status == 403, host
+
+    # A cross-origin POST (another site's form or script: no CSRF token).
+    for extra in (
+        ["-H", "Origin: http://evil.example", "-H", "Content-Type: application/json"],
+        ["-H", "Content-Type: application/x-www-form-urlencoded"],
+        ["-H", "Origin: http://evil.example", "-H", f"X-CSRF-Token: {session['csrf']}",
+         "-H", "Content-Type: application/json"],
+    ):
+        status, _, body = await deferToThread(
+            curl, base + "/api/get", "-b", str(jar), "-X", "POST",
+            "--data", json.dumps({"name": "x.txt"}), *extra)
+        assert status == 403, (extra, body)
+    status, _, body = await deferToThread(curl, base + "/api/downloads", "-b", str(jar))
+    assert json.loads(body) == {"downloads": []}  # nothing was queued
+    # The page itself may.
+    status, _, body = await deferToThread(
+        curl, base + "/api/get", "-b", str(jar), "-X", "POST", "--data",
+        json.dumps({"name": "x.txt"}), "-H", f"X-CSRF-Token: {session['csrf']}",
+        "-H", "Content-Type: application/json", "-H", f"Origin: {base}")
+    assert status == 200 and json.loads(body)["download"]["name"] == "x.txt"
+
+    # The default binding is loopback's 127.0.0.1 alone.
+    def from_elsewhere() -> str:
+        try:
+            socket.create_connection(("127.0.0.2", port), timeout=10).close()
+        except ConnectionRefusedError:
+            return "refused"
+        return "answered"
+
+    assert await deferToThread(from_elsewhere) == "refused"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    await deferToThread(conn.request, "GET", "/api/status")
+    assert (await deferToThread(conn.getresponse)).status == 403
+    conn.close()
+    assert peer.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_ui_off_has_no_page(net):
+    await net.start_meta(2)
+    key, peer = await net.start_peer("--ui", "off")
+    said = await deferToThread(run, *P2P, "ui", "--peer", net.control(key))
+    assert said.returncode == 1
+    assert said.stderr.strip().endswith("this peer's web page is off (--ui off)")
+    status = await deferToThread(run, *P2P, "status", "--peer", net.control(key))
+    assert "web page" not in status.stdout
+    assert "web page at" not in peer.output()
