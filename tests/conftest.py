@@ -160,6 +160,7 @@ LONG = (
     "tests/test_faults_integration.py::test_a_resume_never_mixes",
     "tests/test_flood_integration.py::",
     "tests/test_swarm_integration.py::test_peers_fetching_one_file",
+    "tests/test_ui_browser.py::",
 )
 
 

@@ -251,6 +251,7 @@ function downloadRow(d) {
   const [name, state, bar, bytes, rate, left, holders, actions] = tr.cells;
   tr.className = "download " + d.state;
   tr.setAttribute("data-id", d.id);
+  tr.setAttribute("data-name", d.name);
   tr.setAttribute("data-state", d.state);
   const key = JSON.stringify([d.name, d.state, d.reason, d.path, d.directory]);
   if (row.key !== key) {      // rebuilt only when these change
