@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -230,7 +231,9 @@ async def test_p2p_topo_and_status(net, tmp_path):
     assert lines[3] == "network: 3 peers"  # as the metadata server says it
     assert lines[4] == f"neighbours ({n} of at most 2):"
     assert sorted(line.split()[0] for line in lines[5:5 + n]) == sorted(linked)
-    assert len(lines) == 6 + n and lines[5 + n].startswith("sharing: 0 files, 0 ")
+    assert len(lines) == 7 + n and lines[5 + n].startswith("sharing: 0 files, 0 ")
+    assert re.fullmatch(r"web page: http://127\.0\.0\.1:\d+/ \(p2p ui prints its login address\)",
+                        lines[6 + n]), lines[6 + n]
     # The default --peer is ./p2ppeer-data/control.sock.
     (tmp_path / "here").mkdir()
     out = await in_thread(p2p, "status", cwd=tmp_path / "here")

@@ -890,3 +890,20 @@ def test_a_handler_that_fails_answers_error_and_the_link_goes_on(monkeypatch, no
     # The bug is logged, with its traceback, for whoever fixes it.
     assert [e["log_failure"].value.args for e in no_unhandled_failures] == [("a bug of ours",)]
     no_unhandled_failures.clear()
+
+
+@pytest.mark.parametrize(("web", "reached_at", "told"), [
+    (None, "127.0.0.1", None),
+    (("127.0.0.1", 8080), "127.0.0.1", "8080"),
+    (("0.0.0.0", 8080), "192.168.1.5", "8080"),
+    (("127.0.0.1", 8080), "192.168.1.5", None),  # a loopback page is no use to another host
+])
+def test_welcome_names_the_topology_page_where_the_peer_can_reach_it(meta, web, reached_at, told):
+    meta.web = web
+    transport = StringTransport(hostAddress=IPv4Address("TCP", reached_at, 5000),
+                                peerAddress=IPv4Address("TCP", "127.0.0.7", 40000))
+    proto = MetaFactory(meta).buildProtocol(transport.getPeer())
+    proto.makeConnection(transport)
+    proto.dataReceived(b"P2P port=6001\r\n")
+    welcome = wire.decode(transport.value().split(b"\r\n")[0])
+    assert welcome.verb == "WELCOME" and welcome.options.get("web") == told

@@ -153,6 +153,8 @@ def drive(driver, login: str, shots: Path, holder: str) -> dict[str, object]:
     seen["shared"] = js(driver, "return document.getElementById('shared-count').textContent")
     tab(driver, "network", shots)
     seen["network"] = js(driver, "return document.getElementById('network').innerText")
+    seen["map"] = js(driver, "const a = document.getElementById('meta-web');"
+                             "return a.hidden ? null : a.href")
 
     # The hostile name: text, escaped, inside its cell.
     driver.find_element(By.ID, "tab-search").click()
@@ -182,7 +184,8 @@ def sha(path: Path) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_search_download_pause_resume_cancel_and_browse_from_the_page(net, browser, tmp_path):
-    await net.start_meta(5)
+    meta = await net.start_meta(5, "--web", "tcp:0")
+    web = (await meta.wait_for("p2pmeta web page on port", 30)).rsplit(" ", 1)[1]
     getter_key, _ = await net.start_peer()
     holder_key, holder = await net.start_peer("--upload-rate", "1M")
     for _ in range(3):
@@ -222,6 +225,7 @@ async def test_search_download_pause_resume_cancel_and_browse_from_the_page(net,
     assert seen["tree"] == sorted(originals)
     assert seen["shared"].startswith("4")  # the getter now shares what it kept
     assert holder_name in seen["network"] and "Network size" in seen["network"]
+    assert seen["map"] == f"http://127.0.0.1:{web}/"  # the metadata server's live page
 
     hostile = seen["hostile"]
     assert hostile["name"] == f"odd/{HOSTILE}"

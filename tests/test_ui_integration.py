@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import socket
@@ -117,6 +118,21 @@ async def test_a_stranger_gets_nothing_from_the_page(net):
     assert (await deferToThread(conn.getresponse)).status == 403
     conn.close()
     assert peer.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_p2p_ui_open_hands_the_address_to_the_browser(net, tmp_path):
+    await net.start_meta(2)
+    key, _ = await net.start_peer()
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.py"
+    browser.write_text(f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\n")
+    env = {**os.environ, "BROWSER": f"{sys.executable} {browser} %s"}
+    said = await deferToThread(subprocess.run, [*P2P, "ui", "--open", "--peer", net.control(key)],
+                               capture_output=True, text=True, timeout=60, env=env)
+    assert said.returncode == 0, said.stderr
+    assert opened.read_text() == said.stdout.strip()
+    assert "/login?token=" in opened.read_text()
 
 
 @pytest_twisted.ensureDeferred

@@ -365,9 +365,11 @@ SPECS: dict[str, Spec] = {
     "PROOF": Spec(args=(("mac", TOKEN_HEX),)),
     # key=HEX: the metadata server's public key, which signs tickets.
     # seq=N: the registration's number, increasing (searches count the
-    # peers registered up to a number, see SIZE).
+    # peers registered up to a number, see SIZE).  web=PORT: the server's
+    # topology page, where the peer can reach it (the peer's page links it).
     "WELCOME": Spec(
-        args=(("name", NAME), ("host", HOST), ("port", PORT)), keys={"key": TOKEN_HEX, "seq": SIZE}
+        args=(("name", NAME), ("host", HOST), ("port", PORT)),
+        keys={"key": TOKEN_HEX, "seq": SIZE, "web": PORT},
     ),
     # The metadata server's word on a peer (p2pshare.tickets), pushed to it.
     "TICKET": Spec(args=(("ticket", TICKET),)),

@@ -154,6 +154,12 @@ class MetaService(Protocol):
     @property
     def signer(self) -> TicketSigner: ...
 
+    @property
+    def web(self) -> tuple[str, int] | None:
+        """
+        Where the topology page listens (interface, port), if it does.
+        """
+
     def register(
         self,
         session: Session,

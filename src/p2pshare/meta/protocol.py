@@ -110,9 +110,20 @@ class MetaProtocol(LineChannel):
         self.name = record.name
         self.send(
             "WELCOME", record.name, record.host, record.port, key=self.server.signer.public,
-            seq=self.server.last_seq,
+            seq=self.server.last_seq, web=self._web_port(),
         )
         self.server.check_address(record.name, opts.get("check"))
+
+    def _web_port(self) -> int | None:
+        """
+        The topology page's port, if this peer can reach it there: the
+        page listens on every interface, or on the one it came in by.
+        """
+        web = self.server.web
+        here = getattr(self.transport.getHost(), "host", None) if self.transport else None
+        if web is None or web[0] not in ("0.0.0.0", "::", here):
+            return None
+        return web[1]
 
     def msg_PLACE(self, msg: Message) -> None:
         if not self._registered():

@@ -67,6 +67,7 @@ class MetaServer(MultiService):
     """
 
     log = Logger()
+    web: tuple[str, int] | None = None  # the topology page, once it listens (meta/tap.py)
 
     def __init__(
         self,

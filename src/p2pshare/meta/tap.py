@@ -237,7 +237,10 @@ def _assemble(options: Options, reactor: Any) -> IService:
     if options["web"] is not None:
 
         def web_listening(port: IListeningPort) -> None:
-            number = getattr(port.getHost(), "port", None)
+            bound = port.getHost()
+            number = getattr(bound, "port", None)
+            if number is not None:
+                server.web = (getattr(bound, "host", ""), number)
             log.info("p2pmeta web page on port {port}", port=number)
 
         children.append(ListenService(

@@ -270,6 +270,7 @@ class PeerNode(InOrder):
         self.join_hops = 0
         self.network_complete = False
         self.meta: MetaClientProtocol | None = None
+        self.meta_web: str | None = None  # the metadata server's topology page, if it said
         self.messages: Counter[str] = Counter()  # overlay messages sent, by verb
         self._meta_waiters: list[Deferred[MetaClientProtocol]] = []
         self._held: list[tuple[PeerProtocol, Message]] = []
@@ -486,6 +487,7 @@ class PeerNode(InOrder):
                 self.log.warn("the metadata server sent a key that is not one")
         if self.settings.advertise is None:
             self.host = host
+        self.meta_web = _page_of(proto, msg.options.get("web"))
         self.meta = proto
         self._summarised = None  # a new session: say it all again
         self._activity()
@@ -852,6 +854,18 @@ class PeerNode(InOrder):
             ],
             **self.files.status(),
         }
+
+
+def _page_of(proto: MetaClientProtocol, web: str | None) -> str | None:
+    """
+    The address of the metadata server's topology page (C{WELCOME}'s
+    C{web=PORT}, on the host we reached the server at).
+    """
+    peer = proto.transport.getPeer() if proto.transport is not None else None
+    host = getattr(peer, "host", None)
+    if web is None or not host:
+        return None
+    return f"http://[{host}]:{web}/" if ":" in host else f"http://{host}:{web}/"
 
 
 def _why_not(e: Exception) -> str:

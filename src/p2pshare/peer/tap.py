@@ -297,8 +297,9 @@ def _assemble(options: Options, reactor: Any) -> IService:
 
     ui = None
     if options["ui"] is not None:
-        page = Page(Api(node, node.files, shared=options["shared"], downloads=options["downloads"]),
-                    Guard(reactor), reactor)
+        api = Api(node, node.files, shared=options["shared"], downloads=options["downloads"],
+                  meta_web=lambda: node.meta_web)
+        page = Page(api, Guard(reactor), reactor)
         ui = UIService(endpoint(reactor, "--ui", options["ui"]), page, reactor,
                        what=f"--ui {options['ui']}")
     ListenService(

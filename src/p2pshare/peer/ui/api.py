@@ -8,6 +8,7 @@ HTTP around them.  The contract is in C{docs/operations.rst}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,11 +60,12 @@ class Api:
     """
     @param shared: where this peer's share is, and C{downloads} where its
         downloads land (shown on the page).
-    @param meta_web: the metadata server's live page, if the operator named it.
+    @param meta_web: the metadata server's live page, if it has one.
     """
 
     def __init__(self, node: IControlled, limits: ISettable, shared: Path | None = None,
-                 downloads: Path | None = None, meta_web: str | None = None) -> None:
+                 downloads: Path | None = None,
+                 meta_web: Callable[[], str | None] = lambda: None) -> None:
         self.node = node
         self.limits = limits
         self.shared = shared
@@ -80,7 +82,7 @@ class Api:
         status["max_uploads"] = self.limits.max_uploads
         status["shared_dir"] = str(self.shared) if self.shared is not None else None
         status["downloads_dir"] = str(self.downloads_dir) if self.downloads_dir is not None else None
-        status["meta_web"] = self.meta_web
+        status["meta_web"] = self.meta_web()
         return status
 
     async def fresh_status(self) -> dict[str, Any]:
