@@ -8,6 +8,7 @@ on the wire of an HTTP/1.1 connection (a StringTransport).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from p2pshare.peer.queue import DownloadQueue
 from p2pshare.peer.ui import guard as guard_module
 from p2pshare.peer.ui.api import Api
 from p2pshare.peer.ui.guard import LOGIN_LIFETIME, SESSION_IDLE, Guard, origin_ok, own_hosts
-from p2pshare.peer.ui.site import MAX_BODY, STREAM_EVERY, Page, make_site
+from p2pshare.peer.ui.site import STREAM_EVERY, Page, make_site
 from p2pshare.pieces import piece_count
 from p2pshare.wire import Match
 
@@ -41,13 +42,13 @@ def test_a_login_token_opens_one_session_once_and_only_while_fresh():
     guard = Guard(clock)
     token = guard.new_login()
     session = guard.log_in(token)
-    assert session is not None and guard.session(session.key) is session
+    assert session is not None and guard.session(session.cookie) is session
     assert guard.log_in(token) is None  # used
     late = guard.new_login()
     clock.advance(LOGIN_LIFETIME + 1)
     assert guard.log_in(late) is None  # too old
     assert guard.log_in("") is None and guard.log_in("x" * 10_000) is None
-    assert guard.session(session.key) is session  # the session itself lives on
+    assert guard.session(session.cookie) is session  # the session itself lives on
 
 
 def test_a_session_unused_for_a_week_ends_and_the_oldest_make_room():
@@ -55,13 +56,13 @@ def test_a_session_unused_for_a_week_ends_and_the_oldest_make_room():
     guard = Guard(clock)
     first = guard.log_in(guard.new_login())
     clock.advance(SESSION_IDLE - 1)
-    assert guard.session(first.key) is first  # used: its week starts again
+    assert guard.session(first.cookie) is first  # used: its week starts again
     clock.advance(SESSION_IDLE + 1)
-    assert guard.session(first.key) is None
+    assert guard.session(first.cookie) is None
     keys = []
     for _ in range(guard_module.MAX_SESSIONS + 3):
         clock.advance(1)
-        keys.append(guard.log_in(guard.new_login()).key)
+        keys.append(guard.log_in(guard.new_login()).cookie)
     assert [guard.session(k) is not None for k in keys[:3]] == [False] * 3
     assert all(guard.session(k) is not None for k in keys[3:])
     assert guard.session(None) is None and guard.session("") is None
@@ -196,50 +197,77 @@ def ask(page: Page, method: str, path: str, *, host: str = HOST, cookie: str | N
 
 def log_in(page: Page) -> tuple[str, str]:
     """
-    Open the login address; the session cookie and the page's CSRF token.
+    Open the login address: the session cookie, and the key the page is
+    handed in the fragment of the address it moves to.
     """
     url = page.login_url(page.guard.new_login())
     answer = ask(page, "GET", url.removeprefix(f"http://{HOST}"))
-    assert answer.status == 303 and answer.header("location") == "/"
+    assert answer.status == 200
     cookie = answer.header("set-cookie")
     parts = [p.strip() for p in cookie.split(";")]
     assert parts[0].startswith(f"p2pshare-session-{PORT}=")
     assert {"httponly", "samesite=strict", "path=/"} <= {p.lower() for p in parts}
-    csrf = ask(page, "GET", "/api/session", cookie=parts[0]).json()["csrf"]
-    return parts[0], csrf
+    moved = re.search(rb'<meta http-equiv="refresh" content="0;url=/#key=([A-Za-z0-9_-]+)">',
+                      answer.body)
+    assert moved, answer.body
+    return parts[0], moved.group(1).decode()
 
 
-def post(page: Page, path: str, value: object, cookie: str, csrf: str, **extra: str) -> Answer:
+def get(page: Page, path: str, cookie: str, key: str, **kw) -> Answer:
+    return ask(page, "GET", path, cookie=cookie, headers={"X-Session-Key": key}, **kw)
+
+
+def post(page: Page, path: str, value: object, cookie: str, key: str, **extra: str) -> Answer:
     return ask(page, "POST", path, cookie=cookie, body=json.dumps(value).encode(),
-               headers={"Content-Type": "application/json", "X-CSRF-Token": csrf,
+               headers={"Content-Type": "application/json", "X-Session-Key": key,
                         "Origin": f"http://{HOST}", **extra})
 
 
 def test_without_a_session_every_page_and_call_is_403(page):
     for path in ("/", "/app.js", "/app.css", "/api/status", "/api/session", "/api/search?q=a",
-                 "/api/downloads", "/api/events", "/nothing", "/login", "/login?token=forged"):
+                 "/api/downloads", "/api/events", "/nothing", "/login", "/login?token=forged",
+                 "/login?token=%C3%A9", "/login?token=%FF"):
         answer = ask(page, "GET", path)
         assert answer.status == 403, path
         assert answer.header("x-frame-options") == "DENY"
-        assert b"csrf" not in answer.body
     stale = "p2pshare-session-8300=made-up"
     assert ask(page, "GET", "/api/status", cookie=stale).status == 403
     assert ask(page, "POST", "/api/get", body=b'{"name": "x"}').status == 403
     assert page.node.queue.entries == {}
 
 
-def test_a_foreign_host_header_is_refused_even_with_a_session(page):
-    cookie, _ = log_in(page)
+def test_the_cookie_alone_opens_the_page_but_not_the_api(page):
+    # Browsers send a cookie to every port of the host: a program on
+    # another port of 127.0.0.1 may be sent it, and must get nothing.
+    cookie, key = log_in(page)
     assert ask(page, "GET", "/", cookie=cookie).status == 200
-    for host in ("evil.example:8300", "127.0.0.1:8301", "127.0.0.1", "", "localhost.evil:8300"):
-        answer = ask(page, "GET", "/api/status", cookie=cookie, host=host)
-        assert answer.status == 403, host
-        assert answer.json() == {"error": "this page answers only at its own address"}
-    assert ask(page, "GET", "/", cookie=cookie, host=f"localhost:{PORT}").status == 200
+    for path in ("/api/session", "/api/status", "/api/downloads", "/api/events",
+                 "/api/search?q=song", f"/api/events?key={key}x"):
+        assert ask(page, "GET", path, cookie=cookie).status == 403, path
+    assert get(page, "/api/status", cookie, key + "x").status == 403
+    assert get(page, "/api/status", cookie, "\u00e9").status == 403  # not ASCII: no crash
+    assert get(page, "/api/session", cookie, key).json() == {"peer": "s1"}
+    assert post(page, "/api/get", {"name": "a.txt"}, cookie, "").status == 403
+    assert page.node.queue.entries == {}
+    # A key without its cookie is nothing either.
+    assert ask(page, "GET", "/api/status", headers={"X-Session-Key": key}).status == 403
+
+
+def test_a_foreign_host_header_is_refused_even_with_a_session(page):
+    cookie, key = log_in(page)
+    assert get(page, "/api/status", cookie, key).status == 200
+    for host in ("evil.example:8300", "127.0.0.1:8301", "127.0.0.1", "", "localhost.evil:8300",
+                 "127.0.0.1:8300.", f"{HOST}\r\nHost: {HOST}"):
+        answer = get(page, "/api/status", cookie, key, host=host)
+        assert answer.status in (400, 403), host
+    two = ask(page, "GET", "/api/status", cookie=cookie, headers={
+        "X-Session-Key": key, "Host": "evil.example"})  # a second Host header
+    assert two.status == 403
+    assert get(page, "/api/status", cookie, key, host=f"LOCALHOST:{PORT}").status == 200
 
 
 def test_every_answer_forbids_framing_inline_script_and_caching(page):
-    cookie, _ = log_in(page)
+    cookie, key = log_in(page)
     html = ask(page, "GET", "/", cookie=cookie)
     assert html.status == 200 and html.header("content-type") == "text/html; charset=utf-8"
     csp = html.header("content-security-policy")
@@ -253,107 +281,138 @@ def test_every_answer_forbids_framing_inline_script_and_caching(page):
     script = ask(page, "GET", "/app.js", cookie=cookie)
     assert script.header("content-type").startswith("text/javascript")
     assert b"innerHTML" not in script.body
+    # HEAD: the headers, no body; other methods: refused, with the same headers.
+    head = ask(page, "HEAD", "/api/status")
+    assert head.status == 403 and head.body == b""
+    other = ask(page, "PUT", "/api/get", cookie=cookie)
+    assert other.status == 405 and other.header("x-frame-options") == "DENY"
+    assert "frame-ancestors 'none'" in other.header("content-security-policy")
 
 
-def test_a_change_needs_the_csrf_token_and_the_pages_origin(page):
-    cookie, csrf = log_in(page)
+def test_a_change_needs_the_key_and_the_pages_origin(page):
+    cookie, key = log_in(page)
     refused = [
         post(page, "/api/get", {"name": "a.txt"}, cookie, ""),
-        post(page, "/api/get", {"name": "a.txt"}, cookie, csrf + "x"),
-        post(page, "/api/get", {"name": "a.txt"}, cookie, csrf, Origin="http://evil.example"),
-        post(page, "/api/get", {"name": "a.txt"}, "p2pshare-session-8300=other", csrf),
+        post(page, "/api/get", {"name": "a.txt"}, cookie, key + "x"),
+        post(page, "/api/get", {"name": "a.txt"}, cookie, key, Origin="http://evil.example"),
+        post(page, "/api/get", {"name": "a.txt"}, cookie, key, Origin="null"),
+        post(page, "/api/get", {"name": "a.txt"}, "p2pshare-session-8300=other", key),
     ]
-    assert [a.status for a in refused] == [403] * 4
+    assert [a.status for a in refused] == [403] * 5
     assert page.node.queue.entries == {}
-    # A form of another site cannot send JSON, nor the header.
+    # A form of another site can send neither the key nor JSON.
     form = ask(page, "POST", "/api/get", cookie=cookie, body=b"name=a.txt",
                headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert form.status == 403
-    sent = post(page, "/api/get", {"name": "a.txt"}, cookie, csrf)
+    plain = ask(page, "POST", "/api/get", cookie=cookie, body=b'{"name": "a.txt"}',
+                headers={"Content-Type": "text/plain", "X-Session-Key": key})
+    assert plain.status == 415
+    sent = post(page, "/api/get", {"name": "a.txt"}, cookie, key)
     assert sent.status == 200 and sent.json()["download"]["name"] == "a.txt"
     assert [e.name for e in page.node.queue.entries.values()] == ["a.txt"]
-    # Only POST changes anything; other methods are refused as on every port.
-    assert ask(page, "GET", "/api/get?name=b.txt", cookie=cookie).status == 404
+    # Only POST changes anything.
+    assert get(page, "/api/get?name=b.txt", cookie, key).status == 404
     assert ask(page, "DELETE", "/api/get", cookie=cookie).status == 405
 
 
 def test_bad_bodies_get_one_sentence_and_change_nothing(page):
-    cookie, csrf = log_in(page)
-    big = post(page, "/api/get", {"name": "a" * (MAX_BODY + 10)}, cookie, csrf)
-    assert big.status == 413 and "at most 64 KiB" in big.json()["error"]
-    for body in (b"not json", b"[1, 2]", b"\xff\xfe"):
+    cookie, key = log_in(page)
+    # A body over the limit is refused as soon as its length says so.
+    site = make_site(page, page.clock)
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50002))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(f"POST /api/get HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n"
+                       f"X-Session-Key: {key}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {10**12}\r\n\r\n{{".encode())
+    big = Answer(transport.value())
+    assert big.status == 413 and b"at most 64 KiB" in big.body and transport.disconnecting
+    # ... and so is a chunked one, once its bytes pass the limit.
+    transport = StringTransport()
+    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50003))
+    proto.makeConnection(transport)
+    chunk = b"a" * 40_000
+    proto.dataReceived(f"POST /api/get HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n"
+                       f"X-Session-Key: {key}\r\nContent-Type: application/json\r\n"
+                       f"Transfer-Encoding: chunked\r\n\r\n".encode()
+                       + (b"9c40\r\n" + chunk + b"\r\n") * 2)
+    assert Answer(transport.value()).status == 413 and transport.disconnecting
+    for body in (b"not json", b"[1, 2]", b"\xff\xfe", b"[" * 20_000):
         answer = ask(page, "POST", "/api/get", cookie=cookie, body=body, headers={
-            "Content-Type": "application/json", "X-CSRF-Token": csrf})
-        assert answer.status == 400, body
-    for value in ({}, {"name": ""}, {"name": 5}, {"name": "a\x00b"}, {"name": "x" * 5000}):
-        assert post(page, "/api/get", value, cookie, csrf).status == 400, value
-    assert post(page, "/api/pause", {"id": "1"}, cookie, csrf).status == 400
-    assert post(page, "/api/pause", {"id": 99}, cookie, csrf).json() == {
+            "Content-Type": "application/json", "X-Session-Key": key})
+        assert answer.status == 400, body[:10]
+    for value in ({}, {"name": ""}, {"name": 5}, {"name": "a\x00b"}, {"name": "x" * 5000},
+                  {"name": "sha256:zz"}, {"name": "/"}, {"name": "../../etc/passwd"},
+                  {"name": ".hidden"}):
+        assert post(page, "/api/get", value, cookie, key).status == 400, value
+    assert post(page, "/api/pause", {"id": "1"}, cookie, key).status == 400
+    assert post(page, "/api/pause", {"id": True}, cookie, key).status == 400
+    assert post(page, "/api/pause", {"id": 99}, cookie, key).json() == {
         "error": "there is no download 99"}
-    assert post(page, "/api/settings", {"upload_rate": "fast"}, cookie, csrf).status == 400
-    assert post(page, "/api/settings", {"max_uploads": 0}, cookie, csrf).status == 400
-    assert ask(page, "GET", "/api/search?q=", cookie=cookie).status == 400
-    assert ask(page, "GET", "/api/search?q=%FF", cookie=cookie).status == 400
-    assert ask(page, "GET", "/api/ls?holder=<b>", cookie=cookie).status == 400
+    assert post(page, "/api/settings", {"upload_rate": "fast"}, cookie, key).status == 400
+    assert post(page, "/api/settings", {"max_uploads": 0}, cookie, key).status == 400
+    assert get(page, "/api/search?q=", cookie, key).status == 400
+    assert get(page, "/api/search?q=%FF", cookie, key).status == 400
+    assert get(page, "/api/ls?holder=<b>", cookie, key).status == 400
     assert page.node.queue.entries == {}
 
 
 def test_search_groups_by_content_and_says_what_it_covered(page):
-    cookie, _ = log_in(page)
-    found = ask(page, "GET", "/api/search?q=song", cookie=cookie).json()
+    cookie, key = log_in(page)
+    found = get(page, "/api/search?q=song", cookie, key).json()
     assert found["coverage"]["text"] == "searched 5 of 5 peers"
     [result] = found["results"]
     assert result["name"] == "music/song.ogg" and result["size"] == SIZE
     assert result["paths"] == ["music/song.ogg", "other/tune.ogg"]
     assert [(h["name"], h["partial"]) for h in result["holders"]] == [("s2", None), ("s3", 0.5)]
     # A glob that finds nothing is tried again as words, as p2p search does.
-    ask(page, "GET", "/api/search?q=%5Bx%5D", cookie=cookie)
+    get(page, "/api/search?q=%5Bx%5D", cookie, key)
     assert page.node.search.asked[-2:] == [("[x]", 0), ("[x]", 2)]
-    listed = ask(page, "GET", "/api/ls?holder=s2", cookie=cookie).json()
+    listed = get(page, "/api/ls?holder=s2", cookie, key).json()
     assert listed == {"peer": "s2", "files": [{"name": "a/b.txt", "size": 3, "sha256": "b" * 64}]}
-    gone = ask(page, "GET", "/api/ls?holder=s9", cookie=cookie)
+    gone = get(page, "/api/ls?holder=s9", cookie, key)
     assert gone.status == 404 and gone.json() == {"error": "s9 is not in the network"}
 
 
 def test_downloads_are_queued_paused_resumed_and_cancelled(page):
-    cookie, csrf = log_in(page)
+    cookie, key = log_in(page)
     queue = page.node.queue
-    first = post(page, "/api/get", {"name": "music/"}, cookie, csrf).json()["download"]
+    first = post(page, "/api/get", {"name": "music/"}, cookie, key).json()["download"]
     assert first["state"] == "running" and len(page.node.fetches) == 1
-    paused = post(page, "/api/pause", {"id": first["id"]}, cookie, csrf).json()["download"]
+    paused = post(page, "/api/pause", {"id": first["id"]}, cookie, key).json()["download"]
     assert paused["state"] == "paused" and page.node.fetches[0].called  # cancelled
     assert json.loads((queue.path).read_text())["downloads"][0]["state"] == "paused"
-    resumed = post(page, "/api/resume", {"id": first["id"]}, cookie, csrf).json()["download"]
+    resumed = post(page, "/api/resume", {"id": first["id"]}, cookie, key).json()["download"]
     assert resumed["state"] == "running" and len(page.node.fetches) == 2
     page.node.fetches[1].callback(type("Kept", (), {"size": 3, "already": False, "path": "/x"})())
-    done = ask(page, "GET", "/api/downloads", cookie=cookie).json()["downloads"][0]
+    done = get(page, "/api/downloads", cookie, key).json()["downloads"][0]
     assert done["state"] == "done"
-    assert post(page, "/api/pause", {"id": first["id"]}, cookie, csrf).status == 409
-    second = post(page, "/api/get", {"name": "b.txt"}, cookie, csrf).json()["download"]
-    cancelled = post(page, "/api/cancel", {"id": second["id"]}, cookie, csrf).json()["download"]
+    assert post(page, "/api/pause", {"id": first["id"]}, cookie, key).status == 409
+    second = post(page, "/api/get", {"name": "b.txt"}, cookie, key).json()["download"]
+    cancelled = post(page, "/api/cancel", {"id": second["id"]}, cookie, key).json()["download"]
     assert cancelled["state"] == "cancelled"
-    again = post(page, "/api/resume", {"id": second["id"]}, cookie, csrf).json()["download"]
+    again = post(page, "/api/resume", {"id": second["id"]}, cookie, key).json()["download"]
     assert again["state"] == "running"  # a cancelled one may be started again
 
 
 def test_settings_change_the_upload_limits(page):
-    cookie, csrf = log_in(page)
+    cookie, key = log_in(page)
     status = post(page, "/api/settings", {"upload_rate": "8M", "max_uploads": 4}, cookie,
-                  csrf).json()
+                  key).json()
     assert (status["upload_rate"], status["max_uploads"]) == (8 * 2**20, 4)
-    status = post(page, "/api/settings", {"upload_rate": ""}, cookie, csrf).json()
+    status = post(page, "/api/settings", {"upload_rate": ""}, cookie, key).json()
     assert (status["upload_rate"], status["max_uploads"]) == (None, 4)
     assert "shared" not in status  # counts, never the whole list
 
 
 def test_the_stream_sends_state_at_once_then_each_change(page):
-    cookie, csrf = log_in(page)
+    cookie, key = log_in(page)
     site = make_site(page, page.clock)
     proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
     transport = StringTransport()
     proto.makeConnection(transport)
-    proto.dataReceived(f"GET /api/events HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n\r\n"
-                       .encode())
+    proto.dataReceived(f"GET /api/events?key={key} HTTP/1.1\r\nHost: {HOST}\r\n"
+                       f"Cookie: {cookie}\r\n\r\n".encode())
     answer = Answer(transport.value())
     head = answer.body
     assert answer.status == 200 and answer.header("content-type").startswith("text/event-stream")
@@ -362,7 +421,7 @@ def test_the_stream_sends_state_at_once_then_each_change(page):
     transport.clear()
     page.clock.advance(STREAM_EVERY)
     assert transport.value() == b""  # nothing changed: nothing sent
-    post(page, "/api/get", {"name": "a.txt"}, cookie, csrf)
+    post(page, "/api/get", {"name": "a.txt"}, cookie, key)
     page.clock.advance(STREAM_EVERY)
     events = dechunked(transport.value()).split(b"\n\n")
     assert events[0].startswith(b"event: downloads\ndata: ")

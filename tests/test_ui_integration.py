@@ -9,6 +9,7 @@ says so.
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -63,45 +65,51 @@ async def test_a_stranger_gets_nothing_from_the_page(net):
         status, headers, _ = await deferToThread(curl, base + path)
         assert status == 403, path
         assert headers["x-frame-options"] == "DENY"
-    # The token, once: a session cookie.
+    # The token, once: a session cookie, and the key for the API.
     jar = net.root / "cookies"
-    status, headers, _ = await deferToThread(curl, login, "-c", str(jar))
-    assert status == 303 and headers["location"] == "/"
+    status, headers, body = await deferToThread(curl, login, "-c", str(jar))
+    assert status == 200
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    page_key = re.search(r'url=/#key=([A-Za-z0-9_-]+)"', body).group(1)
     status, _, _ = await deferToThread(curl, login)
     assert status == 403  # used
     status, headers, body = await deferToThread(curl, base + "/", "-b", str(jar))
     assert status == 200 and "<script src=\"/app.js\"" in body
     assert "script-src 'self'" in headers["content-security-policy"]
-    status, _, body = await deferToThread(curl, base + "/api/session", "-b", str(jar))
+    # The cookie alone (which the browser also sends to other ports of
+    # 127.0.0.1) opens no API call.
+    status, _, _ = await deferToThread(curl, base + "/api/session", "-b", str(jar))
+    assert status == 403
+    with_key = ["-b", str(jar), "-H", f"X-Session-Key: {page_key}"]
+    status, _, body = await deferToThread(curl, base + "/api/session", *with_key)
     session = json.loads(body)
     assert status == 200 and (await net.names())[session["peer"]] == key
 
     # A foreign Host header (a DNS-rebinding page): 403, with the session too.
     for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}"):
-        status, _, _ = await deferToThread(curl, base + "/api/status", "-b", str(jar),
+        status, _, _ = await deferToThread(curl, base + "/api/status", *with_key,
                                            "-H", f"Host: {host}")
         assert status == 403, host
 
-    # A cross-origin POST (another site's form or script: no CSRF token).
+    # A cross-origin POST (another site's form or script: no key).
     for extra in (
         ["-H", "Origin: http://evil.example", "-H", "Content-Type: application/json"],
         ["-H", "Content-Type: application/x-www-form-urlencoded"],
-        ["-H", "Origin: http://evil.example", "-H", f"X-CSRF-Token: {session['csrf']}",
+        ["-H", "Origin: http://evil.example", "-H", f"X-Session-Key: {page_key}",
          "-H", "Content-Type: application/json"],
     ):
         status, _, body = await deferToThread(
             curl, base + "/api/get", "-b", str(jar), "-X", "POST",
             "--data", json.dumps({"name": "x.txt"}), *extra)
         assert status == 403, (extra, body)
-    status, _, body = await deferToThread(curl, base + "/api/downloads", "-b", str(jar))
+    status, _, body = await deferToThread(curl, base + "/api/downloads", *with_key)
     assert json.loads(body) == {"downloads": []}  # nothing was queued
     # The page itself may.
     status, _, body = await deferToThread(
-        curl, base + "/api/get", "-b", str(jar), "-X", "POST", "--data",
-        json.dumps({"name": "x.txt"}), "-H", f"X-CSRF-Token: {session['csrf']}",
-        "-H", "Content-Type: application/json", "-H", f"Origin: {base}")
+        curl, base + "/api/get", *with_key, "-X", "POST", "--data",
+        json.dumps({"name": "x.txt"}), "-H", "Content-Type: application/json",
+        "-H", f"Origin: {base}")
     assert status == 200 and json.loads(body)["download"]["name"] == "x.txt"
 
     # The default binding is loopback's 127.0.0.1 alone.
@@ -131,8 +139,14 @@ async def test_p2p_ui_open_hands_the_address_to_the_browser(net, tmp_path):
     said = await deferToThread(subprocess.run, [*P2P, "ui", "--open", "--peer", net.control(key)],
                                capture_output=True, text=True, timeout=60, env=env)
     assert said.returncode == 0, said.stderr
-    assert opened.read_text() == said.stdout.strip()
-    assert "/login?token=" in opened.read_text()
+    # The browser's command line (which any user may read) holds no token:
+    # a page only we may read leads to the login address.
+    given = opened.read_text()
+    assert given.startswith("file:///") and "token" not in given
+    page = Path(given.removeprefix("file://"))
+    assert page.stat().st_mode & 0o777 == 0o600 and page.parent.stat().st_mode & 0o777 == 0o700
+    login = said.stdout.strip()
+    assert f'content="0;url={html.escape(login)}"' in page.read_text()
 
 
 @pytest_twisted.ensureDeferred

@@ -670,13 +670,33 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """
     url = _ask(args.peer, "UI")["url"]
     print(url)
-    if args.open:
-        import webbrowser
-
-        if not webbrowser.open(url):
-            print("no web browser could be started here: open the address above in one",
-                  file=sys.stderr)
+    if args.open and not _open_privately(url):
+        print("no web browser could be started here: open the address above in one",
+              file=sys.stderr)
     return 0
+
+
+def _open_privately(url: str) -> bool:
+    """
+    Open C{url} in a browser without putting its token on a command line,
+    which every user of this machine may read (C{/proc/PID/cmdline}): the
+    browser is given a page in a folder only we may read, which leads
+    there (as Jupyter does).
+    """
+    import html
+    import tempfile
+    import webbrowser
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    folder = Path(tempfile.mkdtemp(prefix="p2pshare-ui-",
+                                   dir=runtime if runtime and os.path.isdir(runtime) else None))
+    page = folder / "open.html"
+    target = html.escape(url, quote=True)
+    private_write(page, (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="0;url={target}"><title>p2pshare</title></head>'
+        f'<body><p><a href="{target}">Open the page</a></p></body></html>').encode())
+    return webbrowser.open(page.as_uri())
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

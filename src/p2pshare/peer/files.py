@@ -19,7 +19,13 @@ from typing import Any, NoReturn
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    FirstError,
+    gatherResults,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -793,6 +799,8 @@ class PeerFiles(MultiService):
             return matches
         try:
             more = await self._others(same_content(matches[0].sha256), SAME_CONTENT_WAIT)
+        except CancelledError:
+            raise  # the download was stopped (p2p cancel, a pause, Ctrl-C): not a failure
         except Exception as e:  # the holders found by name will do
             self.log.info("looking for other holders of {name} failed: {why}",
                           name=matches[0].name, why=str(e))

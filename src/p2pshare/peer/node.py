@@ -30,6 +30,7 @@ from typing import Any
 from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     fail,
     succeed,
@@ -766,6 +767,8 @@ class PeerNode(InOrder):
                     min(self.hop_timeout, SIZE_TIMEOUT), self.clock
                 )
                 self.network = (int(reply.args[0]), int(reply.args[1]))
+            except CancelledError:
+                raise  # whoever asked went away: not the server's fault
             except Exception as e:
                 if self._told_away.due("size", self.clock.seconds()):
                     self.log.info("the network's size is not known now: {why}", why=_why_not(e))
@@ -797,6 +800,8 @@ class PeerNode(InOrder):
         """
         try:
             return name in await self._whois([name])
+        except CancelledError:
+            raise
         except Exception:
             return None
 
@@ -823,6 +828,8 @@ class PeerNode(InOrder):
             self.log.warn("search results dropped: the metadata server did not check their "
                           "holders ({why})", why=e.text)
             return [m for m in matches if m.holder == self.peer_name]
+        except CancelledError:
+            raise
         except Exception as e:
             # It is away, or too slow: searching goes on without it, and
             # each download tries a bounded number of addresses.

@@ -313,7 +313,11 @@ class DownloadQueue(Service):
         self._save()
         self.log.info("download {id} of {name} started", id=e.id, name=e.name)
 
+        run: list[Deferred[Any]] = []
+
         def progress(done: int, total: int, sending: int = 0) -> None:
+            if run and self._running.get(e.id) is not run[0]:
+                return  # a run that was stopped: it no longer speaks for the entry
             if e.resumed_at is None:
                 e.resumed_at = done
             elapsed = self.clock.seconds() - (e.started or 0)
@@ -325,13 +329,25 @@ class DownloadQueue(Service):
             sources=e.sources, only=e.holder, note=lambda text: self._note(e, text),
         ))
         self._running[e.id] = d
-        d.addCallbacks(self._kept, self._failed, callbackArgs=(e,), errbackArgs=(e,))
+        run.append(d)
+        d.addCallbacks(self._kept, self._failed, callbackArgs=(e, d), errbackArgs=(e, d))
 
     def _note(self, e: Download, text: str) -> None:
         self.log.info("download {id}: {text}", id=e.id, text=text)
 
-    def _kept(self, result: Any, e: Download) -> None:
-        self._running.pop(e.id, None)
+    def _current(self, e: Download, d: Deferred[Any]) -> bool:
+        """
+        Is C{d} the run of C{e} now?  A run that was paused, cancelled or
+        replaced by a newer one says nothing about the entry when it ends.
+        """
+        if self._running.get(e.id) is not d:
+            return False
+        del self._running[e.id]
+        return True
+
+    def _kept(self, result: Any, e: Download, d: Deferred[Any]) -> None:
+        if not self._current(e, d):
+            return
         failed = getattr(result, "failed", [])
         if failed:  # a folder: some of its files could not be kept
             self._ended(e, "failed", f"{len(failed)} of {result.files} files failed; "
@@ -348,8 +364,9 @@ class DownloadQueue(Service):
         self._save()
         self._run_next()
 
-    def _failed(self, failure: Any, e: Download) -> None:
-        self._running.pop(e.id, None)
+    def _failed(self, failure: Any, e: Download, d: Deferred[Any]) -> None:
+        if not self._current(e, d):
+            return
         e.holders = e.rate = 0
         if failure.check(CancelledError):
             return  # cancelled (said already), or the peer stops: it resumes at the next start

@@ -27,7 +27,11 @@ function human(n) {
 
 const $ = id => document.getElementById(id);
 const TABS = ["search", "browse", "downloads", "share", "network"];
-let csrf = "";
+// The session's key: the login page hands it over in the address's
+// fragment (never sent to a server); it is kept in this origin's storage,
+// which no other port's page can read, and sent with every API call.
+const KEY_ITEM = "p2pshare-key";
+let key = "";
 
 // A new element with text (already passed through shown() by the caller).
 function el(tag, text, attrs, parent) {
@@ -52,8 +56,12 @@ function duration(seconds) {
 }
 
 function address(host, port) {
+  if (!host) return port ? `port ${port}, address not known yet` : "not known yet";
   return `${host.includes(":") ? `[${shown(host)}]` : shown(host)}:${port}`;
 }
+
+// A peer's name, or what stands in for it while it registers.
+const named = name => name ? shown(name) : "(registering)";
 
 // ---- messages ----
 
@@ -69,9 +77,9 @@ function notify(text) {               // a short confirmation
 // GET (no body) or POST (a body) some JSON; a non-2xx answer throws an
 // Error with the server's sentence.
 async function call(url, body) {
-  const options = body === undefined ? {cache: "no-store"} : {
+  const options = body === undefined ? {cache: "no-store", headers: {"X-Session-Key": key}} : {
     method: "POST",
-    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+    headers: {"Content-Type": "application/json", "X-Session-Key": key},
     body: JSON.stringify(body),
   };
   let response;
@@ -353,7 +361,7 @@ function showStatus(s) {
 }
 
 function showNetwork(s) {
-  $("peer-name").textContent = shown(s.name);
+  $("peer-name").textContent = named(s.name);
   $("peer-address").textContent = address(s.host, s.port);
   $("peer-state").textContent = shown(s.state);
   $("peer-root").textContent = s.root ? "yes: this peer is the root of the tree" : "no";
@@ -362,7 +370,8 @@ function showNetwork(s) {
     el("li", `${shown(n.name)} ${address(n.host, n.port)}`)));
   if (!s.neighbours.length) el("li", "none yet", null, $("neighbours"));
   $("max-neighbours").textContent = String(s.max_neighbours);
-  $("network-size").textContent = `${s.network_peers} peer${s.network_peers === 1 ? "" : "s"}`;
+  $("network-size").textContent = s.network_peers == null ? "not known now"
+    : `${s.network_peers} peer${s.network_peers === 1 ? "" : "s"}`;
   $("network-complete").textContent = s.network_complete ? "yes" : "not yet (still forming)";
   let web = null;
   try { web = s.meta_web ? new URL(s.meta_web) : null; } catch (e) { web = null; }
@@ -401,7 +410,7 @@ async function saveSettings() {
 // ---- live updates ----
 
 function listen() {
-  const events = new EventSource("/api/events");
+  const events = new EventSource("/api/events?key=" + encodeURIComponent(key));
   events.addEventListener("downloads", e => showDownloads(JSON.parse(e.data).downloads));
   events.addEventListener("status", e => showStatus(JSON.parse(e.data)));
   events.addEventListener("error", () => { events.close(); poll(); });
@@ -424,6 +433,11 @@ function poll() {                     // the fallback when the stream fails
 }
 
 async function start() {
+  if (location.hash.startsWith("#key=")) {
+    localStorage.setItem(KEY_ITEM, decodeURIComponent(location.hash.slice(5)));
+    history.replaceState(null, "", "#search");
+  }
+  key = localStorage.getItem(KEY_ITEM) || "";
   for (const t of TABS) $("tab-" + t).addEventListener("click", () => showTab(t));
   window.addEventListener("hashchange", () => showTab(location.hash.slice(1)));
   showTab(location.hash.slice(1));
@@ -443,9 +457,8 @@ async function start() {
       "open the address that `p2p ui` prints." : e.message);
     return;
   }
-  csrf = session.csrf;
-  $("peer").textContent = shown(session.peer);
-  document.title = "p2pshare - " + shown(session.peer);
+  $("peer").textContent = named(session.peer);
+  document.title = "p2pshare - " + named(session.peer);
   try {
     showStatus(await call("/api/status"));
     showDownloads((await call("/api/downloads")).downloads);

@@ -3,12 +3,17 @@ Who may use the peer's web page: the rules, without HTTP.
 
 A person gets in through a login address that C{p2p ui} prints (as
 Jupyter does): it carries a one-time token, good for
-L{LOGIN_LIFETIME} seconds.  Opening it trades the token for a session,
-held in an C{HttpOnly}, C{SameSite=Strict} cookie that the page's
-script cannot read and that no other site's page makes the browser
-send.  Each session has its own CSRF token, which the page reads from
-the API and sends back in a header with every request that changes
-something; a form or a script on another origin cannot learn it.
+L{LOGIN_LIFETIME} seconds.  Opening it trades the token for a session
+of two halves.  A cookie (C{HttpOnly}, C{SameSite=Strict}: the page's
+script cannot read it, and no other site's page makes the browser send
+it) opens the page itself.  A secret, handed to the page once (in the
+fragment of the address it moves to, which no request carries) and
+kept in its origin's storage, goes with every API call in a header.
+Browsers send a cookie to every port of a host, so a program listening
+on another port of 127.0.0.1 may be sent the cookie; it never sees the
+secret, which no other origin can read, and without it the API answers
+nothing.  The header also stops a form or a script of another site:
+neither can send it.
 
 Every request must also name the page's own address in its C{Host}
 header (the address it listens on, or C{localhost} with its port): a
@@ -41,8 +46,8 @@ def _token() -> str:
 
 @dataclass
 class Session:
-    key: str
-    csrf: str
+    cookie: str  # opens the page
+    secret: str  # opens the API, said in a header
     used: float
 
 
@@ -74,7 +79,7 @@ class Guard:
         one (unknown, used already, or too old).
         """
         now = self.clock.seconds()
-        match = next((t for t in self._logins if hmac.compare_digest(t, token)), None)
+        match = next((t for t in self._logins if same(t, token)), None)
         if match is None:
             return None
         expires = self._logins.pop(match)
@@ -83,20 +88,20 @@ class Guard:
         self._forget_idle(now)
         while len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions.values(), key=lambda s: s.used)
-            del self._sessions[oldest.key]
+            del self._sessions[oldest.cookie]
         session = Session(_token(), _token(), now)
-        self._sessions[session.key] = session
+        self._sessions[session.cookie] = session
         return session
 
-    def session(self, key: str | None) -> Session | None:
+    def session(self, cookie: str | None) -> Session | None:
         """
-        The live session whose cookie is C{key}, marked as used now.
+        The live session whose cookie is C{cookie}, marked as used now.
         """
-        if not key:
+        if not cookie:
             return None
         now = self.clock.seconds()
         self._forget_idle(now)
-        found = self._sessions.get(key)
+        found = self._sessions.get(cookie)
         if found is not None:
             found.used = now
         return found
@@ -110,8 +115,16 @@ class Guard:
         self._sessions.clear()
 
 
-def csrf_ok(session: Session, given: str | None) -> bool:
-    return given is not None and hmac.compare_digest(session.csrf, given)
+def same(ours: str, given: str) -> bool:
+    """
+    Is C{given} our secret C{ours}?  In constant time; anything at all
+    may be given (C{hmac.compare_digest} refuses text that is not ASCII).
+    """
+    return hmac.compare_digest(ours.encode("utf-8"), given.encode("utf-8", "surrogatepass"))
+
+
+def key_ok(session: Session, given: str | None) -> bool:
+    return given is not None and same(session.secret, given)
 
 
 def own_hosts(host: str, port: int) -> frozenset[str]:

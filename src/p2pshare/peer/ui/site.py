@@ -27,13 +27,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from p2pshare.common import ListenService
+from p2pshare.common import LimitedFactory, ListenService
 from p2pshare.httpserver import StrictRequest, StrictSite, strict_site
 from p2pshare.peer.ui.api import Api, ApiError
-from p2pshare.peer.ui.guard import COOKIE, Guard, Session, csrf_ok, origin_ok, own_hosts
+from p2pshare.peer.ui.guard import COOKIE, Guard, key_ok, origin_ok, own_hosts
 
 MAX_BODY = 64 * 1024  # bytes of a request's JSON body
 MAX_STREAMS = 32  # live streams (open pages) at once
+MAX_CONNECTIONS = 64  # connections to the page at once (the silent ones make room)
 STREAM_EVERY = 1.0  # seconds between looks for a change to stream
 
 SECURITY_HEADERS = {
@@ -60,24 +61,40 @@ NO_SESSION = ("this page needs a session: open the address that `p2p ui` prints 
 class UIRequest(StrictRequest):
     """
     A request to the page: C{POST} too, and a body of at most L{MAX_BODY}
-    bytes (what comes beyond is dropped, and the request refused).
+    bytes: a longer one is answered C{413} as soon as its length (or its
+    bytes) say so, and the connection closed, so nothing more is read.
     """
 
     served = (b"GET", b"HEAD", b"POST")
-    too_big = False
     _received = 0
 
+    def process(self) -> None:
+        if self.method not in self.served:  # refused below, with our headers too
+            for name, value in SECURITY_HEADERS.items():
+                self.setHeader(name, value)
+        super().process()
+
     def gotLength(self, length: int | None) -> None:
+        super().gotLength(length if length is not None and length <= MAX_BODY else None)
         if length is not None and length > MAX_BODY:
-            self.too_big = True
-        super().gotLength(length if length is not None and length <= MAX_BODY else 0)
+            self._too_big()
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
         if self._received > MAX_BODY:
-            self.too_big = True
-        if not self.too_big:
-            super().handleContentChunk(data)
+            self._too_big()
+            return
+        super().handleContentChunk(data)
+
+    def _too_big(self) -> None:
+        transport: Any = self.channel.transport if self.channel is not None else None
+        if transport is None or getattr(transport, "disconnecting", False):
+            return
+        text = f"a request's body is at most {MAX_BODY // 1024} KiB\n".encode()
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+                        b"Content-Type: text/plain; charset=utf-8\r\n"
+                        b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n" + text)
+        transport.loseConnection()
 
 
 class UISite(StrictSite):
@@ -141,10 +158,14 @@ class Page(Resource):
         return f"{self.address}/login?token={quote(token)}"
 
     def render(self, request: Request) -> bytes | int:
+        body = self._render(request)
+        return b"" if request.method == b"HEAD" and isinstance(body, bytes) else body
+
+    def _render(self, request: Request) -> bytes | int:
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-        if host not in self.hosts:
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) != 1 or hosts[0].decode("latin-1").strip().lower() not in self.hosts:
             return _error(request, 403, "this page answers only at its own address")
         path = request.path
         if path == b"/login":
@@ -152,14 +173,23 @@ class Page(Resource):
         session = self.guard.session(_text(request.getCookie(self.cookie)))
         if session is None:
             return _error(request, 403, NO_SESSION, page=not path.startswith(b"/api/"))
-        if request.method == b"POST":
-            return self._post(request, session)
-        if path in self.files:
+        if path in self.files and request.method != b"POST":
             body, kind = self.files[path]
             request.setHeader(b"content-type", kind)
             return body
+        # The API asks for the session's key too, which only the page's own
+        # origin holds: a cookie goes to every port of this host, the key
+        # does not (an EventSource cannot send a header: it says the key
+        # in its address).
+        given = _text(request.getHeader(b"x-session-key"))
+        if path == b"/api/events" and given is None:
+            given = _arg(request, b"key", default=None)
+        if not key_ok(session, given):
+            return _error(request, 403, NO_SESSION)
+        if request.method == b"POST":
+            return self._post(request)
         if path == b"/api/session":
-            return _json(request, {"peer": self.api.node.peer_name, "csrf": session.csrf})
+            return _json(request, {"peer": self.api.node.peer_name})
         if path == b"/api/events":
             return self.streams.add(request)
         handler = self.gets.get(path)
@@ -168,6 +198,13 @@ class Page(Resource):
         return self._answer(request, lambda: handler(request))
 
     def _login(self, request: Request) -> bytes:
+        """
+        Trade the login token for a session: its cookie, and a page that
+        moves on to C{/} with the session's key in the address's fragment
+        (which no request carries).  The move is the page's own, so the
+        browser sends the new C{SameSite=Strict} cookie with it even when
+        the login address was opened from another site.
+        """
         try:
             session = self.guard.log_in(_arg(request, b"token"))
         except ApiError:
@@ -175,30 +212,29 @@ class Page(Resource):
         if session is None:
             return _error(request, 403, "this login address is used or too old: "
                           "run `p2p ui` for a new one", page=True)
-        request.addCookie(self.cookie, session.key.encode(), path=b"/", httpOnly=True,
+        request.addCookie(self.cookie, session.cookie.encode(), path=b"/", httpOnly=True,
                           sameSite="strict")
-        request.setResponseCode(303)
-        request.setHeader(b"location", b"/")
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
         self.log.info("a browser logged in to the web page")
-        return b""
+        target = f"/#key={quote(session.secret)}"
+        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+                f'<meta http-equiv="refresh" content="0;url={target}">'
+                f'<title>p2pshare</title></head><body><p><a href="{target}">Open the page</a>'
+                f'</p></body></html>').encode()
 
-    def _post(self, request: Request, session: Session) -> bytes | int:
+    def _post(self, request: Request) -> bytes | int:
         handler = self.posts.get(request.path)
         if handler is None:
             return _error(request, 404, "there is no such request")
-        if not csrf_ok(session, _text(request.getHeader(b"x-csrf-token"))) or not origin_ok(
-            _text(request.getHeader(b"origin")), self.hosts
-        ):
+        if not origin_ok(_text(request.getHeader(b"origin")), self.hosts):
             return _error(request, 403, "this request did not come from the page itself")
-        if getattr(request, "too_big", False):
-            return _error(request, 413, f"a request's body is at most {MAX_BODY // 1024} KiB")
         kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if kind != b"application/json":
             return _error(request, 415, "send JSON")
         assert request.content is not None
         try:
             body = json.loads(request.content.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return _error(request, 400, "the body is not JSON")
         if not isinstance(body, dict):
             return _error(request, 400, "the body is a JSON object")
@@ -307,9 +343,11 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def _arg(request: Request, name: bytes) -> str:
+def _arg(request: Request, name: bytes, default: str | None = "") -> Any:
     args: dict[bytes, list[bytes]] = request.args or {}
-    values = args.get(name) or [b""]
+    if name not in args:
+        return default
+    values = args[name] or [b""]
     try:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
@@ -341,7 +379,9 @@ class UIService(ListenService):
 
     def __init__(self, endpoint: IStreamServerEndpoint, page: Page, reactor: IReactorTime,
                  what: str) -> None:
-        super().__init__(endpoint, make_site(page, reactor), self._listening_on, what)
+        limited = LimitedFactory(make_site(page, reactor), total=MAX_CONNECTIONS,
+                                 per_host=MAX_CONNECTIONS, clock=reactor)
+        super().__init__(endpoint, limited, self._listening_on, what)
         self.page = page
         self.address: str | None = None
 
