@@ -15,13 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 from test_bounded_replies import Client, read_reply
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 
 from p2pshare import wire
 from p2pshare.peer import naming
 from p2pshare.peer.control import ControlFactory
 from p2pshare.peer.coverage import Coverage, Found
+from p2pshare.peer.download.book import Ledger
 from p2pshare.peer.download.transfer import FetchError
 from p2pshare.peer.files import FolderFetched, PeerFiles
 from p2pshare.peer.node import PeerNode, PeerSettings
@@ -206,3 +207,57 @@ def test_search_takes_its_words_unquoted(tmp_path):
 
     args = parser().parse_args(["search", "live", "ogg", "--peer", "unix:/x"])
     assert args.pattern == ["live", "ogg"]  # main() joins them: "live ogg"
+
+
+def test_a_download_stopped_while_it_looks_for_more_holders_stops(tmp_path):
+    # p2p cancel, a pause on the web page, or Ctrl-C, while the download
+    # asks the network who else holds the same bytes: the download ends
+    # there (it went on, and kept the file, when the search's failure
+    # was taken for "nobody else").
+    match = Match("a.txt", 6, "ab" * 32, "s2", "127.0.0.1", 5002, 1, "")
+    asked: list[Deferred] = []
+
+    def find(pattern, timeout, how, enough):
+        if pattern.startswith("sha256:"):
+            asked.append(Deferred())
+            return asked[-1]
+        return succeed(Found([match] if answers(pattern, how, match.name, match.sha256) else [],
+                             Coverage(2, 2)))
+
+    downloader = SimpleNamespace(on_verified=None, new_ledger=Ledger, versions=lambda *a: [])
+    peer = PeerFiles(clock=Clock(), run_blocking=succeed, find=find, me=lambda: "s1",
+                     on_files_changed=lambda: None, downloads=tmp_path,
+                     downloader=downloader)  # type: ignore[arg-type]
+    d = Deferred.fromCoroutine(peer.fetch("a.txt", tmp_path))
+    assert len(asked) == 1 and not d.called  # waiting on the search for the same bytes
+    outcome = []
+    d.addBoth(outcome.append)
+    d.cancel()
+    assert outcome[0].check(CancelledError), outcome[0]
+    assert not (tmp_path / "a.txt").exists()
+
+
+def test_a_stopped_run_that_ends_anyway_changes_nothing(tmp_path):
+    # A run that was paused or cancelled, and ends later all the same (it
+    # could not be stopped at once), no longer speaks for its entry.
+    late: list[Deferred] = []
+
+    async def fetch(name, directory, force, progress, **kw):
+        try:
+            await Deferred()
+        except CancelledError:
+            late.append(Deferred())
+            progress(5, 6, 1)
+            return await late[-1]
+
+    queue = DownloadQueue(fetch, Clock(), None)
+    queue.open()
+    entry = queue.add("a.txt")
+    queue.pause(entry.id)
+    queue.resume(entry.id)
+    assert entry.state == "running" and len(late) == 1
+    late[0].callback(SimpleNamespace(size=6, already=False, path=tmp_path / "a.txt"))
+    assert (entry.state, entry.done) == ("running", 0)  # the first run's end is not this one's
+    queue.cancel_one(entry.id)
+    late[1].callback(SimpleNamespace(size=6, already=False, path=tmp_path / "a.txt"))
+    assert entry.state == "cancelled"

@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread
+
+from p2pshare.peer.ui.site import MAX_CONNECTIONS
 
 P2P = [sys.executable, "-c", "from p2pshare.cli import main; main()"]
 CURL = shutil.which("curl") or "curl"
@@ -121,6 +124,24 @@ async def test_a_stranger_gets_nothing_from_the_page(net):
         return "answered"
 
     assert await deferToThread(from_elsewhere) == "refused"
+
+    # A stranger that opens many silent connections holds no more than
+    # the page's cap (the silent ones make room): the page still answers.
+    def crowd() -> list[socket.socket]:
+        return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
+
+    def closed_by_the_peer(socks: list[socket.socket]) -> int:
+        readable, _, _ = select.select(socks, [], [], 10)
+        return len(readable)  # an end of file, or a reset: nothing else was sent to them
+
+    crowded = await deferToThread(crowd)
+    try:
+        status, _, body = await deferToThread(curl, base + "/api/status", *with_key)
+        assert status == 200 and json.loads(body)["name"] == session["peer"]
+        assert await deferToThread(closed_by_the_peer, crowded) >= 100 - MAX_CONNECTIONS
+    finally:
+        for s in crowded:
+            s.close()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     await deferToThread(conn.request, "GET", "/api/status")
     assert (await deferToThread(conn.getresponse)).status == 403
