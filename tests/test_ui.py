@@ -178,12 +178,19 @@ def dechunked(data: bytes) -> bytes:
     return body
 
 
-def ask(page: Page, method: str, path: str, *, host: str = HOST, cookie: str | None = None,
-        headers: dict[str, str] | None = None, body: bytes = b"") -> Answer:
-    site = make_site(page, page.clock)
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+def connected(page: Page):
+    """
+    A new HTTP connection to the page: its protocol and transport.
+    """
+    proto = make_site(page, page.clock).buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
     proto.makeConnection(transport)
+    return proto, transport
+
+
+def ask(page: Page, method: str, path: str, *, host: str = HOST, cookie: str | None = None,
+        headers: dict[str, str] | None = None, body: bytes = b"") -> Answer:
+    proto, transport = connected(page)
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
     if cookie is not None:
         lines.append(f"Cookie: {cookie}")
@@ -318,19 +325,14 @@ def test_a_change_needs_the_key_and_the_pages_origin(page):
 def test_bad_bodies_get_one_sentence_and_change_nothing(page):
     cookie, key = log_in(page)
     # A body over the limit is refused as soon as its length says so.
-    site = make_site(page, page.clock)
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50002))
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    proto, transport = connected(page)
     proto.dataReceived(f"POST /api/get HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n"
                        f"X-Session-Key: {key}\r\nContent-Type: application/json\r\n"
                        f"Content-Length: {10**12}\r\n\r\n{{".encode())
     big = Answer(transport.value())
     assert big.status == 413 and b"at most 64 KiB" in big.body and transport.disconnecting
     # ... and so is a chunked one, once its bytes pass the limit.
-    transport = StringTransport()
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50003))
-    proto.makeConnection(transport)
+    proto, transport = connected(page)
     chunk = b"a" * 40_000
     proto.dataReceived(f"POST /api/get HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n"
                        f"X-Session-Key: {key}\r\nContent-Type: application/json\r\n"
@@ -407,10 +409,7 @@ def test_settings_change_the_upload_limits(page):
 
 def test_the_stream_sends_state_at_once_then_each_change(page):
     cookie, key = log_in(page)
-    site = make_site(page, page.clock)
-    proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    proto, transport = connected(page)
     proto.dataReceived(f"GET /api/events?key={key} HTTP/1.1\r\nHost: {HOST}\r\n"
                        f"Cookie: {cookie}\r\n\r\n".encode())
     answer = Answer(transport.value())

@@ -231,7 +231,7 @@ async def test_search_download_pause_resume_cancel_and_browse_from_the_page(net,
     assert hostile["name"] == f"odd/{HOSTILE}"
     assert "<script>alert(1)</script>" in hostile["text"]
     assert "\\u202egpj.exe\\u200b" in hostile["text"] and "\u202e" not in hostile["text"]
-    assert hostile["scripts"] == 1  # the page's own, nothing added
+    assert hostile["scripts"] == 2  # the page's own two (text.js, app.js), nothing added
     assert hostile["table"][0] <= hostile["cell"][0] < hostile["cell"][1] <= hostile["table"][1]
     assert hostile["scroll"] <= hostile["width"]  # no sideways scrolling
     assert hostile["apart"]

@@ -143,7 +143,8 @@ class _Rendered(Resource):
 class _Root(Resource):
     def __init__(self, server: MetaServer) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        page = resources.files("p2pshare.meta").joinpath("page.html").read_bytes()
+        page = resources.files("p2pshare.meta").joinpath("page.html").read_bytes().replace(
+            b"// text.js\n", resources.files("p2pshare").joinpath("text.js").read_bytes(), 1)
         self.page = _Rendered(
             {
                 b"content-type": b"text/html; charset=utf-8",

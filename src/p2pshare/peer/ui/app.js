@@ -3,27 +3,7 @@
 // Everything that comes from the network goes into the page as text
 // (textContent after shown()) or as an attribute value, never as markup.
 
-// Characters that would not show as themselves (the categories Cc, Cf,
-// Cs, Co, Cn, Zl, Zp: controls, bidi and zero-width format characters, ...)
-// and the backslash that starts an escape.
-const HIDDEN = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\\]/gu;
-function shown(text) {
-  return String(text).replace(HIDDEN, c => {
-    if (c === "\\") return "\\\\";
-    const n = c.codePointAt(0), hex = n.toString(16);
-    return n < 0x100 ? "\\x" + hex.padStart(2, "0")
-      : n < 0x10000 ? "\\u" + hex.padStart(4, "0") : "\\U" + hex.padStart(8, "0");
-  });
-}
-const UNITS = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-function human(n) {
-  if (!Number.isFinite(n)) return `${n} B`;
-  let s = n.toFixed(0);
-  if (Number(s) < 1024) return `${s} B`;
-  let i = -1;
-  do { n /= 1024; i++; s = n.toFixed(1); } while (Number(s) >= 1024 && i < UNITS.length - 1);
-  return `${s} ${UNITS[i]}`;
-}
+// shown() and human() come from /text.js (one copy for every page).
 
 const $ = id => document.getElementById(id);
 const TABS = ["search", "browse", "downloads", "share", "network"];

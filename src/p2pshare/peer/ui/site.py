@@ -49,10 +49,11 @@ SECURITY_HEADERS = {
     b"cross-origin-opener-policy": b"same-origin",
     b"cross-origin-resource-policy": b"same-origin",
 }
-STATIC = {
-    b"/": ("index.html", b"text/html; charset=utf-8"),
-    b"/app.js": ("app.js", b"text/javascript; charset=utf-8"),
-    b"/app.css": ("app.css", b"text/css; charset=utf-8"),
+STATIC = {  # path: (package, file, type)
+    b"/": ("p2pshare.peer.ui", "index.html", b"text/html; charset=utf-8"),
+    b"/text.js": ("p2pshare", "text.js", b"text/javascript; charset=utf-8"),
+    b"/app.js": ("p2pshare.peer.ui", "app.js", b"text/javascript; charset=utf-8"),
+    b"/app.css": ("p2pshare.peer.ui", "app.css", b"text/css; charset=utf-8"),
 }
 NO_SESSION = ("this page needs a session: open the address that `p2p ui` prints "
               "(it holds a one-time login token)")
@@ -101,8 +102,8 @@ class UISite(StrictSite):
     requestFactory = UIRequest
 
 
-def _static(name: str) -> bytes:
-    return resources.files("p2pshare.peer.ui").joinpath(name).read_bytes()
+def _static(package: str, name: str) -> bytes:
+    return resources.files(package).joinpath(name).read_bytes()
 
 
 class Page(Resource):
@@ -124,7 +125,8 @@ class Page(Resource):
         self.hosts: frozenset[str] = frozenset()
         self.port = 0
         self.address = ""
-        self.files = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
+        self.files = {path: (_static(package, name), kind)
+                      for path, (package, name, kind) in STATIC.items()}
         self.streams = Streams(api, clock)
         self.gets: dict[bytes, Callable[[Request], Awaitable[object] | object]] = {
             b"/api/session": lambda r: {},  # filled in by render, from the session
