@@ -37,6 +37,14 @@ HOST = f"127.0.0.1:{PORT}"
 # The guard alone.
 
 
+def test_a_head_of_the_login_address_leaves_its_token_unspent(page):
+    token = page.guard.new_login()
+    head = ask(page, "HEAD", f"/login?token={token}")
+    assert head.status == 200 and head.body == b"" and "set-cookie" not in head.headers
+    assert ask(page, "POST", f"/login?token={token}").status == 405
+    assert ask(page, "GET", f"/login?token={token}").status == 200  # still good, once
+
+
 def test_a_login_token_opens_one_session_once_and_only_while_fresh():
     clock = Clock()
     guard = Guard(clock)

@@ -207,6 +207,10 @@ class Page(Resource):
         browser sends the new C{SameSite=Strict} cookie with it even when
         the login address was opened from another site.
         """
+        if request.method != b"GET":
+            # A HEAD (a link preview, a prefetch) or a POST never spends the token.
+            return _error(request, 405 if request.method == b"POST" else 200,
+                          "open this address with GET", page=True)
         try:
             session = self.guard.log_in(_arg(request, b"token"))
         except ApiError:
