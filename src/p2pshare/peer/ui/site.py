@@ -129,7 +129,6 @@ class Page(Resource):
                       for path, (package, name, kind) in STATIC.items()}
         self.streams = Streams(api, clock)
         self.gets: dict[bytes, Callable[[Request], Awaitable[object] | object]] = {
-            b"/api/session": lambda r: {},  # filled in by render, from the session
             b"/api/status": lambda r: api.fresh_status(),
             b"/api/search": lambda r: api.search(_arg(r, b"q"), _arg(r, b"exact") == "1"),
             b"/api/ls": lambda r: api.ls(_arg(r, b"holder")),
@@ -185,7 +184,10 @@ class Page(Resource):
         # in its address).
         given = _text(request.getHeader(b"x-session-key"))
         if path == b"/api/events" and given is None:
-            given = _arg(request, b"key", default=None)
+            try:
+                given = _arg(request, b"key", default=None)
+            except ApiError:
+                given = None  # not UTF-8: not the key
         if not key_ok(session, given):
             return _error(request, 403, NO_SESSION)
         if request.method == b"POST":
