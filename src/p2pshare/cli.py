@@ -45,7 +45,7 @@ from p2pshare.control_client import (
 from p2pshare.control_client import meta_topology as plain_topology
 from p2pshare.disk import human_size as _size
 from p2pshare.disk import private_write
-from p2pshare.display import json_text, shown
+from p2pshare.display import json_text, leading_page, shown
 from p2pshare.options import (
     connect_description,
     control_endpoint,
@@ -683,7 +683,6 @@ def _open_privately(url: str) -> bool:
     browser is given a page in a folder only we may read, which leads
     there (as Jupyter does).
     """
-    import html
     import tempfile
     import webbrowser
 
@@ -691,11 +690,7 @@ def _open_privately(url: str) -> bool:
     folder = Path(tempfile.mkdtemp(prefix="p2pshare-ui-",
                                    dir=runtime if runtime and os.path.isdir(runtime) else None))
     page = folder / "open.html"
-    target = html.escape(url, quote=True)
-    private_write(page, (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="refresh" content="0;url={target}"><title>p2pshare</title></head>'
-        f'<body><p><a href="{target}">Open the page</a></p></body></html>').encode())
+    private_write(page, leading_page(url))
     return webbrowser.open(page.as_uri())
 
 
@@ -1080,15 +1075,11 @@ def _check_name(p: argparse.ArgumentParser, name: str) -> None:
     What p2p get and cancel take: C{sha256:} and 12 to 64 hex digits, or
     a path a peer could share (a folder ends in C{/}).
     """
-    from p2pshare.peer.share import by_content, is_shareable_name
+    from p2pshare.peer.share import get_problem
 
-    if name.startswith("sha256:"):
-        if by_content(name) is None:
-            p.error("sha256: takes the file's SHA-256, or its first 12 or more hex digits")
-        return
-    if not is_shareable_name(name.removesuffix("/")):
-        p.error(f"{name!r} is not a name a peer shares: a path inside a share, '/' between "
-                "folders, no segment empty or starting with '.'")
+    problem = get_problem(name)
+    if problem is not None:
+        p.error(problem)
 
 
 def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

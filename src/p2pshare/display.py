@@ -15,6 +15,7 @@ Pure, and without Twisted: the C{p2p} command imports it.
 
 from __future__ import annotations
 
+import html
 import json
 import unicodedata
 from typing import Any
@@ -81,3 +82,17 @@ def _json_escape(c: str) -> str:
     return "".join(
         f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2)
     )
+
+
+def leading_page(target: str) -> bytes:
+    """
+    A small HTML page that moves on to C{target} at once (and links it,
+    for a browser that does not move): what C{p2p ui --open} hands the
+    browser instead of the login address, and what the login address
+    answers with, so that the move to the page is the page's own.
+    """
+    shown_target = html.escape(target, quote=True)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="0;url={shown_target}"><title>p2pshare</title>'
+            f'</head><body><p><a href="{shown_target}">Open the page</a></p></body></html>'
+            ).encode()

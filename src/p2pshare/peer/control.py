@@ -70,7 +70,7 @@ class IControlled(Protocol):
     @property
     def peer_name(self) -> str | None: ...
 
-    def status(self) -> dict[str, object]: ...
+    def status(self, listed: bool = False) -> dict[str, object]: ...
 
     def network_size(self) -> Deferred[tuple[int | None, int | None]]: ...
 
@@ -158,11 +158,10 @@ class ControlProtocol(LineChannel):
 
     def msg_STATUS(self, msg: Message) -> None:
         def answer(_: object) -> None:
-            status = self.node.status()
+            # Counts and totals always; the list of files on request.
+            status = self.node.status(listed=msg.options.get("files") == "1")
             status["ui"] = self.page.address if self.page is not None else None
             lists: dict[str, Any] = {k: status.pop(k) for k in ("neighbours", "shared", "transfers")}
-            if msg.options.get("files") != "1":
-                lists["shared"] = []  # counts and totals are in the status; the list on request
             self.reply(status, **lists)
 
         # The network's size as the metadata server says it now (the last

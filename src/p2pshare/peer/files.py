@@ -509,11 +509,12 @@ class PeerFiles(MultiService):
     def count(self) -> int:
         return len(self.share.files) if self.share is not None else 0
 
-    def status(self) -> dict[str, Any]:
+    def status(self, listed: bool = False) -> dict[str, Any]:
         """
         The files half of what C{p2p status} shows: how many files are
         shared and their bytes, how far the share is indexed, the files
-        themselves (C{shared}) and the transfers.
+        themselves (C{shared}: only when C{listed}, as C{p2p status --files}
+        asks; the web page asks for the rest every second) and the transfers.
         """
         share = self.share
         files = share.files.values() if share is not None else []
@@ -527,7 +528,7 @@ class PeerFiles(MultiService):
             "indexing": {"files": hashed, "of": to_hash, "bytes": done, "of_bytes": total},
             "settling": len(share.unsettled) if share is not None else 0,
             "shared": [{"name": f.name, "size": f.size, "sha256": f.sha256}
-                       for f in sorted(files, key=lambda f: f.name)],
+                       for f in sorted(files, key=lambda f: f.name)] if listed else [],
             "transfers": self._transfers(),
         }
 

@@ -48,7 +48,7 @@ from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from p2pshare import wire
-from p2pshare.admission import Secret
+from p2pshare.admission import Secret, authority
 from p2pshare.common import InOrder, LimitedFactory, ListenService, OncePerMinute
 from p2pshare.disk import atomic_write
 from p2pshare.peer import membership
@@ -843,7 +843,11 @@ class PeerNode(InOrder):
 
     # What the control channel shows.
 
-    def status(self) -> dict[str, object]:
+    def status(self, listed: bool = False) -> dict[str, object]:
+        """
+        What C{p2p status} shows (the shared files themselves only when
+        C{listed}: L{PeerFiles.status}).
+        """
         return {
             "name": self.peer_name,
             "host": self.host,
@@ -859,7 +863,7 @@ class PeerNode(InOrder):
                 {"name": n.name, "host": n.host, "port": n.port}
                 for n in self.neighbours.values()
             ],
-            **self.files.status(),
+            **self.files.status(listed),
         }
 
 
@@ -872,7 +876,7 @@ def _page_of(proto: MetaClientProtocol, web: str | None) -> str | None:
     host = getattr(peer, "host", None)
     if web is None or not host:
         return None
-    return f"http://[{host}]:{web}/" if ":" in host else f"http://{host}:{web}/"
+    return f"http://{authority(host, int(web))}/"
 
 
 def _why_not(e: Exception) -> str:

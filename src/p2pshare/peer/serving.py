@@ -427,8 +427,8 @@ class UploadRate:
 
     def __init__(self, rate: float, clock: Any) -> None:
         self.clock = clock
+        self.tokens = float("inf")  # a full bucket: set_rate cuts it to its capacity
         self.set_rate(rate)
-        self.tokens = self.capacity
         self.last = clock.seconds()
 
     def set_rate(self, rate: float) -> None:
@@ -437,7 +437,7 @@ class UploadRate:
         """
         self.rate = rate
         self.capacity = max(16384.0, rate / 4)  # a quarter second's worth
-        self.tokens = min(getattr(self, "tokens", 0.0), self.capacity)
+        self.tokens = min(self.tokens, self.capacity)
 
     def chunk(self) -> int:
         """

@@ -486,3 +486,19 @@ class ShareIndex:
             if f.sha256 == sha:
                 return f
         return None
+
+
+def get_problem(name: str) -> str | None:
+    """
+    What is wrong with C{name} as C{p2p get} and C{p2p cancel} take it
+    (C{sha256:} and 12 to 64 hex digits, or a path a peer could share, a
+    folder ending in C{/}); L{None} when nothing is.
+    """
+    if name.startswith("sha256:"):
+        if by_content(name) is None:
+            return "sha256: takes the file's SHA-256, or its first 12 or more hex digits"
+        return None
+    if not is_shareable_name(name.removesuffix("/")):
+        return (f"{name!r} is not a name a peer shares: a path inside a share, '/' between "
+                "folders, no segment empty or starting with '.'")
+    return None

@@ -115,7 +115,8 @@ class Api:
 
     def get(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body.get("name")
-        if not isinstance(name, str) or _field_problem(name) is not None or not _gettable(name):
+        if (not isinstance(name, str) or _field_problem(name) is not None
+                or share.get_problem(name) is not None):
             raise ApiError(400, "give the name of a file, a folder (ending in /) or sha256: "
                            "and 12 to 64 hex digits")
         try:
@@ -170,16 +171,6 @@ def _field_problem(text: str) -> str | None:
         return wire.FILE(wire.quote_name(text))
     except UnicodeEncodeError:
         return "it is not text"
-
-
-def _gettable(name: str) -> bool:
-    """
-    What C{p2p get} takes (as it checks its argument): C{sha256:} and 12
-    to 64 hex digits, or a path a peer could share (a folder ends in C{/}).
-    """
-    if name.startswith("sha256:"):
-        return share.by_content(name) is not None
-    return share.is_shareable_name(name.removesuffix("/"))
 
 
 def by_content(found: Found) -> list[dict[str, Any]]:

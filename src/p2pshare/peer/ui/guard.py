@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
+from p2pshare.admission import authority
+
 LOGIN_LIFETIME = 600.0  # seconds a login address printed by p2p ui stays good
 SESSION_IDLE = 7 * 24 * 3600.0  # seconds a session may stay unused
 MAX_SESSIONS = 64
@@ -137,8 +139,7 @@ def own_hosts(host: str, port: int) -> frozenset[str]:
         address = ipaddress.ip_address(host)
     except ValueError:
         return frozenset({f"{host}:{port}".lower()})
-    shown = f"[{address.compressed}]" if address.version == 6 else address.compressed
-    names = {f"{shown}:{port}"}
+    names = {authority(address.compressed, port)}
     if address.is_loopback:
         names.add(f"localhost:{port}")
     if address.is_unspecified:  # every interface: its loopback names at least

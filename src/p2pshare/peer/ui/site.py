@@ -27,7 +27,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from p2pshare.admission import authority
 from p2pshare.common import LimitedFactory, ListenService
+from p2pshare.display import leading_page
 from p2pshare.httpserver import StrictRequest, StrictSite, strict_site
 from p2pshare.peer.ui.api import Api, ApiError
 from p2pshare.peer.ui.guard import COOKIE, Guard, key_ok, origin_ok, own_hosts
@@ -70,9 +72,8 @@ class UIRequest(StrictRequest):
     _received = 0
 
     def process(self) -> None:
-        if self.method not in self.served:  # refused below, with our headers too
-            for name, value in SECURITY_HEADERS.items():
-                self.setHeader(name, value)
+        for name, value in SECURITY_HEADERS.items():  # every answer, a refusal too
+            self.setHeader(name, value)
         super().process()
 
     def gotLength(self, length: int | None) -> None:
@@ -163,8 +164,6 @@ class Page(Resource):
         return b"" if request.method == b"HEAD" and isinstance(body, bytes) else body
 
     def _render(self, request: Request) -> bytes | int:
-        for name, value in SECURITY_HEADERS.items():
-            request.setHeader(name, value)
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) != 1 or hosts[0].decode("latin-1").strip().lower() not in self.hosts:
             return _error(request, 403, "this page answers only at its own address")
@@ -224,11 +223,7 @@ class Page(Resource):
                           sameSite="strict")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         self.log.info("a browser logged in to the web page")
-        target = f"/#key={quote(session.secret)}"
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-                f'<meta http-equiv="refresh" content="0;url={target}">'
-                f'<title>p2pshare</title></head><body><p><a href="{target}">Open the page</a>'
-                f'</p></body></html>').encode()
+        return leading_page(f"/#key={quote(session.secret)}")
 
     def _post(self, request: Request) -> bytes | int:
         handler = self.posts.get(request.path)
@@ -395,14 +390,13 @@ class UIService(ListenService):
 
     def _listening_on(self, port: IListeningPort) -> None:
         bound: Any = port.getHost()
-        ip = ipaddress.ip_address(bound.host)
+        ip = listening = ipaddress.ip_address(bound.host)
         if ip.is_unspecified:  # every interface: this machine reaches it on loopback
             ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
-        shown = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
-        self.page.listening(own_hosts(bound.host, bound.port), bound.port,
-                            f"http://{shown}:{bound.port}")
-        self.address = f"http://{shown}:{bound.port}/"
-        if not ipaddress.ip_address(bound.host).is_loopback:
+        url = f"http://{authority(ip.compressed, bound.port)}"
+        self.page.listening(own_hosts(bound.host, bound.port), bound.port, url)
+        self.address = url + "/"
+        if not listening.is_loopback:
             self.log.warn("the web page listens on {host}, not only on this machine: anyone "
                           "who can reach it sees its address (it still asks for a login)",
                           host=bound.host)
