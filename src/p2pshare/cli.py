@@ -134,6 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "address: " + (f"{_shown(status['host'])}:{status['port']}" if status["host"]
                        else f"port {status['port'] or '(not listening yet)'}, host not known yet"),
         f"state: {role}",
+        _reach_line(status),
         "network: " + (
             f"{status['network_peers']:,} {'peer' if status['network_peers'] == 1 else 'peers'}"
             if status.get("network_peers") is not None
@@ -159,6 +160,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print("\n".join(lines))
     return 0
+
+
+def _reach_line(status: dict[str, Any]) -> str:
+    """
+    Whether others can reach the peer, as the metadata server found.
+    """
+    mapped, problem = status.get("mapped"), status.get("mapping_problem")
+    how = f" (the gateway forwards {_shown(mapped)})" if mapped else ""
+    if status.get("reachable") is None:
+        return "reachable: not known yet (the metadata server has not checked)"
+    if status["reachable"]:
+        return f"reachable: yes{how}"
+    why = f"; port mapping: {_shown(problem)}" if problem else ""
+    return ("reachable: no, a leaf (files move by reversed connections or a relay)" + why)
 
 
 def _sharing_line(status: dict[str, Any]) -> str:
@@ -534,6 +549,8 @@ def cmd_share(args: argparse.Namespace) -> int:
     for flag in PASSED:
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.no_port_mapping:
+        argv.append("--no-port-mapping")
     if args.control is not None:
         control = _client_control(control_endpoint(args.control, data))
         os.environ.setdefault(TOKEN_ENV, str(data / CONTROL_TOKEN))  # a TCP one asks for it
@@ -988,6 +1005,8 @@ def parser() -> argparse.ArgumentParser:
                        help="the web page's endpoint (default a free loopback port), or off")
     share.add_argument("--control", default=None,
                        help="the control endpoint (default unix:DATA-DIR/control.sock)")
+    share.add_argument("--no-port-mapping", action="store_true",
+                       help="do not ask the gateway (UPnP) to forward --port")
     share.add_argument("--log-level", default="info", choices=["debug", "info", "warn"],
                        help="what the log file gets (default info)")
     share.set_defaults(run=cmd_share)

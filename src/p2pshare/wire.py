@@ -376,6 +376,9 @@ SPECS: dict[str, Spec] = {
     # The metadata server's dial-back: prove you are who registered.
     "VERIFY": Spec(args=(("name", NAME), ("challenge", TOKEN_HEX))),
     "VERIFIED": Spec(args=(("mac", TOKEN_HEX),)),
+    # A registered peer asks to be dialled back again (its gateway now
+    # forwards its port): a fresh nonce; OK, then a new TICKET.
+    "CHECK": Spec(keys={"check": TOKEN_HEX}),
     # Which of these peers are live, and where (search results are checked).
     "WHOIS": Spec(rest=NAME),
     "KNOWN": Spec(rest=KNOWN),

@@ -121,6 +121,13 @@ class AddressChecks:
         self._next()
         return item.done
 
+    def forget(self, host: str, port: int) -> None:
+        """
+        Dial C{host}:C{port} again at the next check, though it did not
+        answer the last (its owner says its gateway forwards it now).
+        """
+        self._failed.pop((host, port), None)
+
     def _cancel(self, item: _Check) -> None:
         """
         A check was cancelled (its registrant has gone): a waiting one

@@ -179,6 +179,12 @@ class MetaService(Protocol):
         Check where C{name} listens, then send it its ticket.
         """
 
+    def recheck_address(self, name: str, nonce: str) -> None:
+        """
+        C{name} asks for its address to be checked again, with a fresh
+        nonce; raise L{WireError} if it asked too soon.
+        """
+
     def when_checked(self, name: str) -> Deferred[None]:
         """
         Fires once the check of C{name}'s address has ended.

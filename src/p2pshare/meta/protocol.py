@@ -114,6 +114,30 @@ class MetaProtocol(LineChannel):
         )
         self.server.check_address(record.name, opts.get("check"))
 
+    def msg_CHECK(self, msg: Message) -> None:
+        """
+        Dial me back again (my gateway forwards my port now): C{OK} in
+        turn, then a new C{TICKET} once the check has ended.
+        """
+        if not self._registered():
+            return
+        nonce = msg.options.get("check")
+        name = self.name
+        assert name is not None
+
+        def check() -> None:
+            if nonce is None:
+                self.sendError(wire.E_BAD_ARGS, "CHECK check=NONCE")
+                return
+            try:
+                self.server.recheck_address(name, nonce)
+            except WireError as e:
+                self.sendError(e.code, e.text)
+                return
+            self.send("OK", text="checking your address again")
+
+        self._in_turn(check)
+
     def _web_port(self) -> int | None:
         """
         The topology page's port, if this peer can reach it there: the

@@ -53,6 +53,8 @@ class Peer:
     @ivar checking: the dial-back, while it runs: it fires with why the
         address failed, or L{None}.
     @ivar ticket_at: when its last ticket was sent.
+    @ivar rechecked_at: when it last asked for its address to be checked
+        again (C{CHECK}).
     @ivar referral: where it was referred, while on its way there.
     @ivar promised: the newcomers referred to it that have not arrived.
     @ivar due: the second under which L{Roster} files it to be looked at.
@@ -64,6 +66,7 @@ class Peer:
     reachable: bool | None = None
     checking: Deferred[str | None] | None = None
     ticket_at: float = 0.0
+    rechecked_at: float = float("-inf")
     referral: Referral | None = None
     promised: set[str] = field(default_factory=set)
     due: int | None = None

@@ -7,16 +7,20 @@ L{p2pshare.meta.checks}), then gives it a ticket that says what was found
 
 from __future__ import annotations
 
+import math
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from p2pshare.meta.checks import AddressChecks
+from p2pshare import wire
+from p2pshare.meta.checks import FAILED_FOR, AddressChecks
 from p2pshare.meta.records import Peer
 from p2pshare.meta.roster import Roster
 from p2pshare.meta.slots import FreeSlots
 from p2pshare.tickets import REFRESH, TicketSigner
+from p2pshare.wire import WireError
 
 
 class Vouching:
@@ -60,6 +64,25 @@ class Vouching:
         # Set before the callback: a check that ended at once is applied now.
         checking.addCallback(self._ended, peer, checking)
         checking.addErrback(self._failed, peer.name)
+
+    def recheck(self, peer: Peer, nonce: str) -> None:
+        """
+        Check C{peer}'s address again, though it failed within
+        L{FAILED_FOR}: it asks (C{CHECK}), at most once in that time.
+
+        @raise WireError: it asked again too soon.
+        """
+        now = self.clock.seconds()
+        wait = peer.rechecked_at + FAILED_FOR - now
+        if wait > 0:
+            raise WireError(
+                wire.E_FAILED, f"your address was checked again {FAILED_FOR - wait:.0f} s ago; "
+                f"ask again in {math.ceil(wait)} s",
+            )
+        peer.rechecked_at = now
+        if self.checks is not None:
+            self.checks.forget(peer.record.host, peer.record.port)
+        self.check_address(peer, nonce)
 
     def _ended(self, problem: str | None, peer: Peer, checking: Deferred[str | None]) -> str | None:
         if peer.checking is checking:  # else: given up (gone, or registered again)

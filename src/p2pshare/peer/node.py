@@ -19,7 +19,6 @@ folder and the downloads, L{SearchEngine} the searches.
 from __future__ import annotations
 
 import random
-import secrets
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -59,6 +58,7 @@ from p2pshare.peer.identity import Identity
 from p2pshare.peer.interfaces import IOverlay, ISearchHost
 from p2pshare.peer.joining import Joining
 from p2pshare.peer.links import Links, Neighbour
+from p2pshare.peer.mapping import PortMapping
 from p2pshare.peer.membership import Membership
 from p2pshare.peer.protocol import (
     MetaClientFactory,
@@ -67,6 +67,7 @@ from p2pshare.peer.protocol import (
     PeerProtocol,
 )
 from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
+from p2pshare.peer.reach import Reach
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
@@ -161,6 +162,7 @@ class PeerNode(InOrder):
         secret: Secret | None = None,
         on_fatal: Callable[[str], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        mapping: PortMapping | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -277,11 +279,13 @@ class PeerNode(InOrder):
         self._held: list[tuple[PeerProtocol, Message]] = []
         self._stopping = False  # asked to leave (STOP)
         # The metadata server's word on us (our ticket) and its key, which
-        # checks everyone else's; the nonce our registration's dial-back
-        # is answered with.
+        # checks everyone else's; how others reach us (the nonce its
+        # dial-back is answered with, our port mapping).
         self.ticket: Ticket | None = None
         self.tickets: TicketChecker | None = None
-        self._check_nonce: str | None = None
+        self.reach = Reach(self, mapping)
+        if mapping is not None:
+            mapping.on_mapped = self.reach.mapped
         self._told_away = OncePerMinute()  # what was said of the metadata server being away
         # What the metadata server last said of the network's size (peers,
         # latest registration number), and our own registration's number.
@@ -428,7 +432,6 @@ class PeerNode(InOrder):
         The options of our C{P2P} line: a fresh nonce for each, which the
         metadata server's dial-back must get back from our port.
         """
-        self._check_nonce = secrets.token_hex(16)
         return {
             "port": self.port,
             "name": self.peer_name,
@@ -437,7 +440,7 @@ class PeerNode(InOrder):
             "beat": max(1, round(self.heartbeat)),
             "token": self.identity.token,
             "old": self.identity.old_token,
-            "check": self._check_nonce,
+            "check": self.reach.fresh_nonce(),
         }
 
     def verify(self, proto: PeerProtocol, msg: Message) -> None:
@@ -446,10 +449,10 @@ class PeerNode(InOrder):
         are the one that registered from here.
         """
         name, challenge = msg.args
-        if self._check_nonce is None:
+        if self.reach.nonce is None:
             proto.sendError(wire.E_UNEXPECTED, "this peer has not registered")
         else:
-            proto.send("VERIFIED", answer(self._check_nonce, name, challenge))
+            proto.send("VERIFIED", answer(self.reach.nonce, name, challenge))
         proto.close()
 
     def meta_ticket(self, value: str) -> None:
@@ -471,8 +474,13 @@ class PeerNode(InOrder):
                 "address others should use)", name=self.peer_name, host=ticket.host,
                 port=ticket.port,
             )
+        if ticket.reachable and was is not None and not was.reachable:
+            self.log.info("peer {name}: the metadata server reaches this peer at {host}:{port} "
+                          "now; it can take children", name=self.peer_name, host=ticket.host,
+                          port=ticket.port)
         if ticket.reachable != (was is not None and was.reachable):
             self.links.advertise()  # our free slots count only if others can reach us
+        self.reach.consider()
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args
@@ -490,6 +498,7 @@ class PeerNode(InOrder):
             self.host = host
         self.meta_web = _page_of(proto, msg.options.get("web"))
         self.meta = proto
+        self.reach.welcomed(proto)
         self._summarised = None  # a new session: say it all again
         self._activity()
         self.log.info("peer {name} registered with the metadata server", name=self.peer_name)
@@ -863,6 +872,7 @@ class PeerNode(InOrder):
                 {"name": n.name, "host": n.host, "port": n.port}
                 for n in self.neighbours.values()
             ],
+            **self.reach.status(),
             **self.files.status(listed),
         }
 

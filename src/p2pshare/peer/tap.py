@@ -33,6 +33,7 @@ from p2pshare.options import parse_rate
 from p2pshare.peer.control import ControlFactory, control_token
 from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
+from p2pshare.peer.mapping import PortMapping, UPnPGateway
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.share import SETTLE_TIME
 from p2pshare.peer.ui.api import Api
@@ -92,6 +93,8 @@ class Options(RoleOptions):
         ["reset-token", None,
          "Replace the token that proves this peer's name (after a leak; see docs/security.rst)."],
         ["reset-manhole", None, "Replace the manhole's password and SSH host key."],
+        ["no-port-mapping", None,
+         "Do not ask the gateway (UPnP) to forward --port when this peer's address is private."],
     ]
 
     def postOptions(self) -> None:
@@ -250,6 +253,9 @@ def _assemble(options: Options, reactor: Any) -> IService:
         log.warn("only {fds} file descriptors (ulimit -n): this peer takes at most {total} "
                  "connections, {per_host} from one address", fds=options.get("fds"),
                  total=total, per_host=per_host)
+    mapping = None
+    if not options["no-port-mapping"]:
+        mapping = PortMapping(reactor, deferToThread, UPnPGateway())
     node = PeerNode(
         clock=reactor,
         listen=listen,
@@ -281,6 +287,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         secret=options["secret"],
         on_fatal=fatal,
         on_stop=reactor.stop,
+        mapping=mapping,
     )
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = RoleService("p2ppeer", RoleLog("p2ppeer", lambda: node.peer_name, options))
@@ -308,6 +315,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
         control_listening,
         what=f"--control {options['control']}",
     ).setServiceParent(top)
+    if mapping is not None:  # stops after the peer has said goodbye
+        mapping.setServiceParent(top)
     node.setServiceParent(top)
     if ui is not None:
         ui.setServiceParent(top)
