@@ -160,6 +160,16 @@ def _check_port(value: str) -> str | None:
     return "a port is a number from 1 to 65535"
 
 
+def _check_port_or_none(value: str) -> str | None:
+    if _COUNT.fullmatch(value) and int(value) <= 65535:
+        return None
+    return "a port is a number from 0 (none: reach it over the overlay) to 65535"
+
+
+# Where a peer that nobody can dial listens: port 0 (reversal.py).
+PORT_OR_NONE: Check = _check_port_or_none
+
+
 def _check_hops(value: str) -> str | None:
     if value == "none" or _COUNT.fullmatch(value):
         return None
@@ -288,7 +298,8 @@ def _check_match(value: str) -> str | None:
         return "a match's SHA-256 is 64 lower-case hex digits"
     if not _PIECES.fullmatch(pieces):
         return "a match's piece root is 64 lower-case hex digits or -, then +HAVE if partial"
-    return COUNT(hops) or NAME(holder) or HOST(host) or PORT(port) or SIZE(size) or FILE(name)
+    return (COUNT(hops) or NAME(holder) or HOST(host) or PORT_OR_NONE(port) or SIZE(size)
+            or FILE(name))
 
 
 MATCH: Check = _check_match
@@ -307,7 +318,7 @@ DIRECTION = _matching(re.compile("up|down"), "a transfer's direction is up or do
 def _check_known(value: str) -> str | None:
     name, _, rest = value.partition("/")
     host, _, port = rest.rpartition("/")
-    return NAME(name) or HOST(host) or PORT(port)
+    return NAME(name) or HOST(host) or PORT_OR_NONE(port)
 
 
 KNOWN: Check = _check_known  # NAME/HOST/PORT: a live peer, where it listens
@@ -435,6 +446,10 @@ SPECS: dict[str, Spec] = {
     ),
     # Still collecting answers for this search from further away.
     "WORKING": Spec(args=(("id", NAME),)),
+    # Connect out to the ticket's peer and serve it (reversal.py): passed
+    # along the tree to HOLDER, who answers by dialling and saying GIV
+    # TOKEN NAME as that connection's first line.
+    "PUSH": Spec(args=(("holder", NAME), ("token", TOKEN_HEX), ("ticket", TICKET))),
     # The local control channel.
     "STATUS": Spec(keys={"files": COUNT}),
     "STOP": Spec(),

@@ -195,9 +195,10 @@ class MetaService(Protocol):
         Where C{newcomer} should join; L{None}: it is the root.
         """
 
-    def whois(self, names: list[str]) -> list[PeerRecord]:
+    def whois(self, names: list[str]) -> list[tuple[str, str, int]]:
         """
-        Those of C{names} that are live and were found where they listen.
+        Those of C{names} that are live peers whose address was checked:
+        name, host and port (0 where the check could not reach them).
         """
 
     def size(self) -> int:

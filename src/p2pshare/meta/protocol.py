@@ -212,7 +212,7 @@ class MetaProtocol(LineChannel):
             if len(names) > wire.WHOIS_MAX:
                 self.sendError(wire.E_BAD_ARGS, f"WHOIS takes at most {wire.WHOIS_MAX} names")
             else:
-                self.send("KNOWN", *(f"{p.name}/{p.host}/{p.port}" for p in self.server.whois(names)))
+                self.send("KNOWN", *(f"{n}/{h}/{p}" for n, h, p in self.server.whois(names)))
 
         self._in_turn(known)
 

@@ -283,13 +283,17 @@ class MetaServer(MultiService):
             self.changed()
         return target
 
-    def whois(self, names: list[str]) -> list[PeerRecord]:
+    def whois(self, names: list[str]) -> list[tuple[str, str, int]]:
         """
-        Those of C{names} that are live peers this server reached where
-        they said they listen.
+        Those of C{names} that are live peers, with where they listen: port
+        0 for one this server could not reach there (it is dialled by
+        nobody; files reach it by reversed connections).
         """
         found = [self.peers.live(name) for name in names]
-        return [p.record for p in found if p is not None and p.reachable]
+        return [
+            (p.name, p.record.host, p.record.port if p.reachable else 0)
+            for p in found if p is not None and p.reachable is not None
+        ]
 
     def neighbour_limit(self, name: str) -> int:
         record = self.registry.get(name)

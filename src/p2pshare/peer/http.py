@@ -38,6 +38,7 @@ from p2pshare.disk import human_size
 from p2pshare.display import shown
 from p2pshare.httpserver import strict_site
 from p2pshare.peer.interfaces import IFileHost
+from p2pshare.peer.reversal import GIV, reversed_host
 from p2pshare.peer.serving import (
     PartialFileResource,
     SharedFileResource,
@@ -71,9 +72,10 @@ class Sniffer(Protocol, TimeoutMixin):
     log = Logger()
     engaged = False  # nothing useful said yet: evicted first when full
 
-    def __init__(self, site: Site, lines: IProtocolFactory) -> None:
+    def __init__(self, site: Site, lines: IProtocolFactory, reversals: Any = None) -> None:
         self.site = site
         self.lines = lines
+        self.reversals = reversals  # Reversals: a GIV line is a holder we asked for
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -100,6 +102,14 @@ class Sniffer(Protocol, TimeoutMixin):
         transport: Any = self.transport
         addr = transport.getPeer()
         proto: Any
+        giv = GIV.fullmatch(line) if newline else None
+        if giv is not None:
+            rest, self._buffer = self._buffer.partition(b"\n")[2], b""
+            token, name = (g.decode("ascii") for g in giv.groups())
+            if self.reversals is None or not self.reversals.arrived(token, name, transport, rest):
+                self.log.info("closing {peer}: a GIV nobody here waits for", peer=peer_host(transport))
+                transport.abortConnection()
+            return
         if (newline and _REQUEST_LINE.fullmatch(line)) or (
             not newline and _REQUEST_START.match(line)
         ):
@@ -132,12 +142,13 @@ class SniffingFactory(Factory):
 
     noisy = False
 
-    def __init__(self, site: Site, lines: IProtocolFactory) -> None:
+    def __init__(self, site: Site, lines: IProtocolFactory, reversals: Any = None) -> None:
         self.site = site
         self.lines = lines
+        self.reversals = reversals
 
     def buildProtocol(self, addr: object) -> Sniffer:
-        return Sniffer(self.site, self.lines)
+        return Sniffer(self.site, self.lines, self.reversals)
 
 
 def make_site(node: IFileHost, reactor: Any) -> Site:
@@ -369,9 +380,12 @@ def this_peer(node: IFileHost, request: Request) -> str | None:
     number = getattr(local, "port", None)
     if not port:
         port = "443" if request.isSecure() else "80"
+    bare = host.strip("[]")
+    me = getattr(node, "peer_name", None)
+    if port == "0" and me is not None and bare == reversed_host(me):
+        return authority(bare, 0)  # a holder nobody dials, named as downloaders name it
     if not port.isdigit() or int(port) != number:
         return None
-    bare = host.strip("[]")
     names = {here.lower(), (node.advertised() or "").lower()}
     if here.startswith("127.") or here in ("::1", "::ffff:127.0.0.1"):
         names.add("localhost")

@@ -138,6 +138,7 @@ class IOverlay(Interface):
     peer_name = Attribute("this peer's name, once known")
     messages = Attribute("a Counter of the overlay messages sent, by verb")
     search = Attribute("the ISearch of this peer")
+    reversals = Attribute("the Reversals of this peer: PUSH passed on or answered")
 
     # A proto below is a PeerProtocol (a MetaClientProtocol for the meta_
     # ones): Any, since naming it would import protocol.py, which imports

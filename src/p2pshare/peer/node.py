@@ -68,6 +68,7 @@ from p2pshare.peer.protocol import (
 )
 from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
 from p2pshare.peer.reach import Reach
+from p2pshare.peer.reversal import Reversals
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
@@ -247,6 +248,7 @@ class PeerNode(InOrder):
             self.files.fetch, clock, state / QUEUE_FILE if state is not None else None
         )
         self.site = make_site(self.files, clock)
+        self.reversals = Reversals(self, self.site)
         # Our children, in the order they start (and stop, backwards, each
         # once the next has stopped): our port; the heartbeat; what we
         # share and fetch; the download queue; our presence in the network
@@ -255,7 +257,7 @@ class PeerNode(InOrder):
         self._port_service = ListenService(
             listen,
             LimitedFactory(
-                SniffingFactory(self.site, PeerFactory(self)), clock=clock,
+                SniffingFactory(self.site, PeerFactory(self), self.reversals), clock=clock,
                 total=settings.connections, per_host=settings.connections_per_host,
             ),
             on_listening=self._listened, what=settings.listen_description,
@@ -708,6 +710,17 @@ class PeerNode(InOrder):
     def hops_for(self, neighbour: str) -> int | None:
         return self.links.hops_for(neighbour)
 
+    def flood(self, msg: Message, source: str | None = None) -> None:
+        """
+        Send C{msg} to every neighbour but C{source}.
+        """
+        for n in list(self.links.neighbours.values()):
+            if n.name != source:
+                n.proto.sendMessage(msg)
+
+    def connect_out(self, host: str, port: int) -> IStreamClientEndpoint:
+        return self._connect(host, port)
+
     def goodbye_said(self, name: str, proto: PeerProtocol) -> None:
         self.links.goodbye(name, proto)
 
@@ -749,12 +762,14 @@ class PeerNode(InOrder):
         if self.share is None or self.peer_name is None or self.port is None:
             return []
         host = self.host or "127.0.0.1"
+        # Port 0: nobody can dial us; downloaders ask us to connect out.
+        port = 0 if self.ticket is not None and not self.ticket.reachable else self.port
         whole = [
-            Match(f.name, f.size, f.sha256, self.peer_name, host, self.port, hops, f.root)
+            Match(f.name, f.size, f.sha256, self.peer_name, host, port, hops, f.root)
             for f in self.share.search(pattern, exact)
         ]
         partial = [
-            Match(p.name, p.size, p.sha256, self.peer_name, host, self.port, hops, p.root,
+            Match(p.name, p.size, p.sha256, self.peer_name, host, port, hops, p.root,
                   len(p.book.verified))
             for p in self.files.partial_matches(pattern, exact)
         ]

@@ -35,6 +35,7 @@ class PeerProtocol(LineChannel):
         self.search_allowance = TokenBucket()
         self.forward_allowance = TokenBucket(FORWARD_RATE, FORWARD_BURST)
         self.searches_refused = 0
+        self.push_allowance = TokenBucket(FORWARD_RATE, FORWARD_BURST)
 
     def identity(self) -> tuple[str, str]:
         return ("peer", self.node.peer_name or "-")
@@ -78,6 +79,13 @@ class PeerProtocol(LineChannel):
             self.sendError(wire.E_UNEXPECTED, "WORKING is for overlay links")
             return
         self.node.search.working(self, msg)
+
+    def msg_PUSH(self, msg: Message) -> None:
+        if self.link is None:
+            self.sendError(wire.E_UNEXPECTED, "PUSH is for overlay links")
+            return
+        if self.push_allowance.take(self.node.clock.seconds()):
+            self.node.reversals.pushed(self.link, msg)  # over the allowance: dropped
 
     def msg_UP(self, msg: Message) -> None:
         if self.link is not None:

@@ -11,17 +11,13 @@ a relay.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pshare.peer.mapping import PortMapping, is_private
-
-if TYPE_CHECKING:
-    from p2pshare.peer.node import PeerNode
-    from p2pshare.peer.protocol import MetaClientProtocol
 
 CHECK_TIMEOUT = 30.0  # seconds for the server's OK to a CHECK
 
@@ -34,7 +30,7 @@ class Reach:
 
     log = Logger()
 
-    def __init__(self, node: PeerNode, mapping: PortMapping | None) -> None:
+    def __init__(self, node: Any, mapping: PortMapping | None) -> None:
         self.node = node
         self.mapping = mapping
         self.nonce: str | None = None  # what the server's dial-back must get back
@@ -44,7 +40,7 @@ class Reach:
         self.nonce = secrets.token_hex(16)
         return self.nonce
 
-    def welcomed(self, proto: MetaClientProtocol) -> None:
+    def welcomed(self, proto: Any) -> None:
         """
         A new session with the metadata server: map our port if we came
         from a private address.

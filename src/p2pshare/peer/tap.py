@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.mapping import PortMapping, UPnPGateway
 from p2pshare.peer.node import PeerNode, PeerSettings
+from p2pshare.peer.reversal import holder_of
 from p2pshare.peer.share import SETTLE_TIME
 from p2pshare.peer.ui.api import Api
 from p2pshare.peer.ui.guard import Guard
@@ -159,9 +161,14 @@ class _Endpoints:
     def __init__(self, reactor: Any, tls: PeerTLS | None) -> None:
         self.reactor = reactor
         self.tls = tls
+        self.reversed: Callable[[str], Any] | None = None  # Reversals.endpoint
 
     def endpointForURI(self, uri: Any) -> Any:
-        return connect_to(self.reactor, self.tls, uri.host.decode("ascii").strip("[]"), uri.port)
+        host = uri.host.decode("ascii").strip("[]")
+        holder = holder_of(host)
+        if holder is not None and self.reversed is not None:
+            return self.reversed(holder)  # it connects to us
+        return connect_to(self.reactor, self.tls, host, uri.port)
 
 
 def _stdlib_client(tls: PeerTLS | None) -> ssl.SSLContext | None:
@@ -253,6 +260,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         log.warn("only {fds} file descriptors (ulimit -n): this peer takes at most {total} "
                  "connections, {per_host} from one address", fds=options.get("fds"),
                  total=total, per_host=per_host)
+    endpoints = _Endpoints(reactor, tls)
     mapping = None
     if not options["no-port-mapping"]:
         mapping = PortMapping(reactor, deferToThread, UPnPGateway())
@@ -280,7 +288,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
             connections_per_host=per_host,
         ),
         agent=Agent.usingEndpointFactory(
-            reactor, _Endpoints(reactor, tls), pool=HTTPConnectionPool(reactor, persistent=False)
+            reactor, endpoints, pool=HTTPConnectionPool(reactor, persistent=False)
         ),
         client_tls=_stdlib_client(tls),
         run_blocking=deferToThread,
@@ -289,6 +297,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         on_stop=reactor.stop,
         mapping=mapping,
     )
+    endpoints.reversed = node.reversals.endpoint
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = RoleService("p2ppeer", RoleLog("p2ppeer", lambda: node.peer_name, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]

@@ -77,6 +77,8 @@ class ThreadFetcher:
         return self.agent.pieces_of(holder, count)
 
     def _reads(self, run: Run) -> bool:
+        if b".reversed.invalid:" in run.url:
+            return False  # a reversed connection is the agent's (reversal.py)
         return run.last >= run.first and (
             run.url.startswith(b"http://") or (run.url.startswith(b"https://") and self.tls is not None)
         )

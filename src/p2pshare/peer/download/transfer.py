@@ -66,6 +66,7 @@ from p2pshare.peer.download.versions import (
     address_of,
     versions,
 )
+from p2pshare.peer.reversal import reversed_host
 from p2pshare.peer.share import SharedFile, is_shareable_name, sha256_of
 from p2pshare.pieces import MAX_SIZE, too_large
 from p2pshare.wire import Match
@@ -92,7 +93,7 @@ def url_for(
     private network, a URL signed with the network secret (the holder
     answers 403 to anything else).
     """
-    where = authority(m.host, m.port)
+    where = authority(reversed_host(m.holder) if m.port == 0 else m.host, m.port)
     path = path or f"/files/{wire.url_path(m.name)}"
     if secret is not None:
         path = secret.sign_path(path, now, where=where)  # good at this holder only

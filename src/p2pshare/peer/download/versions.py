@@ -22,6 +22,7 @@ from twisted.web.iweb import IAgent
 from p2pshare.peer.download.agent import deliver, read_at_most
 from p2pshare.peer.download.book import Address, Ledger
 from p2pshare.peer.download.fetch import HEADER_TIMEOUT, no_answer, why_failed
+from p2pshare.peer.reversal import reversed_host
 from p2pshare.pieces import DIGEST, check_list, piece_count, root_of
 from p2pshare.wire import Match
 
@@ -36,6 +37,8 @@ def address_of(m: Match) -> Address:
     address however written, an IPv4-mapped IPv6 one as IPv4), a name in
     lower case.
     """
+    if m.port == 0:  # nobody dials it: known by name (reversal.py)
+        return reversed_host(m.holder), 0
     host = m.host.lower().rstrip(".")
     try:
         ip = ipaddress.ip_address(host)
