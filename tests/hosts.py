@@ -51,7 +51,10 @@ class StaticFileHost:
     def partial_by_sha(self, sha: str) -> Any:
         return next((p for p in self.partials if p.sha256 == sha), None)
 
-    def upload_began(self, name: str, host: str, total: int, sent: Callable[[], int]) -> object:
+    def upload_began(
+        self, name: str, host: str, total: int, sent: Callable[[], int], path: str = "direct"
+    ) -> object:
+        self.paths = [*getattr(self, "paths", []), path]
         return object()
 
     def upload_ended(self, key: object) -> None:

@@ -37,6 +37,24 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
 
 
+async def said(control: str, start: str, end: str, timeout: float = 30.0) -> str:
+    """
+    The line of C{p2p status} that starts with C{start} and ends with
+    C{end}, once there is one (looked for every 0.1 s, within C{timeout}).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    seen = ""
+    for _ in range(int(timeout / 0.1)):
+        seen = (await deferToThread(run, *P2P, "status", "--peer", control)).stdout
+        for line in seen.splitlines():
+            if line.startswith(start) and line.endswith(end):
+                return line
+        await deferLater(reactor, 0.1)
+    raise AssertionError(f"no line {start}...{end} in p2p status: {seen}")
+
+
 async def stop_all(procs: list[ChildProcess]) -> None:
     for p in procs:
         if p.running:
@@ -67,6 +85,7 @@ async def test_peers_behind_nat_join_search_and_share(reactor, tmp_path, nat_bed
         return start(ns, "p2ppeer", TWISTD + [
             "-n", "--pidfile=", "p2ppeer", "--name", name, "--port", "tcp:5001",
             "--meta", f"tcp:{bed.pub_ip}:5000", "--data-dir", str(data), "--heartbeat", BEAT,
+            "--upload-rate", "1M",
         ], f"{name}.log")
 
     def control(name: str) -> str:
@@ -117,12 +136,18 @@ async def test_peers_behind_nat_join_search_and_share(reactor, tmp_path, nat_bed
             for m in "PABC":
                 assert f"{m}.bin" in found.stdout, (n, found.stdout)
 
-        # Verified downloads along each path.
-        for getter, holder in (("P", "B"), ("A", "B"), ("C", "A")):
+        # Verified downloads along each path, each named in p2p status at
+        # both ends while it runs (the holders send at 1 MiB/s).
+        for getter, holder, path in (("P", "B", "reversed"), ("A", "B", "reversed"),
+                                     ("C", "A", "direct")):
             out = tmp_path / f"{getter}-got"
-            got = await deferToThread(run, *P2P, "get", f"{holder}.bin", "--peer",
-                                      control(getter), "-o", str(out))
-            assert got.returncode == 0, (getter, holder, got.stdout, got.stderr)
+            get = ChildProcess(reactor, "p2p", [*P2P, "get", f"{holder}.bin", "--peer",
+                               control(getter), "-o", str(out)], tmp_path,
+                               tmp_path / f"get-{getter}-{holder}.log").start()
+            procs.append(get)
+            await said(control(getter), f"downloading {holder}.bin", f", {path}")
+            await said(control(holder), f"uploading {holder}.bin to ", f", {path}")
+            assert await get.when_ended(60) == 0, get.output()
             want = (tmp_path / holder / "shared" / f"{holder}.bin").read_bytes()
             kept = (out / f"{holder}.bin").read_bytes()
             assert hashlib.sha256(kept).digest() == hashlib.sha256(want).digest()

@@ -228,10 +228,10 @@ async def test_peers_fetching_one_file_at_once_feed_each_other(net):
     names = await names_of(net)
     # p2p status shows the transfers in progress, both ways.
     up = (await deferToThread(run, *P2P, "status", "--peer", net.control(seeder))).stdout
-    assert re.search(r"^uploading big\.bin to 127\.0\.0\.1: .* of .* \(\d+%\), .*/s$", up, re.M), up
+    assert re.search(r"^uploading big\.bin to 127\.0\.0\.1: .* of .* \(\d+%\), .*/s, direct$", up, re.M), up
     down = (await deferToThread(run, *P2P, "status", "--peer", net.control(getters[0]))).stdout
     # (from how many holders, when one is sending at that moment)
-    assert re.search(r"^downloading big\.bin( from \d holders?)?: .* of 32\.0 MiB \(\d+%\), .*/s$", down, re.M), down
+    assert re.search(r"^downloading big\.bin( from \d holders?)?: .* of 32\.0 MiB \(\d+%\), .*/s, direct$", down, re.M), down
     found = await deferToThread(run, *P2P, "search", "big.bin", "--peer", net.control(seeder))
     [row] = [line.split("\t") for line in found.stdout.splitlines()]  # one file
     partial = re.findall(r"(\S+) \(partial, \d+%\)", row[4])

@@ -156,7 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         who = f" {way} {_shown(t['peer'])}" if t["peer"] else ""
         lines.append(
             f"{what} {_shown(t['name'])}{who}: {_size(t['done'])} of {_size(t['total'])} ({share}), "
-            f"{_size(t['rate'])}/s"
+            f"{_size(t['rate'])}/s, {t.get('path', 'direct')}"
         )
     print("\n".join(lines))
     return 0

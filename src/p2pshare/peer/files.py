@@ -109,13 +109,23 @@ class Transfer:
     total: int = 0
     sent: Callable[[], int] | None = None  # an upload's bytes so far
     first: int | None = None  # a download's bytes verified when it began
+    path: str = "direct"  # how the bytes come: direct, reversed (the holder dialled)
 
     def status(self, now: float) -> dict[str, object]:
         done = self.sent() if self.sent is not None else self.done
         moved = done - (self.first or 0)
         rate = moved / (now - self.started) if now > self.started else 0.0
         return {"name": self.name, "direction": self.direction, "peer": self.peer,
-                "done": done, "total": self.total, "rate": int(rate)}
+                "done": done, "total": self.total, "rate": int(rate), "path": self.path}
+
+
+def path_of(holders: list[Match]) -> str:
+    """
+    How a download from C{holders} reaches them: each holder nobody can
+    dial (port 0) by a reversed connection, the others directly.
+    """
+    paths = sorted({"reversed" if m.port == 0 else "direct" for m in holders})
+    return " and ".join(paths) or "direct"
 
 
 @implementer(IFileHost)
@@ -296,13 +306,18 @@ class PeerFiles(MultiService):
         self.log.emit(level, "sharing {file} ({size}, sha256 {sha})",
                       file=f.name, size=human_size(f.size), sha=f.sha256)
 
-    def upload_began(self, name: str, host: str, total: int, sent: Callable[[], int]) -> object:
+    def upload_began(
+        self, name: str, host: str, total: int, sent: Callable[[], int], path: str = "direct"
+    ) -> object:
         """
-        A response of C{name} to C{host} began; C{sent} says how many bytes
-        have gone so far.  The key given back ends it (L{upload_ended}).
+        A response of C{name} to C{host} began, by C{path}; C{sent} says how
+        many bytes have gone so far.  The key given back ends it
+        (L{upload_ended}).
         """
         key = object()
-        self.transfers[key] = Transfer(name, "up", host, self.clock.seconds(), 0, total, sent)
+        self.transfers[key] = Transfer(
+            name, "up", host, self.clock.seconds(), 0, total, sent, path=path
+        )
         self._transfers_changed()
         return key
 
@@ -630,9 +645,13 @@ class PeerFiles(MultiService):
             if progress is not None:
                 progress(done, total, sending)
 
+        def route(holders: list[Match]) -> None:
+            transfer.path = path_of(holders)
+
         try:
             return await self._fetch(
-                name, directory, force, track, timeout, sources, only, note, first, same_content
+                name, directory, force, track, timeout, sources, only, note, first, same_content,
+                route,
             )
         finally:
             del self.transfers[key]
@@ -704,6 +723,7 @@ class PeerFiles(MultiService):
         self, name: str, directory: Path, force: bool, progress: Progress, timeout: float,
         sources: int = SOURCES, only: str | None = None, note: Note | None = None,
         first_matches: list[Match] | None = None, same_content: bool = True,
+        route: Callable[[list[Match]], None] = lambda holders: None,
     ) -> Fetched:
         assert self.downloader is not None
         # Rounds of searching and fetching, as peer/download/rounds.py says;
@@ -738,6 +758,7 @@ class PeerFiles(MultiService):
             # only if none of its holders is left to try.
             for version in downloader.versions(matches, ledger):
                 first = first or version[0].sha256
+                route(version)
                 try:
                     fetched = await downloader.fetch(
                         version, directory, force, progress, 1 if only else sources,

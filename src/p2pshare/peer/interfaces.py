@@ -245,9 +245,12 @@ class IFileHost(Interface):
         None: its piece list and the pieces it has are served.
         """
 
-    def upload_began(name: str, host: str, total: int, sent: Callable[[], int]) -> object:
+    def upload_began(
+        name: str, host: str, total: int, sent: Callable[[], int], path: str = "direct"
+    ) -> object:
         """
-        A response of C{name} to C{host} began, C{total} bytes long;
+        A response of C{name} to C{host} began, C{total} bytes long, over a
+        connection C{path} says (C{direct}, or C{reversed}: we dialled);
         C{sent} says how many have gone so far.  The key given back ends
         it (L{upload_ended}).
         """

@@ -102,7 +102,9 @@ class _Giver(Protocol):
         transport: Any = self.transport
         transport.write(self.line)
         self.done()
-        hand_over(transport, self.site.buildProtocol(transport.getPeer()))
+        channel: Any = self.site.buildProtocol(transport.getPeer())
+        channel.transfer_path = "reversed"  # what p2p status says of its uploads
+        hand_over(transport, channel)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done()

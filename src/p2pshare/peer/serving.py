@@ -941,7 +941,8 @@ class SharedFileResource(Resource):
         cut_off = upload.cut
         if self.starts is not None:
             self.starts.sending(sha256, 1)
-        shown = self.node.upload_began(self.name, upload.host, body.length, upload.sent)
+        path = getattr(request.channel, "transfer_path", "direct")  # reversal.py marks its own
+        shown = self.node.upload_began(self.name, upload.host, body.length, upload.sent, path)
         rate: UploadRate | None = self.node.upload_rate
         connection = plain_tcp(request)
         tls = DirectTLS.under(request.channel.transport) if connection is None else None

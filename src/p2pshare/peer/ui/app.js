@@ -324,7 +324,8 @@ function showStatus(s) {
   $("uploads").tBodies[0].replaceChildren(...ups.map(t => {
     const tr = el("tr");
     el("td", shown(t.name), {class: "name"}, tr);
-    el("td", shown(t.peer), {class: "name"}, tr);
+    el("td", shown(t.peer) + (t.path && t.path !== "direct" ? ` (${t.path})` : ""),
+       {class: "name"}, tr);
     const progress = el("progress", null, {"aria-label": "progress"}, el("td", null, null, tr));
     if (t.total > 0) { progress.max = t.total; progress.value = Math.min(t.done, t.total); }
     el("td", human(t.rate) + "/s", {class: "num"}, tr);
