@@ -135,3 +135,151 @@ def test_the_server_checks_an_address_again_when_asked_once_in_a_while(tmp_path)
     proto.sendLine(f"CHECK check={second}".encode())
     net.idle(1)
     assert heard[-1].verb == "ERROR" and "ask again in" in heard[-1].text
+
+
+# Reversed connections (reversal.py), their parts on their own.
+
+
+class FakeNode:
+    """
+    What Reversals reads of a peer: its name, ticket, the key that checks
+    tickets, its neighbours (flood) and how it dials (connect_out).
+    """
+
+    def __init__(self, name="h1", reachable=True):
+        from placed import SIGNER
+
+        from p2pshare.tickets import Ticket, TicketChecker
+
+        self.clock = Clock()
+        self.peer_name = name
+        self.ticket = Ticket.parse(SIGNER.issue(name, "10.0.0.1", 5001, "10.0.0.1", reachable, 0).field())
+        self.tickets = TicketChecker(SIGNER.public)
+        self.flooded = []
+        self.dialled = []
+
+    def flood(self, msg, source=None):
+        self.flooded.append((msg, source))
+
+    def connect_out(self, host, port):
+        from twisted.internet.defer import Deferred
+
+        node = self
+
+        class Endpoint:
+            def connect(self, factory):
+                node.dialled.append((host, port, factory))
+                return Deferred()
+
+        return Endpoint()
+
+
+def push(holder, token, ticket_field):
+    from p2pshare import wire
+
+    return wire.Message("PUSH", (holder, token, ticket_field))
+
+
+def test_a_push_is_passed_on_once_and_answered_only_with_a_ticket_the_server_signed():
+    from placed import ticket
+
+    from p2pshare.peer.reversal import Reversals
+    from p2pshare.tickets import TicketSigner
+
+    node = FakeNode("h1")
+    reversals = Reversals(node, site=None)
+    good = ticket("d1", 6001, host="10.0.0.9")
+    # Not ours: passed on to the other neighbours, once per token.
+    reversals.pushed("n1", push("h2", "ab" * 16, good))
+    reversals.pushed("n2", push("h2", "ab" * 16, good))
+    assert [(m.verb, source) for m, source in node.flooded] == [("PUSH", "n1")]
+    # Ours, with a ticket another key signed: nobody is dialled.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    forged = TicketSigner(Ed25519PrivateKey.generate()).issue(
+        "d1", "10.6.6.6", 80, "10.6.6.6", True, 0).field()
+    reversals.pushed("n1", push("h1", "cd" * 16, forged))
+    # Ours, with the ticket of a peer the server could not reach: nobody.
+    reversals.pushed("n1", push("h1", "ce" * 16, ticket("d2", 6002, reachable=False)))
+    assert node.dialled == []
+    # Ours, with a real ticket: the address it names is dialled, once.
+    reversals.pushed("n1", push("h1", "ef" * 16, good))
+    reversals.pushed("n2", push("h1", "ef" * 16, good))
+    assert [(h, p) for h, p, _ in node.dialled] == [("10.0.0.9", 6001)]
+
+
+def test_a_holder_opens_at_most_so_many_reversed_connections_at_once():
+    from placed import ticket
+
+    from p2pshare.peer import reversal
+
+    node = FakeNode("h1")
+    reversals = reversal.Reversals(node, site=None)
+    good = ticket("d1", 6001, host="10.0.0.9")
+    for i in range(reversal.MAX_GIVING + 5):
+        reversals.pushed("n1", push("h1", f"{i:032x}", good))
+    assert len(node.dialled) == reversal.MAX_GIVING
+    node.clock.advance(reversal.CONNECT_BACK)  # none connected: each gives its place back
+    reversals.pushed("n1", push("h1", "f" * 32, good))
+    assert len(node.dialled) == reversal.MAX_GIVING + 1
+
+
+def test_a_downloader_that_nobody_reaches_either_is_told_it_needs_a_relay():
+    from p2pshare.peer.reversal import Reversals
+
+    node = FakeNode("d1", reachable=False)
+    failed = []
+    Reversals(node, site=None).ask("h1", None).addErrback(failed.append)
+    assert "need a relay" in failed[0].getErrorMessage() and node.flooded == []
+
+
+def test_a_giv_nobody_waits_for_is_closed_and_one_that_is_waited_for_gets_the_download():
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.peer.http import Sniffer
+    from p2pshare.peer.reversal import Reversals
+
+    node = FakeNode("d1")
+    reversals = Reversals(node, site=None)
+
+    class Got(Protocol):
+        def dataReceived(self, data):
+            self.data = getattr(self, "data", b"") + data
+
+    asked = reversals.ask("h1", Factory.forProtocol(Got))
+    [(msg, _)] = node.flooded
+    holder, token, shown = msg.args
+    assert (holder, shown) == ("h1", node.ticket.field())
+    stranger = StringTransport()
+    sniffer = Sniffer(None, None, reversals)
+    sniffer.makeConnection(stranger)
+    sniffer.dataReceived(f"GIV {'0' * 32} h1\r\n".encode())
+    assert stranger.disconnecting or stranger.disconnected
+    wrong = StringTransport()
+    sniffer = Sniffer(None, None, reversals)
+    sniffer.makeConnection(wrong)
+    sniffer.dataReceived(f"GIV {token} h2\r\n".encode())  # the token, from another holder
+    assert not asked.called
+    right = StringTransport()
+    sniffer = Sniffer(None, None, reversals)
+    sniffer.makeConnection(right)
+    sniffer.dataReceived(f"GIV {token} h1\r\nHTTP/1.1 200".encode())
+    got = []
+    asked.addCallback(got.append)
+    assert isinstance(got[0], Got) and got[0].data == b"HTTP/1.1 200"
+    # Too late: the holder did not connect back.
+    late = []
+    reversals.ask("h1", Factory.forProtocol(Got)).addErrback(late.append)
+    node.clock.advance(15)
+    assert "did not connect back within 15 s" in late[0].getErrorMessage()
+
+
+def test_a_reversed_holder_is_named_in_urls_by_its_name_and_nothing_else_is():
+    from p2pshare.peer.reversal import holder_of, reversed_host
+
+    for name in ("s1", "a@b.c-d_e", "x" * 64):
+        assert holder_of(reversed_host(name)) == name
+    for host in ("10.0.0.1", "zz.reversed.invalid", "2f2e2e.reversed.invalid", ".reversed.invalid",
+                 "7331.reversed.invalid.example"):
+        assert holder_of(host) is None
