@@ -128,7 +128,7 @@ async def test_peers_behind_nat_join_search_and_share(reactor, tmp_path, nat_bed
             assert "reachable: no, a leaf" in status[n], status[n]
 
         # Every peer finds every other's file (once each has indexed its own).
-        for n, proc in zip("PABC", (p, a, b, c)):
+        for n, proc in zip("PABC", (p, a, b, c), strict=True):
             await proc.wait_for(f"sharing {n}.bin", 30)
         for n in "PABC":
             found = await deferToThread(run, *P2P, "search", "bin", "--peer", control(n))
