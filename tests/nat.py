@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,9 +66,14 @@ def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=30)
 
 
-def _why_not() -> str | None:
-    for tool, package in (("ip", "iproute2"), (IPTABLES, "iptables"),
-                          ("miniupnpd", "miniupnpd-iptables")):
+def why_not(tools: tuple[tuple[str, str], ...] = (
+    ("ip", "iproute2"), (IPTABLES, "iptables"), ("miniupnpd", "miniupnpd-iptables"),
+)) -> str | None:
+    """
+    Why network namespaces with C{tools} (command, Debian package) cannot
+    be made here, or L{None}.
+    """
+    for tool, package in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian package {package})"
     if os.geteuid() != 0:
@@ -81,7 +87,7 @@ def _why_not() -> str | None:
     return None
 
 
-WHY_NOT = _why_not()
+WHY_NOT = why_not()
 
 
 @dataclass(frozen=True)
@@ -299,3 +305,19 @@ def nat_bed(tmp_path: Path) -> Iterator[NatBed]:
         pytest.skip(WHY_NOT)
     with nat_testbed(tmp_path) as bed:
         yield bed
+
+
+async def stop_all(procs: list[Any]) -> None:
+    """
+    SIGTERM every process (a ChildProcess) still running, SIGKILL one that
+    does not end.
+    """
+    for p in procs:
+        if p.running:
+            p.signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await p.when_ended(15)
+        except Exception:
+            p.signal(signal.SIGKILL)
+            await p.when_ended(15)

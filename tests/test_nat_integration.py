@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from nat import WHY_NOT, NatBed, nat_bed  # noqa: F401 (the fixture, taken by name below)
+from nat import WHY_NOT, NatBed, nat_bed, stop_all  # noqa: F401 (the fixture, taken by name below)
 from twisted.internet.threads import deferToThread
 
 from p2pshare.disk import atomic_write
@@ -53,18 +53,6 @@ async def said(control: str, start: str, end: str, timeout: float = 30.0) -> str
                 return line
         await deferLater(reactor, 0.1)
     raise AssertionError(f"no line {start}...{end} in p2p status: {seen}")
-
-
-async def stop_all(procs: list[ChildProcess]) -> None:
-    for p in procs:
-        if p.running:
-            p.signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            await p.when_ended(15)
-        except Exception:
-            p.signal(signal.SIGKILL)
-            await p.when_ended(15)
 
 
 @pytest_twisted.ensureDeferred

@@ -13,12 +13,12 @@ iproute2, a sandbox that forbids it).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 
 import pytest
 import pytest_twisted
+from nat import stop_all, why_not
 from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 
@@ -37,21 +37,7 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-def _why_not() -> str | None:
-    if shutil.which("ip") is None:
-        return "iproute2 ('ip') is not installed"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    probe = f"{PREFIX}probe"
-    try:
-        ip("netns", "add", probe)
-    except (subprocess.CalledProcessError, OSError) as e:
-        return f"this machine does not allow network namespaces ({e})"
-    ip("netns", "del", probe)
-    return None
-
-
-WHY_NOT = _why_not()
+WHY_NOT = why_not((("ip", "iproute2"),))
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 
@@ -85,21 +71,6 @@ def hosts():
 
 def in_ns(reactor, ns, role, argv, cwd, log):
     return ChildProcess(reactor, role, ["ip", "netns", "exec", ns, *argv], cwd, log).start()
-
-
-async def stop_all(procs: list[ChildProcess]) -> None:
-    """
-    SIGTERM every process still running, SIGKILL one that does not end.
-    """
-    for p in procs:
-        if p.running:
-            p.signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            await p.when_ended(15)
-        except Exception:
-            p.signal(signal.SIGKILL)
-            await p.when_ended(15)
 
 
 def run(*argv):
