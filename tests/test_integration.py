@@ -223,6 +223,8 @@ async def test_p2p_topo_and_status(net, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"name: {root}"
+    assert lines[2] == "reachable: yes"  # the metadata server dialled it back
+    lines.pop(2)
     assert lines[2] == "state: root"
     # Three peers joining at once may form a line (the third placed under
     # the root's child): the status says what topo.txt says.

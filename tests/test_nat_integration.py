@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 
@@ -66,14 +67,14 @@ async def test_peers_behind_nat_join_search_and_share(reactor, tmp_path, nat_bed
         procs.append(p)
         return p
 
-    def peer(name: str, ns: str) -> ChildProcess:
+    def peer(name: str, ns: str, *extra: str) -> ChildProcess:
         data = tmp_path / name
         (data / "shared").mkdir(parents=True)
         atomic_write(data / "shared" / f"{name}.bin", os.urandom(SIZE))
         return start(ns, "p2ppeer", TWISTD + [
             "-n", "--pidfile=", "p2ppeer", "--name", name, "--port", "tcp:5001",
             "--meta", f"tcp:{bed.pub_ip}:5000", "--data-dir", str(data), "--heartbeat", BEAT,
-            "--upload-rate", "1M",
+            "--upload-rate", "1M", *extra,
         ], f"{name}.log")
 
     def control(name: str) -> str:
@@ -87,7 +88,7 @@ async def test_peers_behind_nat_join_search_and_share(reactor, tmp_path, nat_bed
             "--data-dir", str(meta_dir), "--expect", "4",
         ], "meta.log")
         await meta.wait_for("p2pmeta ready", 30)
-        p = peer("P", bed.pub)
+        p = peer("P", bed.pub, "--relay", "--relay-slots", "1")  # one splice at a time
         await p.wait_for(" ready on port ", 30)
         a = peer("A", bed.ha)
         # A came from a private address: it asks its gateway, then the
@@ -139,6 +140,30 @@ async def test_peers_behind_nat_join_search_and_share(reactor, tmp_path, nat_bed
             want = (tmp_path / holder / "shared" / f"{holder}.bin").read_bytes()
             kept = (out / f"{holder}.bin").read_bytes()
             assert hashlib.sha256(kept).digest() == hashlib.sha256(want).digest()
+
+        # Both ends unreachable, both ways at once: through the relay P,
+        # which splices one transfer at a time and refuses the other with a
+        # sentence; that download waits and gets its turn.
+        gets = {}
+        for getter, holder in (("C", "B"), ("B", "C")):
+            gets[getter] = ChildProcess(reactor, "p2p", [
+                *P2P, "get", f"{holder}.bin", "--peer", control(getter), "-o",
+                str(tmp_path / f"{getter}-relayed")], tmp_path,
+                tmp_path / f"get-{getter}-{holder}.log").start()
+            procs.append(gets[getter])
+        await said(control("C"), "downloading B.bin", ", relayed")
+        await said(control("B"), "uploading B.bin to ", ", relayed")
+        for getter, holder in (("C", "B"), ("B", "C")):
+            assert await gets[getter].when_ended(90) == 0, gets[getter].output()
+            want = (tmp_path / holder / "shared" / f"{holder}.bin").read_bytes()
+            kept = (tmp_path / f"{getter}-relayed" / f"{holder}.bin").read_bytes()
+            assert hashlib.sha256(kept).digest() == hashlib.sha256(want).digest()
+        assert "refused a splice: this relay splices 1 transfer at once, its most" in p.output()
+        said_busy = gets["B"].output() + gets["C"].output()  # the one that waited was told why
+        assert "this relay splices 1 transfer at once, its most; try again later" in said_busy
+        relay = run(*P2P, "status", "--peer", control("P")).stdout
+        assert re.search(r"^relay: splicing 0 of at most 1 at once \(no rate cap\); "
+                         r"[2-9]\d* spliced, [1-9]\d* refused at the cap so far$", relay, re.M), relay
 
         # A stops: its mapping goes with it.
         a.signal(signal.SIGTERM)

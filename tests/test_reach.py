@@ -224,13 +224,27 @@ def test_a_holder_opens_at_most_so_many_reversed_connections_at_once():
     assert len(node.dialled) == reversal.MAX_GIVING + 1
 
 
-def test_a_downloader_that_nobody_reaches_either_is_told_it_needs_a_relay():
+def test_a_downloader_that_nobody_reaches_either_asks_for_a_relay_and_says_when_there_is_none():
+    from p2pshare import wire
     from p2pshare.peer.reversal import Reversals
 
     node = FakeNode("d1", reachable=False)
+    node.meta = None
     failed = []
     Reversals(node, site=None).ask("h1", None).addErrback(failed.append)
-    assert "need a relay" in failed[0].getErrorMessage() and node.flooded == []
+    assert "the metadata server that names relays is away" in failed[0].getErrorMessage()
+
+    class Meta:
+        def request(self, verb):
+            assert verb == "RELAY"
+            return succeed(wire.Message("RELAYS", ()))
+
+    node.meta = Meta()
+    failed = []
+    Reversals(node, site=None).ask("h1", None).addErrback(failed.append)
+    assert "no relay is in the network (a reachable peer started with --relay)" in (
+        failed[0].getErrorMessage())
+    assert node.flooded == []
 
 
 def test_a_giv_nobody_waits_for_is_closed_and_one_that_is_waited_for_gets_the_download():
@@ -283,3 +297,87 @@ def test_a_reversed_holder_is_named_in_urls_by_its_name_and_nothing_else_is():
     for host in ("10.0.0.1", "zz.reversed.invalid", "2f2e2e.reversed.invalid", ".reversed.invalid",
                  "7331.reversed.invalid.example"):
         assert holder_of(host) is None
+
+
+# The relay (relay.py), on StringTransports and a Clock.
+
+
+def spliced_pair(relay, token="ab" * 16):
+    from twisted.internet.testing import StringTransport
+
+    down, up = StringTransport(), StringTransport()
+    relay.splice_asked(token, down, b"")
+    assert relay.giv(token, "h1", up, b"")
+    return down, up
+
+
+def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.peer.relay import WAIT, Relay
+
+    relay = Relay(Clock(), slots=2)
+    down, up = spliced_pair(relay)
+    assert down.value() == b"SPLICED\r\n"
+    down.protocol.dataReceived(b"GET /files/x HTTP/1.1\r\n\r\n")
+    assert up.value() == b"GET /files/x HTTP/1.1\r\n\r\n"
+    up.protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
+    assert down.value().endswith(b"HTTP/1.1 200 OK\r\n")
+    # A GIV for a token nobody waits for is not the relay's.
+    assert not relay.giv("cd" * 16, "h2", StringTransport(), b"")
+    # One waits for its holder; the next is refused with a sentence.
+    waiting, refused = StringTransport(), StringTransport()
+    relay.splice_asked("ef" * 16, waiting, b"")
+    relay.splice_asked("12" * 16, refused, b"")
+    assert refused.value() == (b"ERROR busy this relay splices 2 transfers at once, its most; "
+                               b"try again later\r\n") and refused.disconnecting
+    # The waiting one's holder never comes: told so, and its slot is free.
+    relay.clock.advance(WAIT)
+    assert waiting.value().startswith(b"ERROR failed ") and waiting.disconnecting
+    waiting.protocol.connectionLost(None)
+    # One side of the pair closes: the other goes too, and its slot is free.
+    up.protocol.connectionLost(None)
+    assert down.disconnecting
+    assert relay.status()["splicing"] == 0 and relay.status()["refused"] == 1
+
+
+def test_a_relay_keeps_all_its_splices_within_its_rate():
+    from p2pshare.peer.relay import Relay
+
+    clock = Clock()
+    relay = Relay(clock, rate=1000.0, slots=4)
+    down, up = spliced_pair(relay)
+    up.protocol.dataReceived(b"x" * 3000)  # 2000 bytes over a second's allowance
+    assert up.producerState == "paused" and down.producerState == "paused"
+    clock.advance(1.9)
+    assert up.producerState == "paused"
+    clock.advance(0.1)
+    assert up.producerState == "producing" and down.producerState == "producing"
+
+
+def test_a_downloader_at_a_busy_relay_is_told_why_and_one_spliced_gets_the_bytes():
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.peer.reversal import _Splicing
+
+    class Got(Protocol):
+        def dataReceived(self, data):
+            self.data = getattr(self, "data", b"") + data
+
+    busy = _Splicing("ab" * 16, Factory.forProtocol(Got))
+    busy.makeConnection(StringTransport())
+    assert busy.transport.value() == b"SPLICE " + b"ab" * 16 + b"\r\n"
+    failed = []
+    busy.spliced.addErrback(failed.append)
+    busy.dataReceived(b"ERROR busy this relay splices 1 transfer at once, its most; try again later\r\n")
+    assert failed[0].getErrorMessage().startswith(
+        "this relay splices 1 transfer at once, its most; try again later")
+    good = _Splicing("cd" * 16, Factory.forProtocol(Got))
+    Factory.forProtocol(lambda: good).buildProtocol(None)  # as a connect builds it
+    good.makeConnection(StringTransport())
+    got = []
+    good.spliced.addCallback(got.append)
+    good.dataReceived(b"SPLI")
+    good.dataReceived(b"CED\r\nHTTP/1.1 200 OK\r\n")
+    assert got[0].data == b"HTTP/1.1 200 OK\r\n"

@@ -31,6 +31,7 @@ REPLIES: Mapping[str, frozenset[str]] = {
     "WHOIS": frozenset({"KNOWN"}),
     "SIZE": frozenset({"NETWORK"}),
     "CHECK": _OK,  # then a TICKET, once the dial-back has ended
+    "RELAY": frozenset({"RELAYS"}),
     "TOPO": frozenset({"END"}),  # after PEER lines, which go to the asker's msg_PEER
     "BYE": _OK,  # the metadata server's "OK bye"; on an overlay link BYE is not answered
     # To a peer's port.

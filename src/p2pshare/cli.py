@@ -133,8 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"name: {_shown(status['name'] or '(not given yet: registering)')}",
         "address: " + (f"{_shown(status['host'])}:{status['port']}" if status["host"]
                        else f"port {status['port'] or '(not listening yet)'}, host not known yet"),
-        f"state: {role}",
         _reach_line(status),
+        f"state: {role}",
         "network: " + (
             f"{status['network_peers']:,} {'peer' if status['network_peers'] == 1 else 'peers'}"
             if status.get("network_peers") is not None
@@ -148,6 +148,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines.append(_sharing_line(status))
     if status.get("ui"):
         lines.append(f"web page: {status['ui']} (p2p ui prints its login address)")
+    relay = status.get("relay")
+    if relay:
+        cap = f"{_size(relay['rate'])}/s" if relay["rate"] else "no rate cap"
+        lines.append(
+            f"relay: splicing {relay['splicing']} of at most {relay['slots']} at once ({cap}); "
+            f"{relay['spliced']:,} spliced, {relay['refused']:,} refused at the cap so far"
+        )
     for f in status["shared"]:  # --files
         lines.append(f"  {_shown(f['name'])}  {_size(f['size'])}  sha256 {_shown(f['sha256'][:12])}")
     for t in status["transfers"]:
@@ -494,7 +501,7 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 SHARE_WAIT = 30.0  # seconds p2p share waits for its peer to join
 # The p2ppeer options p2p share passes on as they are given.
 PASSED = ("name", "secret_file", "downloads", "upload_rate", "advertise", "max_neighbours",
-          "max_uploads", "heartbeat", "manhole", "control", "ui")
+          "max_uploads", "heartbeat", "manhole", "control", "ui", "relay_rate", "relay_slots")
 
 
 def user_data_dir() -> Path:
@@ -549,8 +556,8 @@ def cmd_share(args: argparse.Namespace) -> int:
     for flag in PASSED:
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if args.no_port_mapping:
-        argv.append("--no-port-mapping")
+    argv += [f"--{flag}" for flag in ("no-port-mapping", "relay")
+             if getattr(args, flag.replace("-", "_"))]
     if args.control is not None:
         control = _client_control(control_endpoint(args.control, data))
         os.environ.setdefault(TOKEN_ENV, str(data / CONTROL_TOKEN))  # a TCP one asks for it
@@ -1007,6 +1014,12 @@ def parser() -> argparse.ArgumentParser:
                        help="the control endpoint (default unix:DATA-DIR/control.sock)")
     share.add_argument("--no-port-mapping", action="store_true",
                        help="do not ask the gateway (UPnP) to forward --port")
+    share.add_argument("--relay", action="store_true",
+                       help="splice transfers between peers that cannot reach each other")
+    share.add_argument("--relay-rate", default=None,
+                       help="with --relay: cap on all splices, bytes/s with K, M, G")
+    share.add_argument("--relay-slots", type=int, default=None,
+                       help="with --relay: transfers spliced at once (default 8)")
     share.add_argument("--log-level", default="info", choices=["debug", "info", "warn"],
                        help="what the log file gets (default info)")
     share.set_defaults(run=cmd_share)

@@ -367,7 +367,7 @@ SPECS: dict[str, Spec] = {
     # old=TOKEN: the token a --reset-token replaced, once.
     "P2P": Spec(
         keys={"port": PORT, "name": NAME, "host": HOST, "max": COUNT, "beat": COUNT,
-              "token": TOKEN_HEX, "check": TOKEN_HEX, "old": TOKEN_HEX}
+              "token": TOKEN_HEX, "check": TOKEN_HEX, "old": TOKEN_HEX, "relay": COUNT}
     ),
     # Admission to a private network (before anything else; see
     # p2pshare.admission).
@@ -390,6 +390,10 @@ SPECS: dict[str, Spec] = {
     # A registered peer asks to be dialled back again (its gateway now
     # forwards its port): a fresh nonce; OK, then a new TICKET.
     "CHECK": Spec(keys={"check": TOKEN_HEX}),
+    # Relays for two peers that cannot reach each other (peers registered
+    # with relay=1 that the server reached): fresh tickets, at most four.
+    "RELAY": Spec(),
+    "RELAYS": Spec(rest=TICKET),
     # Which of these peers are live, and where (search results are checked).
     "WHOIS": Spec(rest=NAME),
     "KNOWN": Spec(rest=KNOWN),
@@ -449,7 +453,9 @@ SPECS: dict[str, Spec] = {
     # Connect out to the ticket's peer and serve it (reversal.py): passed
     # along the tree to HOLDER, who answers by dialling and saying GIV
     # TOKEN NAME as that connection's first line.
-    "PUSH": Spec(args=(("holder", NAME), ("token", TOKEN_HEX), ("ticket", TICKET))),
+    # relay=1: the ticket is a relay's, which splices it to the downloader.
+    "PUSH": Spec(args=(("holder", NAME), ("token", TOKEN_HEX), ("ticket", TICKET)),
+                 keys={"relay": COUNT}),
     # The local control channel.
     "STATUS": Spec(keys={"files": COUNT}),
     "STOP": Spec(),

@@ -127,11 +127,37 @@ class Reported(Protocol):
     def placed(self) -> bool: ...
 
 
+class Reachability(Protocol):
+    """
+    What the server says of where peers can be reached, beyond the first
+    dial-back (L{p2pshare.meta.vouching.Vouching}).
+    """
+
+    def offers_relay(self, name: str, relay: bool) -> None:
+        """
+        C{name} registered saying it relays for others (or not).
+        """
+
+    def relays(self, asker: str | None) -> list[str]:
+        """
+        Fresh tickets of some live relays this server reached.
+        """
+
+    def recheck(self, name: str, nonce: str) -> None:
+        """
+        C{name} asks for its address to be checked again, with a fresh
+        nonce; raise L{WireError} if it asked too soon.
+        """
+
+
 class MetaService(Protocol):
     """
     The metadata server as one registration connection (L{MetaProtocol})
     uses it.
     """
+
+    @property
+    def vouching(self) -> Reachability: ...
 
     @property
     def clock(self) -> IReactorTime: ...
@@ -177,12 +203,6 @@ class MetaService(Protocol):
     def check_address(self, name: str, nonce: str | None) -> None:
         """
         Check where C{name} listens, then send it its ticket.
-        """
-
-    def recheck_address(self, name: str, nonce: str) -> None:
-        """
-        C{name} asks for its address to be checked again, with a fresh
-        nonce; raise L{WireError} if it asked too soon.
         """
 
     def when_checked(self, name: str) -> Deferred[None]:

@@ -112,6 +112,7 @@ class MetaProtocol(LineChannel):
             "WELCOME", record.name, record.host, record.port, key=self.server.signer.public,
             seq=self.server.last_seq, web=self._web_port(),
         )
+        self.server.vouching.offers_relay(record.name, opts.get("relay") == "1")
         self.server.check_address(record.name, opts.get("check"))
 
     def msg_CHECK(self, msg: Message) -> None:
@@ -130,13 +131,23 @@ class MetaProtocol(LineChannel):
                 self.sendError(wire.E_BAD_ARGS, "CHECK check=NONCE")
                 return
             try:
-                self.server.recheck_address(name, nonce)
+                self.server.vouching.recheck(name, nonce)
             except WireError as e:
                 self.sendError(e.code, e.text)
                 return
             self.send("OK", text="checking your address again")
 
         self._in_turn(check)
+
+    def msg_RELAY(self, msg: Message) -> None:
+        """
+        Which peers relay for others: C{RELAYS} with a fresh ticket of each
+        (at most four, in random order; none: there is no relay).
+        """
+        if not self._registered():
+            return
+        name = self.name
+        self._in_turn(lambda: self.send("RELAYS", *self.server.vouching.relays(name)))
 
     def _web_port(self) -> int | None:
         """

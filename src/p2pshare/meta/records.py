@@ -55,6 +55,7 @@ class Peer:
     @ivar ticket_at: when its last ticket was sent.
     @ivar rechecked_at: when it last asked for its address to be checked
         again (C{CHECK}).
+    @ivar relay: it offers to relay (C{relay=1}).
     @ivar referral: where it was referred, while on its way there.
     @ivar promised: the newcomers referred to it that have not arrived.
     @ivar due: the second under which L{Roster} files it to be looked at.
@@ -67,6 +68,7 @@ class Peer:
     checking: Deferred[str | None] | None = None
     ticket_at: float = 0.0
     rechecked_at: float = float("-inf")
+    relay: bool = False  # it splices for others (--relay)
     referral: Referral | None = None
     promised: set[str] = field(default_factory=set)
     due: int | None = None

@@ -258,14 +258,6 @@ class MetaServer(MultiService):
         if peer is not None:
             self.vouching.check_address(peer, nonce)
 
-    def recheck_address(self, name: str, nonce: str) -> None:
-        """
-        C{name} asks for its address to be checked again (see
-        L{Vouching.recheck}).
-        """
-        peer = self.peers.live(name)
-        if peer is not None:
-            self.vouching.recheck(peer, nonce)
 
     def when_checked(self, name: str) -> Deferred[None]:
         return self.vouching.when_checked(self.peers.live(name))

@@ -8,6 +8,7 @@ L{p2pshare.meta.checks}), then gives it a ticket that says what was found
 from __future__ import annotations
 
 import math
+import random
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -19,8 +20,10 @@ from p2pshare.meta.checks import FAILED_FOR, AddressChecks
 from p2pshare.meta.records import Peer
 from p2pshare.meta.roster import Roster
 from p2pshare.meta.slots import FreeSlots
-from p2pshare.tickets import REFRESH, TicketSigner
+from p2pshare.tickets import REFRESH, Ticket, TicketSigner
 from p2pshare.wire import WireError
+
+RELAYS_SHOWN = 4  # relays named in one RELAYS answer
 
 
 class Vouching:
@@ -65,13 +68,30 @@ class Vouching:
         checking.addCallback(self._ended, peer, checking)
         checking.addErrback(self._failed, peer.name)
 
-    def recheck(self, peer: Peer, nonce: str) -> None:
+    def offers_relay(self, name: str, relay: bool) -> None:
+        peer = self.peers.live(name)
+        if peer is not None:
+            peer.relay = relay
+
+    def relays(self, asker: str | None) -> list[str]:
         """
-        Check C{peer}'s address again, though it failed within
+        Fresh tickets of at most L{RELAYS_SHOWN} live relays this server
+        reached, other than C{asker}, in random order.
+        """
+        found = [p for p in self.peers.values() if p.relay and p.reachable and p.name != asker]
+        chosen = random.sample(found, min(RELAYS_SHOWN, len(found)))
+        return [self.ticket_of(p).field() for p in chosen]
+
+    def recheck(self, name: str, nonce: str) -> None:
+        """
+        Check the address of C{name} again, though it failed within
         L{FAILED_FOR}: it asks (C{CHECK}), at most once in that time.
 
         @raise WireError: it asked again too soon.
         """
+        peer = self.peers.live(name)
+        if peer is None:
+            return
         now = self.clock.seconds()
         wait = peer.rechecked_at + FAILED_FOR - now
         if wait > 0:
@@ -122,15 +142,19 @@ class Vouching:
         running.addBoth(ended)
         return waiter
 
-    def _send_ticket(self, peer: Peer) -> None:
+    def ticket_of(self, peer: Peer) -> Ticket:
+        """
+        A fresh ticket that says what was found of C{peer}.
+        """
         record = peer.record
-        now = self.clock.seconds()
-        ticket = self.signer.issue(
+        return self.signer.issue(
             record.name, record.host, record.port, peer.source or record.host,
-            bool(peer.reachable), now,
+            bool(peer.reachable), self.clock.seconds(),
         )
-        peer.ticket_at = now
-        peer.session.send("TICKET", ticket.field())
+
+    def _send_ticket(self, peer: Peer) -> None:
+        peer.ticket_at = self.clock.seconds()
+        peer.session.send("TICKET", self.ticket_of(peer).field())
 
     def refresh(self) -> None:
         """

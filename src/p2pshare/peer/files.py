@@ -119,12 +119,14 @@ class Transfer:
                 "done": done, "total": self.total, "rate": int(rate), "path": self.path}
 
 
-def path_of(holders: list[Match]) -> str:
+def path_of(holders: list[Match], reachable: bool = True) -> str:
     """
     How a download from C{holders} reaches them: each holder nobody can
-    dial (port 0) by a reversed connection, the others directly.
+    dial (port 0) by a reversed connection, or through a relay when
+    nobody can dial us either (not C{reachable}); the others directly.
     """
-    paths = sorted({"reversed" if m.port == 0 else "direct" for m in holders})
+    unreachable = "reversed" if reachable else "relayed"
+    paths = sorted({unreachable if m.port == 0 else "direct" for m in holders})
     return " and ".join(paths) or "direct"
 
 
@@ -157,6 +159,7 @@ class PeerFiles(MultiService):
         repair_time: float = 20.0,
         settle: float = 0.0,
         is_member: Callable[[str], Deferred[bool | None]] | None = None,
+        reachable: Callable[[], bool] = lambda: True,
     ) -> None:
         """
         @param private: never shared, wherever they lie (the data dir, the
@@ -176,6 +179,7 @@ class PeerFiles(MultiService):
         self._find = find
         self.repair_time = repair_time
         self._is_member = is_member
+        self.reachable = reachable  # can others dial us (our ticket says)?
         self._me = me
         self.advertised = advertised
         self._files_changed = on_files_changed
@@ -646,7 +650,7 @@ class PeerFiles(MultiService):
                 progress(done, total, sending)
 
         def route(holders: list[Match]) -> None:
-            transfer.path = path_of(holders)
+            transfer.path = path_of(holders, self.reachable())
 
         try:
             return await self._fetch(

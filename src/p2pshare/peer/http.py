@@ -38,6 +38,7 @@ from p2pshare.disk import human_size
 from p2pshare.display import shown
 from p2pshare.httpserver import strict_site
 from p2pshare.peer.interfaces import IFileHost
+from p2pshare.peer.relay import SPLICE
 from p2pshare.peer.reversal import GIV, reversed_host
 from p2pshare.peer.serving import (
     PartialFileResource,
@@ -72,10 +73,13 @@ class Sniffer(Protocol, TimeoutMixin):
     log = Logger()
     engaged = False  # nothing useful said yet: evicted first when full
 
-    def __init__(self, site: Site, lines: IProtocolFactory, reversals: Any = None) -> None:
+    def __init__(
+        self, site: Site, lines: IProtocolFactory, reversals: Any = None, relay: Any = None
+    ) -> None:
         self.site = site
         self.lines = lines
         self.reversals = reversals  # Reversals: a GIV line is a holder we asked for
+        self.relay = relay  # Relay (--relay): SPLICE, and a GIV for a splice
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -103,11 +107,16 @@ class Sniffer(Protocol, TimeoutMixin):
         addr = transport.getPeer()
         proto: Any
         giv = GIV.fullmatch(line) if newline else None
-        if giv is not None:
+        splice = SPLICE.fullmatch(line) if newline else None
+        if giv is not None or splice is not None:
             rest, self._buffer = self._buffer.partition(b"\n")[2], b""
-            token, name = (g.decode("ascii") for g in giv.groups())
-            if self.reversals is None or not self.reversals.arrived(token, name, transport, rest):
-                self.log.info("closing {peer}: a GIV nobody here waits for", peer=peer_host(transport))
+            if splice is not None and self.relay is not None:
+                self.relay.splice_asked(splice.group(1).decode("ascii"), transport, rest)
+            elif giv is not None and self._given(giv, transport, rest):
+                pass
+            else:
+                self.log.info("closing {peer}: a {what} nobody here waits for",
+                              peer=peer_host(transport), what=line.split()[0].decode("ascii"))
                 transport.abortConnection()
             return
         if (newline and _REQUEST_LINE.fullmatch(line)) or (
@@ -126,6 +135,16 @@ class Sniffer(Protocol, TimeoutMixin):
         buffered, self._buffer = self._buffer, b""
         proto.dataReceived(buffered)
 
+    def _given(self, giv: re.Match[bytes], transport: Any, rest: bytes) -> bool:
+        """
+        A holder we asked to connect, or one to splice to a downloader
+        that waits at this relay.
+        """
+        token, name = (g.decode("ascii") for g in giv.groups())
+        return (self.reversals is not None and self.reversals.arrived(token, name, transport, rest)) or (
+            self.relay is not None and self.relay.giv(token, name, transport, rest)
+        )
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
         # Lost before the first line: a TLS handshake that failed (another
@@ -142,13 +161,16 @@ class SniffingFactory(Factory):
 
     noisy = False
 
-    def __init__(self, site: Site, lines: IProtocolFactory, reversals: Any = None) -> None:
+    def __init__(
+        self, site: Site, lines: IProtocolFactory, reversals: Any = None, relay: Any = None
+    ) -> None:
         self.site = site
         self.lines = lines
         self.reversals = reversals
+        self.relay = relay
 
     def buildProtocol(self, addr: object) -> Sniffer:
-        return Sniffer(self.site, self.lines, self.reversals)
+        return Sniffer(self.site, self.lines, self.reversals, self.relay)
 
 
 def make_site(node: IFileHost, reactor: Any) -> Site:

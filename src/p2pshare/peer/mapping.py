@@ -68,7 +68,11 @@ class UPnPGateway:
 
             upnp = miniupnpc.UPnP()
             upnp.discoverdelay = DISCOVER_MS
-            if upnp.discover() == 0:
+            try:
+                found = upnp.discover()
+            except Exception:  # miniupnpc says "Success" when nothing answered
+                found = 0
+            if found == 0:
                 raise MappingError("no UPnP gateway answered on this LAN")
             try:
                 upnp.selectigd()

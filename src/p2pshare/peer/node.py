@@ -68,6 +68,7 @@ from p2pshare.peer.protocol import (
 )
 from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
 from p2pshare.peer.reach import Reach
+from p2pshare.peer.relay import Relay
 from p2pshare.peer.reversal import Reversals
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
@@ -164,6 +165,7 @@ class PeerNode(InOrder):
         on_fatal: Callable[[str], None] | None = None,
         on_stop: Callable[[], None] | None = None,
         mapping: PortMapping | None = None,
+        relay: Relay | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -242,6 +244,7 @@ class PeerNode(InOrder):
             advertised=lambda: self.host,
             repair_time=3 * settings.heartbeat + REPAIR_MARGIN,
             is_member=lambda name: Deferred.fromCoroutine(self.is_member(name)),
+            reachable=lambda: self.ticket is None or self.ticket.reachable,
         )
         state = settings.state_dir
         self.queue = DownloadQueue(
@@ -249,6 +252,7 @@ class PeerNode(InOrder):
         )
         self.site = make_site(self.files, clock)
         self.reversals = Reversals(self, self.site)
+        self.relay = relay  # --relay: splices for peers that cannot reach each other
         # Our children, in the order they start (and stop, backwards, each
         # once the next has stopped): our port; the heartbeat; what we
         # share and fetch; the download queue; our presence in the network
@@ -257,7 +261,8 @@ class PeerNode(InOrder):
         self._port_service = ListenService(
             listen,
             LimitedFactory(
-                SniffingFactory(self.site, PeerFactory(self), self.reversals), clock=clock,
+                SniffingFactory(self.site, PeerFactory(self), self.reversals, relay),
+                clock=clock,
                 total=settings.connections, per_host=settings.connections_per_host,
             ),
             on_listening=self._listened, what=settings.listen_description,
@@ -443,6 +448,7 @@ class PeerNode(InOrder):
             "token": self.identity.token,
             "old": self.identity.old_token,
             "check": self.reach.fresh_nonce(),
+            "relay": 1 if self.relay is not None else None,
         }
 
     def verify(self, proto: PeerProtocol, msg: Message) -> None:
@@ -888,6 +894,7 @@ class PeerNode(InOrder):
                 for n in self.neighbours.values()
             ],
             **self.reach.status(),
+            "relay": self.relay.status() if self.relay is not None else None,
             **self.files.status(listed),
         }
 

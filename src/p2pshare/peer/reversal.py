@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -35,7 +35,8 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from p2pshare import wire
-from p2pshare.tickets import TicketError
+from p2pshare.peer.download.fetch import why_failed
+from p2pshare.tickets import Ticket, TicketError
 
 REVERSED = ".reversed.invalid"  # RFC 6761: never resolves
 CONNECT_BACK = 15.0  # seconds a downloader waits for the holder to connect
@@ -78,6 +79,27 @@ def hand_over(transport: Any, proto: Any, buffered: bytes = b"") -> None:
         proto.dataReceived(buffered)
 
 
+class NoWay(error.ConnectError):
+    """
+    No connection to a holder by this path; the text says why in a
+    sentence (what a download shows of the holder).
+    """
+
+    def __init__(self, why: str) -> None:
+        super().__init__(string=why)
+        self.why = why
+
+    def __str__(self) -> str:
+        return self.why
+
+
+class RelayBusy(NoWay):
+    """
+    Every relay asked splices as many transfers as it may: try later (not
+    a fault of the holder).
+    """
+
+
 @implementer(IStreamClientEndpoint)
 class _ReversedEndpoint:
     def __init__(self, reversals: Reversals, holder: str) -> None:
@@ -93,21 +115,67 @@ class _Giver(Protocol):
     The holder's side: says C{GIV}, then the connection is the site's.
     """
 
-    def __init__(self, line: bytes, site: Site, done: Callable[[], None]) -> None:
+    def __init__(self, line: bytes, site: Site, done: Callable[[], None], path: str) -> None:
         self.line = line
         self.site = site
         self.done = done
+        self.path = path
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.write(self.line)
         self.done()
         channel: Any = self.site.buildProtocol(transport.getPeer())
-        channel.transfer_path = "reversed"  # what p2p status says of its uploads
+        channel.transfer_path = self.path  # what p2p status says of its uploads
         hand_over(transport, channel)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done()
+
+
+class _Splicing(Protocol):
+    """
+    The downloader's side at a relay: C{SPLICE TOKEN}, then the relay's
+    C{SPLICED} (the holder is there: the connection is the download's) or
+    C{ERROR} (why not).
+    """
+
+    def __init__(self, token: str, factory: IProtocolFactory) -> None:
+        self.token = token
+        self.wanted = factory  # not .factory: the one that builds this sets that
+        self.buffer = b""
+        self.spliced: Deferred[Any] = Deferred(lambda d: self._abort())
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionMade(self) -> None:
+        self.transport.write(f"SPLICE {self.token}\r\n".encode("ascii"))  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        line, newline, rest = self.buffer.partition(b"\n")
+        if not newline:
+            if len(self.buffer) > wire.MAX_LINE:
+                self._abort()
+            return
+        if line.rstrip(b"\r") == b"SPLICED":
+            proto = self.wanted.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
+            hand_over(self.transport, proto, rest)
+            self.spliced.callback(proto)
+            return
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        words = text.split(" ", 2)
+        why = words[2] if len(words) == 3 and words[0] == "ERROR" else f"the relay said {text!r}"
+        self._abort()
+        if not self.spliced.called:
+            busy = words[:2] == ["ERROR", "busy"]
+            self.spliced.errback(RelayBusy(why) if busy else NoWay(why))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.spliced.called:
+            self.spliced.errback(NoWay("the relay closed the connection"))
 
 
 class Reversals:
@@ -138,12 +206,9 @@ class Reversals:
         """
         ticket = self.node.ticket
         if ticket is None or not ticket.reachable:
-            return fail(error.ConnectError(
-                string=f"{holder} cannot be reached, and the metadata server cannot reach this "
-                "peer either: the two need a relay"))
+            return Deferred.fromCoroutine(self._relayed(holder, factory))
         if len(self._waiting) >= MAX_WAITING:
-            return fail(error.ConnectError(
-                string=f"{MAX_WAITING} reversed connections are being waited for already"))
+            return fail(NoWay(f"{MAX_WAITING} reversed connections are being waited for already"))
         token = secrets.token_hex(16)
 
         def cancel(d: Deferred[Any]) -> None:
@@ -158,12 +223,64 @@ class Reversals:
             if f.check(error.TimeoutError, error.ConnectingCancelledError) or (
                 type(f.value).__name__ == "TimeoutError"
             ):
-                raise error.ConnectError(
-                    string=f"{holder} did not connect back within {CONNECT_BACK:.0f} s")
+                raise NoWay(f"{holder} did not connect back within {CONNECT_BACK:.0f} s")
             return f
 
         waiting.addTimeout(CONNECT_BACK, self.clock)
         return waiting.addErrback(late)
+
+    async def _relayed(self, holder: str, factory: IProtocolFactory) -> Any:
+        """
+        Neither we nor C{holder} can be dialled: through a relay the
+        metadata server names (relay.py), the next one if one is busy.
+        """
+        node = self.node
+        meta = node.meta
+        if meta is None or node.tickets is None:
+            raise NoWay(f"{holder} cannot be reached, nor can this peer, and the metadata server "
+                "that names relays is away")
+        try:
+            answer = await meta.request("RELAY").addTimeout(CONNECT_BACK, self.clock)
+        except CancelledError:
+            raise  # the download stops
+        except Exception as e:
+            raise NoWay(f"{holder} cannot be reached, nor can this peer, and the metadata server "
+                        f"named no relay ({e})") from None
+        why = (f"{holder} cannot be reached, nor can this peer, and no relay is in the network "
+               "(a reachable peer started with --relay)")
+        busy = 0
+        for field in answer.args:
+            try:
+                relay = node.tickets.check(field, self.clock.seconds())
+            except TicketError:
+                continue
+            try:
+                return await self._splice(relay, holder, factory)
+            except CancelledError:
+                raise  # the download stops
+            except Exception as e:  # busy, refused, no answer: the next relay
+                busy += isinstance(e, RelayBusy)
+                why = f"the relay {relay.name} at {relay.host}:{relay.port}: {why_failed(e)}"
+        raise RelayBusy(why) if busy and busy == len(answer.args) else NoWay(why)
+
+    async def _splice(self, relay: Ticket, holder: str, factory: IProtocolFactory) -> Any:
+        token = secrets.token_hex(16)
+        splicing = _Splicing(token, factory)
+        self._remember(token)
+        connecting = self.node.connect_out(relay.host, relay.port).connect(
+            Factory.forProtocol(lambda: splicing)
+        )
+        await connecting.addTimeout(CONNECT_BACK, self.clock)
+        self.node.flood(wire.Message("PUSH", (holder, token, relay.field()), {"relay": "1"}))
+        waiting = splicing.spliced
+        waiting.addTimeout(CONNECT_BACK + 5, self.clock)
+        try:
+            return await waiting
+        except (error.ConnectError, CancelledError):
+            raise
+        except Exception as e:
+            splicing.transport.abortConnection()  # type: ignore[union-attr]
+            raise NoWay(f"the relay {relay.name} did not splice {holder} in time ({e})") from None
 
     def arrived(self, token: str, name: str, transport: Any, buffered: bytes) -> bool:
         """
@@ -201,9 +318,9 @@ class Reversals:
         if holder != self.node.peer_name:
             self.node.flood(msg, source)
             return
-        self._give(token, ticket)
+        self._give(token, ticket, "relayed" if msg.options.get("relay") == "1" else "reversed")
 
-    def _give(self, token: str, field: str) -> None:
+    def _give(self, token: str, field: str, path: str = "reversed") -> None:
         node = self.node
         if node.tickets is None:
             return  # we cannot tell a real ticket yet
@@ -229,7 +346,7 @@ class Reversals:
 
         line = f"GIV {token} {node.peer_name}\r\n".encode("ascii")
         connecting = node.connect_out(ticket.host, ticket.port).connect(
-            Factory.forProtocol(lambda: _Giver(line, self.site, done))
+            Factory.forProtocol(lambda: _Giver(line, self.site, done, path))
         )
         connecting.addTimeout(CONNECT_BACK, self.clock)
 

@@ -36,6 +36,7 @@ from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.mapping import PortMapping, UPnPGateway
 from p2pshare.peer.node import PeerNode, PeerSettings
+from p2pshare.peer.relay import SLOTS, Relay
 from p2pshare.peer.reversal import holder_of
 from p2pshare.peer.share import SETTLE_TIME
 from p2pshare.peer.ui.api import Api
@@ -88,6 +89,9 @@ class Options(RoleOptions):
         ["secret-file", None, None, "The network secret: admit only peers that hold it."],
         ["max-uploads", None, 16, "Files served at once; more requests get 503.", int],
         ["upload-rate", None, None, "Cap on all uploads together, bytes/s (K, M, G suffixes)."],
+        ["relay-rate", None, None,
+         "With --relay: cap on all splices together, bytes/s (K, M, G suffixes)."],
+        ["relay-slots", None, SLOTS, "With --relay: transfers spliced at once.", int],
         ["ui", None, "tcp:0:interface=127.0.0.1",
          "The web page for people (loopback unless an interface is given), or off."],
     ]
@@ -95,6 +99,8 @@ class Options(RoleOptions):
         ["reset-token", None,
          "Replace the token that proves this peer's name (after a leak; see docs/security.rst)."],
         ["reset-manhole", None, "Replace the manhole's password and SSH host key."],
+        ["relay", None,
+         "Splice transfers between peers that cannot reach each other (a reachable peer)."],
         ["no-port-mapping", None,
          "Do not ask the gateway (UPnP) to forward --port when this peer's address is private."],
     ]
@@ -119,6 +125,13 @@ class Options(RoleOptions):
                 raise usage.UsageError(f"--upload-rate: {e}") from None
         if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
             raise usage.UsageError("--advertise is a host name or an IP address")
+        if self["relay-rate"] is not None:
+            try:
+                self["relay-rate"] = parse_rate(self["relay-rate"])
+            except ValueError as e:
+                raise usage.UsageError(f"--relay-rate: {e}") from None
+        if not 1 <= self["relay-slots"] <= 1000:
+            raise usage.UsageError("--relay-slots is from 1 to 1000")
         try:
             self["port"] = server_endpoint_string(self["port"])
             self["meta"] = client_endpoint_string(self["meta"])
@@ -296,6 +309,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         on_fatal=fatal,
         on_stop=reactor.stop,
         mapping=mapping,
+        relay=Relay(reactor, options["relay-rate"], options["relay-slots"]) if options["relay"] else None,
     )
     endpoints.reversed = node.reversals.endpoint
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))

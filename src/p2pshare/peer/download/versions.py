@@ -22,7 +22,7 @@ from twisted.web.iweb import IAgent
 from p2pshare.peer.download.agent import deliver, read_at_most
 from p2pshare.peer.download.book import Address, Ledger
 from p2pshare.peer.download.fetch import HEADER_TIMEOUT, no_answer, why_failed
-from p2pshare.peer.reversal import reversed_host
+from p2pshare.peer.reversal import RelayBusy, reversed_host
 from p2pshare.pieces import DIGEST, check_list, piece_count, root_of
 from p2pshare.wire import Match
 
@@ -112,6 +112,7 @@ class PieceLists:
             body = b""
             problem: str | None
             lacks = False  # it answered that it does not hold this version
+            busy = False  # the relay to it is full: it may be tried again later
             try:
                 # The head and the body, each within its overall deadline.
                 response = await self.agent.request(b"GET", url).addTimeout(
@@ -130,6 +131,7 @@ class PieceLists:
                 raise
             except Exception as e:
                 problem = f"no piece list ({why_failed(e)})"
+                busy = isinstance(e, RelayBusy)
             finally:
                 ledger.done(where)
             if problem is None:
@@ -144,7 +146,7 @@ class PieceLists:
             problems.append(f"{m.holder}: {problem}")
             if lacks:
                 ledger.lacked(where, sha, problem)  # it may hold another version
-            else:
+            elif not busy:
                 ledger.fail(where, problem)
         return None
 

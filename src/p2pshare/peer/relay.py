@@ -1,0 +1,177 @@
+"""
+A relay for two peers that cannot reach each other (both behind NAT
+without a mapping), as the magic-wormhole transit relay does: a reachable
+peer started with C{--relay} splices two connections that both dialled it.
+
+The downloader connects to the relay and says C{SPLICE TOKEN}; it asks the
+holder over the tree (C{PUSH ... relay=1}, with the relay's ticket) to
+dial the relay and say C{GIV TOKEN NAME}, as for a reversed connection.
+The relay pairs the two by token, tells the downloader C{SPLICED}, and
+from then on copies bytes both ways without reading them: the download's
+pieces are verified end to end, as from anyone.  It splices at most
+C{--relay-slots} pairs at once (a further C{SPLICE} is answered C{ERROR
+busy} with a sentence, and the download tries another relay or waits),
+within C{--relay-rate} bytes a second for all of them together.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2pshare.disk import human_size
+from p2pshare.peer.reversal import hand_over
+
+SPLICE = re.compile(rb"SPLICE ([0-9a-f]{32,128})\r?")
+SLOTS = 8  # pairs spliced at once (--relay-slots)
+WAIT = 15.0  # seconds a downloader's side waits for its holder
+MAX_EARLY = 64 * 1024  # bytes a side may send before it is spliced
+
+
+class _Half(Protocol):
+    """
+    One side of a splice: what it reads is written to the other side.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.other: _Half | None = None
+        self.early = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.other is None or self.other.transport is None:
+            self.early += data
+            if len(self.early) > MAX_EARLY:
+                self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self.other.transport.write(data)
+        self.relay.spent(len(data))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.relay.ended(self)
+
+
+class Relay:
+    """
+    The splices of one relaying peer.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, rate: float | None = None, slots: int = SLOTS) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.slots = slots
+        self._waiting: dict[str, tuple[_Half, IDelayedCall]] = {}
+        self._pairs: set[tuple[_Half, _Half]] = set()
+        self._tokens = rate or 0.0  # bytes the rate allows now (up to a second's worth)
+        self._at = clock.seconds()
+        self._paused: IDelayedCall | None = None
+        self.spliced = 0  # pairs spliced since start
+        self.refused = 0  # SPLICEs refused at the cap
+
+    def status(self) -> dict[str, object]:
+        return {"splicing": len(self._pairs), "waiting": len(self._waiting),
+                "slots": self.slots, "rate": self.rate, "spliced": self.spliced,
+                "refused": self.refused}
+
+    def splice_asked(self, token: str, transport: Any, rest: bytes) -> None:
+        """
+        A downloader said C{SPLICE TOKEN}: it waits here for its holder.
+        """
+        if len(self._pairs) + len(self._waiting) >= self.slots:
+            self.refused += 1
+            most = f"{self.slots} transfer{'' if self.slots == 1 else 's'} at once"
+            self.log.info("refused a splice: this relay splices {most}, its most", most=most)
+            transport.write(
+                f"ERROR busy this relay splices {most}, its most; try again later\r\n".encode(
+                    "ascii")
+            )
+            transport.loseConnection()
+            return
+        if token in self._waiting:
+            transport.abortConnection()
+            return
+        half = _Half(self)
+        hand_over(transport, half, rest)
+        self._waiting[token] = (half, self.clock.callLater(WAIT, self._expired, token))
+
+    def _expired(self, token: str) -> None:
+        half, _ = self._waiting.pop(token)
+        if half.transport is not None:
+            half.transport.write(b"ERROR failed the holder did not come to the relay in time\r\n")
+            half.transport.loseConnection()
+
+    def giv(self, token: str, name: str, transport: Any, rest: bytes) -> bool:
+        """
+        A holder said C{GIV TOKEN NAME}: splice it to the downloader that
+        waits with that token, if one does.
+        """
+        waiting = self._waiting.pop(token, None)
+        if waiting is None:
+            return False
+        down, timer = waiting
+        timer.cancel()
+        up = _Half(self)
+        hand_over(transport, up)
+        down.other, up.other = up, down
+        self._pairs.add((down, up))
+        self.spliced += 1
+        there: Any = down.transport
+        back: Any = up.transport
+        there.write(b"SPLICED\r\n")
+        # Each side reads only as fast as the other takes its bytes.
+        there.registerProducer(back, True)
+        back.registerProducer(there, True)
+        for half, data in ((down, down.early), (up, rest + up.early)):
+            half.early = b""
+            if data:
+                half.dataReceived(data)
+        self.log.debug("splicing a transfer from {name}", name=name)
+        return True
+
+    def ended(self, half: _Half) -> None:
+        """
+        One side closed: the other goes too, and the slot is free.
+        """
+        for token, (waiting, timer) in list(self._waiting.items()):
+            if waiting is half:
+                del self._waiting[token]
+                timer.cancel()
+        for pair in [p for p in self._pairs if half in p]:
+            self._pairs.discard(pair)
+            for side in pair:
+                if side is not half and side.transport is not None:
+                    side.transport.loseConnection()
+
+    # The rate cap, for all splices together.
+
+    def spent(self, n: int) -> None:
+        if self.rate is None:
+            return
+        now = self.clock.seconds()
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate) - n
+        self._at = now
+        if self._tokens < 0 and self._paused is None:
+            self._pause(True)
+            self._paused = self.clock.callLater(-self._tokens / self.rate, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        self._pause(False)
+
+    def _pause(self, pause: bool) -> None:
+        for pair in self._pairs:
+            for half in pair:
+                transport: Any = half.transport
+                if transport is not None:
+                    (transport.pauseProducing if pause else transport.resumeProducing)()
+
+    def described(self) -> str:
+        cap = f"{human_size(int(self.rate))}/s" if self.rate else "no rate cap"
+        return f"relays for peers that cannot reach each other: {self.slots} at once, {cap}"
