@@ -28,6 +28,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("search.py", ["--peers", "20", "--limits", "2", "3"], "searched 20 of 20 peers"),
     ("rescan.py", ["--files", "200"], "unchanged rescan"),
     ("join.py", ["--peers", "20", "--processes", "2"], "private network:"),
+    ("relay.py", ["--mib", "2", "--pairs", "1"], "this run: relayed / direct"),
 ])
 def test_a_bench_runs_at_a_tiny_size(short_tmp, script, args, printed):
     out = subprocess.run(
