@@ -26,10 +26,17 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IProtocolFactory,
+    IReactorTime,
+    ISSLTransport,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -110,24 +117,50 @@ class _ReversedEndpoint:
         return self.reversals.ask(self.holder, factory)
 
 
+@implementer(IHandshakeListener)
 class _Giver(Protocol):
     """
     The holder's side: says C{GIV}, then the connection is the site's.
+    Over TLS the site takes it once the handshake is done: an HTTP channel
+    registers itself as the producer of its transport, and TLS pauses that
+    producer while it holds back a write (our C{GIV}) for the handshake,
+    which then never gets to read.
     """
 
-    def __init__(self, line: bytes, site: Site, done: Callable[[], None], path: str) -> None:
+    def __init__(
+        self, line: bytes, site: Site, done: Callable[[], None], path: str, tls: Any = None
+    ) -> None:
         self.line = line
         self.site = site
         self.done = done
         self.path = path
+        self.tls = tls  # PeerTLS, for a relayed connection: TLS with the downloader itself
+        self.early = b""
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.write(self.line)
         self.done()
-        channel: Any = self.site.buildProtocol(transport.getPeer())
+        if not ISSLTransport.providedBy(transport):
+            self._serve()
+
+    def handshakeCompleted(self) -> None:
+        self._serve()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.early += data  # before the handshake's end: nothing, in practice
+
+    def _serve(self) -> None:
+        transport: Any = self.transport
+        peer = transport.getPeer()
+        if self.tls is not None and self.path == "relayed":
+            sealed: Any = TLSMemoryBIOFactory(self.tls.options(), False, self.site).buildProtocol(peer)
+            sealed.wrappedProtocol.transfer_path = self.path
+            hand_over(transport, sealed, self.early)
+            return
+        channel: Any = self.site.buildProtocol(peer)
         channel.transfer_path = self.path  # what p2p status says of its uploads
-        hand_over(transport, channel)
+        hand_over(transport, channel, self.early)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done()
@@ -140,9 +173,10 @@ class _Splicing(Protocol):
     C{ERROR} (why not).
     """
 
-    def __init__(self, token: str, factory: IProtocolFactory) -> None:
+    def __init__(self, token: str, factory: IProtocolFactory, tls: Any = None) -> None:
         self.token = token
         self.wanted = factory  # not .factory: the one that builds this sets that
+        self.tls = tls  # PeerTLS: TLS with the holder itself, inside the spliced stream
         self.buffer = b""
         self.spliced: Deferred[Any] = Deferred(lambda d: self._abort())
 
@@ -161,9 +195,16 @@ class _Splicing(Protocol):
                 self._abort()
             return
         if line.rstrip(b"\r") == b"SPLICED":
-            proto = self.wanted.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
-            hand_over(self.transport, proto, rest)
-            self.spliced.callback(proto)
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            if self.tls is None:
+                proto = self.wanted.buildProtocol(peer)
+                hand_over(self.transport, proto, rest)
+                self.spliced.callback(proto)
+                return
+            # A private network: the relay copies only what it cannot read.
+            sealed = TLSMemoryBIOFactory(self.tls.options(), True, self.wanted).buildProtocol(peer)
+            hand_over(self.transport, sealed, rest)
+            self.spliced.callback(sealed.wrappedProtocol)
             return
         text = line.decode("utf-8", "replace").rstrip("\r")
         words = text.split(" ", 2)
@@ -193,6 +234,9 @@ class Reversals:
         self._waiting: dict[str, tuple[str, IProtocolFactory, Deferred[Any]]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._giving = 0
+        # The network's TLS (PeerTLS), when it has one: a relayed connection
+        # carries a second TLS session, between its two ends.
+        self.tls: Any = None
 
     # The downloader's side.
 
@@ -265,7 +309,7 @@ class Reversals:
 
     async def _splice(self, relay: Ticket, holder: str, factory: IProtocolFactory) -> Any:
         token = secrets.token_hex(16)
-        splicing = _Splicing(token, factory)
+        splicing = _Splicing(token, factory, self.tls)
         self._remember(token)
         connecting = self.node.connect_out(relay.host, relay.port).connect(
             Factory.forProtocol(lambda: splicing)
@@ -346,7 +390,7 @@ class Reversals:
 
         line = f"GIV {token} {node.peer_name}\r\n".encode("ascii")
         connecting = node.connect_out(ticket.host, ticket.port).connect(
-            Factory.forProtocol(lambda: _Giver(line, self.site, done, path))
+            Factory.forProtocol(lambda: _Giver(line, self.site, done, path, self.tls))
         )
         connecting.addTimeout(CONNECT_BACK, self.clock)
 

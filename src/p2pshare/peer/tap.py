@@ -312,6 +312,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
         relay=Relay(reactor, options["relay-rate"], options["relay-slots"]) if options["relay"] else None,
     )
     endpoints.reversed = node.reversals.endpoint
+    node.reversals.tls = tls
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
     top = RoleService("p2ppeer", RoleLog("p2ppeer", lambda: node.peer_name, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]

@@ -1,0 +1,76 @@
+"""
+Reversed and relayed transfers in a private network, with real processes
+on 127.0.0.1: a relay R, a reachable getter G, and a holder H and a getter
+D that nobody can dial (each ``--advertise``s an address where nothing
+listens, so the metadata server's dial-back fails).  G fetches from H by a
+reversed connection (H dials G, inside the network's TLS), D fetches from
+H through R (TLS to R on each side, and TLS between D and H inside the
+splice).  Both copies verify; each end names the path in p2p status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+
+import pytest_twisted
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from p2pshare.admission import new_secret_text
+from p2pshare.disk import atomic_write
+from p2pshare.launch import P2P, LocalNetwork
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+
+
+async def status_line(reactor, net: LocalNetwork, key: str, pattern: str) -> str:
+    """
+    The first line of C{key}'s p2p status that matches C{pattern}, once
+    there is one (looked for every 0.1 s, for at most 30 s).
+    """
+    seen = ""
+    for _ in range(300):
+        seen = (await deferToThread(run, *P2P, "status", "--peer", net.control(key))).stdout
+        found = re.search(pattern, seen, re.M)
+        if found:
+            return found.group(0)
+        await deferLater(reactor, 0.1)
+    raise AssertionError(f"{pattern!r} never in p2p status: {seen}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_reversed_and_relayed_transfers_in_a_private_network(reactor, tmp_path):
+    secret = tmp_path / "network.secret"
+    secret.write_text(new_secret_text())
+    net = LocalNetwork(reactor, tmp_path / "net", secret_file=secret, timeout=60)
+    (tmp_path / "net").mkdir()
+    try:
+        meta = await net.start_meta(4)
+        relay, _ = await net.start_peer("--relay")
+        getter, _ = await net.start_peer()
+        holder, holder_proc = await net.start_peer("--advertise", "127.0.0.254", "--upload-rate", "2M")
+        behind, behind_proc = await net.start_peer("--advertise", "127.0.0.253")
+        await meta.wait_for("topology settled: 4 peers", 60)
+        for proc in (holder_proc, behind_proc):
+            await proc.wait_for("cannot reach this peer", 60)
+        data = os.urandom(6 * 2**20)
+        atomic_write(net.root / holder / "shared" / "plans.bin", data)
+        await holder_proc.wait_for("sharing plans.bin", 30)
+        for key, path in ((getter, "reversed"), (behind, "relayed")):
+            get = net.p2p("get", "plans.bin", "--peer", net.control(key), "-o",
+                          str(tmp_path / key))
+            await status_line(reactor, net, key, rf"^downloading plans\.bin.*, {path}$")
+            await status_line(reactor, net, holder, rf"^uploading plans\.bin to .*, {path}$")
+            assert await get.when_ended(60) == 0, get.output()
+            kept = (tmp_path / key / "plans.bin").read_bytes()
+            assert hashlib.sha256(kept).digest() == hashlib.sha256(data).digest()
+        relayed = run(*P2P, "status", "--peer", net.control(relay)).stdout
+        assert re.search(r"^relay: splicing 0 of at most 8 at once \(no rate cap\); [1-9]\d* spliced",
+                         relayed, re.M), relayed
+    finally:
+        await net.stop_all()
