@@ -314,7 +314,7 @@ def spliced_pair(relay, token="ab" * 16):
 def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
     from twisted.internet.testing import StringTransport
 
-    from p2pshare.peer.relay import WAIT, Relay
+    from p2pshare.relay import WAIT, Relay
 
     relay = Relay(Clock(), slots=2)
     down, up = spliced_pair(relay)
@@ -342,7 +342,7 @@ def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
 
 
 def test_a_relay_keeps_all_its_splices_within_its_rate():
-    from p2pshare.peer.relay import Relay
+    from p2pshare.relay import Relay
 
     clock = Clock()
     relay = Relay(clock, rate=1000.0, slots=4)

@@ -20,8 +20,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from p2pshare import relay as relay_module
 from p2pshare.admission import Secret
-from p2pshare.peer import relay as relay_module
 from p2pshare.peer.http import SniffingFactory
 from p2pshare.peer.reversal import _Giver, _Splicing
 from p2pshare.tls import TLSServerEndpoint, network_tls

@@ -1,6 +1,6 @@
 """
 Reversed and relayed transfers in a private network, with real processes
-on 127.0.0.1: a relay R, a reachable getter G, and a holder H and a getter
+on 127.0.0.1: a relay R (a peer, or the metadata server itself), a reachable getter G, and a holder H and a getter
 D that nobody can dial (each ``--advertise``s an address where nothing
 listens, so the metadata server's dial-back fails).  G fetches from H by a
 reversed connection (H dials G, inside the network's TLS), D fetches from
@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 
+import pytest
 import pytest_twisted
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -43,15 +44,16 @@ async def status_line(reactor, net: LocalNetwork, key: str, pattern: str) -> str
     raise AssertionError(f"{pattern!r} never in p2p status: {seen}")
 
 
+@pytest.mark.parametrize("relay_at", ["peer", "meta"])
 @pytest_twisted.ensureDeferred
-async def test_reversed_and_relayed_transfers_in_a_private_network(reactor, tmp_path):
+async def test_reversed_and_relayed_transfers_in_a_private_network(reactor, tmp_path, relay_at):
     secret = tmp_path / "network.secret"
     secret.write_text(new_secret_text())
     net = LocalNetwork(reactor, tmp_path / "net", secret_file=secret, timeout=60)
     (tmp_path / "net").mkdir()
     try:
-        meta = await net.start_meta(4)
-        relay, _ = await net.start_peer("--relay")
+        meta = await net.start_meta(4, *(["--relay"] if relay_at == "meta" else []))
+        relay, _ = await net.start_peer(*(["--relay"] if relay_at == "peer" else []))
         getter, _ = await net.start_peer()
         holder, holder_proc = await net.start_peer("--advertise", "127.0.0.254", "--upload-rate", "2M")
         behind, behind_proc = await net.start_peer("--advertise", "127.0.0.253")
@@ -69,8 +71,11 @@ async def test_reversed_and_relayed_transfers_in_a_private_network(reactor, tmp_
             assert await get.when_ended(60) == 0, get.output()
             kept = (tmp_path / key / "plans.bin").read_bytes()
             assert hashlib.sha256(kept).digest() == hashlib.sha256(data).digest()
-        relayed = run(*P2P, "status", "--peer", net.control(relay)).stdout
-        assert re.search(r"^relay: splicing 0 of at most 8 at once \(no rate cap\); [1-9]\d* spliced",
-                         relayed, re.M), relayed
+        if relay_at == "peer":
+            relayed = run(*P2P, "status", "--peer", net.control(relay)).stdout
+            assert re.search(r"^relay: splicing 0 of at most 8 at once \(no rate cap\); "
+                             r"[1-9]\d* spliced", relayed, re.M), relayed
+        else:
+            assert "p2pmeta relays for peers that cannot reach each other" in meta.output()
     finally:
         await net.stop_all()

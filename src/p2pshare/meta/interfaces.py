@@ -138,9 +138,10 @@ class Reachability(Protocol):
         C{name} registered saying it relays for others (or not).
         """
 
-    def relays(self, asker: str | None) -> list[str]:
+    def relays(self, asker: str | None, here: tuple[str, int] | None = None) -> list[str]:
         """
-        Fresh tickets of some live relays this server reached.
+        Fresh tickets of some live relays this server reached (and its
+        own, at C{here}, when it relays).
         """
 
     def recheck(self, name: str, nonce: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
@@ -147,7 +148,9 @@ class MetaProtocol(LineChannel):
         if not self._registered():
             return
         name = self.name
-        self._in_turn(lambda: self.send("RELAYS", *self.server.vouching.relays(name)))
+        local: Any = self.transport.getHost() if self.transport is not None else None
+        here = (local.host, local.port) if hasattr(local, "port") else None
+        self._in_turn(lambda: self.send("RELAYS", *self.server.vouching.relays(name, here)))
 
     def _web_port(self) -> int | None:
         """

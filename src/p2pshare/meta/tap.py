@@ -36,7 +36,8 @@ from p2pshare.meta.server import (
     MetaServer,
 )
 from p2pshare.meta.web import make_site
-from p2pshare.options import loopback_by_default
+from p2pshare.options import loopback_by_default, parse_rate
+from p2pshare.relay import SLOTS, Relay, RelayFirst
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,
@@ -80,6 +81,9 @@ class Options(RoleOptions):
         ["max-peers", None, MAX_PEERS, "Most peers registered at once (sizes the connection limits).", int],
         ["max-per-address", None, MAX_PER_ADDRESS,
          "Most of them from one source address (peers behind one NAT share one).", int],
+        ["relay-rate", None, None,
+         "With --relay: cap on all splices together, bytes/s (K, M, G suffixes)."],
+        ["relay-slots", None, SLOTS, "With --relay: transfers spliced at once.", int],
         ["flush-interval", None, FLUSH_INTERVAL,
          "Seconds: topo.txt, NumberOfServers.txt and the registry lag the network by at most this.",
          float],
@@ -87,6 +91,7 @@ class Options(RoleOptions):
     optFlags = [
         ["reset", None, "Start a new network: empty the registry and the files."],
         ["announce", None, "Announce this server on the LAN by multicast DNS (peers use --meta auto)."],
+        ["relay", None, "Splice transfers between peers that cannot reach each other, on --port."],
     ]
 
     def postOptions(self) -> None:
@@ -102,6 +107,13 @@ class Options(RoleOptions):
             raise usage.UsageError("--max-per-address is at least 1")
         if not 0 <= self["flush-interval"] <= 60:
             raise usage.UsageError("--flush-interval is from 0 to 60 seconds")
+        if self["relay-rate"] is not None:
+            try:
+                self["relay-rate"] = parse_rate(self["relay-rate"])
+            except ValueError as e:
+                raise usage.UsageError(f"--relay-rate: {e}") from None
+        if not 1 <= self["relay-slots"] <= 1000:
+            raise usage.UsageError("--relay-slots is from 1 to 1000")
         self["port"] = server_endpoint_string(self["port"])
         if self["announce"]:
             if self["port"].split(":", 1)[0] not in ("tcp", "tcp6", "mtls"):
@@ -226,9 +238,15 @@ def _assemble(options: Options, reactor: Any) -> IService:
         )
     top = RoleService("p2pmeta", RoleLog("p2pmeta", lambda: None, options))
     top.data_dir_lock = lock  # type: ignore[attr-defined]
+    registrations: Any = MetaFactory(server)
+    if options["relay"]:
+        relay = Relay(reactor, options["relay-rate"], options["relay-slots"])
+        server.vouching.relaying = True
+        registrations = RelayFirst(registrations, relay)
+        log.info("p2pmeta {what}", what=relay.described())
     children: list[IService] = [server, ListenService(
         listen,
-        LimitedFactory(MetaFactory(server), clock=reactor, total=total, per_host=per_host),
+        LimitedFactory(registrations, clock=reactor, total=total, per_host=per_host),
         listening,
         what=f"--port {options['port']}",
     )]

@@ -24,6 +24,7 @@ from p2pshare.tickets import REFRESH, Ticket, TicketSigner
 from p2pshare.wire import WireError
 
 RELAYS_SHOWN = 4  # relays named in one RELAYS answer
+RELAY_NAME = "p2pmeta"  # what this server's own relay ticket is made out to
 
 
 class Vouching:
@@ -49,6 +50,7 @@ class Vouching:
         self.signer = signer
         self.checks = checks
         self.slots = slots
+        self.relaying = False  # --relay: this server splices too
 
     def check_address(self, peer: Peer, nonce: str | None) -> None:
         """
@@ -73,14 +75,20 @@ class Vouching:
         if peer is not None:
             peer.relay = relay
 
-    def relays(self, asker: str | None) -> list[str]:
+    def relays(self, asker: str | None, here: tuple[str, int] | None = None) -> list[str]:
         """
         Fresh tickets of at most L{RELAYS_SHOWN} live relays this server
-        reached, other than C{asker}, in random order.
+        reached, other than C{asker}, in random order; first this server's
+        own, at C{here} (where the asker reached it), when it relays.
         """
         found = [p for p in self.peers.values() if p.relay and p.reachable and p.name != asker]
         chosen = random.sample(found, min(RELAYS_SHOWN, len(found)))
-        return [self.ticket_of(p).field() for p in chosen]
+        tickets = [self.ticket_of(p).field() for p in chosen]
+        if self.relaying and here is not None:
+            host, port = here
+            own = self.signer.issue(RELAY_NAME, host, port, host, True, self.clock.seconds())
+            tickets.insert(0, own.field())
+        return tickets
 
     def recheck(self, name: str, nonce: str) -> None:
         """

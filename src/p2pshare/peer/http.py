@@ -38,8 +38,7 @@ from p2pshare.disk import human_size
 from p2pshare.display import shown
 from p2pshare.httpserver import strict_site
 from p2pshare.peer.interfaces import IFileHost
-from p2pshare.peer.relay import SPLICE
-from p2pshare.peer.reversal import GIV, reversed_host
+from p2pshare.peer.reversal import reversed_host
 from p2pshare.peer.serving import (
     PartialFileResource,
     SharedFileResource,
@@ -48,6 +47,7 @@ from p2pshare.peer.serving import (
 )
 from p2pshare.peer.share import SharedFile, is_shareable_name
 from p2pshare.pieces import DIGEST, bitfield, piece_count
+from p2pshare.relay import GIV, SPLICE
 from p2pshare.tls import is_tls_hello, tls_failure
 from p2pshare.wire import url_path
 

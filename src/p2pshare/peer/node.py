@@ -68,11 +68,11 @@ from p2pshare.peer.protocol import (
 )
 from p2pshare.peer.queue import QUEUE_FILE, DownloadQueue
 from p2pshare.peer.reach import Reach
-from p2pshare.peer.relay import Relay
 from p2pshare.peer.reversal import Reversals
 from p2pshare.peer.search import SearchEngine
 from p2pshare.peer.serving import MAX_UPLOADS
 from p2pshare.peer.share import ShareIndex
+from p2pshare.relay import Relay
 from p2pshare.startup import listen_problem
 from p2pshare.tickets import Ticket, TicketChecker, TicketError, answer
 from p2pshare.wire import Match, Message, RemoteError

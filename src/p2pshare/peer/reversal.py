@@ -18,7 +18,6 @@ the agent's endpoint factory sends those here (L{holder_of}).
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -43,6 +41,7 @@ from zope.interface import implementer
 
 from p2pshare import wire
 from p2pshare.peer.download.fetch import why_failed
+from p2pshare.relay import hand_over
 from p2pshare.tickets import Ticket, TicketError
 
 REVERSED = ".reversed.invalid"  # RFC 6761: never resolves
@@ -50,7 +49,6 @@ CONNECT_BACK = 15.0  # seconds a downloader waits for the holder to connect
 MAX_WAITING = 64  # reversed connections a downloader waits for at once
 MAX_GIVING = 16  # connections a holder is opening for pushes at once
 SEEN = 4096  # push tokens remembered, so that each is passed on once
-GIV = re.compile(rb"GIV ([0-9a-f]{32,128}) ([A-Za-z0-9_.@-]{1,64})\r?")
 
 
 def reversed_host(name: str) -> str:
@@ -71,19 +69,6 @@ def holder_of(host: str) -> str | None:
     except ValueError:
         return None
     return name if wire.is_name(name) else None
-
-
-def hand_over(transport: Any, proto: Any, buffered: bytes = b"") -> None:
-    """
-    Give an open connection to C{proto}, with what was read already.
-    """
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = proto  # a LimitedFactory's count, or TLS
-    else:
-        transport.protocol = proto
-    proto.makeConnection(transport)
-    if buffered:
-        proto.dataReceived(buffered)
 
 
 class NoWay(error.ConnectError):

@@ -36,12 +36,12 @@ from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
 from p2pshare.peer.mapping import PortMapping, UPnPGateway
 from p2pshare.peer.node import PeerNode, PeerSettings
-from p2pshare.peer.relay import SLOTS, Relay
 from p2pshare.peer.reversal import holder_of
 from p2pshare.peer.share import SETTLE_TIME
 from p2pshare.peer.ui.api import Api
 from p2pshare.peer.ui.guard import Guard
 from p2pshare.peer.ui.site import Page, UIService
+from p2pshare.relay import SLOTS, Relay
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,

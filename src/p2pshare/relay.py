@@ -20,17 +20,33 @@ import re
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 
 from p2pshare.disk import human_size
-from p2pshare.peer.reversal import hand_over
 
 SPLICE = re.compile(rb"SPLICE ([0-9a-f]{32,128})\r?")
+GIV = re.compile(rb"GIV ([0-9a-f]{32,128}) ([A-Za-z0-9_.@-]{1,64})\r?")
 SLOTS = 8  # pairs spliced at once (--relay-slots)
 WAIT = 15.0  # seconds a downloader's side waits for its holder
 MAX_EARLY = 64 * 1024  # bytes a side may send before it is spliced
+FIRST_LINE_TIMEOUT = 30  # seconds to finish a first line that may be SPLICE or GIV
+MAX_FIRST_LINE = 512  # bytes: such a line is shorter
+
+
+def hand_over(transport: Any, proto: Any, buffered: bytes = b"") -> None:
+    """
+    Give an open connection to C{proto}, with what was read already.
+    """
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = proto  # a LimitedFactory's count, or TLS
+    else:
+        transport.protocol = proto
+    proto.makeConnection(transport)
+    if buffered:
+        proto.dataReceived(buffered)
 
 
 class _Half(Protocol):
@@ -175,3 +191,70 @@ class Relay:
     def described(self) -> str:
         cap = f"{human_size(int(self.rate))}/s" if self.rate else "no rate cap"
         return f"relays for peers that cannot reach each other: {self.slots} at once, {cap}"
+
+
+class _FirstLine(Protocol, TimeoutMixin):
+    """
+    The first protocol on a port that relays besides its own protocol (the
+    metadata server's with C{--relay}): a first line C{SPLICE} or C{GIV}
+    goes to the relay, anything else, as soon as it cannot be one of
+    those, to the port's own protocol with what was read.
+    """
+
+    engaged = False  # nothing useful said yet: evicted first when full
+
+    def __init__(self, relay: Relay, lines: Any, addr: Any) -> None:
+        self.relay = relay
+        self.lines = lines
+        self.addr = addr
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        self.setTimeout(FIRST_LINE_TIMEOUT)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        head = self.buffer
+        ours = b"SPLICE ".startswith(head[:7]) or b"GIV ".startswith(head[:4])
+        line, newline, rest = head.partition(b"\n")
+        if ours and not newline and len(head) < MAX_FIRST_LINE:
+            return  # it may be one of ours: the whole line first
+        self.setTimeout(None)
+        transport: Any = self.transport
+        splice = SPLICE.fullmatch(line) if ours and newline else None
+        giv = GIV.fullmatch(line) if ours and newline else None
+        if splice is not None:
+            self.relay.splice_asked(splice.group(1).decode("ascii"), transport, rest)
+        elif giv is not None:
+            token, name = (g.decode("ascii") for g in giv.groups())
+            if not self.relay.giv(token, name, transport, rest):
+                transport.abortConnection()  # nobody waits for it here
+        else:
+            hand_over(transport, self.lines.buildProtocol(self.addr), head)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
+
+
+class RelayFirst(Factory):
+    """
+    C{lines}, with C{SPLICE} and C{GIV} first lines taken by C{relay}.
+    """
+
+    noisy = False
+
+    def __init__(self, lines: Any, relay: Relay) -> None:
+        self.lines = lines
+        self.relay = relay
+
+    def buildProtocol(self, addr: Any) -> _FirstLine:
+        return _FirstLine(self.relay, self.lines, addr)
+
+    def doStart(self) -> None:
+        self.lines.doStart()
+
+    def doStop(self) -> None:
+        self.lines.doStop()
