@@ -186,7 +186,10 @@ class AddressChecks:
             _less(self._dialling, item.source)
             self._ended(item)
             why = _why(result.value) if isinstance(result, Failure) else result
-            if why is not None and not outer.called and not _cancelled(result):
+            # Only an address where nothing answered is not dialled again
+            # for a while: a wrong answer (somebody else listens there, or
+            # a registrant naming a victim) says nothing of the next one.
+            if isinstance(result, Failure) and not outer.called and not _cancelled(result):
                 self._failed[item.target] = self.clock.seconds()
                 self._forget_old_failures()
             if not outer.called:

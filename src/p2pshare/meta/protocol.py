@@ -24,6 +24,8 @@ DEFAULT_MAX_NEIGHBOURS = 2
 MAX_QUEUED = 32  # requests one connection may have waiting for their answers
 
 
+RELAYS_PER_SECOND = 10  # RELAY requests answered per second on one connection
+
 class MetaProtocol(LineChannel):
     """
     One connection to the metadata server: a peer's registration link, or
@@ -147,10 +149,22 @@ class MetaProtocol(LineChannel):
         """
         if not self._registered():
             return
+        now = int(self.server.clock.seconds())
+        if now != self._relays_second:
+            self._relays_second, self._relays_asked = now, 0
+        self._relays_asked += 1
+        over = self._relays_asked > RELAYS_PER_SECOND
         name = self.name
         local: Any = self.transport.getHost() if self.transport is not None else None
         here = (local.host, local.port) if hasattr(local, "port") else None
-        self._in_turn(lambda: self.send("RELAYS", *self.server.vouching.relays(name, here)))
+
+        def answer() -> None:
+            if over:
+                self.sendError(wire.E_FAILED, "too many RELAY requests; ask again in a second")
+            else:
+                self.send("RELAYS", *self.server.vouching.relays(name, here))
+
+        self._in_turn(answer)
 
     def _web_port(self) -> int | None:
         """
@@ -172,6 +186,10 @@ class MetaProtocol(LineChannel):
         self._in_turn(lambda: self.server.when_checked(name).addCallback(
             lambda _: self._place(name, msg)
         ))
+
+    # RELAY requests in the current second (at most RELAYS_PER_SECOND).
+    _relays_second = 0
+    _relays_asked = 0
 
     # Requests answered in the order they came, though a PLACE waits for the
     # dial-back: its client matches replies to requests by order.  Made on

@@ -51,6 +51,7 @@ class Vouching:
         self.checks = checks
         self.slots = slots
         self.relaying = False  # --relay: this server splices too
+        self._rechecked: dict[str, float] = {}  # source address -> its last CHECK
 
     def check_address(self, peer: Peer, nonce: str | None) -> None:
         """
@@ -101,13 +102,17 @@ class Vouching:
         if peer is None:
             return
         now = self.clock.seconds()
-        wait = peer.rechecked_at + FAILED_FOR - now
+        # Once per FAILED_FOR per peer, and per address registrations come
+        # from: new names are free, addresses are not.
+        wait = max(peer.rechecked_at, self._rechecked.get(peer.source, float("-inf"))) + FAILED_FOR - now
         if wait > 0:
             raise WireError(
                 wire.E_FAILED, f"your address was checked again {FAILED_FOR - wait:.0f} s ago; "
                 f"ask again in {math.ceil(wait)} s",
             )
-        peer.rechecked_at = now
+        peer.rechecked_at = self._rechecked[peer.source] = now
+        if len(self._rechecked) > 10_000:
+            self._rechecked = {s: t for s, t in self._rechecked.items() if now - t < FAILED_FOR}
         if self.checks is not None:
             self.checks.forget(peer.record.host, peer.record.port)
         self.check_address(peer, nonce)

@@ -34,6 +34,7 @@ from twisted.web.server import Request, Site
 
 from p2pshare import wire
 from p2pshare.admission import authority
+from p2pshare.common import OncePerMinute
 from p2pshare.disk import human_size
 from p2pshare.display import shown
 from p2pshare.httpserver import strict_site
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from p2pshare.peer.download.attempt import Partial
 
 FIRST_LINE_TIMEOUT = 30  # seconds to finish the first line, whatever the protocol
+_TOLD = OncePerMinute()  # which addresses' stray GIV and SPLICE lines were logged
 # An HTTP request line: method, target, version (RFC 9112 section 3).
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d\.\d\r?")
 _REQUEST_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ /")
@@ -115,8 +117,11 @@ class Sniffer(Protocol, TimeoutMixin):
             elif giv is not None and self._given(giv, transport, rest):
                 pass
             else:
-                self.log.info("closing {peer}: a {what} nobody here waits for",
-                              peer=peer_host(transport), what=line.split()[0].decode("ascii"))
+                clock = getattr(self.reversals or self.relay, "clock", None)
+                if clock is None or _TOLD.due(peer_host(transport), clock.seconds()):
+                    self.log.info("closing {peer}: a {what} nobody here waits for (said once a "
+                                  "minute)", peer=peer_host(transport),
+                                  what=line.split()[0].decode("ascii"))
                 transport.abortConnection()
             return
         if (newline and _REQUEST_LINE.fullmatch(line)) or (

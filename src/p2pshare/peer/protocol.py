@@ -14,6 +14,7 @@ from p2pshare import wire
 from p2pshare.admission import META_IDENTITY
 from p2pshare.channel import ChannelFactory, LineChannel
 from p2pshare.peer.interfaces import ILink, IOverlay
+from p2pshare.peer.reversal import PUSH_BURST, PUSH_RATE
 from p2pshare.peer.search import FORWARD_BURST, FORWARD_RATE, TokenBucket
 from p2pshare.wire import Message, RemoteError
 
@@ -35,7 +36,7 @@ class PeerProtocol(LineChannel):
         self.search_allowance = TokenBucket()
         self.forward_allowance = TokenBucket(FORWARD_RATE, FORWARD_BURST)
         self.searches_refused = 0
-        self.push_allowance = TokenBucket(FORWARD_RATE, FORWARD_BURST)
+        self.push_allowance = TokenBucket(PUSH_RATE, PUSH_BURST)
 
     def identity(self) -> tuple[str, str]:
         return ("peer", self.node.peer_name or "-")

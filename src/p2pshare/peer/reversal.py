@@ -40,6 +40,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from p2pshare import wire
+from p2pshare.common import OncePerMinute
 from p2pshare.peer.download.fetch import why_failed
 from p2pshare.relay import hand_over
 from p2pshare.tickets import Ticket, TicketError
@@ -49,6 +50,7 @@ CONNECT_BACK = 15.0  # seconds a downloader waits for the holder to connect
 MAX_WAITING = 64  # reversed connections a downloader waits for at once
 MAX_GIVING = 16  # connections a holder is opening for pushes at once
 SEEN = 4096  # push tokens remembered, so that each is passed on once
+PUSH_RATE, PUSH_BURST = 10.0, 20.0  # PUSH lines taken from one link: a second, at once
 
 
 def reversed_host(name: str) -> str:
@@ -219,6 +221,7 @@ class Reversals:
         self._waiting: dict[str, tuple[str, IProtocolFactory, Deferred[Any]]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._giving = 0
+        self._told = OncePerMinute()  # what was logged of dropped pushes
         # The network's TLS (PeerTLS), when it has one: a relayed connection
         # carries a second TLS session, between its two ends.
         self.tls: Any = None
@@ -356,13 +359,15 @@ class Reversals:
         try:
             ticket = node.tickets.check(field, self.clock.seconds())
         except TicketError as e:
-            self.log.info("a push with a ticket that does not hold was dropped ({why})", why=e)
+            if self._told.due("ticket", self.clock.seconds()):
+                self.log.info("a push with a ticket that does not hold was dropped ({why})", why=e)
             return
         if not ticket.reachable:
             return
         if self._giving >= MAX_GIVING:
-            self.log.info("a push from {name} waits: {n} reversed connections are opening",
-                          name=ticket.name, n=MAX_GIVING)
+            if self._told.due(ticket.name, self.clock.seconds()):
+                self.log.info("pushes from {name} dropped: {n} reversed connections are opening "
+                              "already", name=ticket.name, n=MAX_GIVING)
             return
         self._giving += 1
         ended = False
