@@ -302,11 +302,33 @@ def test_a_reversed_holder_is_named_in_urls_by_its_name_and_nothing_else_is():
 # The relay (relay.py), on StringTransports and a Clock.
 
 
+def members_only(relay):
+    """
+    C{relay}, checking SPLICE tickets with the key of tests/placed.py.
+    """
+    from placed import SIGNER
+
+    from p2pshare.tickets import TicketChecker
+
+    relay.check = TicketChecker(SIGNER.public).check
+    return relay
+
+
+def splice(relay, token, transport, name="d1", source="192.168.1.1"):
+    """
+    A SPLICE from C{transport} (a StringTransport: it comes from
+    192.168.1.1) with a ticket made out to C{source}.
+    """
+    from placed import ticket
+
+    relay.splice_asked(token, ticket(name, 6001, host="10.0.0.9", source=source), transport, b"")
+
+
 def spliced_pair(relay, token="ab" * 16):
     from twisted.internet.testing import StringTransport
 
     down, up = StringTransport(), StringTransport()
-    relay.splice_asked(token, down, b"")
+    splice(relay, token, down)
     assert relay.giv(token, "h1", up, b"")
     return down, up
 
@@ -316,7 +338,7 @@ def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
 
     from p2pshare.relay import WAIT, Relay
 
-    relay = Relay(Clock(), slots=2)
+    relay = members_only(Relay(Clock(), slots=4))
     down, up = spliced_pair(relay)
     assert down.value() == b"SPLICED\r\n"
     down.protocol.dataReceived(b"GET /files/x HTTP/1.1\r\n\r\n")
@@ -325,11 +347,21 @@ def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
     assert down.value().endswith(b"HTTP/1.1 200 OK\r\n")
     # A GIV for a token nobody waits for is not the relay's.
     assert not relay.giv("cd" * 16, "h2", StringTransport(), b"")
-    # One waits for its holder; the next is refused with a sentence.
-    waiting, refused = StringTransport(), StringTransport()
-    relay.splice_asked("ef" * 16, waiting, b"")
-    relay.splice_asked("12" * 16, refused, b"")
-    assert refused.value() == (b"ERROR busy this relay splices 2 transfers at once, its most; "
+    # One waits for its holder; the next, from another address, is refused
+    # with a sentence (the first address has its share).
+    from twisted.internet.address import IPv4Address
+
+    def at(host):
+        return StringTransport(peerAddress=IPv4Address("TCP", host, 5))
+
+    waiting, over, other, refused = StringTransport(), StringTransport(), at("10.1.1.2"), at("10.1.1.3")
+    splice(relay, "ef" * 16, waiting)
+    splice(relay, "99" * 16, over)
+    assert over.value().startswith(b"ERROR denied 192.168.1.1 holds 2 of this relay's 4 slots")
+    splice(relay, "34" * 16, other, source="10.1.1.2")
+    splice(relay, "56" * 16, at("10.1.1.3"), source="10.1.1.3")
+    splice(relay, "12" * 16, refused, source="10.1.1.3")
+    assert refused.value() == (b"ERROR busy this relay splices 4 transfers at once, its most; "
                                b"try again later\r\n") and refused.disconnecting
     # The waiting one's holder never comes: told so, and its slot is free.
     relay.clock.advance(WAIT)
@@ -341,11 +373,39 @@ def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
     assert relay.status()["splicing"] == 0 and relay.status()["refused"] == 1
 
 
+def test_a_relay_splices_for_members_at_their_own_address_and_closes_a_silent_splice():
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.relay import IDLE, Relay
+
+    relay = Relay(Clock())
+    stranger = StringTransport()
+    relay.splice_asked("ab" * 16, "d1/10.0.0.9/6001/x/1/1/" + "0" * 128, stranger, b"")
+    assert stranger.value().startswith(b"ERROR denied this relay cannot check tickets yet")
+    members_only(relay)
+    for forged in ("-", "d1/10.0.0.9/6001/10.0.0.9/1/99999999999/" + "0" * 128):
+        stranger = StringTransport()
+        relay.splice_asked("ab" * 16, forged, stranger, b"")
+        assert stranger.value().startswith(b"ERROR denied a ticket that does not hold")
+    elsewhere = StringTransport()
+    splice(relay, "ab" * 16, elsewhere, source="10.9.9.9")  # a member's ticket, shown from here
+    assert elsewhere.value() == b"ERROR denied a ticket made out to another address\r\n"
+    down, up = spliced_pair(relay)
+    relay.clock.advance(IDLE - 1)
+    up.protocol.dataReceived(b"more")  # bytes cross: its silence starts again
+    relay.clock.advance(IDLE - 1)
+    assert not down.disconnecting and not up.disconnecting
+    relay.clock.advance(1)
+    assert down.disconnected or down.disconnecting
+    down.protocol.connectionLost(None)
+    assert up.disconnecting and relay.status()["splicing"] == 0
+
+
 def test_a_relay_keeps_all_its_splices_within_its_rate():
     from p2pshare.relay import Relay
 
     clock = Clock()
-    relay = Relay(clock, rate=1000.0, slots=4)
+    relay = members_only(Relay(clock, rate=1000.0, slots=4))
     down, up = spliced_pair(relay)
     up.protocol.dataReceived(b"x" * 3000)  # 2000 bytes over a second's allowance
     assert up.producerState == "paused" and down.producerState == "paused"
@@ -367,7 +427,7 @@ def test_a_downloader_at_a_busy_relay_is_told_why_and_one_spliced_gets_the_bytes
 
     busy = _Splicing("ab" * 16, Factory.forProtocol(Got))
     busy.makeConnection(StringTransport())
-    assert busy.transport.value() == b"SPLICE " + b"ab" * 16 + b"\r\n"
+    assert busy.transport.value() == b"SPLICE " + b"ab" * 16 + b" -\r\n"
     failed = []
     busy.spliced.addErrback(failed.append)
     busy.dataReceived(b"ERROR busy this relay splices 1 transfer at once, its most; try again later\r\n")

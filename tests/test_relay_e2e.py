@@ -24,6 +24,7 @@ from p2pshare import relay as relay_module
 from p2pshare.admission import Secret
 from p2pshare.peer.http import SniffingFactory
 from p2pshare.peer.reversal import _Giver, _Splicing
+from p2pshare.tickets import TicketChecker, TicketSigner
 from p2pshare.tls import TLSServerEndpoint, network_tls
 
 
@@ -61,7 +62,10 @@ async def test_a_relay_in_a_private_network_copies_only_what_it_cannot_read(reac
     relay_module_half = relay_module._Half
     relay_module._Half = Spying  # the relay keeps what it copies
     try:
+        signer = TicketSigner()
         relay = relay_module.Relay(reactor)
+        relay.check = TicketChecker(signer.public).check  # members only
+        shown = signer.issue("d1", "127.0.0.1", 1, "127.0.0.1", False, reactor.seconds()).field()
         port = await TLSServerEndpoint(
             TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls, reactor
         ).listen(SniffingFactory(None, None, None, relay))
@@ -75,7 +79,7 @@ async def test_a_relay_in_a_private_network_copies_only_what_it_cannot_read(reac
         token = "ab" * 16
         # The downloader comes first and waits at the relay.
         reader = Reader()
-        splicing = _Splicing(token, Factory.forProtocol(lambda: reader), tls)
+        splicing = _Splicing(token, Factory.forProtocol(lambda: reader), tls, shown)
         await tls.client(TCP4ClientEndpoint(reactor, "127.0.0.1", where)).connect(
             Factory.forProtocol(lambda: splicing))
         # The holder dials the relay, says GIV, and serves.

@@ -27,13 +27,14 @@ from twisted.python.failure import Failure
 
 from p2pshare.disk import human_size
 
-SPLICE = re.compile(rb"SPLICE ([0-9a-f]{32,128})\r?")
+SPLICE = re.compile(rb"SPLICE ([0-9a-f]{32,128}) (\S{1,1000})\r?")  # TOKEN TICKET
 GIV = re.compile(rb"GIV ([0-9a-f]{32,128}) ([A-Za-z0-9_.@-]{1,64})\r?")
 SLOTS = 8  # pairs spliced at once (--relay-slots)
 WAIT = 15.0  # seconds a downloader's side waits for its holder
 MAX_EARLY = 64 * 1024  # bytes a side may send before it is spliced
 FIRST_LINE_TIMEOUT = 30  # seconds to finish a first line that may be SPLICE or GIV
-MAX_FIRST_LINE = 512  # bytes: such a line is shorter
+MAX_FIRST_LINE = 1100  # bytes: such a line is shorter
+IDLE = 30.0  # seconds a splice may carry nothing either way before it is closed
 
 
 def hand_over(transport: Any, proto: Any, buffered: bytes = b"") -> None:
@@ -54,10 +55,12 @@ class _Half(Protocol):
     One side of a splice: what it reads is written to the other side.
     """
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, source: str = "") -> None:
         self.relay = relay
+        self.source = source  # the address it came from
         self.other: _Half | None = None
         self.early = b""
+        self.idle: IDelayedCall | None = None  # the splice's silence timer (the downloader's half)
 
     def dataReceived(self, data: bytes) -> None:
         if self.other is None or self.other.transport is None:
@@ -67,6 +70,7 @@ class _Half(Protocol):
             return
         self.other.transport.write(data)
         self.relay.spent(len(data))
+        self.relay.heard(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.relay.ended(self)
@@ -90,16 +94,28 @@ class Relay:
         self._paused: IDelayedCall | None = None
         self.spliced = 0  # pairs spliced since start
         self.refused = 0  # SPLICEs refused at the cap
+        # Checks a SPLICE's ticket (TicketChecker.check): set by the role
+        # once it knows the metadata server's key.
+        self.check: Any = None
 
     def status(self) -> dict[str, object]:
         return {"splicing": len(self._pairs), "waiting": len(self._waiting),
                 "slots": self.slots, "rate": self.rate, "spliced": self.spliced,
                 "refused": self.refused}
 
-    def splice_asked(self, token: str, transport: Any, rest: bytes) -> None:
+    def splice_asked(self, token: str, ticket: str, transport: Any, rest: bytes) -> None:
         """
-        A downloader said C{SPLICE TOKEN}: it waits here for its holder.
+        A downloader said C{SPLICE TOKEN TICKET}: it waits here for its
+        holder, if its ticket is one the metadata server signed for the
+        address it comes from, and that address has not its share of the
+        slots already.
         """
+        source = str(getattr(transport.getPeer(), "host", ""))
+        why = self._refusal(ticket, source)
+        if why is not None:
+            transport.write(f"ERROR denied {why}\r\n".encode("ascii", "replace"))
+            transport.loseConnection()
+            return
         if len(self._pairs) + len(self._waiting) >= self.slots:
             self.refused += 1
             most = f"{self.slots} transfer{'' if self.slots == 1 else 's'} at once"
@@ -113,9 +129,30 @@ class Relay:
         if token in self._waiting:
             transport.abortConnection()
             return
-        half = _Half(self)
+        half = _Half(self, source)
         hand_over(transport, half, rest)
         self._waiting[token] = (half, self.clock.callLater(WAIT, self._expired, token))
+
+    def _refusal(self, ticket: str, source: str) -> str | None:
+        """
+        Why a SPLICE with C{ticket} from C{source} is refused, or L{None}.
+        """
+        if self.check is None:
+            return "this relay cannot check tickets yet; try again in a moment"
+        try:
+            shown = self.check(ticket, self.clock.seconds())
+        except Exception as e:
+            return f"a ticket that does not hold ({e})"
+        if shown.source != source:
+            return "a ticket made out to another address"
+        share = max(1, self.slots // 2)
+        held = sum(1 for half in self._downloaders() if half.source == source)
+        if held >= share:
+            return f"{source} holds {held} of this relay's {self.slots} slots, its share"
+        return None
+
+    def _downloaders(self) -> list[_Half]:
+        return [h for h, _ in self._waiting.values()] + [down for down, _ in self._pairs]
 
     def _expired(self, token: str) -> None:
         half, _ = self._waiting.pop(token)
@@ -138,6 +175,7 @@ class Relay:
         down.other, up.other = up, down
         self._pairs.add((down, up))
         self.spliced += 1
+        down.idle = self.clock.callLater(IDLE, self._silent, down)
         there: Any = down.transport
         back: Any = up.transport
         there.write(b"SPLICED\r\n")
@@ -151,6 +189,20 @@ class Relay:
         self.log.debug("splicing a transfer from {name}", name=name)
         return True
 
+    def heard(self, half: _Half) -> None:
+        """
+        Bytes crossed the splice of C{half}: its silence starts again.
+        """
+        down = half if half.idle is not None else half.other
+        if down is not None and down.idle is not None and down.idle.active():
+            down.idle.reset(IDLE)
+
+    def _silent(self, down: _Half) -> None:
+        down.idle = None
+        transport: Any = down.transport
+        if transport is not None:
+            transport.abortConnection()  # its pair goes with it (ended)
+
     def ended(self, half: _Half) -> None:
         """
         One side closed: the other goes too, and the slot is free.
@@ -161,6 +213,9 @@ class Relay:
                 timer.cancel()
         for pair in [p for p in self._pairs if half in p]:
             self._pairs.discard(pair)
+            silence = pair[0].idle
+            if silence is not None and silence.active():
+                silence.cancel()
             for side in pair:
                 if side is not half and side.transport is not None:
                     side.transport.loseConnection()
@@ -227,7 +282,8 @@ class _FirstLine(Protocol, TimeoutMixin):
         splice = SPLICE.fullmatch(line) if ours and newline else None
         giv = GIV.fullmatch(line) if ours and newline else None
         if splice is not None:
-            self.relay.splice_asked(splice.group(1).decode("ascii"), transport, rest)
+            token, ticket = (g.decode("ascii", "replace") for g in splice.groups())
+            self.relay.splice_asked(token, ticket, transport, rest)
         elif giv is not None:
             token, name = (g.decode("ascii") for g in giv.groups())
             if not self.relay.giv(token, name, transport, rest):

@@ -49,7 +49,7 @@ from p2pshare.startup import (
     prepare_data_dir,
     raise_fd_limit,
 )
-from p2pshare.tickets import TicketSigner
+from p2pshare.tickets import TicketChecker, TicketSigner
 from p2pshare.tls import (
     TLSConfigError,
     TLSServerEndpoint,
@@ -241,6 +241,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
     registrations: Any = MetaFactory(server)
     if options["relay"]:
         relay = Relay(reactor, options["relay-rate"], options["relay-slots"])
+        relay.check = TicketChecker(server.vouching.signer.public).check  # members only
         server.vouching.relaying = True
         registrations = RelayFirst(registrations, relay)
         log.info("p2pmeta {what}", what=relay.described())

@@ -253,6 +253,8 @@ class PeerNode(InOrder):
         self.site = make_site(self.files, clock)
         self.reversals = Reversals(self, self.site)
         self.relay = relay  # --relay: splices for peers that cannot reach each other
+        if relay is not None:
+            relay.check = self._checked_ticket
         # Our children, in the order they start (and stop, backwards, each
         # once the next has stopped): our port; the heartbeat; what we
         # share and fetch; the download queue; our presence in the network
@@ -489,6 +491,15 @@ class PeerNode(InOrder):
         if ticket.reachable != (was is not None and was.reachable):
             self.links.advertise()  # our free slots count only if others can reach us
         self.reach.consider()
+
+    def _checked_ticket(self, value: str, now: float) -> Ticket:
+        """
+        The ticket in C{value}, if the metadata server signed it and it
+        holds now (what a relay asks of a SPLICE).
+        """
+        if self.tickets is None:
+            raise TicketError("the metadata server's key is not known here yet")
+        return self.tickets.check(value, now)
 
     def meta_welcomed(self, proto: MetaClientProtocol, msg: Message) -> None:
         name, host, _ = msg.args

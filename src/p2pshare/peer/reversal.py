@@ -160,8 +160,11 @@ class _Splicing(Protocol):
     C{ERROR} (why not).
     """
 
-    def __init__(self, token: str, factory: IProtocolFactory, tls: Any = None) -> None:
+    def __init__(
+        self, token: str, factory: IProtocolFactory, tls: Any = None, ticket: str = "-"
+    ) -> None:
         self.token = token
+        self.ticket = ticket  # ours: the relay splices for members only
         self.wanted = factory  # not .factory: the one that builds this sets that
         self.tls = tls  # PeerTLS: TLS with the holder itself, inside the spliced stream
         self.buffer = b""
@@ -172,7 +175,8 @@ class _Splicing(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
-        self.transport.write(f"SPLICE {self.token}\r\n".encode("ascii"))  # type: ignore[union-attr]
+        line = f"SPLICE {self.token} {self.ticket}\r\n".encode("ascii")
+        self.transport.write(line)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -297,7 +301,8 @@ class Reversals:
 
     async def _splice(self, relay: Ticket, holder: str, factory: IProtocolFactory) -> Any:
         token = secrets.token_hex(16)
-        splicing = _Splicing(token, factory, self.tls)
+        ours = self.node.ticket
+        splicing = _Splicing(token, factory, self.tls, ours.field() if ours is not None else "-")
         self._remember(token)
         connecting = self.node.connect_out(relay.host, relay.port).connect(
             Factory.forProtocol(lambda: splicing)

@@ -25,6 +25,7 @@ from p2pshare.peer.download import fetch
 from p2pshare.peer.download.fetch import (
     PENDING_PIECES,
     Broke,
+    Busy,
     Deadline,
     Gone,
     IPieceSink,
@@ -35,7 +36,10 @@ from p2pshare.peer.download.fetch import (
 )
 from p2pshare.peer.download.holders import Source
 from p2pshare.peer.download.storing import Parts
+from p2pshare.peer.reversal import RelayBusy
 from p2pshare.pieces import from_bitfield
+
+RELAY_BUSY_WAIT = 5.0  # seconds before a holder behind a full relay is asked again
 
 
 class _RunReceiver(Protocol):
@@ -230,6 +234,8 @@ class AgentFetcher:
             if self._stopped:
                 raise
             raise Broke(f"no answer in {seconds(fetch.HEADER_TIMEOUT)} s") from None
+        except RelayBusy:
+            raise Busy(RELAY_BUSY_WAIT) from None  # the holder is not at fault: later
         except Exception as e:
             raise Broke(f"no response ({why_failed(e)})") from None
         finally:
