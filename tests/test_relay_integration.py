@@ -79,3 +79,35 @@ async def test_reversed_and_relayed_transfers_in_a_private_network(reactor, tmp_
             assert "p2pmeta relays for peers that cannot reach each other" in meta.output()
     finally:
         await net.stop_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_leaves_make_room_for_a_peer_others_can_reach(reactor, tmp_path):
+    """
+    The root's two slots are taken by peers nobody can reach (leaves, which
+    take no children): a reachable newcomer still joins, one leaf moves
+    below it, and the tree can go on growing.
+    """
+    from p2pshare.simnet import assert_tree
+    from p2pshare.topo import parse_topo
+
+    net = LocalNetwork(reactor, tmp_path / "net", timeout=60)
+    (tmp_path / "net").mkdir()
+    try:
+        meta = await net.start_meta(4)
+        await net.start_peer()
+        for host in ("127.0.0.254", "127.0.0.253"):
+            _, leaf = await net.start_peer("--advertise", host)
+            await leaf.wait_for("cannot reach this peer", 60)
+        await meta.wait_for("topology settled: 3 peers", 60)
+        _, newcomer = await net.start_peer()  # waits until it has joined
+        assert "ready on port" in newcomer.output()
+        await meta.wait_for("topology settled: 4 peers", 60)
+        topo = run(*P2P, "topo", "--data-dir", str(net.meta_dir))
+        views = {e.name: e.neighbours for e in parse_topo(topo.stdout)}
+        assert_tree(views, {n: 2 for n in views})
+        name = next(line.split(" ready on port ")[0].rsplit("peer ", 1)[1]
+                    for line in newcomer.lines if " ready on port " in line)
+        assert len(views[name]) == 2, views  # its parent, and the leaf that moved
+    finally:
+        await net.stop_all()

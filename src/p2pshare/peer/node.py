@@ -661,6 +661,9 @@ class PeerNode(InOrder):
             proto.sendError(wire.E_NAME_TAKEN, f"{name} is already here")
             proto.close()
             return
+        target = None if self.links.has_room() else self.links.referral({name, msg.options.get("via")})
+        if target is None and not self.links.has_room() and ticket.reachable:
+            self._make_room_for(name)
         if self.links.has_room():
             proto.send(
                 "ACCEPT", self.peer_name, beat=self.links.beat_ms(),
@@ -670,7 +673,6 @@ class PeerNode(InOrder):
                            reachable=ticket.reachable)
             self.log.info("peer {name} accepted {newcomer}", name=self.peer_name, newcomer=name)
             return
-        target = self.links.referral({name, msg.options.get("via")})
         if target is None:
             proto.sendError(wire.E_FULL, "this peer is full and has nobody to refer you to")
         else:
@@ -682,6 +684,27 @@ class PeerNode(InOrder):
             )
             proto.send("REFER", target.name, target.host, target.port)
         proto.close()
+
+    def _make_room_for(self, newcomer: str) -> None:
+        """
+        We are full, nobody behind us has room, and C{newcomer} can be
+        reached: a child nobody can reach (a leaf) makes room for it and
+        finds a new place (below the newcomer, which has room), so that
+        leaves never stop the tree of reachable peers from growing.
+        """
+        if self.ticket is not None and not self.ticket.reachable:
+            return
+        leaf = next((n for n in self.neighbours.values()
+                     if not n.reachable and n.name != self.uplink), None)
+        if leaf is None:
+            return
+        self.log.info("peer {name} makes room for {newcomer}, which others can reach: its leaf "
+                      "{leaf} finds a new place", name=self.peer_name, newcomer=newcomer,
+                      leaf=leaf.name)
+        self.links.remove(leaf.name, leaf.proto)
+        self.search.link_lost(leaf.name)
+        leaf.proto.close()
+        self._report()
 
     def _admit(
         self, proto: PeerProtocol, name: str, port: int, shown: str | None
