@@ -1129,6 +1129,11 @@ def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             args.port = listen_description(args.port)
             if args.upload_rate is not None:
                 parse_rate(args.upload_rate)
+            if args.relay_rate is not None:
+                try:
+                    parse_rate(args.relay_rate)
+                except ValueError as e:
+                    raise ValueError(f"--relay-rate: {e}") from None
             if args.manhole is not None:
                 listen_description(args.manhole, "--manhole")
             if args.ui is not None and args.ui != "off":
@@ -1146,6 +1151,8 @@ def _check_values(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--max-neighbours is from 1 to {wire.NEIGHBOURS_MAX}")
     if args.max_uploads is not None and not 1 <= args.max_uploads <= 10000:
         p.error("--max-uploads is from 1 to 10000")
+    if args.relay_slots is not None and not 1 <= args.relay_slots <= 1000:
+        p.error("--relay-slots is from 1 to 1000")
     if args.heartbeat is not None and not wire.BEAT_MIN <= args.heartbeat <= wire.BEAT_MAX:
         p.error(f"--heartbeat is from {wire.BEAT_MIN} to {wire.BEAT_MAX:.0f} seconds")
     if args.name is not None and not wire.is_name(args.name):

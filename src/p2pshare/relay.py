@@ -26,6 +26,7 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 
 from p2pshare.disk import human_size
+from p2pshare.options import parse_rate
 
 SPLICE = re.compile(rb"SPLICE ([0-9a-f]{32,128}) (\S{1,1000})\r?")  # TOKEN TICKET
 GIV = re.compile(rb"GIV ([0-9a-f]{32,128}) ([A-Za-z0-9_.@-]{1,64})\r?")
@@ -35,6 +36,29 @@ MAX_EARLY = 64 * 1024  # bytes a side may send before it is spliced
 FIRST_LINE_TIMEOUT = 30  # seconds to finish a first line that may be SPLICE or GIV
 MAX_FIRST_LINE = 1100  # bytes: such a line is shorter
 IDLE = 30.0  # seconds a splice may carry nothing either way before it is closed
+
+
+# The options of both roles' --relay (twistd's optParameters).
+RELAY_OPTIONS = [
+    ["relay-rate", None, None,
+     "With --relay: cap on all splices together, bytes/s (K, M, G suffixes)."],
+    ["relay-slots", None, SLOTS, "With --relay: transfers spliced at once.", int],
+]
+
+
+def relay_settings(options: Any) -> None:
+    """
+    Check C{options}' relay values in place (the rate parsed).
+
+    @raise ValueError: one sentence.
+    """
+    if options["relay-rate"] is not None:
+        try:
+            options["relay-rate"] = parse_rate(options["relay-rate"])
+        except ValueError as e:
+            raise ValueError(f"--relay-rate: {e}") from None
+    if not 1 <= options["relay-slots"] <= 1000:
+        raise ValueError("--relay-slots is from 1 to 1000")
 
 
 def hand_over(transport: Any, proto: Any, buffered: bytes = b"") -> None:

@@ -36,8 +36,8 @@ from p2pshare.meta.server import (
     MetaServer,
 )
 from p2pshare.meta.web import make_site
-from p2pshare.options import loopback_by_default, parse_rate
-from p2pshare.relay import SLOTS, Relay, RelayFirst
+from p2pshare.options import loopback_by_default
+from p2pshare.relay import RELAY_OPTIONS, Relay, RelayFirst, relay_settings
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,
@@ -81,9 +81,7 @@ class Options(RoleOptions):
         ["max-peers", None, MAX_PEERS, "Most peers registered at once (sizes the connection limits).", int],
         ["max-per-address", None, MAX_PER_ADDRESS,
          "Most of them from one source address (peers behind one NAT share one).", int],
-        ["relay-rate", None, None,
-         "With --relay: cap on all splices together, bytes/s (K, M, G suffixes)."],
-        ["relay-slots", None, SLOTS, "With --relay: transfers spliced at once.", int],
+        *RELAY_OPTIONS,
         ["flush-interval", None, FLUSH_INTERVAL,
          "Seconds: topo.txt, NumberOfServers.txt and the registry lag the network by at most this.",
          float],
@@ -107,13 +105,10 @@ class Options(RoleOptions):
             raise usage.UsageError("--max-per-address is at least 1")
         if not 0 <= self["flush-interval"] <= 60:
             raise usage.UsageError("--flush-interval is from 0 to 60 seconds")
-        if self["relay-rate"] is not None:
-            try:
-                self["relay-rate"] = parse_rate(self["relay-rate"])
-            except ValueError as e:
-                raise usage.UsageError(f"--relay-rate: {e}") from None
-        if not 1 <= self["relay-slots"] <= 1000:
-            raise usage.UsageError("--relay-slots is from 1 to 1000")
+        try:
+            relay_settings(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         self["port"] = server_endpoint_string(self["port"])
         if self["announce"]:
             if self["port"].split(":", 1)[0] not in ("tcp", "tcp6", "mtls"):

@@ -41,7 +41,7 @@ from p2pshare.peer.share import SETTLE_TIME
 from p2pshare.peer.ui.api import Api
 from p2pshare.peer.ui.guard import Guard
 from p2pshare.peer.ui.site import Page, UIService
-from p2pshare.relay import SLOTS, Relay
+from p2pshare.relay import RELAY_OPTIONS, Relay, relay_settings
 from p2pshare.startup import (
     FD_CEILING,
     RoleOptions,
@@ -89,9 +89,7 @@ class Options(RoleOptions):
         ["secret-file", None, None, "The network secret: admit only peers that hold it."],
         ["max-uploads", None, 16, "Files served at once; more requests get 503.", int],
         ["upload-rate", None, None, "Cap on all uploads together, bytes/s (K, M, G suffixes)."],
-        ["relay-rate", None, None,
-         "With --relay: cap on all splices together, bytes/s (K, M, G suffixes)."],
-        ["relay-slots", None, SLOTS, "With --relay: transfers spliced at once.", int],
+        *RELAY_OPTIONS,
         ["ui", None, "tcp:0:interface=127.0.0.1",
          "The web page for people (loopback unless an interface is given), or off."],
     ]
@@ -125,13 +123,10 @@ class Options(RoleOptions):
                 raise usage.UsageError(f"--upload-rate: {e}") from None
         if self["advertise"] is not None and wire.HOST(self["advertise"]) is not None:
             raise usage.UsageError("--advertise is a host name or an IP address")
-        if self["relay-rate"] is not None:
-            try:
-                self["relay-rate"] = parse_rate(self["relay-rate"])
-            except ValueError as e:
-                raise usage.UsageError(f"--relay-rate: {e}") from None
-        if not 1 <= self["relay-slots"] <= 1000:
-            raise usage.UsageError("--relay-slots is from 1 to 1000")
+        try:
+            relay_settings(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         try:
             self["port"] = server_endpoint_string(self["port"])
             self["meta"] = client_endpoint_string(self["meta"])
