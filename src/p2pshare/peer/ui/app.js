@@ -202,6 +202,7 @@ function treeList(node, prefix) {
 // ---- downloads ----
 
 let downloads = [];
+let routes = new Map();  // download name -> direct, reversed or relayed
 const rows = new Map();  // id -> {tr, key}: rows are updated in place, so a
                          // selection or a button under the mouse survives
 
@@ -276,7 +277,9 @@ function downloadRow(d) {
   rate.textContent = running ? human(d.rate) + "/s" : "";
   left.textContent = running && d.rate > 0 && d.total > d.done
     ? duration((d.total - d.done) / d.rate) : "";
-  holders.textContent = running ? String(d.holders) : "";
+  const route = routes.get(d.name);
+  holders.textContent = !running ? "" :
+    String(d.holders) + (route && route !== "direct" ? ` (${route})` : "");
   return tr;
 }
 
@@ -319,6 +322,9 @@ function showStatus(s) {
   $("settling").textContent = `${s.settling} file${s.settling === 1 ? " is" : "s are"} ` +
     "still being written: shared once they stop changing.";
   const ups = (s.transfers || []).filter(t => t.direction === "up");
+  // How each running download reaches its holders (shown beside their count).
+  routes = new Map((s.transfers || []).filter(t => t.direction === "down")
+    .map(t => [t.name, t.path]));
   $("uploads").hidden = ups.length === 0;
   $("uploads-empty").hidden = ups.length > 0;
   $("uploads").tBodies[0].replaceChildren(...ups.map(t => {
