@@ -481,8 +481,9 @@ class PeerNode(InOrder):
             self.log.warn(
                 "peer {name}: the metadata server cannot reach this peer at {host}:{port}; "
                 "it joins as a leaf and no newcomer is sent here (--advertise names the "
-                "address others should use)", name=self.peer_name, host=ticket.host,
+                "address others should use){relay}", name=self.peer_name, host=ticket.host,
                 port=ticket.port,
+                relay="; nobody is sent to its relay either" if self.relay is not None else "",
             )
         if ticket.reachable and was is not None and not was.reachable:
             self.log.info("peer {name}: the metadata server reaches this peer at {host}:{port} "

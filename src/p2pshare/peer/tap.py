@@ -306,6 +306,8 @@ def _assemble(options: Options, reactor: Any) -> IService:
         mapping=mapping,
         relay=Relay(reactor, options["relay-rate"], options["relay-slots"]) if options["relay"] else None,
     )
+    if node.relay is not None:
+        log.info("p2ppeer {what}", what=node.relay.described())
     endpoints.reversed = node.reversals.endpoint
     node.reversals.tls = tls
     log.info("p2ppeer: {admission}", admission=describe(options["secret"], options["secret-file"]))
