@@ -152,3 +152,46 @@ def test_masquerade_reaches_out_nothing_reaches_in_but_a_upnp_mapping(
     finally:
         for listener in listeners:
             listener.stop()
+
+
+NATPMP = """
+import sys
+from p2pshare.peer.mapping import MappingError, NATPMPGateway
+gateway = NATPMPGateway()
+print("opened", *gateway.open(5003, 120, "nat bed test"), flush=True)
+sys.stdin.readline()
+gateway.close(5003)
+print("closed", flush=True)
+try:
+    NATPMPGateway("10.1.0.77", first_wait=0.05).open(5004, 60, "nobody there")
+except MappingError as e:
+    print("nobody:", e)
+"""
+
+
+def test_the_peers_nat_pmp_client_maps_a_port_through_a_real_gateway(
+        nat_bed: NatBed) -> None:  # noqa: F811 (the fixture imported above)
+    """
+    p2pshare's own NAT-PMP client (peer/mapping.py), from the host behind
+    router A, against miniupnpd's NAT-PMP: it finds the default router,
+    learns the public address, maps the port (the router's table shows
+    it) and removes it; a router that does not answer is said so.
+    """
+    bed = nat_bed
+    proc = subprocess.Popen([*bed.exec_prefix(bed.ha), PY, "-c", NATPMP], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready
+        assert proc.stdout.readline() == f"opened {bed.a_public} this host\n"
+        assert "dpt:5003" in bed.mappings()
+        out, err = proc.communicate("\n", timeout=60)
+        assert proc.returncode == 0, err
+        assert out.startswith("closed\n"), out
+        assert "nobody: the gateway 10.1.0.77 did not answer by NAT-PMP" in out
+        assert "dpt:5003" not in bed.mappings()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=15)

@@ -441,3 +441,34 @@ def test_a_downloader_at_a_busy_relay_is_told_why_and_one_spliced_gets_the_bytes
     good.dataReceived(b"SPLI")
     good.dataReceived(b"CED\r\nHTTP/1.1 200 OK\r\n")
     assert got[0].data == b"HTTP/1.1 200 OK\r\n"
+
+
+def test_the_default_router_is_read_from_the_kernels_table(tmp_path):
+    from p2pshare.peer.mapping import default_gateway
+
+    table = tmp_path / "route"
+    table.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "eth0\t0000010A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
+        "eth0\t00000000\t0100010A\t0003\t0\t0\t0\t00000000\n"
+    )
+    assert default_gateway(str(table)) == "10.1.0.1"
+    table.write_text("Iface\tDestination\tGateway \tFlags\n")
+    assert default_gateway(str(table)) is None
+    assert default_gateway(str(tmp_path / "none")) is None
+
+
+def test_either_gateway_keeps_to_the_one_that_mapped():
+    from p2pshare.peer.mapping import EitherGateway
+
+    refusing, mapping = ScriptedGateway(), ScriptedGateway()
+    refusing.refuse = "no UPnP gateway answered on this LAN"
+    either = EitherGateway(refusing, mapping)
+    assert either.open(5001, 60, "x") == ("11.0.0.21", "10.1.0.2")
+    either.open(5001, 60, "x")  # renewed where it was made
+    either.close(5001)
+    assert refusing.calls == [("open", 5001, 60)]
+    assert mapping.calls == [("open", 5001, 60), ("open", 5001, 60), ("close", 5001)]
+    both = EitherGateway(refusing, refusing)
+    with pytest.raises(MappingError, match="no UPnP gateway answered on this LAN; no UPnP"):
+        both.open(5001, 60, "x")

@@ -101,6 +101,112 @@ class UPnPGateway:
             self._upnp.deleteportmapping(port, "TCP")
 
 
+NATPMP_PORT = 5351
+NATPMP_TRIES = 4  # RFC 6886 waits 250 ms, then twice as long each time: 3.75 s in all
+NATPMP_RESULTS = {1: "it does not speak NAT-PMP version 0", 2: "it is not allowed to",
+                  3: "its own network is down", 4: "it has no mappings left",
+                  5: "it does not map ports"}
+
+
+class NATPMPGateway:
+    """
+    The default router, asked by NAT-PMP (RFC 6886; what PCP gateways
+    also answer): a request and its answer are one UDP datagram each.
+    Written here because the NAT-PMP package needs C{netifaces}, which
+    has no wheels and no maintainer.
+    """
+
+    def __init__(self, gateway: str | None = None, first_wait: float = 0.25) -> None:
+        self.gateway = gateway
+        self.first_wait = first_wait
+        self.public: str | None = None
+
+    def _ask(self, request: bytes, opcode: int, size: int) -> bytes:
+        import socket
+
+        gateway = self.gateway or default_gateway()
+        if gateway is None:
+            raise MappingError("no default route: no gateway to ask by NAT-PMP")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((gateway, NATPMP_PORT))
+            wait = self.first_wait
+            for _ in range(NATPMP_TRIES):
+                s.send(request)
+                s.settimeout(wait)
+                try:
+                    while True:
+                        answer = s.recv(64)
+                        if len(answer) >= size and answer[0] == 0 and answer[1] == 128 + opcode:
+                            break
+                except (TimeoutError, ConnectionRefusedError):
+                    wait *= 2
+                    continue
+                result = int.from_bytes(answer[2:4], "big")
+                if result:
+                    why = NATPMP_RESULTS.get(result, f"result {result}")
+                    raise MappingError(f"the gateway {gateway} refused by NAT-PMP: {why}")
+                return answer
+        raise MappingError(f"the gateway {gateway} did not answer by NAT-PMP")
+
+    def open(self, port: int, lease: int, description: str) -> tuple[str, str]:
+        if self.public is None:
+            answer = self._ask(bytes([0, 0]), 0, 12)
+            self.public = ".".join(str(b) for b in answer[8:12])
+        request = bytes([0, 2, 0, 0]) + port.to_bytes(2, "big") * 2 + lease.to_bytes(4, "big")
+        answer = self._ask(request, 2, 16)
+        mapped = int.from_bytes(answer[10:12], "big")
+        if mapped != port:
+            self.close(port)
+            raise MappingError(f"the gateway offered port {mapped} instead of {port} by NAT-PMP")
+        return self.public, "this host"
+
+    def close(self, port: int) -> None:
+        self._ask(bytes([0, 2, 0, 0]) + port.to_bytes(2, "big") + bytes(6), 2, 16)
+
+
+def default_gateway(routes: str = "/proc/net/route") -> str | None:
+    """
+    The IPv4 default router, from the kernel's routing table (Linux).
+    """
+    try:
+        with open(routes, encoding="ascii") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == "00000000" and int(fields[3], 16) & 2:
+            return ".".join(str(b) for b in reversed(bytes.fromhex(fields[2])))
+    return None
+
+
+class EitherGateway:
+    """
+    UPnP IGD first, then NAT-PMP: whichever maps the port is the one
+    renewed and asked to remove it.
+    """
+
+    def __init__(self, *gateways: Gateway) -> None:
+        self.gateways = gateways
+        self.used: Gateway | None = None
+
+    def open(self, port: int, lease: int, description: str) -> tuple[str, str]:
+        problems = []
+        for gateway in ([self.used] if self.used is not None else list(self.gateways)):
+            try:
+                found = gateway.open(port, lease, description)
+            except MappingError as e:
+                problems.append(str(e))
+                continue
+            self.used = gateway
+            return found
+        raise MappingError("; ".join(problems))
+
+    def close(self, port: int) -> None:
+        if self.used is not None:
+            self.used.close(port)
+
+
 def is_private(host: str | None) -> bool:
     """
     Is C{host} an address of a private network (one a gateway may map

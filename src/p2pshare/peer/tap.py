@@ -34,7 +34,7 @@ from p2pshare.options import parse_rate
 from p2pshare.peer.control import ControlFactory, control_token
 from p2pshare.peer.download.storing import return_buffers_to_the_system
 from p2pshare.peer.identity import Identity
-from p2pshare.peer.mapping import PortMapping, UPnPGateway
+from p2pshare.peer.mapping import EitherGateway, NATPMPGateway, PortMapping, UPnPGateway
 from p2pshare.peer.node import PeerNode, PeerSettings
 from p2pshare.peer.reversal import holder_of
 from p2pshare.peer.share import SETTLE_TIME
@@ -271,7 +271,7 @@ def _assemble(options: Options, reactor: Any) -> IService:
     endpoints = _Endpoints(reactor, tls)
     mapping = None
     if not options["no-port-mapping"]:
-        mapping = PortMapping(reactor, deferToThread, UPnPGateway())
+        mapping = PortMapping(reactor, deferToThread, EitherGateway(UPnPGateway(), NATPMPGateway()))
     node = PeerNode(
         clock=reactor,
         listen=listen,
