@@ -340,7 +340,7 @@ def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
 
     relay = members_only(Relay(Clock(), slots=4))
     down, up = spliced_pair(relay)
-    assert down.value() == b"SPLICED\r\n"
+    assert down.value() == b"SPLICED 192.168.1.1\r\n"  # where the holder came from
     down.protocol.dataReceived(b"GET /files/x HTTP/1.1\r\n\r\n")
     assert up.value() == b"GET /files/x HTTP/1.1\r\n\r\n"
     up.protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
@@ -472,3 +472,37 @@ def test_either_gateway_keeps_to_the_one_that_mapped():
     both = EitherGateway(refusing, refusing)
     with pytest.raises(MappingError, match="no UPnP gateway answered on this LAN; no UPnP"):
         both.open(5001, 60, "x")
+
+
+def test_a_giv_or_a_splice_from_somewhere_else_than_the_holder_is_refused():
+    """
+    Every member sees a PUSH's token go by: a reversed connection counts
+    only from the address the holder registered from (or our own LAN),
+    and a relay's SPLICED says where its holder came from.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.peer.http import Sniffer
+    from p2pshare.peer.reversal import Reversals, _Splicing
+
+    node = FakeNode("d1")
+    reversals = Reversals(node, site=None)
+    reversals.holder_at("h1", "11.0.0.22")
+    asked = reversals.ask("h1", Factory.forProtocol(Protocol))
+    [(msg, _)] = node.flooded
+    token = msg.args[1]
+    for source, taken in (("11.0.0.66", False), ("11.0.0.22", True)):
+        giv = StringTransport(peerAddress=IPv4Address("TCP", source, 40000))
+        sniffer = Sniffer(None, None, reversals)
+        sniffer.makeConnection(giv)
+        sniffer.dataReceived(f"GIV {token} h1\r\n".encode())
+        assert asked.called is taken and giv.disconnecting is not taken
+    spliced = _Splicing("ab" * 16, Factory.forProtocol(Protocol),
+                        from_holder=lambda source: reversals.from_holder("h1", source))
+    spliced.makeConnection(StringTransport())
+    failed = []
+    spliced.spliced.addErrback(failed.append)
+    spliced.dataReceived(b"SPLICED 11.0.0.66\r\n")
+    assert "not where the holder is" in failed[0].getErrorMessage()

@@ -202,7 +202,9 @@ class Relay:
         down.idle = self.clock.callLater(IDLE, self._silent, down)
         there: Any = down.transport
         back: Any = up.transport
-        there.write(b"SPLICED\r\n")
+        # Where the holder came from: the downloader checks it is the
+        # holder's own address (every member sees a PUSH's token go by).
+        there.write(f"SPLICED {getattr(back.getPeer(), 'host', '-')}\r\n".encode("ascii"))
         # Each side reads only as fast as the other takes its bytes.
         there.registerProducer(back, True)
         back.registerProducer(there, True)

@@ -277,13 +277,14 @@ class MetaServer(MultiService):
 
     def whois(self, names: list[str]) -> list[tuple[str, str, int]]:
         """
-        Those of C{names} that are live peers, with where they listen: port
-        0 for one this server could not reach there (it is dialled by
-        nobody; files reach it by reversed connections).
+        Those of C{names} that are live peers, with where they listen; for
+        one this server could not reach there, the address it registered
+        from and port 0 (it is dialled by nobody; its reversed connections
+        come from there).
         """
         found = [self.peers.live(name) for name in names]
         return [
-            (p.name, p.record.host, p.record.port if p.reachable else 0)
+            (p.name, p.record.host, p.record.port) if p.reachable else (p.name, p.source, 0)
             for p in found if p is not None and p.reachable is not None
         ]
 

@@ -803,8 +803,11 @@ class PeerNode(InOrder):
         if self.share is None or self.peer_name is None or self.port is None:
             return []
         host = self.host or "127.0.0.1"
-        # Port 0: nobody can dial us; downloaders ask us to connect out.
-        port = 0 if self.ticket is not None and not self.ticket.reachable else self.port
+        port = self.port
+        if self.ticket is not None and not self.ticket.reachable:
+            # Nobody can dial us: port 0, and the address we registered
+            # from, where our reversed connections come from.
+            host, port = self.ticket.source, 0
         whole = [
             Match(f.name, f.size, f.sha256, self.peer_name, host, port, hops, f.root)
             for f in self.share.search(pattern, exact)
@@ -900,11 +903,23 @@ class PeerNode(InOrder):
             # each download tries a bounded number of addresses.
             if self._told_away.due("meta", self.clock.seconds()):
                 self.log.info("search results are not checked for now: {why}", why=_why_not(e))
+            self._unreachable_holders([m for m in matches if not self.reversals.knows(m.holder)])
             return matches
-        return [
+        vouched = [
             m for m in matches
             if m.holder == self.peer_name or known.get(m.holder) == (m.host, m.port)
         ]
+        self._unreachable_holders(vouched)
+        return vouched
+
+    def _unreachable_holders(self, matches: list[Match]) -> None:
+        """
+        Where the holders among C{matches} that nobody can dial registered
+        from: their reversed connections must come from there.
+        """
+        for m in matches:
+            if m.port == 0:
+                self.reversals.holder_at(m.holder, m.host)
 
     # What the control channel shows.
 

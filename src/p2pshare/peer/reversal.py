@@ -18,6 +18,7 @@ the agent's endpoint factory sends those here (L{holder_of}).
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from zope.interface import implementer
 from p2pshare import wire
 from p2pshare.common import OncePerMinute
 from p2pshare.peer.download.fetch import why_failed
+from p2pshare.peer.mapping import is_private
 from p2pshare.relay import hand_over
 from p2pshare.tickets import Ticket, TicketError
 
@@ -161,8 +163,10 @@ class _Splicing(Protocol):
     """
 
     def __init__(
-        self, token: str, factory: IProtocolFactory, tls: Any = None, ticket: str = "-"
+        self, token: str, factory: IProtocolFactory, tls: Any = None, ticket: str = "-",
+        from_holder: Callable[[str], bool] = lambda source: True,
     ) -> None:
+        self.from_holder = from_holder  # is this where the holder is?
         self.token = token
         self.ticket = ticket  # ours: the relay splices for members only
         self.wanted = factory  # not .factory: the one that builds this sets that
@@ -185,7 +189,15 @@ class _Splicing(Protocol):
             if len(self.buffer) > wire.MAX_LINE:
                 self._abort()
             return
-        if line.rstrip(b"\r") == b"SPLICED":
+        said = line.rstrip(b"\r").split(b" ")
+        if said[0] == b"SPLICED" and len(said) <= 2:
+            source = said[1].decode("ascii", "replace") if len(said) == 2 else ""
+            if not self.from_holder(source):
+                self._abort()
+                self.spliced.errback(NoWay(
+                    f"the relay spliced a holder at {source}, not where the holder is (a member "
+                    "answering another's push)"))
+                return
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             if self.tls is None:
                 proto = self.wanted.buildProtocol(peer)
@@ -224,6 +236,7 @@ class Reversals:
         # Downloads waiting for a holder to connect: token -> (holder, factory, fired).
         self._waiting: dict[str, tuple[str, IProtocolFactory, Deferred[Any]]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._hosts: OrderedDict[str, str] = OrderedDict()  # holder -> where it registered from
         self._giving = 0
         self._told = OncePerMinute()  # what was logged of dropped pushes
         # The network's TLS (PeerTLS), when it has one: a relayed connection
@@ -302,7 +315,8 @@ class Reversals:
     async def _splice(self, relay: Ticket, holder: str, factory: IProtocolFactory) -> Any:
         token = secrets.token_hex(16)
         ours = self.node.ticket
-        splicing = _Splicing(token, factory, self.tls, ours.field() if ours is not None else "-")
+        splicing = _Splicing(token, factory, self.tls, ours.field() if ours is not None else "-",
+                             lambda source: self.from_holder(holder, source))
         self._remember(token)
         connecting = self.node.connect_out(relay.host, relay.port).connect(
             Factory.forProtocol(lambda: splicing)
@@ -322,10 +336,17 @@ class Reversals:
     def arrived(self, token: str, name: str, transport: Any, buffered: bytes) -> bool:
         """
         A connection opened with C{GIV TOKEN NAME}: the holder we asked,
-        if a download waits for that token from that holder.
+        if a download waits for that token from that holder, and it comes
+        from where the holder is (every member sees the token go by).
         """
         waiting = self._waiting.get(token)
         if waiting is None or waiting[0] != name:
+            return False
+        if not self.from_holder(name, str(getattr(transport.getPeer(), "host", ""))):
+            if self._told.due("giv", self.clock.seconds()):
+                self.log.warn("a GIV for {name} came from {source}, not from where {name} is: "
+                              "refused (a member answering another's push)", name=name,
+                              source=transport.getPeer().host)
             return False
         del self._waiting[token]
         _, factory, fired = waiting
@@ -333,6 +354,26 @@ class Reversals:
         hand_over(transport, proto, buffered)
         fired.callback(proto)
         return True
+
+    def holder_at(self, name: str, host: str) -> None:
+        """
+        The metadata server says C{name} (which nobody can dial) registered
+        from C{host}: its reversed connections come from there.
+        """
+        self._hosts[name] = host
+        self._hosts.move_to_end(name)
+        if len(self._hosts) > SEEN:
+            self._hosts.popitem(last=False)
+
+    def knows(self, name: str) -> bool:
+        return name in self._hosts
+
+    def from_holder(self, name: str, source: str) -> bool:
+        """
+        Is C{source} where C{name}'s connections may come from: the address
+        it registered from, or (a holder on our own LAN) a private one?
+        """
+        return _same_host(source, self._hosts.get(name)) or is_private(source)
 
     # Passing pushes on, and the holder's side.
 
@@ -396,3 +437,18 @@ class Reversals:
                           why=f.getErrorMessage())
 
         connecting.addErrback(failed)
+
+
+def _same_host(one: str, other: str | None) -> bool:
+    """
+    Are C{one} and C{other} the same IP address, however written?
+    """
+    if other is None:
+        return False
+    try:
+        a, b = ipaddress.ip_address(one), ipaddress.ip_address(other)
+    except ValueError:
+        return one == other
+    a = getattr(a, "ipv4_mapped", None) or a
+    b = getattr(b, "ipv4_mapped", None) or b
+    return a == b
