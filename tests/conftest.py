@@ -161,6 +161,7 @@ LONG = (
     "tests/test_flood_integration.py::",
     "tests/test_swarm_integration.py::test_peers_fetching_one_file",
     "tests/test_ui_browser.py::",
+    "tests/test_nat_integration.py::",
 )
 
 
