@@ -506,3 +506,26 @@ def test_a_giv_or_a_splice_from_somewhere_else_than_the_holder_is_refused():
     spliced.spliced.addErrback(failed.append)
     spliced.dataReceived(b"SPLICED 11.0.0.66\r\n")
     assert "not where the holder is" in failed[0].getErrorMessage()
+
+
+def test_a_full_relay_met_during_a_run_is_a_busy_holder_and_the_user_is_told():
+    from twisted.internet.defer import Deferred, fail
+
+    from p2pshare.peer.download.agent import RELAY_BUSY_WAIT, AgentFetcher
+    from p2pshare.peer.download.holders import Source, judge
+    from p2pshare.peer.download.outcomes import Busy
+    from p2pshare.peer.reversal import RelayBusy
+
+    sentence = "the relay P at 11.0.0.10:5001: this relay splices 1 transfer at once, its most"
+
+    class Agent:
+        def request(self, method, url, headers=None):
+            return fail(RelayBusy(sentence))
+
+    failed = []
+    asked = AgentFetcher(Agent(), Clock())._head(b"http://x.reversed.invalid:0/files/a")
+    Deferred.fromCoroutine(asked).addErrback(failed.append)
+    busy = failed[0].value
+    assert isinstance(busy, Busy) and busy.retry_after == RELAY_BUSY_WAIT and busy.why == sentence
+    verdict = judge(Source("B", lambda: b""), busy, trusted=True)
+    assert (verdict.input, verdict.wait, verdict.why) == ("busy", RELAY_BUSY_WAIT, sentence)

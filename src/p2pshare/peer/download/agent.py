@@ -234,8 +234,8 @@ class AgentFetcher:
             if self._stopped:
                 raise
             raise Broke(f"no answer in {seconds(fetch.HEADER_TIMEOUT)} s") from None
-        except RelayBusy:
-            raise Busy(RELAY_BUSY_WAIT) from None  # the holder is not at fault: later
+        except RelayBusy as e:
+            raise Busy(RELAY_BUSY_WAIT, str(e)) from None  # the holder is not at fault: later
         except Exception as e:
             raise Broke(f"no response ({why_failed(e)})") from None
         finally:

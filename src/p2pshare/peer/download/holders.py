@@ -188,7 +188,7 @@ def judge(holder: Source, outcome: Exception | None, trusted: bool) -> Verdict:
         holder.busy += 1
         if holder.busy > BUSY_TRIES:
             return Verdict("drop", problem="stayed busy")
-        return Verdict("busy", wait=outcome.retry_after)
+        return Verdict("busy", wait=outcome.retry_after, why=outcome.why)
     if isinstance(outcome, Broke):
         if not trusted:
             # It has sent nothing that verified: one failure and it is

@@ -22,9 +22,10 @@ class Busy(Exception):
     The holder answered 503: it may serve later, after C{retry_after} s.
     """
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"busy; retry after {retry_after:.0f} s")
+    def __init__(self, retry_after: float, why: str = "") -> None:
+        super().__init__(why or f"busy; retry after {retry_after:.0f} s")
         self.retry_after = retry_after
+        self.why = why  # what the user is told (a relay at its cap), if anything
 
 
 class NotYet(Exception):

@@ -288,6 +288,9 @@ class Swarm:
             if verdict.input == "again":
                 source.asked_has = float("-inf")  # ask it again what it has
             elif verdict.input in ("busy", "backoff"):
+                told = f"{source.name}: {verdict.why}; waited and asked again"
+                if verdict.input == "busy" and verdict.why and told not in self.notes:
+                    self.notes.append(told)  # a relay at its cap: said once, at the end
                 if verdict.input == "backoff":
                     self.log.info(
                         "{holder} broke off sending {name} ({why}); trying it again soon",
