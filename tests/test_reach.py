@@ -357,7 +357,7 @@ def test_a_relay_splices_two_connections_by_token_and_refuses_past_its_cap():
     waiting, over, other, refused = StringTransport(), StringTransport(), at("10.1.1.2"), at("10.1.1.3")
     splice(relay, "ef" * 16, waiting)
     splice(relay, "99" * 16, over)
-    assert over.value().startswith(b"ERROR denied 192.168.1.1 holds 2 of this relay's 4 slots")
+    assert over.value().startswith(b"ERROR busy 192.168.1.1 holds 2 of this relay's 4 slots")
     splice(relay, "34" * 16, other, source="10.1.1.2")
     splice(relay, "56" * 16, at("10.1.1.3"), source="10.1.1.3")
     splice(relay, "12" * 16, refused, source="10.1.1.3")
@@ -427,7 +427,7 @@ def test_a_downloader_at_a_busy_relay_is_told_why_and_one_spliced_gets_the_bytes
 
     busy = _Splicing("ab" * 16, Factory.forProtocol(Got))
     busy.makeConnection(StringTransport())
-    assert busy.transport.value() == b"SPLICE " + b"ab" * 16 + b" -\r\n"
+    assert busy.transport.value() == b"SPLICE " + b"ab" * 16 + b" - - -\r\n"
     failed = []
     busy.spliced.addErrback(failed.append)
     busy.dataReceived(b"ERROR busy this relay splices 1 transfer at once, its most; try again later\r\n")
@@ -529,3 +529,31 @@ def test_a_full_relay_met_during_a_run_is_a_busy_holder_and_the_user_is_told():
     assert isinstance(busy, Busy) and busy.retry_after == RELAY_BUSY_WAIT and busy.why == sentence
     verdict = judge(Source("B", lambda: b""), busy, trusted=True)
     assert (verdict.input, verdict.wait, verdict.why) == ("busy", RELAY_BUSY_WAIT, sentence)
+
+
+def test_a_relay_splices_only_the_holder_its_downloader_waits_for():
+    """
+    A member that saw the PUSH and says GIV first, from elsewhere or under
+    another name, is not spliced; the downloader goes on waiting and gets
+    its holder.
+    """
+    from placed import ticket
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from p2pshare.relay import Relay
+
+    relay = members_only(Relay(Clock()))
+    down = StringTransport()
+    relay.splice_asked("ab" * 16, ticket("d1", 6001, host="10.0.0.9", source="192.168.1.1"),
+                       down, b"", "h1", "11.0.0.22")
+
+    def giv(name, source):
+        return relay.giv("ab" * 16, name, StringTransport(
+            peerAddress=IPv4Address("TCP", source, 40000)), b"")
+
+    assert not giv("h1", "11.0.0.66")  # not where h1 registered from
+    assert not giv("h2", "11.0.0.22")  # not the holder it waits for
+    assert down.value() == b""
+    assert giv("h1", "11.0.0.22")
+    assert down.value() == b"SPLICED 11.0.0.22\r\n"

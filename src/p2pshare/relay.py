@@ -16,6 +16,7 @@ within C{--relay-rate} bytes a second for all of them together.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -27,8 +28,13 @@ from twisted.python.failure import Failure
 
 from p2pshare.disk import human_size
 from p2pshare.options import parse_rate
+from p2pshare.peer.mapping import is_private
 
-SPLICE = re.compile(rb"SPLICE ([0-9a-f]{32,128}) (\S{1,1000})\r?")  # TOKEN TICKET
+# TOKEN TICKET HOLDER HOST: the downloader's ticket, the holder it waits
+# for and where that holder registered from ("-": not known).
+SPLICE = re.compile(
+    rb"SPLICE ([0-9a-f]{32,128}) (\S{1,1000}) ([A-Za-z0-9_.@-]{1,64}) ([0-9A-Za-z.:%_-]{1,255})\r?"
+)
 GIV = re.compile(rb"GIV ([0-9a-f]{32,128}) ([A-Za-z0-9_.@-]{1,64})\r?")
 SLOTS = 8  # pairs spliced at once (--relay-slots)
 WAIT = 15.0  # seconds a downloader's side waits for its holder
@@ -61,6 +67,22 @@ def relay_settings(options: Any) -> None:
         raise ValueError("--relay-slots is from 1 to 1000")
 
 
+def same_host(one: str, other: str | None) -> bool:
+    """
+    Are C{one} and C{other} the same IP address, however written (an
+    IPv4 address seen through a dual-stack socket as C{::ffff:a.b.c.d})?
+    """
+    if other is None:
+        return False
+    try:
+        a, b = ipaddress.ip_address(one), ipaddress.ip_address(other)
+    except ValueError:
+        return one == other
+    a = getattr(a, "ipv4_mapped", None) or a
+    b = getattr(b, "ipv4_mapped", None) or b
+    return a == b
+
+
 def hand_over(transport: Any, proto: Any, buffered: bytes = b"") -> None:
     """
     Give an open connection to C{proto}, with what was read already.
@@ -83,6 +105,7 @@ class _Half(Protocol):
         self.relay = relay
         self.source = source  # the address it came from
         self.other: _Half | None = None
+        self.holder = ("-", "-")  # a downloader's: the holder it waits for, and where it is
         self.early = b""
         self.idle: IDelayedCall | None = None  # the splice's silence timer (the downloader's half)
 
@@ -127,7 +150,10 @@ class Relay:
                 "slots": self.slots, "rate": self.rate, "spliced": self.spliced,
                 "refused": self.refused}
 
-    def splice_asked(self, token: str, ticket: str, transport: Any, rest: bytes) -> None:
+    def splice_asked(
+        self, token: str, ticket: str, transport: Any, rest: bytes, holder: str = "-",
+        holder_host: str = "-",
+    ) -> None:
         """
         A downloader said C{SPLICE TOKEN TICKET}: it waits here for its
         holder, if its ticket is one the metadata server signed for the
@@ -138,6 +164,13 @@ class Relay:
         why = self._refusal(ticket, source)
         if why is not None:
             transport.write(f"ERROR denied {why}\r\n".encode("ascii", "replace"))
+            transport.loseConnection()
+            return
+        share = max(1, self.slots // 2)
+        held = sum(1 for half in self._downloaders() if same_host(half.source, source))
+        if held >= share:
+            transport.write(f"ERROR busy {source} holds {held} of this relay's {self.slots} "
+                            "slots, its share; try again later\r\n".encode("ascii", "replace"))
             transport.loseConnection()
             return
         if len(self._pairs) + len(self._waiting) >= self.slots:
@@ -154,6 +187,7 @@ class Relay:
             transport.abortConnection()
             return
         half = _Half(self, source)
+        half.holder = (holder, holder_host)
         hand_over(transport, half, rest)
         self._waiting[token] = (half, self.clock.callLater(WAIT, self._expired, token))
 
@@ -167,12 +201,8 @@ class Relay:
             shown = self.check(ticket, self.clock.seconds())
         except Exception as e:
             return f"a ticket that does not hold ({e})"
-        if shown.source != source:
+        if not same_host(shown.source, source):
             return "a ticket made out to another address"
-        share = max(1, self.slots // 2)
-        held = sum(1 for half in self._downloaders() if half.source == source)
-        if held >= share:
-            return f"{source} holds {held} of this relay's {self.slots} slots, its share"
         return None
 
     def _downloaders(self) -> list[_Half]:
@@ -189,10 +219,17 @@ class Relay:
         A holder said C{GIV TOKEN NAME}: splice it to the downloader that
         waits with that token, if one does.
         """
-        waiting = self._waiting.pop(token, None)
+        waiting = self._waiting.get(token)
         if waiting is None:
             return False
         down, timer = waiting
+        holder, host = down.holder
+        source = str(getattr(transport.getPeer(), "host", ""))
+        if holder not in ("-", name) or (
+            host != "-" and not same_host(source, host) and not is_private(source)
+        ):
+            return False  # not the holder it waits for: it goes on waiting
+        del self._waiting[token]
         timer.cancel()
         up = _Half(self)
         hand_over(transport, up)
@@ -308,8 +345,8 @@ class _FirstLine(Protocol, TimeoutMixin):
         splice = SPLICE.fullmatch(line) if ours and newline else None
         giv = GIV.fullmatch(line) if ours and newline else None
         if splice is not None:
-            token, ticket = (g.decode("ascii", "replace") for g in splice.groups())
-            self.relay.splice_asked(token, ticket, transport, rest)
+            token, ticket, holder, host = (g.decode("ascii", "replace") for g in splice.groups())
+            self.relay.splice_asked(token, ticket, transport, rest, holder, host)
         elif giv is not None:
             token, name = (g.decode("ascii") for g in giv.groups())
             if not self.relay.giv(token, name, transport, rest):

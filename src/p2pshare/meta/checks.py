@@ -40,6 +40,7 @@ CHECK_TIMEOUT = 5.0  # seconds for the whole dial-back (under a peer's 10 s wait
 AT_ONCE = 32  # dial-backs in flight at once; more wait their turn
 PER_SOURCE = 8  # checks waiting or running for registrations from one address
 FAILED_FOR = 30.0  # seconds an address that did not answer is not dialled again
+WRONG_PAUSE = 2.0  # seconds before an address that answered wrongly is dialled again
 
 Connect = Callable[[str, int], IStreamClientEndpoint]
 
@@ -52,6 +53,7 @@ class _Check:
     source: str
     done: Deferred[str | None]
     running: Deferred[str | None] | None = None  # the dial, once it has begun
+    given_up: bool = False  # its registrant went: whatever the dial found says nothing
 
 
 class _Dialler(LineChannel):
@@ -134,6 +136,7 @@ class AddressChecks:
         leaves the queue, a running one's dial is stopped.
         """
         if item.running is not None:
+            item.given_up = True
             item.running.cancel()  # its end fires item.done
             return
         queue = self._waiting.get(item.source)
@@ -182,14 +185,22 @@ class AddressChecks:
 
         def ended(result: str | None | Failure) -> None:
             self._running.discard(running)
-            self._busy.discard(item.target)
+            if isinstance(result, str):
+                # A wrong answer: somebody listens there (another peer, or
+                # a registrant naming a victim).  Not remembered as failed,
+                # but not dialled again for a moment either: registrations
+                # naming one live peer cannot have it dialled in a flood.
+                self.clock.callLater(WRONG_PAUSE, self._free, item.target)
+            else:
+                self._busy.discard(item.target)
             _less(self._dialling, item.source)
             self._ended(item)
             why = _why(result.value) if isinstance(result, Failure) else result
             # Only an address where nothing answered is not dialled again
             # for a while: a wrong answer (somebody else listens there, or
             # a registrant naming a victim) says nothing of the next one.
-            if isinstance(result, Failure) and not outer.called and not _cancelled(result):
+            if (isinstance(result, Failure) and not outer.called and not item.given_up
+                    and not _cancelled(result)):
                 self._failed[item.target] = self.clock.seconds()
                 self._forget_old_failures()
             if not outer.called:
@@ -197,6 +208,10 @@ class AddressChecks:
             self._next()
 
         running.addBoth(ended)
+
+    def _free(self, target: tuple[str, int]) -> None:
+        self._busy.discard(target)
+        self._next()
 
     def _forget_old_failures(self) -> None:
         if len(self._failed) > 10_000:
@@ -238,7 +253,9 @@ def _less(counts: dict[str, int], key: str) -> None:
 
 
 def _cancelled(result: object) -> bool:
-    return isinstance(result, Failure) and isinstance(result.value, CancelledError)
+    return isinstance(result, Failure) and isinstance(
+        result.value, (CancelledError, error.ConnectingCancelledError)
+    )
 
 
 def _why(e: BaseException | None) -> str:

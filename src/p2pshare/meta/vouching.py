@@ -113,6 +113,7 @@ class Vouching:
         peer.rechecked_at = self._rechecked[peer.source] = now
         if len(self._rechecked) > 10_000:
             self._rechecked = {s: t for s, t in self._rechecked.items() if now - t < FAILED_FOR}
+        peer.give_up_check()  # first: a dial it cancels is no failure to forget later
         if self.checks is not None:
             self.checks.forget(peer.record.host, peer.record.port)
         self.check_address(peer, nonce)

@@ -113,8 +113,8 @@ class Sniffer(Protocol, TimeoutMixin):
         if giv is not None or splice is not None:
             rest, self._buffer = self._buffer.partition(b"\n")[2], b""
             if splice is not None and self.relay is not None:
-                token, ticket = (g.decode("ascii", "replace") for g in splice.groups())
-                self.relay.splice_asked(token, ticket, transport, rest)
+                token, ticket, holder, host = (g.decode("ascii", "replace") for g in splice.groups())
+                self.relay.splice_asked(token, ticket, transport, rest, holder, host)
             elif giv is not None and self._given(giv, transport, rest):
                 pass
             else:

@@ -83,6 +83,7 @@ RunBlocking = Callable[..., Deferred[Any]]
 MAX_HELD = 64  # newcomers that may wait for us to finish joining
 SUMMARY_INTERVAL = 2.0  # seconds between checks of what we tell the page
 REPAIR_MARGIN = 5.0  # seconds beyond three heartbeats that a download waits for a repair
+MAKE_ROOM_EVERY = 30.0  # seconds between two leaves moved to make room for newcomers
 SIZE_TIMEOUT = 2.0  # seconds a search waits for the metadata server to say how many peers it has
 
 
@@ -293,6 +294,7 @@ class PeerNode(InOrder):
         self.ticket: Ticket | None = None
         self.tickets: TicketChecker | None = None
         self.reach = Reach(self, mapping)
+        self._made_room_at = float("-inf")  # when a leaf last made room for a newcomer
         if mapping is not None:
             mapping.on_mapped = self.reach.mapped
         self._told_away = OncePerMinute()  # what was said of the metadata server being away
@@ -695,10 +697,14 @@ class PeerNode(InOrder):
         """
         if self.ticket is not None and not self.ticket.reachable:
             return
+        now = self.clock.seconds()
+        if now - self._made_room_at < MAKE_ROOM_EVERY:
+            return  # a newcomer that comes and goes cannot keep the leaves moving
         leaf = next((n for n in self.neighbours.values()
                      if not n.reachable and n.name != self.uplink), None)
         if leaf is None:
             return
+        self._made_room_at = now
         self.log.info("peer {name} makes room for {newcomer}, which others can reach: its leaf "
                       "{leaf} finds a new place", name=self.peer_name, newcomer=newcomer,
                       leaf=leaf.name)

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from p2pshare.peer.mapping import PortMapping, is_private
 
 CHECK_TIMEOUT = 30.0  # seconds for the server's OK to a CHECK
+CHECK_AGAIN = 31.0  # seconds before a refused CHECK is asked again (the server's limit is 30)
 
 
 class Reach:
@@ -75,9 +76,11 @@ class Reach:
         asking.addErrback(self._refused)
 
     def _refused(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):
-            self.log.info("the metadata server did not check again: {why}",
-                          why=failure.getErrorMessage())
+        if failure.check(CancelledError):
+            return
+        self.log.info("the metadata server did not check again: {why}; asking again in "
+                      "{s:.0f} s", why=failure.getErrorMessage(), s=CHECK_AGAIN)
+        self.node.clock.callLater(CHECK_AGAIN, self.mapped)  # (another peer behind our NAT asked)
 
     def status(self) -> dict[str, object]:
         """

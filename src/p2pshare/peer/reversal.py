@@ -18,7 +18,6 @@ the agent's endpoint factory sends those here (L{holder_of}).
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from p2pshare import wire
 from p2pshare.common import OncePerMinute
 from p2pshare.peer.download.fetch import why_failed
 from p2pshare.peer.mapping import is_private
-from p2pshare.relay import hand_over
+from p2pshare.relay import hand_over, same_host
 from p2pshare.tickets import Ticket, TicketError
 
 REVERSED = ".reversed.invalid"  # RFC 6761: never resolves
@@ -165,7 +164,9 @@ class _Splicing(Protocol):
     def __init__(
         self, token: str, factory: IProtocolFactory, tls: Any = None, ticket: str = "-",
         from_holder: Callable[[str], bool] = lambda source: True,
+        holder: tuple[str, str] = ("-", "-"),
     ) -> None:
+        self.holder = holder  # the holder's name and where it registered from
         self.from_holder = from_holder  # is this where the holder is?
         self.token = token
         self.ticket = ticket  # ours: the relay splices for members only
@@ -179,7 +180,8 @@ class _Splicing(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
-        line = f"SPLICE {self.token} {self.ticket}\r\n".encode("ascii")
+        holder, host = self.holder
+        line = f"SPLICE {self.token} {self.ticket} {holder} {host}\r\n".encode("ascii")
         self.transport.write(line)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -316,7 +318,8 @@ class Reversals:
         token = secrets.token_hex(16)
         ours = self.node.ticket
         splicing = _Splicing(token, factory, self.tls, ours.field() if ours is not None else "-",
-                             lambda source: self.from_holder(holder, source))
+                             lambda source: self.from_holder(holder, source),
+                             (holder, self._hosts.get(holder, "-")))
         self._remember(token)
         connecting = self.node.connect_out(relay.host, relay.port).connect(
             Factory.forProtocol(lambda: splicing)
@@ -373,7 +376,7 @@ class Reversals:
         Is C{source} where C{name}'s connections may come from: the address
         it registered from, or (a holder on our own LAN) a private one?
         """
-        return _same_host(source, self._hosts.get(name)) or is_private(source)
+        return same_host(source, self._hosts.get(name)) or is_private(source)
 
     # Passing pushes on, and the holder's side.
 
@@ -438,17 +441,3 @@ class Reversals:
 
         connecting.addErrback(failed)
 
-
-def _same_host(one: str, other: str | None) -> bool:
-    """
-    Are C{one} and C{other} the same IP address, however written?
-    """
-    if other is None:
-        return False
-    try:
-        a, b = ipaddress.ip_address(one), ipaddress.ip_address(other)
-    except ValueError:
-        return one == other
-    a = getattr(a, "ipv4_mapped", None) or a
-    b = getattr(b, "ipv4_mapped", None) or b
-    return a == b
