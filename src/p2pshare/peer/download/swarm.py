@@ -288,9 +288,7 @@ class Swarm:
             if verdict.input == "again":
                 source.asked_has = float("-inf")  # ask it again what it has
             elif verdict.input in ("busy", "backoff"):
-                told = f"{source.name}: {verdict.why}; waited and asked again"
-                if verdict.input == "busy" and verdict.why and told not in self.notes:
-                    self.notes.append(told)  # a relay at its cap: said once, at the end
+                _told_busy(self.notes, source, verdict)
                 if verdict.input == "backoff":
                     self.log.info(
                         "{holder} broke off sending {name} ({why}); trying it again soon",
@@ -520,3 +518,13 @@ class _Crew:
         for d in waiters:
             if not d.called:
                 d.callback(None)
+
+
+def _told_busy(notes: list[str], source: Source, verdict: Verdict) -> None:
+    """
+    A busy holder that said why (a relay at its cap) is told the user
+    once, at the end.
+    """
+    told = f"{source.name}: {verdict.why}; waited and asked again"
+    if verdict.input == "busy" and verdict.why and told not in notes:
+        notes.append(told)
