@@ -1,17 +1,22 @@
 """
 A relay for two peers that cannot reach each other (both behind NAT
 without a mapping), as the magic-wormhole transit relay does: a reachable
-peer started with C{--relay} splices two connections that both dialled it.
+peer, or the metadata server, started with C{--relay} splices two
+connections that both dialled it.
 
-The downloader connects to the relay and says C{SPLICE TOKEN}; it asks the
+The downloader connects to the relay and says C{SPLICE TOKEN TICKET
+HOLDER HOST} (its own ticket: the relay splices for members only; the
+holder it waits for and where that holder registered from); it asks the
 holder over the tree (C{PUSH ... relay=1}, with the relay's ticket) to
 dial the relay and say C{GIV TOKEN NAME}, as for a reversed connection.
-The relay pairs the two by token, tells the downloader C{SPLICED}, and
-from then on copies bytes both ways without reading them: the download's
-pieces are verified end to end, as from anyone.  It splices at most
-C{--relay-slots} pairs at once (a further C{SPLICE} is answered C{ERROR
-busy} with a sentence, and the download tries another relay or waits),
-within C{--relay-rate} bytes a second for all of them together.
+The relay pairs the two by token (the named holder, from its address),
+tells the downloader C{SPLICED HOST}, and from then on copies bytes both
+ways without reading them: the download's pieces are verified end to end,
+as from anyone.  It splices at most C{--relay-slots} pairs at once, half
+of them for one address (a further C{SPLICE} is answered C{ERROR busy}
+with a sentence, and the download tries another relay or waits), within
+C{--relay-rate} bytes a second for all of them together, and closes a
+splice silent for L{IDLE} seconds.
 """
 
 from __future__ import annotations

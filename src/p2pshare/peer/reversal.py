@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocolFactory,
@@ -271,9 +271,7 @@ class Reversals:
         self.node.flood(wire.Message("PUSH", (holder, token, ticket.field())))
 
         def late(f: Failure) -> Failure:
-            if f.check(error.TimeoutError, error.ConnectingCancelledError) or (
-                type(f.value).__name__ == "TimeoutError"
-            ):
+            if f.check(TimeoutError, error.TimeoutError, error.ConnectingCancelledError):
                 raise NoWay(f"{holder} did not connect back within {CONNECT_BACK:.0f} s")
             return f
 
