@@ -196,6 +196,13 @@ class Relay:
         hand_over(transport, half, rest)
         self._waiting[token] = (half, self.clock.callLater(WAIT, self._expired, token))
 
+    def splice_line(self, found: re.Match[bytes], transport: Any, rest: bytes) -> None:
+        """
+        A first line that L{SPLICE} matched (C{found}): L{splice_asked}.
+        """
+        token, ticket, holder, host = (g.decode("ascii", "replace") for g in found.groups())
+        self.splice_asked(token, ticket, transport, rest, holder, host)
+
     def _refusal(self, ticket: str, source: str) -> str | None:
         """
         Why a SPLICE with C{ticket} from C{source} is refused, or L{None}.
@@ -350,8 +357,7 @@ class _FirstLine(Protocol, TimeoutMixin):
         splice = SPLICE.fullmatch(line) if ours and newline else None
         giv = GIV.fullmatch(line) if ours and newline else None
         if splice is not None:
-            token, ticket, holder, host = (g.decode("ascii", "replace") for g in splice.groups())
-            self.relay.splice_asked(token, ticket, transport, rest, holder, host)
+            self.relay.splice_line(splice, transport, rest)
         elif giv is not None:
             token, name = (g.decode("ascii") for g in giv.groups())
             if not self.relay.giv(token, name, transport, rest):

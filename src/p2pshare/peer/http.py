@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
@@ -48,7 +48,7 @@ from p2pshare.peer.serving import (
 )
 from p2pshare.peer.share import SharedFile, is_shareable_name
 from p2pshare.pieces import DIGEST, bitfield, piece_count
-from p2pshare.relay import GIV, SPLICE
+from p2pshare.relay import GIV, SPLICE, hand_over
 from p2pshare.tls import is_tls_hello, tls_failure
 from p2pshare.wire import url_path
 
@@ -113,8 +113,7 @@ class Sniffer(Protocol, TimeoutMixin):
         if giv is not None or splice is not None:
             rest, self._buffer = self._buffer.partition(b"\n")[2], b""
             if splice is not None and self.relay is not None:
-                token, ticket, holder, host = (g.decode("ascii", "replace") for g in splice.groups())
-                self.relay.splice_asked(token, ticket, transport, rest, holder, host)
+                self.relay.splice_line(splice, transport, rest)
             elif giv is not None and self._given(giv, transport, rest):
                 pass
             else:
@@ -133,13 +132,8 @@ class Sniffer(Protocol, TimeoutMixin):
             proto = self.site.buildProtocol(addr)
         else:
             proto = self.lines.buildProtocol(addr)
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = proto  # counted by a LimitedFactory
-        else:
-            transport.protocol = proto
-        proto.makeConnection(transport)
         buffered, self._buffer = self._buffer, b""
-        proto.dataReceived(buffered)
+        hand_over(transport, proto, buffered)
 
     def _given(self, giv: re.Match[bytes], transport: Any, rest: bytes) -> bool:
         """

@@ -140,18 +140,27 @@ class _Giver(Protocol):
 
     def _serve(self) -> None:
         transport: Any = self.transport
-        peer = transport.getPeer()
-        if self.tls is not None and self.path == "relayed":
-            sealed: Any = TLSMemoryBIOFactory(self.tls.options(), False, self.site).buildProtocol(peer)
-            sealed.wrappedProtocol.transfer_path = self.path
-            hand_over(transport, sealed, self.early)
-            return
-        channel: Any = self.site.buildProtocol(peer)
+        tls = self.tls if self.path == "relayed" else None
+        given, channel = _inside(self.site, tls, False, transport.getPeer())
         channel.transfer_path = self.path  # what p2p status says of its uploads
-        hand_over(transport, channel, self.early)
+        hand_over(transport, given, self.early)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done()
+
+
+def _inside(factory: Any, tls: Any, client: bool, peer: Any) -> tuple[Any, Any]:
+    """
+    C{factory}'s protocol for a relayed (or reversed) connection, and what
+    to hand the connection to: that protocol, or with C{tls} (a private
+    network's) a TLS session around it between the two ends themselves,
+    so that a relay copies only what it cannot read.
+    """
+    if tls is None:
+        proto = factory.buildProtocol(peer)
+        return proto, proto
+    sealed = TLSMemoryBIOFactory(tls.options(), client, factory).buildProtocol(peer)
+    return sealed, sealed.wrappedProtocol
 
 
 class _Splicing(Protocol):
@@ -200,16 +209,9 @@ class _Splicing(Protocol):
                     f"the relay spliced a holder at {source}, not where the holder is (a member "
                     "answering another's push)"))
                 return
-            peer = self.transport.getPeer()  # type: ignore[union-attr]
-            if self.tls is None:
-                proto = self.wanted.buildProtocol(peer)
-                hand_over(self.transport, proto, rest)
-                self.spliced.callback(proto)
-                return
-            # A private network: the relay copies only what it cannot read.
-            sealed = TLSMemoryBIOFactory(self.tls.options(), True, self.wanted).buildProtocol(peer)
-            hand_over(self.transport, sealed, rest)
-            self.spliced.callback(sealed.wrappedProtocol)
+            given, proto = _inside(self.wanted, self.tls, True, self.transport.getPeer())  # type: ignore[union-attr]
+            hand_over(self.transport, given, rest)
+            self.spliced.callback(proto)
             return
         text = line.decode("utf-8", "replace").rstrip("\r")
         words = text.split(" ", 2)
@@ -330,8 +332,7 @@ class Reversals:
             return await waiting
         except (error.ConnectError, CancelledError):
             raise
-        except Exception as e:
-            splicing.transport.abortConnection()  # type: ignore[union-attr]
+        except Exception as e:  # the timeout: its cancel aborted the connection (_Splicing)
             raise NoWay(f"the relay {relay.name} did not splice {holder} in time ({e})") from None
 
     def arrived(self, token: str, name: str, transport: Any, buffered: bytes) -> bool:
