@@ -557,3 +557,52 @@ def test_a_relay_splices_only_the_holder_its_downloader_waits_for():
     assert down.value() == b""
     assert giv("h1", "11.0.0.22")
     assert down.value() == b"SPLICED 11.0.0.22\r\n"
+
+
+def test_relays_are_the_live_reachable_peers_that_offered_and_nobody_else(tmp_path):
+    from p2pshare.channel import LineChannel
+
+    net = SimNet(tmp_path)
+    meta = net.start_meta(expect=3)
+
+    class Line(LineChannel):
+        def __init__(self):
+            super().__init__()
+            self.heard = []
+
+        def messageReceived(self, msg):
+            self.heard.append(msg)
+
+    def register(source, options):
+        proto = Line()
+        ClientEndpoint(net, source, *net.meta_address).connect(
+            type("F", (), {"buildProtocol": lambda self, addr: proto})()
+        )
+        proto.sendLine(f"P2P port=6000 max=2 {options}".encode())
+        net.idle(1)
+        return proto
+
+    class Answers(LineChannel):  # the offering relay's port: it answers the dial-back
+        def messageReceived(self, msg):
+            if msg.verb == "VERIFY":
+                self.send("VERIFIED", answer("ab" * 16, *msg.args))
+
+    ServerEndpoint(net, "127.0.9.1", 6000).listen(
+        type("F", (), {"buildProtocol": lambda self, addr: Answers()})()
+    )
+    offering = register("127.0.9.1", "relay=1 check=" + "ab" * 16)
+    register("127.0.9.2", "relay=1 host=127.0.7.7 check=" + "cd" * 16)  # nobody answers there
+    register("127.0.9.3", "")
+    asker = register("127.0.9.4", "")
+    net.idle(10)
+    assert meta.peers[offering.heard[0].args[0]].reachable
+
+    def relays():
+        asker.sendLine(b"RELAY")
+        net.idle(1)
+        return [t.split("/")[0] for t in asker.heard[-1].args]
+
+    assert relays() == [offering.heard[0].args[0]]
+    offering.transport.loseConnection()
+    net.idle(1)
+    assert relays() == []

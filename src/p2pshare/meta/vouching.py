@@ -51,6 +51,7 @@ class Vouching:
         self.checks = checks
         self.slots = slots
         self.relaying = False  # --relay: this server splices too
+        self._relay_names: set[str] = set()  # peers that registered with relay=1
         self._rechecked: dict[str, float] = {}  # source address -> its last CHECK
 
     def check_address(self, peer: Peer, nonce: str | None) -> None:
@@ -75,6 +76,8 @@ class Vouching:
         peer = self.peers.live(name)
         if peer is not None:
             peer.relay = relay
+            if relay:
+                self._relay_names.add(name)
 
     def relays(self, asker: str | None, here: tuple[str, int] | None = None) -> list[str]:
         """
@@ -82,7 +85,15 @@ class Vouching:
         reached, other than C{asker}, in random order; first this server's
         own, at C{here} (where the asker reached it), when it relays.
         """
-        found = [p for p in self.peers.values() if p.relay and p.reachable and p.name != asker]
+        # Only those that offered (a RELAY costs no walk over every peer);
+        # names that left or stopped offering are forgotten as they are met.
+        found = []
+        for name in list(self._relay_names):
+            peer = self.peers.live(name)
+            if peer is None or not peer.relay:
+                self._relay_names.discard(name)
+            elif peer.reachable and name != asker:
+                found.append(peer)
         chosen = random.sample(found, min(RELAYS_SHOWN, len(found)))
         tickets = [self.ticket_of(p).field() for p in chosen]
         if self.relaying and here is not None:
