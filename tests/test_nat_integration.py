@@ -23,6 +23,7 @@ import pytest
 import pytest_twisted
 from nat import WHY_NOT, NatBed, nat_bed, stop_all  # noqa: F401 (the fixture, taken by name below)
 from twisted.internet.threads import deferToThread
+from watching import status_line
 
 from p2pshare.disk import atomic_write
 from p2pshare.launch import P2P, TWISTD, ChildProcess
@@ -38,22 +39,12 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
 
 
-async def said(control: str, start: str, end: str, timeout: float = 30.0) -> str:
+async def said(control: str, start: str, end: str) -> str:
     """
     The line of C{p2p status} that starts with C{start} and ends with
-    C{end}, once there is one (looked for every 0.1 s, within C{timeout}).
+    C{end}, once there is one.
     """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    seen = ""
-    for _ in range(int(timeout / 0.1)):
-        seen = (await deferToThread(run, *P2P, "status", "--peer", control)).stdout
-        for line in seen.splitlines():
-            if line.startswith(start) and line.endswith(end):
-                return line
-        await deferLater(reactor, 0.1)
-    raise AssertionError(f"no line {start}...{end} in p2p status: {seen}")
+    return await status_line(control, rf"^{re.escape(start)}.*{re.escape(end)}$")
 
 
 @pytest_twisted.ensureDeferred

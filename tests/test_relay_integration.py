@@ -17,8 +17,7 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
+from watching import status_line
 
 from p2pshare.admission import new_secret_text
 from p2pshare.disk import atomic_write
@@ -27,21 +26,6 @@ from p2pshare.launch import P2P, LocalNetwork
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
-
-
-async def status_line(reactor, net: LocalNetwork, key: str, pattern: str) -> str:
-    """
-    The first line of C{key}'s p2p status that matches C{pattern}, once
-    there is one (looked for every 0.1 s, for at most 30 s).
-    """
-    seen = ""
-    for _ in range(300):
-        seen = (await deferToThread(run, *P2P, "status", "--peer", net.control(key))).stdout
-        found = re.search(pattern, seen, re.M)
-        if found:
-            return found.group(0)
-        await deferLater(reactor, 0.1)
-    raise AssertionError(f"{pattern!r} never in p2p status: {seen}")
 
 
 @pytest.mark.parametrize("relay_at", ["peer", "meta"])
@@ -66,8 +50,8 @@ async def test_reversed_and_relayed_transfers_in_a_private_network(reactor, tmp_
         for key, path in ((getter, "reversed"), (behind, "relayed")):
             get = net.p2p("get", "plans.bin", "--peer", net.control(key), "-o",
                           str(tmp_path / key))
-            await status_line(reactor, net, key, rf"^downloading plans\.bin.*, {path}$")
-            await status_line(reactor, net, holder, rf"^uploading plans\.bin to .*, {path}$")
+            await status_line(net.control(key), rf"^downloading plans\.bin.*, {path}$")
+            await status_line(net.control(holder), rf"^uploading plans\.bin to .*, {path}$")
             assert await get.when_ended(60) == 0, get.output()
             kept = (tmp_path / key / "plans.bin").read_bytes()
             assert hashlib.sha256(kept).digest() == hashlib.sha256(data).digest()

@@ -101,3 +101,31 @@ def home_of(shared: Path, script: str, nodeid: str) -> Path:
     path, for the control sockets of the processes it starts.
     """
     return shared / f"{Path(script).stem}-{hashlib.sha256(nodeid.encode()).hexdigest()[:8]}"
+
+
+async def status_line(control: str, pattern: str, timeout: float = 30.0) -> str:
+    """
+    The first line of C{p2p status} (of the peer at C{control}) that
+    C{pattern} matches, once there is one: what a transfer shows only
+    while it runs, so it is looked for every 0.1 s, within C{timeout}.
+    """
+    import re
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+
+    from p2pshare.launch import P2P
+
+    def status() -> str:
+        return subprocess.run([*P2P, "status", "--peer", control], capture_output=True,
+                              text=True, timeout=120).stdout
+
+    seen = ""
+    for _ in range(int(timeout / 0.1)):
+        seen = await deferToThread(status)
+        found = re.search(pattern, seen, re.M)
+        if found:
+            return found.group(0)
+        await deferLater(reactor, 0.1)
+    raise AssertionError(f"{pattern!r} never in p2p status: {seen}")
